@@ -1,0 +1,360 @@
+"""``ClipBackbone``: the one CLIP wrapper every method shares.
+
+Why our own block loop instead of ``model.encode_image``: methods need layer taps, a v-v ("surgery")
+path, any input resolution and forwards over token subsets (WinCLIP windows) in *one* pass, without
+forward hooks or in-place edits of the loaded model. The loop reuses the open_clip module weights
+as they are (``ln_1``, ``attn.in_proj_*``, ``attn.out_proj``, ``ls_*``, ``ln_2``, ``mlp``), and a test
+checks it reproduces ``model.encode_image`` to float error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zsad.errors import ZsadInputError
+
+_CONFIG_DIR = Path(__file__).parent / "configs"
+_RANDOM_TAGS = {None, "", "none", "random"}
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _open_clip() -> Any:
+    import open_clip
+
+    open_clip.add_model_config(_CONFIG_DIR)  # registers zsad-tiny (idempotent)
+    return open_clip
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """Size and sha256 of a weights file, recorded in every run manifest."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"path": str(path), "size": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+@dataclass(frozen=True)
+class SurgeryConfig:
+    """The v-v attention path (CLIP Surgery / SDP / DPAM).
+
+    Each block from ``start_layer`` on adds its v-v attention output, computed on LN1 of the
+    *original* hidden state, to a separate surgery stream that has no FFN. The stream restarts at
+    each layer in ``reset_layers`` (SDP stages) from zero (``init="zero"``) or from the original
+    hidden state entering that block (``init="residual"``, DPAM style). Layers are 1-indexed.
+    """
+
+    start_layer: int = 1
+    reset_layers: tuple[int, ...] = ()
+    init: Literal["zero", "residual"] = "zero"
+    replace_cls: bool = True  # tap's CLS comes from the original path (SDP)
+
+
+@dataclass
+class ImageFeatures:
+    """One forward's outputs. Token tensors are (B, 1+N, width) with CLS first, N = gh*gw."""
+
+    embedding: torch.Tensor  # (B, D) pooled + projected, not L2-normalised
+    tokens: dict[int, torch.Tensor]  # layer -> raw hidden state after that block
+    surgery: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> surgery stream
+    grid: tuple[int, int] = (0, 0)
+    embeds: torch.Tensor | None = None  # (B, 1+N, width) tokens entering ln_pre (for window re-runs)
+    final_tokens: torch.Tensor | None = None  # (B, N, width) last layer after ln_post (no proj)
+
+
+class ClipBackbone(nn.Module):
+    """Frozen open_clip CLIP with cached text features and a multi-output image forward."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        model_name: str,
+        pretrained: str | None,
+        image_size: int | None = None,
+        weights_info: dict[str, Any] | None = None,
+        pos_interpolation: str = "bicubic",
+    ) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.pretrained = pretrained
+        self.random_init = pretrained in _RANDOM_TAGS and weights_info is None
+        self.weights_info = weights_info
+        self.pos_interpolation = pos_interpolation
+        visual = model.visual
+        self._check_supported(visual)
+        native = visual.image_size
+        self.native_image_size = int(native[0] if isinstance(native, tuple | list) else native)
+        self.image_size = int(image_size or self.native_image_size)
+        ps = visual.patch_size
+        self.patch_size = int(ps[0] if isinstance(ps, tuple | list) else ps)
+        self.width = int(visual.conv1.out_channels)
+        self.embed_dim = int(visual.proj.shape[1]) if visual.proj is not None else self.width
+        self.num_layers = len(visual.transformer.resblocks)
+        cfg = getattr(visual, "preprocess_cfg", None) or {}
+        self.mean = tuple(cfg.get("mean", OPENAI_MEAN))
+        self.std = tuple(cfg.get("std", OPENAI_STD))
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name: str = "ViT-B-16-plus-240",
+        pretrained: str | None = "laion400m_e31",
+        *,
+        weights: str | os.PathLike[str] | None = None,
+        image_size: int | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        cache_dir: str | None = None,
+    ) -> ClipBackbone:
+        """Build by name: pretrained tag (open_clip download), local ``weights`` file, or seeded random.
+
+        ``pretrained="none"`` gives seeded random weights of the real architecture: for smoke tests
+        and speed/fidelity checks only, never for detection quality.
+        """
+        open_clip = _open_clip()
+        if model_name not in open_clip.list_models():
+            raise ZsadInputError(f"unknown backbone {model_name!r}: see open_clip.list_models()")
+        info = None
+        if weights is not None:
+            path = Path(weights)
+            if not path.is_file():
+                raise ZsadInputError(f"{path}: weights file not found")
+            info = file_digest(path)
+            try:
+                model = open_clip.create_model(model_name, pretrained=str(path), device=device, cache_dir=cache_dir)
+            except Exception as e:  # noqa: BLE001 - open_clip raises many types for a bad file
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise ZsadInputError(f"{path}: cannot load weights for {model_name}: {msg}") from e
+            tag: str | None = str(path)
+        elif pretrained in _RANDOM_TAGS:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = open_clip.create_model(model_name, pretrained=None, device="cpu")
+            model = model.to(device)
+            tag = "none"
+        else:
+            model = open_clip.create_model(model_name, pretrained=pretrained, device=device, cache_dir=cache_dir)
+            tag = pretrained
+        tokenizer = open_clip.get_tokenizer(model_name)
+        return cls(model, tokenizer, model_name=model_name, pretrained=tag, image_size=image_size, weights_info=info)
+
+    @classmethod
+    def from_model(
+        cls, model: nn.Module, model_name: str, pretrained: str | None = "none", image_size: int | None = None
+    ) -> ClipBackbone:
+        """Wrap an already-built open_clip CLIP (shared, not copied)."""
+        return cls(model, _open_clip().get_tokenizer(model_name), model_name=model_name, pretrained=pretrained,
+                   image_size=image_size)
+
+    @staticmethod
+    def _check_supported(visual: nn.Module) -> None:
+        blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+        if blocks is None or getattr(visual, "attn_pool", None) is not None:
+            raise ZsadInputError(f"{type(visual).__name__}: only plain ViT image towers are supported")
+        for b in blocks:
+            if not isinstance(getattr(b, "attn", None), nn.MultiheadAttention):
+                raise ZsadInputError(f"{type(b).__name__}: unsupported attention block (need nn.MultiheadAttention)")
+
+    def manifest(self) -> dict[str, Any]:
+        """What a run needs to record to be reproducible."""
+        return {
+            "model_name": self.model_name,
+            "pretrained": self.pretrained,
+            "random_init": self.random_init,
+            "weights": self.weights_info,
+            "image_size": self.image_size,
+            "pos_interpolation": self.pos_interpolation,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.visual.conv1.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.visual.conv1.weight.dtype
+
+    def grid_size(self, image_size: int | None = None) -> tuple[int, int]:
+        s = image_size or self.image_size
+        return s // self.patch_size, s // self.patch_size
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def encode_text(self, prompts: Sequence[str], normalize: bool = False, batch_size: int = 256) -> torch.Tensor:
+        """(N, D) text embeddings; each sentence is encoded once per backbone and cached.
+
+        The cache is keyed by the sentence itself, which subsumes a (prompt set, class name) key:
+        two methods sharing sentences share the work.
+        """
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        for i in range(0, len(missing), batch_size):
+            chunk = missing[i : i + batch_size]
+            tokens = self.tokenizer(chunk).to(self.device)
+            emb = self.model.encode_text(tokens).float().cpu()
+            self._text_cache.update(zip(chunk, emb, strict=True))
+        out = torch.stack([self._text_cache[p] for p in prompts]).to(self.device)
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def clear_text_cache(self) -> None:
+        self._text_cache.clear()
+
+    # ------------------------------------------------------------------ image
+    def positional_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(1+gh*gw, width) positional embedding for a grid, interpolated without touching the model."""
+        pos = self.model.visual.positional_embedding
+        n0 = pos.shape[0] - 1
+        g0 = int(round(n0**0.5))
+        if grid == (g0, g0):
+            return pos
+        cls_pos, patch_pos = pos[:1], pos[1:]
+        patch_pos = patch_pos.reshape(1, g0, g0, -1).permute(0, 3, 1, 2).float()
+        patch_pos = F.interpolate(patch_pos, size=grid, mode=self.pos_interpolation, align_corners=False)
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
+        return torch.cat([cls_pos, patch_pos], dim=0)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch + class + position embedding: (B, 1+N, width), the tokens entering ``ln_pre``."""
+        visual = self.model.visual
+        x = visual.conv1(images.to(self.dtype))  # (B, W, gh, gw)
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        return x + self.positional_embedding(grid).to(x.dtype)
+
+    @staticmethod
+    def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+        b, n, c = t.shape
+        return t.view(b, n, heads, c // heads).transpose(1, 2)  # (B, h, N, c/h)
+
+    @staticmethod
+    def _merge_heads(t: torch.Tensor) -> torch.Tensor:
+        b, h, n, d = t.shape
+        return t.transpose(1, 2).reshape(b, n, h * d)
+
+    def block_forward(
+        self, index: int, x: torch.Tensor, *, need_vv: bool = False, cls_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One residual block (0-indexed) on (B, T, W); optionally also its v-v attention output.
+
+        ``cls_only`` computes the output for the CLS token alone (keys/values still use all tokens):
+        the last block of a window forward only needs the pooled CLS.
+        """
+        blk = self.model.visual.transformer.resblocks[index]
+        attn: nn.MultiheadAttention = blk.attn
+        h = attn.num_heads
+        y = blk.ln_1(x)
+        qkv = F.linear(y, attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = qkv.chunk(3, dim=-1)
+        if cls_only:
+            q = q[:, :1]
+        qh, kh, vh = (self._split_heads(t, h) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(qh, kh, vh)
+        o = attn.out_proj(self._merge_heads(o))
+        vv = None
+        if need_vv:
+            ov = F.scaled_dot_product_attention(vh, vh, vh)
+            vv = blk.ls_1(attn.out_proj(self._merge_heads(ov)))
+        base = x[:, :1] if cls_only else x
+        out = base + blk.ls_1(o)
+        out = out + blk.ls_2(blk.mlp(blk.ln_2(out)))
+        return out, vv
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Final hidden state (B, T, W) -> projected global embedding (B, D), as open_clip pools."""
+        visual = self.model.visual
+        pooled, _ = visual._pool(x)
+        return pooled @ visual.proj if visual.proj is not None else pooled
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Frozen ``ln_post`` + ``proj`` on any tokens (B, T, W) -> (B, T, D)."""
+        visual = self.model.visual
+        t = visual.ln_post(tokens)
+        return t @ visual.proj if visual.proj is not None else t
+
+    def encode_image(
+        self,
+        images: torch.Tensor,
+        layers: Iterable[int] = (),
+        *,
+        surgery: SurgeryConfig | None = None,
+        surgery_layers: Iterable[int] = (),
+        keep_embeds: bool = False,
+        final_tokens: bool = False,
+    ) -> ImageFeatures:
+        """One forward: global embedding + raw tokens of ``layers`` (1-indexed) + surgery taps.
+
+        Returning raw tokens and projecting on demand (``project``) keeps unused projections free.
+        """
+        layers, surgery_layers = sorted(set(layers)), sorted(set(surgery_layers))
+        for lyr in (*layers, *surgery_layers):
+            if not 1 <= lyr <= self.num_layers:
+                raise ZsadInputError(f"layer {lyr} out of range 1..{self.num_layers} for {self.model_name}")
+        if surgery_layers and surgery is None:
+            surgery = SurgeryConfig()
+        embeds = self.embed(images)
+        grid = self.grid_size(images.shape[-1])
+        x = self.model.visual.ln_pre(embeds)
+        taps: dict[int, torch.Tensor] = {}
+        staps: dict[int, torch.Tensor] = {}
+        s: torch.Tensor | None = None
+        last_s = max(surgery_layers, default=0)
+        for i in range(self.num_layers):
+            lyr = i + 1
+            use_vv = surgery is not None and surgery.start_layer <= lyr <= last_s
+            if use_vv and surgery is not None and (s is None or lyr in surgery.reset_layers):
+                s = torch.zeros_like(x) if surgery.init == "zero" else x.clone()
+            x_new, vv = self.block_forward(i, x, need_vv=use_vv)
+            if vv is not None and s is not None:
+                s = s + vv
+            x = x_new
+            if lyr in layers:
+                taps[lyr] = x
+            if lyr in surgery_layers and s is not None and surgery is not None:
+                staps[lyr] = torch.cat([x[:, :1], s[:, 1:]], dim=1) if surgery.replace_cls else s
+        visual = self.model.visual
+        emb = self.pool(x)
+        fin = visual.ln_post(x)[:, 1:] if final_tokens else None
+        return ImageFeatures(
+            embedding=emb, tokens=taps, surgery=staps, grid=grid, embeds=embeds if keep_embeds else None,
+            final_tokens=fin,
+        )
+
+    def encode_token_subsets(
+        self, embeds: torch.Tensor, index: torch.Tensor, chunk_size: int = 2048
+    ) -> torch.Tensor:
+        """Re-run the tower on subsets of the tokens (WinCLIP windows): (B, S, D) pooled embeddings.
+
+        ``embeds`` (B, 1+N, W) come from ``embed``; ``index`` (S, T) lists the token indices of each
+        subset (CLS = 0 first). All B*S subsets go through the blocks as one batch (chunked to bound
+        memory); the last block computes the CLS alone.
+        """
+        b = embeds.shape[0]
+        s, t = index.shape
+        flat = embeds[:, index.reshape(-1)].reshape(b * s, t, -1)  # (B*S, T, W)
+        outs = []
+        ln_pre = self.model.visual.ln_pre
+        n = self.num_layers
+        cls_last = getattr(self.model.visual, "pool_type", "tok") == "tok"
+        for start in range(0, flat.shape[0], chunk_size):
+            x = ln_pre(flat[start : start + chunk_size])
+            for i in range(n):
+                x, _ = self.block_forward(i, x, cls_only=cls_last and i == n - 1)
+            outs.append(self.pool(x))
+        return torch.cat(outs).reshape(b, s, -1)

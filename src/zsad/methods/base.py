@@ -1,0 +1,85 @@
+"""The method contract: a method receives a built backbone, is set up once per class, then predicts batches."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from zsad.backbone import ClipBackbone
+from zsad.errors import ZsadInputError
+from zsad.types import Prediction
+
+
+@dataclass
+class MethodConfig:
+    """User-facing defaults of a method live in its config dataclass, not in module constants."""
+
+    # The backbone this method's published numbers use; the CLI builds it unless told otherwise.
+    backbone: str = "ViT-B-16-plus-240"
+    pretrained: str = "laion400m_e31"
+    image_size: int = 240
+
+
+class Method(ABC):
+    """Base class: ``setup(class_name, reference_images)`` then ``predict(images) -> Prediction``."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+    needs_class_name: ClassVar[bool] = True
+    supports_few_shot: ClassVar[bool] = False
+    transductive: ClassVar[bool] = False
+
+    def __init__(self, backbone: ClipBackbone, config: MethodConfig | None = None, **overrides: Any) -> None:
+        cfg = config or self.config_cls()
+        if overrides:
+            names = {f.name for f in dataclasses.fields(cfg)}
+            unknown = sorted(set(overrides) - names)
+            if unknown:
+                raise ZsadInputError(f"{self.name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+            cfg = dataclasses.replace(cfg, **overrides)
+        self.backbone = backbone
+        self.config = cfg
+        self.class_name: str | None = None
+        self.k_shot = 0
+
+    @property
+    def image_size(self) -> int:
+        return self.backbone.image_size
+
+    def setup(self, class_name: str | None = None, reference_images: torch.Tensor | None = None) -> None:
+        """Prepare text features for ``class_name`` and, for few-shot methods, reference features."""
+        if reference_images is not None and not self.supports_few_shot:
+            raise ZsadInputError(f"{self.name}: does not take reference images")
+        self.class_name = class_name or "object"
+        self._setup(self.class_name, reference_images)
+
+    @abstractmethod
+    def _setup(self, class_name: str, reference_images: torch.Tensor | None) -> None: ...
+
+    @abstractmethod
+    def _predict(self, images: torch.Tensor) -> Prediction: ...
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """Score a batch of normalised images (B, 3, S, S) at the backbone's resolution."""
+        if self.class_name is None:
+            self.setup(None)
+        s = self.image_size
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (s, s):
+            raise ZsadInputError(f"{self.name}: expected images (B, 3, {s}, {s}), got {tuple(images.shape)}")
+        return self._predict(images.to(self.backbone.device))
+
+    def describe(self) -> dict[str, Any]:
+        """Everything needed to reproduce a run of this method (goes into the run manifest)."""
+        return {
+            "method": self.name,
+            "config": dataclasses.asdict(self.config),
+            "class_name": self.class_name,
+            "k_shot": self.k_shot,
+            "transductive": self.transductive,
+            "backbone": self.backbone.manifest(),
+        }

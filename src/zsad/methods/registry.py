@@ -1,0 +1,32 @@
+"""Method registry: one line per method, imported lazily so listing methods stays cheap."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from zsad.backbone import ClipBackbone
+from zsad.errors import ZsadInputError
+from zsad.methods.base import Method
+
+METHODS: dict[str, str] = {
+    "winclip": "zsad.methods.winclip:WinClip",
+}
+
+
+def list_methods() -> list[str]:
+    return sorted(METHODS)
+
+
+def get_method_class(name: str) -> type[Method]:
+    try:
+        target = METHODS[name.lower()]
+    except KeyError:
+        raise ZsadInputError(f"unknown method {name!r}; known: {', '.join(list_methods())}") from None
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def create_method(name: str, backbone: ClipBackbone, **options: Any) -> Method:
+    """Build a registered method on an existing backbone (methods never build backbones)."""
+    return get_method_class(name)(backbone, **options)
