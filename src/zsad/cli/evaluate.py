@@ -1,0 +1,205 @@
+"""``zsad eval``: labelled datasets in, per-category + mean metrics out, the way the field reports them.
+
+Maps are kept at model input resolution (240 or 518 px), as the papers evaluate. Each scored image is written at
+once (row + ``.npy``), so an interrupted evaluation resumes without recomputing the backbone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from zsad.engine import CsvLog, iterate_batches, map_filename, score_batches, write_manifest
+from zsad.errors import ZsadInputError
+from zsad.methods.base import Method
+from zsad.thresholds import choose_threshold
+
+FIELDS = ["category", "image_path", "gt_label", "mask_path", "pred_score", "pred_label", "image_threshold",
+          "anomaly_map_path"]
+METRIC_KEYS = ["image_AUROC", "image_AP", "image_F1max", "pixel_AUROC", "pixel_AP", "pixel_F1max", "pixel_AUPRO",
+               "pixel_AUPRO_cflow"]
+
+
+@dataclass
+class EvalSpec:
+    dataset: str
+    root: Path
+    categories: list[str] = field(default_factory=list)
+    class_name: str | None = None
+    normal_dir: str | None = None
+    abnormal_dir: str | None = None
+    mask_dir: str | None = None
+    image_dir: str | None = None
+    labels_csv: str | None = None
+    image_glob: str = "*"
+    k_shot: int = 0
+    reference_dir: Path | None = None
+    seed: int = 0
+
+
+def _datasets(spec: EvalSpec, kw: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(category, test dataset, normal-reference dataset or None) per requested category."""
+    from zsad import data
+
+    if not spec.root.is_dir():
+        raise ZsadInputError(f"{spec.root}: dataset root not found")
+    name = spec.dataset.lower()
+    if name in ("mvtec", "visa"):
+        cls = data.MVTecAD if name == "mvtec" else data.Visa
+        cats = spec.categories or cls.list_categories(spec.root)
+        out = []
+        for c in cats:
+            refs = cls(spec.root, c, split="train", **kw) if spec.k_shot > 0 else None
+            out.append((c, cls(spec.root, c, split="test", **kw), refs))
+        return out
+    if name == "folder":
+        cat = spec.categories[0] if spec.categories else spec.root.name
+        ds = data.Folder(spec.root, normal_dir=spec.normal_dir, abnormal_dir=spec.abnormal_dir,
+                         mask_dir=spec.mask_dir, image_dir=spec.image_dir, labels_csv=spec.labels_csv,
+                         image_glob=spec.image_glob, category=cat, **kw)
+        refs = data.ImageList([str(spec.reference_dir)], **kw) if spec.reference_dir else None
+        return [(cat, ds, refs)]
+    raise ZsadInputError(f"--dataset {spec.dataset!r}: use mvtec, visa or folder")
+
+
+def _references(refs: Any, k: int, seed: int) -> torch.Tensor | None:
+    if refs is None:
+        return None
+    normal = [i for i, s in enumerate(refs.samples) if s.label in (0, None)]
+    order = torch.randperm(len(normal), generator=torch.Generator().manual_seed(seed)).tolist()
+    chosen = [normal[i] for i in order[: (k or len(normal))]]
+    return torch.stack([refs[i]["image"] for i in chosen]) if chosen else None
+
+
+def _masks(ds: Any, idx: list[int], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """GT masks at model resolution and whether each is known, re-read from disk (masks are small)."""
+    from zsad.data import load_mask, squash_mask
+
+    masks = np.zeros((len(idx), size, size), dtype=np.uint8)
+    known = np.zeros(len(idx), dtype=bool)
+    has_any = any(s.mask_path is not None for s in ds.samples)
+    for j, i in enumerate(idx):
+        s = ds.samples[i]
+        if s.mask_path is not None:
+            masks[j] = squash_mask(load_mask(s.mask_path), size).numpy() > 0.5
+            known[j] = True
+        elif s.label == 0 and has_any:
+            known[j] = True  # a normal image of a dataset with masks: empty mask
+    return masks, known
+
+
+def run_eval(
+    method: Method, spec: EvalSpec, out: Path, *, batch_size: int, overlays: int, progress: Progress,
+    console: Console,
+) -> Table:
+    from zsad.metrics import compute_metrics, mean_over_categories
+
+    bb = method.backbone
+    kw = {"image_size": method.image_size, "mean": bb.mean, "std": bb.std}
+    out.mkdir(parents=True, exist_ok=True)
+    log = CsvLog(out / "predictions.csv", FIELDS)
+    per_cat: dict[str, dict[str, float]] = {}
+    for cat, ds, ref_ds in _datasets(spec, kw):
+        refs = _references(ref_ds, spec.k_shot, spec.seed) if method.supports_few_shot else None
+        method.setup(spec.class_name or cat.replace("_", " "), reference_images=refs)
+        (out / "maps" / cat).mkdir(parents=True, exist_ok=True)
+        done = {r["image_path"] for r in log.rows if r["category"] == cat and (out / r["anomaly_map_path"]).exists()}
+        task = progress.add_task(f"{method.name} | {cat}", total=len(ds), completed=len(done))
+        with progress:
+            for sb in score_batches(method, iterate_batches(ds, batch_size, skip_paths=done)):
+                rows = []
+                for i, p in enumerate(sb.paths):
+                    rel = Path("maps") / cat / f"{map_filename(p, str(spec.root))}.npy"
+                    np.save(out / rel, sb.maps[i])
+                    rows.append({"category": cat, "image_path": p, "gt_label": int(sb.batch["gt_label"][i]),
+                                 "mask_path": sb.batch["mask_path"][i], "pred_score": float(sb.scores[i]),
+                                 "anomaly_map_path": str(rel)})
+                log.append(rows)
+                progress.advance(task, len(rows))
+        per_cat[cat] = _category_metrics(log, cat, ds, method.image_size, out, overlays, compute_metrics)
+    mean = mean_over_categories(per_cat)
+    log.rewrite()
+    manifest = method.describe()
+    result = {"categories": per_cat, "mean": mean, "dataset": spec.dataset, "root": str(spec.root),
+              "random_weights": bb.random_init, "method": method.name, "backbone": manifest["backbone"],
+              "aupro_note": "pixel_AUPRO = exact curve up to FPR 0.3 (anomalib); pixel_AUPRO_cflow = 200 thresholds, "
+                            "FPR<0.3 rescaled (CLIP-AD/AnomalyCLIP repos)"}
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
+    md = metrics_markdown(per_cat, mean, title=_title(method))
+    (out / "metrics.md").write_text(md)
+    write_manifest(out, method, {"command": "eval", "spec": {k: str(v) for k, v in vars(spec).items()}})
+    return _table(per_cat, mean, _title(method))
+
+
+def _category_metrics(
+    log: CsvLog, cat: str, ds: Any, size: int, out: Path, overlays: int, compute_metrics: Any
+) -> dict[str, float]:
+    index = {str(s.image_path): i for i, s in enumerate(ds.samples)}
+    rows = [r for r in log.rows if r["category"] == cat and r["image_path"] in index]
+    scores = np.array([float(r["pred_score"]) for r in rows])
+    labels = np.array([int(r["gt_label"]) for r in rows])
+    maps = np.stack([np.load(out / r["anomaly_map_path"]) for r in rows])
+    masks, known = _masks(ds, [index[r["image_path"]] for r in rows], size)
+    known_lab = labels >= 0
+    metrics = compute_metrics(scores[known_lab], labels[known_lab],
+                              maps[known_lab] if known.any() else None,
+                              masks[known_lab] if known.any() else None,
+                              has_mask=known[known_lab] if known.any() else None)
+    thr = choose_threshold(scores, labels=labels)
+    for r, lab in zip(rows, thr.apply(scores), strict=True):
+        r.update(pred_label=str(int(lab)), image_threshold=f"{thr.value:.8g}")
+    if overlays > 0:
+        _overlays(rows, maps, masks, known, ds, index, out / "overlays" / cat, overlays)
+    return metrics
+
+
+def _overlays(rows: list[dict[str, str]], maps: np.ndarray, masks: np.ndarray, known: np.ndarray, ds: Any,
+              index: dict[str, int], folder: Path, n: int) -> None:
+    from zsad.data import denormalize
+    from zsad.viz import render_prediction, save_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vmin, vmax = float(maps.min()), float(maps.max())  # one colour scale per category (dataset scope)
+    anomalous = [i for i, r in enumerate(rows) if r["gt_label"] == "1"][: (n + 1) // 2]
+    normal = [i for i, r in enumerate(rows) if r["gt_label"] != "1"][: n - len(anomalous)]
+    for i in anomalous + normal:
+        item = ds[index[rows[i]["image_path"]]]
+        img = denormalize(item["image"], ds.mean, ds.std)
+        panel = render_prediction(img, maps[i], vmin, vmax, gt_mask=masks[i] if known[i] else None,
+                                  score=float(rows[i]["pred_score"]), label=rows[i]["pred_label"] == "1",
+                                  scope="dataset")
+        save_png(folder / (Path(rows[i]["anomaly_map_path"]).stem + ".png"), panel)
+
+
+def _title(method: Method) -> str:
+    b = method.backbone
+    w = "SEEDED RANDOM weights (not a quality result)" if b.random_init else (b.pretrained or "")
+    return f"{method.name} | {b.model_name} @ {b.image_size}px | {w} | k_shot={method.k_shot}"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def metrics_markdown(per_cat: dict[str, dict[str, float]], mean: dict[str, float], title: str) -> str:
+    lines = [f"**{title}**", "", "| category | " + " | ".join(METRIC_KEYS) + " |",
+             "|---|" + "---:|" * len(METRIC_KEYS)]
+    for cat, m in [*per_cat.items(), ("**mean**", mean)]:
+        lines.append(f"| {cat} | " + " | ".join(_pct(m.get(k)) for k in METRIC_KEYS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _table(per_cat: dict[str, dict[str, float]], mean: dict[str, float], title: str) -> Table:
+    t = Table("category", *METRIC_KEYS, title=title)
+    for cat, m in [*per_cat.items(), ("mean", mean)]:
+        t.add_row(cat, *(_pct(m.get(k)) for k in METRIC_KEYS))
+    return t

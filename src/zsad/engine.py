@@ -1,0 +1,186 @@
+"""Batch inference shared by the CLI, the service and user code: incremental, resumable, never loses results.
+
+Rows are appended to ``predictions.csv`` and maps saved to ``.npy`` as soon as a batch is scored, so an
+interrupted run resumes where it stopped; thresholds and overlays (which need every score) come at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from zsad import __version__
+from zsad.errors import ZsadInputError
+from zsad.methods.base import Method
+
+
+def _collate_skip_bad(batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    good = [b for b in batch if b is not None and "error" not in b]
+    if not good:
+        return None
+    out = torch.utils.data.default_collate(good)
+    out["errors"] = [b for b in batch if b is not None and "error" in b]
+    return out
+
+
+class _SafeDataset(Dataset):
+    """Turns a per-image read error into a record instead of an exception (``--skip-bad``)."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            return self.base[i]
+        except ZsadInputError as e:
+            return {"error": str(e), "image_path": str(self.base.samples[i].image_path)}
+
+
+class _Subset(Dataset):
+    def __init__(self, base: Any, indices: Sequence[int]) -> None:
+        self.base, self.indices = base, list(indices)
+        self.samples = [base.samples[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.base[self.indices[i]]
+
+
+def iterate_batches(
+    dataset: Any, batch_size: int, *, skip_bad: bool = False, workers: int = 0, skip_paths: set[str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Batches of a zsad dataset, optionally skipping already-done paths and unreadable files."""
+    ds: Any = dataset
+    if skip_paths:
+        keep = [i for i, s in enumerate(dataset.samples) if str(s.image_path) not in skip_paths]
+        ds = _Subset(dataset, keep)
+    if len(ds) == 0:
+        return
+    if skip_bad:
+        ds = _SafeDataset(ds)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=_collate_skip_bad if skip_bad else None)
+    for batch in loader:
+        if batch is not None:
+            yield batch
+
+
+class CsvLog:
+    """Append-only CSV with a fixed header, flushed after every batch so a crash loses nothing."""
+
+    def __init__(self, path: Path, fields: Sequence[str]) -> None:
+        self.path, self.fields = path, list(fields)
+        self.rows: list[dict[str, str]] = []
+        if path.exists():
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames and list(reader.fieldnames) != self.fields:
+                    raise ZsadInputError(f"{path}: exists with other columns; use another --out or delete it")
+                self.rows = list(reader)
+
+    def append(self, rows: Sequence[dict[str, Any]]) -> None:
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields)
+            if new:
+                w.writeheader()
+            for r in rows:
+                w.writerow({k: _fmt(r.get(k, "")) for k in self.fields})
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows.extend({k: _fmt(r.get(k, "")) for k in self.fields} for r in rows)
+
+    def rewrite(self) -> None:
+        """Atomic rewrite after thresholds are known (tmp file + rename)."""
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields)
+            w.writeheader()
+            w.writerows(self.rows)
+        tmp.replace(self.path)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.8g}"
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    return str(v)
+
+
+def map_filename(image_path: str, root_hint: str | None = None) -> str:
+    """A collision-free file stem for an image: its path relative to a root, slashes flattened."""
+    p = Path(image_path)
+    rel = p
+    if root_hint:
+        try:
+            rel = p.resolve().relative_to(Path(root_hint).resolve())
+        except ValueError:
+            rel = p
+    parts = [x for x in rel.with_suffix("").parts if x not in ("/", "..", ".")]
+    return "__".join(parts[-4:])
+
+
+@dataclass
+class ScoredBatch:
+    paths: list[str]
+    scores: np.ndarray  # (B,)
+    maps: np.ndarray  # (B, S, S) float32 at model resolution
+    batch: dict[str, Any]
+
+
+def score_batches(
+    method: Method, batches: Iterator[dict[str, Any]], on_error: Callable[[dict[str, Any]], None] | None = None
+) -> Iterator[ScoredBatch]:
+    for batch in batches:
+        for err in batch.get("errors", []):
+            if on_error:
+                on_error(err)
+        pred = method.predict(batch["image"])
+        yield ScoredBatch(
+            paths=list(batch["image_path"]),
+            scores=pred.pred_score.detach().cpu().numpy().astype(np.float64),
+            maps=pred.anomaly_map.detach().cpu().numpy().astype(np.float32),
+            batch=batch,
+        )
+
+
+def resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Model-resolution map (S, S) -> original image size (H, W), bilinear (the squash undone)."""
+    t = torch.from_numpy(amap)[None, None]
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def environment() -> dict[str, Any]:
+    import open_clip
+
+    return {
+        "zsad": __version__,
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def write_manifest(out: Path, method: Method, extra: dict[str, Any]) -> None:
+    manifest = {**method.describe(), **extra, "environment": environment()}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))

@@ -1,0 +1,43 @@
+"""Shared fixtures: seeded tiny CLIP (offline), real-asset location, and a no-network guard."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests must never reach a model hub: any socket connection fails loudly."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def guard(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("network access attempted in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", guard)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    from zsad.backbone import ClipBackbone
+
+    return ClipBackbone.from_pretrained("zsad-tiny", "none", seed=0)
+
+
+@pytest.fixture(scope="session")
+def assets_dir() -> Path:
+    path = Path(os.environ.get("ZSAD_ASSETS", REPO.parent / "shared" / "assets"))
+    if not path.is_dir():
+        pytest.skip(f"ZSAD_ASSETS={path} not found: real-image tests need ../shared/assets")
+    return path
+
+
+@pytest.fixture
+def images96() -> torch.Tensor:
+    return torch.randn(3, 3, 96, 96, generator=torch.Generator().manual_seed(1))

@@ -1,0 +1,157 @@
+"""ClipBackbone against open_clip's own forward and against slow, literal references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zsad.backbone import ClipBackbone, SurgeryConfig
+from zsad.errors import ZsadInputError
+
+
+def test_global_embedding_matches_open_clip(tiny_backbone: ClipBackbone, images96: torch.Tensor) -> None:
+    with torch.no_grad():
+        ref = tiny_backbone.model.encode_image(images96)
+        got = tiny_backbone.encode_image(images96).embedding
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_layer_taps_match_open_clip_intermediates(tiny_backbone: ClipBackbone, images96: torch.Tensor) -> None:
+    visual = tiny_backbone.model.visual
+    with torch.no_grad():
+        x = visual._embeds(images96)  # conv + cls + pos + ln_pre, open_clip's own code
+        refs = []
+        for blk in visual.transformer.resblocks:
+            x = blk(x)
+            refs.append(x)
+        feats = tiny_backbone.encode_image(images96, layers=[1, 2, 3, 4])
+    for layer in (1, 2, 3, 4):
+        torch.testing.assert_close(feats.tokens[layer], refs[layer - 1], atol=1e-5, rtol=1e-5)
+
+
+def test_projection_is_ln_post_then_proj(tiny_backbone: ClipBackbone, images96: torch.Tensor) -> None:
+    visual = tiny_backbone.model.visual
+    with torch.no_grad():
+        feats = tiny_backbone.encode_image(images96, layers=[2])
+        got = tiny_backbone.project(feats.tokens[2])
+        ref = visual.ln_post(feats.tokens[2]) @ visual.proj
+    torch.testing.assert_close(got, ref)
+
+
+def test_other_resolution_interpolates_without_mutating(tiny_backbone: ClipBackbone) -> None:
+    pos_before = tiny_backbone.model.visual.positional_embedding.detach().clone()
+    with torch.no_grad():
+        feats = tiny_backbone.encode_image(torch.randn(2, 3, 160, 160))
+    assert feats.grid == (10, 10)
+    assert torch.equal(tiny_backbone.model.visual.positional_embedding, pos_before)
+    pe = tiny_backbone.positional_embedding((10, 10))
+    assert pe.shape == (101, tiny_backbone.width)
+    # Interpolating back to the native grid is the identity (bicubic, align_corners=False, same size).
+    torch.testing.assert_close(tiny_backbone.positional_embedding((6, 6)), pos_before)
+
+
+def _slow_vv(blk: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Literal v-v attention, one token and one head at a time."""
+    attn = blk.attn
+    w = x.shape[-1]
+    h = attn.num_heads
+    d = w // h
+    y = blk.ln_1(x)
+    v = y @ attn.in_proj_weight[2 * w :].T + attn.in_proj_bias[2 * w :]
+    out = torch.zeros_like(v)
+    for b in range(x.shape[0]):
+        for head in range(h):
+            vh = v[b, :, head * d : (head + 1) * d]
+            for t in range(x.shape[1]):
+                logits = torch.stack([vh[t] @ vh[u] for u in range(x.shape[1])]) / d**0.5
+                out[b, t, head * d : (head + 1) * d] = (logits.softmax(0)[:, None] * vh).sum(0)
+    return attn.out_proj(out)
+
+
+def test_surgery_path_matches_slow_reference(tiny_backbone: ClipBackbone) -> None:
+    visual = tiny_backbone.model.visual
+    imgs = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(3))
+    cfg = SurgeryConfig(start_layer=1, reset_layers=(3,), init="zero", replace_cls=True)
+    with torch.no_grad():
+        feats = tiny_backbone.encode_image(imgs, layers=[2, 4], surgery=cfg, surgery_layers=[2, 4])
+        x = visual._embeds(imgs)
+        s = torch.zeros_like(x)
+        expected = {}
+        for i, blk in enumerate(visual.transformer.resblocks):
+            if i + 1 == 3:
+                s = torch.zeros_like(x)
+            s = s + _slow_vv(blk, x)
+            x = blk(x)
+            if i + 1 in (2, 4):
+                expected[i + 1] = torch.cat([x[:, :1], s[:, 1:]], dim=1)
+    for layer in (2, 4):
+        torch.testing.assert_close(feats.surgery[layer], expected[layer], atol=1e-5, rtol=1e-4)
+
+
+def test_surgery_residual_init(tiny_backbone: ClipBackbone) -> None:
+    imgs = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        zero = tiny_backbone.encode_image(imgs, surgery=SurgeryConfig(start_layer=2), surgery_layers=[2])
+        res = tiny_backbone.encode_image(imgs, layers=[1], surgery=SurgeryConfig(start_layer=2, init="residual",
+                                                                                    replace_cls=False),
+                                         surgery_layers=[2])
+    # residual init = hidden state entering block 2 (= tap of layer 1) + the same v-v output
+    torch.testing.assert_close(res.surgery[2][:, 1:] - res.tokens[1][:, 1:], zero.surgery[2][:, 1:], atol=1e-5,
+                               rtol=1e-4)
+
+
+def test_text_cache_and_values(tiny_backbone: ClipBackbone) -> None:
+    prompts = ["a photo of a bottle.", "a photo of a damaged bottle."]
+    tiny_backbone.clear_text_cache()
+    with torch.no_grad():
+        ref = tiny_backbone.model.encode_text(tiny_backbone.tokenizer(prompts))
+    got = tiny_backbone.encode_text(prompts)
+    torch.testing.assert_close(got, ref)
+    assert set(tiny_backbone._text_cache) == set(prompts)
+    torch.testing.assert_close(tiny_backbone.encode_text(prompts, normalize=True), F.normalize(ref, dim=-1))
+
+
+def test_token_subsets_match_per_subset_forward(tiny_backbone: ClipBackbone, images96: torch.Tensor) -> None:
+    visual = tiny_backbone.model.visual
+    index = torch.tensor([[0, 1, 2, 7, 8], [0, 5, 6, 11, 12]])
+    with torch.no_grad():
+        embeds = tiny_backbone.embed(images96)
+        got = tiny_backbone.encode_token_subsets(embeds, index, chunk_size=1)
+        for b in range(images96.shape[0]):
+            for s in range(index.shape[0]):
+                x = visual.transformer(visual.ln_pre(embeds[b : b + 1, index[s]]))
+                ref = visual.ln_post(x)[:, 0] @ visual.proj
+                torch.testing.assert_close(got[b, s], ref[0], atol=1e-5, rtol=1e-5)
+
+
+def test_seeded_random_weights_are_reproducible() -> None:
+    a = ClipBackbone.from_pretrained("zsad-tiny", "none", seed=5)
+    b = ClipBackbone.from_pretrained("zsad-tiny", "none", seed=5)
+    c = ClipBackbone.from_pretrained("zsad-tiny", "none", seed=6)
+    pa, pb, pc = (next(iter(m.model.visual.parameters())) for m in (a, b, c))
+    assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+    assert a.random_init and a.manifest()["pretrained"] == "none"
+
+
+def test_local_weights_file_is_loaded_and_hashed(tmp_path, tiny_backbone: ClipBackbone) -> None:
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny_backbone.model.state_dict(), path)
+    bb = ClipBackbone.from_pretrained("zsad-tiny", weights=path)
+    assert not bb.random_init
+    info = bb.manifest()["weights"]
+    assert info["size"] == path.stat().st_size and len(info["sha256"]) == 64
+    for (k, v), v2 in zip(bb.model.state_dict().items(), tiny_backbone.model.state_dict().values(), strict=True):
+        assert torch.equal(v, v2), k
+
+
+def test_bad_weights_and_names_give_one_line_errors(tmp_path) -> None:
+    with pytest.raises(ZsadInputError, match="not found"):
+        ClipBackbone.from_pretrained("zsad-tiny", weights=tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ZsadInputError, match="bad.pt") as e:
+        ClipBackbone.from_pretrained("zsad-tiny", weights=bad)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ZsadInputError, match="unknown backbone"):
+        ClipBackbone.from_pretrained("ViT-Nope", "none")
