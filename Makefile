@@ -1,0 +1,26 @@
+# Two entry points: `make demo` (the main job) and `make test` (the whole suite). Both install into .venv first.
+VENV ?= .venv
+PRETRAINED ?= laion400m_e31
+BIN := $(VENV)/bin
+
+$(BIN)/zsad: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: install demo test lint
+install: $(BIN)/zsad
+
+# Generate sample images, then score them: predictions.csv, .npy maps and overlays in demo_out/.
+# PRETRAINED=none runs offline on seeded random weights (a smoke test: the scores mean nothing).
+demo: install
+	$(BIN)/zsad samples demo_data
+	$(BIN)/zsad detect demo_data/good demo_data/defect --class-name "tile" --pretrained $(PRETRAINED) --out demo_out
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -q

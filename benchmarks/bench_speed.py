@@ -1,0 +1,115 @@
+"""Speed of each method as a ratio to the bare backbone forward on the same images, in the same run.
+
+Example (CPU, this machine):
+    python benchmarks/bench_speed.py --methods winclip --batch-size 4 --repeats 3
+Full size on a GPU:
+    python benchmarks/bench_speed.py --device cuda --backbone ViT-L-14-336 --image-size 518 --batch-size 8
+
+Weights are seeded random (speed does not depend on weight values); images are real asset images when
+ZSAD_ASSETS is present, else seeded noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from zsad.backbone import ClipBackbone
+from zsad.methods import create_method, get_method_class
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timeit(fn: Callable[[], object], repeats: int, device: str) -> float:
+    """Median wall time of ``fn`` after one warm-up call."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def load_images(n: int, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    assets = Path(os.environ.get("ZSAD_ASSETS", Path(__file__).resolve().parents[2] / "shared" / "assets"))
+    folder = assets / "magnetic_tile" / "MT_Crack" / "Imgs"
+    if folder.is_dir():
+        from zsad.data import ImageList
+
+        ds = ImageList([str(folder / "*.jpg")], image_size=size, mean=mean, std=std)
+        return torch.stack([ds[i % len(ds)]["image"] for i in range(n)])
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def hardware(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", nargs="+", default=["winclip"])
+    ap.add_argument("--backbone", default=None, help="default: each method's own")
+    ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--option", action="append", default=[], help="METHOD:KEY=JSON, e.g. winclip:window_stride=2")
+    ap.add_argument("--json", type=Path, default=None, help="write results here")
+    args = ap.parse_args()
+
+    rows = []
+    for name in args.methods:
+        cfg = get_method_class(name).config_cls()
+        bb = ClipBackbone.from_pretrained(args.backbone or cfg.backbone, "none", image_size=args.image_size or
+                                          cfg.image_size, device=args.device, seed=0)
+        opts = {}
+        for o in args.option:
+            meth, _, kv = o.partition(":")
+            if meth == name:
+                k, _, v = kv.partition("=")
+                opts[k] = json.loads(v)
+        method = create_method(name, bb, **opts)
+        method.setup("object")
+        x = load_images(args.batch_size, bb.image_size, bb.mean, bb.std).to(args.device)
+        with torch.no_grad():
+            bare = timeit(lambda: bb.model.encode_image(x), args.repeats, args.device)
+            t = timeit(lambda: method.predict(x), args.repeats, args.device)
+        rows.append({"method": name, "options": opts, "backbone": bb.model_name, "image_size": bb.image_size,
+                     "batch": args.batch_size, "bare_s": bare, "method_s": t, "ratio": t / bare})
+    print(f"hardware: {hardware(args.device)}; seeded random weights; median of {args.repeats} after warm-up")
+    print("| method | options | backbone @ px | batch | bare forward (s) | method (s) | ratio |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['method']} | {r['options'] or '-'} | {r['backbone']} @ {r['image_size']} | {r['batch']} | "
+              f"{r['bare_s']:.3f} | {r['method_s']:.3f} | {r['ratio']:.2f}x |")
+    if args.json:
+        args.json.write_text(json.dumps({"hardware": hardware(args.device), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
