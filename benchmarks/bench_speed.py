@@ -84,8 +84,13 @@ def main() -> None:
     rows = []
     for name in args.methods:
         cfg = get_method_class(name).config_cls()
-        bb = ClipBackbone.from_pretrained(args.backbone or cfg.backbone, "none", image_size=args.image_size or
-                                          cfg.image_size, device=args.device, seed=0)
+        bb = ClipBackbone.from_pretrained(
+            args.backbone or cfg.backbone,
+            "none",
+            image_size=args.image_size or cfg.image_size,
+            device=args.device,
+            seed=0,
+        )
         opts = {}
         for o in args.option:
             meth, _, kv = o.partition(":")
@@ -96,16 +101,28 @@ def main() -> None:
         method.setup("object")
         x = load_images(args.batch_size, bb.image_size, bb.mean, bb.std).to(args.device)
         with torch.no_grad():
-            bare = timeit(lambda: bb.model.encode_image(x), args.repeats, args.device)
-            t = timeit(lambda: method.predict(x), args.repeats, args.device)
-        rows.append({"method": name, "options": opts, "backbone": bb.model_name, "image_size": bb.image_size,
-                     "batch": args.batch_size, "bare_s": bare, "method_s": t, "ratio": t / bare})
+            bare = timeit(lambda bb=bb, x=x: bb.model.encode_image(x), args.repeats, args.device)
+            t = timeit(lambda m=method, x=x: m.predict(x), args.repeats, args.device)
+        rows.append(
+            {
+                "method": name,
+                "options": opts,
+                "backbone": bb.model_name,
+                "image_size": bb.image_size,
+                "batch": args.batch_size,
+                "bare_s": bare,
+                "method_s": t,
+                "ratio": t / bare,
+            }
+        )
     print(f"hardware: {hardware(args.device)}; seeded random weights; median of {args.repeats} after warm-up")
     print("| method | options | backbone @ px | batch | bare forward (s) | method (s) | ratio |")
     print("|---|---|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['method']} | {r['options'] or '-'} | {r['backbone']} @ {r['image_size']} | {r['batch']} | "
-              f"{r['bare_s']:.3f} | {r['method_s']:.3f} | {r['ratio']:.2f}x |")
+        print(
+            f"| {r['method']} | {r['options'] or '-'} | {r['backbone']} @ {r['image_size']} | {r['batch']} | "
+            f"{r['bare_s']:.3f} | {r['method_s']:.3f} | {r['ratio']:.2f}x |"
+        )
     if args.json:
         args.json.write_text(json.dumps({"hardware": hardware(args.device), "rows": rows}, indent=2))
 

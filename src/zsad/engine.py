@@ -74,8 +74,13 @@ def iterate_batches(
         return
     if skip_bad:
         ds = _SafeDataset(ds)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=_collate_skip_bad if skip_bad else None)
+    loader = DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate_skip_bad if skip_bad else None,
+    )
     for batch in loader:
         if batch is not None:
             yield batch

@@ -93,12 +93,16 @@ def test_surgery_residual_init(tiny_backbone: ClipBackbone) -> None:
     imgs = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
         zero = tiny_backbone.encode_image(imgs, surgery=SurgeryConfig(start_layer=2), surgery_layers=[2])
-        res = tiny_backbone.encode_image(imgs, layers=[1], surgery=SurgeryConfig(start_layer=2, init="residual",
-                                                                                    replace_cls=False),
-                                         surgery_layers=[2])
+        res = tiny_backbone.encode_image(
+            imgs,
+            layers=[1],
+            surgery=SurgeryConfig(start_layer=2, init="residual", replace_cls=False),
+            surgery_layers=[2],
+        )
     # residual init = hidden state entering block 2 (= tap of layer 1) + the same v-v output
-    torch.testing.assert_close(res.surgery[2][:, 1:] - res.tokens[1][:, 1:], zero.surgery[2][:, 1:], atol=1e-5,
-                               rtol=1e-4)
+    torch.testing.assert_close(
+        res.surgery[2][:, 1:] - res.tokens[1][:, 1:], zero.surgery[2][:, 1:], atol=1e-5, rtol=1e-4
+    )
 
 
 def test_text_cache_and_values(tiny_backbone: ClipBackbone) -> None:

@@ -35,15 +35,25 @@ def _prob(e: torch.Tensor, text: torch.Tensor, t: float = 0.07) -> torch.Tensor:
     return (F.normalize(e, dim=-1) @ text.T / t).softmax(-1)[..., 1]
 
 
-def _slow_winclip(bb: ClipBackbone, images: torch.Tensor, class_name: str, refs: torch.Tensor | None = None,
-                  raw_mean: bool = False, set_name: str = "winclip", scales=(2, 3)) -> tuple[torch.Tensor, ...]:
+def _slow_winclip(
+    bb: ClipBackbone,
+    images: torch.Tensor,
+    class_name: str,
+    refs: torch.Tensor | None = None,
+    raw_mean: bool = False,
+    set_name: str = "winclip",
+    scales=(2, 3),
+) -> tuple[torch.Tensor, ...]:
     visual = bb.model.visual
     g = images.shape[-1] // bb.patch_size
     text = _text(bb, class_name, raw_mean, set_name)
 
     def windows(scale: int) -> list[list[int]]:
-        return [[(r + i) * g + (c + j) for i in range(scale) for j in range(scale)]
-                for r in range(g - scale + 1) for c in range(g - scale + 1)]
+        return [
+            [(r + i) * g + (c + j) for i in range(scale) for j in range(scale)]
+            for r in range(g - scale + 1)
+            for c in range(g - scale + 1)
+        ]
 
     def harmonic(win_scores: list[float], wins: list[list[int]]) -> torch.Tensor:
         out = torch.zeros(g * g)
@@ -70,8 +80,9 @@ def _slow_winclip(bb: ClipBackbone, images: torch.Tensor, class_name: str, refs:
         zs = torch.stack([len(per_scale) / sum(1.0 / m[p] for m in per_scale) for p in range(g * g)])
         if ref_feats:
             ref_patch = torch.cat([f[1] for f in ref_feats])
-            fs_maps = [torch.stack([(1 - F.cosine_similarity(patch[p][None], ref_patch)).min() / 2
-                                    for p in range(g * g)])]
+            fs_maps = [
+                torch.stack([(1 - F.cosine_similarity(patch[p][None], ref_patch)).min() / 2 for p in range(g * g)])
+            ]
             for s in scales:
                 ref_w = torch.stack([e for f in ref_feats for e in f[2][s]])
                 ws = [float((1 - F.cosine_similarity(e[None], ref_w)).min() / 2) for e in wins[s]]
@@ -90,8 +101,13 @@ def test_zero_shot_matches_slow_reference(tiny_backbone: ClipBackbone, images96:
     m.setup("screw")
     pred = m.predict(images96[:2])
     with torch.no_grad():
-        ref_s, ref_m = _slow_winclip(tiny_backbone, images96[:2], "screw", raw_mean=compat == "anomalib",
-                                     set_name="winclip-anomalib" if compat == "anomalib" else "winclip")
+        ref_s, ref_m = _slow_winclip(
+            tiny_backbone,
+            images96[:2],
+            "screw",
+            raw_mean=compat == "anomalib",
+            set_name="winclip-anomalib" if compat == "anomalib" else "winclip",
+        )
     torch.testing.assert_close(pred.pred_score, ref_s, atol=1e-5, rtol=0)
     torch.testing.assert_close(pred.anomaly_map, ref_m, atol=1e-5, rtol=0)
 

@@ -159,8 +159,13 @@ class ClipBackbone(nn.Module):
         cls, model: nn.Module, model_name: str, pretrained: str | None = "none", image_size: int | None = None
     ) -> ClipBackbone:
         """Wrap an already-built open_clip CLIP (shared, not copied)."""
-        return cls(model, _open_clip().get_tokenizer(model_name), model_name=model_name, pretrained=pretrained,
-                   image_size=image_size)
+        return cls(
+            model,
+            _open_clip().get_tokenizer(model_name),
+            model_name=model_name,
+            pretrained=pretrained,
+            image_size=image_size,
+        )
 
     @staticmethod
     def _check_supported(visual: nn.Module) -> None:
@@ -332,13 +337,15 @@ class ClipBackbone(nn.Module):
         emb = self.pool(x)
         fin = visual.ln_post(x)[:, 1:] if final_tokens else None
         return ImageFeatures(
-            embedding=emb, tokens=taps, surgery=staps, grid=grid, embeds=embeds if keep_embeds else None,
+            embedding=emb,
+            tokens=taps,
+            surgery=staps,
+            grid=grid,
+            embeds=embeds if keep_embeds else None,
             final_tokens=fin,
         )
 
-    def encode_token_subsets(
-        self, embeds: torch.Tensor, index: torch.Tensor, chunk_size: int = 2048
-    ) -> torch.Tensor:
+    def encode_token_subsets(self, embeds: torch.Tensor, index: torch.Tensor, chunk_size: int = 2048) -> torch.Tensor:
         """Re-run the tower on subsets of the tokens (WinCLIP windows): (B, S, D) pooled embeddings.
 
         ``embeds`` (B, 1+N, W) come from ``embed``; ``index`` (S, T) lists the token indices of each

@@ -16,8 +16,18 @@ from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
 from zsad.thresholds import Threshold, choose_threshold
 
-FIELDS = ["image_path", "pred_score", "pred_label", "threshold", "threshold_source", "pixel_threshold",
-          "anomaly_map_path", "overlay_path", "map_min", "map_max"]
+FIELDS = [
+    "image_path",
+    "pred_score",
+    "pred_label",
+    "threshold",
+    "threshold_source",
+    "pixel_threshold",
+    "anomaly_map_path",
+    "overlay_path",
+    "map_min",
+    "map_max",
+]
 
 
 def _stack_images(ds: Any) -> torch.Tensor:
@@ -26,14 +36,32 @@ def _stack_images(ds: Any) -> torch.Tensor:
 
 def _run_key(method: Method) -> dict[str, Any]:
     d = method.describe()
-    return {"method": d["method"], "config": d["config"], "class_name": d["class_name"], "k_shot": d["k_shot"],
-            "backbone": {k: d["backbone"][k] for k in ("model_name", "pretrained", "image_size", "weights")}}
+    return {
+        "method": d["method"],
+        "config": d["config"],
+        "class_name": d["class_name"],
+        "k_shot": d["k_shot"],
+        "backbone": {k: d["backbone"][k] for k in ("model_name", "pretrained", "image_size", "weights")},
+    }
 
 
 def run_detect(
-    method: Method, paths: list[str], out: Path, *, class_name: str | None, reference_dir: Path | None, k_shot: int,
-    threshold: float | None, recursive: bool, batch_size: int, overlays: bool, normalize: str, skip_bad: bool,
-    seed: int, progress: Progress, console: Console,
+    method: Method,
+    paths: list[str],
+    out: Path,
+    *,
+    class_name: str | None,
+    reference_dir: Path | None,
+    k_shot: int,
+    threshold: float | None,
+    recursive: bool,
+    batch_size: int,
+    overlays: bool,
+    normalize: str,
+    skip_bad: bool,
+    seed: int,
+    progress: Progress,
+    console: Console,
 ) -> int:
     from zsad.data import ImageList
 
@@ -74,16 +102,22 @@ def run_detect(
     todo = len(ds) - len(done & {str(s.image_path) for s in ds.samples})
     task = progress.add_task(f"{method.name}: scoring", total=todo)
     with progress:
-        for sb in score_batches(method, iterate_batches(ds, batch_size, skip_bad=skip_bad, skip_paths=done),
-                                on_error):
+        for sb in score_batches(method, iterate_batches(ds, batch_size, skip_bad=skip_bad, skip_paths=done), on_error):
             hs, ws = sb.batch["original_size"]
             rows = []
             for i, p in enumerate(sb.paths):
                 full = resize_map(sb.maps[i], (int(hs[i]), int(ws[i])))
                 rel = Path("maps") / f"{map_filename(p)}.npy"
                 np.save(out / rel, full)
-                rows.append({"image_path": p, "pred_score": float(sb.scores[i]), "anomaly_map_path": str(rel),
-                             "map_min": float(full.min()), "map_max": float(full.max())})
+                rows.append(
+                    {
+                        "image_path": p,
+                        "pred_score": float(sb.scores[i]),
+                        "anomaly_map_path": str(rel),
+                        "map_min": float(full.min()),
+                        "map_max": float(full.max()),
+                    }
+                )
             log.append(rows)
             progress.advance(task, len(rows))
 
@@ -99,18 +133,34 @@ def run_detect(
     pthr = choose_threshold(maxima, normal_scores=calib_max)
     labels = thr.apply(scores)
     for r, lab in zip(log.rows, labels, strict=True):
-        r.update(pred_label=str(int(lab)), threshold=f"{thr.value:.8g}", threshold_source=thr.source,
-                 pixel_threshold=f"{pthr.value:.8g}")
+        r.update(
+            pred_label=str(int(lab)),
+            threshold=f"{thr.value:.8g}",
+            threshold_source=thr.source,
+            pixel_threshold=f"{pthr.value:.8g}",
+        )
     if overlays:
         _write_overlays(log.rows, out, normalize, pthr, progress)
     log.rewrite()
-    write_manifest(out, method, {"command": "detect", "inputs": paths, "reference_dir": str(reference_dir or ""),
-                                 "threshold": vars(thr), "pixel_threshold": vars(pthr), "normalize": normalize,
-                                 "num_images": len(log.rows)})
+    write_manifest(
+        out,
+        method,
+        {
+            "command": "detect",
+            "inputs": paths,
+            "reference_dir": str(reference_dir or ""),
+            "threshold": vars(thr),
+            "pixel_threshold": vars(pthr),
+            "normalize": normalize,
+            "num_images": len(log.rows),
+        },
+    )
     n_bad = len(errors.rows)
-    console.print(f"{len(log.rows)} images scored, {int(labels.sum())} flagged anomalous "
-                  f"(threshold {thr.value:.4g}, {thr.source}); results in {out / 'predictions.csv'}"
-                  + (f"; {n_bad} unreadable files listed in {out / 'errors.csv'}" if n_bad else ""))
+    console.print(
+        f"{len(log.rows)} images scored, {int(labels.sum())} flagged anomalous "
+        f"(threshold {thr.value:.4g}, {thr.source}); results in {out / 'predictions.csv'}"
+        + (f"; {n_bad} unreadable files listed in {out / 'errors.csv'}" if n_bad else "")
+    )
     return 1 if n_bad else 0
 
 
@@ -127,9 +177,16 @@ def _write_overlays(rows: list[dict[str, str]], out: Path, normalize: str, pthr:
             amap = np.load(out / r["anomaly_map_path"])
             vmin, vmax = (gmin, gmax) if normalize == "dataset" else (float(amap.min()), float(amap.max()))
             img = np.asarray(load_image(r["image_path"]))
-            panel = render_prediction(img, amap, vmin, vmax, pred_mask=pthr.apply(amap),
-                                      score=float(r["pred_score"]), label=bool(int(r["pred_label"])),
-                                      scope=normalize)
+            panel = render_prediction(
+                img,
+                amap,
+                vmin,
+                vmax,
+                pred_mask=pthr.apply(amap),
+                score=float(r["pred_score"]),
+                label=bool(int(r["pred_label"])),
+                scope=normalize,
+            )
             rel = Path("overlays") / (Path(r["anomaly_map_path"]).stem + ".png")
             save_png(out / rel, panel)
             r["overlay_path"] = str(rel)

@@ -23,10 +23,26 @@ from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
 from zsad.thresholds import choose_threshold
 
-FIELDS = ["category", "image_path", "gt_label", "mask_path", "pred_score", "pred_label", "image_threshold",
-          "anomaly_map_path"]
-METRIC_KEYS = ["image_AUROC", "image_AP", "image_F1max", "pixel_AUROC", "pixel_AP", "pixel_F1max", "pixel_AUPRO",
-               "pixel_AUPRO_cflow"]
+FIELDS = [
+    "category",
+    "image_path",
+    "gt_label",
+    "mask_path",
+    "pred_score",
+    "pred_label",
+    "image_threshold",
+    "anomaly_map_path",
+]
+METRIC_KEYS = [
+    "image_AUROC",
+    "image_AP",
+    "image_F1max",
+    "pixel_AUROC",
+    "pixel_AP",
+    "pixel_F1max",
+    "pixel_AUPRO",
+    "pixel_AUPRO_cflow",
+]
 
 
 @dataclass
@@ -63,9 +79,17 @@ def _datasets(spec: EvalSpec, kw: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         return out
     if name == "folder":
         cat = spec.categories[0] if spec.categories else spec.root.name
-        ds = data.Folder(spec.root, normal_dir=spec.normal_dir, abnormal_dir=spec.abnormal_dir,
-                         mask_dir=spec.mask_dir, image_dir=spec.image_dir, labels_csv=spec.labels_csv,
-                         image_glob=spec.image_glob, category=cat, **kw)
+        ds = data.Folder(
+            spec.root,
+            normal_dir=spec.normal_dir,
+            abnormal_dir=spec.abnormal_dir,
+            mask_dir=spec.mask_dir,
+            image_dir=spec.image_dir,
+            labels_csv=spec.labels_csv,
+            image_glob=spec.image_glob,
+            category=cat,
+            **kw,
+        )
         refs = data.ImageList([str(spec.reference_dir)], **kw) if spec.reference_dir else None
         return [(cat, ds, refs)]
     raise ZsadInputError(f"--dataset {spec.dataset!r}: use mvtec, visa or folder")
@@ -98,7 +122,13 @@ def _masks(ds: Any, idx: list[int], size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_eval(
-    method: Method, spec: EvalSpec, out: Path, *, batch_size: int, overlays: int, progress: Progress,
+    method: Method,
+    spec: EvalSpec,
+    out: Path,
+    *,
+    batch_size: int,
+    overlays: int,
+    progress: Progress,
     console: Console,
 ) -> Table:
     from zsad.metrics import compute_metrics, mean_over_categories
@@ -120,19 +150,33 @@ def run_eval(
                 for i, p in enumerate(sb.paths):
                     rel = Path("maps") / cat / f"{map_filename(p, str(spec.root))}.npy"
                     np.save(out / rel, sb.maps[i])
-                    rows.append({"category": cat, "image_path": p, "gt_label": int(sb.batch["gt_label"][i]),
-                                 "mask_path": sb.batch["mask_path"][i], "pred_score": float(sb.scores[i]),
-                                 "anomaly_map_path": str(rel)})
+                    rows.append(
+                        {
+                            "category": cat,
+                            "image_path": p,
+                            "gt_label": int(sb.batch["gt_label"][i]),
+                            "mask_path": sb.batch["mask_path"][i],
+                            "pred_score": float(sb.scores[i]),
+                            "anomaly_map_path": str(rel),
+                        }
+                    )
                 log.append(rows)
                 progress.advance(task, len(rows))
         per_cat[cat] = _category_metrics(log, cat, ds, method.image_size, out, overlays, compute_metrics)
     mean = mean_over_categories(per_cat)
     log.rewrite()
     manifest = method.describe()
-    result = {"categories": per_cat, "mean": mean, "dataset": spec.dataset, "root": str(spec.root),
-              "random_weights": bb.random_init, "method": method.name, "backbone": manifest["backbone"],
-              "aupro_note": "pixel_AUPRO = exact curve up to FPR 0.3 (anomalib); pixel_AUPRO_cflow = 200 thresholds, "
-                            "FPR<0.3 rescaled (CLIP-AD/AnomalyCLIP repos)"}
+    result = {
+        "categories": per_cat,
+        "mean": mean,
+        "dataset": spec.dataset,
+        "root": str(spec.root),
+        "random_weights": bb.random_init,
+        "method": method.name,
+        "backbone": manifest["backbone"],
+        "aupro_note": "pixel_AUPRO = exact curve up to FPR 0.3 (anomalib); pixel_AUPRO_cflow = 200 thresholds, "
+        "FPR<0.3 rescaled (CLIP-AD/AnomalyCLIP repos)",
+    }
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
     md = metrics_markdown(per_cat, mean, title=_title(method))
     (out / "metrics.md").write_text(md)
@@ -150,10 +194,13 @@ def _category_metrics(
     maps = np.stack([np.load(out / r["anomaly_map_path"]) for r in rows])
     masks, known = _masks(ds, [index[r["image_path"]] for r in rows], size)
     known_lab = labels >= 0
-    metrics = compute_metrics(scores[known_lab], labels[known_lab],
-                              maps[known_lab] if known.any() else None,
-                              masks[known_lab] if known.any() else None,
-                              has_mask=known[known_lab] if known.any() else None)
+    metrics = compute_metrics(
+        scores[known_lab],
+        labels[known_lab],
+        maps[known_lab] if known.any() else None,
+        masks[known_lab] if known.any() else None,
+        has_mask=known[known_lab] if known.any() else None,
+    )
     thr = choose_threshold(scores, labels=labels)
     for r, lab in zip(rows, thr.apply(scores), strict=True):
         r.update(pred_label=str(int(lab)), image_threshold=f"{thr.value:.8g}")
@@ -162,8 +209,16 @@ def _category_metrics(
     return metrics
 
 
-def _overlays(rows: list[dict[str, str]], maps: np.ndarray, masks: np.ndarray, known: np.ndarray, ds: Any,
-              index: dict[str, int], folder: Path, n: int) -> None:
+def _overlays(
+    rows: list[dict[str, str]],
+    maps: np.ndarray,
+    masks: np.ndarray,
+    known: np.ndarray,
+    ds: Any,
+    index: dict[str, int],
+    folder: Path,
+    n: int,
+) -> None:
     from zsad.data import denormalize
     from zsad.viz import render_prediction, save_png
 
@@ -174,9 +229,16 @@ def _overlays(rows: list[dict[str, str]], maps: np.ndarray, masks: np.ndarray, k
     for i in anomalous + normal:
         item = ds[index[rows[i]["image_path"]]]
         img = denormalize(item["image"], ds.mean, ds.std)
-        panel = render_prediction(img, maps[i], vmin, vmax, gt_mask=masks[i] if known[i] else None,
-                                  score=float(rows[i]["pred_score"]), label=rows[i]["pred_label"] == "1",
-                                  scope="dataset")
+        panel = render_prediction(
+            img,
+            maps[i],
+            vmin,
+            vmax,
+            gt_mask=masks[i] if known[i] else None,
+            score=float(rows[i]["pred_score"]),
+            label=rows[i]["pred_label"] == "1",
+            scope="dataset",
+        )
         save_png(folder / (Path(rows[i]["anomaly_map_path"]).stem + ".png"), panel)
 
 
@@ -191,8 +253,7 @@ def _pct(v: float | None) -> str:
 
 
 def metrics_markdown(per_cat: dict[str, dict[str, float]], mean: dict[str, float], title: str) -> str:
-    lines = [f"**{title}**", "", "| category | " + " | ".join(METRIC_KEYS) + " |",
-             "|---|" + "---:|" * len(METRIC_KEYS)]
+    lines = [f"**{title}**", "", "| category | " + " | ".join(METRIC_KEYS) + " |", "|---|" + "---:|" * len(METRIC_KEYS)]
     for cat, m in [*per_cat.items(), ("**mean**", mean)]:
         lines.append(f"| {cat} | " + " | ".join(_pct(m.get(k)) for k in METRIC_KEYS) + " |")
     return "\n".join(lines) + "\n"

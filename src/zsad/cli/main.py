@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import torch
 import typer
 from rich.console import Console
@@ -19,16 +17,16 @@ from rich.table import Table
 from zsad.errors import ZsadInputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Zero-/few-shot visual anomaly detection with CLIP.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 Pretrained = Annotated[
     str | None,
-    typer.Option(help="open_clip pretrained tag (downloaded on first use); 'none' = seeded RANDOM weights (smoke "
-                      "tests only). Default: the method's published weights."),
+    typer.Option(
+        help="open_clip pretrained tag (downloaded on first use); 'none' = seeded RANDOM weights (smoke "
+        "tests only). Default: the method's published weights."
+    ),
 ]
-Weights = Annotated[
-    Path | None, typer.Option(help="Local checkpoint file (overrides --pretrained; env ZSAD_WEIGHTS).")
-]
+Weights = Annotated[Path | None, typer.Option(help="Local checkpoint file (overrides --pretrained; env ZSAD_WEIGHTS).")]
 Backbone = Annotated[str | None, typer.Option(help="open_clip model name. Default: the method's.")]
 ImageSize = Annotated[int | None, typer.Option(help="Input resolution (square). Default: the method's.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if available).")]
@@ -36,8 +34,14 @@ MethodOpt = Annotated[list[str] | None, typer.Option("--option", "-o", help="Met
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
 
 
 def _parse_options(opts: list[str] | None) -> dict[str, Any]:
@@ -56,8 +60,14 @@ def _parse_options(opts: list[str] | None) -> dict[str, Any]:
 
 
 def _build(
-    method_name: str, backbone: str | None, pretrained: str | None, weights: Path | None, image_size: int | None,
-    device: str | None, seed: int, options: dict[str, Any],
+    method_name: str,
+    backbone: str | None,
+    pretrained: str | None,
+    weights: Path | None,
+    image_size: int | None,
+    device: str | None,
+    seed: int,
+    options: dict[str, Any],
 ) -> Any:
     from zsad.backbone import ClipBackbone
     from zsad.methods import get_method_class
@@ -68,8 +78,14 @@ def _build(
         weights = Path(os.environ["ZSAD_WEIGHTS"])
     tag = pretrained if pretrained is not None else defaults.pretrained
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    bb = ClipBackbone.from_pretrained(backbone or defaults.backbone, tag, weights=weights,
-                                      image_size=image_size or defaults.image_size, device=dev, seed=seed)
+    bb = ClipBackbone.from_pretrained(
+        backbone or defaults.backbone,
+        tag,
+        weights=weights,
+        image_size=image_size or defaults.image_size,
+        device=dev,
+        seed=seed,
+    )
     if bb.random_init:
         console.print(
             "[bold red]WARNING: --pretrained none: the backbone has SEEDED RANDOM weights. Scores and maps are "
@@ -93,15 +109,23 @@ def methods_cmd() -> None:
         cls = get_method_class(name)
         cfg = cls.config_cls()
         doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
-        table.add_row(name, f"{cfg.backbone} ({cfg.pretrained})", str(cfg.image_size),
-                      "yes" if cls.supports_few_shot else "no", doc)
+        table.add_row(
+            name,
+            f"{cfg.backbone} ({cfg.pretrained})",
+            str(cfg.image_size),
+            "yes" if cls.supports_few_shot else "no",
+            doc,
+        )
     Console().print(table)
 
 
 @app.command("samples")
 def samples_cmd(
     out: Annotated[Path, typer.Argument(help="Folder to write the generated sample images into.")],
-    n_normal: int = 4, n_anomalous: int = 4, size: int = 256, seed: int = 0,
+    n_normal: int = 4,
+    n_anomalous: int = 4,
+    size: int = 256,
+    seed: int = 0,
 ) -> None:
     """Generate a few synthetic product images (normal + defective, with masks) for a first run."""
     from zsad.data import make_sample_images
@@ -116,28 +140,50 @@ def detect_cmd(
     out: Annotated[Path, typer.Option(help="Output folder (resumes if it holds an earlier run).")] = Path("results"),
     method: Annotated[str, typer.Option(help="Method name (see `zsad methods`).")] = "winclip",
     class_name: Annotated[str | None, typer.Option(help="Object name used in prompts (default 'object').")] = None,
-    reference_dir: Annotated[Path | None, typer.Option(help="Folder of NORMAL images: few-shot references and "
-                                                           "threshold calibration.")] = None,
+    reference_dir: Annotated[
+        Path | None, typer.Option(help="Folder of NORMAL images: few-shot references and threshold calibration.")
+    ] = None,
     k_shot: Annotated[int, typer.Option(help="Number of reference images to use (0 = all in --reference-dir).")] = 0,
     threshold: Annotated[float | None, typer.Option(help="Manual image threshold (skips calibration).")] = None,
     recursive: bool = False,
     batch_size: int = 8,
     overlays: Annotated[bool, typer.Option(help="Write PNG overlays.")] = True,
-    normalize: Annotated[str, typer.Option(help="Heatmap colour scale: dataset (one scale for all) or per_image.")]
-    = "dataset",
-    skip_bad: Annotated[bool, typer.Option(help="Skip unreadable images (listed in errors.csv) instead of stopping.")]
-    = False,
-    backbone: Backbone = None, pretrained: Pretrained = None, weights: Weights = None, image_size: ImageSize = None,
-    device: Device = "", seed: int = 0, option: MethodOpt = None,
+    normalize: Annotated[
+        str, typer.Option(help="Heatmap colour scale: dataset (one scale for all) or per_image.")
+    ] = "dataset",
+    skip_bad: Annotated[
+        bool, typer.Option(help="Skip unreadable images (listed in errors.csv) instead of stopping.")
+    ] = False,
+    backbone: Backbone = None,
+    pretrained: Pretrained = None,
+    weights: Weights = None,
+    image_size: ImageSize = None,
+    device: Device = "",
+    seed: int = 0,
+    option: MethodOpt = None,
 ) -> None:
     """Score images with no labels: predictions.csv, .npy maps and overlays, written incrementally."""
     try:
         from zsad.cli.detect import run_detect
 
         m = _build(method, backbone, pretrained, weights, image_size, device or None, seed, _parse_options(option))
-        code = run_detect(m, path, out, class_name=class_name, reference_dir=reference_dir, k_shot=k_shot,
-                          threshold=threshold, recursive=recursive, batch_size=batch_size, overlays=overlays,
-                          normalize=normalize, skip_bad=skip_bad, seed=seed, progress=_progress(), console=console)
+        code = run_detect(
+            m,
+            path,
+            out,
+            class_name=class_name,
+            reference_dir=reference_dir,
+            k_shot=k_shot,
+            threshold=threshold,
+            recursive=recursive,
+            batch_size=batch_size,
+            overlays=overlays,
+            normalize=normalize,
+            skip_bad=skip_bad,
+            seed=seed,
+            progress=_progress(),
+            console=console,
+        )
     except ZsadInputError as e:
         _fail(e)
     raise typer.Exit(code)
@@ -161,30 +207,35 @@ def eval_cmd(
     reference_dir: Annotated[Path | None, typer.Option(help="folder: normal reference images (few-shot).")] = None,
     batch_size: int = 8,
     overlays: Annotated[int, typer.Option(help="Overlays to write per category.")] = 8,
-    backbone: Backbone = None, pretrained: Pretrained = None, weights: Weights = None, image_size: ImageSize = None,
-    device: Device = "", seed: int = 0, option: MethodOpt = None,
+    backbone: Backbone = None,
+    pretrained: Pretrained = None,
+    weights: Weights = None,
+    image_size: ImageSize = None,
+    device: Device = "",
+    seed: int = 0,
+    option: MethodOpt = None,
 ) -> None:
     """Evaluate on a labelled dataset: predictions.csv, metrics.json, metrics.md (per category + mean)."""
     try:
         from zsad.cli.evaluate import EvalSpec, run_eval
 
         m = _build(method, backbone, pretrained, weights, image_size, device or None, seed, _parse_options(option))
-        spec = EvalSpec(dataset=dataset, root=root, categories=category or [], class_name=class_name,
-                        normal_dir=normal_dir, abnormal_dir=abnormal_dir, mask_dir=mask_dir, image_dir=image_dir,
-                        labels_csv=labels_csv, image_glob=image_glob, k_shot=k_shot, reference_dir=reference_dir,
-                        seed=seed)
-        result = run_eval(m, spec, out, batch_size=batch_size, overlays=overlays, progress=_progress(),
-                          console=console)
+        spec = EvalSpec(
+            dataset=dataset,
+            root=root,
+            categories=category or [],
+            class_name=class_name,
+            normal_dir=normal_dir,
+            abnormal_dir=abnormal_dir,
+            mask_dir=mask_dir,
+            image_dir=image_dir,
+            labels_csv=labels_csv,
+            image_glob=image_glob,
+            k_shot=k_shot,
+            reference_dir=reference_dir,
+            seed=seed,
+        )
+        result = run_eval(m, spec, out, batch_size=batch_size, overlays=overlays, progress=_progress(), console=console)
     except ZsadInputError as e:
         _fail(e)
     Console().print(result)
-
-
-def _finite(x: float) -> bool:
-    return isinstance(x, float) and math.isfinite(x)
-
-
-def main() -> None:  # pragma: no cover - console-script shim for `python -m zsad`
-    torch.set_grad_enabled(False)
-    np.seterr(divide="ignore", invalid="ignore")
-    app()

@@ -39,7 +39,9 @@ class Method(ABC):
             names = {f.name for f in dataclasses.fields(cfg)}
             unknown = sorted(set(overrides) - names)
             if unknown:
-                raise ZsadInputError(f"{self.name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+                raise ZsadInputError(
+                    f"{self.name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+                )
             cfg = dataclasses.replace(cfg, **overrides)
         self.backbone = backbone
         self.config = cfg
@@ -50,6 +52,7 @@ class Method(ABC):
     def image_size(self) -> int:
         return self.backbone.image_size
 
+    @torch.no_grad()
     def setup(self, class_name: str | None = None, reference_images: torch.Tensor | None = None) -> None:
         """Prepare text features for ``class_name`` and, for few-shot methods, reference features."""
         if reference_images is not None and not self.supports_few_shot:

@@ -47,8 +47,15 @@ _WINCLIP_TEMPLATES = (
     "a photo of the {} for anomaly detection.",
     "a photo of a {} for anomaly detection.",
 )
-_WINCLIP_NORMAL = ("{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect",
-                   "{} without damage")
+_WINCLIP_NORMAL = (
+    "{}",
+    "flawless {}",
+    "perfect {}",
+    "unblemished {}",
+    "{} without flaw",
+    "{} without defect",
+    "{} without damage",
+)
 _WINCLIP_ANOMALOUS = ("damaged {}", "{} with flaw", "{} with defect", "{} with damage")
 
 _PROMPT_SETS: dict[str, PromptSet] = {
@@ -60,8 +67,10 @@ _PROMPT_SETS: dict[str, PromptSet] = {
         "winclip-anomalib",
         _WINCLIP_NORMAL,
         _WINCLIP_ANOMALOUS,
-        tuple("a jpeg corrupted photo of the {}." if t == "a jpeg corrupted photo of a {}." else t
-              for t in _WINCLIP_TEMPLATES),
+        tuple(
+            "a jpeg corrupted photo of the {}." if t == "a jpeg corrupted photo of a {}." else t
+            for t in _WINCLIP_TEMPLATES
+        ),
     ),
 }
 

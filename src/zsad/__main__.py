@@ -1,0 +1,5 @@
+"""``python -m zsad`` = the ``zsad`` command."""
+
+from zsad.cli.main import app
+
+app()

@@ -1,0 +1,1 @@
+"""The zsad command-line interface."""
