@@ -158,8 +158,16 @@ def test_compute_metrics_keys_and_nan_behaviour() -> None:
     maps, masks = _hand_masks()
     labels = np.array([1, 1, 1, 0])
     m = compute_metrics(np.array([0.9, 0.8, 0.3, 0.1]), labels, maps, masks)
-    assert set(m) == {"image_AUROC", "image_AP", "image_F1max", "pixel_AUROC", "pixel_AP", "pixel_F1max",
-                      "pixel_AUPRO", "pixel_AUPRO_cflow"}
+    assert set(m) == {
+        "image_AUROC",
+        "image_AP",
+        "image_F1max",
+        "pixel_AUROC",
+        "pixel_AP",
+        "pixel_F1max",
+        "pixel_AUPRO",
+        "pixel_AUPRO_cflow",
+    }
     assert m["image_AUROC"] == 1.0
     one_class = compute_metrics(np.array([0.1, 0.2]), np.array([0, 0]))
     assert set(one_class) == {"image_AUROC", "image_AP", "image_F1max"} and math.isnan(one_class["image_AUROC"])

@@ -138,8 +138,9 @@ class Visa(AnomalyDataset):
                 continue
             anomalous = r["label"].strip().lower() == "anomaly"
             mask = root / r["mask"] if anomalous and r.get("mask", "").strip() else None
-            samples.append(Sample(root / r["image"], int(anomalous), mask, category, split,
-                                  "anomaly" if anomalous else "good"))
+            samples.append(
+                Sample(root / r["image"], int(anomalous), mask, category, split, "anomaly" if anomalous else "good")
+            )
         super().__init__(samples, masks_known=True, source=f"{root} ({category}, {split})", **kw)
 
     @staticmethod
@@ -235,7 +236,9 @@ class Folder(AnomalyDataset):
         if not (nd or ad or idir):
             raise ZsadInputError(f"{root}: give --normal-dir/--abnormal-dir or --image-dir")
         samples: list[Sample] = []
-        labels = _read_labels(root / labels_csv if labels_csv else Path(), id_column, label_column) if labels_csv else None
+        labels = (
+            _read_labels(root / labels_csv if labels_csv else Path(), id_column, label_column) if labels_csv else None
+        )
         for folder, label, defect in ((nd, 0, "good"), (ad, 1, "anomaly"), (idir, None, "")):
             if folder is None:
                 continue
@@ -253,7 +256,9 @@ class Folder(AnomalyDataset):
 class ImageList(AnomalyDataset):
     """Unlabeled files, folders or glob patterns (``zsad detect``)."""
 
-    def __init__(self, paths: Sequence[str | Path], recursive: bool = False, category: str = "images", **kw: Any) -> None:
+    def __init__(
+        self, paths: Sequence[str | Path], recursive: bool = False, category: str = "images", **kw: Any
+    ) -> None:
         files: list[Path] = []
         for raw in paths:
             p = Path(raw)
@@ -270,8 +275,12 @@ class ImageList(AnomalyDataset):
                     raise ZsadInputError(f"{raw}: no such file or folder, and no images match it")
                 files += found
         unique = list(dict.fromkeys(files))
-        super().__init__([Sample(f, None, None, category) for f in unique], masks_known=False,
-                         source=", ".join(map(str, paths)), **kw)
+        super().__init__(
+            [Sample(f, None, None, category) for f in unique],
+            masks_known=False,
+            source=", ".join(map(str, paths)),
+            **kw,
+        )
 
 
 def load_meta_json(path: str | Path, root: str | Path | None = None, split: str = "test") -> dict[str, list[Sample]]:
@@ -287,8 +296,14 @@ def load_meta_json(path: str | Path, root: str | Path | None = None, split: str 
     out: dict[str, list[Sample]] = {}
     for cls, items in meta[split].items():
         out[cls] = [
-            Sample(base / it["img_path"], int(it.get("anomaly", 0)), base / it["mask_path"] if it.get("mask_path") else None,
-                   it.get("cls_name", cls), split, it.get("specie_name", ""))
+            Sample(
+                base / it["img_path"],
+                int(it.get("anomaly", 0)),
+                base / it["mask_path"] if it.get("mask_path") else None,
+                it.get("cls_name", cls),
+                split,
+                it.get("specie_name", ""),
+            )
             for it in items
         ]
     return out
@@ -310,7 +325,12 @@ def save_meta_json(samples_by_split: dict[str, list[Sample]], path: str | Path, 
     for split, samples in samples_by_split.items():
         for s in samples:
             meta.setdefault(split, {}).setdefault(s.category, []).append(
-                {"img_path": rel(s.image_path), "mask_path": rel(s.mask_path), "cls_name": s.category,
-                 "specie_name": s.defect_type, "anomaly": int(s.label or 0)}
+                {
+                    "img_path": rel(s.image_path),
+                    "mask_path": rel(s.mask_path),
+                    "cls_name": s.category,
+                    "specie_name": s.defect_type,
+                    "anomaly": int(s.label or 0),
+                }
             )
     Path(path).write_text(json.dumps(meta, indent=2))
