@@ -1,4 +1,9 @@
-"""Square squash of image and mask together: the protocol of the field (stock CLIP's centre crop misaligns masks)."""
+"""Resize image and mask the way the zero-shot AD papers do: squash both to S x S, never crop.
+
+Stock CLIP preprocessing resizes the short side and centre-crops, which cuts off defects near the border and
+misaligns the mask. Squashing keeps every pixel and keeps image and mask aligned. Bicubic for the image
+matches CLIP's pretraining; bilinear + threshold 0.5 for the mask is the field's evaluation protocol.
+"""
 
 from __future__ import annotations
 
@@ -8,32 +13,47 @@ import numpy as np
 import torch
 from PIL import Image
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _channel_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need 3 values each, got {len(mean)} and {len(std)}")
+    m = torch.tensor([float(v) for v in mean], dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor([float(v) for v in std], dtype=torch.float32).view(3, 1, 1)
+    return m, s
 
 
 def squash_image(
-    img: Image.Image, size: int, mean: Sequence[float] = OPENAI_CLIP_MEAN, std: Sequence[float] = OPENAI_CLIP_STD
+    img: Image.Image,
+    size: int,
+    mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    std: Sequence[float] = OPENAI_CLIP_STD,
 ) -> torch.Tensor:
-    """RGB PIL image -> (3, S, S) float, resized ignoring aspect (bicubic, as CLIP was trained), normalised."""
-    arr = np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
-    t = torch.from_numpy(arr).permute(2, 0, 1)
-    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    return (t - m) / s
+    """RGB PIL image -> normalised float tensor (3, S, S), resized to S x S ignoring the aspect ratio."""
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    resized = rgb.resize((size, size), Image.Resampling.BICUBIC)
+    x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    m, s = _channel_stats(mean, std)
+    return ((x - m) / s).contiguous()
 
 
 def squash_mask(mask: Image.Image, size: int) -> torch.Tensor:
-    """{0,255} 'L' mask -> (S, S) float {0,1}: bilinear resize, then threshold at 0.5."""
-    arr = np.asarray(mask.convert("L").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
-    return torch.from_numpy((arr >= 0.5).astype(np.float32))
+    """Binary 'L' mask -> float tensor (S, S) in {0, 1}: bilinear resize to S x S, then keep values >= 0.5."""
+    gray = mask if mask.mode == "L" else mask.convert("L")
+    resized = np.asarray(gray.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+    return torch.from_numpy((resized >= 0.5).astype(np.float32))
 
 
 def denormalize(
-    image: torch.Tensor, mean: Sequence[float] = OPENAI_CLIP_MEAN, std: Sequence[float] = OPENAI_CLIP_STD
+    image: torch.Tensor,
+    mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    std: Sequence[float] = OPENAI_CLIP_STD,
 ) -> np.ndarray:
-    """(3, S, S) normalised tensor -> (S, S, 3) uint8, for drawing."""
-    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    x = (image.detach().float().cpu() * s + m).clamp(0, 1)
-    return (x.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+    """Undo ``squash_image``'s normalisation: (3, H, W) tensor -> (H, W, 3) uint8, for drawing overlays."""
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected a (3, H, W) tensor, got shape {tuple(image.shape)}")
+    m, s = _channel_stats(mean, std)
+    x = (image.detach().to("cpu", torch.float32) * s + m).clamp(0.0, 1.0)
+    return np.rint(x.permute(1, 2, 0).numpy() * 255.0).astype(np.uint8)
