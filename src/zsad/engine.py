@@ -173,12 +173,12 @@ def resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def environment() -> dict[str, Any]:
-    import open_clip
+    from importlib.metadata import version
 
     return {
         "zsad": __version__,
         "torch": torch.__version__,
-        "open_clip": open_clip.__version__,
+        "open_clip": version("open_clip_torch"),
         "numpy": np.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),

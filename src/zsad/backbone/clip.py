@@ -284,7 +284,11 @@ class ClipBackbone(nn.Module):
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """Final hidden state (B, T, W) -> projected global embedding (B, D), as open_clip pools."""
         visual = self.model.visual
-        pooled, _ = visual._pool(x)
+        # open_clip >= 2.26 has ``_pool``; older releases inline the same logic (attention pooling is rejected).
+        if getattr(visual, "final_ln_after_pool", False):
+            pooled = visual.ln_post(visual._global_pool(x)[0])
+        else:
+            pooled = visual._global_pool(visual.ln_post(x))[0]
         return pooled @ visual.proj if visual.proj is not None else pooled
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,17 +1,10 @@
-"""Data layer: robust image I/O, square squash of image + mask, datasets with anomalib's names."""
+"""Data layer: robust image I/O, square squash of image and mask, datasets with anomalib's names."""
 
-from zsad.data.datasets import (
-    AnomalyDataset,
-    Folder,
-    ImageList,
-    MVTecAD,
-    Sample,
-    Visa,
-    find_mask,
-    load_meta_json,
-    save_meta_json,
-)
-from zsad.data.io import IMAGE_EXTENSIONS, load_image, load_mask
+from zsad.data.datasets import AnomalyDataset, ImageList, MVTecAD, Sample, Visa
+from zsad.data.files import find_mask, list_images
+from zsad.data.folder import Folder, ImageLabels
+from zsad.data.io import IMAGE_EXTENSIONS, is_image_file, load_image, load_mask
+from zsad.data.meta import load_meta_json, save_meta_json
 from zsad.data.samples import make_sample_images
 from zsad.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, denormalize, squash_image, squash_mask
 
@@ -21,12 +14,15 @@ __all__ = [
     "OPENAI_CLIP_STD",
     "AnomalyDataset",
     "Folder",
+    "ImageLabels",
     "ImageList",
     "MVTecAD",
     "Sample",
     "Visa",
     "denormalize",
     "find_mask",
+    "is_image_file",
+    "list_images",
     "load_image",
     "load_mask",
     "load_meta_json",

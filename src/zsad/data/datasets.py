@@ -1,14 +1,13 @@
-"""Datasets with anomalib's names (``MVTecAD``, ``Visa``, ``Folder``) plus ``ImageList`` for unlabeled images.
+"""Datasets with anomalib's names (``MVTecAD``, ``Visa``) plus ``ImageList`` for unlabeled images.
 
-Each is a list of ``Sample`` rows validated up front (missing folders or mask files fail before any compute)
-and a torch ``Dataset`` that squashes image and mask to the same square.
+Every dataset is a validated list of ``Sample`` rows (missing folders or mask files fail at construction, before
+any compute) wrapped in one torch ``Dataset`` that squashes image and mask to the same square.
 """
 
 from __future__ import annotations
 
 import csv
 import glob
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,26 +16,48 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from zsad.data.io import IMAGE_EXTENSIONS, is_image_file, load_image, load_mask
+from zsad.data.files import MaskIndex, list_images
+from zsad.data.io import is_image_file, load_image, load_mask
 from zsad.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, squash_image, squash_mask
 from zsad.errors import ZsadInputError
 
 
 @dataclass(frozen=True)
 class Sample:
+    """One image row. ``label``: 1 anomalous, 0 normal, None unknown; ``mask_path`` None means no mask file."""
+
     image_path: Path
-    label: int | None  # 1 anomalous, 0 normal, None unknown
+    label: int | None
     mask_path: Path | None
     category: str
     split: str = "test"
     defect_type: str = ""
 
+    def __post_init__(self) -> None:
+        # Accept str paths from callers (JSON, CSV) but store Path, so equality and path maths stay uniform.
+        if not isinstance(self.image_path, Path):
+            object.__setattr__(self, "image_path", Path(self.image_path))
+        if self.mask_path is not None and not isinstance(self.mask_path, Path):
+            object.__setattr__(self, "mask_path", Path(self.mask_path))
+
+
+class _Categories:
+    """``Dataset.categories(root)`` lists what a root holds; ``dataset.categories`` lists what was loaded."""
+
+    def __get__(self, obj: AnomalyDataset | None, owner: type[AnomalyDataset]) -> Any:
+        if obj is None:
+            return owner.list_categories
+        return sorted({s.category for s in obj.samples})
+
 
 class AnomalyDataset(Dataset):
-    """Samples -> dicts of ``image, gt_mask, has_mask, gt_label, image_path, mask_path, category, original_size``.
+    """Samples -> dicts ``image, gt_mask, has_mask, gt_label, image_path, mask_path, category, original_size``.
 
-    ``masks_known``: the dataset annotates pixels, so a normal image without a mask file has an empty mask.
+    ``masks_known``: the dataset annotates pixels, so a normal image without a mask file has a known, empty mask
+    (it counts in pixel metrics). None: decide from the samples (True if any has a mask file).
     """
+
+    categories = _Categories()
 
     def __init__(
         self,
@@ -44,293 +65,232 @@ class AnomalyDataset(Dataset):
         image_size: int = 240,
         mean: Sequence[float] = OPENAI_CLIP_MEAN,
         std: Sequence[float] = OPENAI_CLIP_STD,
-        masks_known: bool = False,
-        source: str = "dataset",
+        masks_known: bool | None = None,
+        source: str = "samples",
     ) -> None:
         if not samples:
             raise ZsadInputError(f"{source}: no images found")
+        if int(image_size) <= 0:
+            raise ZsadInputError(f"image_size={image_size}: must be a positive number of pixels")
         for s in samples:
+            if not s.image_path.is_file():
+                raise ZsadInputError(f"{s.image_path}: image file not found")
             if s.mask_path is not None and not s.mask_path.is_file():
                 raise ZsadInputError(f"{s.mask_path}: mask file not found (for image {s.image_path.name})")
-        self.samples = list(samples)
-        self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
-        self.masks_known = masks_known
+        self.samples: list[Sample] = list(samples)
+        self.image_size = int(image_size)
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.masks_known = any(s.mask_path is not None for s in samples) if masks_known is None else masks_known
+        self.source = source
+
+    @classmethod
+    def list_categories(cls, root: str | Path) -> list[str]:
+        raise TypeError(f"{cls.__name__} has no category layout to list; use MVTecAD or Visa")
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    @property
-    def categories(self) -> list[str]:
-        return sorted({s.category for s in self.samples})
-
-    def mask_known(self, s: Sample) -> bool:
+    def has_mask(self, index: int) -> bool:
+        """Whether pixel labels of sample ``index`` are known (a mask file, or a normal image of a masked set)."""
+        s = self.samples[index]
         return s.mask_path is not None or (self.masks_known and s.label == 0)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        s = self.samples[i]
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        s = self.samples[index]
         img = load_image(s.image_path)
         size = self.image_size
-        mask = squash_mask(load_mask(s.mask_path), size) if s.mask_path is not None else torch.zeros(size, size)
+        if s.mask_path is not None:
+            mask = load_mask(s.mask_path)
+            _check_mask_shape(s, img.size, mask.size)
+            gt_mask = squash_mask(mask, size)
+        else:
+            gt_mask = torch.zeros(size, size, dtype=torch.float32)
         return {
             "image": squash_image(img, size, self.mean, self.std),
-            "gt_mask": mask,
-            "has_mask": self.mask_known(s),
+            "gt_mask": gt_mask,
+            "has_mask": self.has_mask(index),
             "gt_label": -1 if s.label is None else int(s.label),
             "image_path": str(s.image_path),
-            "mask_path": str(s.mask_path) if s.mask_path is not None else "",
+            "mask_path": "" if s.mask_path is None else str(s.mask_path),
             "category": s.category,
             "original_size": (img.height, img.width),
         }
 
-
-def _dir(root: Path, sub: str | Path | None, what: str) -> Path | None:
-    if sub is None:
-        return None
-    p = Path(sub) if Path(sub).is_absolute() else root / sub
-    if not p.is_dir():
-        raise ZsadInputError(f"{p}: {what} folder not found")
-    return p
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.source!r}, n={len(self)}, image_size={self.image_size})"
 
 
-def _images(folder: Path, pattern: str = "*", recursive: bool = False) -> list[Path]:
-    it = folder.rglob(pattern) if recursive else folder.glob(pattern)
-    return sorted(p for p in it if p.is_file() and is_image_file(p))
+def _check_mask_shape(s: Sample, image_wh: tuple[int, int], mask_wh: tuple[int, int]) -> None:
+    """A mask of another aspect ratio cannot be aligned by squashing: it is almost surely mis-paired."""
+    if image_wh == mask_wh:
+        return
+    (iw, ih), (mw, mh) = image_wh, mask_wh
+    if abs(iw * mh - ih * mw) > 0.02 * iw * mh:
+        raise ZsadInputError(
+            f"{s.mask_path}: mask is {mw}x{mh} but image {s.image_path.name} is {iw}x{ih} (different aspect ratio)"
+        )
 
 
 class MVTecAD(AnomalyDataset):
-    """``<root>/<category>/{train/good,test/<defect>}``, masks ``ground_truth/<defect>/<stem>_mask.png``."""
+    """``<root>/<category>/{train/good, test/<defect>}``, masks ``ground_truth/<defect>/<stem>_mask.png``.
 
-    def __init__(self, root: str | Path, category: str, split: str = "test", **kw: Any) -> None:
-        root = Path(root)
-        base = root / category
-        if not (base / split).is_dir():
-            known = ", ".join(self.list_categories(root)) or "none"
-            raise ZsadInputError(f"{base / split}: MVTec category/split not found (categories in {root}: {known})")
-        samples = []
-        for defect_dir in sorted(p for p in (base / split).iterdir() if p.is_dir()):
-            defect = defect_dir.name
-            for img in _images(defect_dir):
-                anomalous = defect != "good"
-                mask = base / "ground_truth" / defect / f"{img.stem}_mask.png" if anomalous else None
-                samples.append(Sample(img, int(anomalous), mask, category, split, defect))
-        super().__init__(samples, masks_known=True, source=str(base / split), **kw)
-
-    @staticmethod
-    def list_categories(root: str | Path) -> list[str]:
-        root = Path(root)
-        if not root.is_dir():
-            raise ZsadInputError(f"{root}: dataset root not found")
-        return sorted(p.name for p in root.iterdir() if (p / "test").is_dir())
-
-
-class Visa(AnomalyDataset):
-    """VisA from ``<root>/split_csv/1cls.csv`` (object, split, label, image, mask; paths relative to root)."""
-
-    def __init__(self, root: str | Path, category: str, split: str = "test", **kw: Any) -> None:
-        root = Path(root)
-        rows = self._rows(root)
-        known = sorted({r["object"] for r in rows})
-        if category not in known:
-            raise ZsadInputError(f"{category!r}: not a VisA category in {root} (known: {', '.join(known)})")
-        samples = []
-        for r in rows:
-            if r["object"] != category or r["split"] != split:
-                continue
-            anomalous = r["label"].strip().lower() == "anomaly"
-            mask = root / r["mask"] if anomalous and r.get("mask", "").strip() else None
-            samples.append(
-                Sample(root / r["image"], int(anomalous), mask, category, split, "anomaly" if anomalous else "good")
-            )
-        super().__init__(samples, masks_known=True, source=f"{root} ({category}, {split})", **kw)
-
-    @staticmethod
-    def _rows(root: Path) -> list[dict[str, str]]:
-        path = root / "split_csv" / "1cls.csv"
-        if not path.is_file():
-            raise ZsadInputError(f"{path}: VisA split file not found")
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f, skipinitialspace=True)
-            need = {"object", "split", "label", "image", "mask"}
-            if not need <= set(reader.fieldnames or []):
-                raise ZsadInputError(f"{path}: expected columns {', '.join(sorted(need))}")
-            return list(reader)
-
-    @staticmethod
-    def list_categories(root: str | Path) -> list[str]:
-        return sorted({r["object"] for r in Visa._rows(Path(root))})
-
-
-def find_mask(image: Path, mask_dir: Path) -> Path | None:
-    """The mask sharing the image's stem (``X.*`` or ``X_mask.*``), never the image itself."""
-    for stem in (image.stem, f"{image.stem}_mask"):
-        for ext in IMAGE_EXTENSIONS:
-            for cand in (mask_dir / f"{stem}{ext}", mask_dir / f"{stem}{ext.upper()}"):
-                if cand.is_file() and cand.resolve() != image.resolve():
-                    return cand
-    return None
-
-
-def _read_labels(path: Path, id_column: str | None, label_column: str | None) -> dict[str, int]:
-    if not path.is_file():
-        raise ZsadInputError(f"{path}: labels file not found")
-    with path.open(newline="") as f:
-        reader = csv.reader(f, skipinitialspace=True)
-        header = [h.strip() for h in next(reader, [])]
-        if len(header) < 2:
-            raise ZsadInputError(f"{path}: expected a header with an id and a label column")
-        try:
-            ic = header.index(id_column) if id_column else 0
-            lc = header.index(label_column) if label_column else 1
-        except ValueError:
-            raise ZsadInputError(f"{path}: column not found (have: {', '.join(header)})") from None
-        out = {}
-        for n, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            try:
-                out[row[ic].strip()] = int(float(row[lc]))
-            except (ValueError, IndexError):
-                raise ZsadInputError(f"{path}: line {n}: cannot read id/label from {row!r}") from None
-    return out
-
-
-def _label_for(stem: str, labels: dict[str, int]) -> int | None:
-    if stem in labels:
-        return labels[stem]
-    if stem.isdigit():
-        for k, v in labels.items():
-            if k.isdigit() and int(k) == int(stem):
-                return v
-    return None
-
-
-class Folder(AnomalyDataset):
-    """Your own folders: ``normal_dir``/``abnormal_dir`` (+ ``mask_dir``), or ``image_dir`` + ``labels_csv``.
-
-    ``mask_dir`` may be the image folder itself (Magnetic Tile keeps ``X.png`` beside ``X.jpg``): give
-    ``image_glob="*.jpg"`` so the masks are not taken for images.
+    ``good`` images are normal with a known, empty mask; every other defect folder is anomalous.
     """
 
     def __init__(
         self,
         root: str | Path,
-        normal_dir: str | Path | None = None,
-        abnormal_dir: str | Path | None = None,
-        mask_dir: str | Path | None = None,
-        image_dir: str | Path | None = None,
-        labels_csv: str | Path | None = None,
-        id_column: str | None = None,
-        label_column: str | None = None,
-        image_glob: str = "*",
-        category: str = "folder",
-        recursive: bool = False,
-        **kw: Any,
+        category: str,
+        split: str = "test",
+        image_size: int = 240,
+        mean: Sequence[float] = OPENAI_CLIP_MEAN,
+        std: Sequence[float] = OPENAI_CLIP_STD,
     ) -> None:
         root = Path(root)
-        if not root.is_dir():
-            raise ZsadInputError(f"{root}: root folder not found")
-        nd = _dir(root, normal_dir, "normal")
-        ad = _dir(root, abnormal_dir, "abnormal")
-        md = _dir(root, mask_dir, "mask")
-        idir = _dir(root, image_dir, "image")
-        if not (nd or ad or idir):
-            raise ZsadInputError(f"{root}: give --normal-dir/--abnormal-dir or --image-dir")
+        available = self.list_categories(root)
+        if category not in available:
+            raise ZsadInputError(f"{root}: no MVTec AD category {category!r} (available: {', '.join(available)})")
+        base = root / category
+        split_dir = base / split
+        if not split_dir.is_dir():
+            splits = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name != "ground_truth")
+            raise ZsadInputError(f"{split_dir}: split folder not found (available: {', '.join(splits)})")
         samples: list[Sample] = []
-        labels = (
-            _read_labels(root / labels_csv if labels_csv else Path(), id_column, label_column) if labels_csv else None
-        )
-        for folder, label, defect in ((nd, 0, "good"), (ad, 1, "anomaly"), (idir, None, "")):
-            if folder is None:
-                continue
-            for img in _images(folder, image_glob, recursive):
-                if md is not None and md == folder and img.stem.endswith("_mask"):
+        for defect_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            defect = defect_dir.name
+            masks = MaskIndex(base / "ground_truth" / defect)
+            for img in list_images(defect_dir):
+                if defect == "good":
+                    samples.append(Sample(img, 0, None, category, split, defect))
                     continue
-                lab = label if folder is not idir or labels is None else _label_for(img.stem, labels)
-                mask = find_mask(img, md) if md is not None else None
-                if md is not None and lab == 1 and mask is None:
-                    raise ZsadInputError(f"{img}: no mask with this stem in {md}")
-                samples.append(Sample(img, lab, mask, category, "test", defect or ("" if lab is None else str(lab))))
-        super().__init__(samples, masks_known=md is not None, source=str(root), **kw)
+                mask = masks.find(img) or base / "ground_truth" / defect / f"{img.stem}_mask.png"
+                samples.append(Sample(img, 1, mask, category, split, defect))
+        super().__init__(samples, image_size, mean, std, masks_known=True, source=str(split_dir))
+
+    @classmethod
+    def list_categories(cls, root: str | Path) -> list[str]:
+        """Sub-folders of ``root`` that have a ``train`` or ``test`` folder."""
+        root = Path(root)
+        if not root.is_dir():
+            raise ZsadInputError(f"{root}: MVTec AD root folder not found")
+        return sorted(p.name for p in root.iterdir() if (p / "test").is_dir() or (p / "train").is_dir())
+
+
+_VISA_COLUMNS = ("object", "split", "label", "image", "mask")
+
+
+class Visa(AnomalyDataset):
+    """VisA from ``<root>/split_csv/1cls.csv`` (object, split, label, image, mask; paths relative to root).
+
+    VisA masks hold 0/1 values, which ``load_mask`` binarises like any other non-zero mask.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        category: str,
+        split: str = "test",
+        image_size: int = 240,
+        mean: Sequence[float] = OPENAI_CLIP_MEAN,
+        std: Sequence[float] = OPENAI_CLIP_STD,
+    ) -> None:
+        root = Path(root)
+        csv_path = self._csv_path(root)
+        rows = self._rows(csv_path)
+        available = sorted({r["object"] for _, r in rows})
+        if category not in available:
+            raise ZsadInputError(f"{csv_path}: no VisA category {category!r} (available: {', '.join(available)})")
+        samples: list[Sample] = []
+        for line, r in rows:
+            if r["object"] != category or r["split"] != split:
+                continue
+            kind = r["label"].lower()
+            if kind not in ("normal", "anomaly"):
+                raise ZsadInputError(f"{csv_path}: line {line}: label {r['label']!r} is neither normal nor anomaly")
+            label = int(kind == "anomaly")
+            mask = root / r["mask"] if r["mask"] else None
+            samples.append(Sample(root / r["image"], label, mask, category, split, "anomaly" if label else "good"))
+        source = f"{csv_path} (category {category}, split {split})"
+        super().__init__(samples, image_size, mean, std, masks_known=True, source=source)
+
+    @staticmethod
+    def _csv_path(root: Path) -> Path:
+        path = root / "split_csv" / "1cls.csv"
+        if not path.is_file():
+            raise ZsadInputError(f"{path}: VisA split file not found")
+        return path
+
+    @staticmethod
+    def _rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [h.strip().lower() for h in next(reader, [])]
+            missing = [c for c in _VISA_COLUMNS if c not in header]
+            if missing:
+                raise ZsadInputError(f"{path}: missing columns {', '.join(missing)} (have: {', '.join(header)})")
+            rows = []
+            for line, values in enumerate(reader, start=2):
+                if not any(v.strip() for v in values):
+                    continue
+                padded = [v.strip() for v in values] + [""] * (len(header) - len(values))
+                rows.append((line, dict(zip(header, padded, strict=False))))
+        return rows
+
+    @classmethod
+    def list_categories(cls, root: str | Path) -> list[str]:
+        """The ``object`` values of the split file."""
+        return sorted({r["object"] for _, r in cls._rows(cls._csv_path(Path(root)))})
 
 
 class ImageList(AnomalyDataset):
-    """Unlabeled files, folders or glob patterns (``zsad detect``)."""
+    """Unlabeled images from files, folders or glob patterns (``zsad detect``), in argument order, deduplicated."""
 
     def __init__(
-        self, paths: Sequence[str | Path], recursive: bool = False, category: str = "images", **kw: Any
+        self,
+        paths: str | Path | Sequence[str | Path],
+        recursive: bool = False,
+        category: str = "images",
+        image_size: int = 240,
+        mean: Sequence[float] = OPENAI_CLIP_MEAN,
+        std: Sequence[float] = OPENAI_CLIP_STD,
     ) -> None:
+        items = [paths] if isinstance(paths, str | Path) else list(paths)
+        if not items:
+            raise ZsadInputError("ImageList: no paths given")
         files: list[Path] = []
-        for raw in paths:
-            p = Path(raw)
-            if p.is_dir():
-                found = _images(p, "*", recursive)
-                if not found:
-                    raise ZsadInputError(f"{p}: no images in this folder")
-                files += found
-            elif p.is_file():
-                files.append(p)
-            else:
-                found = sorted(Path(m) for m in glob.glob(str(raw), recursive=True) if is_image_file(Path(m)))
-                if not found:
-                    raise ZsadInputError(f"{raw}: no such file or folder, and no images match it")
-                files += found
+        for raw in items:
+            files += _expand(raw, recursive)
         unique = list(dict.fromkeys(files))
-        super().__init__(
-            [Sample(f, None, None, category) for f in unique],
-            masks_known=False,
-            source=", ".join(map(str, paths)),
-            **kw,
+        samples = [Sample(f, None, None, category, "test", "") for f in unique]
+        super().__init__(samples, image_size, mean, std, masks_known=False, source=", ".join(map(str, items)))
+
+
+def _expand(raw: str | Path, recursive: bool) -> list[Path]:
+    path = Path(raw)
+    if path.is_dir():
+        found = list_images(path, "*", recursive)
+        if not found:
+            raise ZsadInputError(f"{path}: no image files in this folder")
+        return found
+    if path.is_file():
+        return [path]
+    if glob.has_magic(str(raw)):
+        found = sorted(
+            Path(m)
+            for m in glob.glob(_ci_extension(str(raw)), recursive=True)
+            if is_image_file(m) and Path(m).is_file()
         )
+        if not found:
+            raise ZsadInputError(f"{raw}: no image files match this pattern")
+        return found
+    raise ZsadInputError(f"{raw}: no such file or folder")
 
 
-def load_meta_json(path: str | Path, root: str | Path | None = None, split: str = "test") -> dict[str, list[Sample]]:
-    """Import the CLIP-AD/AdaCLIP/AnomalyCLIP ``meta.json``: ``{split: {cls: [{img_path, mask_path, ...}]}}``."""
-    path = Path(path)
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ZsadInputError(f"{path}: cannot read meta.json: {str(e).splitlines()[0]}") from None
-    if split not in meta:
-        raise ZsadInputError(f"{path}: no {split!r} split (have: {', '.join(meta)})")
-    base = Path(root) if root is not None else path.parent
-    out: dict[str, list[Sample]] = {}
-    for cls, items in meta[split].items():
-        out[cls] = [
-            Sample(
-                base / it["img_path"],
-                int(it.get("anomaly", 0)),
-                base / it["mask_path"] if it.get("mask_path") else None,
-                it.get("cls_name", cls),
-                split,
-                it.get("specie_name", ""),
-            )
-            for it in items
-        ]
-    return out
-
-
-def save_meta_json(samples_by_split: dict[str, list[Sample]], path: str | Path, root: str | Path) -> None:
-    """Export samples as ``meta.json`` with paths relative to ``root``."""
-    root = Path(root)
-
-    def rel(p: Path | None) -> str:
-        if p is None:
-            return ""
-        try:
-            return str(Path(p).relative_to(root))
-        except ValueError:
-            return str(p)
-
-    meta: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for split, samples in samples_by_split.items():
-        for s in samples:
-            meta.setdefault(split, {}).setdefault(s.category, []).append(
-                {
-                    "img_path": rel(s.image_path),
-                    "mask_path": rel(s.mask_path),
-                    "cls_name": s.category,
-                    "specie_name": s.defect_type,
-                    "anomaly": int(s.label or 0),
-                }
-            )
-    Path(path).write_text(json.dumps(meta, indent=2))
+def _ci_extension(pattern: str) -> str:
+    """``dir/*.jpg`` -> ``dir/*.[jJ][pP][gG]``: extensions match in any letter case, like folder listings."""
+    head, sep, tail = pattern.rpartition("/")
+    stem, dot, ext = tail.rpartition(".")
+    if not dot or not ext.isalpha():
+        return pattern
+    return head + sep + stem + dot + "".join(f"[{c.lower()}{c.upper()}]" for c in ext)

@@ -1,8 +1,13 @@
-"""Visualisation: heatmap overlays, contours, grids."""
+"""Visualisation: heatmap overlays with an explicit colour range, mask contours, grids and PNG output."""
 
 from zsad.viz.overlay import (
+    COLORMAPS,
+    GT_COLOR,
+    PRED_COLOR,
+    SCOPES,
     contour,
     draw_contour,
+    gray,
     heatmap_overlay,
     image_grid,
     jet,
@@ -12,8 +17,13 @@ from zsad.viz.overlay import (
 )
 
 __all__ = [
+    "COLORMAPS",
+    "GT_COLOR",
+    "PRED_COLOR",
+    "SCOPES",
     "contour",
     "draw_contour",
+    "gray",
     "heatmap_overlay",
     "image_grid",
     "jet",
