@@ -116,6 +116,7 @@ def main() -> None:
                 "backbone": bb.model_name,
                 "image_size": bb.image_size,
                 "batch": args.batch_size,
+                "bare": "open_clip" if native else "zsad plain forward",
                 "bare_s": bare,
                 "method_s": t,
                 "ratio": t / bare,
