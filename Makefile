@@ -16,7 +16,7 @@ install: $(BIN)/zsad
 # PRETRAINED=none runs offline on seeded random weights (a smoke test: the scores mean nothing).
 demo: install
 	$(BIN)/zsad samples demo_data
-	$(BIN)/zsad detect demo_data/good demo_data/defect --class-name "tile" --pretrained $(PRETRAINED) --out demo_out
+	$(BIN)/zsad detect demo_data/good demo_data/defect --class-name "washer" --pretrained $(PRETRAINED) --out demo_out
 
 lint: install
 	$(BIN)/ruff check .
