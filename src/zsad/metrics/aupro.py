@@ -1,93 +1,112 @@
-"""AUPRO in both variants the field uses, vectorised (the per-threshold region loops are the known bottleneck).
+"""AUPRO, in the two definitions the literature mixes, both vectorised (no per-threshold Python loop).
 
-- ``aupro``: the exact PRO curve over every distinct score, integrated to FPR = ``fpr_limit`` (linear
-  interpolation at the limit) and divided by it: the definition of MVTec's reference and anomalib's AUPRO.
-- ``aupro_cflow``: the cflow-ad ``cal_pro_score`` the APRIL-GAN / CLIP-AD / AnomalyCLIP repos share: 200 evenly
-  spaced thresholds, strict ``>``, keep FPR < limit, min-max rescale those FPRs, trapezoid. Expect 1-2 points off.
+PRO at a threshold is the mean over all GT regions (8-connected, per image, pooled over the images) of the
+fraction of the region's pixels flagged; FPR is the fraction of all normal pixels flagged.
 
-Regions are 8-connected components of each image's mask (skimage's and kornia's default in 2-D). PRO is the
-mean over all regions of all images; FPR is pooled over all normal pixels. No regions -> NaN.
+- :func:`aupro` ("anomalib"/MVTec definition): the exact curve over every distinct score (flag ``score >= t``),
+  trapezoid area from FPR 0 to ``fpr_limit`` (curve interpolated linearly at the limit), divided by ``fpr_limit``.
+  A perfect map gives 1.0; a constant map gives ``fpr_limit / 2`` (0.15), the straight line from (0, 0) to (1, 1).
+- :func:`aupro_cflow`: cflow-ad's ``cal_pro_score`` as copied by APRIL-GAN / CLIP-AD / AnomalyCLIP: thresholds
+  ``np.arange(min, max, (max - min) / 200)`` in the maps' dtype, flag ``score > t``, keep points with
+  FPR < ``fpr_limit``, rescale those FPRs to [0, 1], trapezoid. Numbers differ from :func:`aupro` by a few points;
+  report which one you quote. NaN where the repos' code would crash or give NaN: a constant map (no thresholds),
+  or fewer than two distinct FPRs below the limit (e.g. every normal pixel at the minimum: each kept FPR is 0).
+
+Both return NaN without any GT region or without any normal pixel (PRO or FPR undefined).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from zsad.metrics.classification import as_numpy
-from zsad.metrics.pixels import SortedPixels, sort_pixels
-
-
-def _prepare(maps: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor) -> SortedPixels:
-    m = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
-    if m.dtype not in (np.float32, np.float64):
-        m = m.astype(np.float64)
-    return sort_pixels(m, as_numpy(masks, np.int64).reshape(m.shape) > 0)
+from zsad.metrics.classification import ArrayLike
+from zsad.metrics.pixels import PixelRanking, rank_pixels
 
 
-def aupro(maps: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor, fpr_limit: float = 0.3) -> float:
-    """Exact AUPRO up to ``fpr_limit``, normalised by it."""
-    return aupro_sorted(_prepare(maps, masks), fpr_limit)
+def aupro(maps: ArrayLike, masks: ArrayLike, fpr_limit: float = 0.3) -> float:
+    """Exact normalised area under the PRO curve up to ``fpr_limit`` (anomalib / MVTec AD definition)."""
+    return aupro_from_ranking(rank_pixels(maps, masks), fpr_limit)
 
 
-def aupro_sorted(sp: SortedPixels, fpr_limit: float = 0.3) -> float:
-    n_normal = int(sp.sizes[0])
-    if sp.n_regions == 0 or n_normal == 0:
-        return float("nan")
-    normal = sp.regions == 0
-    # Each pixel adds 1 / (R |r|) to PRO, or 1 / N_normal to FPR, once the threshold passes it.
-    region_w = np.concatenate([[0.0], 1.0 / (sp.n_regions * sp.sizes[1:].astype(np.float64))])
-    ends = np.append(np.flatnonzero(np.diff(sp.scores)), sp.scores.size - 1)
-    pro = np.concatenate([[0.0], np.cumsum(region_w[sp.regions])[ends]])
-    fpr = np.concatenate([[0.0], np.cumsum(normal, dtype=np.float64)[ends] / n_normal])
-    return _area_to_limit(fpr, pro, fpr_limit) / fpr_limit
+def pro_curve(r: PixelRanking) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, PRO) at (0, 0) and then at every distinct score, highest first, so FPR is non-decreasing.
+
+    An anomalous pixel of region ``k`` adds ``1 / (R |k|)`` to PRO once the threshold reaches its score, a normal
+    pixel ``1 / N_normal`` to FPR. Summing the PRO weights per distinct score, then cumulatively, is the exact curve
+    over all thresholds at once; the FPR side is the pooled curve's FP count.
+    """
+    c = r.curve
+    weights = 1.0 / (r.n_regions * r.region_sizes.astype(np.float64))
+    per_score = np.bincount(r.anomalous_ranks, weights=weights[r.anomalous_regions], minlength=c.thresholds.size)
+    pro = np.concatenate([[0.0], np.cumsum(per_score)])
+    fpr = np.concatenate([[0.0], c.fps / r.n_normal])
+    return fpr, pro
 
 
-def _area_to_limit(fpr: np.ndarray, pro: np.ndarray, limit: float) -> float:
-    """Trapezoid area of pro(fpr) on [0, limit]; fpr is non-decreasing; interpolate linearly at the limit."""
-    k = int(np.searchsorted(fpr, limit, side="right"))  # points with fpr <= limit
+def area_up_to(fpr: np.ndarray, pro: np.ndarray, limit: float) -> float:
+    """Trapezoid area of a curve with non-decreasing ``fpr`` on [0, limit], cut by linear interpolation."""
+    k = int(np.searchsorted(fpr, limit, side="right"))  # points at or left of the limit
     x, y = fpr[:k], pro[:k]
-    if k < fpr.size and x[-1] < limit:
+    if k < fpr.size:
         x0, x1, y0, y1 = fpr[k - 1], fpr[k], pro[k - 1], pro[k]
-        x, y = np.append(x, limit), np.append(y, y0 + (y1 - y0) * (limit - x0) / (x1 - x0))
-    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
+        x = np.append(x, limit)
+        y = np.append(y, y0 + (y1 - y0) * (limit - x0) / (x1 - x0))
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1])) / 2.0)
 
 
-def aupro_cflow(
-    maps: np.ndarray | torch.Tensor,
-    masks: np.ndarray | torch.Tensor,
-    num_thresholds: int = 200,
-    fpr_limit: float = 0.3,
-) -> float:
-    """The repos' 200-threshold AUPRO, reproduced exactly but without per-threshold region loops."""
-    return aupro_cflow_sorted(_prepare(maps, masks), num_thresholds, fpr_limit)
-
-
-def aupro_cflow_sorted(sp: SortedPixels, num_thresholds: int = 200, fpr_limit: float = 0.3) -> float:
-    n_normal = int(sp.sizes[0])
-    if sp.n_regions == 0 or n_normal == 0:
+def aupro_from_ranking(r: PixelRanking, fpr_limit: float = 0.3) -> float:
+    if not 0.0 < fpr_limit <= 1.0:
+        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+    if r.n_regions == 0 or r.n_normal == 0:
         return float("nan")
-    hi, lo = sp.scores[0], sp.scores[-1]
-    delta = (hi - lo) / num_thresholds
-    if not delta > 0:
+    fpr, pro = pro_curve(r)
+    return area_up_to(fpr, pro, fpr_limit) / fpr_limit
+
+
+def aupro_cflow(maps: ArrayLike, masks: ArrayLike, num_thresholds: int = 200, fpr_limit: float = 0.3) -> float:
+    """The reference repos' AUPRO (cflow-ad ``cal_pro_score``), value for value, without their threshold loop."""
+    return aupro_cflow_from_ranking(rank_pixels(maps, masks), num_thresholds, fpr_limit)
+
+
+def cflow_thresholds(lo: float, hi: float, dtype: np.dtype, num_thresholds: int = 200) -> np.ndarray:
+    """``np.arange(min, max, (max - min) / n)`` with numpy scalars of the maps' dtype, as the repos compute it.
+
+    Floating-point rounding makes that ``n`` or ``n + 1`` values, and the dtype decides which: kept as is.
+    """
+    min_th, max_th = dtype.type(lo), dtype.type(hi)
+    delta = (max_th - min_th) / num_thresholds
+    return np.arange(min_th, max_th, delta)
+
+
+def aupro_cflow_from_ranking(r: PixelRanking, num_thresholds: int = 200, fpr_limit: float = 0.3) -> float:
+    c = r.curve
+    if r.n_regions == 0 or r.n_normal == 0 or c.thresholds[0] == c.thresholds[-1]:
         return float("nan")
-    ths = np.arange(lo, hi, delta)  # as cflow: 200 or 201 values depending on rounding
-    asc = sp.scores[::-1]
-    positives = asc.size - np.searchsorted(asc, ths, side="right")  # pixels with score > th
-    anom = sp.regions > 0
-    a_scores, a_reg = sp.scores[anom], sp.regions[anom] - 1
-    # Per region: pixels with score > ths[j]: histogram of c(v) = #{j: ths[j] < v}, reverse cumulative.
+    ths = cflow_thresholds(c.thresholds[-1], c.thresholds[0], r.dtype, num_thresholds)
     t = ths.size
-    c = np.searchsorted(ths, a_scores, side="left")
-    hist = np.bincount(a_reg * (t + 1) + c, minlength=sp.n_regions * (t + 1)).reshape(sp.n_regions, t + 1)
-    tp = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]  # (R, t)
-    pro = (tp / sp.sizes[1:, None]).mean(0)
-    fpr = (positives - tp.sum(0)) / n_normal
-    keep = fpr < fpr_limit
-    f, p = fpr[keep], pro[keep]
+    # Anomalous pixel v is flagged at threshold j iff ths[j] < v iff j < bin(v), bin(v) = #{j: ths[j] < v}.
+    # Count pixels per (region, bin); a reverse cumulative sum over bins gives the flagged count per threshold.
+    bins = np.searchsorted(ths, r.anomalous_scores, side="left")
+    hist = np.bincount(r.anomalous_regions * (t + 1) + bins, minlength=r.n_regions * (t + 1))
+    flagged = np.cumsum(hist.reshape(r.n_regions, t + 1)[:, ::-1], axis=1)[:, ::-1][:, 1:]  # (R, t)
+    pros = (flagged / r.region_sizes[:, None]).mean(axis=0)
+    # Normal pixels flagged: read the pooled curve at the lowest distinct score still > ths[j].
+    above = c.thresholds.size - np.searchsorted(c.thresholds[::-1], ths, side="right")  # distinct scores > th
+    fp = np.where(above > 0, c.fps[np.maximum(above - 1, 0)], 0)
+    fprs = fp / r.n_normal
+    keep = fprs < fpr_limit
+    f, p = fprs[keep], pros[keep]
     if f.size < 2 or f.max() == f.min():
         return float("nan")
     f = (f - f.min()) / (f.max() - f.min())
-    dx = np.diff(f)
-    direction = -1.0 if np.all(dx <= 0) else 1.0  # sklearn.metrics.auc's handling of decreasing x
-    return float(direction * np.sum(dx * (p[1:] + p[:-1]) / 2.0))
+    return _sklearn_auc(f, p)
+
+
+def _sklearn_auc(x: np.ndarray, y: np.ndarray) -> float:
+    """``sklearn.metrics.auc``: trapezoid over x as given, sign flipped when x is non-increasing (FPR over rising
+    thresholds)."""
+    dx = np.diff(x)
+    direction = -1.0 if np.any(dx < 0) and np.all(dx <= 0) else 1.0
+    if np.any(dx < 0) and np.any(dx > 0):
+        raise ValueError("x is neither increasing nor decreasing")
+    return float(direction * (dx * (y[1:] + y[:-1]) / 2.0).sum())
