@@ -11,6 +11,12 @@ mixes tokens across the batch):
     /work/anomalib-venv/bin/pip install typer rich safetensors scikit-learn scipy Pillow
     /work/anomalib-venv/bin/python benchmarks/compare_anomalib_winclip.py [--device cuda] [--append-results]
 
+On an offline GPU machine that already has torch (how the cuda rows of RESULTS.md were made): ``pip download
+--no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64`` anomalib==2.7.0,
+open-clip-torch==2.24.0 and whichever of anomalib's imports that machine lacks into an ignored folder, carry it
+there, ``pip install --no-deps --no-index --target /tmp/site`` those wheels, and run with
+``PYTHONPATH=/tmp/site:../src`` from ``benchmarks/`` (``ZSAD_ASSETS`` pointing at a copy of the Magnetic Tile images).
+
 No pretrained weights can be downloaded here: both sides get the same seeded random ``ViT-B-16-plus-240`` (or the
 state dict of ``--weights FILE``), loaded into two separate open_clip objects, so any difference is the
 implementations'. anomalib's constructor download is replaced by that model (no hub access). Reports the max |diff|
@@ -30,7 +36,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,11 @@ import torch.nn.functional as F
 
 MODEL = "ViT-B-16-plus-240"
 LABEL = "seeded random weights, ViT-B-16-plus-240 — plumbing/fidelity/speed only, NOT detection quality"
+SECTION = "## WinCLIP vs anomalib"
+SECTION_INTRO = (
+    "`benchmarks/compare_anomalib_winclip.py`: zsad's WinCLIP and anomalib's `WinClipModel` on the same weights and\n"
+    "images in one process. Seeded random weights: fidelity and speed only, NOT detection quality."
+)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # zsad WinCLIP options of each compared variant (keys of ``WinClipConfig``).
@@ -153,11 +164,25 @@ def median_time(fn: Callable[[], object], repeats: int, device: str, before: Cal
     return statistics.median(times)
 
 
+def _version(dist: str) -> str:
+    try:
+        return version(dist)
+    except PackageNotFoundError:  # e.g. zsad from a source tree on PYTHONPATH
+        return getattr(__import__(dist), "__version__", "unknown")
+
+
 def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
 # ------------------------------------------------------------------------------------------------ fidelity
+def reset_anomalib(ano: Any, class_name: str, reference: torch.Tensor | None) -> None:
+    """anomalib's ``setup(name, None)`` keeps earlier reference images (and k_shot): drop them for zero-shot."""
+    ano.reference_images, ano.k_shot = None, 0
+    ano.setup(class_name, reference)
+    assert ano.k_shot == (0 if reference is None else len(reference))
+
+
 def stage_diffs(ano: Any, zs: Any, x: torch.Tensor, few_shot: bool) -> list[tuple[str, float]]:
     """Max |diff| of each intermediate between anomalib and zsad's compat mode, in pipeline order.
 
@@ -204,8 +229,7 @@ def fidelity(ano: Any, bb: Any, x: torch.Tensor, refs: torch.Tensor, cls: str) -
     table = ["| mode | zsad variant | max abs diff pred_score | max abs diff anomaly_map |", "|---|---|---:|---:|"]
     stages = ['| mode | stage (zsad `compat="anomalib"` vs anomalib) | max abs diff |', "|---|---|---:|"]
     for mode, ref in (("zero-shot", None), (f"few-shot k={len(refs)}", refs)):
-        ano.k_shot = 0
-        ano.setup(cls, ref)
+        reset_anomalib(ano, cls, ref)
         a = ano(x)
         for name, opts in VARIANTS.items():
             zs = create_method("winclip", bb, **opts)
@@ -234,8 +258,7 @@ def speed(ano: Any, bb: Any, model_z: Any, x: torch.Tensor, refs: torch.Tensor, 
     ]
     modes = [("zero-shot", None)] + ([(f"few-shot k={len(refs)}", refs)] if args.few_shot_speed else [])
     for mode, ref in modes:
-        ano.k_shot = 0
-        ano.setup(cls, ref)
+        reset_anomalib(ano, cls, ref)
         hooks.clear()
         t = median_time(lambda: ano(x), n, dev)
         rows.append((f"anomalib WinClipModel, {mode}, as shipped ({len(hooks)} hooks left after {n + 1} calls)", t))
@@ -266,7 +289,15 @@ def main() -> None:
     ap.add_argument("--class-name", default="magnetic tile")
     ap.add_argument("--few-shot-speed", action="store_true", help="also time the few-shot forward")
     ap.add_argument("--skip-speed", action="store_true")
-    ap.add_argument("--append-results", action="store_true", help="append the tables to benchmarks/RESULTS.md")
+    ap.add_argument(
+        "--append-results",
+        nargs="?",
+        type=Path,
+        const=Path(__file__).with_name("RESULTS.md"),
+        default=None,
+        metavar="FILE",
+        help="append a '## WinCLIP vs anomalib' section to FILE (default benchmarks/RESULTS.md)",
+    )
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     from zsad.backbone import ClipBackbone
@@ -284,8 +315,8 @@ def main() -> None:
         f"Weights: `{MODEL}` {weights}, two open_clip objects with the same state dict. Images: {len(x)} Magnetic Tile "
         f"images ({len(x) // 2} MT_Free, {len(x) - len(x) // 2} MT_Crack) and {len(refs)} other MT_Free references, "
         f'loaded with {how} to {bb.image_size} px; the same tensor goes to both. Class name "{args.class_name}". '
-        f"Versions: anomalib {version('anomalib')}, open_clip {version('open_clip_torch')}, torch {torch.__version__}, "
-        f"zsad {version('zsad')}. Hardware: {hardware(args.device)}.",
+        f"Versions: anomalib {_version('anomalib')}, open_clip {_version('open_clip_torch')}, torch "
+        f"{torch.__version__}, zsad {_version('zsad')}. Hardware: {hardware(args.device)}.",
     ]
     table, stages = fidelity(ano, bb, x, refs, args.class_name)
     lines = [
@@ -309,12 +340,17 @@ def main() -> None:
         ]
     text = "\n".join(lines)
     print(text)
-    if args.append_results:
-        cmd = "python benchmarks/compare_anomalib_winclip.py " + shlex.join(sys.argv[1:])
-        with Path(__file__).with_name("RESULTS.md").open("a") as f:
-            f.write(
-                f"\n## WinCLIP vs anomalib\n\n{datetime.date.today()}, `{args.device}`. Command (in the anomalib "
-                f"environment described in the script's docstring): `{cmd}`\n\n{text}\n"
+    if args.append_results is not None:
+        argv = [a for a in sys.argv[1:] if a != "--append-results" and Path(a) != args.append_results]
+        cmd = "python benchmarks/compare_anomalib_winclip.py " + shlex.join([*argv, "--append-results"])
+        f = args.append_results
+        previous = f.read_text() if f.exists() else ""
+        headers = [ln for ln in previous.splitlines() if ln.startswith("## ")]
+        section = "" if headers[-1:] == [SECTION] else f"\n{SECTION}\n\n{SECTION_INTRO}\n"
+        with f.open("a") as out:
+            out.write(
+                f"{section}\n### {datetime.date.today()}, `--device {args.device}`, batch {len(x)}\n\nCommand (in the "
+                f"anomalib environment described in the script's docstring): `{cmd}`\n\n{text}\n"
             )
 
 
