@@ -11,7 +11,7 @@ import json
 import os
 import platform
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,7 @@ class ScoredBatch:
     scores: np.ndarray  # (B,)
     maps: np.ndarray  # (B, S, S) float32 at model resolution
     batch: dict[str, Any]
+    parts: dict[str, np.ndarray] = field(default_factory=dict)  # Prediction.score_parts
 
 
 def score_batches(
@@ -163,6 +164,7 @@ def score_batches(
             scores=pred.pred_score.detach().cpu().numpy().astype(np.float64),
             maps=pred.anomaly_map.detach().cpu().numpy().astype(np.float32),
             batch=batch,
+            parts={k: v.detach().cpu().numpy().astype(np.float64) for k, v in pred.score_parts.items()},
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,3 +19,6 @@ class Prediction:
     anomaly_map: torch.Tensor  # (B, S, S)
     pred_label: torch.Tensor | None = None  # (B,) bool
     pred_mask: torch.Tensor | None = None  # (B, S, S) bool
+    # Named (B,) components of pred_score, for methods whose final score can be re-combined over a whole set
+    # (e.g. CLIP-AD's transductive per-category min-max); written to predictions.csv.
+    score_parts: dict[str, torch.Tensor] = field(default_factory=dict)

@@ -11,8 +11,11 @@ from zsad.types import Prediction
 
 
 @pytest.fixture(params=list_methods())
-def method(request: pytest.FixtureRequest, tiny_backbone: ClipBackbone):
+def method(request: pytest.FixtureRequest, tiny_backbone: ClipBackbone, tmp_path_factory: pytest.TempPathFactory):
     m = create_method(request.param, tiny_backbone)
+    if m.trainable:  # its seeded untrained parts, through a real checkpoint round trip
+        ckpt = m.save(tmp_path_factory.mktemp("ckpt"), {"note": "untrained, contract test"})
+        m = create_method(request.param, tiny_backbone, checkpoint=str(ckpt))
     m.setup("bottle")
     return m
 

@@ -85,6 +85,7 @@ class ClipBackbone(nn.Module):
         image_size: int | None = None,
         weights_info: dict[str, Any] | None = None,
         pos_interpolation: str = "bicubic",
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
@@ -93,6 +94,8 @@ class ClipBackbone(nn.Module):
         self.pretrained = pretrained
         self.random_init = pretrained in _RANDOM_TAGS and weights_info is None
         self.weights_info = weights_info
+        # Random weights are defined by their seed: trained checkpoints must match it.
+        self.seed = seed if self.random_init else None
         self.pos_interpolation = pos_interpolation
         visual = model.visual
         self._check_supported(visual)
@@ -152,7 +155,9 @@ class ClipBackbone(nn.Module):
             model = open_clip.create_model(model_name, pretrained=pretrained, device=device, cache_dir=cache_dir)
             tag = pretrained
         tokenizer = open_clip.get_tokenizer(model_name)
-        return cls(model, tokenizer, model_name=model_name, pretrained=tag, image_size=image_size, weights_info=info)
+        return cls(
+            model, tokenizer, model_name=model_name, pretrained=tag, image_size=image_size, weights_info=info, seed=seed
+        )
 
     @classmethod
     def from_model(
@@ -185,6 +190,7 @@ class ClipBackbone(nn.Module):
             "weights": self.weights_info,
             "image_size": self.image_size,
             "pos_interpolation": self.pos_interpolation,
+            "seed": self.seed,
         }
 
     @property
@@ -253,13 +259,12 @@ class ClipBackbone(nn.Module):
         b, h, n, d = t.shape
         return t.transpose(1, 2).reshape(b, n, h * d)
 
-    def block_forward(
+    def block_attention(
         self, index: int, x: torch.Tensor, *, need_vv: bool = False, cls_only: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One residual block (0-indexed) on (B, T, W); optionally also its v-v attention output.
+        """Attention residual ``ls_1(attn(ln_1(x)))`` of block ``index`` (0-indexed) and optionally its v-v twin.
 
-        ``cls_only`` computes the output for the CLS token alone (keys/values still use all tokens):
-        the last block of a window forward only needs the pooled CLS.
+        ``cls_only`` computes the residual for the CLS token alone (keys/values still use all tokens).
         """
         blk = self.model.visual.transformer.resblocks[index]
         attn: nn.MultiheadAttention = blk.attn
@@ -270,16 +275,23 @@ class ClipBackbone(nn.Module):
         if cls_only:
             q = q[:, :1]
         qh, kh, vh = (self._split_heads(t, h) for t in (q, k, v))
-        o = F.scaled_dot_product_attention(qh, kh, vh)
-        o = attn.out_proj(self._merge_heads(o))
+        o = blk.ls_1(attn.out_proj(self._merge_heads(F.scaled_dot_product_attention(qh, kh, vh))))
         vv = None
         if need_vv:
-            ov = F.scaled_dot_product_attention(vh, vh, vh)
-            vv = blk.ls_1(attn.out_proj(self._merge_heads(ov)))
+            vv = blk.ls_1(attn.out_proj(self._merge_heads(F.scaled_dot_product_attention(vh, vh, vh))))
+        return o, vv
+
+    def block_mlp(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        blk = self.model.visual.transformer.resblocks[index]
+        return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+
+    def block_forward(
+        self, index: int, x: torch.Tensor, *, need_vv: bool = False, cls_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One residual block (0-indexed) on (B, T, W); optionally also its v-v attention output."""
+        o, vv = self.block_attention(index, x, need_vv=need_vv, cls_only=cls_only)
         base = x[:, :1] if cls_only else x
-        out = base + blk.ls_1(o)
-        out = out + blk.ls_2(blk.mlp(blk.ln_2(out)))
-        return out, vv
+        return self.block_mlp(index, base + o), vv
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """Final hidden state (B, T, W) -> projected global embedding (B, D), as open_clip pools."""
@@ -306,10 +318,14 @@ class ClipBackbone(nn.Module):
         surgery_layers: Iterable[int] = (),
         keep_embeds: bool = False,
         final_tokens: bool = False,
+        tap_mode: Literal["block", "official"] = "block",
     ) -> ImageFeatures:
         """One forward: global embedding + raw tokens of ``layers`` (1-indexed) + surgery taps.
 
         Returning raw tokens and projecting on demand (``project``) keeps unused projections free.
+        ``tap_mode="official"`` reproduces CLIP-AD's released code, whose in-place residual update makes a tap of
+        layer k < L hold block k's output *plus* block k+1's attention residual (the surgery taps' CLS, copied from
+        the original path after the whole forward, inherits it). Only for side-by-side fidelity with that code.
         """
         layers, surgery_layers = sorted(set(layers)), sorted(set(surgery_layers))
         for lyr in (*layers, *surgery_layers):
@@ -321,22 +337,35 @@ class ClipBackbone(nn.Module):
         grid = self.grid_size(images.shape[-1])
         x = self.model.visual.ln_pre(embeds)
         taps: dict[int, torch.Tensor] = {}
-        staps: dict[int, torch.Tensor] = {}
+        streams: dict[int, torch.Tensor] = {}
+        cls_src: dict[int, torch.Tensor] = {}  # original-path CLS for each surgery tap
         s: torch.Tensor | None = None
         last_s = max(surgery_layers, default=0)
+        official = tap_mode == "official"
         for i in range(self.num_layers):
             lyr = i + 1
             use_vv = surgery is not None and surgery.start_layer <= lyr <= last_s
             if use_vv and surgery is not None and (s is None or lyr in surgery.reset_layers):
                 s = torch.zeros_like(x) if surgery.init == "zero" else x.clone()
-            x_new, vv = self.block_forward(i, x, need_vv=use_vv)
+            o, vv = self.block_attention(i, x, need_vv=use_vv)
+            mid = x + o
+            if official:  # the previous tap is updated in place by this block's attention residual
+                if lyr - 1 in taps:
+                    taps[lyr - 1] = mid
+                if lyr - 1 in cls_src:
+                    cls_src[lyr - 1] = mid[:, :1]
             if vv is not None and s is not None:
                 s = s + vv
-            x = x_new
+            x = self.block_mlp(i, mid)
             if lyr in layers:
                 taps[lyr] = x
-            if lyr in surgery_layers and s is not None and surgery is not None:
-                staps[lyr] = torch.cat([x[:, :1], s[:, 1:]], dim=1) if surgery.replace_cls else s
+            if lyr in surgery_layers and s is not None:
+                streams[lyr] = s
+                cls_src[lyr] = x[:, :1]
+        staps = {
+            lyr: torch.cat([cls_src[lyr], st[:, 1:]], dim=1) if surgery is not None and surgery.replace_cls else st
+            for lyr, st in streams.items()
+        }
         visual = self.model.visual
         emb = self.pool(x)
         fin = visual.ln_post(x)[:, 1:] if final_tokens else None

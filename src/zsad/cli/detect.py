@@ -27,6 +27,7 @@ FIELDS = [
     "overlay_path",
     "map_min",
     "map_max",
+    "score_parts",
 ]
 
 
@@ -116,17 +117,27 @@ def run_detect(
                         "anomaly_map_path": str(rel),
                         "map_min": float(full.min()),
                         "map_max": float(full.max()),
+                        "score_parts": json.dumps({k: float(v[i]) for k, v in sb.parts.items()}),
                     }
                 )
             log.append(rows)
             progress.advance(task, len(rows))
 
+    parts = _parts(log.rows)
+    final = method.finalize_scores(parts) if parts else None
+    if final is not None:  # transductive: scores re-scaled over every image of this run
+        console.print(f"[bold yellow]{method.name}: TRANSDUCTIVE scores (re-scaled over all {len(final)} images)[/]")
+        for r, v in zip(log.rows, final, strict=True):
+            r["pred_score"] = f"{float(v):.8g}"
     scores = np.array([float(r["pred_score"]) for r in log.rows])
     maxima = np.array([float(r["map_max"]) for r in log.rows])
     calib_scores = calib_max = None
     if calib is not None and len(calib):
         pred = method.predict(calib)
         calib_scores = pred.pred_score.cpu().numpy()
+        if final is not None:  # the same set statistics as the scored images
+            calib_parts = {k: v.cpu().numpy().astype(np.float64) for k, v in pred.score_parts.items()}
+            calib_scores = method.finalize_scores(calib_parts, fit=parts)
         calib_max = pred.anomaly_map.flatten(1).amax(1).cpu().numpy()
     thr = choose_threshold(scores, normal_scores=calib_scores, manual=threshold)
     # Pixel decisions: the same rule applied to per-image map maxima (map values need not share the score scale).
@@ -153,6 +164,7 @@ def run_detect(
             "pixel_threshold": vars(pthr),
             "normalize": normalize,
             "num_images": len(log.rows),
+            "transductive": final is not None,
         },
     )
     n_bad = len(errors.rows)
@@ -162,6 +174,14 @@ def run_detect(
         + (f"; {n_bad} unreadable files listed in {out / 'errors.csv'}" if n_bad else "")
     )
     return 1 if n_bad else 0
+
+
+def _parts(rows: list[dict[str, str]]) -> dict[str, np.ndarray]:
+    decoded = [json.loads(r.get("score_parts") or "{}") for r in rows]
+    keys = set(decoded[0]) if decoded else set()
+    if not keys or any(set(d) != keys for d in decoded):
+        return {}
+    return {k: np.array([d[k] for d in decoded], dtype=np.float64) for k in keys}
 
 
 def _write_overlays(rows: list[dict[str, str]], out: Path, normalize: str, pthr: Threshold, progress: Progress) -> None:

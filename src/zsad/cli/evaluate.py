@@ -32,6 +32,7 @@ FIELDS = [
     "pred_label",
     "image_threshold",
     "anomaly_map_path",
+    "score_parts",
 ]
 METRIC_KEYS = [
     "image_AUROC",
@@ -60,6 +61,45 @@ class EvalSpec:
     k_shot: int = 0
     reference_dir: Path | None = None
     seed: int = 0
+    allow_seen: bool = False
+
+
+@dataclass
+class EvalResult:
+    """One method's evaluation: per-category and mean metrics, and the table printed for it."""
+
+    method: str
+    title: str
+    per_category: dict[str, dict[str, float]]
+    mean: dict[str, float]
+    table: Table
+    notes: list[str] = field(default_factory=list)
+
+
+def training_images(method: Method) -> set[str]:
+    """Resolved paths of the images a method's checkpoint was trained on (empty for training-free methods)."""
+    manifest = getattr(method, "training_manifest", None)
+    ckpt = getattr(method.config, "checkpoint", "")
+    if not manifest or not ckpt:
+        return set()
+    listed = manifest.get("training", {}).get("images_list")
+    folder = Path(ckpt) if Path(ckpt).is_dir() else Path(ckpt).parent
+    if not listed or not (folder / listed).is_file():
+        return set()
+    return {line.strip() for line in (folder / listed).read_text().splitlines() if line.strip()}
+
+
+def _check_unseen(method: Method, cat: str, ds: Any, seen: set[str], allow: bool) -> int:
+    """Refuse to report images used in training as zero-shot; returns how many were seen."""
+    if not seen:
+        return 0
+    n = sum(str(Path(s.image_path).resolve()) in seen for s in ds.samples)
+    if n and not allow:
+        raise ZsadInputError(
+            f"{cat}: {n} of {len(ds)} images were used to train this {method.name} checkpoint, so results would not "
+            "be zero-shot; evaluate on other data or pass --allow-seen (results are then flagged)"
+        )
+    return n
 
 
 def _datasets(spec: EvalSpec, kw: dict[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -138,7 +178,14 @@ def run_eval(
     out.mkdir(parents=True, exist_ok=True)
     log = CsvLog(out / "predictions.csv", FIELDS)
     per_cat: dict[str, dict[str, float]] = {}
+    seen = training_images(method)
+    notes: list[str] = []
+    if method.is_transductive:
+        notes.append("TRANSDUCTIVE: image scores re-scaled with statistics of the whole category's test set")
     for cat, ds, ref_ds in _datasets(spec, kw):
+        n_seen = _check_unseen(method, cat, ds, seen, spec.allow_seen)
+        if n_seen:
+            notes.append(f"{cat}: {n_seen} of {len(ds)} images were in the training data (NOT zero-shot)")
         refs = _references(ref_ds, spec.k_shot, spec.seed) if method.supports_few_shot else None
         method.setup(spec.class_name or cat.replace("_", " "), reference_images=refs)
         (out / "maps" / cat).mkdir(parents=True, exist_ok=True)
@@ -158,11 +205,12 @@ def run_eval(
                             "mask_path": sb.batch["mask_path"][i],
                             "pred_score": float(sb.scores[i]),
                             "anomaly_map_path": str(rel),
+                            "score_parts": json.dumps({k: float(v[i]) for k, v in sb.parts.items()}),
                         }
                     )
                 log.append(rows)
                 progress.advance(task, len(rows))
-        per_cat[cat] = _category_metrics(log, cat, ds, method.image_size, out, overlays, compute_metrics)
+        per_cat[cat] = _category_metrics(log, cat, ds, method, out, overlays, compute_metrics)
     mean = mean_over_categories(per_cat)
     log.rewrite()
     manifest = method.describe()
@@ -173,22 +221,35 @@ def run_eval(
         "root": str(spec.root),
         "random_weights": bb.random_init,
         "method": method.name,
+        "config": manifest["config"],
+        "transductive": method.is_transductive,
+        "notes": notes,
         "backbone": manifest["backbone"],
         "aupro_note": "pixel_AUPRO = exact curve up to FPR 0.3 (anomalib); pixel_AUPRO_cflow = 200 thresholds, "
         "FPR<0.3 rescaled (CLIP-AD/AnomalyCLIP repos)",
     }
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
     md = metrics_markdown(per_cat, mean, title=_title(method))
+    md += "".join(f"\n> {n}\n" for n in notes)
     (out / "metrics.md").write_text(md)
     write_manifest(out, method, {"command": "eval", "spec": {k: str(v) for k, v in vars(spec).items()}})
-    return _table(per_cat, mean, _title(method))
+    for n in notes:
+        console.print(f"[bold yellow]{n}[/]")
+    return EvalResult(method.name, _title(method), per_cat, mean, _table(per_cat, mean, _title(method)), notes)
 
 
 def _category_metrics(
-    log: CsvLog, cat: str, ds: Any, size: int, out: Path, overlays: int, compute_metrics: Any
+    log: CsvLog, cat: str, ds: Any, method: Method, out: Path, overlays: int, compute_metrics: Any
 ) -> dict[str, float]:
+    size = method.image_size
     index = {str(s.image_path): i for i, s in enumerate(ds.samples)}
     rows = [r for r in log.rows if r["category"] == cat and r["image_path"] in index]
+    parts_rows = [json.loads(r["score_parts"] or "{}") for r in rows]
+    parts = {k: np.array([p[k] for p in parts_rows]) for k in (parts_rows[0] if parts_rows else {})}
+    final = method.finalize_scores(parts) if parts else None
+    if final is not None:  # set-level (transductive) re-scoring over the whole category
+        for r, v in zip(rows, final, strict=True):
+            r["pred_score"] = f"{float(v):.8g}"
     scores = np.array([float(r["pred_score"]) for r in rows])
     labels = np.array([int(r["gt_label"]) for r in rows])
     maps = np.stack([np.load(out / r["anomaly_map_path"]) for r in rows])
@@ -245,7 +306,27 @@ def _overlays(
 def _title(method: Method) -> str:
     b = method.backbone
     w = "SEEDED RANDOM weights (not a quality result)" if b.random_init else (b.pretrained or "")
-    return f"{method.name} | {b.model_name} @ {b.image_size}px | {w} | k_shot={method.k_shot}"
+    t = f"{method.name} | {b.model_name} @ {b.image_size}px | {w} | k_shot={method.k_shot}"
+    return t + (" | TRANSDUCTIVE scores" if method.is_transductive else "")
+
+
+def write_comparison(results: dict[str, EvalResult], out: Path) -> Table:
+    """One table, methods side by side (mean over categories), as comparison.md and comparison.json."""
+    lines = ["| method | " + " | ".join(METRIC_KEYS) + " |", "|---|" + "---:|" * len(METRIC_KEYS)]
+    table = Table("method", *METRIC_KEYS, title="mean over categories")
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(_pct(r.mean.get(k)) for k in METRIC_KEYS) + " |")
+        table.add_row(name, *(_pct(r.mean.get(k)) for k in METRIC_KEYS))
+    body = ["**Methods side by side** (mean over categories, %)", "", *lines, ""]
+    body += [f"- {name}: {r.title}" for name, r in results.items()]
+    body += [f"- {name}: {n}" for name, r in results.items() for n in r.notes]
+    (out / "comparison.md").write_text("\n".join(body) + "\n")
+    data = {
+        name: {"title": r.title, "mean": r.mean, "categories": r.per_category, "notes": r.notes}
+        for name, r in results.items()
+    }
+    (out / "comparison.json").write_text(json.dumps(data, indent=2, default=str))
+    return table
 
 
 def _pct(v: float | None) -> str:

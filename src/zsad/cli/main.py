@@ -30,7 +30,20 @@ Weights = Annotated[Path | None, typer.Option(help="Local checkpoint file (overr
 Backbone = Annotated[str | None, typer.Option(help="open_clip model name. Default: the method's.")]
 ImageSize = Annotated[int | None, typer.Option(help="Input resolution (square). Default: the method's.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if available).")]
-MethodOpt = Annotated[list[str] | None, typer.Option("--option", "-o", help="Method option KEY=VALUE (repeatable).")]
+MethodOpt = Annotated[
+    list[str] | None,
+    typer.Option("--option", "-o", help="Method option KEY=VALUE or METHOD:KEY=VALUE (repeatable)."),
+]
+Checkpoint = Annotated[
+    Path | None, typer.Option(help="Trained parts of a trainable method (folder made by `zsad train`).")
+]
+NormalDir = Annotated[str | None, typer.Option(help="folder: normal images dir, relative to --root.")]
+AbnormalDir = Annotated[str | None, typer.Option(help="folder: anomalous images dir, relative to --root.")]
+MaskDir = Annotated[str | None, typer.Option(help="folder: masks dir (may equal the image dir).")]
+ImageDir = Annotated[str | None, typer.Option(help="folder: one images dir labelled by --labels-csv.")]
+LabelsCsv = Annotated[str | None, typer.Option(help="folder: CSV of id,label (1 = anomalous).")]
+ImageGlob = Annotated[str, typer.Option(help="folder: image file pattern, e.g. '*.jpg'.")]
+Category = Annotated[list[str] | None, typer.Option(help="Category (repeatable; default: all).")]
 
 
 def _progress() -> Progress:
@@ -44,19 +57,47 @@ def _progress() -> Progress:
     )
 
 
-def _parse_options(opts: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _parse_options(opts: list[str] | None) -> list[tuple[str | None, str, Any]]:
+    """``KEY=VALUE`` (every method) or ``METHOD:KEY=VALUE`` (one method); VALUE is JSON when it parses."""
+    out: list[tuple[str | None, str, Any]] = []
     for o in opts or []:
         if "=" not in o:
-            raise ZsadInputError(f"--option {o!r}: expected KEY=VALUE")
+            raise ZsadInputError(f"--option {o!r}: expected KEY=VALUE or METHOD:KEY=VALUE")
         k, v = o.split("=", 1)
+        target, _, key = k.strip().rpartition(":")
         try:
-            out[k.strip()] = json.loads(v)
+            value: Any = json.loads(v)
         except json.JSONDecodeError:
-            out[k.strip()] = v
-        if isinstance(out[k.strip()], list):
-            out[k.strip()] = tuple(out[k.strip()])
+            value = v
+        out.append((target or None, key.strip(), tuple(value) if isinstance(value, list) else value))
     return out
+
+
+def _options_for(method_name: str, parsed: list[tuple[str | None, str, Any]], strict: bool) -> dict[str, Any]:
+    """The options that apply to one method; ``strict`` (a single method) lets the method reject unknown keys."""
+    import dataclasses
+
+    from zsad.methods import get_method_class
+
+    fields = {f.name for f in dataclasses.fields(get_method_class(method_name).config_cls)}
+    out = {}
+    for target, key, value in parsed:
+        if target is not None and target.lower() != method_name.lower():
+            continue
+        if strict or target is not None or key in fields:
+            out[key] = value
+    return out
+
+
+def _check_options_used(methods: list[str], parsed: list[tuple[str | None, str, Any]]) -> None:
+    import dataclasses
+
+    from zsad.methods import get_method_class
+
+    known = {f.name for m in methods for f in dataclasses.fields(get_method_class(m).config_cls)}
+    for target, key, _ in parsed:
+        if target is None and key not in known:
+            raise ZsadInputError(f"--option {key}: no selected method ({', '.join(methods)}) has this option")
 
 
 def _build(
@@ -68,7 +109,10 @@ def _build(
     device: str | None,
     seed: int,
     options: dict[str, Any],
+    checkpoint: Path | None = None,
+    cache: dict[tuple[Any, ...], Any] | None = None,
 ) -> Any:
+    """Build a method on its backbone; ``cache`` shares one backbone between methods that ask for the same one."""
     from zsad.backbone import ClipBackbone
     from zsad.methods import get_method_class
 
@@ -78,18 +122,25 @@ def _build(
         weights = Path(os.environ["ZSAD_WEIGHTS"])
     tag = pretrained if pretrained is not None else defaults.pretrained
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    bb = ClipBackbone.from_pretrained(
-        backbone or defaults.backbone,
-        tag,
-        weights=weights,
-        image_size=image_size or defaults.image_size,
-        device=dev,
-        seed=seed,
-    )
-    if bb.random_init:
-        console.print(
-            "[bold red]WARNING: --pretrained none: the backbone has SEEDED RANDOM weights. Scores and maps are "
-            "meaningless for detection; use this only for smoke tests, speed and fidelity checks.[/]"
+    key = (backbone or defaults.backbone, tag, str(weights), image_size or defaults.image_size, dev, seed)
+    bb = cache.get(key) if cache is not None else None
+    if bb is None:
+        bb = ClipBackbone.from_pretrained(key[0], tag, weights=weights, image_size=key[3], device=dev, seed=seed)
+        if cache is not None:
+            cache[key] = bb
+        if bb.random_init:
+            console.print(
+                "[bold red]WARNING: --pretrained none: the backbone has SEEDED RANDOM weights. Scores and maps are "
+                "meaningless for detection; use this only for smoke tests, speed and fidelity checks.[/]"
+            )
+    if checkpoint is not None:
+        if not cls.trainable:
+            raise ZsadInputError(f"--checkpoint: method {method_name} has no trained parts")
+        options = {**options, "checkpoint": str(checkpoint)}
+    elif cls.trainable and "checkpoint" not in options:
+        raise ZsadInputError(
+            f"method {method_name} needs trained parts: pass --checkpoint DIR (made by `zsad train --method "
+            f"{method_name} ...`)"
         )
     return cls(bb, **options)
 
@@ -161,12 +212,14 @@ def detect_cmd(
     device: Device = "",
     seed: int = 0,
     option: MethodOpt = None,
+    checkpoint: Checkpoint = None,
 ) -> None:
     """Score images with no labels: predictions.csv, .npy maps and overlays, written incrementally."""
     try:
         from zsad.cli.detect import run_detect
 
-        m = _build(method, backbone, pretrained, weights, image_size, device or None, seed, _parse_options(option))
+        opts = _options_for(method, _parse_options(option), strict=True)
+        m = _build(method, backbone, pretrained, weights, image_size, device or None, seed, opts, checkpoint)
         code = run_detect(
             m,
             path,
@@ -193,16 +246,18 @@ def detect_cmd(
 def eval_cmd(
     dataset: Annotated[str, typer.Option(help="mvtec | visa | folder")],
     root: Annotated[Path, typer.Option(help="Dataset root.")],
-    category: Annotated[list[str] | None, typer.Option(help="Category (repeatable; default: all).")] = None,
-    method: str = "winclip",
+    category: Category = None,
+    method: Annotated[
+        list[str] | None, typer.Option(help="Method (repeatable: several give one comparison table). Default winclip.")
+    ] = None,
     class_name: Annotated[str | None, typer.Option(help="Prompt object name (default: the category name).")] = None,
     out: Path = Path("results"),
-    normal_dir: Annotated[str | None, typer.Option(help="folder: normal images dir, relative to --root.")] = None,
-    abnormal_dir: Annotated[str | None, typer.Option(help="folder: anomalous images dir, relative to --root.")] = None,
-    mask_dir: Annotated[str | None, typer.Option(help="folder: masks dir (may equal the image dir).")] = None,
-    image_dir: Annotated[str | None, typer.Option(help="folder: one images dir labelled by --labels-csv.")] = None,
-    labels_csv: Annotated[str | None, typer.Option(help="folder: CSV of id,label (1 = anomalous).")] = None,
-    image_glob: Annotated[str, typer.Option(help="folder: image file pattern, e.g. '*.jpg'.")] = "*",
+    normal_dir: NormalDir = None,
+    abnormal_dir: AbnormalDir = None,
+    mask_dir: MaskDir = None,
+    image_dir: ImageDir = None,
+    labels_csv: LabelsCsv = None,
+    image_glob: ImageGlob = "*",
     k_shot: Annotated[int, typer.Option(help="Few-shot: normal reference images from the train split.")] = 0,
     reference_dir: Annotated[Path | None, typer.Option(help="folder: normal reference images (few-shot).")] = None,
     batch_size: int = 8,
@@ -214,12 +269,22 @@ def eval_cmd(
     device: Device = "",
     seed: int = 0,
     option: MethodOpt = None,
+    checkpoint: Checkpoint = None,
+    allow_seen: Annotated[
+        bool, typer.Option(help="Evaluate images a checkpoint was trained on (NOT zero-shot; flagged in results).")
+    ] = False,
 ) -> None:
-    """Evaluate on a labelled dataset: predictions.csv, metrics.json, metrics.md (per category + mean)."""
-    try:
-        from zsad.cli.evaluate import EvalSpec, run_eval
+    """Evaluate on a labelled dataset: predictions.csv, metrics.json, metrics.md (per category + mean).
 
-        m = _build(method, backbone, pretrained, weights, image_size, device or None, seed, _parse_options(option))
+    Several --method give one folder per method under --out and comparison.md / comparison.json side by side.
+    """
+    try:
+        from zsad.cli.evaluate import EvalSpec, run_eval, write_comparison
+        from zsad.methods import get_method_class
+
+        methods = method or ["winclip"]
+        parsed = _parse_options(option)
+        _check_options_used(methods, parsed)
         spec = EvalSpec(
             dataset=dataset,
             root=root,
@@ -234,8 +299,73 @@ def eval_cmd(
             k_shot=k_shot,
             reference_dir=reference_dir,
             seed=seed,
+            allow_seen=allow_seen,
         )
-        result = run_eval(m, spec, out, batch_size=batch_size, overlays=overlays, progress=_progress(), console=console)
+        cache: dict[tuple[Any, ...], Any] = {}
+        results = {}
+        for name in methods:
+            ckpt = checkpoint if get_method_class(name).trainable else None
+            opts = _options_for(name, parsed, strict=len(methods) == 1)
+            m = _build(name, backbone, pretrained, weights, image_size, device or None, seed, opts, ckpt, cache)
+            where = out if len(methods) == 1 else out / name.replace("+", "_plus")
+            results[name] = run_eval(
+                m, spec, where, batch_size=batch_size, overlays=overlays, progress=_progress(), console=console
+            )
+            Console().print(results[name].table)
+        if len(methods) > 1:
+            table = write_comparison(results, out)
+            Console().print(table)
     except ZsadInputError as e:
         _fail(e)
-    Console().print(result)
+
+
+@app.command("train")
+def train_cmd(
+    method: Annotated[str, typer.Option(help="A trainable method (see `zsad methods`).")],
+    dataset: Annotated[str, typer.Option(help="Auxiliary annotated data: mvtec | visa | folder (test split).")],
+    root: Annotated[Path, typer.Option(help="Dataset root.")],
+    out: Annotated[Path, typer.Option(help="Checkpoint folder (resumes an interrupted run with the same settings).")],
+    category: Category = None,
+    class_name: Annotated[str | None, typer.Option(help="Prompt object name (default: the category name).")] = None,
+    normal_dir: NormalDir = None,
+    abnormal_dir: AbnormalDir = None,
+    mask_dir: MaskDir = None,
+    image_dir: ImageDir = None,
+    labels_csv: LabelsCsv = None,
+    image_glob: ImageGlob = "*",
+    epochs: Annotated[int | None, typer.Option(help="Default: the method's recipe.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Default: the method's recipe.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate. Default: the method's recipe.")] = None,
+    train_seed: Annotated[int | None, typer.Option(help="Training seed. Default: the method's recipe.")] = None,
+    backbone: Backbone = None,
+    pretrained: Pretrained = None,
+    weights: Weights = None,
+    image_size: ImageSize = None,
+    device: Device = "",
+    seed: Annotated[int, typer.Option(help="Seed of --pretrained none backbones.")] = 0,
+    option: MethodOpt = None,
+) -> None:
+    """Train a method's learnable parts on annotated data (CLIP frozen); writes safetensors + manifest.json."""
+    try:
+        from zsad.cli.evaluate import EvalSpec
+        from zsad.cli.train import run_train
+
+        opts = _options_for(method, _parse_options(option), strict=True)
+        m = _build(method, backbone, pretrained, weights, image_size, device or None, seed, {**opts, "checkpoint": ""})
+        spec = EvalSpec(
+            dataset=dataset,
+            root=root,
+            categories=category or [],
+            class_name=class_name,
+            normal_dir=normal_dir,
+            abnormal_dir=abnormal_dir,
+            mask_dir=mask_dir,
+            image_dir=image_dir,
+            labels_csv=labels_csv,
+            image_glob=image_glob,
+        )
+        overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": train_seed}
+        path = run_train(m, spec, out, {k: v for k, v in overrides.items() if v is not None}, console=console)
+    except ZsadInputError as e:
+        _fail(e)
+    console.print(f"checkpoint written to {path}; use it with --method {method} --checkpoint {path}")

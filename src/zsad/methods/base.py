@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from zsad.backbone import ClipBackbone
@@ -32,6 +33,7 @@ class Method(ABC):
     needs_class_name: ClassVar[bool] = True
     supports_few_shot: ClassVar[bool] = False
     transductive: ClassVar[bool] = False
+    trainable: ClassVar[bool] = False  # has learnable parts: `zsad train` + `--checkpoint`
 
     def __init__(self, backbone: ClipBackbone, config: MethodConfig | None = None, **overrides: Any) -> None:
         cfg = config or self.config_cls()
@@ -76,6 +78,33 @@ class Method(ABC):
             raise ZsadInputError(f"{self.name}: expected images (B, 3, {s}, {s}), got {tuple(images.shape)}")
         return self._predict(images.to(self.backbone.device))
 
+    def default_train_config(self) -> Any:
+        """The published training recipe (a ``zsad.train.TrainConfig``) of a trainable method."""
+        raise ZsadInputError(f"{self.name}: has nothing to train")
+
+    def fit(self, datasets: Any, train_cfg: Any, out: Any, **kwargs: Any) -> Any:
+        """Train the learnable parts on (category, dataset) pairs and write a checkpoint folder to ``out``."""
+        raise ZsadInputError(f"{self.name}: has nothing to train")
+
+    def save(self, out: Any, training: dict[str, Any]) -> Any:
+        """Write the learnable parts as a checkpoint folder (safetensors + manifest)."""
+        raise ZsadInputError(f"{self.name}: has nothing to save")
+
+    @property
+    def is_transductive(self) -> bool:
+        """Whether this configured instance uses other test images to score one (flagged in every result)."""
+        return self.transductive
+
+    def finalize_scores(
+        self, parts: dict[str, np.ndarray], fit: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray | None:
+        """Set-level re-scoring from ``Prediction.score_parts`` of a whole category/run, or None (scores are final).
+
+        ``fit`` holds the parts the set statistics come from when they differ from ``parts`` (e.g. reference images
+        scored with the test set's statistics).
+        """
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Everything needed to reproduce a run of this method (goes into the run manifest)."""
         return {
@@ -83,6 +112,6 @@ class Method(ABC):
             "config": dataclasses.asdict(self.config),
             "class_name": self.class_name,
             "k_shot": self.k_shot,
-            "transductive": self.transductive,
+            "transductive": self.is_transductive,
             "backbone": self.backbone.manifest(),
         }

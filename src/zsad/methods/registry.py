@@ -11,6 +11,8 @@ from zsad.methods.base import Method
 
 METHODS: dict[str, str] = {
     "winclip": "zsad.methods.winclip:WinClip",
+    "sdp": "zsad.methods.sdp:Sdp",
+    "sdp+": "zsad.methods.sdp_plus:SdpPlus",
 }
 
 

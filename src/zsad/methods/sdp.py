@@ -1,0 +1,174 @@
+"""CLIP-AD Staged Dual-Path (SDP): zero-shot maps from v-v attention stages and feature surgery.
+
+Paper: Chen et al., "CLIP-AD: A Language-Guided Staged Dual-Path Model for Zero-shot Anomaly Detection",
+arXiv 2311.00453. Specification: ../shared/docs/methods.md section 1. What the method is:
+
+- Text: the CLIP-AD prompt set (9 normal / 10 anomalous states x 22 templates), one representative vector per state
+  by Representative Vector Selection (``text_aggregation``: mean | pca | kde | dbscan (default) | mean_shift).
+- Architecture surgery: every block also computes v-v attention on LN1 of the *original* hidden state; a separate
+  surgery stream sums those outputs (no FFN) and restarts at each stage start. The original path is unchanged, so
+  one forward gives both. At each stage end the stream's CLS is replaced by the original CLS, then the frozen
+  ``ln_post`` + ``proj`` and L2 normalisation are applied.
+- Feature surgery per stage: w_c = softmax_c(cls . t_c) / mean_c(.), s_c(f) = w_c (f . t_c) - mean_c' w_c' (f . t_c').
+  The anomalous s is summed over stages, upsampled bilinearly (no min-max) and smoothed with a Gaussian (sigma 8).
+- Image score = p0 + p1 with p0 = softmax(100 cos(global, t))[anomalous], p1 = max of the map.
+
+Deliberate differences from the official code (ByChelsea/CLIP-AD @f004973), each measured in benchmarks/RESULTS.md:
+- The paper's per-category min-max of p0 and p1 over the *test set* is transductive: it is off by default and
+  enabled with ``transductive_minmax=True``, which every result it affects prints.
+- Stages follow ``layers``: each stage starts after the previous tapped layer. The official code resets at every
+  quarter of the tower whatever ``features_list`` is; both agree for the default (3, 6, 9, 12 on 12 blocks).
+- p0 uses the final global embedding; the official code uses the CLS of the last *tapped* layer (the same thing
+  for the default layers).
+- ``compat="official"`` reproduces an in-place update in the official blocks (see ``ClipBackbone.encode_image``,
+  ``tap_mode``): its layer taps before the last block already contain the next block's attention residual.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zsad.backbone import ClipBackbone, ImageFeatures, SurgeryConfig
+from zsad.errors import ZsadInputError
+from zsad.methods.base import Method, MethodConfig
+from zsad.ops import gaussian_blur, grid_to_map, minmax, upsample
+from zsad.prompts import aggregate_text, build_prompts, get_prompt_set
+from zsad.types import Prediction
+
+
+@dataclass
+class SdpConfig(MethodConfig):
+    layers: tuple[int, ...] = ()  # stage ends, 1-indexed; () = quarters of the tower (3, 6, 9, 12 for 12 blocks)
+    prompt_set: str = "clipad"
+    text_aggregation: str = "dbscan"  # RVS: mean | pca | kde | dbscan | mean_shift (or raw_mean)
+    rvs_eps: float = 0.5  # DBSCAN; the paper's scripts use 0.5/15 on MVTec and 1.5/25 on VisA
+    rvs_min_samples: int = 15
+    rvs_kde_bandwidth: float = 0.3
+    rvs_meanshift_bandwidth: float = 2.0
+    logit_scale: float = 100.0  # softmax temperature 1/100 for the global score (CLIP's logit scale)
+    smoothing_sigma: float = 8.0  # pixels at model resolution; 0 disables
+    transductive_minmax: bool = False  # the paper's per-category test-set min-max of p0 and p1
+    compat: str = "none"  # "none" | "official" (reproduce the official code's in-place tap quirk)
+
+    def __post_init__(self) -> None:
+        self.layers = tuple(int(v) for v in self.layers)
+        if list(self.layers) != sorted(set(self.layers)):
+            raise ZsadInputError(f"sdp: layers must be strictly increasing, got {self.layers}")
+        if self.compat not in ("none", "official"):
+            raise ZsadInputError(f"sdp: unknown compat {self.compat!r}; use 'none' or 'official'")
+        if self.smoothing_sigma < 0:
+            raise ZsadInputError("sdp: smoothing_sigma must be >= 0")
+
+
+def stage_layers(num_layers: int, layers: tuple[int, ...]) -> tuple[int, ...]:
+    """The tapped stage ends: ``layers`` or the four quarter points of the tower."""
+    if not layers:
+        if num_layers % 4:
+            raise ZsadInputError(f"sdp: {num_layers} blocks do not split into 4 stages; pass layers=...")
+        q = num_layers // 4
+        return (q, 2 * q, 3 * q, 4 * q)
+    if layers[0] < 1 or layers[-1] > num_layers:
+        raise ZsadInputError(f"sdp: layers {layers} out of range 1..{num_layers}")
+    return layers
+
+
+def surgery_config(num_layers: int, layers: tuple[int, ...], compat: str = "none") -> SurgeryConfig:
+    """v-v stream from block 1, restarted after every tapped layer (or, official, at every quarter)."""
+    if compat == "official":
+        q = num_layers // 4
+        resets = tuple(q * i + 1 for i in range(1, 4))
+    else:
+        resets = tuple(v + 1 for v in layers[:-1])
+    return SurgeryConfig(start_layer=1, reset_layers=resets, init="zero", replace_cls=True)
+
+
+def feature_surgery(tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """(B, 1+N, D) unit tokens (CLS first), (2, D) unit text -> (B, N, 2) redundancy-removed similarities."""
+    prob = (tokens[:, 0] @ text.T).softmax(-1)  # (B, 2), no temperature (as the paper)
+    w = prob / prob.mean(-1, keepdim=True)
+    sim = (tokens[:, 1:] @ text.T) * w[:, None]  # (B, N, 2)
+    return sim - sim.mean(-1, keepdim=True)
+
+
+def state_text(backbone: ClipBackbone, cfg: SdpConfig, class_name: str) -> torch.Tensor:
+    """(2, D) unit text vectors [normal, anomalous] by the configured RVS."""
+    normal, anomalous = build_prompts(get_prompt_set(cfg.prompt_set), class_name)
+    how = cfg.text_aggregation
+    params = {}
+    if how not in ("mean", "raw_mean"):
+        params = {
+            "eps": cfg.rvs_eps,
+            "min_samples": cfg.rvs_min_samples,
+            "kde_bandwidth": cfg.rvs_kde_bandwidth,
+            "meanshift_bandwidth": cfg.rvs_meanshift_bandwidth,
+        }
+    return torch.stack([aggregate_text(backbone.encode_text(p), how, **params) for p in (normal, anomalous)])
+
+
+class Sdp(Method):
+    name = "sdp"
+    config_cls = SdpConfig
+    config: SdpConfig
+
+    @property
+    def is_transductive(self) -> bool:
+        return self.config.transductive_minmax
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        return stage_layers(self.backbone.num_layers, self.config.layers)
+
+    def _setup(self, class_name: str, reference_images: torch.Tensor | None) -> None:
+        self.text = state_text(self.backbone, self.config, class_name).to(self.backbone.device)
+
+    def _forward(self, images: torch.Tensor, original_layers: tuple[int, ...] = ()) -> ImageFeatures:
+        """One tower pass: global embedding, surgery taps of every stage, raw original taps if asked."""
+        stages = self.stages
+        return self.backbone.encode_image(
+            images,
+            layers=original_layers,
+            surgery=surgery_config(self.backbone.num_layers, stages, self.config.compat),
+            surgery_layers=stages,
+            tap_mode="official" if self.config.compat == "official" else "block",
+        )
+
+    def _sdp_map(self, feats: ImageFeatures) -> torch.Tensor:
+        """Summed feature-surgery anomaly map (B, S, S) before smoothing."""
+        sim = sum(
+            feature_surgery(F.normalize(self.backbone.project(feats.surgery[lyr]), dim=-1), self.text)
+            for lyr in self.stages
+        )
+        assert isinstance(sim, torch.Tensor)
+        return upsample(grid_to_map(sim[..., 1:], feats.grid)[:, 0], self.image_size)
+
+    def _text_prob(self, feats: ImageFeatures) -> torch.Tensor:
+        """p0: CLIP's zero-shot anomalous probability of the global embedding, (B,)."""
+        emb = F.normalize(feats.embedding, dim=-1)
+        return (self.config.logit_scale * emb @ self.text.T).softmax(-1)[:, 1]
+
+    def _finish(self, feats: ImageFeatures, amap: torch.Tensor) -> Prediction:
+        amap = gaussian_blur(amap, self.config.smoothing_sigma)
+        p0 = self._text_prob(feats)
+        p1 = amap.flatten(1).amax(1)
+        return Prediction(
+            pred_score=(p0 + p1).float(),
+            anomaly_map=amap.float(),
+            score_parts={"text_prob": p0.float(), "map_max": p1.float()},
+        )
+
+    def _predict(self, images: torch.Tensor) -> Prediction:
+        feats = self._forward(images)
+        return self._finish(feats, self._sdp_map(feats))
+
+    def finalize_scores(
+        self, parts: dict[str, np.ndarray], fit: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray | None:
+        """The paper's transductive score: minmax(p0) + minmax(p1) over the category's test images."""
+        if not self.config.transductive_minmax:
+            return None
+        ref = fit or parts
+        return minmax(parts["text_prob"], ref["text_prob"]) + minmax(parts["map_max"], ref["map_max"])

@@ -1,0 +1,231 @@
+"""CLIP-AD SDP+: SDP plus one trained linear layer per stage on the original-path tokens.
+
+Paper: Chen et al., arXiv 2311.00453; specification ../shared/docs/methods.md section 1 ("SDP+ (trained)").
+Each stage's raw original-path tokens (pre-``ln_post``, CLS dropped) go through ``Linear(width -> embed_dim)``;
+the map is softmax over the two states of 100 cos(f, t), upsampled bilinearly with ``align_corners=True``. Training:
+focal (gamma 2) + dice on the anomalous probability, per stage, summed; CLIP stays frozen; Adam, lr 1e-4, 5 epochs,
+batch 8, seed 42, on the *test split* of an auxiliary dataset (VisA to test MVTec, MVTec to test VisA).
+At test time the map is (sum of the stages' trained probabilities) + the SDP map, then Gaussian smoothing
+(sigma 8; the paper uses 2 on VisA); the image score is computed as in SDP.
+
+Ours: the frozen backbone runs once per training image (features are cached in memory when they fit), and training
+resumes from its last epoch. The checkpoint folder (safetensors + manifest.json + training_images.txt) records the
+backbone, layers, prompts and the exact training images so ``zsad eval`` can refuse to call seen images zero-shot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import Progress
+from torch import nn
+
+from zsad.errors import ZsadInputError
+from zsad.methods.sdp import Sdp, SdpConfig, state_text
+from zsad.ops import grid_to_map, upsample
+from zsad.types import Prediction
+
+CACHE_LIMIT_BYTES = 4 << 30  # cache frozen features in RAM up to this size, else recompute them every epoch
+
+
+@dataclass
+class SdpPlusConfig(SdpConfig):
+    checkpoint: str = ""  # folder written by `zsad train --method sdp+`
+    align_corners: bool = True  # upsampling of the trained maps, as the paper's code
+
+
+class SdpPlus(Sdp):
+    name = "sdp+"
+    config_cls = SdpPlusConfig
+    config: SdpPlusConfig
+    trainable = True
+
+    def __init__(self, backbone: Any, config: SdpPlusConfig | None = None, **overrides: Any) -> None:
+        super().__init__(backbone, config, **overrides)
+        self.training_manifest: dict[str, Any] | None = None
+        self.heads = self._new_heads(len(self.stages))
+        if self.config.checkpoint:
+            self.load(self.config.checkpoint)
+
+    def _new_heads(self, n: int) -> nn.ModuleList:
+        bb = self.backbone
+        return nn.ModuleList(nn.Linear(bb.width, bb.embed_dim) for _ in range(n)).to(bb.device)
+
+    # ------------------------------------------------------------------ checkpoints
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f"heads.{k}": v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}
+
+    def load(self, path: str | Path) -> None:
+        """Load a checkpoint folder; refuse one trained for another backbone or other layers."""
+        from zsad.train import load_checkpoint
+
+        tensors, manifest = load_checkpoint(Path(path), method=self.name, backbone=self.backbone.manifest())
+        saved = tuple(manifest.get("config", {}).get("layers", ()))
+        if self.config.layers and tuple(self.config.layers) != saved:
+            raise ZsadInputError(
+                f"{path}: checkpoint was trained on layers {saved}, not {self.config.layers}; drop the layers option"
+            )
+        self.config = dataclasses.replace(self.config, layers=saved)
+        for key in ("compat", "prompt_set", "text_aggregation"):
+            trained = manifest.get("config", {}).get(key)
+            now = getattr(self.config, key)
+            if trained is not None and trained != now:
+                Console(stderr=True).print(f"[yellow]note:[/] {path}: trained with {key}={trained!r}, running {now!r}")
+        self.heads = self._new_heads(len(saved))
+        state = {k.removeprefix("heads."): v for k, v in tensors.items()}
+        try:
+            self.heads.load_state_dict(state)
+        except RuntimeError as e:
+            raise ZsadInputError(f"{path}: tensors do not fit this backbone: {str(e).splitlines()[0]}") from e
+        self.training_manifest = manifest
+
+    def _setup(self, class_name: str, reference_images: torch.Tensor | None) -> None:
+        if self.training_manifest is None:
+            raise ZsadInputError(
+                "sdp+: no trained layers; pass --checkpoint DIR (from `zsad train --method sdp+ ...`), "
+                "or use --method sdp for the training-free model"
+            )
+        super()._setup(class_name, reference_images)
+
+    # ------------------------------------------------------------------ inference
+    def _trained_probs(self, tokens: Sequence[torch.Tensor], text: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Per-stage anomalous-state probability maps (n_stages, B, 2, S, S) from raw stage tokens (B, N, W).
+
+        ``text`` is (2, D) or (B, 2, D) (one text pair per image during training).
+        """
+        out = []
+        for head, tok in zip(self.heads, tokens, strict=True):
+            f = F.normalize(head(tok), dim=-1)  # (B, N, D)
+            logits = self.config.logit_scale * (
+                f @ text.T if text.ndim == 2 else torch.einsum("bnd,bcd->bnc", f, text)
+            )  # (B, N, 2)
+            m = upsample(grid_to_map(logits, grid), self.image_size, align_corners=self.config.align_corners)
+            out.append(m.softmax(1))
+        return torch.stack(out)
+
+    def _predict(self, images: torch.Tensor) -> Prediction:
+        stages = self.stages
+        feats = self._forward(images, original_layers=stages)
+        probs = self._trained_probs([feats.tokens[lyr][:, 1:] for lyr in stages], self.text, feats.grid)
+        return self._finish(feats, self._sdp_map(feats) + probs[:, :, 1].sum(0))
+
+    # ------------------------------------------------------------------ training
+    def default_train_config(self) -> Any:
+        from zsad.train import TrainConfig
+
+        return TrainConfig(epochs=5, batch_size=8, lr=1e-4, seed=42)  # the paper's recipe
+
+    def _stage_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen original-path stage tokens without CLS: (B, n_stages, N, W)."""
+        stages = self.stages
+        tap_mode = "official" if self.config.compat == "official" else "block"
+        with torch.no_grad():
+            feats = self.backbone.encode_image(images, layers=stages, tap_mode=tap_mode)
+        return torch.stack([feats.tokens[lyr][:, 1:] for lyr in stages], dim=1)
+
+    def fit(
+        self,
+        datasets: Sequence[tuple[str, Any]],
+        train_cfg: Any,
+        out: Path,
+        *,
+        data_info: dict[str, Any],
+        progress: bool = True,
+        class_names: dict[str, str] | None = None,
+    ) -> Path:
+        """Train the stage layers on (category, dataset) pairs with masks; write a checkpoint folder to ``out``."""
+        from zsad.train import dice_loss, fit, focal_loss
+
+        bb = self.backbone
+        dev = bb.device
+        items = [(cat, ds, i) for cat, ds in datasets for i in range(len(ds))]
+        if not items:
+            raise ZsadInputError("sdp+: the training data holds no images")
+        for cat, ds in datasets:
+            unmasked = [s for s in ds.samples if s.label == 1 and s.mask_path is None]
+            if unmasked:
+                raise ZsadInputError(
+                    f"{unmasked[0].image_path}: sdp+ trains on pixel masks, but {len(unmasked)} anomalous images of "
+                    f"{cat} have none (pass --mask-dir)"
+                )
+        names = class_names or {}
+        text = {cat: state_text(bb, self.config, names.get(cat, cat.replace("_", " "))).to(dev) for cat, _ in datasets}
+        n_stage, n_tok = len(self.stages), bb.grid_size()[0] * bb.grid_size()[1]
+        size = len(items) * n_stage * n_tok * bb.width * 4
+        cache: torch.Tensor | None = None
+        masks = torch.zeros(len(items), self.image_size, self.image_size)
+        console = Console(stderr=True)
+        if size <= CACHE_LIMIT_BYTES:
+            cache = torch.zeros(len(items), n_stage, n_tok, bb.width)
+        with Progress(console=console, disable=not progress) as bar:
+            task = bar.add_task("frozen CLIP features" if cache is not None else "reading masks", total=len(items))
+            for start in range(0, len(items), train_cfg.batch_size):
+                chunk = items[start : start + train_cfg.batch_size]
+                got = [ds[i] for _, ds, i in chunk]
+                masks[start : start + len(chunk)] = torch.stack([g["gt_mask"] for g in got])
+                if cache is not None:
+                    imgs = torch.stack([g["image"] for g in got]).to(dev)
+                    cache[start : start + len(chunk)] = self._stage_tokens(imgs).cpu()
+                bar.advance(task, len(chunk))
+        if progress:
+            where = "cached in RAM" if cache is not None else f"recomputed each epoch ({size / 2**30:.1f} GiB > cache)"
+            console.print(f"sdp+: {len(items)} training images, frozen features {where}")
+        masks = (masks > 0.5).float()
+        with torch.random.fork_rng(devices=[]):  # the layers' init is part of the seeded recipe
+            torch.manual_seed(train_cfg.seed)
+            self.heads = self._new_heads(n_stage)
+
+        def step(heads: nn.Module, batch: list[int]) -> dict[str, torch.Tensor]:
+            idx = torch.tensor(batch)
+            if cache is not None:
+                tok = cache[idx].to(dev)
+            else:
+                tok = self._stage_tokens(torch.stack([items[i][1][items[i][2]]["image"] for i in batch]).to(dev))
+            t = torch.stack([text[items[i][0]] for i in batch])  # (B, 2, D)
+            probs = self._trained_probs([tok[:, j] for j in range(n_stage)], t, bb.grid_size())
+            gt = masks[idx].to(dev)
+            focal = sum(focal_loss(p, gt) for p in probs)
+            dice = sum(dice_loss(p[:, 1], gt) for p in probs)
+            assert isinstance(focal, torch.Tensor) and isinstance(dice, torch.Tensor)
+            return {"loss": focal + dice, "focal": focal, "dice": dice}
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "training_images.txt").write_text(
+            "".join(f"{Path(ds.samples[i].image_path).resolve()}\n" for _, ds, i in items)
+        )
+        result = fit(
+            self.heads, list(range(len(items))), step, train_cfg, state_dir=out, progress=progress, description="sdp+"
+        )
+        self.heads.eval()
+        training = {
+            **data_info,
+            "num_images": len(items),
+            "categories": sorted({c for c, _ in datasets}),
+            "train_config": dataclasses.asdict(train_cfg),
+            "history": result.history,
+            "images_list": "training_images.txt",
+        }
+        return self.save(out, training)
+
+    def save(self, out: Path, training: dict[str, Any]) -> Path:
+        """Write the checkpoint folder (safetensors + manifest) for the current layers."""
+        from zsad.train import save_checkpoint
+
+        manifest = {
+            "method": self.name,
+            "backbone": self.backbone.manifest(),
+            "config": {**dataclasses.asdict(self.config), "layers": list(self.stages), "checkpoint": ""},
+            "training": training,
+        }
+        save_checkpoint(Path(out), self.tensors(), manifest)
+        self.config = dataclasses.replace(self.config, layers=tuple(self.stages))
+        self.training_manifest = manifest
+        return Path(out)

@@ -1,0 +1,71 @@
+"""Small tensor operations several methods share (map smoothing, upsampling, set-level score rescaling)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _reflect_index(n: int, radius: int, device: torch.device) -> torch.Tensor:
+    """Indices of a length-``n`` axis padded by ``radius`` on both sides in scipy's ``reflect`` mode (d c b a | a b)."""
+    i = torch.arange(-radius, n + radius, device=device)
+    period = 2 * n
+    j = torch.remainder(i, period)
+    return torch.where(j >= n, period - 1 - j, j)
+
+
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Normalised 1-D Gaussian with scipy's radius rule ``int(truncate * sigma + 0.5)``."""
+    radius = int(truncate * float(sigma) + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / float(sigma)) ** 2)
+    return (k / k.sum()).to(dtype)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """Gaussian smoothing of (B, H, W) maps, equal to ``scipy.ndimage.gaussian_filter(m, sigma)`` per map.
+
+    Why not scipy: this runs batched on the maps' device (GPU included), and the methods' published numbers use
+    scipy's defaults (``mode="reflect"``, ``truncate=4``), which this reproduces; a test checks it against scipy.
+    """
+    if sigma <= 0:
+        return maps
+    b, h, w = maps.shape
+    k = gaussian_kernel1d(sigma, truncate, torch.float32 if maps.dtype != torch.float64 else torch.float64)
+    k = k.to(maps.device)
+    r = (k.numel() - 1) // 2
+    x = maps.reshape(b, 1, h, w)
+    x = x.index_select(3, _reflect_index(w, r, maps.device))
+    x = F.conv2d(x, k.reshape(1, 1, 1, -1).to(x.dtype))
+    x = x.index_select(2, _reflect_index(h, r, maps.device))
+    x = F.conv2d(x, k.reshape(1, 1, -1, 1).to(x.dtype))
+    return x.reshape(b, h, w)
+
+
+def upsample(maps: torch.Tensor, size: int, align_corners: bool = False) -> torch.Tensor:
+    """(B, C, h, w) or (B, h, w) patch maps -> bilinear (…, size, size)."""
+    squeeze = maps.ndim == 3
+    x = maps[:, None] if squeeze else maps
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=align_corners)
+    return x[:, 0] if squeeze else x
+
+
+def grid_to_map(values: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, N, C) per-patch values -> (B, C, gh, gw)."""
+    b, n, c = values.shape
+    if n != grid[0] * grid[1]:
+        raise ValueError(f"{n} patch values do not fill a {grid[0]}x{grid[1]} grid")
+    return values.transpose(1, 2).reshape(b, c, grid[0], grid[1])
+
+
+def minmax(values: np.ndarray, fit: np.ndarray | None = None) -> np.ndarray:
+    """Rescale to [0, 1] by the min/max of ``fit`` (default: ``values``); a constant set maps to 0."""
+    ref = values if fit is None else fit
+    lo, hi = float(np.min(ref)), float(np.max(ref))
+    span = hi - lo
+    if not math.isfinite(span) or span <= 0:
+        return np.zeros_like(values, dtype=np.float64)
+    return (np.asarray(values, dtype=np.float64) - lo) / span
