@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -82,21 +83,24 @@ def main() -> None:
     args = ap.parse_args()
 
     rows = []
+    backbones: dict[tuple[str, int], ClipBackbone] = {}
     for name in args.methods:
         cfg = get_method_class(name).config_cls()
-        bb = ClipBackbone.from_pretrained(
-            args.backbone or cfg.backbone,
-            "none",
-            image_size=args.image_size or cfg.image_size,
-            device=args.device,
-            seed=0,
-        )
+        key = (args.backbone or cfg.backbone, args.image_size or cfg.image_size)
+        if key not in backbones:
+            backbones[key] = ClipBackbone.from_pretrained(key[0], "none", image_size=key[1], device=args.device, seed=0)
+        bb = backbones[key]
         opts = {}
         for o in args.option:
             meth, _, kv = o.partition(":")
             if meth == name:
                 k, _, v = kv.partition("=")
                 opts[k] = json.loads(v)
+        if get_method_class(name).trainable and "checkpoint" not in opts:
+            # speed does not depend on the values: its seeded untrained parts, through a real checkpoint
+            ckpt = Path(tempfile.mkdtemp(prefix="zsad-bench-"))
+            create_method(name, bb, **opts).save(ckpt, {"note": "untrained, speed benchmark"})
+            opts["checkpoint"] = str(ckpt)
         method = create_method(name, bb, **opts)
         method.setup("object")
         x = load_images(args.batch_size, bb.image_size, bb.mean, bb.std).to(args.device)
@@ -112,7 +116,7 @@ def main() -> None:
         rows.append(
             {
                 "method": name,
-                "options": opts,
+                "options": {k: v for k, v in opts.items() if k != "checkpoint"},
                 "backbone": bb.model_name,
                 "image_size": bb.image_size,
                 "batch": args.batch_size,

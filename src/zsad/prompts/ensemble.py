@@ -5,13 +5,13 @@ A ``PromptSet`` is data, so methods and users pick sets by name and new sets nee
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from zsad.errors import ZsadInputError
+from zsad.prompts.rvs import RVS_METHODS, select_representative
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,56 @@ _WINCLIP_NORMAL = (
 )
 _WINCLIP_ANOMALOUS = ("damaged {}", "{} with flaw", "{} with defect", "{} with damage")
 
+# CLIP-AD paper (arXiv 2311.00453): WinCLIP's words without the bare "{}", more defect kinds, and 22 templates
+# (WinCLIP's 21 plus "a cropped photo of a {}.").
+_CLIPAD_TEMPLATES = (
+    "a cropped photo of the {}.",
+    "a cropped photo of a {}.",
+    "a close-up photo of a {}.",
+    "a close-up photo of the {}.",
+    "a bright photo of a {}.",
+    "a bright photo of the {}.",
+    "a dark photo of the {}.",
+    "a dark photo of a {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a blurry photo of the {}.",
+    "a blurry photo of a {}.",
+    "a photo of the {}.",
+    "a photo of a {}.",
+    "a photo of a large {}.",
+    "a photo of the small {}.",
+    "a photo of the large {}.",
+    "a photo of a small {}.",
+    "a photo of the {} for visual inspection.",
+    "a photo of a {} for visual inspection.",
+    "a photo of the {} for anomaly detection.",
+    "a photo of a {} for anomaly detection.",
+)
+_CLIPAD_NORMAL = (
+    "flawless {}",
+    "perfect {}",
+    "unblemished {}",
+    "{} without flaw",
+    "{} without defect",
+    "{} without damage",
+    "{} without scratch",
+    "{} without crack",
+    "{} without contamination",
+)
+_CLIPAD_ANOMALOUS = (
+    "damaged {}",
+    "imperfect {}",
+    "blemished {}",
+    "broken {}",
+    "{} with flaw",
+    "{} with defect",
+    "{} with damage",
+    "{} with scratch",
+    "{} with crack",
+    "{} with contamination",
+)
+
 _PROMPT_SETS: dict[str, PromptSet] = {
     # WinCLIP paper: 7 normal and 4 anomalous states x 21 templates.
     "winclip": PromptSet("winclip", _WINCLIP_NORMAL, _WINCLIP_ANOMALOUS, _WINCLIP_TEMPLATES),
@@ -72,6 +122,8 @@ _PROMPT_SETS: dict[str, PromptSet] = {
             for t in _WINCLIP_TEMPLATES
         ),
     ),
+    # CLIP-AD paper: 9 normal and 10 anomalous states x 22 templates = 198 and 220 sentences.
+    "clipad": PromptSet("clipad", _CLIPAD_NORMAL, _CLIPAD_ANOMALOUS, _CLIPAD_TEMPLATES),
 }
 
 
@@ -93,24 +145,27 @@ def build_prompts(prompt_set: PromptSet, class_name: str) -> tuple[list[str], li
     return normal, anomalous
 
 
-def _mean_of_normalized(e: torch.Tensor) -> torch.Tensor:
-    return F.normalize(F.normalize(e, dim=-1).mean(0), dim=-1)
-
-
 def _mean_of_raw(e: torch.Tensor) -> torch.Tensor:
     # anomalib averages unnormalised embeddings; long sentences with large norms weigh more.
     return F.normalize(e.mean(0), dim=-1)
 
 
-_AGGREGATORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "mean": _mean_of_normalized,
-    "raw_mean": _mean_of_raw,
-}
+TEXT_AGGREGATIONS: tuple[str, ...] = (*RVS_METHODS, "raw_mean")
+_RVS_PARAMS = frozenset({"eps", "min_samples", "kde_bandwidth", "meanshift_bandwidth"})
 
 
-def aggregate_text(embeddings: torch.Tensor, how: str = "mean") -> torch.Tensor:
-    """Reduce (N, D) sentence embeddings of one state to a unit vector (D,)."""
-    try:
-        return _AGGREGATORS[how](embeddings.float())
-    except KeyError:
-        raise ZsadInputError(f"unknown text aggregation {how!r}; known: {', '.join(sorted(_AGGREGATORS))}") from None
+def aggregate_text(embeddings: torch.Tensor, how: str = "mean", **params: float) -> torch.Tensor:
+    """Reduce (N, D) sentence embeddings of one state to a unit vector (D,).
+
+    ``raw_mean`` exists only to reproduce anomalib; every other name is a representative vector selection (see
+    ``zsad.prompts.rvs``), ``mean`` included, and ``params`` are its tuning knobs.
+    """
+    unknown = sorted(set(params) - _RVS_PARAMS)
+    if unknown:
+        known = ", ".join(sorted(_RVS_PARAMS))
+        raise ZsadInputError(f"unknown text aggregation parameter(s) {', '.join(unknown)}; known: {known}")
+    if how == "raw_mean":
+        return _mean_of_raw(embeddings.float())
+    if how in RVS_METHODS:
+        return select_representative(embeddings, how, **params)
+    raise ZsadInputError(f"unknown text aggregation {how!r}; known: {', '.join(TEXT_AGGREGATIONS)}")

@@ -1,0 +1,130 @@
+"""`zsad train` + `zsad eval --checkpoint` end to end (tiny seeded backbone): checkpoints, resume, refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from zsad.cli.main import app
+
+TINY = ["--backbone", "zsad-tiny", "--pretrained", "none", "--image-size", "96", "--device", "cpu"]
+
+
+def _run(*args: str):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def _folder(root: Path) -> list[str]:
+    return [
+        "--dataset",
+        "folder",
+        "--root",
+        str(root),
+        "--normal-dir",
+        "good",
+        "--abnormal-dir",
+        "defect",
+        "--mask-dir",
+        "ground_truth",
+        "--class-name",
+        "tile",
+    ]
+
+
+@pytest.fixture(scope="module")
+def two_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from zsad.data import make_sample_images
+
+    a = make_sample_images(tmp_path_factory.mktemp("a"), n_normal=3, n_anomalous=5, size=96, seed=1)
+    b = make_sample_images(tmp_path_factory.mktemp("b"), n_normal=4, n_anomalous=4, size=96, seed=2)
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def ckpt(two_sets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ckpt") / "sdp_plus"
+    args = ["train", "--method", "sdp+", *_folder(two_sets[0]), "--epochs", "2", "--batch-size", "4"]
+    res = _run(*args, "--out", str(out), *TINY)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_train_writes_checkpoint_with_manifest(ckpt: Path, two_sets: tuple[Path, Path]) -> None:
+    m = json.loads((ckpt / "manifest.json").read_text())
+    assert m["method"] == "sdp+" and m["backbone"]["model_name"] == "zsad-tiny" and m["backbone"]["seed"] == 0
+    t = m["training"]
+    assert t["dataset"] == "folder" and t["num_images"] == 8 and t["train_config"]["epochs"] == 2
+    assert t["train_config"]["seed"] == 42 and len(t["history"]) == 2
+    assert all(k in m for k in ("sha256", "created")) and (ckpt / "model.safetensors").is_file()
+    listed = (ckpt / "training_images.txt").read_text().split()
+    assert len(listed) == 8 and all(str(two_sets[0].resolve()) in p for p in listed)
+
+
+def test_train_resumes_and_extends(ckpt: Path, two_sets: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "c"
+    shutil.copytree(ckpt, copy)
+    args = ["train", "--method", "sdp+", *_folder(two_sets[0]), "--batch-size", "4", "--out", str(copy), *TINY]
+    res = _run(*args, "--epochs", "3")
+    assert res.exit_code == 0, res.output
+    hist = json.loads((copy / "manifest.json").read_text())["training"]["history"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    old = json.loads((ckpt / "manifest.json").read_text())["training"]["history"]
+    assert hist[:2] == old  # the first two epochs were not redone
+    res = _run(*args, "--epochs", "3", "--lr", "0.01")
+    assert res.exit_code == 2 and "error:" in res.output
+
+
+def test_eval_side_by_side_on_unseen_data(ckpt: Path, two_sets: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    methods = ["--method", "winclip", "--method", "sdp", "--method", "sdp+"]
+    res = _run("eval", *_folder(two_sets[1]), *methods, "--checkpoint", str(ckpt), "--out", str(out), *TINY)
+    assert res.exit_code == 0, res.output
+    table = (out / "comparison.md").read_text()
+    for name in ("winclip", "sdp", "sdp+"):
+        assert f"| {name} |" in table
+    assert "RANDOM" in table
+    data = json.loads((out / "comparison.json").read_text())
+    sdp_plus = json.loads((out / "sdp_plus" / "metrics.json").read_text())
+    assert data["sdp+"]["mean"]["image_AUROC"] == pytest.approx(sdp_plus["mean"]["image_AUROC"])
+    with (out / "sdp" / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    parts = json.loads(rows[0]["score_parts"])
+    assert float(rows[0]["pred_score"]) == pytest.approx(parts["text_prob"] + parts["map_max"], abs=1e-6)
+
+
+def test_eval_refuses_training_images_unless_allowed(ckpt: Path, two_sets: tuple[Path, Path], tmp_path: Path) -> None:
+    args = ["eval", *_folder(two_sets[0]), "--method", "sdp+", "--checkpoint", str(ckpt), *TINY]
+    res = _run(*args, "--out", str(tmp_path / "x"))
+    assert res.exit_code == 2 and "8 of 8 images were used to train" in res.output
+    res = _run(*args, "--out", str(tmp_path / "y"), "--allow-seen")
+    assert res.exit_code == 0, res.output
+    assert "NOT zero-shot" in (tmp_path / "y" / "metrics.md").read_text()
+
+
+def test_checkpoint_for_other_backbone_is_refused(ckpt: Path, two_sets: tuple[Path, Path], tmp_path: Path) -> None:
+    other = [*TINY[:-4], "--seed", "7", *TINY[-4:]]
+    res = _run(
+        "eval", *_folder(two_sets[1]), "--method", "sdp+", "--checkpoint", str(ckpt), "--out", str(tmp_path), *other
+    )
+    assert res.exit_code == 2 and "seed" in res.output and res.output.count("error:") == 1
+    res = _run("eval", *_folder(two_sets[1]), "--method", "sdp+", "--out", str(tmp_path / "n"), *TINY)
+    assert res.exit_code == 2 and "--checkpoint" in res.output
+
+
+def test_transductive_option_is_flagged(two_sets: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "t"
+    res = _run(
+        "eval", *_folder(two_sets[1]), "--method", "sdp", "-o", "transductive_minmax=true", "--out", str(out), *TINY
+    )
+    assert res.exit_code == 0, res.output
+    assert "TRANSDUCTIVE" in res.output and "TRANSDUCTIVE" in (out / "metrics.md").read_text()
+    assert json.loads((out / "metrics.json").read_text())["transductive"] is True
+    with (out / "predictions.csv").open() as f:
+        scores = [float(r["pred_score"]) for r in csv.DictReader(f)]
+    assert min(scores) >= 0.0 and max(scores) <= 2.0 and max(scores) > 1.0
