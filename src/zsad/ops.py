@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -25,24 +26,30 @@ def gaussian_kernel1d(sigma: float, truncate: float = 4.0, dtype: torch.dtype = 
     return (k / k.sum()).to(dtype)
 
 
+@functools.lru_cache(maxsize=16)
+def _blur_matrix(n: int, sigma: float, truncate: float, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """(n, n) matrix of 1-D Gaussian smoothing with scipy's reflect boundary: row i holds the weights of output i."""
+    k = gaussian_kernel1d(sigma, truncate, torch.float64)
+    r = (k.numel() - 1) // 2
+    src = _reflect_index(n, r, torch.device("cpu")).unfold(0, 2 * r + 1, 1)  # (n, 2r+1) input index per tap
+    g = torch.zeros(n, n, dtype=torch.float64)
+    g.scatter_add_(1, src, k.expand(n, -1).contiguous())
+    return g.to(device=device, dtype=dtype)
+
+
 def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
     """Gaussian smoothing of (B, H, W) maps, equal to ``scipy.ndimage.gaussian_filter(m, sigma)`` per map.
 
     Why not scipy: this runs batched on the maps' device (GPU included), and the methods' published numbers use
     scipy's defaults (``mode="reflect"``, ``truncate=4``), which this reproduces; a test checks it against scipy.
+    The separable filter is applied as two small matrix products (G_h @ M @ G_w^T), several times faster than a
+    65-tap convolution on CPU and exact, boundary included.
     """
     if sigma <= 0:
         return maps
-    b, h, w = maps.shape
-    k = gaussian_kernel1d(sigma, truncate, torch.float32 if maps.dtype != torch.float64 else torch.float64)
-    k = k.to(maps.device)
-    r = (k.numel() - 1) // 2
-    x = maps.reshape(b, 1, h, w)
-    x = x.index_select(3, _reflect_index(w, r, maps.device))
-    x = F.conv2d(x, k.reshape(1, 1, 1, -1).to(x.dtype))
-    x = x.index_select(2, _reflect_index(h, r, maps.device))
-    x = F.conv2d(x, k.reshape(1, 1, -1, 1).to(x.dtype))
-    return x.reshape(b, h, w)
+    _, h, w = maps.shape
+    dev, dt = str(maps.device), maps.dtype
+    return _blur_matrix(h, float(sigma), truncate, dev, dt) @ maps @ _blur_matrix(w, float(sigma), truncate, dev, dt).T
 
 
 def upsample(maps: torch.Tensor, size: int, align_corners: bool = False) -> torch.Tensor:

@@ -277,7 +277,7 @@ class ClipBackbone(nn.Module):
         qh, kh, vh = (self._split_heads(t, h) for t in (q, k, v))
         o = blk.ls_1(attn.out_proj(self._merge_heads(F.scaled_dot_product_attention(qh, kh, vh))))
         vv = None
-        if need_vv:
+        if need_vv:  # two separate calls: measured faster on CPU than one batched call of both attentions
             vv = blk.ls_1(attn.out_proj(self._merge_heads(F.scaled_dot_product_attention(vh, vh, vh))))
         return o, vv
 
