@@ -155,7 +155,7 @@ def methods_cmd() -> None:
     """List the registered methods."""
     from zsad.methods import get_method_class, list_methods
 
-    table = Table("method", "backbone", "size", "few-shot", "doc")
+    table = Table("method", "backbone", "size", "few-shot", "trained", "doc")
     for name in list_methods():
         cls = get_method_class(name)
         cfg = cls.config_cls()
@@ -165,6 +165,7 @@ def methods_cmd() -> None:
             f"{cfg.backbone} ({cfg.pretrained})",
             str(cfg.image_size),
             "yes" if cls.supports_few_shot else "no",
+            "yes (zsad train)" if cls.trainable else "no",
             doc,
         )
     Console().print(table)

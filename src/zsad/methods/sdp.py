@@ -32,11 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zsad.backbone import ClipBackbone, ImageFeatures, SurgeryConfig
+from zsad.backbone import ImageFeatures, SurgeryConfig
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, MethodConfig
 from zsad.ops import gaussian_blur, grid_to_map, minmax, upsample
-from zsad.prompts import aggregate_text, build_prompts, get_prompt_set
+from zsad.prompts import state_text
 from zsad.types import Prediction
 
 
@@ -92,21 +92,6 @@ def feature_surgery(tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     w = prob / prob.mean(-1, keepdim=True)
     sim = (tokens[:, 1:] @ text.T) * w[:, None]  # (B, N, 2)
     return sim - sim.mean(-1, keepdim=True)
-
-
-def state_text(backbone: ClipBackbone, cfg: SdpConfig, class_name: str) -> torch.Tensor:
-    """(2, D) unit text vectors [normal, anomalous] by the configured RVS."""
-    normal, anomalous = build_prompts(get_prompt_set(cfg.prompt_set), class_name)
-    how = cfg.text_aggregation
-    params = {}
-    if how not in ("mean", "raw_mean"):
-        params = {
-            "eps": cfg.rvs_eps,
-            "min_samples": cfg.rvs_min_samples,
-            "kde_bandwidth": cfg.rvs_kde_bandwidth,
-            "meanshift_bandwidth": cfg.rvs_meanshift_bandwidth,
-        }
-    return torch.stack([aggregate_text(backbone.encode_text(p), how, **params) for p in (normal, anomalous)])
 
 
 class Sdp(Method):

@@ -28,8 +28,9 @@ from rich.progress import Progress
 from torch import nn
 
 from zsad.errors import ZsadInputError
-from zsad.methods.sdp import Sdp, SdpConfig, state_text
+from zsad.methods.sdp import Sdp, SdpConfig
 from zsad.ops import grid_to_map, upsample
+from zsad.prompts import state_text
 from zsad.types import Prediction
 
 CACHE_LIMIT_BYTES = 4 << 30  # cache frozen features in RAM up to this size, else recompute them every epoch

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, MethodConfig
-from zsad.prompts import aggregate_text, build_prompts, get_prompt_set
+from zsad.prompts import state_text
 from zsad.types import Prediction
 
 
@@ -37,7 +37,11 @@ class WinClipConfig(MethodConfig):
     window_stride: int = 1
     temperature: float = 0.07
     prompt_set: str = "winclip"
-    text_aggregation: str = "mean"
+    text_aggregation: str = "mean"  # or any RVS selector (mean | pca | kde | dbscan | mean_shift) or raw_mean
+    rvs_eps: float = 0.5
+    rvs_min_samples: int = 15
+    rvs_kde_bandwidth: float = 0.3
+    rvs_meanshift_bandwidth: float = 2.0
     compat: str = "none"  # "none" | "anomalib"
     window_chunk: int = 2048  # windows per batched tower forward (memory bound)
 
@@ -120,11 +124,8 @@ class WinClip(Method):
 
     def _setup(self, class_name: str, reference_images: torch.Tensor | None) -> None:
         cfg = self.config
-        normal, anomalous = build_prompts(get_prompt_set(cfg.prompt_set), class_name)
         bb = self.backbone
-        self.text = torch.stack(
-            [aggregate_text(bb.encode_text(p), cfg.text_aggregation) for p in (normal, anomalous)]
-        )  # (2, D) unit vectors
+        self.text = state_text(bb, cfg, class_name)  # (2, D) unit vectors
         self.windows = self._windows()
         self.reference: tuple[torch.Tensor, list[torch.Tensor]] | None = None
         self.k_shot = 0
