@@ -145,6 +145,22 @@ def _build(
     return cls(bb, **options)
 
 
+_DATA_ARGS = ("normal_dir", "abnormal_dir", "mask_dir", "image_dir", "labels_csv", "image_glob", "class_name")
+
+
+def _spec(args: dict[str, Any], **extra: Any) -> Any:
+    """The dataset description shared by `eval` and `train` from a command's arguments."""
+    from zsad.cli.evaluate import EvalSpec
+
+    return EvalSpec(
+        dataset=args["dataset"],
+        root=args["root"],
+        categories=args["category"] or [],
+        **{k: args[k] for k in _DATA_ARGS},
+        **extra,
+    )
+
+
 def _fail(e: Exception) -> None:
     console.print(f"[red]error:[/] {str(e).splitlines()[0] if str(e) else type(e).__name__}", highlight=False)
     raise typer.Exit(2)
@@ -280,28 +296,13 @@ def eval_cmd(
     Several --method give one folder per method under --out and comparison.md / comparison.json side by side.
     """
     try:
-        from zsad.cli.evaluate import EvalSpec, run_eval, write_comparison
+        from zsad.cli.evaluate import run_eval, write_comparison
         from zsad.methods import get_method_class
 
         methods = method or ["winclip"]
         parsed = _parse_options(option)
         _check_options_used(methods, parsed)
-        spec = EvalSpec(
-            dataset=dataset,
-            root=root,
-            categories=category or [],
-            class_name=class_name,
-            normal_dir=normal_dir,
-            abnormal_dir=abnormal_dir,
-            mask_dir=mask_dir,
-            image_dir=image_dir,
-            labels_csv=labels_csv,
-            image_glob=image_glob,
-            k_shot=k_shot,
-            reference_dir=reference_dir,
-            seed=seed,
-            allow_seen=allow_seen,
-        )
+        spec = _spec(locals(), k_shot=k_shot, reference_dir=reference_dir, seed=seed, allow_seen=allow_seen)
         cache: dict[tuple[Any, ...], Any] = {}
         results = {}
         for name in methods:
@@ -348,23 +349,11 @@ def train_cmd(
 ) -> None:
     """Train a method's learnable parts on annotated data (CLIP frozen); writes safetensors + manifest.json."""
     try:
-        from zsad.cli.evaluate import EvalSpec
         from zsad.cli.train import run_train
 
         opts = _options_for(method, _parse_options(option), strict=True)
         m = _build(method, backbone, pretrained, weights, image_size, device or None, seed, {**opts, "checkpoint": ""})
-        spec = EvalSpec(
-            dataset=dataset,
-            root=root,
-            categories=category or [],
-            class_name=class_name,
-            normal_dir=normal_dir,
-            abnormal_dir=abnormal_dir,
-            mask_dir=mask_dir,
-            image_dir=image_dir,
-            labels_csv=labels_csv,
-            image_glob=image_glob,
-        )
+        spec = _spec(locals())
         overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": train_seed}
         path = run_train(m, spec, out, {k: v for k, v in overrides.items() if v is not None}, console=console)
     except ZsadInputError as e:
