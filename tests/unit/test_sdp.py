@@ -219,3 +219,26 @@ def test_sdp_plus_refuses_missing_and_mismatched_checkpoints(tiny_backbone: Clip
         create_method("sdp+", tiny_backbone, checkpoint=str(ckpt))
     with pytest.raises(ZsadInputError, match="layers"):
         create_method("sdp+", tiny_backbone, checkpoint=str(_sdp_plus(tiny_backbone, tmp_path / "b")[1]), layers=(2, 4))
+
+
+def test_official_release_format_is_imported(tiny_backbone: ClipBackbone, tmp_path, images96) -> None:
+    """A file in the official release's layout ({"linear_layers": fc.i.*}) becomes an equivalent zsad checkpoint."""
+    from zsad.methods.sdp_plus import import_official_checkpoint
+
+    gen = torch.Generator().manual_seed(4)
+    w, d = tiny_backbone.width, tiny_backbone.embed_dim
+    state = {}
+    for i in range(4):
+        state[f"fc.{i}.weight"] = torch.randn(d, w, generator=gen) * 0.2
+        state[f"fc.{i}.bias"] = torch.randn(d, generator=gen) * 0.1
+    torch.save({"linear_layers": state}, tmp_path / "train_on_visa.pth")
+    ckpt = import_official_checkpoint(tmp_path / "train_on_visa.pth", tiny_backbone, tmp_path / "ckpt", "visa")
+    m = create_method("sdp+", tiny_backbone, checkpoint=str(ckpt))
+    assert m.config.compat == "official"
+    for i, head in enumerate(m.heads):
+        assert torch.equal(head.weight, state[f"fc.{i}.weight"]) and torch.equal(head.bias, state[f"fc.{i}.bias"])
+    training = json.loads((ckpt / "manifest.json").read_text())["training"]
+    assert training["dataset"] == "visa" and training["source"] == "official CLIP-AD release"
+    torch.save({"something": 1}, tmp_path / "bad.pth")
+    with pytest.raises(ZsadInputError, match="bad.pth"):
+        import_official_checkpoint(tmp_path / "bad.pth", tiny_backbone, tmp_path / "c2", "visa")

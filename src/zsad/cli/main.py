@@ -359,3 +359,29 @@ def train_cmd(
     except ZsadInputError as e:
         _fail(e)
     console.print(f"checkpoint written to {path}; use it with --method {method} --checkpoint {path}")
+
+
+@app.command("import-checkpoint")
+def import_cmd(
+    file: Annotated[Path, typer.Argument(help="Checkpoint released with the official code (e.g. train_on_visa.pth).")],
+    out: Annotated[Path, typer.Option(help="zsad checkpoint folder to write.")],
+    trained_on: Annotated[str, typer.Option(help="What the released layers were trained on (recorded).")],
+    method: Annotated[str, typer.Option(help="Only sdp+ (CLIP-AD) so far.")] = "sdp+",
+    backbone: Backbone = None,
+    pretrained: Pretrained = None,
+    weights: Weights = None,
+    image_size: ImageSize = None,
+    device: Device = "",
+    seed: int = 0,
+) -> None:
+    """Convert an official release's trained layers into a zsad checkpoint (safetensors + manifest)."""
+    try:
+        if method != "sdp+":
+            raise ZsadInputError(f"--method {method}: only sdp+ checkpoints can be imported so far")
+        from zsad.methods.sdp_plus import import_official_checkpoint
+
+        m = _build(method, backbone, pretrained, weights, image_size, device or None, seed, {"checkpoint": ""})
+        path = import_official_checkpoint(file, m.backbone, out, trained_on)
+    except ZsadInputError as e:
+        _fail(e)
+    console.print(f"wrote {path} (compat=official); use it with --method sdp+ --checkpoint {path}")

@@ -73,8 +73,10 @@ class SdpPlus(Sdp):
             raise ZsadInputError(
                 f"{path}: checkpoint was trained on layers {saved}, not {self.config.layers}; drop the layers option"
             )
-        self.config = dataclasses.replace(self.config, layers=saved)
-        for key in ("compat", "prompt_set", "text_aggregation"):
+        # the layers were trained on these taps: running them on other taps would be a train/test mismatch
+        compat = manifest.get("config", {}).get("compat", self.config.compat)
+        self.config = dataclasses.replace(self.config, layers=saved, compat=compat)
+        for key in ("prompt_set", "text_aggregation"):
             trained = manifest.get("config", {}).get(key)
             now = getattr(self.config, key)
             if trained is not None and trained != now:
@@ -230,3 +232,33 @@ class SdpPlus(Sdp):
         self.config = dataclasses.replace(self.config, layers=tuple(self.stages))
         self.training_manifest = manifest
         return Path(out)
+
+
+def import_official_checkpoint(path: Path, backbone: Any, out: Path, trained_on: str) -> Path:
+    """Convert a checkpoint released with the official CLIP-AD code (``{"linear_layers": fc.i.weight/bias}``).
+
+    Those layers were trained on taps with the official in-place update, so the result runs with
+    ``compat="official"``. The file is read with ``weights_only=True`` (no code from it is executed).
+    """
+    from zsad.backbone.clip import file_digest
+
+    path = Path(path)
+    if not path.is_file():
+        raise ZsadInputError(f"{path}: file not found")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ZsadInputError(f"{path}: not a readable torch checkpoint: {str(e).splitlines()[0]}") from e
+    state = raw.get("linear_layers") if isinstance(raw, dict) else None
+    if not isinstance(state, dict) or not any(k.startswith("fc.") for k in state):
+        raise ZsadInputError(f"{path}: no 'linear_layers' with fc.* tensors (not an official CLIP-AD SDP+ checkpoint)")
+    n = len({k.split(".")[1] for k in state if k.startswith("fc.")})
+    method = SdpPlus(backbone, compat="official")
+    if n != len(method.stages):
+        raise ZsadInputError(f"{path}: {n} layers, but this backbone has {len(method.stages)} stages")
+    try:
+        method.heads.load_state_dict({k.removeprefix("fc."): v.float() for k, v in state.items()})
+    except RuntimeError as e:
+        raise ZsadInputError(f"{path}: layers do not fit {backbone.model_name}: {str(e).splitlines()[0]}") from e
+    source = {"source": "official CLIP-AD release", "file": str(path.resolve()), "sha256": file_digest(path)["sha256"]}
+    return method.save(out, {**source, "dataset": trained_on})

@@ -7,7 +7,6 @@ because such tensors load without error yet give meaningless maps.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from datetime import UTC, datetime
@@ -25,11 +24,9 @@ MANIFEST_FILE = "manifest.json"
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from zsad.backbone.clip import file_digest
+
+    return str(file_digest(path)["sha256"])
 
 
 def _first_line(e: BaseException) -> str:
