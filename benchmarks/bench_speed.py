@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from zsad.backbone import ClipBackbone
+from zsad.engine import hardware
 from zsad.methods import create_method, get_method_class
 
 
@@ -54,20 +54,6 @@ def load_images(n: int, size: int, mean: tuple[float, ...], std: tuple[float, ..
         ds = ImageList([str(folder / "*.jpg")], image_size=size, mean=mean, std=std)
         return torch.stack([ds[i % len(ds)]["image"] for i in range(n)])
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
-
-
-def hardware(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:

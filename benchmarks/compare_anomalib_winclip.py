@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -43,6 +42,8 @@ from typing import Any
 import open_clip
 import torch
 import torch.nn.functional as F
+
+from zsad.engine import hardware
 
 MODEL = "ViT-B-16-plus-240"
 LABEL = "seeded random weights, ViT-B-16-plus-240 — plumbing/fidelity/speed only, NOT detection quality"
@@ -128,20 +129,6 @@ def load_images(batch: int, k_shot: int, size: int) -> tuple[torch.Tensor, torch
 
         how = "PIL bicubic squash + CLIP mean/std"
     return torch.stack([load(p) for p in test]), torch.stack([load(p) for p in refs]), how
-
-
-def hardware(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
 def median_time(fn: Callable[[], object], repeats: int, device: str, before: Callable[[], None] | None = None) -> float:

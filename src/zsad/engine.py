@@ -174,6 +174,21 @@ def resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+def hardware(device: str = "cpu") -> str:
+    """One line naming the processor a timing ran on (benchmarks record it beside every number)."""
+    if str(device).startswith("cuda"):
+        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
 def environment() -> dict[str, Any]:
     from importlib.metadata import version
 

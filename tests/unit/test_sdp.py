@@ -242,3 +242,9 @@ def test_official_release_format_is_imported(tiny_backbone: ClipBackbone, tmp_pa
     torch.save({"something": 1}, tmp_path / "bad.pth")
     with pytest.raises(ZsadInputError, match="bad.pth"):
         import_official_checkpoint(tmp_path / "bad.pth", tiny_backbone, tmp_path / "c2", "visa")
+
+
+def test_official_compat_only_for_quarter_layers(tiny_backbone: ClipBackbone) -> None:
+    create_method("sdp", tiny_backbone, compat="official", layers=(1, 2, 3, 4), **OPTS)
+    with pytest.raises(ZsadInputError, match="quarter"):
+        create_method("sdp", tiny_backbone, compat="official", layers=(2, 4), **OPTS)

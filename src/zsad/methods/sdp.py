@@ -21,12 +21,15 @@ Deliberate differences from the official code (ByChelsea/CLIP-AD @f004973), each
 - p0 uses the final global embedding; the official code uses the CLS of the last *tapped* layer (the same thing
   for the default layers).
 - ``compat="official"`` reproduces an in-place update in the official blocks (see ``ClipBackbone.encode_image``,
-  ``tap_mode``): its layer taps before the last block already contain the next block's attention residual.
+  ``tap_mode``): its layer taps before the last block already contain the next block's attention residual, which
+  reaches SDP through the class weights (the surgery taps' CLS) and SDP+ through its input tokens. It is refused for
+  layers other than the quarter points, where the official surgery taps are moved by further in-place additions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,6 +101,15 @@ class Sdp(Method):
     name = "sdp"
     config_cls = SdpConfig
     config: SdpConfig
+
+    def __init__(self, backbone: Any, config: SdpConfig | None = None, **overrides: Any) -> None:
+        super().__init__(backbone, config, **overrides)
+        n = self.backbone.num_layers
+        if self.config.compat == "official" and n % 4 == 0 and self.stages != stage_layers(n, ()):
+            # the official code's in-place updates also move surgery taps that do not end a quarter of the tower
+            raise ZsadInputError(
+                f"{self.name}: compat='official' is reproduced only for the quarter layers {stage_layers(n, ())}"
+            )
 
     @property
     def is_transductive(self) -> bool:

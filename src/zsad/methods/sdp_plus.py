@@ -9,9 +9,10 @@ At test time the map is (sum of the stages' trained probabilities) + the SDP map
 (sigma 8; the paper uses 2 on VisA); the image score is computed as in SDP.
 
 Ours: batches are shuffled every epoch (seeded; the official loader does not shuffle, so it sees each dataset's
-categories in order); the frozen backbone runs once per training image (features are cached in memory when they fit), and training
-resumes from its last epoch. The checkpoint folder (safetensors + manifest.json + training_images.txt) records the
-backbone, layers, prompts and the exact training images so ``zsad eval`` can refuse to call seen images zero-shot.
+categories in order); the frozen backbone runs once per training image (features are cached in memory when they
+fit), and training resumes from its last epoch. The checkpoint folder (safetensors + manifest.json +
+training_images.txt) records the backbone, layers, prompts and the exact training images, so ``zsad eval`` can
+refuse to call seen images zero-shot.
 """
 
 from __future__ import annotations
