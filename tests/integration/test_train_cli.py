@@ -128,3 +128,22 @@ def test_transductive_option_is_flagged(two_sets: tuple[Path, Path], tmp_path: P
     with (out / "predictions.csv").open() as f:
         scores = [float(r["pred_score"]) for r in csv.DictReader(f)]
     assert min(scores) >= 0.0 and max(scores) <= 2.0 and max(scores) > 1.0
+
+
+def test_detect_with_checkpoint_and_transductive(ckpt: Path, two_sets: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "d"
+    args = ["detect", str(two_sets[1] / "good"), str(two_sets[1] / "defect"), "--class-name", "tile", *TINY]
+    res = _run(*args, "--method", "sdp+", "--checkpoint", str(ckpt), "--out", str(out), "--no-overlays")
+    assert res.exit_code == 0, res.output
+    out2 = tmp_path / "t"
+    res = _run(*args, "--method", "sdp", "-o", "transductive_minmax=true", "--out", str(out2), "--no-overlays")
+    assert res.exit_code == 0 and "TRANSDUCTIVE" in res.output
+    with (out2 / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    parts = [json.loads(r["score_parts"]) for r in rows]
+    p0 = [p["text_prob"] for p in parts]
+    p1 = [p["map_max"] for p in parts]
+    for r, a, b in zip(rows, p0, p1, strict=True):
+        expected = (a - min(p0)) / (max(p0) - min(p0)) + (b - min(p1)) / (max(p1) - min(p1))
+        assert float(r["pred_score"]) == pytest.approx(expected, abs=1e-6)
+    assert json.loads((out2 / "manifest.json").read_text())["transductive"] is True
