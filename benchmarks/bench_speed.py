@@ -32,17 +32,21 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timeit(fn: Callable[[], object], repeats: int, device: str) -> float:
-    """Median wall time of ``fn`` after one warm-up call."""
-    fn()
+def paired(bare: Callable[[], object], method: Callable[[], object], repeats: int, device: str) -> tuple[float, ...]:
+    """Alternate bare / method calls so drifting machine speed hits both alike.
+
+    Returns (median bare s, median method s, median of the per-pair ratios).
+    """
+    bare(), method()
     _sync(device)
-    times = []
+    tb, tm = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for fn, acc in ((bare, tb), (method, tm)):
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            acc.append(time.perf_counter() - t)
+    return statistics.median(tb), statistics.median(tm), statistics.median(m / b for b, m in zip(tb, tm, strict=True))
 
 
 def load_images(n: int, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -97,8 +101,7 @@ def main() -> None:
             bare_fn = (
                 (lambda bb=bb, x=x: bb.model.encode_image(x)) if native else (lambda bb=bb, x=x: bb.encode_image(x))
             )
-            bare = timeit(bare_fn, args.repeats, args.device)
-            t = timeit(lambda m=method, x=x: m.predict(x), args.repeats, args.device)
+            bare, t, ratio = paired(bare_fn, lambda m=method, x=x: m.predict(x), args.repeats, args.device)
         rows.append(
             {
                 "method": name,
@@ -109,10 +112,13 @@ def main() -> None:
                 "bare": "open_clip" if native else "zsad plain forward",
                 "bare_s": bare,
                 "method_s": t,
-                "ratio": t / bare,
+                "ratio": ratio,  # median of per-pair ratios (alternating calls)
             }
         )
-    print(f"hardware: {hardware(args.device)}; seeded random weights; median of {args.repeats} after warm-up")
+    print(
+        f"hardware: {hardware(args.device)}; seeded random weights; {args.repeats} alternating bare/method pairs "
+        "after warm-up: median times and median per-pair ratio"
+    )
     print("| method | options | backbone @ px | batch | bare forward (s) [which] | method (s) | ratio |")
     print("|---|---|---|---:|---:|---:|---:|")
     for r in rows:
