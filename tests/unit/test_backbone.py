@@ -159,3 +159,32 @@ def test_bad_weights_and_names_give_one_line_errors(tmp_path) -> None:
     assert "\n" not in str(e.value)
     with pytest.raises(ZsadInputError, match="unknown backbone"):
         ClipBackbone.from_pretrained("ViT-Nope", "none")
+
+
+def test_text_block_loop_matches_open_clip(tiny_backbone: ClipBackbone) -> None:
+    tok = tiny_backbone.tokenize(["a photo of a screw.", "damaged bottle with a crack", "x"])
+    with torch.no_grad():
+        ref = tiny_backbone.model.encode_text(tok)
+        got = tiny_backbone.encode_text_tokens(tok)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_text_deep_prompts_replace_positions(tiny_backbone: ClipBackbone) -> None:
+    """Deep text prompts = overwrite positions 1..M before the chosen blocks, through open_clip's own blocks."""
+    model = tiny_backbone.model
+    tok = tiny_backbone.tokenize(["x x x a photo of a screw.", "x x x damaged bottle"])
+    g = torch.Generator().manual_seed(0)
+    width = model.token_embedding.weight.shape[1]
+    prompts = {1: torch.randn(2, 3, width, generator=g), 2: torch.randn(1, 3, width, generator=g)}
+    with torch.no_grad():
+        got = tiny_backbone.encode_text_tokens(tok, deep_prompts=prompts)
+        x = model.token_embedding(tok) + model.positional_embedding
+        for i, blk in enumerate(model.transformer.resblocks):
+            if i in prompts:
+                x = x.clone()
+                x[:, 1:4] = prompts[i]
+            x = blk(x, attn_mask=model.attn_mask)
+        x = model.ln_final(x)
+        ref = x[torch.arange(2), tok.argmax(-1)] @ model.text_projection
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got, tiny_backbone.encode_text_tokens(tok), atol=1e-3)

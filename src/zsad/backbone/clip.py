@@ -222,6 +222,42 @@ class ClipBackbone(nn.Module):
         out = torch.stack([self._text_cache[p] for p in prompts]).to(self.device)
         return F.normalize(out, dim=-1) if normalize else out
 
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(N, context) token ids on the backbone's device."""
+        return self.tokenizer(list(prompts)).to(self.device)
+
+    def encode_text_tokens(
+        self, tokens: torch.Tensor, *, deep_prompts: dict[int, torch.Tensor] | None = None, start: int = 1
+    ) -> torch.Tensor:
+        """Text tower on token ids (N, L) -> (N, D) projected features (not cached), with optional deep prompts.
+
+        Before block ``i`` (0-indexed) of ``deep_prompts``, sequence positions ``start .. start+M-1`` are replaced by
+        ``deep_prompts[i]`` of shape (N or 1, M, width): learnable prompts in the text encoder (AdaCLIP). The pooled
+        position is found from the token ids as open_clip does; a test checks the loop equals ``encode_text``.
+        """
+        model = self.model
+        if getattr(model, "text_pool_type", "argmax") not in ("argmax", "eos"):
+            raise ZsadInputError(f"{self.model_name}: text pooling {model.text_pool_type!r} is not supported")
+        cast = model.transformer.get_cast_dtype()
+        x = model.token_embedding(tokens).to(cast) + model.positional_embedding.to(cast)
+        mask = model.attn_mask
+        prompts = deep_prompts or {}
+        for i in range(len(model.transformer.resblocks)):
+            if i in prompts:
+                p = prompts[i].to(x.dtype)
+                m = p.shape[1]
+                x = torch.cat([x[:, :start], p.expand(x.shape[0], -1, -1), x[:, start + m :]], dim=1)
+            o, _ = self.block_attention(i, x, tower="text", attn_mask=mask)
+            x = self.block_mlp(i, x + o, tower="text")
+        x = model.ln_final(x)
+        from open_clip.transformer import text_global_pool
+
+        pooled = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+        proj = model.text_projection
+        if proj is None:
+            return pooled
+        return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+
     def clear_text_cache(self) -> None:
         self._text_cache.clear()
 
@@ -260,13 +296,21 @@ class ClipBackbone(nn.Module):
         return t.transpose(1, 2).reshape(b, n, h * d)
 
     def block_attention(
-        self, index: int, x: torch.Tensor, *, need_vv: bool = False, cls_only: bool = False
+        self,
+        index: int,
+        x: torch.Tensor,
+        *,
+        need_vv: bool = False,
+        cls_only: bool = False,
+        tower: Literal["visual", "text"] = "visual",
+        attn_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attention residual ``ls_1(attn(ln_1(x)))`` of block ``index`` (0-indexed) and optionally its v-v twin.
 
-        ``cls_only`` computes the residual for the CLS token alone (keys/values still use all tokens).
+        ``cls_only`` computes the residual for the CLS token alone (keys/values still use all tokens);
+        ``attn_mask`` is an additive (T, T) mask (the text tower's causal mask).
         """
-        blk = self.model.visual.transformer.resblocks[index]
+        blk = self._blocks(tower)[index]
         attn: nn.MultiheadAttention = blk.attn
         h = attn.num_heads
         y = blk.ln_1(x)
@@ -275,14 +319,18 @@ class ClipBackbone(nn.Module):
         if cls_only:
             q = q[:, :1]
         qh, kh, vh = (self._split_heads(t, h) for t in (q, k, v))
-        o = blk.ls_1(attn.out_proj(self._merge_heads(F.scaled_dot_product_attention(qh, kh, vh))))
+        mask = None if attn_mask is None else attn_mask.to(qh.dtype)
+        o = blk.ls_1(attn.out_proj(self._merge_heads(F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask))))
         vv = None
         if need_vv:  # two separate calls: measured faster on CPU than one batched call of both attentions
             vv = blk.ls_1(attn.out_proj(self._merge_heads(F.scaled_dot_product_attention(vh, vh, vh))))
         return o, vv
 
-    def block_mlp(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        blk = self.model.visual.transformer.resblocks[index]
+    def _blocks(self, tower: str) -> nn.ModuleList:
+        return (self.model.visual.transformer if tower == "visual" else self.model.transformer).resblocks
+
+    def block_mlp(self, index: int, x: torch.Tensor, tower: Literal["visual", "text"] = "visual") -> torch.Tensor:
+        blk = self._blocks(tower)[index]
         return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
 
     def block_forward(
