@@ -188,3 +188,30 @@ def test_text_deep_prompts_replace_positions(tiny_backbone: ClipBackbone) -> Non
         ref = x[torch.arange(2), tok.argmax(-1)] @ model.text_projection
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(got, tiny_backbone.encode_text_tokens(tok), atol=1e-3)
+
+
+def test_visual_deep_prompts_append_then_replace(tiny_backbone: ClipBackbone) -> None:
+    """AdaCLIP-style visual prompts, against open_clip's own blocks with literal concatenation."""
+    visual = tiny_backbone.model.visual
+    imgs = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(8))
+    g = torch.Generator().manual_seed(1)
+    w, m = tiny_backbone.width, 3
+    prompts = {0: torch.randn(2, m, w, generator=g), 1: torch.randn(1, m, w, generator=g)}
+    with torch.no_grad():
+        feats = tiny_backbone.encode_image(imgs, layers=[1, 3], visual_prompts=prompts)
+        x = visual._embeds(imgs)
+        taps = {}
+        for i, blk in enumerate(visual.transformer.resblocks):
+            if i == 0:
+                x = torch.cat([x, prompts[0]], 1)
+            elif i in prompts:
+                x = torch.cat([x[:, :-m], prompts[i].expand(2, -1, -1)], 1)
+            x = blk(x)
+            taps[i + 1] = x[:, :-m]
+        pooled = visual.ln_post(x[:, 0]) @ visual.proj
+        plain = tiny_backbone.encode_image(imgs)
+    assert feats.tokens[1].shape == (2, 37, w)
+    for lyr in (1, 3):
+        torch.testing.assert_close(feats.tokens[lyr], taps[lyr], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(feats.embedding, pooled, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(feats.embedding, plain.embedding, atol=1e-3)

@@ -367,6 +367,7 @@ class ClipBackbone(nn.Module):
         keep_embeds: bool = False,
         final_tokens: bool = False,
         tap_mode: Literal["block", "official"] = "block",
+        visual_prompts: dict[int, torch.Tensor] | None = None,
     ) -> ImageFeatures:
         """One forward: global embedding + raw tokens of ``layers`` (1-indexed) + surgery taps.
 
@@ -374,6 +375,9 @@ class ClipBackbone(nn.Module):
         ``tap_mode="official"`` reproduces CLIP-AD's released code, whose in-place residual update makes a tap of
         layer k < L hold block k's output *plus* block k+1's attention residual (the surgery taps' CLS, copied from
         the original path after the whole forward, inherits it). Only for side-by-side fidelity with that code.
+        ``visual_prompts`` {block index (0-indexed): (B or 1, M, width)} are deep visual prompts (AdaCLIP): appended
+        after the patch tokens before the first of those blocks, replacing the previous ones before each later one,
+        carried to the end of the tower, and left out of every tap, ``final_tokens`` and the pooled embedding.
         """
         layers, surgery_layers = sorted(set(layers)), sorted(set(surgery_layers))
         for lyr in (*layers, *surgery_layers):
@@ -390,8 +394,15 @@ class ClipBackbone(nn.Module):
         s: torch.Tensor | None = None
         last_s = max(surgery_layers, default=0)
         official = tap_mode == "official"
+        vp = visual_prompts or {}
+        n_tok = x.shape[1]  # tokens without prompts
+        if vp and (surgery_layers or official or keep_embeds):
+            raise ZsadInputError("visual prompts cannot be combined with the surgery path or token re-runs")
         for i in range(self.num_layers):
             lyr = i + 1
+            if i in vp:
+                p = vp[i].to(x.dtype).expand(x.shape[0], -1, -1)
+                x = torch.cat([x[:, :n_tok], p], dim=1)
             use_vv = surgery is not None and surgery.start_layer <= lyr <= last_s
             if use_vv and surgery is not None and (s is None or lyr in surgery.reset_layers):
                 s = torch.zeros_like(x) if surgery.init == "zero" else x.clone()
@@ -406,7 +417,7 @@ class ClipBackbone(nn.Module):
                 s = s + vv
             x = self.block_mlp(i, mid)
             if lyr in layers:
-                taps[lyr] = x
+                taps[lyr] = x[:, :n_tok]
             if lyr in surgery_layers and s is not None:
                 streams[lyr] = s
                 cls_src[lyr] = x[:, :1]
@@ -415,6 +426,7 @@ class ClipBackbone(nn.Module):
             for lyr, st in streams.items()
         }
         visual = self.model.visual
+        x = x[:, :n_tok]
         emb = self.pool(x)
         fin = visual.ln_post(x)[:, 1:] if final_tokens else None
         return ImageFeatures(
