@@ -76,3 +76,44 @@ def minmax(values: np.ndarray, fit: np.ndarray | None = None) -> np.ndarray:
     if not math.isfinite(span) or span <= 0:
         return np.zeros_like(values, dtype=np.float64)
     return (np.asarray(values, dtype=np.float64) - lo) / span
+
+
+def _kmeans_pp(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """k-means++ seeding of one (N, C) set: (k,) point indices from a generator seeded with ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    idx = [int(torch.randint(n, (1,), generator=gen))]
+    d2 = ((x - x[idx[0]]) ** 2).sum(-1).cpu()  # (N,)
+    for _ in range(1, k):
+        j = int(torch.multinomial(d2.clamp_min(0) + 1e-12, 1, generator=gen))
+        idx.append(j)
+        d2 = torch.minimum(d2, ((x - x[j]) ** 2).sum(-1).cpu())
+    return torch.tensor(idx)
+
+
+def kmeans(
+    x: torch.Tensor, k: int, *, iters: int = 300, seed: int = 0, init: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched Lloyd k-means on (B, N, C) -> labels (B, N) and centroids (B, k, C), deterministic given ``seed``.
+
+    Why our own: AdaCLIP's fusion clusters every image's top patches; sklearn runs one image at a time on the CPU and
+    draws its init from the global RNG. Init is k-means++ from a seeded generator, or ``init`` (B, k) point indices
+    (for side-by-side checks). Iterates until no label changes; an empty cluster keeps its previous centroid.
+    """
+    b, n, _ = x.shape
+    k = min(k, n)
+    xf = x.float()
+    if init is None:
+        init = torch.stack([_kmeans_pp(xf[i], k, seed) for i in range(b)])  # per image: batch-size invariant
+    centers = torch.gather(xf, 1, init.to(x.device)[..., None].expand(-1, -1, xf.shape[-1]))  # (B, k, C)
+    labels = torch.full((b, n), -1, dtype=torch.long, device=x.device)
+    for _ in range(iters):
+        new_labels = torch.cdist(xf, centers).argmin(-1)  # (B, N)
+        if torch.equal(new_labels, labels):
+            break
+        labels = new_labels
+        onehot = F.one_hot(labels, k).to(xf.dtype)  # (B, N, k)
+        counts = onehot.sum(1)  # (B, k)
+        sums = onehot.transpose(1, 2) @ xf  # (B, k, C)
+        centers = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centers)
+    return labels, centers

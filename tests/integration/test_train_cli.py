@@ -147,3 +147,48 @@ def test_detect_with_checkpoint_and_transductive(ckpt: Path, two_sets: tuple[Pat
         expected = (a - min(p0)) / (max(p0) - min(p0)) + (b - min(p1)) / (max(p1) - min(p1))
         assert float(r["pred_score"]) == pytest.approx(expected, abs=1e-6)
     assert json.loads((out2 / "manifest.json").read_text())["transductive"] is True
+
+
+def test_adaclip_trains_evaluates_and_guards_leakage(two_sets: tuple[Path, Path], tmp_path: Path) -> None:
+    ckpt = tmp_path / "ada"
+    res = _run(
+        "train",
+        "--method",
+        "adaclip",
+        *_folder(two_sets[0]),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--out",
+        str(ckpt),
+        *TINY,
+    )
+    assert res.exit_code == 0, res.output
+    m = json.loads((ckpt / "manifest.json").read_text())
+    assert m["method"] == "adaclip" and m["training"]["train_config"]["optimizer"] == "adamw"
+    assert m["training"]["train_config"]["seed"] == 111 and len(m["training"]["history"]) == 1
+    ok = _run(
+        "eval",
+        *_folder(two_sets[1]),
+        "--method",
+        "adaclip",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(tmp_path / "e"),
+        *TINY,
+    )
+    assert ok.exit_code == 0, ok.output
+    seen = _run(
+        "eval",
+        *_folder(two_sets[0]),
+        "--method",
+        "adaclip",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(tmp_path / "s"),
+        *TINY,
+    )
+    assert seen.exit_code == 2 and "were used to train" in seen.output

@@ -236,11 +236,17 @@ class ClipBackbone(nn.Module):
         position is found from the token ids as open_clip does; a test checks the loop equals ``encode_text``.
         """
         model = self.model
-        if getattr(model, "text_pool_type", "argmax") not in ("argmax", "eos"):
-            raise ZsadInputError(f"{self.model_name}: text pooling {model.text_pool_type!r} is not supported")
+        pool = getattr(model, "text_pool_type", "argmax")
+        if pool not in ("argmax", "eos") or getattr(model, "attn_mask", None) is None:
+            raise ZsadInputError(f"{self.model_name}: only causal text towers pooled at the end token are supported")
         cast = model.transformer.get_cast_dtype()
-        x = model.token_embedding(tokens).to(cast) + model.positional_embedding.to(cast)
-        mask = model.attn_mask
+        # Under the causal mask nothing after the pooled (end) token reaches it: run only up to the longest sentence.
+        eos = getattr(model, "text_eos_id", None)
+        end = tokens.argmax(-1) if pool == "argmax" else (tokens == eos).int().argmax(-1)
+        length = int(end.max()) + 1
+        tokens = tokens[:, :length]
+        x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
+        mask = model.attn_mask[:length, :length]
         prompts = deep_prompts or {}
         for i in range(len(model.transformer.resblocks)):
             if i in prompts:
@@ -252,7 +258,7 @@ class ClipBackbone(nn.Module):
         x = model.ln_final(x)
         from open_clip.transformer import text_global_pool
 
-        pooled = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+        pooled = text_global_pool(x, tokens, pool, eos_token_id=eos)
         proj = model.text_projection
         if proj is None:
             return pooled

@@ -13,6 +13,7 @@ METHODS: dict[str, str] = {
     "winclip": "zsad.methods.winclip:WinClip",
     "sdp": "zsad.methods.sdp:Sdp",
     "sdp+": "zsad.methods.sdp_plus:SdpPlus",
+    "adaclip": "zsad.methods.adaclip:AdaClip",
 }
 
 

@@ -108,7 +108,21 @@ _CLIPAD_ANOMALOUS = (
     "{} with contamination",
 )
 
+# AdaCLIP's official code: 7 normal and 5 anomalous states x 4 templates.
+_ADACLIP = PromptSet(
+    "adaclip",
+    ("{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect", "{} without damage"),
+    ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage"),
+    (
+        "a bad photo of a {}.",
+        "a low resolution photo of the {}.",
+        "a bad photo of the {}.",
+        "a cropped photo of the {}.",
+    ),
+)
+
 _PROMPT_SETS: dict[str, PromptSet] = {
+    "adaclip": _ADACLIP,
     # WinCLIP paper: 7 normal and 4 anomalous states x 21 templates.
     "winclip": PromptSet("winclip", _WINCLIP_NORMAL, _WINCLIP_ANOMALOUS, _WINCLIP_TEMPLATES),
     # anomalib's list: "a jpeg corrupted photo of a {}." is replaced by a second "... of the {}." (a typo upstream),
