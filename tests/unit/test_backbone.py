@@ -215,3 +215,10 @@ def test_visual_deep_prompts_append_then_replace(tiny_backbone: ClipBackbone) ->
         torch.testing.assert_close(feats.tokens[lyr], taps[lyr], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(feats.embedding, pooled, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(feats.embedding, plain.embedding, atol=1e-3)
+
+
+def test_pooled_only_gives_the_same_embedding(tiny_backbone: ClipBackbone, images96: torch.Tensor) -> None:
+    with torch.no_grad():
+        full = tiny_backbone.encode_image(images96).embedding
+        fast = tiny_backbone.encode_image(images96, pooled_only=True).embedding
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-4)

@@ -374,6 +374,7 @@ class ClipBackbone(nn.Module):
         final_tokens: bool = False,
         tap_mode: Literal["block", "official"] = "block",
         visual_prompts: dict[int, torch.Tensor] | None = None,
+        pooled_only: bool = False,
     ) -> ImageFeatures:
         """One forward: global embedding + raw tokens of ``layers`` (1-indexed) + surgery taps.
 
@@ -384,6 +385,7 @@ class ClipBackbone(nn.Module):
         ``visual_prompts`` {block index (0-indexed): (B or 1, M, width)} are deep visual prompts (AdaCLIP): appended
         after the patch tokens before the first of those blocks, replacing the previous ones before each later one,
         carried to the end of the tower, and left out of every tap, ``final_tokens`` and the pooled embedding.
+        ``pooled_only`` (only ``embedding`` is wanted) lets the last block compute the CLS token alone.
         """
         layers, surgery_layers = sorted(set(layers)), sorted(set(surgery_layers))
         for lyr in (*layers, *surgery_layers):
@@ -412,8 +414,14 @@ class ClipBackbone(nn.Module):
             use_vv = surgery is not None and surgery.start_layer <= lyr <= last_s
             if use_vv and surgery is not None and (s is None or lyr in surgery.reset_layers):
                 s = torch.zeros_like(x) if surgery.init == "zero" else x.clone()
-            o, vv = self.block_attention(i, x, need_vv=use_vv)
-            mid = x + o
+            last_cls = (
+                pooled_only
+                and i == self.num_layers - 1
+                and not (use_vv or lyr in layers or final_tokens)
+                and getattr(self.model.visual, "pool_type", "tok") == "tok"
+            )
+            o, vv = self.block_attention(i, x, need_vv=use_vv, cls_only=last_cls)
+            mid = (x[:, :1] if last_cls else x) + o
             if official:  # the previous tap is updated in place by this block's attention residual
                 if lyr - 1 in taps:
                     taps[lyr - 1] = mid
@@ -433,7 +441,7 @@ class ClipBackbone(nn.Module):
         }
         visual = self.model.visual
         x = x[:, :n_tok]
-        emb = self.pool(x)
+        emb = self.pool(x)  # (with pooled_only the sequence is the CLS alone, which is what "tok" pooling reads)
         fin = visual.ln_post(x)[:, 1:] if final_tokens else None
         return ImageFeatures(
             embedding=emb,

@@ -204,7 +204,7 @@ class AdaClip(Method):
         """Global feature (B, D), per-layer patch features [(B, N, D)], text (B, 2, D), grid."""
         bb = self.backbone
         with torch.no_grad():
-            frozen = bb.encode_image(images).embedding  # the frozen pass the dynamic prompts come from
+            frozen = bb.encode_image(images, pooled_only=True).embedding  # the frozen pass for the dynamic prompts
         vis, txt = self._prompts(frozen)
         feats = bb.encode_image(images, layers=self.config.layers, visual_prompts=vis or None)
         patches = [
@@ -244,10 +244,12 @@ class AdaClip(Method):
         logits = self._logits(patches, text)
         img = self._fused_global(glob, patches, logits)
         score = (self.config.logit_scale * torch.einsum("bd,bcd->bc", img, text)).softmax(-1)  # (B, 2)
-        up = [upsample(grid_to_map(lg, grid), self.image_size, align_corners=True) for lg in logits]
         if train:
+            up = [upsample(grid_to_map(lg, grid), self.image_size, align_corners=True) for lg in logits]
             return torch.stack([u.softmax(1) for u in up]), score
-        amap = torch.stack(up).mean(0).softmax(1)[:, 1]
+        # the layer mean commutes with bilinear upsampling: one upsample instead of one per layer
+        mean = upsample(grid_to_map(torch.stack(logits).mean(0), grid), self.image_size, align_corners=True)
+        amap = mean.softmax(1)[:, 1]
         return gaussian_blur(amap, self.config.smoothing_sigma), score[:, 1]
 
     def _predict(self, images: torch.Tensor) -> Prediction:
