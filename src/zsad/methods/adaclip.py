@@ -37,11 +37,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import Progress
 from torch import nn
 
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, MethodConfig
+from zsad.methods.trained import mask_items, save_method, start_run, training_record
 from zsad.ops import gaussian_blur, grid_to_map, kmeans, upsample
 from zsad.prompts import build_prompts, get_prompt_set
 from zsad.types import Prediction
@@ -125,17 +125,7 @@ class AdaClip(Method):
         return {k: v.detach().cpu().contiguous() for k, v in self.params.state_dict().items()}
 
     def save(self, out: Path, training: dict[str, Any]) -> Path:
-        from zsad.train import save_checkpoint
-
-        manifest = {
-            "method": self.name,
-            "backbone": self.backbone.manifest(),
-            "config": {**dataclasses.asdict(self.config), "checkpoint": ""},
-            "training": training,
-        }
-        save_checkpoint(Path(out), self.tensors(), manifest)
-        self.training_manifest = manifest
-        return Path(out)
+        return save_method(self, out, training, dataclasses.asdict(self.config))
 
     def load(self, path: str | Path) -> None:
         """Load a checkpoint folder; its architecture fields (layers, prompt sizes, branches) are adopted."""
@@ -278,16 +268,7 @@ class AdaClip(Method):
         """Train every prompt and projection on (category, dataset) pairs with masks; CLIP stays frozen."""
         from zsad.train import dice_loss, fit, focal_loss
 
-        items = [(cat, ds, i) for cat, ds in datasets for i in range(len(ds))]
-        if not items:
-            raise ZsadInputError("adaclip: the training data holds no images")
-        for cat, ds in datasets:
-            unmasked = [s for s in ds.samples if s.label == 1 and s.mask_path is None]
-            if unmasked:
-                raise ZsadInputError(
-                    f"{unmasked[0].image_path}: adaclip trains on pixel masks, but {len(unmasked)} anomalous images "
-                    f"of {cat} have none (pass --mask-dir)"
-                )
+        items = mask_items(self.name, datasets)
         names = class_names or {}
         tokens = {cat: self._sentence_tokens(names.get(cat, cat.replace("_", " "))) for cat, _ in datasets}
         self.params = self._new_params(seed=train_cfg.seed)
@@ -314,30 +295,17 @@ class AdaClip(Method):
             total["loss"] = total["image"] + total["focal"] + total["dice"]
             return total
 
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "training_images.txt").write_text(
-            "".join(f"{Path(ds.samples[i].image_path).resolve()}\n" for _, ds, i in items)
-        )
+        out = start_run(out, items)
         if progress:
             Console(stderr=True).print(f"adaclip: {len(items)} training images, CLIP frozen, prompts + projections")
-        with Progress(disable=True):
-            result = fit(
-                self.params,
-                list(range(len(items))),
-                step,
-                train_cfg,
-                state_dir=out,
-                progress=progress,
-                description="adaclip",
-            )
+        result = fit(
+            self.params,
+            list(range(len(items))),
+            step,
+            train_cfg,
+            state_dir=out,
+            progress=progress,
+            description="adaclip",
+        )
         self.params.eval()
-        training = {
-            **data_info,
-            "num_images": len(items),
-            "categories": sorted({c for c, _ in datasets}),
-            "train_config": dataclasses.asdict(train_cfg),
-            "history": result.history,
-            "images_list": "training_images.txt",
-        }
-        return self.save(out, training)
+        return self.save(out, training_record(data_info, items, train_cfg, result.history))

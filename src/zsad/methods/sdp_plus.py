@@ -31,6 +31,7 @@ from torch import nn
 
 from zsad.errors import ZsadInputError
 from zsad.methods.sdp import Sdp, SdpConfig
+from zsad.methods.trained import mask_items, save_method, start_run, training_record
 from zsad.ops import grid_to_map, upsample
 from zsad.prompts import state_text
 from zsad.types import Prediction
@@ -150,16 +151,7 @@ class SdpPlus(Sdp):
 
         bb = self.backbone
         dev = bb.device
-        items = [(cat, ds, i) for cat, ds in datasets for i in range(len(ds))]
-        if not items:
-            raise ZsadInputError("sdp+: the training data holds no images")
-        for cat, ds in datasets:
-            unmasked = [s for s in ds.samples if s.label == 1 and s.mask_path is None]
-            if unmasked:
-                raise ZsadInputError(
-                    f"{unmasked[0].image_path}: sdp+ trains on pixel masks, but {len(unmasked)} anomalous images of "
-                    f"{cat} have none (pass --mask-dir)"
-                )
+        items = mask_items(self.name, datasets)
         names = class_names or {}
         text = {cat: state_text(bb, self.config, names.get(cat, cat.replace("_", " "))).to(dev) for cat, _ in datasets}
         n_stage, n_tok = len(self.stages), bb.grid_size()[0] * bb.grid_size()[1]
@@ -201,39 +193,18 @@ class SdpPlus(Sdp):
             assert isinstance(focal, torch.Tensor) and isinstance(dice, torch.Tensor)
             return {"loss": focal + dice, "focal": focal, "dice": dice}
 
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "training_images.txt").write_text(
-            "".join(f"{Path(ds.samples[i].image_path).resolve()}\n" for _, ds, i in items)
-        )
+        out = start_run(out, items)
         result = fit(
             self.heads, list(range(len(items))), step, train_cfg, state_dir=out, progress=progress, description="sdp+"
         )
         self.heads.eval()
-        training = {
-            **data_info,
-            "num_images": len(items),
-            "categories": sorted({c for c, _ in datasets}),
-            "train_config": dataclasses.asdict(train_cfg),
-            "history": result.history,
-            "images_list": "training_images.txt",
-        }
-        return self.save(out, training)
+        return self.save(out, training_record(data_info, items, train_cfg, result.history))
 
     def save(self, out: Path, training: dict[str, Any]) -> Path:
         """Write the checkpoint folder (safetensors + manifest) for the current layers."""
-        from zsad.train import save_checkpoint
-
-        manifest = {
-            "method": self.name,
-            "backbone": self.backbone.manifest(),
-            "config": {**dataclasses.asdict(self.config), "layers": list(self.stages), "checkpoint": ""},
-            "training": training,
-        }
-        save_checkpoint(Path(out), self.tensors(), manifest)
+        path = save_method(self, out, training, {**dataclasses.asdict(self.config), "layers": list(self.stages)})
         self.config = dataclasses.replace(self.config, layers=tuple(self.stages))
-        self.training_manifest = manifest
-        return Path(out)
+        return path
 
 
 def import_official_checkpoint(path: Path, backbone: Any, out: Path, trained_on: str) -> Path:
