@@ -41,7 +41,14 @@ from torch import nn
 
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, MethodConfig
-from zsad.methods.trained import mask_items, save_method, start_run, training_record
+from zsad.methods.trained import (
+    load_tensors,
+    mask_items,
+    require_trained,
+    save_method,
+    start_run,
+    training_record,
+)
 from zsad.ops import gaussian_blur, grid_to_map, kmeans, upsample
 from zsad.prompts import build_prompts, get_prompt_set
 from zsad.types import Prediction
@@ -138,18 +145,12 @@ class AdaClip(Method):
             self.config, **{k: tuple(saved[k]) if k == "layers" else saved[k] for k in arch if k in saved}
         )
         self.params = self._new_params(seed=None)
-        try:
-            self.params.load_state_dict(tensors)
-        except RuntimeError as e:
-            raise ZsadInputError(f"{path}: tensors do not fit this backbone: {str(e).splitlines()[0]}") from e
+        load_tensors(self.params, tensors, path)
         self.training_manifest = manifest
 
     # ------------------------------------------------------------------ forward pieces
     def _setup(self, class_name: str, reference_images: torch.Tensor | None) -> None:
-        if self.training_manifest is None:
-            raise ZsadInputError(
-                "adaclip: no trained prompts; pass --checkpoint DIR (from `zsad train --method adaclip ...`)"
-            )
+        require_trained(self, "prompts")
         self.tokens = self._sentence_tokens(class_name)
 
     def _sentence_tokens(self, class_name: str) -> tuple[torch.Tensor, int]:

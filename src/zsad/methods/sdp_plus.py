@@ -31,7 +31,14 @@ from torch import nn
 
 from zsad.errors import ZsadInputError
 from zsad.methods.sdp import Sdp, SdpConfig
-from zsad.methods.trained import mask_items, save_method, start_run, training_record
+from zsad.methods.trained import (
+    load_tensors,
+    mask_items,
+    require_trained,
+    save_method,
+    start_run,
+    training_record,
+)
 from zsad.ops import grid_to_map, upsample
 from zsad.prompts import state_text
 from zsad.types import Prediction
@@ -85,19 +92,11 @@ class SdpPlus(Sdp):
             if trained is not None and trained != now:
                 Console(stderr=True).print(f"[yellow]note:[/] {path}: trained with {key}={trained!r}, running {now!r}")
         self.heads = self._new_heads(len(saved))
-        state = {k.removeprefix("heads."): v for k, v in tensors.items()}
-        try:
-            self.heads.load_state_dict(state)
-        except RuntimeError as e:
-            raise ZsadInputError(f"{path}: tensors do not fit this backbone: {str(e).splitlines()[0]}") from e
+        load_tensors(self.heads, {k.removeprefix("heads."): v for k, v in tensors.items()}, path)
         self.training_manifest = manifest
 
     def _setup(self, class_name: str, reference_images: torch.Tensor | None) -> None:
-        if self.training_manifest is None:
-            raise ZsadInputError(
-                "sdp+: no trained layers; pass --checkpoint DIR (from `zsad train --method sdp+ ...`), "
-                "or use --method sdp for the training-free model"
-            )
+        require_trained(self, "layers", ", or use --method sdp for the training-free model")
         super()._setup(class_name, reference_images)
 
     # ------------------------------------------------------------------ inference

@@ -62,3 +62,20 @@ def save_method(method: Any, out: Path, training: dict[str, Any], config: dict[s
     save_checkpoint(Path(out), method.tensors(), manifest)
     method.training_manifest = manifest
     return Path(out)
+
+
+def load_tensors(module: Any, tensors: dict[str, Any], path: str | Path) -> None:
+    """Load checkpoint tensors into a module; a shape mismatch is a one-line input error naming the file."""
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise ZsadInputError(f"{path}: tensors do not fit this backbone: {str(e).splitlines()[0]}") from e
+
+
+def require_trained(method: Any, what: str, extra: str = "") -> None:
+    """Trained methods refuse to run on their untrained initialisation."""
+    if method.training_manifest is None:
+        raise ZsadInputError(
+            f"{method.name}: no trained {what}; pass --checkpoint DIR (from `zsad train --method {method.name} ...`)"
+            + extra
+        )
