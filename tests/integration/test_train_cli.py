@@ -192,3 +192,47 @@ def test_adaclip_trains_evaluates_and_guards_leakage(two_sets: tuple[Path, Path]
         *TINY,
     )
     assert seen.exit_code == 2 and "were used to train" in seen.output
+
+
+def test_train_on_a_list_of_datasets(two_sets: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "both"
+    a, b = two_sets
+    folder_opts = _folder(a)[4:]  # the folder options shared by both roots
+    res = _run(
+        "train",
+        "--method",
+        "sdp+",
+        "--dataset",
+        "folder",
+        "--root",
+        str(a),
+        "--dataset",
+        "folder",
+        "--root",
+        str(b),
+        *folder_opts,
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        *TINY,
+    )
+    assert res.exit_code == 0, res.output
+    t = json.loads((out / "manifest.json").read_text())["training"]
+    assert t["num_images"] == 16 and len(t["sources"]) == 2 and len(t["categories"]) == 2
+    res = _run(
+        "train",
+        "--method",
+        "sdp+",
+        "--dataset",
+        "folder",
+        "--root",
+        str(a),
+        "--root",
+        str(b),
+        *folder_opts,
+        "--out",
+        str(tmp_path / "x"),
+        *TINY,
+    )
+    assert res.exit_code == 2 and "pair them" in res.output

@@ -324,8 +324,13 @@ def eval_cmd(
 @app.command("train")
 def train_cmd(
     method: Annotated[str, typer.Option(help="A trainable method (see `zsad methods`).")],
-    dataset: Annotated[str, typer.Option(help="Auxiliary annotated data: mvtec | visa | folder (test split).")],
-    root: Annotated[Path, typer.Option(help="Dataset root.")],
+    dataset: Annotated[
+        list[str],
+        typer.Option(
+            help="Auxiliary annotated data: mvtec | visa | folder (test split). Repeat with --root for a list."
+        ),
+    ],
+    root: Annotated[list[Path], typer.Option(help="Dataset root (one per --dataset, in the same order).")],
     out: Annotated[Path, typer.Option(help="Checkpoint folder (resumes an interrupted run with the same settings).")],
     category: Category = None,
     class_name: Annotated[str | None, typer.Option(help="Prompt object name (default: the category name).")] = None,
@@ -353,9 +358,12 @@ def train_cmd(
 
         opts = _options_for(method, _parse_options(option), strict=True)
         m = _build(method, backbone, pretrained, weights, image_size, device or None, seed, {**opts, "checkpoint": ""})
-        spec = _spec(locals())
+        if len(dataset) != len(root):
+            raise ZsadInputError(f"--dataset given {len(dataset)} times but --root {len(root)} times: pair them")
+        args = dict(locals())
+        specs = [_spec({**args, "dataset": d, "root": r}) for d, r in zip(dataset, root, strict=True)]
         overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": train_seed}
-        path = run_train(m, spec, out, {k: v for k, v in overrides.items() if v is not None}, console=console)
+        path = run_train(m, specs, out, {k: v for k, v in overrides.items() if v is not None}, console=console)
     except ZsadInputError as e:
         _fail(e)
     console.print(f"checkpoint written to {path}; use it with --method {method} --checkpoint {path}")
