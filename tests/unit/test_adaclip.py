@@ -102,3 +102,37 @@ def test_untrained_refuses_and_checkpoint_round_trip(tiny_backbone: ClipBackbone
     again.setup("screw")
     after = again.predict(images96)
     assert torch.equal(before.anomaly_map, after.anomaly_map) and torch.equal(before.pred_score, after.pred_score)
+
+
+def test_official_checkpoint_layout_is_imported(tiny_backbone: ClipBackbone, tmp_path, images96) -> None:
+    """A dict in the official trainer's layout (clip_model.* names) becomes an equivalent zsad checkpoint."""
+    from zsad.methods.adaclip import import_official_checkpoint
+
+    ref = _with_params(tiny_backbone, tmp_path / "ref", text_placeholders=False)
+    with torch.no_grad():
+        for prm in ref.params.parameters():
+            prm.normal_(0, 0.1, generator=torch.Generator().manual_seed(prm.numel()))
+    p = ref.params
+    raw = {}
+    for j in range(4):
+        raw[f"clip_model.visual_prompter.static_prompts.{j}"] = p.static_visual[j].detach().clone()
+        raw[f"clip_model.text_prompter.static_prompts.{j}"] = p.static_text[j].detach().clone()
+        raw[f"clip_model.patch_token_layer.head.{j}.weight"] = p.patch_proj[j].weight.detach().clone()
+        raw[f"clip_model.patch_token_layer.head.{j}.bias"] = p.patch_proj[j].bias.detach().clone()
+    for i in range(5):
+        for src, dst in (
+            ("dynamic_visual_prompt_generator", p.dynamic_visual),
+            ("dynamic_text_prompt_generator", p.dynamic_text),
+        ):
+            raw[f"clip_model.{src}.head.{i}.weight"] = dst[i].weight.detach().clone()
+            raw[f"clip_model.{src}.head.{i}.bias"] = dst[i].bias.detach().clone()
+    raw["clip_model.cls_token_layer.head.0.weight"] = p.global_proj.weight.detach().clone()
+    raw["clip_model.cls_token_layer.head.0.bias"] = p.global_proj.bias.detach().clone()
+    torch.save(raw, tmp_path / "official.pth")
+    ckpt = import_official_checkpoint(tmp_path / "official.pth", tiny_backbone, tmp_path / "imp", "mvtec+colondb")
+    m = create_method("adaclip", tiny_backbone, checkpoint=str(ckpt))
+    assert m.config.text_placeholders is False
+    ref.setup("screw")
+    m.setup("screw")
+    a, b = ref.predict(images96), m.predict(images96)
+    assert torch.equal(a.anomaly_map, b.anomaly_map) and torch.equal(a.pred_score, b.pred_score)

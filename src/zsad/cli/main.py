@@ -374,7 +374,7 @@ def import_cmd(
     file: Annotated[Path, typer.Argument(help="Checkpoint released with the official code (e.g. train_on_visa.pth).")],
     out: Annotated[Path, typer.Option(help="zsad checkpoint folder to write.")],
     trained_on: Annotated[str, typer.Option(help="What the released layers were trained on (recorded).")],
-    method: Annotated[str, typer.Option(help="Only sdp+ (CLIP-AD) so far.")] = "sdp+",
+    method: Annotated[str, typer.Option(help="sdp+ (CLIP-AD) or adaclip.")] = "sdp+",
     backbone: Backbone = None,
     pretrained: Pretrained = None,
     weights: Weights = None,
@@ -384,12 +384,13 @@ def import_cmd(
 ) -> None:
     """Convert an official release's trained layers into a zsad checkpoint (safetensors + manifest)."""
     try:
-        if method != "sdp+":
-            raise ZsadInputError(f"--method {method}: only sdp+ checkpoints can be imported so far")
-        from zsad.methods.sdp_plus import import_official_checkpoint
+        importers = {"sdp+": "zsad.methods.sdp_plus", "adaclip": "zsad.methods.adaclip"}
+        if method not in importers:
+            raise ZsadInputError(f"--method {method}: official checkpoints can be imported for {', '.join(importers)}")
+        import importlib
 
         m = _build(method, backbone, pretrained, weights, image_size, device or None, seed, {"checkpoint": ""})
-        path = import_official_checkpoint(file, m.backbone, out, trained_on)
+        path = importlib.import_module(importers[method]).import_official_checkpoint(file, m.backbone, out, trained_on)
     except ZsadInputError as e:
         _fail(e)
-    console.print(f"wrote {path} (compat=official); use it with --method sdp+ --checkpoint {path}")
+    console.print(f"wrote {path}; use it with --method {method} --checkpoint {path}")

@@ -310,3 +310,62 @@ class AdaClip(Method):
         )
         self.params.eval()
         return self.save(out, training_record(data_info, items, train_cfg, result.history))
+
+
+# official parameter name (after the "clip_model." prefix) -> ours; {i} is a head / layer / prompt-depth index
+_OFFICIAL = {
+    "visual_prompter.static_prompts.{i}": "static_visual.{i}",
+    "text_prompter.static_prompts.{i}": "static_text.{i}",
+    "dynamic_visual_prompt_generator.head.{i}.weight": "dynamic_visual.{i}.weight",
+    "dynamic_visual_prompt_generator.head.{i}.bias": "dynamic_visual.{i}.bias",
+    "dynamic_text_prompt_generator.head.{i}.weight": "dynamic_text.{i}.weight",
+    "dynamic_text_prompt_generator.head.{i}.bias": "dynamic_text.{i}.bias",
+    "patch_token_layer.head.{i}.weight": "patch_proj.{i}.weight",
+    "patch_token_layer.head.{i}.bias": "patch_proj.{i}.bias",
+    "cls_token_layer.head.{i}.weight": "global_proj.weight",
+    "cls_token_layer.head.{i}.bias": "global_proj.bias",
+}
+
+
+def import_official_checkpoint(path: Path, backbone: Any, out: Path, trained_on: str) -> Path:
+    """Convert a checkpoint saved by the official AdaCLIP trainer (a dict of ``clip_model.*`` tensors).
+
+    The official text prompts overwrite the first M word tokens, so the result runs with ``text_placeholders=False``.
+    Its released weights were trained on OpenAI CLIP built with exact GELU (not QuickGELU); build the backbone the
+    same way to reproduce them. The file is read with ``weights_only=True``.
+    """
+    import re
+
+    from zsad.backbone.clip import file_digest
+
+    path = Path(path)
+    if not path.is_file():
+        raise ZsadInputError(f"{path}: file not found")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ZsadInputError(f"{path}: not a readable torch checkpoint: {str(e).splitlines()[0]}") from e
+    if not isinstance(raw, dict) or not any("prompter" in k for k in raw):
+        raise ZsadInputError(f"{path}: no *_prompter tensors (not an official AdaCLIP checkpoint)")
+    patterns = [(re.compile(re.escape(o).replace(r"\{i\}", r"(\d+)") + "$"), ours) for o, ours in _OFFICIAL.items()]
+    flat: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        name = key.removeprefix("clip_model.")
+        for pat, ours in patterns:
+            hit = pat.match(name)
+            if hit:
+                flat[ours.format(i=hit.group(1))] = value.float()
+                break
+    depth = len([k for k in flat if k.startswith("static_visual.")])
+    length = len([k for k in flat if k.startswith("dynamic_visual.") and k.endswith(".weight")])
+    tensors = {k: v for k, v in flat.items() if not k.startswith(("static_visual.", "static_text."))}
+    for name in ("static_visual", "static_text"):
+        tensors[name] = torch.stack([flat[f"{name}.{j}"] for j in range(depth)])
+    method = AdaClip(backbone, text_placeholders=False, prompt_depth=depth, prompt_length=length)
+    load_tensors(method.params, tensors, path)
+    source = {
+        "source": "official AdaCLIP checkpoint",
+        "file": str(path.resolve()),
+        "sha256": file_digest(path)["sha256"],
+    }
+    return method.save(out, {**source, "dataset": trained_on})
