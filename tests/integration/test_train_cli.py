@@ -236,3 +236,53 @@ def test_train_on_a_list_of_datasets(two_sets: tuple[Path, Path], tmp_path: Path
         *TINY,
     )
     assert res.exit_code == 2 and "pair them" in res.output
+
+
+def _tiny_mvtec(root: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cat in ("bottle", "cable"):
+        for split, kind, n in (("train", "good", 2), ("test", "good", 2), ("test", "broken", 2)):
+            d = root / cat / split / kind
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(d / f"{i:03d}.png")
+                if kind == "broken":
+                    m = np.zeros((64, 64), np.uint8)
+                    m[10:30, 10:30] = 255
+                    (root / cat / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(m).save(root / cat / "ground_truth" / kind / f"{i:03d}_mask.png")
+    return root
+
+
+def test_benchmark_category_guard_survives_another_copy(tmp_path: Path) -> None:
+    """Trained on MVTec bottle: another copy of MVTec (other paths) is still refused for bottle, fine for cable."""
+    import shutil
+
+    root = _tiny_mvtec(tmp_path / "mvtec")
+    ckpt = tmp_path / "ck"
+    res = _run(
+        "train",
+        "--method",
+        "sdp+",
+        "--dataset",
+        "mvtec",
+        "--root",
+        str(root),
+        "--category",
+        "bottle",
+        "--epochs",
+        "1",
+        "--out",
+        str(ckpt),
+        *TINY,
+    )
+    assert res.exit_code == 0, res.output
+    copy = shutil.copytree(root, tmp_path / "mvtec_copy")
+    args = ["eval", "--dataset", "mvtec", "--root", str(copy), "--method", "sdp+", "--checkpoint", str(ckpt), *TINY]
+    res = _run(*args, "--category", "bottle", "--out", str(tmp_path / "e1"))
+    assert res.exit_code == 2 and "trained on mvtec bottle" in res.output
+    res = _run(*args, "--category", "cable", "--out", str(tmp_path / "e2"))
+    assert res.exit_code == 0, res.output

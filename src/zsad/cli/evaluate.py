@@ -89,10 +89,32 @@ def training_images(method: Method) -> set[str]:
     return {line.strip() for line in (folder / listed).read_text().splitlines() if line.strip()}
 
 
-def _check_unseen(method: Method, cat: str, ds: Any, seen: set[str], allow: bool) -> int:
-    """Refuse to report images used in training as zero-shot; returns how many were seen."""
+def seen_categories(method: Method) -> set[tuple[str, str]]:
+    """(dataset, category) pairs of the benchmark datasets (mvtec, visa) a checkpoint was trained on."""
+    training = (getattr(method, "training_manifest", None) or {}).get("training", {})
+    out = set()
+    for cat in training.get("categories", []):
+        parts = str(cat).split(":")
+        if len(parts) == 3 and parts[0] in ("mvtec", "visa"):  # list training: dataset:root-name:category
+            out.add((parts[0], parts[2]))
+        elif training.get("dataset") in ("mvtec", "visa"):
+            out.add((training["dataset"], str(cat)))
+    return out
+
+
+def _check_unseen(method: Method, cat: str, ds: Any, seen: set[str], allow: bool, dataset: str = "") -> int:
+    """Refuse to report images used in training as zero-shot; returns how many were seen.
+
+    Two checks: the exact training images (paths), and, for MVTec AD / VisA, the category itself (another copy of
+    the dataset has other paths but the same objects).
+    """
+    if (dataset, cat) in seen_categories(method) and not allow:
+        raise ZsadInputError(
+            f"{cat}: this {method.name} checkpoint was trained on {dataset} {cat}, so results would not be zero-shot; "
+            "evaluate on another dataset or pass --allow-seen (results are then flagged)"
+        )
     if not seen:
-        return 0
+        return len(ds) if (dataset, cat) in seen_categories(method) else 0
     n = sum(str(Path(s.image_path).resolve()) in seen for s in ds.samples)
     if n and not allow:
         raise ZsadInputError(
@@ -183,7 +205,7 @@ def run_eval(
     if method.is_transductive:
         notes.append("TRANSDUCTIVE: image scores re-scaled with statistics of the whole category's test set")
     for cat, ds, ref_ds in _datasets(spec, kw):
-        n_seen = _check_unseen(method, cat, ds, seen, spec.allow_seen)
+        n_seen = _check_unseen(method, cat, ds, seen, spec.allow_seen, spec.dataset.lower())
         if n_seen:
             notes.append(f"{cat}: {n_seen} of {len(ds)} images were in the training data (NOT zero-shot)")
         refs = _references(ref_ds, spec.k_shot, spec.seed) if method.supports_few_shot else None
