@@ -24,6 +24,12 @@ Deliberate differences (``text_placeholders=False`` and ``kmeans="sklearn"``-sty
 - k-means is batched in torch with a seeded k-means++ init (the official sklearn call draws an unseeded init,
   so its scores vary from run to run); images are no longer forced to batch size 1: each image gets its own text
   prompts inside one batched text pass, which also stops at the longest sentence (exact under the causal mask).
+- Dice is one term per image; the official trainer's batch of 1 squeezes the mask to (H, W), so its dice averages
+  one term per image *row* (3e-2 on the loss, <= 0.5% on gradients in benchmarks/compare_adaclip.py).
+- Prompts stay float32; the official code rounds them to fp16 (up to 1.4e-4 on the score).
+- Category names become prompt words with "_" and "-" replaced by spaces (the official code replaces only "-").
+- ``static_text[0]`` is unused (no text prompt before block 0), kept so official checkpoints map one to one; AdamW's
+  weight decay shrinks it, which changes nothing.
 """
 
 from __future__ import annotations
@@ -194,8 +200,10 @@ class AdaClip(Method):
     def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, tuple]:
         """Global feature (B, D), per-layer patch features [(B, N, D)], text (B, 2, D), grid."""
         bb = self.backbone
-        with torch.no_grad():
-            frozen = bb.encode_image(images, pooled_only=True).embedding  # the frozen pass for the dynamic prompts
+        frozen = images.new_zeros(images.shape[0], bb.embed_dim)
+        if "D" in self.config.prompting:  # the extra frozen pass only dynamic prompts need
+            with torch.no_grad():
+                frozen = bb.encode_image(images, pooled_only=True).embedding
         vis, txt = self._prompts(frozen)
         feats = bb.encode_image(images, layers=self.config.layers, visual_prompts=vis or None)
         patches = [
