@@ -68,7 +68,6 @@ import argparse
 import copy
 import dataclasses
 import datetime
-import hashlib
 import os
 import shlex
 import subprocess
@@ -76,7 +75,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +82,9 @@ import numpy as np
 import torch
 
 from zsad.engine import hardware
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sidebyside import Row, as_tensor, dist_version, file_hashes, maxdiff, safe, table  # noqa: E402
 
 MODEL = "ViT-B-16"
 IMAGE_SIZE = 224
@@ -425,63 +426,11 @@ print("official side done")
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-Row = tuple[str, float | str | None, str]
-
-
-def as_tensor(a: Any) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a).detach().double().cpu()
-
-
-def maxdiff(a: Any, b: Any) -> float:
-    ta, tb = as_tensor(a), as_tensor(b)
-    if ta.shape != tb.shape:
-        raise ValueError(f"shapes differ: {tuple(ta.shape)} vs {tuple(tb.shape)}")
-    return float((ta - tb).abs().max()) if ta.numel() else 0.0
 
 
 def magnitude(a: Any) -> float:
     t = as_tensor(a)
     return float(t.abs().max()) if t.numel() else 0.0
-
-
-def safe(rows: list[Row], quantity: str, fn: Callable[[], float | str], note: str | Callable[[], str] = "") -> None:
-    """Append one row; an exception becomes an 'n/a' row with its message (the table never dies half-way)."""
-    try:
-        value = fn()
-        rows.append((quantity, value, note() if callable(note) else note))
-    except Exception as e:  # noqa: BLE001 - report anything
-        msg = str(e).splitlines()[0] if str(e) else ""
-        rows.append((quantity, None, f"n/a: {type(e).__name__}: {msg[:160]}"))
-
-
-def fmt(v: float | str | None) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, str):
-        return v
-    return f"{v:.2e}"
-
-
-def table(title: str, rows: Sequence[Row]) -> list[str]:
-    out = [f"### {title}", "", "| quantity | max abs diff | note |", "|---|---:|---|"]
-    out += [f"| {q} | {fmt(v)} | {n} |" for q, v, n in rows]
-    return [*out, ""]
-
-
-def _version(dist: str) -> str:
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def file_hashes(root: Path) -> str:
-    parts = []
-    for rel in OFFICIAL_FILES:
-        p = root / rel
-        if p.is_file():
-            parts.append(f"{rel} {hashlib.sha256(p.read_bytes()).hexdigest()[:12]}")
-    return "; ".join(parts)
 
 
 def load_images(
@@ -1222,15 +1171,15 @@ def main() -> None:
         + "`.",
         f"Official code: {root} (stated as caoyunkang/AdaCLIP @e27ee32; no git metadata), called unmodified in a "
         f"subprocess by a driver this script writes at run time (patches listed in the script's docstring). File "
-        f"sha256 prefixes: {file_hashes(root)}.",
+        f"sha256 prefixes: {file_hashes(root, OFFICIAL_FILES)}.",
         f"Weights: `{MODEL}` seeded random (seed {args.seed}), one state dict loaded into both (strict); 38 learnable "
         f"tensors drawn from seed {args.seed + 1} (static N(0, 0.02), heads PyTorch default init), copied to both.",
         f"Images: {n_img} Magnetic Tile images ({', '.join(names)}), zsad.data.squash_image to {IMAGE_SIZE} px with "
         f'CLIP mean/std; one tensor for both. Class name "{CLASS_NAME}", taps {list(m.config.layers)}, J={DEPTH}, '
         f"M={LENGTH}, K={K_CLUSTERS}, sigma {SIGMA}. Shared k-means init: {K_CLUSTERS} seeded random positions "
         f"(seed {args.seed + 2}) among zsad's top-100 rows, matched by nearest row on each side.",
-        f"Versions: zsad side torch {torch.__version__}, open_clip {_version('open_clip_torch')}, numpy "
-        f"{np.__version__}, zsad {_version('zsad')}; official side Python {ver['python']}, torch {ver['torch']}, "
+        f"Versions: zsad side torch {torch.__version__}, open_clip {dist_version('open_clip_torch')}, numpy "
+        f"{np.__version__}, zsad {dist_version('zsad')}; official side Python {ver['python']}, torch {ver['torch']}, "
         f"numpy {ver['numpy']}, scipy {ver['scipy']}, scikit-learn {ver['sklearn']}; pkg_resources "
         f"{off.get('pkg_resources')}.",
         f"Hardware: {hardware('cpu')}, no GPU used; fp32 on both sides (the official autocast is a no-op without "

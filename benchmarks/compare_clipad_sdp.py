@@ -60,15 +60,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import os
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from importlib.metadata import PackageNotFoundError, version
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +75,9 @@ import torch
 import torch.nn.functional as F
 
 from zsad.engine import hardware
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sidebyside import Row, dist_version, file_hashes, maxdiff, safe, table  # noqa: E402
 
 MODEL = "ViT-B-16-plus-240"
 IMAGE_SIZE = 240
@@ -360,54 +361,6 @@ print("official side done")
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-Row = tuple[str, float | str | None, str]
-
-
-def maxdiff(a: Any, b: Any) -> float:
-    ta = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a).detach().double().cpu()
-    tb = torch.as_tensor(np.asarray(b) if not isinstance(b, torch.Tensor) else b).detach().double().cpu()
-    if ta.shape != tb.shape:
-        raise ValueError(f"shapes differ: {tuple(ta.shape)} vs {tuple(tb.shape)}")
-    return float((ta - tb).abs().max()) if ta.numel() else 0.0
-
-
-def safe(rows: list[Row], quantity: str, fn: Callable[[], float | str], note: str = "") -> None:
-    """Append one row; an exception becomes an 'n/a' row with its message (the table never dies half-way)."""
-    try:
-        rows.append((quantity, fn(), note))
-    except Exception as e:  # noqa: BLE001 - report anything
-        msg = str(e).splitlines()[0] if str(e) else ""
-        rows.append((quantity, None, f"n/a: {type(e).__name__}: {msg[:160]}" + (f"; {note}" if note else "")))
-
-
-def fmt(v: float | str | None) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, str):
-        return v
-    return f"{v:.2e}"
-
-
-def table(title: str, rows: Sequence[Row]) -> list[str]:
-    out = [f"### {title}", "", "| quantity | max abs diff | note |", "|---|---:|---|"]
-    out += [f"| {q} | {fmt(v)} | {n} |" for q, v, n in rows]
-    return [*out, ""]
-
-
-def _version(dist: str) -> str:
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def file_hashes(root: Path) -> str:
-    parts = []
-    for rel in OFFICIAL_FILES:
-        p = root / rel
-        if p.is_file():
-            parts.append(f"{rel} {hashlib.sha256(p.read_bytes()).hexdigest()[:12]}")
-    return "; ".join(parts)
 
 
 def load_images(n: int, assets: Path, mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, list[str]]:
@@ -1049,14 +1002,15 @@ def main() -> None:
         + shlex.join([a for a in sys.argv[1:] if a != "--append-results"] + ["--append-results"])
         + "`.",
         f"Official code: {root} (stated as ByChelsea/CLIP-AD @f004973; no git metadata), run unmodified in a separate "
-        f"process/venv by a driver this script writes at run time. File sha256 prefixes: {file_hashes(root)}.",
+        "process/venv by a driver this script writes at run time. File sha256 prefixes: "
+        f"{file_hashes(root, OFFICIAL_FILES)}.",
         f"Weights: `{MODEL}` seeded random (seed {args.seed}), one state dict loaded into both (strict). SDP+ linear "
         f"layers: 4 x Linear({bb.width}, {bb.embed_dim}) seeded {args.seed + 1}, copied to both.",
         f"Images: {len(names)} Magnetic Tile images ({', '.join(names)}), zsad.data.squash_image to {IMAGE_SIZE} px "
         f'with CLIP mean/std; one tensor for both. Class name "{CLASS_NAME}", layers {list(LAYERS)}, sigma {SIGMA}.',
-        f"Versions: zsad side torch {torch.__version__}, open_clip {_version('open_clip_torch')}, numpy "
-        f"{np.__version__}, scipy {_version('scipy')}, scikit-learn {_version('scikit-learn')}, zsad "
-        f"{_version('zsad')}; official side Python {ver['python']}, torch {ver['torch']}, vendored open_clip "
+        f"Versions: zsad side torch {torch.__version__}, open_clip {dist_version('open_clip_torch')}, numpy "
+        f"{np.__version__}, scipy {dist_version('scipy')}, scikit-learn {dist_version('scikit-learn')}, zsad "
+        f"{dist_version('zsad')}; official side Python {ver['python']}, torch {ver['torch']}, vendored open_clip "
         f"{ver['open_clip (vendored)']}, numpy {ver['numpy']}, scipy {ver['scipy']}, scikit-learn {ver['sklearn']}; "
         f"min-max by {off['normalize']}.",
         f"Hardware: {hardware('cpu')}, no GPU used; fp32 on both sides "
