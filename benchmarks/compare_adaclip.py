@@ -70,7 +70,6 @@ import dataclasses
 import datetime
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,7 +83,22 @@ import torch
 from zsad.engine import hardware
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sidebyside import Row, as_tensor, dist_version, file_hashes, maxdiff, safe, table  # noqa: E402
+from sidebyside import (  # noqa: E402
+    Row,
+    add_common_args,
+    as_tensor,
+    dist_version,
+    drop_temp,
+    file_hashes,
+    magnetic_tile_dir,
+    magnetic_tile_picks,
+    maxdiff,
+    publish,
+    run_official,
+    safe,
+    squashed,
+    table,
+)
 
 MODEL = "ViT-B-16"
 IMAGE_SIZE = 224
@@ -439,21 +453,14 @@ def load_images(
     """(n, 3, S, S) images (half MT_Free, half MT_Crack), names, the first crack image's mask and its index."""
     from PIL import Image
 
-    from zsad.data import squash_image
     from zsad.data.transforms import squash_mask
 
-    n_free = n // 2
-    picks = [*sorted((assets / "MT_Free" / "Imgs").glob("*.jpg"))[:n_free]]
-    picks += sorted((assets / "MT_Crack" / "Imgs").glob("*.jpg"))[: n - n_free]
+    picks, n_free = magnetic_tile_picks(n, assets)
     if len(picks) != n or n < 1 or n_free == n:
         raise SystemExit(f"need at least one MT_Crack image under {assets} (found {len(picks)} images)")
-    imgs = []
-    for p in picks:
-        with Image.open(p) as im:
-            imgs.append(squash_image(im.convert("RGB"), IMAGE_SIZE, mean, std))
     with Image.open(picks[n_free].with_suffix(".png")) as m:
         mask = squash_mask(m, IMAGE_SIZE)
-    return torch.stack(imgs), [f"{p.parent.parent.name}/{p.name}" for p in picks], mask, n_free
+    return squashed(picks, IMAGE_SIZE, mean, std), [f"{p.parent.parent.name}/{p.name}" for p in picks], mask, n_free
 
 
 # -------------------------------------------------------------------------------------------- shared parameters
@@ -661,19 +668,10 @@ def zsad_grad(grads: dict[str, torch.Tensor | None], official: str) -> torch.Ten
 # ------------------------------------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--official-root", type=Path, required=True, help="extracted official AdaCLIP repository")
-    ap.add_argument("--official-python", type=Path, default=Path(sys.executable), help="python for the official side")
-    ap.add_argument("--images", type=int, default=2, help="Magnetic Tile images (half MT_Free, half MT_Crack)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the random CLIP weights (parameters: seed + 1)")
-    ap.add_argument("--assets", type=Path, default=None, help="Magnetic Tile folder (default: shared/assets)")
-    ap.add_argument("--append-results", action="store_true", help="append the report to --results-file")
-    ap.add_argument("--results-file", type=Path, default=Path(__file__).resolve().with_name("RESULTS.md"))
-    ap.add_argument("--keep-temp", action="store_true", help="keep the temporary folder (inputs, driver, outputs)")
+    add_common_args(ap, "AdaCLIP", 2, "seed of the random CLIP weights (parameters: seed + 1)", Path(sys.executable))
     args = ap.parse_args()
 
-    here = Path(__file__).resolve().parent
-    assets = args.assets or Path(os.environ.get("ZSAD_ASSETS", here.parent.parent / "shared" / "assets"))
-    assets = assets / "magnetic_tile" if (assets / "magnetic_tile").is_dir() else assets
+    assets = magnetic_tile_dir(args.assets)
     root = args.official_root.resolve()
     if not (root / "method" / "adaclip.py").is_file():
         raise SystemExit(f"{root}: not the official AdaCLIP repository (method/adaclip.py missing)")
@@ -759,31 +757,10 @@ def main() -> None:
             },
             tmp / "inputs.pt",
         )
-        (tmp / "official_driver.py").write_text(OFFICIAL_DRIVER)
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env["PYTHONNOUSERSITE"] = "1"
-        t_off = time.perf_counter()
-        proc = subprocess.run(
-            [str(args.official_python), str(tmp / "official_driver.py"), str(root), str(tmp)],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=3600,
-        )
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-            raise SystemExit(f"official side failed (exit {proc.returncode})")
-        t_off = time.perf_counter() - t_off
-        off = torch.load(tmp / "official.pt", weights_only=False)
+        off, t_off = run_official(OFFICIAL_DRIVER, args.official_python, root, tmp)
     finally:
         zsad_adaclip.kmeans = probe.fn
-        if args.keep_temp:
-            print(f"temporary folder kept: {tmp}")
-        else:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
+        drop_temp(tmp, args.keep_temp)
     if not off["adaclip_file"].startswith(str(root)):
         raise SystemExit(f"official side imported {off['adaclip_file']}, not the official tree")
 
@@ -1192,14 +1169,7 @@ def main() -> None:
         "",
     ]
     report = "\n".join(header + [line for s in sections for line in s])
-    print(report)
-    if errors:
-        print("official-side errors:\n" + "\n".join(f"- {k}: {v}" for k, v in errors.items()))
-    if args.append_results:
-        f = args.results_file
-        with f.open("a") as fh:
-            fh.write("\n" + report + "\n")
-        print(f"appended to {f}")
+    publish(report, errors, args.append_results, args.results_file)
 
 
 if __name__ == "__main__":

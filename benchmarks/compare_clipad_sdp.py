@@ -62,7 +62,6 @@ import argparse
 import datetime
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -77,7 +76,21 @@ import torch.nn.functional as F
 from zsad.engine import hardware
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sidebyside import Row, dist_version, file_hashes, maxdiff, safe, table  # noqa: E402
+from sidebyside import (  # noqa: E402
+    Row,
+    add_common_args,
+    dist_version,
+    drop_temp,
+    file_hashes,
+    magnetic_tile_dir,
+    magnetic_tile_picks,
+    maxdiff,
+    publish,
+    run_official,
+    safe,
+    squashed,
+    table,
+)
 
 MODEL = "ViT-B-16-plus-240"
 IMAGE_SIZE = 240
@@ -364,20 +377,10 @@ print("official side done")
 
 
 def load_images(n: int, assets: Path, mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, list[str]]:
-    from PIL import Image
-
-    from zsad.data import squash_image
-
-    n_free = n // 2
-    picks = [*sorted((assets / "MT_Free" / "Imgs").glob("*.jpg"))[:n_free]]
-    picks += sorted((assets / "MT_Crack" / "Imgs").glob("*.jpg"))[: n - n_free]
+    picks, _ = magnetic_tile_picks(n, assets)
     if len(picks) != n:
         raise SystemExit(f"found only {len(picks)} Magnetic Tile images under {assets}")
-    with_imgs = []
-    for p in picks:
-        with Image.open(p) as im:
-            with_imgs.append(squash_image(im.convert("RGB"), IMAGE_SIZE, mean, std))
-    return torch.stack(with_imgs), [f"{p.parent.parent.name}/{p.name}" for p in picks]
+    return squashed(picks, IMAGE_SIZE, mean, std), [f"{p.parent.parent.name}/{p.name}" for p in picks]
 
 
 def synthetic_embeddings(seed: int, dim: int) -> list[torch.Tensor]:
@@ -534,19 +537,10 @@ def compare_run(rows: list[Row], z: ZsadSide, m: Any, off: dict[str, Any], plus:
 # ------------------------------------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--official-root", type=Path, required=True, help="extracted official CLIP-AD repository")
-    ap.add_argument("--official-python", type=Path, required=True, help="python of the official environment")
-    ap.add_argument("--images", type=int, default=4, help="Magnetic Tile images (half MT_Free, half MT_Crack)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the random CLIP weights (SDP+ layers: seed + 1)")
-    ap.add_argument("--assets", type=Path, default=None, help="Magnetic Tile folder (default: shared/assets)")
-    ap.add_argument("--append-results", action="store_true", help="append the report to --results-file")
-    ap.add_argument("--results-file", type=Path, default=Path(__file__).resolve().with_name("RESULTS.md"))
-    ap.add_argument("--keep-temp", action="store_true", help="keep the temporary folder (inputs, driver, outputs)")
+    add_common_args(ap, "CLIP-AD", 4, "seed of the random CLIP weights (SDP+ layers: seed + 1)", None)
     args = ap.parse_args()
 
-    here = Path(__file__).resolve().parent
-    assets = args.assets or Path(os.environ.get("ZSAD_ASSETS", here.parent.parent / "shared" / "assets"))
-    assets = assets / "magnetic_tile" if (assets / "magnetic_tile").is_dir() else assets
+    assets = magnetic_tile_dir(args.assets)
     root = args.official_root.resolve()
     if not (root / "util" / "surgery.py").is_file():
         raise SystemExit(f"{root}: not the official CLIP-AD repository (util/surgery.py missing)")
@@ -589,30 +583,9 @@ def main() -> None:
             },
             tmp / "inputs.pt",
         )
-        (tmp / "official_driver.py").write_text(OFFICIAL_DRIVER)
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-        env["PYTHONNOUSERSITE"] = "1"
-        t_off = time.perf_counter()
-        proc = subprocess.run(
-            [str(args.official_python), str(tmp / "official_driver.py"), str(root), str(tmp)],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=3600,
-        )
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-            raise SystemExit(f"official side failed (exit {proc.returncode})")
-        t_off = time.perf_counter() - t_off
-        off = torch.load(tmp / "official.pt", weights_only=False)
+        off, t_off = run_official(OFFICIAL_DRIVER, args.official_python, root, tmp)
     finally:
-        if args.keep_temp:
-            print(f"temporary folder kept: {tmp}")
-        else:
-            for p in sorted(tmp.glob("*")):
-                p.unlink()
-            tmp.rmdir()
+        drop_temp(tmp, args.keep_temp)
     if "/open_clip/" not in off["open_clip_file"] or not off["open_clip_file"].startswith(str(root)):
         raise SystemExit(f"official side imported {off['open_clip_file']}, not the vendored open_clip")
 
@@ -1026,14 +999,7 @@ def main() -> None:
         "",
     ]
     report = "\n".join(header + [line for s in sections for line in s])
-    print(report)
-    if errors:
-        print("official-side errors:\n" + "\n".join(f"- {k}: {v}" for k, v in errors.items()))
-    if args.append_results:
-        f = args.results_file
-        with f.open("a") as fh:
-            fh.write("\n" + report + "\n")
-        print(f"appended to {f}")
+    publish(report, errors, args.append_results, args.results_file)
 
 
 if __name__ == "__main__":
