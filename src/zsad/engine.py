@@ -168,6 +168,20 @@ def score_batches(
         )
 
 
+def parts_json(parts: dict[str, np.ndarray], i: int) -> str:
+    """Image ``i``'s score parts as the JSON cell of predictions.csv."""
+    return json.dumps({k: float(v[i]) for k, v in parts.items()})
+
+
+def decode_parts(rows: Sequence[dict[str, str]]) -> dict[str, np.ndarray]:
+    """The ``score_parts`` column of logged rows as arrays; empty unless every row has the same parts."""
+    decoded = [json.loads(r.get("score_parts") or "{}") for r in rows]
+    keys = set(decoded[0]) if decoded else set()
+    if not keys or any(set(d) != keys for d in decoded):
+        return {}
+    return {k: np.array([d[k] for d in decoded], dtype=np.float64) for k in keys}
+
+
 def resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Model-resolution map (S, S) -> original image size (H, W), bilinear (the squash undone)."""
     t = torch.from_numpy(amap)[None, None]

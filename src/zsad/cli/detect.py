@@ -11,7 +11,16 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from zsad.engine import CsvLog, iterate_batches, map_filename, resize_map, score_batches, write_manifest
+from zsad.engine import (
+    CsvLog,
+    decode_parts,
+    iterate_batches,
+    map_filename,
+    parts_json,
+    resize_map,
+    score_batches,
+    write_manifest,
+)
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
 from zsad.thresholds import Threshold, choose_threshold
@@ -117,13 +126,13 @@ def run_detect(
                         "anomaly_map_path": str(rel),
                         "map_min": float(full.min()),
                         "map_max": float(full.max()),
-                        "score_parts": json.dumps({k: float(v[i]) for k, v in sb.parts.items()}),
+                        "score_parts": parts_json(sb.parts, i),
                     }
                 )
             log.append(rows)
             progress.advance(task, len(rows))
 
-    parts = _parts(log.rows)
+    parts = decode_parts(log.rows)
     final = method.finalize_scores(parts) if parts else None
     if final is not None:  # transductive: scores re-scaled over every image of this run
         console.print(f"[bold yellow]{method.name}: TRANSDUCTIVE scores (re-scaled over all {len(final)} images)[/]")
@@ -174,14 +183,6 @@ def run_detect(
         + (f"; {n_bad} unreadable files listed in {out / 'errors.csv'}" if n_bad else "")
     )
     return 1 if n_bad else 0
-
-
-def _parts(rows: list[dict[str, str]]) -> dict[str, np.ndarray]:
-    decoded = [json.loads(r.get("score_parts") or "{}") for r in rows]
-    keys = set(decoded[0]) if decoded else set()
-    if not keys or any(set(d) != keys for d in decoded):
-        return {}
-    return {k: np.array([d[k] for d in decoded], dtype=np.float64) for k in keys}
 
 
 def _write_overlays(rows: list[dict[str, str]], out: Path, normalize: str, pthr: Threshold, progress: Progress) -> None:

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from zsad.engine import CsvLog, iterate_batches, map_filename, score_batches, write_manifest
+from zsad.engine import CsvLog, decode_parts, iterate_batches, map_filename, parts_json, score_batches, write_manifest
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
 from zsad.thresholds import choose_threshold
@@ -108,13 +108,14 @@ def _check_unseen(method: Method, cat: str, ds: Any, seen: set[str], allow: bool
     Two checks: the exact training images (paths), and, for MVTec AD / VisA, the category itself (another copy of
     the dataset has other paths but the same objects).
     """
-    if (dataset, cat) in seen_categories(method) and not allow:
+    category_seen = (dataset, cat) in seen_categories(method)
+    if category_seen and not allow:
         raise ZsadInputError(
             f"{cat}: this {method.name} checkpoint was trained on {dataset} {cat}, so results would not be zero-shot; "
             "evaluate on another dataset or pass --allow-seen (results are then flagged)"
         )
     if not seen:
-        return len(ds) if (dataset, cat) in seen_categories(method) else 0
+        return len(ds) if category_seen else 0
     n = sum(str(Path(s.image_path).resolve()) in seen for s in ds.samples)
     if n and not allow:
         raise ZsadInputError(
@@ -227,7 +228,7 @@ def run_eval(
                             "mask_path": sb.batch["mask_path"][i],
                             "pred_score": float(sb.scores[i]),
                             "anomaly_map_path": str(rel),
-                            "score_parts": json.dumps({k: float(v[i]) for k, v in sb.parts.items()}),
+                            "score_parts": parts_json(sb.parts, i),
                         }
                     )
                 log.append(rows)
@@ -266,8 +267,7 @@ def _category_metrics(
     size = method.image_size
     index = {str(s.image_path): i for i, s in enumerate(ds.samples)}
     rows = [r for r in log.rows if r["category"] == cat and r["image_path"] in index]
-    parts_rows = [json.loads(r["score_parts"] or "{}") for r in rows]
-    parts = {k: np.array([p[k] for p in parts_rows]) for k in (parts_rows[0] if parts_rows else {})}
+    parts = decode_parts(rows)
     final = method.finalize_scores(parts) if parts else None
     if final is not None:  # set-level (transductive) re-scoring over the whole category
         for r, v in zip(rows, final, strict=True):

@@ -73,13 +73,18 @@ def _parse_options(opts: list[str] | None) -> list[tuple[str | None, str, Any]]:
     return out
 
 
-def _options_for(method_name: str, parsed: list[tuple[str | None, str, Any]], strict: bool) -> dict[str, Any]:
-    """The options that apply to one method; ``strict`` (a single method) lets the method reject unknown keys."""
+def _option_names(method_name: str) -> set[str]:
+    """The config fields (``-o`` keys) of a method."""
     import dataclasses
 
     from zsad.methods import get_method_class
 
-    fields = {f.name for f in dataclasses.fields(get_method_class(method_name).config_cls)}
+    return {f.name for f in dataclasses.fields(get_method_class(method_name).config_cls)}
+
+
+def _options_for(method_name: str, parsed: list[tuple[str | None, str, Any]], strict: bool) -> dict[str, Any]:
+    """The options that apply to one method; ``strict`` (a single method) lets the method reject unknown keys."""
+    fields = _option_names(method_name)
     out = {}
     for target, key, value in parsed:
         if target is not None and target.lower() != method_name.lower():
@@ -90,11 +95,7 @@ def _options_for(method_name: str, parsed: list[tuple[str | None, str, Any]], st
 
 
 def _check_options_used(methods: list[str], parsed: list[tuple[str | None, str, Any]]) -> None:
-    import dataclasses
-
-    from zsad.methods import get_method_class
-
-    known = {f.name for m in methods for f in dataclasses.fields(get_method_class(m).config_cls)}
+    known = set().union(*(_option_names(m) for m in methods))
     for target, key, _ in parsed:
         if target is None and key not in known:
             raise ZsadInputError(f"--option {key}: no selected method ({', '.join(methods)}) has this option")
