@@ -347,6 +347,11 @@ class ClipBackbone(nn.Module):
         base = x[:, :1] if cls_only else x
         return self.block_mlp(index, base + o), vv
 
+    @property
+    def _pools_cls(self) -> bool:
+        """The global embedding reads the CLS token alone, so a last block may compute only that token."""
+        return getattr(self.model.visual, "pool_type", "tok") == "tok"
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """Final hidden state (B, T, W) -> projected global embedding (B, D), as open_clip pools."""
         visual = self.model.visual
@@ -418,7 +423,7 @@ class ClipBackbone(nn.Module):
                 pooled_only
                 and i == self.num_layers - 1
                 and not (use_vv or lyr in layers or final_tokens)
-                and getattr(self.model.visual, "pool_type", "tok") == "tok"
+                and self._pools_cls
             )
             o, vv = self.block_attention(i, x, need_vv=use_vv, cls_only=last_cls)
             mid = (x[:, :1] if last_cls else x) + o
@@ -465,7 +470,7 @@ class ClipBackbone(nn.Module):
         outs = []
         ln_pre = self.model.visual.ln_pre
         n = self.num_layers
-        cls_last = getattr(self.model.visual, "pool_type", "tok") == "tok"
+        cls_last = self._pools_cls
         for start in range(0, flat.shape[0], chunk_size):
             x = ln_pre(flat[start : start + chunk_size])
             for i in range(n):

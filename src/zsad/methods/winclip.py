@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, MethodConfig
+from zsad.ops import upsample
 from zsad.prompts import state_text
 from zsad.types import Prediction
 
@@ -165,5 +166,5 @@ class WinClip(Method):
             patch_map = (patch_map + few_map) / 2
             image_scores = (image_scores + few_map.amax(-1)) / 2
         s = self.image_size
-        amap = F.interpolate(patch_map.reshape(b, 1, gh, gw), size=(s, s), mode="bilinear", align_corners=False)
-        return Prediction(pred_score=image_scores.float(), anomaly_map=amap[:, 0].float())
+        amap = upsample(patch_map.reshape(b, gh, gw), s)
+        return Prediction(pred_score=image_scores.float(), anomaly_map=amap.float())
