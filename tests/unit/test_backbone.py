@@ -222,3 +222,20 @@ def test_pooled_only_gives_the_same_embedding(tiny_backbone: ClipBackbone, image
         full = tiny_backbone.encode_image(images96).embedding
         fast = tiny_backbone.encode_image(images96, pooled_only=True).embedding
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-4)
+
+
+def test_text_prompt_sets_equal_repeated_sentences(tiny_backbone: ClipBackbone) -> None:
+    """Sentences of different lengths under P prompt sets = the plain loop on the sentences repeated P times."""
+    tok = tiny_backbone.tokenize(["x x x a photo of a screw.", "x x x damaged", "x x x a b c d e f g h"])
+    g = torch.Generator().manual_seed(1)
+    width = tiny_backbone.model.token_embedding.weight.shape[1]
+    prompts = {1: torch.randn(2, 3, width, generator=g), 2: torch.randn(2, 3, width, generator=g)}
+    with torch.no_grad():
+        got = tiny_backbone.encode_text_prompt_sets(tok, prompts)
+        for p in range(2):
+            ref = tiny_backbone.encode_text_tokens(tok, deep_prompts={i: v[p : p + 1] for i, v in prompts.items()})
+            torch.testing.assert_close(got[p], ref, atol=1e-5, rtol=1e-4)
+    assert got.shape == (2, 3, tiny_backbone.embed_dim)
+    assert not torch.allclose(got[0], got[1], atol=1e-3)
+    with pytest.raises(ZsadInputError, match="common first dimension"):
+        tiny_backbone.encode_text_prompt_sets(tok, {1: prompts[1], 2: prompts[2][:1]})

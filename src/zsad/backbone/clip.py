@@ -235,34 +235,67 @@ class ClipBackbone(nn.Module):
         ``deep_prompts[i]`` of shape (N or 1, M, width): learnable prompts in the text encoder (AdaCLIP). The pooled
         position is found from the token ids as open_clip does; a test checks the loop equals ``encode_text``.
         """
+        return self._text_tower(tokens, deep_prompts or {}, start, sets=None)
+
+    def encode_text_prompt_sets(
+        self, tokens: torch.Tensor, deep_prompts: dict[int, torch.Tensor], *, start: int = 1
+    ) -> torch.Tensor:
+        """Every sentence (S, L) under each of P prompt sets {block: (P, M, width)} -> (P, S, D).
+
+        Equal to ``encode_text_tokens`` on the sentences repeated P times, but the blocks before the first prompted
+        one run once for all sets (AdaCLIP's per-image text prompts start at block 1).
+        """
+        sets = {v.shape[0] for v in deep_prompts.values()}
+        if len(sets) != 1:
+            raise ZsadInputError(f"prompt sets need one common first dimension, got {sorted(sets)}")
+        return self._text_tower(tokens, deep_prompts, start, sets=sets.pop())
+
+    def _text_tower(
+        self, tokens: torch.Tensor, prompts: dict[int, torch.Tensor], start: int, sets: int | None
+    ) -> torch.Tensor:
         model = self.model
         pool = getattr(model, "text_pool_type", "argmax")
         if pool not in ("argmax", "eos") or getattr(model, "attn_mask", None) is None:
             raise ZsadInputError(f"{self.model_name}: only causal text towers pooled at the end token are supported")
         cast = model.transformer.get_cast_dtype()
-        # Under the causal mask nothing after the pooled (end) token reaches it: run only up to the longest sentence.
         eos = getattr(model, "text_eos_id", None)
         end = tokens.argmax(-1) if pool == "argmax" else (tokens == eos).int().argmax(-1)
-        length = int(end.max()) + 1
-        tokens = tokens[:, :length]
-        x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
-        mask = model.attn_mask[:length, :length]
-        prompts = deep_prompts or {}
-        for i in range(len(model.transformer.resblocks)):
-            if i in prompts:
-                p = prompts[i].to(x.dtype)
-                m = p.shape[1]
-                x = torch.cat([x[:, :start], p.expand(x.shape[0], -1, -1), x[:, start + m :]], dim=1)
-            o, _ = self.block_attention(i, x, tower="text", attn_mask=mask)
-            x = self.block_mlp(i, x + o, tower="text")
-        x = model.ln_final(x)
-        from open_clip.transformer import text_global_pool
-
-        pooled = text_global_pool(x, tokens, pool, eos_token_id=eos)
-        proj = model.text_projection
-        if proj is None:
-            return pooled
-        return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+        blocks = model.transformer.resblocks
+        first = min(prompts, default=len(blocks))
+        out: torch.Tensor | None = None
+        # Under the causal mask nothing after the pooled (end) token reaches it, so sentences run in groups of equal
+        # length, each cut just after its end token (exact), and the pooled token is the group's last position.
+        for stop in sorted(set(end.tolist())):
+            idx = (end == stop).nonzero().squeeze(1)
+            length = stop + 1
+            tok = tokens[idx, :length]
+            x = model.token_embedding(tok).to(cast) + model.positional_embedding[:length].to(cast)
+            mask = model.attn_mask[:length, :length]
+            for i in range(len(blocks)):
+                if sets is not None and i == first:
+                    x = x.repeat(sets, 1, 1)  # set-major: row p * len(idx) + s
+                if i in prompts:
+                    p = prompts[i].to(x.dtype)
+                    if sets is not None:
+                        p = p.repeat_interleave(len(idx), dim=0)
+                    elif p.shape[0] != 1:
+                        p = p[idx]
+                    m = p.shape[1]
+                    x = torch.cat([x[:, :start], p.expand(x.shape[0], -1, -1), x[:, start + m :]], dim=1)
+                o, _ = self.block_attention(i, x, tower="text", attn_mask=mask)
+                x = self.block_mlp(i, x + o, tower="text")
+            pooled = model.ln_final(x[:, -1])
+            proj = model.text_projection
+            if proj is not None:
+                pooled = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+            if sets is not None:
+                pooled = pooled.reshape(sets, len(idx), -1)
+            if out is None:
+                shape = (tokens.shape[0], pooled.shape[-1]) if sets is None else (sets, tokens.shape[0], pooled.shape[-1])
+                out = pooled.new_empty(shape)
+            out[..., idx, :] = pooled
+        assert out is not None
+        return out
 
     def clear_text_cache(self) -> None:
         self._text_cache.clear()

@@ -187,10 +187,8 @@ class AdaClip(Method):
     def _text(self, txt_prompts: dict[int, torch.Tensor], b: int) -> torch.Tensor:
         """(B, 2, D) unit state features, each image's sentences encoded with its own text prompts."""
         tokens, n_normal = self.tokens
-        s = tokens.shape[0]
-        if txt_prompts:
-            flat = {j: v.repeat_interleave(s, dim=0) for j, v in txt_prompts.items()}  # (B*S, M, Wt)
-            emb = self.backbone.encode_text_tokens(tokens.repeat(b, 1), deep_prompts=flat).reshape(b, s, -1)
+        if txt_prompts:  # (B, S, D); block 0 has no text prompt, so it runs once for all images
+            emb = self.backbone.encode_text_prompt_sets(tokens, txt_prompts)
         else:
             emb = self.backbone.encode_text_tokens(tokens)[None].expand(b, -1, -1)
         emb = F.normalize(emb, dim=-1)
