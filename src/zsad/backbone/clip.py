@@ -291,7 +291,9 @@ class ClipBackbone(nn.Module):
             if sets is not None:
                 pooled = pooled.reshape(sets, len(idx), -1)
             if out is None:
-                shape = (tokens.shape[0], pooled.shape[-1]) if sets is None else (sets, tokens.shape[0], pooled.shape[-1])
+                shape = (
+                    (tokens.shape[0], pooled.shape[-1]) if sets is None else (sets, tokens.shape[0], pooled.shape[-1])
+                )
                 out = pooled.new_empty(shape)
             out[..., idx, :] = pooled
         assert out is not None
