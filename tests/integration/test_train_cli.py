@@ -192,6 +192,22 @@ def test_adaclip_trains_evaluates_and_guards_leakage(two_sets: tuple[Path, Path]
         *TINY,
     )
     assert seen.exit_code == 2 and "were used to train" in seen.output
+    # two trainable methods side by side: each --checkpoint goes to the method its manifest names
+    sdp_ckpt = tmp_path / "sdp_plus"
+    res = _run("train", "--method", "sdp+", *_folder(two_sets[0]), "--epochs", "1", "--out", str(sdp_ckpt), *TINY)
+    assert res.exit_code == 0, res.output
+    both = ["--method", "adaclip", "--method", "sdp+", "--checkpoint", str(sdp_ckpt), "--checkpoint", str(ckpt)]
+    res = _run("eval", *_folder(two_sets[1]), *both, "--out", str(tmp_path / "both"), *TINY)
+    assert res.exit_code == 0, res.output
+    for name, folder, path in (("adaclip", "adaclip", ckpt), ("sdp+", "sdp_plus", sdp_ckpt)):
+        used = json.loads((tmp_path / "both" / folder / "manifest.json").read_text())
+        assert used["method"] == name and used["config"]["checkpoint"] == str(path)
+        assert f"| {name} |" in (tmp_path / "both" / "comparison.md").read_text()
+    twice = _run("eval", *_folder(two_sets[1]), *both[:4], "--checkpoint", str(ckpt), "--checkpoint", str(ckpt), *TINY)
+    assert twice.exit_code == 2 and "two checkpoints for method adaclip" in twice.output
+    pair = ["--method", "sdp+", "--method", "winclip", "--checkpoint", str(sdp_ckpt), "--checkpoint", str(ckpt)]
+    stray = _run("eval", *_folder(two_sets[1]), *pair, *TINY)
+    assert stray.exit_code == 2 and "trained for method 'adaclip', which is not among" in stray.output
 
 
 def test_train_on_a_list_of_datasets(two_sets: tuple[Path, Path], tmp_path: Path) -> None:

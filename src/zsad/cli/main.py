@@ -37,6 +37,14 @@ MethodOpt = Annotated[
 Checkpoint = Annotated[
     Path | None, typer.Option(help="Trained parts of a trainable method (folder made by `zsad train`).")
 ]
+Checkpoints = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--checkpoint",
+        help="Trained parts (folder made by `zsad train`); repeat it for several trainable methods: each checkpoint "
+        "goes to the method its manifest names.",
+    ),
+]
 NormalDir = Annotated[str | None, typer.Option(help="folder: normal images dir, relative to --root.")]
 AbnormalDir = Annotated[str | None, typer.Option(help="folder: anomalous images dir, relative to --root.")]
 MaskDir = Annotated[str | None, typer.Option(help="folder: masks dir (may equal the image dir).")]
@@ -144,6 +152,32 @@ def _build(
             f"{method_name} ...`)"
         )
     return cls(bb, **options)
+
+
+def _route_checkpoints(methods: list[str], paths: list[Path]) -> dict[str, Path]:
+    """Each --checkpoint to the method its manifest names; one checkpoint and one trainable method always pair."""
+    from zsad.methods import get_method_class
+    from zsad.train import read_manifest
+
+    trainable = [m for m in methods if get_method_class(m).trainable]
+    if not paths:
+        return {}
+    if not trainable:
+        raise ZsadInputError(f"--checkpoint: none of the methods {', '.join(methods)} has trained parts")
+    if len(paths) == 1 and len(trainable) == 1:
+        return {trainable[0]: paths[0]}  # the loader names a method mismatch
+    routed: dict[str, Path] = {}
+    for path in paths:
+        owner = read_manifest(path)[1].get("method")
+        if owner not in trainable:
+            raise ZsadInputError(
+                f"--checkpoint {path}: trained for method {owner!r}, which is not among the trainable --method "
+                f"{', '.join(trainable)}"
+            )
+        if owner in routed:
+            raise ZsadInputError(f"--checkpoint: two checkpoints for method {owner}: {routed[owner]} and {path}")
+        routed[owner] = path
+    return routed
 
 
 _DATA_ARGS = ("normal_dir", "abnormal_dir", "mask_dir", "image_dir", "labels_csv", "image_glob", "class_name")
@@ -287,7 +321,7 @@ def eval_cmd(
     device: Device = "",
     seed: int = 0,
     option: MethodOpt = None,
-    checkpoint: Checkpoint = None,
+    checkpoint: Checkpoints = None,
     allow_seen: Annotated[
         bool, typer.Option(help="Evaluate images a checkpoint was trained on (NOT zero-shot; flagged in results).")
     ] = False,
@@ -298,7 +332,6 @@ def eval_cmd(
     """
     try:
         from zsad.cli.evaluate import run_eval, write_comparison
-        from zsad.methods import get_method_class
 
         methods = method or ["winclip"]
         parsed = _parse_options(option)
@@ -306,8 +339,9 @@ def eval_cmd(
         spec = _spec(locals(), k_shot=k_shot, reference_dir=reference_dir, seed=seed, allow_seen=allow_seen)
         cache: dict[tuple[Any, ...], Any] = {}
         results = {}
+        routed = _route_checkpoints(methods, checkpoint or [])
         for name in methods:
-            ckpt = checkpoint if get_method_class(name).trainable else None
+            ckpt = routed.get(name)
             opts = _options_for(name, parsed, strict=len(methods) == 1)
             m = _build(name, backbone, pretrained, weights, image_size, device or None, seed, opts, ckpt, cache)
             where = out if len(methods) == 1 else out / name.replace("+", "_plus")

@@ -1,7 +1,16 @@
 """Shared training for the methods with learnable parts: one loop, one set of losses, one checkpoint format."""
 
-from zsad.train.checkpoint import load_checkpoint, save_checkpoint
+from zsad.train.checkpoint import load_checkpoint, read_manifest, save_checkpoint
 from zsad.train.loop import TrainConfig, TrainResult, fit
 from zsad.train.losses import dice_loss, focal_loss
 
-__all__ = ["TrainConfig", "TrainResult", "dice_loss", "fit", "focal_loss", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "dice_loss",
+    "fit",
+    "focal_loss",
+    "load_checkpoint",
+    "read_manifest",
+    "save_checkpoint",
+]

@@ -119,16 +119,9 @@ def _resolve(path: Path) -> tuple[Path, Path]:
     return folder, model
 
 
-def load_checkpoint(
-    path: Path, *, method: str, backbone: dict[str, Any]
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors (on CPU) and manifest of a checkpoint, after checking its bytes, method and backbone.
-
-    ``backbone`` is the current ``ClipBackbone.manifest()``. A different ``image_size`` is allowed: compare
-    ``manifest["backbone"]["image_size"]`` yourself to warn.
-    """
-    path = Path(path)
-    folder, model = _resolve(path)
+def read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
+    """(model file, manifest) of a checkpoint folder, without reading the tensors: which method is it for?"""
+    folder, model = _resolve(Path(path))
     mpath = folder / MANIFEST_FILE
     if not mpath.is_file():
         raise ZsadInputError(f"{mpath}: missing, the checkpoint is incomplete; re-run `zsad train`")
@@ -138,6 +131,20 @@ def load_checkpoint(
         raise ZsadInputError(f"{mpath}: not valid JSON ({_first_line(e)}); re-run `zsad train`") from e
     if not isinstance(manifest, dict) or "sha256" not in manifest:
         raise ZsadInputError(f"{mpath}: not a zsad checkpoint manifest (no sha256 recorded); re-run `zsad train`")
+    return model, manifest
+
+
+def load_checkpoint(
+    path: Path, *, method: str, backbone: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors (on CPU) and manifest of a checkpoint, after checking its bytes, method and backbone.
+
+    ``backbone`` is the current ``ClipBackbone.manifest()``. A different ``image_size`` is allowed: compare
+    ``manifest["backbone"]["image_size"]`` yourself to warn.
+    """
+    path = Path(path)
+    model, manifest = read_manifest(path)
+    mpath = model.parent / MANIFEST_FILE
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ZsadInputError(
