@@ -6,13 +6,15 @@ Split (deterministic: file names sorted):
 No image is in both; the leakage guard of ``zsad eval`` would refuse otherwise.
 
 The subsets are folders of symbolic links under ``--work`` (nothing is copied). Then it runs
-``zsad train --method sdp+`` on the train folder and one ``zsad eval`` with every ``--method`` on the test folder,
-and prints (or appends to benchmarks/RESULTS.md) the comparison table with the commands and wall times.
+``zsad train --method M`` on the train folder for every trainable method asked for (sdp+, adaclip) and one
+``zsad eval`` with every ``--method`` (and every checkpoint) on the test folder, and prints (or appends to
+benchmarks/RESULTS.md) the comparison table with the commands and wall times. ``--epochs`` / ``--batch-size`` take a
+default and ``METHOD=VALUE`` overrides, e.g. ``--epochs 5 --epochs adaclip=2``.
 
 With ``--pretrained none`` (the default here: no pretrained weights can be downloaded on our machines) the numbers
 prove the pipeline on real files only; they are NOT detection quality.
 
-    python benchmarks/asset_methods.py --methods winclip sdp sdp+ --append-results
+    python benchmarks/asset_methods.py --methods winclip sdp sdp+ adaclip --epochs adaclip=2 --append-results
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from zsad.methods import get_method_class
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,6 +55,13 @@ def build_split(assets: Path, work: Path, n_test_free: int, n_train_free: int) -
     return train, test
 
 
+def per_method(values: list[str], method: str, default: str) -> str:
+    """The value for ``method`` from ``["5", "adaclip=2"]``-style lists: its own ``METHOD=V`` else the plain one."""
+    plain = [v for v in values if "=" not in v]
+    own = [v.split("=", 1)[1] for v in values if v.split("=", 1)[0] == method]
+    return (own or plain or [default])[-1]
+
+
 def run(cmd: list[str], log: list[str]) -> float:
     print("$", shlex.join(cmd), flush=True)
     t = time.perf_counter()
@@ -72,8 +83,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--n-test-free", type=int, default=40)
     ap.add_argument("--n-train-free", type=int, default=20)
-    ap.add_argument("--epochs", default="5")
-    ap.add_argument("--batch-size", default="8")
+    ap.add_argument("--epochs", action="append", default=[], help="N or METHOD=N (default 5)")
+    ap.add_argument("--batch-size", action="append", default=[], help="N or METHOD=N (default 8)")
     ap.add_argument("--append-results", action="store_true")
     args = ap.parse_args()
 
@@ -83,32 +94,35 @@ def main() -> None:
     bb += ["--device", args.device]
     folder = ["--dataset", "folder", "--normal-dir", "good", "--image-glob", "*.jpg", "--class-name", "magnetic tile"]
     log: list[str] = []
-    ckpt = args.work / "sdp_plus_ckpt"
-    trained = [m for m in args.methods if m == "sdp+"]
-    if trained:
+    trained = [m for m in args.methods if get_method_class(m).trainable]
+    recipe = {m: (per_method(args.epochs, m, "5"), per_method(args.batch_size, m, "8")) for m in trained}
+    ckpts = {m: args.work / f"{m.replace('+', '_plus')}_ckpt" for m in trained}
+    for m in trained:
         run(
-            [*zsad, "train", "--method", "sdp+", "--root", str(train), *folder, "--abnormal-dir", "blowhole"]
-            + ["--mask-dir", "blowhole", "--epochs", args.epochs, "--batch-size", args.batch_size]
-            + ["--out", str(ckpt), *bb],
+            [*zsad, "train", "--method", m, "--root", str(train), *folder, "--abnormal-dir", "blowhole"]
+            + ["--mask-dir", "blowhole", "--epochs", recipe[m][0], "--batch-size", recipe[m][1]]
+            + ["--out", str(ckpts[m]), *bb],
             log,
         )
     out = args.work / "eval"
     cmd = [*zsad, "eval", "--root", str(test), *folder, "--abnormal-dir", "crack", "--mask-dir", "crack"]
     cmd += [x for m in args.methods for x in ("--method", m)] + ["--out", str(out), "--overlays", "4", *bb]
-    if trained:
-        cmd += ["--checkpoint", str(ckpt)]
+    cmd += [x for m in trained for x in ("--checkpoint", str(ckpts[m]))]
     run(cmd, log)
     table = (out / "comparison.md").read_text() if len(args.methods) > 1 else (out / "metrics.md").read_text()
     section = [
         "",
         f"### Methods side by side on Magnetic Tile ({time.strftime('%Y-%m-%d')}, `--device {args.device}`)",
         "",
-        f"Command: `python benchmarks/asset_methods.py --methods {' '.join(args.methods)} --device {args.device}`",
+        f"Command: `python benchmarks/asset_methods.py --methods {' '.join(args.methods)} --device {args.device}"
+        + "".join(f" --epochs {m}={e} --batch-size {m}={b}" for m, (e, b) in recipe.items())
+        + "`",
         f"Weights: `{args.backbone}` pretrained=`{args.pretrained}`"
         + (" (SEEDED RANDOM, seed 0): **plumbing only, NOT detection quality**." if args.pretrained == "none" else "."),
-        f"Split: test = MT_Free 1..{args.n_test_free} (sorted names) + all 57 MT_Crack; SDP+ trained on all 115 "
-        f"MT_Blowhole + MT_Free {args.n_test_free + 1}..{args.n_test_free + args.n_train_free} "
-        f"({args.epochs} epochs, batch {args.batch_size}); no image in both.",
+        f"Split: test = MT_Free 1..{args.n_test_free} (sorted names) + all 57 MT_Crack; trained methods on all 115 "
+        f"MT_Blowhole + MT_Free {args.n_test_free + 1}..{args.n_test_free + args.n_train_free} ("
+        + "; ".join(f"{m}: {e} epochs, batch {b}" for m, (e, b) in recipe.items())
+        + "); no image in both.",
         "",
         table.strip(),
         "",

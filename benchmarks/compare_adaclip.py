@@ -860,8 +860,8 @@ def main() -> None:
         "per-sentence text embeddings (48 x 512, before normalisation)",
         lambda: per_image(lambda r: torch.cat(r["sentence_emb"]), lambda b: z["sentence_emb"][b]),
         lambda: (
-            "zsad runs sentences in groups of equal length, each cut after its end token (causal mask); official runs all 77 positions; "
-            + scale_of(lambda r: torch.cat(r["sentence_emb"]))
+            "zsad runs sentences in groups of equal length, each cut after its end token (causal mask); "
+            "official runs all 77 positions; " + scale_of(lambda r: torch.cat(r["sentence_emb"]))
         ),
     )
     for c, state in enumerate(("normal", "anomalous")):
