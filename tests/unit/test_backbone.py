@@ -239,3 +239,17 @@ def test_text_prompt_sets_equal_repeated_sentences(tiny_backbone: ClipBackbone) 
     assert not torch.allclose(got[0], got[1], atol=1e-3)
     with pytest.raises(ZsadInputError, match="common first dimension"):
         tiny_backbone.encode_text_prompt_sets(tok, {1: prompts[1], 2: prompts[2][:1]})
+
+
+def test_activation_is_recorded_and_used(tiny_backbone: ClipBackbone) -> None:
+    """A QuickGELU build keeps its activation through zsad's block loop (equal to open_clip's own forward)."""
+    import open_clip
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = open_clip.create_model("zsad-tiny", pretrained=None, force_quick_gelu=True)
+    quick = ClipBackbone.from_model(model.eval(), "zsad-tiny")
+    assert quick.manifest()["activation"] == "QuickGELU" and tiny_backbone.manifest()["activation"] == "GELU"
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(quick.encode_image(x).embedding, model.encode_image(x), atol=1e-5, rtol=1e-4)

@@ -191,7 +191,16 @@ class ClipBackbone(nn.Module):
             "image_size": self.image_size,
             "pos_interpolation": self.pos_interpolation,
             "seed": self.seed,
+            "activation": self.activation,
         }
+
+    @property
+    def activation(self) -> str:
+        """MLP activation of the image tower. OpenAI trained with QuickGELU, but open_clip's ``ViT-L-14-336`` config
+        (and both official CLIP-AD at 518 px and AdaCLIP) run its weights with exact GELU; ``-quickgelu`` names fix
+        that. Recorded so a run says which one it used."""
+        mlp = self.model.visual.transformer.resblocks[0].mlp
+        return type(getattr(mlp, "gelu", mlp[1] if isinstance(mlp, nn.Sequential) else mlp)).__name__
 
     @property
     def device(self) -> torch.device:
