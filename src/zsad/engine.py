@@ -158,14 +158,63 @@ def score_batches(
         for err in batch.get("errors", []):
             if on_error:
                 on_error(err)
-        pred = method.predict(batch["image"])
-        yield ScoredBatch(
-            paths=list(batch["image_path"]),
-            scores=pred.pred_score.detach().cpu().numpy().astype(np.float64),
-            maps=pred.anomaly_map.detach().cpu().numpy().astype(np.float32),
-            batch=batch,
-            parts={k: v.detach().cpu().numpy().astype(np.float64) for k, v in pred.score_parts.items()},
-        )
+        yield _scored(batch, method.predict(batch["image"]))
+
+
+def score_dataset(
+    method: Method,
+    dataset: Any,
+    batch_size: int,
+    *,
+    skip_paths: set[str] | None = None,
+    skip_bad: bool = False,
+    on_error: Callable[[dict[str, Any]], None] | None = None,
+    progress: Any = None,
+    label: str = "",
+) -> Iterator[ScoredBatch]:
+    """Score a dataset batch by batch; a set-level method (pairing) first encodes every image of the set.
+
+    Set-level: pass 1 runs the backbone once per image into the method's feature bank (images already scored are
+    still encoded: they are partners), shown as a ``progress`` (rich) task; pass 2 re-reads only the images to
+    score (files, not the backbone) and scores them against the whole set.
+    """
+    if not method.set_level:
+        batches = iterate_batches(dataset, batch_size, skip_bad=skip_bad, skip_paths=skip_paths)
+        yield from score_batches(method, batches, on_error)
+        return
+    if skip_paths and all(str(s.image_path) in skip_paths for s in dataset.samples):
+        return
+    bank = method.new_bank()
+    rows: dict[str, int] = {}
+    task = progress.add_task(f"{label or method.name}: encoding the set", total=len(dataset)) if progress else None
+    with torch.no_grad():
+        for batch in iterate_batches(dataset, batch_size, skip_bad=skip_bad):
+            for err in batch.get("errors", []):
+                if on_error:
+                    on_error(err)
+            for p in batch["image_path"]:
+                rows[str(p)] = len(rows)
+            bank.add(method.encode(batch["image"].to(method.backbone.device)))
+            if task is not None:
+                progress.update(task, completed=len(rows))
+        if not rows:
+            return
+        method.end_set(bank)
+        for batch in iterate_batches(dataset, batch_size, skip_bad=skip_bad, skip_paths=skip_paths):
+            batch.pop("errors", None)  # reported in pass 1
+            pred = method.score_in_set(torch.tensor([rows[str(p)] for p in batch["image_path"]]), bank)
+            yield _scored(batch, pred)
+    bank.close()
+
+
+def _scored(batch: dict[str, Any], pred: Any) -> ScoredBatch:
+    return ScoredBatch(
+        paths=list(batch["image_path"]),
+        scores=pred.pred_score.detach().cpu().numpy().astype(np.float64),
+        maps=pred.anomaly_map.detach().cpu().numpy().astype(np.float32),
+        batch=batch,
+        parts={k: v.detach().cpu().numpy().astype(np.float64) for k, v in pred.score_parts.items()},
+    )
 
 
 def parts_json(parts: dict[str, np.ndarray], i: int) -> str:

@@ -14,11 +14,10 @@ from rich.progress import Progress
 from zsad.engine import (
     CsvLog,
     decode_parts,
-    iterate_batches,
     map_filename,
     parts_json,
     resize_map,
-    score_batches,
+    score_dataset,
     write_manifest,
 )
 from zsad.errors import ZsadInputError
@@ -112,7 +111,16 @@ def run_detect(
     todo = len(ds) - len(done & {str(s.image_path) for s in ds.samples})
     task = progress.add_task(f"{method.name}: scoring", total=todo)
     with progress:
-        for sb in score_batches(method, iterate_batches(ds, batch_size, skip_bad=skip_bad, skip_paths=done), on_error):
+        batches = score_dataset(
+            method,
+            ds,
+            batch_size,
+            skip_paths=done,
+            skip_bad=skip_bad,
+            on_error=on_error,
+            progress=progress,
+        )
+        for sb in batches:
             hs, ws = sb.batch["original_size"]
             rows = []
             for i, p in enumerate(sb.paths):
@@ -132,6 +140,8 @@ def run_detect(
             log.append(rows)
             progress.advance(task, len(rows))
 
+    if method.set_level and method.is_transductive:
+        console.print(f"[bold yellow]{method.name}: TRANSDUCTIVE: {method.transductive_note}[/]")
     parts = decode_parts(log.rows)
     final = method.finalize_scores(parts) if parts else None
     if final is not None:  # transductive: scores re-scaled over every image of this run
@@ -173,7 +183,7 @@ def run_detect(
             "pixel_threshold": vars(pthr),
             "normalize": normalize,
             "num_images": len(log.rows),
-            "transductive": final is not None,
+            "transductive": method.is_transductive,
         },
     )
     n_bad = len(errors.rows)

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from zsad.engine import CsvLog, decode_parts, iterate_batches, map_filename, parts_json, score_batches, write_manifest
+from zsad.engine import CsvLog, decode_parts, map_filename, parts_json, score_dataset, write_manifest
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
 from zsad.thresholds import choose_threshold
@@ -204,7 +204,7 @@ def run_eval(
     seen = training_images(method)
     notes: list[str] = []
     if method.is_transductive:
-        notes.append("TRANSDUCTIVE: image scores re-scaled with statistics of the whole category's test set")
+        notes.append(f"TRANSDUCTIVE: {method.transductive_note}")
     for cat, ds, ref_ds in _datasets(spec, kw):
         n_seen = _check_unseen(method, cat, ds, seen, spec.allow_seen, spec.dataset.lower())
         if n_seen:
@@ -215,7 +215,8 @@ def run_eval(
         done = {r["image_path"] for r in log.rows if r["category"] == cat and (out / r["anomaly_map_path"]).exists()}
         task = progress.add_task(f"{method.name} | {cat}", total=len(ds), completed=len(done))
         with progress:
-            for sb in score_batches(method, iterate_batches(ds, batch_size, skip_paths=done)):
+            label = f"{method.name} | {cat}"
+            for sb in score_dataset(method, ds, batch_size, skip_paths=done, progress=progress, label=label):
                 rows = []
                 for i, p in enumerate(sb.paths):
                     rel = Path("maps") / cat / f"{map_filename(p, str(spec.root))}.npy"

@@ -34,6 +34,9 @@ class Method(ABC):
     supports_few_shot: ClassVar[bool] = False
     transductive: ClassVar[bool] = False
     trainable: ClassVar[bool] = False  # has learnable parts: `zsad train` + `--checkpoint`
+    # Scoring an image needs the features of the whole set (pairing, mutual scoring): the runner calls
+    # ``new_bank``, ``bank.add(encode(batch))`` for every image, ``end_set(bank)``, then ``score_in_set`` per batch.
+    set_level: ClassVar[bool] = False
 
     def __init__(self, backbone: ClipBackbone, config: MethodConfig | None = None, **overrides: Any) -> None:
         cfg = config or self.config_cls()
@@ -78,6 +81,18 @@ class Method(ABC):
             raise ZsadInputError(f"{self.name}: expected images (B, 3, {s}, {s}), got {tuple(images.shape)}")
         return self._predict(images.to(self.backbone.device))
 
+    def new_bank(self) -> Any:
+        raise ZsadInputError(f"{self.name}: scores images one by one (not set-level)")
+
+    def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise ZsadInputError(f"{self.name}: scores images one by one (not set-level)")
+
+    def end_set(self, bank: Any) -> None:
+        raise ZsadInputError(f"{self.name}: scores images one by one (not set-level)")
+
+    def score_in_set(self, index: torch.Tensor, bank: Any) -> Prediction:
+        raise ZsadInputError(f"{self.name}: scores images one by one (not set-level)")
+
     def default_train_config(self) -> Any:
         """The published training recipe (a ``zsad.train.TrainConfig``) of a trainable method."""
         raise ZsadInputError(f"{self.name}: has nothing to train")
@@ -94,6 +109,11 @@ class Method(ABC):
     def is_transductive(self) -> bool:
         """Whether this configured instance uses other test images to score one (flagged in every result)."""
         return self.transductive
+
+    @property
+    def transductive_note(self) -> str:
+        """Why results are transductive, printed with every result of a transductive run."""
+        return "image scores re-scaled with statistics of the whole test set"
 
     def finalize_scores(
         self, parts: dict[str, np.ndarray], fit: dict[str, np.ndarray] | None = None
