@@ -174,3 +174,21 @@ def test_tta_adapter_starts_as_identity_and_training_lowers_the_loss(bb: ClipBac
     plain.setup("tile")
     assert not torch.allclose(plain.predict(x).anomaly_map, pred.anomaly_map, atol=1e-4)
     assert m.is_transductive and "TTA" in m.transductive_note and m.describe()["tta"]["synthetic_images"] == 8
+
+
+def test_defect_pasted_into_a_real_image_is_found(bb: ClipBackbone, assets_dir) -> None:  # noqa: ANN001
+    """A real Magnetic Tile image and its copy with a patch of a crack image pasted in: the peak is in the patch."""
+    from zsad.data import ImageList
+
+    mt = assets_dir / "magnetic_tile"
+    free = sorted((mt / "MT_Free" / "Imgs").glob("*.jpg"))[0]
+    crack = sorted((mt / "MT_Crack" / "Imgs").glob("*.jpg"))[0]
+    ds = ImageList([str(free), str(crack)], image_size=96, mean=bb.mean, std=bb.std)
+    x, c = ds[0]["image"][None], ds[1]["image"][None]
+    y = x.clone()
+    y[:, :, 16:32, 64:80] = c[:, :, 40:56, 40:56].flip(-1) * 2  # a foreign, high-contrast patch
+    m = create_method("dual-image", bb, pairing="nearest", partners=1, mode="visual", smoothing_sigma=0)
+    m.setup("magnetic tile")
+    amap = m.predict(torch.cat([x, y])).anomaly_map
+    peak = divmod(int(amap[1].argmax()), 96)
+    assert 16 <= peak[0] < 32 and 64 <= peak[1] < 80, peak
