@@ -167,6 +167,9 @@ def test_text_block_loop_matches_open_clip(tiny_backbone: ClipBackbone) -> None:
         ref = tiny_backbone.model.encode_text(tok)
         got = tiny_backbone.encode_text_tokens(tok)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    tiny_backbone.clear_text_cache()
+    cached = tiny_backbone.encode_text(["a photo of a screw.", "damaged bottle with a crack", "x"])
+    torch.testing.assert_close(cached, ref, atol=1e-5, rtol=1e-4)  # the cached path runs the same loop
 
 
 def test_text_deep_prompts_replace_positions(tiny_backbone: ClipBackbone) -> None:

@@ -226,10 +226,21 @@ class ClipBackbone(nn.Module):
         for i in range(0, len(missing), batch_size):
             chunk = missing[i : i + batch_size]
             tokens = self.tokenizer(chunk).to(self.device)
-            emb = self.model.encode_text(tokens).float().cpu()
+            with torch.no_grad():  # zsad's loop stops each sentence at its end token: same result, less compute
+                emb = (self.encode_text_tokens(tokens) if self._text_loop else self.model.encode_text(tokens)).float()
+            emb = emb.cpu()
             self._text_cache.update(zip(chunk, emb, strict=True))
         out = torch.stack([self._text_cache[p] for p in prompts]).to(self.device)
         return F.normalize(out, dim=-1) if normalize else out
+
+    @property
+    def _text_loop(self) -> bool:
+        """Whether ``encode_text_tokens`` handles this text tower (causal, pooled at the end token)."""
+        model = self.model
+        return (
+            getattr(model, "text_pool_type", "argmax") in ("argmax", "eos")
+            and getattr(model, "attn_mask", None) is not None
+        )
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         """(N, context) token ids on the backbone's device."""
