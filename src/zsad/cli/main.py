@@ -146,7 +146,7 @@ def _build(
         if not cls.trainable:
             raise ZsadInputError(f"--checkpoint: method {method_name} has no trained parts")
         options = {**options, "checkpoint": str(checkpoint)}
-    elif cls.trainable and "checkpoint" not in options:
+    elif cls.trainable and cls.requires_checkpoint and "checkpoint" not in options:
         raise ZsadInputError(
             f"method {method_name} needs trained parts: pass --checkpoint DIR (made by `zsad train --method "
             f"{method_name} ...`)"
@@ -359,14 +359,17 @@ def eval_cmd(
 @app.command("train")
 def train_cmd(
     method: Annotated[str, typer.Option(help="A trainable method (see `zsad methods`).")],
-    dataset: Annotated[
-        list[str],
-        typer.Option(
-            help="Auxiliary annotated data: mvtec | visa | folder (test split). Repeat with --root for a list."
-        ),
-    ],
-    root: Annotated[list[Path], typer.Option(help="Dataset root (one per --dataset, in the same order).")],
     out: Annotated[Path, typer.Option(help="Checkpoint folder (resumes an interrupted run with the same settings).")],
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Auxiliary annotated data: mvtec | visa | folder (test split). Repeat with --root for a list. "
+            "Not for rwda (text only)."
+        ),
+    ] = None,
+    root: Annotated[
+        list[Path] | None, typer.Option(help="Dataset root (one per --dataset, in the same order).")
+    ] = None,
     category: Category = None,
     class_name: Annotated[str | None, typer.Option(help="Prompt object name (default: the category name).")] = None,
     normal_dir: NormalDir = None,
@@ -393,12 +396,14 @@ def train_cmd(
 
         opts = _options_for(method, _parse_options(option), strict=True)
         m = _build(method, backbone, pretrained, weights, image_size, device or None, seed, {**opts, "checkpoint": ""})
+        dataset, root = dataset or [], root or []
         if len(dataset) != len(root):
             raise ZsadInputError(f"--dataset given {len(dataset)} times but --root {len(root)} times: pair them")
         args = dict(locals())
         specs = [_spec({**args, "dataset": d, "root": r}) for d, r in zip(dataset, root, strict=True)]
         overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": train_seed}
-        path = run_train(m, specs, out, {k: v for k, v in overrides.items() if v is not None}, console=console)
+        kept = {k: v for k, v in overrides.items() if v is not None}
+        path = run_train(m, specs, out, kept, console=console, class_name=class_name)
     except ZsadInputError as e:
         _fail(e)
     console.print(f"checkpoint written to {path}; use it with --method {method} --checkpoint {path}")

@@ -13,10 +13,22 @@ from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
 
 
-def run_train(method: Method, specs: list[EvalSpec], out: Path, overrides: dict[str, Any], *, console: Console) -> Path:
+def run_train(
+    method: Method,
+    specs: list[EvalSpec],
+    out: Path,
+    overrides: dict[str, Any],
+    *,
+    console: Console,
+    class_name: str | None = None,
+) -> Path:
     """Train on one dataset or a list (categories of several datasets are kept apart by a dataset prefix)."""
     if not method.trainable:
         raise ZsadInputError(f"--method {method.name}: has nothing to train (trainable methods have `zsad train`)")
+    if method.needs_training_data and not specs:
+        raise ZsadInputError(f"--method {method.name}: trains on annotated images; pass --dataset and --root")
+    if not method.needs_training_data and specs:
+        raise ZsadInputError(f"--method {method.name}: trains on text only; drop --dataset/--root")
     bb = method.backbone
     kw = {"image_size": method.image_size, "mean": bb.mean, "std": bb.std}
     pairs: list[tuple[str, Any]] = []
@@ -41,9 +53,12 @@ def run_train(method: Method, specs: list[EvalSpec], out: Path, overrides: dict[
         }
         for spec in specs
     ]
-    data_info = {"dataset": "+".join(s.dataset for s in specs), "sources": sources}
+    data_info = {"dataset": "+".join(s.dataset for s in specs) or "none (text only)", "sources": sources}
     if bb.random_init:
         console.print("[bold red]training on a SEEDED RANDOM backbone: plumbing only, not a usable detector[/]")
+    if not method.needs_training_data:
+        console.print(f"{method.name}: training on text only, {cfg.epochs} epochs, batch {cfg.batch_size}")
+        return method.fit([], cfg, out, data_info=data_info, class_names={"*": class_name} if class_name else {})
     console.print(
         f"{method.name}: training on {sum(len(d) for _, d in pairs)} images from {data_info['dataset']} "
         f"({len(pairs)} categories), {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, seed {cfg.seed}"

@@ -34,6 +34,8 @@ class Method(ABC):
     supports_few_shot: ClassVar[bool] = False
     transductive: ClassVar[bool] = False
     trainable: ClassVar[bool] = False  # has learnable parts: `zsad train` + `--checkpoint`
+    requires_checkpoint: ClassVar[bool] = True  # a trainable method refuses to run untrained (RWDA trains itself)
+    needs_training_data: ClassVar[bool] = True  # `zsad train` needs --dataset/--root (RWDA trains on text only)
     # Scoring an image needs the features of the whole set (pairing, mutual scoring): the runner calls
     # ``new_bank``, ``bank.add(encode(batch))`` for every image, ``end_set(bank)``, then ``score_in_set`` per batch.
     set_level: ClassVar[bool] = False

@@ -147,15 +147,18 @@ class WinClip(Method):
         wins = [self.backbone.encode_token_subsets(feats.embeds, tok, chunk) for tok, _ in self.windows]
         return feats.embedding, feats.final_tokens, wins
 
+    def _zero_shot_prob(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Anomalous probability of (..., D) image or window embeddings (RWDA swaps in its classifier)."""
+        return class_scores(embeddings, self.text, self.config.temperature)
+
     def _predict(self, images: torch.Tensor) -> Prediction:
-        cfg = self.config
         b = images.shape[0]
         gh, gw = self.backbone.grid_size()
         embedding, patches, wins = self._encode(images, final_tokens=self.reference is not None)
-        image_scores = class_scores(embedding, self.text, cfg.temperature)  # (B,)
+        image_scores = self._zero_shot_prob(embedding)  # (B,)
         scale_maps = [image_scores[:, None].expand(b, gh * gw)]
         for w, (_, member) in zip(wins, self.windows, strict=True):
-            scale_maps.append(harmonic_aggregation(class_scores(w, self.text, cfg.temperature), member))
+            scale_maps.append(harmonic_aggregation(self._zero_shot_prob(w), member))
         patch_map = len(scale_maps) / (1.0 / torch.stack(scale_maps)).sum(0)  # harmonic mean over scales
         if self.reference is not None and patches is not None:
             ref_patches, ref_wins = self.reference

@@ -1,0 +1,285 @@
+"""RWDA: a category-agnostic anomaly classifier trained only on CLIP text embeddings of random-word prompts.
+
+Paper: Tamura, "Random Word Data Augmentation with CLIP for Zero-Shot Anomaly Detection", BMVC 2023; specification
+../shared/docs/methods.md section 4 (no public code: the unverified details are options of ``RwdaConfig``).
+
+- Training data: ``n_pairs`` normal/anomalous sentence pairs with random words (``zsad.prompts.random_words``),
+  encoded by the backbone's cached text encoder. No image is used.
+- Classifier: 4 linear layers (D -> h -> h -> h -> 2, ReLU) trained with cross-entropy by ``zsad.train.fit``.
+- Scoring: the classifier's anomalous probability of the global image embedding (image score) and of WinCLIP's
+  window embeddings (2x2 and 3x3 windows, harmonic aggregation, harmonic mean over scales with the image score: the
+  pixel map). ``combine="rwda+clip"`` averages it with WinCLIP's plain prompt probability.
+- ``object_mode="unknown"`` (category-agnostic, default): prompts name a generic or random object and the method
+  never reads the class name. ``known``: the class name is the object of every training prompt (one classifier per
+  class) and of the CLIP prompts.
+- Modality gap: image and text embeddings sit in different regions of CLIP space. Both are L2-normalised
+  (``modality_gap="normalize"``); ``center`` also subtracts each modality's mean: the training prompts' mean for
+  text, and, for an image, the mean of its own global and window embeddings (per image, so no other test image is
+  used). It is an experimental option.
+- Without ``checkpoint`` the classifier is trained on the fly (seeded) and cached under ``cache_dir`` keyed by the
+  backbone's weights and every setting that changes it, so the category-agnostic mode is one command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from torch import nn
+
+from zsad.errors import ZsadInputError
+from zsad.methods.trained import load_tensors, save_method
+from zsad.methods.winclip import WinClip, WinClipConfig, class_scores
+from zsad.prompts.random_words import GENERIC_OBJECTS, RandomWordOptions, random_word_prompts
+
+_GENERATOR_FIELDS = ("n_pairs", "min_words", "max_words", "word_source", "positions", "random_object_rate")
+
+
+@dataclass
+class RwdaConfig(WinClipConfig):
+    object_mode: str = "unknown"  # unknown (category-agnostic, never reads the class name) | known
+    combine: str = "rwda"  # rwda | rwda+clip (mean with WinCLIP's prompt probability)
+    n_pairs: int = 10_000  # N_p
+    min_words: int = 1
+    max_words: int = 3
+    word_source: str = "mixed"  # chars | vocab | mixed
+    positions: str = "any"  # prefix | suffix | inside | any
+    random_object_rate: float = 0.25  # unknown mode: pairs whose object is a random word
+    generator_seed: int = 0
+    hidden: int = 512
+    modality_gap: str = "normalize"  # normalize | center
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    train_seed: int = 0
+    checkpoint: str = ""
+    cache_dir: str = ""  # default: $ZSAD_CACHE/rwda or ~/.cache/zsad/rwda
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.object_mode not in ("unknown", "known"):
+            raise ZsadInputError(f"rwda: object_mode {self.object_mode!r}: use unknown or known")
+        if self.combine not in ("rwda", "rwda+clip"):
+            raise ZsadInputError(f"rwda: combine {self.combine!r}: use rwda or rwda+clip")
+        if self.modality_gap not in ("normalize", "center"):
+            raise ZsadInputError(f"rwda: modality_gap {self.modality_gap!r}: use normalize or center")
+        self.generator(None)  # validates the generator options
+
+    def generator(self, class_name: str | None) -> RandomWordOptions:
+        """Prompt generator options; known-object mode with a class name puts it in every prompt."""
+        named = self.object_mode == "known" and bool(class_name)
+        return RandomWordOptions(
+            **{k: getattr(self, k) for k in _GENERATOR_FIELDS if k != "random_object_rate"},
+            random_object_rate=0.0 if named else self.random_object_rate,
+            prompt_set=self.prompt_set,
+            objects=(str(class_name),) if named else GENERIC_OBJECTS,
+            seed=self.generator_seed,
+        )
+
+
+class Classifier(nn.Module):
+    """4 linear layers on unit text/image embeddings; ``text_mean`` is the training prompts' mean (centring)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 2),
+        )
+        self.register_buffer("text_mean", torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Rwda(WinClip):
+    name = "rwda"
+    config_cls = RwdaConfig
+    config: RwdaConfig
+    supports_few_shot = False
+    trainable = True
+    requires_checkpoint = False  # trains itself on the fly (seconds to minutes), cached
+    needs_training_data = False  # text only
+    needs_class_name = False  # object_mode=unknown (default) never reads it
+
+    def __init__(self, backbone: Any, config: RwdaConfig | None = None, **overrides: Any) -> None:
+        super().__init__(backbone, config, **overrides)
+        self.training_manifest: dict[str, Any] | None = None
+        self.classifier: Classifier | None = None
+        self._for_class: str | None = None
+        if self.config.checkpoint:
+            self.load(self.config.checkpoint)
+
+    # ------------------------------------------------------------------ text-only training
+    def _embed(self, sentences: list[str]) -> torch.Tensor:
+        return F.normalize(self.backbone.encode_text(sentences, batch_size=512).float(), dim=-1)
+
+    def _dataset(self, opts: RandomWordOptions) -> tuple[torch.Tensor, torch.Tensor]:
+        sentences, labels = random_word_prompts(opts)
+        emb = self._embed(sentences)
+        self.backbone.clear_text_cache()  # tens of thousands of one-off sentences: do not keep them
+        return emb, torch.tensor(labels, device=emb.device)
+
+    def _prepare(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x - mean, dim=-1) if self.config.modality_gap == "center" else F.normalize(x, dim=-1)
+
+    def train_classifier(self, class_name: str | None, *, progress: bool = False) -> dict[str, Any]:
+        """Generate, encode and fit; returns the training record (held-out accuracy on prompts never seen)."""
+        from zsad.train import TrainConfig, fit
+
+        cfg = self.config
+        opts = cfg.generator(class_name)
+        emb, labels = self._dataset(opts)
+        held = dataclasses.replace(opts, seed=opts.seed + 1, n_pairs=max(1, min(2000, opts.n_pairs // 5)))
+        h_emb, h_labels = self._dataset(held)
+        torch.manual_seed(cfg.train_seed)
+        clf = Classifier(emb.shape[1], cfg.hidden).to(emb.device)
+        if cfg.modality_gap == "center":
+            clf.text_mean.copy_(emb.mean(0))
+        x = self._prepare(emb, clf.text_mean)
+
+        def step(module: nn.Module, batch: list[int]) -> torch.Tensor:
+            idx = torch.tensor(batch, device=x.device)
+            return F.cross_entropy(module(x[idx]), labels[idx])
+
+        train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.train_seed)
+        result = fit(clf, list(range(len(x))), step, train_cfg, progress=progress, description="rwda (text only)")
+        clf.eval()
+        with torch.no_grad():
+            acc = float((clf(self._prepare(h_emb, clf.text_mean)).argmax(-1) == h_labels).float().mean())
+        self.classifier = clf
+        return {
+            "data": "text only: random-word prompts (no images)",
+            "generator": dataclasses.asdict(opts),
+            "num_sentences": len(x),
+            "heldout_sentences": len(h_emb),
+            "heldout_accuracy": acc,
+            "train_config": dataclasses.asdict(train_cfg),
+            "history": result.history,
+        }
+
+    def default_train_config(self) -> Any:
+        from zsad.train import TrainConfig
+
+        cfg = self.config
+        return TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.train_seed)
+
+    def fit(
+        self,
+        datasets: Any,
+        train_cfg: Any,
+        out: Path,
+        *,
+        progress: bool = True,
+        class_names: dict[str, str] | None = None,
+        **_: Any,
+    ) -> Path:
+        """``zsad train --method rwda``: text only; the recipe overrides become the config's training fields."""
+        self.config = dataclasses.replace(
+            self.config,
+            epochs=train_cfg.epochs,
+            batch_size=train_cfg.batch_size,
+            lr=train_cfg.lr,
+            train_seed=train_cfg.seed,
+        )
+        class_name = (class_names or {}).get("*") if self.config.object_mode == "known" else None
+        if self.config.object_mode == "known" and not class_name:
+            raise ZsadInputError("rwda: object_mode=known trains one classifier per object: pass --class-name")
+        record = self.train_classifier(class_name, progress=progress)
+        Console(stderr=True).print(f"rwda: held-out prompt accuracy {100 * record['heldout_accuracy']:.1f}%")
+        return self.save(out, record)
+
+    # ------------------------------------------------------------------ checkpoints and the on-the-fly cache
+    def tensors(self) -> dict[str, torch.Tensor]:
+        assert self.classifier is not None
+        return {k: v.detach().cpu().contiguous() for k, v in self.classifier.state_dict().items()}
+
+    def save(self, out: Path, training: dict[str, Any]) -> Path:
+        return save_method(self, out, training, dataclasses.asdict(self.config))
+
+    def load(self, path: str | Path) -> None:
+        from zsad.train import load_checkpoint
+
+        tensors, manifest = load_checkpoint(Path(path), method=self.name, backbone=self.backbone.manifest())
+        saved = manifest.get("config", {})
+        keep = ("hidden", "modality_gap", "object_mode", *_GENERATOR_FIELDS, "generator_seed")
+        self.config = dataclasses.replace(self.config, **{k: saved[k] for k in keep if k in saved})
+        clf = Classifier(self.backbone.embed_dim, self.config.hidden).to(self.backbone.device)
+        load_tensors(clf, tensors, path)
+        clf.eval()
+        self.classifier = clf
+        self.training_manifest = manifest
+        self._for_class = manifest.get("training", {}).get("generator", {}).get("objects", [None])[0]
+
+    def cache_key(self, class_name: str | None) -> str:
+        """Digest of what decides the classifier: backbone weights, generator, classifier and training settings."""
+        bb = self.backbone.manifest()
+        fields = (*_GENERATOR_FIELDS, "generator_seed", "object_mode", "prompt_set", "hidden", "modality_gap")
+        key = {
+            "backbone": {k: bb.get(k) for k in ("model_name", "pretrained", "weights", "seed", "random_init")},
+            "config": {k: getattr(self.config, k) for k in (*fields, "epochs", "batch_size", "lr", "train_seed")},
+            "class": class_name if self.config.object_mode == "known" else None,
+            "format": 1,
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+    def _cache_root(self) -> Path:
+        if self.config.cache_dir:
+            return Path(self.config.cache_dir)
+        base = os.environ.get("ZSAD_CACHE") or Path.home() / ".cache" / "zsad"
+        return Path(base) / "rwda"
+
+    # ------------------------------------------------------------------ inference
+    def _setup(self, class_name: str, reference_images: torch.Tensor | None) -> None:
+        known = self.config.object_mode == "known"
+        name = class_name if known else "object"  # category-agnostic: the class name is never read
+        super()._setup(name, None)
+        if self.config.checkpoint:
+            if known and self._for_class not in (None, class_name):
+                raise ZsadInputError(
+                    f"{self.config.checkpoint}: rwda classifier trained for object {self._for_class!r}, not "
+                    f"{class_name!r} (object_mode=known)"
+                )
+            return
+        folder = self._cache_root() / self.cache_key(class_name if known else None)
+        if (folder / "manifest.json").is_file():
+            self.load(folder)
+            self.config = dataclasses.replace(self.config, checkpoint="")
+            return
+        Console(stderr=True).print(
+            f"rwda: training the text-only classifier ({self.config.n_pairs} prompt pairs), cached in {folder}"
+        )
+        with torch.enable_grad():
+            record = self.train_classifier(class_name if known else None)
+        self.save(folder, record)
+
+    def _zero_shot_prob(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Classifier probability of (B, D) global or (B, W, D) window embeddings (mean with CLIP's for rwda+clip)."""
+        assert self.classifier is not None
+        mean = self.classifier.text_mean
+        if self.config.modality_gap == "center":
+            mean = self._image_mean if embeddings.ndim == 2 else self._image_mean[:, None]
+        p = self.classifier(self._prepare(embeddings.float(), mean)).softmax(-1)[..., 1]
+        if self.config.combine == "rwda+clip":
+            p = (p + class_scores(embeddings, self.text, self.config.temperature)) / 2
+        return p
+
+    def _encode(self, images: torch.Tensor, final_tokens: bool) -> tuple[torch.Tensor, Any, list[torch.Tensor]]:
+        emb, fin, wins = super()._encode(images, final_tokens)
+        if self.config.modality_gap == "center":  # per image: the mean of its own global and window embeddings
+            unit = [F.normalize(emb, dim=-1)[:, None], *(F.normalize(w, dim=-1) for w in wins)]
+            self._image_mean = torch.cat(unit, 1).mean(1)  # (B, D)
+        return emb, fin, wins
