@@ -64,7 +64,8 @@ class Method(ABC):
         """Prepare text features for ``class_name`` and, for few-shot methods, reference features."""
         if reference_images is not None and not self.supports_few_shot:
             raise ZsadInputError(f"{self.name}: does not take reference images")
-        self.class_name = class_name or "object"
+        # a category-agnostic method never reads the name it is given
+        self.class_name = (class_name or "object") if self.needs_class_name else "object"
         self._setup(self.class_name, reference_images)
 
     @abstractmethod

@@ -113,7 +113,6 @@ class Rwda(WinClip):
     trainable = True
     requires_checkpoint = False  # trains itself on the fly (seconds to minutes), cached
     needs_training_data = False  # text only
-    needs_class_name = False  # object_mode=unknown (default) never reads it
 
     def __init__(self, backbone: Any, config: RwdaConfig | None = None, **overrides: Any) -> None:
         super().__init__(backbone, config, **overrides)
@@ -122,6 +121,11 @@ class Rwda(WinClip):
         self._for_class: str | None = None
         if self.config.checkpoint:
             self.load(self.config.checkpoint)
+
+    @property
+    def needs_class_name(self) -> bool:  # type: ignore[override]
+        """Category-agnostic (object_mode=unknown, the default) never reads the class name."""
+        return self.config.object_mode == "known"
 
     # ------------------------------------------------------------------ text-only training
     def _embed(self, sentences: list[str]) -> torch.Tensor:
@@ -245,8 +249,7 @@ class Rwda(WinClip):
     # ------------------------------------------------------------------ inference
     def _setup(self, class_name: str, reference_images: torch.Tensor | None) -> None:
         known = self.config.object_mode == "known"
-        name = class_name if known else "object"  # category-agnostic: the class name is never read
-        super()._setup(name, None)
+        super()._setup(class_name, None)  # "object" unless known (Method.setup never passes the given name)
         if self.config.checkpoint:
             if known and self._for_class not in (None, class_name):
                 raise ZsadInputError(
