@@ -1,8 +1,9 @@
 """Dual-Image ablation on the real Magnetic Tile images: language only, visual only, joint, joint + TTA, pairings.
 
 Every variant runs through the CLI (`zsad eval --method dual-image -o ...`) on the test split of
-``asset_methods.py`` (MT_Free 1..40 + all MT_Crack; the pairing set is that whole folder), beside WinCLIP and SDP
-on the same weights and images. Then each variant's cost is measured in-process as a ratio to the bare backbone
+``asset_methods.py`` (MT_Free 1..40 + all MT_Crack; the pairing set is that whole folder), beside other methods
+on the same weights and images (``--baselines``; WinCLIP, SDP+ and AdaCLIP on this split are in the
+``asset_methods.py`` table). Then each variant's cost is measured in-process as a ratio to the bare backbone
 forward on the same set of ``--cost-images`` images (alternating calls; the set-level method encodes, pairs and,
 with TTA, synthesises and trains on that set).
 
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cost-images", type=int, default=16, help="set size for the cost ratios")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--baselines", nargs="*", default=["sdp"], help="other methods in the table (winclip: ~10 min)")
     ap.add_argument("--append-results", action="store_true")
     args = ap.parse_args()
 
@@ -76,7 +78,7 @@ def main() -> None:
     common += ["--mask-dir", "crack", "--image-glob", "*.jpg", "--class-name", "magnetic tile", *bb_args]
     log: list[str] = []
     rows: list[tuple[str, dict]] = []
-    for base in ("winclip", "sdp"):
+    for base in args.baselines:
         rows.append((f"{base} (baseline)", eval_variant(base, {}, [*common, "--method", base], args.work / base, log)))
     for i, (name, opts) in enumerate(VARIANTS.items()):
         out = args.work / f"dual_image_{i}"
