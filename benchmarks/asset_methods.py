@@ -55,6 +55,15 @@ def build_split(assets: Path, work: Path, n_test_free: int, n_train_free: int) -
     return train, test
 
 
+def publish_section(lines: list[str], append: bool) -> None:
+    """Print a results section; append it to benchmarks/RESULTS.md when asked."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if append:
+        with (REPO / "benchmarks" / "RESULTS.md").open("a") as f:
+            f.write(text)
+
+
 def per_method(values: list[str], method: str, default: str) -> str:
     """The value for ``method`` from ``["5", "adaclip=2"]``-style lists: its own ``METHOD=V`` else the plain one."""
     plain = [v for v in values if "=" not in v]
@@ -129,11 +138,7 @@ def main() -> None:
         "Runs:",
         *log,
     ]
-    text = "\n".join(section) + "\n"
-    print(text)
-    if args.append_results:
-        with (REPO / "benchmarks" / "RESULTS.md").open("a") as f:
-            f.write(text)
+    publish_section(section, args.append_results)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from asset_methods import build_split  # noqa: E402
+from asset_methods import build_split, publish_section  # noqa: E402
 from bench_speed import load_images, paired  # noqa: E402
 from zsad.backbone import ClipBackbone  # noqa: E402
 from zsad.engine import hardware  # noqa: E402
@@ -121,11 +121,7 @@ def main() -> None:
         "Runs:",
         *log,
     ]
-    text = "\n".join(section) + "\n"
-    print(text)
-    if args.append_results:
-        with (REPO / "benchmarks" / "RESULTS.md").open("a") as f:
-            f.write(text)
+    publish_section(section, args.append_results)
 
 
 if __name__ == "__main__":
