@@ -142,8 +142,11 @@ class Rwda(WinClip):
 
     def train_classifier(self, class_name: str | None, *, progress: bool = False) -> dict[str, Any]:
         """Generate, encode and fit; returns the training record (held-out accuracy on prompts never seen)."""
+        import time
+
         from zsad.train import TrainConfig, fit
 
+        t0 = time.perf_counter()
         cfg = self.config
         opts = cfg.generator(class_name)
         emb, labels = self._dataset(opts)
@@ -173,6 +176,7 @@ class Rwda(WinClip):
             "heldout_accuracy": acc,
             "train_config": dataclasses.asdict(train_cfg),
             "history": result.history,
+            "seconds": time.perf_counter() - t0,
         }
 
     def default_train_config(self) -> Any:
@@ -227,6 +231,12 @@ class Rwda(WinClip):
         self.classifier = clf
         self.training_manifest = manifest
         self._for_class = manifest.get("training", {}).get("generator", {}).get("objects", [None])[0]
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        t = (self.training_manifest or {}).get("training", {})
+        d["rwda_classifier"] = {k: t.get(k) for k in ("heldout_accuracy", "num_sentences", "seconds", "data")}
+        return d
 
     def cache_key(self, class_name: str | None) -> str:
         """Digest of what decides the classifier: backbone weights, generator, classifier and training settings."""
