@@ -87,3 +87,15 @@ def test_eval_flags_dual_image_as_transductive(samples: Path, tmp_path: Path) ->
     assert 0.0 <= metrics["mean"]["image_AUROC"] <= 1.0
     maps = sorted((out / "maps").rglob("*.npy"))
     assert len(maps) == 7 and np.isfinite(np.load(maps[0])).all()
+
+
+def test_tta_flag(samples: Path, tmp_path: Path) -> None:
+    imgs = [str(samples / "good"), str(samples / "defect")]
+    small = ["-o", "tta_samples=4", "-o", "tta_epochs=1", "-o", "tta_images=3"]
+    res = _run("detect", *imgs, "--method", "dual-image", "--tta", *small, "--out", str(tmp_path / "t"), *TINY)
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert manifest["config"]["tta"] is True and manifest["tta"]["synthetic_images"] == 4
+    assert "TTA" in res.output
+    bad = _run("detect", *imgs, "--method", "winclip", "--tta", "--out", str(tmp_path / "w"), *TINY)
+    assert bad.exit_code == 2 and "tta" in bad.output

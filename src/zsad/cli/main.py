@@ -34,6 +34,10 @@ MethodOpt = Annotated[
     list[str] | None,
     typer.Option("--option", "-o", help="Method option KEY=VALUE or METHOD:KEY=VALUE (repeatable)."),
 ]
+Tta = Annotated[
+    bool,
+    typer.Option(help="Test-time adaptation on anomalies synthesised on the test images (dual-image; transductive)."),
+]
 Checkpoint = Annotated[
     Path | None, typer.Option(help="Trained parts of a trainable method (folder made by `zsad train`).")
 ]
@@ -265,12 +269,15 @@ def detect_cmd(
     seed: int = 0,
     option: MethodOpt = None,
     checkpoint: Checkpoint = None,
+    tta: Tta = False,
 ) -> None:
     """Score images with no labels: predictions.csv, .npy maps and overlays, written incrementally."""
     try:
         from zsad.cli.detect import run_detect
 
-        opts = _options_for(method, _parse_options(option), strict=True)
+        parsed = _parse_options(option) + ([(None, "tta", True)] if tta else [])
+        _check_options_used([method], parsed)
+        opts = _options_for(method, parsed, strict=True)
         m = _build(method, backbone, pretrained, weights, image_size, device or None, seed, opts, checkpoint)
         code = run_detect(
             m,
@@ -322,6 +329,7 @@ def eval_cmd(
     seed: int = 0,
     option: MethodOpt = None,
     checkpoint: Checkpoints = None,
+    tta: Tta = False,
     allow_seen: Annotated[
         bool, typer.Option(help="Evaluate images a checkpoint was trained on (NOT zero-shot; flagged in results).")
     ] = False,
@@ -334,7 +342,7 @@ def eval_cmd(
         from zsad.cli.evaluate import run_eval, write_comparison
 
         methods = method or ["winclip"]
-        parsed = _parse_options(option)
+        parsed = _parse_options(option) + ([(None, "tta", True)] if tta else [])
         _check_options_used(methods, parsed)
         spec = _spec(locals(), k_shot=k_shot, reference_dir=reference_dir, seed=seed, allow_seen=allow_seen)
         cache: dict[tuple[Any, ...], Any] = {}
