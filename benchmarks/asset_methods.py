@@ -55,6 +55,13 @@ def build_split(assets: Path, work: Path, n_test_free: int, n_train_free: int) -
     return train, test
 
 
+def weights_line(backbone: str, pretrained: str, size: str = "") -> str:
+    """The weights sentence every asset table carries: random weights are labelled as such."""
+    where = f" at {size} px" if size else ""
+    random_w = " (SEEDED RANDOM, seed 0): **plumbing only, NOT detection quality**."
+    return f"Weights: `{backbone}` pretrained=`{pretrained}`{where}" + (random_w if pretrained == "none" else ".")
+
+
 def publish_section(lines: list[str], append: bool) -> None:
     """Print a results section; append it to benchmarks/RESULTS.md when asked."""
     text = "\n".join(lines) + "\n"
@@ -126,8 +133,7 @@ def main() -> None:
         f"Command: `python benchmarks/asset_methods.py --methods {' '.join(args.methods)} --device {args.device}"
         + "".join(f" --epochs {m}={e} --batch-size {m}={b}" for m, (e, b) in recipe.items())
         + "`",
-        f"Weights: `{args.backbone}` pretrained=`{args.pretrained}`"
-        + (" (SEEDED RANDOM, seed 0): **plumbing only, NOT detection quality**." if args.pretrained == "none" else "."),
+        weights_line(args.backbone, args.pretrained),
         f"Split: test = MT_Free 1..{args.n_test_free} (sorted names) + all 57 MT_Crack; trained methods on all 115 "
         f"MT_Blowhole + MT_Free {args.n_test_free + 1}..{args.n_test_free + args.n_train_free} ("
         + "; ".join(f"{m}: {e} epochs, batch {b}" for m, (e, b) in recipe.items())

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from asset_methods import build_split, publish_section  # noqa: E402
+from asset_methods import build_split, publish_section, weights_line  # noqa: E402
 from bench_speed import load_images, paired  # noqa: E402
 from zsad.backbone import ClipBackbone  # noqa: E402
 from zsad.engine import hardware  # noqa: E402
@@ -102,14 +102,12 @@ def main() -> None:
         short = name.removeprefix("dual-image: ")
         cost = f"{costs[short][2]:.2f}x" if short in costs else "see speed tables"
         lines.append(f"| {name} | " + " | ".join(f"{100 * mean[k]:.1f}" for k in METRICS) + f" | {cost} |")
-    random_w = args.pretrained == "none"
     section = [
         "",
         f"## Dual-Image ablation on Magnetic Tile ({time.strftime('%Y-%m-%d')}, `--device {args.device}`)",
         "",
         f"Command: `python benchmarks/dual_image_ablation.py --device {args.device} --cost-images {args.cost_images}`",
-        f"Weights: `{args.backbone}` pretrained=`{args.pretrained}` at {args.image_size} px"
-        + (" (SEEDED RANDOM, seed 0): **plumbing only, NOT detection quality**." if random_w else "."),
+        weights_line(args.backbone, args.pretrained, str(args.image_size)),
         "Data: MT_Free 1..40 (sorted names) + all 57 MT_Crack, one folder = one pairing set (TRANSDUCTIVE for every "
         "variant but language only). Metrics in %, mean over the one category. Cost: median per-pair ratio of "
         f"dual-image `predict` on a set of {args.cost_images} MT_Crack images to the bare forward on the same "

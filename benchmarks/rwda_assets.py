@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from asset_methods import build_split, publish_section  # noqa: E402
+from asset_methods import build_split, publish_section, weights_line  # noqa: E402
 from dual_image_ablation import METRICS, eval_variant  # noqa: E402
 from zsad.engine import hardware  # noqa: E402
 
@@ -93,8 +93,7 @@ def main() -> None:
         f"Command: `python benchmarks/rwda_assets.py --device {args.device} --n-pairs {args.n_pairs} --sweep "
         + " ".join(map(str, args.sweep))
         + f" --window-stride {args.window_stride}`",
-        f"Weights: `{args.backbone}` pretrained=`{args.pretrained}`"
-        + (" (SEEDED RANDOM, seed 0): **plumbing only, NOT detection quality**." if args.pretrained == "none" else "."),
+        weights_line(args.backbone, args.pretrained),
         f"Data: MT_Free 1..40 + all 57 MT_Crack; windows 2x2 and 3x3 at stride {args.window_stride}; "
         f"{hardware(args.device)}. The RWDA classifiers never saw an image.",
         "",
