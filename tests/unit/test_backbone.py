@@ -170,6 +170,10 @@ def test_text_block_loop_matches_open_clip(tiny_backbone: ClipBackbone) -> None:
     tiny_backbone.clear_text_cache()
     cached = tiny_backbone.encode_text(["a photo of a screw.", "damaged bottle with a crack", "x"])
     torch.testing.assert_close(cached, ref, atol=1e-5, rtol=1e-4)  # the cached path runs the same loop
+    held = len(tiny_backbone._text_cache)
+    one_off = tiny_backbone.encode_text(["x", "a photo of a screw.", "a one-off sentence"], cache=False)
+    assert len(tiny_backbone._text_cache) == held  # read from the cache, not grown
+    torch.testing.assert_close(one_off[:2], ref[[2, 0]])
 
 
 def test_text_deep_prompts_replace_positions(tiny_backbone: ClipBackbone) -> None:

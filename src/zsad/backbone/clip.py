@@ -216,21 +216,24 @@ class ClipBackbone(nn.Module):
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
-    def encode_text(self, prompts: Sequence[str], normalize: bool = False, batch_size: int = 256) -> torch.Tensor:
+    def encode_text(
+        self, prompts: Sequence[str], normalize: bool = False, batch_size: int = 256, *, cache: bool = True
+    ) -> torch.Tensor:
         """(N, D) text embeddings; each sentence is encoded once per backbone and cached.
 
         The cache is keyed by the sentence itself, which subsumes a (prompt set, class name) key:
-        two methods sharing sentences share the work.
+        two methods sharing sentences share the work. ``cache=False`` (one-off sentences, e.g. RWDA's tens of
+        thousands of random prompts) reads the cache but does not grow it. zsad's text loop stops each sentence at
+        its end token: the same embeddings as open_clip's ``encode_text``, with less compute.
         """
+        store = self._text_cache if cache else {}
         missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         for i in range(0, len(missing), batch_size):
             chunk = missing[i : i + batch_size]
             tokens = self.tokenizer(chunk).to(self.device)
-            with torch.no_grad():  # zsad's loop stops each sentence at its end token: same result, less compute
-                emb = (self.encode_text_tokens(tokens) if self._text_loop else self.model.encode_text(tokens)).float()
-            emb = emb.cpu()
-            self._text_cache.update(zip(chunk, emb, strict=True))
-        out = torch.stack([self._text_cache[p] for p in prompts]).to(self.device)
+            emb = (self.encode_text_tokens(tokens) if self._text_loop else self.model.encode_text(tokens)).float()
+            store.update(zip(chunk, emb.cpu(), strict=True))
+        out = torch.stack([store[p] if p in store else self._text_cache[p] for p in prompts]).to(self.device)
         return F.normalize(out, dim=-1) if normalize else out
 
     @property

@@ -129,12 +129,12 @@ class Rwda(WinClip):
 
     # ------------------------------------------------------------------ text-only training
     def _embed(self, sentences: list[str]) -> torch.Tensor:
-        return F.normalize(self.backbone.encode_text(sentences, batch_size=512).float(), dim=-1)
+        # tens of thousands of one-off sentences: encoded in batches without growing the shared cache
+        return F.normalize(self.backbone.encode_text(sentences, batch_size=512, cache=False).float(), dim=-1)
 
     def _dataset(self, opts: RandomWordOptions) -> tuple[torch.Tensor, torch.Tensor]:
         sentences, labels = random_word_prompts(opts)
         emb = self._embed(sentences)
-        self.backbone.clear_text_cache()  # tens of thousands of one-off sentences: do not keep them
         return emb, torch.tensor(labels, device=emb.device)
 
     def _prepare(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
