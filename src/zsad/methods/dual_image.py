@@ -203,7 +203,6 @@ class DualImage(Method):
         out = {"glob": F.normalize(feats.embedding, dim=-1), "lang": self._lang_tokens(feats)}
         if self._uses_visual and self.config.visual_features == "raw":
             out["vis"] = torch.stack([F.normalize(feats.tokens[t][:, 1:], dim=-1) for t in self.taps], 1)
-        self.grid = feats.grid
         if self.config.tta:
             self._keep_canvas(images)
         return out
@@ -226,8 +225,10 @@ class DualImage(Method):
 
     def end_set(self, bank: FeatureBank) -> None:
         """After every image is in the bank: choose partners, run TTA if asked."""
-        glob = bank.get(torch.arange(len(bank)), ["glob"])["glob"]
-        self.partner_index = choose_partners(glob, self.config.pairing, self.config.partners, self.config.seed)
+        self.set_size = len(bank)
+        if self.config.pairing in ("random", "nearest"):  # `all` pairs with the whole bank: no (n, n-1) index
+            glob = bank.get(torch.arange(len(bank)), ["glob"])["glob"]
+            self.partner_index = choose_partners(glob, self.config.pairing, self.config.partners, self.config.seed)
         if self.config.tta:
             with torch.enable_grad():
                 self._adapt()
@@ -246,15 +247,15 @@ class DualImage(Method):
         budget = cfg.chunk_mb << 20
         dev = self.backbone.device
         out = query.new_zeros(query.shape[0], query.shape[2])
-        partners = self.partner_index[index]  # (B, k)
-        if partners.shape[1] == 0:
+        if self.set_size < 2:  # a set of one image has no partner
             return out
         if cfg.pairing != "all":
+            partners = self.partner_index[index]  # (B, k)
             for b in range(query.shape[0]):
                 p = F.normalize(bank.get(partners[b], [key], device=dev)[key], dim=-1)
                 out[b] = nearest_patch_distance(query[b], p, budget).mean(0)
             return out
-        m = max(1, round(cfg.mutual_fraction * partners.shape[1]))
+        m = max(1, round(cfg.mutual_fraction * (self.set_size - 1)))
         best = query.new_full((query.shape[0], query.shape[2], 0), float("inf"))
         per = max(1, budget // max(1, query.shape[2] ** 2 * query.shape[1] * 4))
         for start, chunk in bank.chunks(per, [key], device=dev):
@@ -273,7 +274,7 @@ class DualImage(Method):
         keys = ["glob", "lang"] + (["vis"] if self._uses_visual and cfg.visual_features == "raw" else [])
         rows = bank.get(index, keys, device=dev)
         lang = F.normalize(rows["lang"], dim=-1)
-        grid = self.grid
+        grid = self.backbone.grid_size()
         zero = lang.new_zeros(lang.shape[0], lang.shape[2])
         m_l = self._language(lang) if cfg.mode != "visual" else zero
         if self._uses_visual:
@@ -326,7 +327,7 @@ class DualImage(Method):
                 feats = self._forward(imgs[s : s + cfg.tta_batch].to(dev))
                 toks.append(self._lang_tokens(feats))
             tokens = torch.cat(toks)  # (S, L, N, D)
-        grid = feats.grid
+        grid = self.backbone.grid_size()
         adapter = TokenAdapter(len(self.taps), tokens.shape[-1]).to(dev)
         masks = masks.to(dev)
 
