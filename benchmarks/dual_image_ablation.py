@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ METRICS = ("image_AUROC", "image_AP", "image_F1max", "pixel_AUROC", "pixel_AP", 
 
 
 def eval_variant(name: str, opts: dict[str, object], common: list[str], out: Path, log: list[str]) -> dict:
+    shutil.rmtree(out, ignore_errors=True)  # a measurement, not a resume: eval would keep rows of an older run
     cmd = [sys.executable, "-m", "zsad", "eval", *common, "--out", str(out), "--overlays", "0"]
     for k, v in opts.items():
         cmd += ["-o", f"{k}={json.dumps(v)}"]

@@ -16,6 +16,7 @@ With ``--pretrained none`` (the default here) the weights are SEEDED RANDOM: plu
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -28,6 +29,13 @@ from dual_image_ablation import METRICS, eval_variant  # noqa: E402
 from zsad.engine import hardware  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def score_range(out: Path) -> str:
+    """min and max image score of a run: shows a classifier saturating on image embeddings (the modality gap)."""
+    with open(out / "predictions.csv", newline="") as f:
+        scores = [float(r["pred_score"]) for r in csv.DictReader(f)]
+    return f"[{min(scores):.6g}, {max(scores):.6g}]"
 
 
 def main() -> None:
@@ -55,15 +63,20 @@ def main() -> None:
     for setting, name in (("known object", "magnetic tile"), ("unknown object", "object")):
         cmd = [*base, "--class-name", name]
         mode = "known" if setting == "known object" else "unknown"
-        runs = (
+        runs = [
             ("winclip (CLIP prompts)", "winclip", common),
             ("rwda", "rwda", {**rwda, "object_mode": mode}),
             ("rwda+clip", "rwda", {**rwda, "object_mode": mode, "combine": "rwda+clip"}),
-        )
+        ]
+        if mode == "unknown":  # the modality-gap option: centred text and image embeddings
+            centred = {**rwda, "object_mode": mode, "modality_gap": "center"}
+            runs.append(("rwda, center", "rwda", centred))
+            runs.append(("rwda+clip, center", "rwda", {**centred, "combine": "rwda+clip"}))
         for label, method, opts in runs:
-            out = args.work / f"{mode}_{label.split()[0].replace('+', '_plus')}"
+            slug = label.replace("+", "_plus").replace(", ", "_").split()[0]
+            out = args.work / f"{mode}_{slug}"
             mean = eval_variant(f"{setting}, {label}", opts, [*cmd, "--method", method], out, log)
-            rows.append((setting, label, mean))
+            rows.append((setting, label, {**mean, "scores": score_range(out)}))
 
     sweep: list[tuple[int, dict, dict]] = []
     for n in args.sweep:
@@ -75,8 +88,11 @@ def main() -> None:
         key = manifest.get("rwda_classifier", {})
         sweep.append((n, mean, {**key, "eval_seconds": time.perf_counter() - t}))
 
-    table = ["| setting | method | " + " | ".join(METRICS) + " |", "|---|---|" + "---:|" * len(METRICS)]
-    table += [f"| {s} | {m} | " + " | ".join(f"{100 * v[k]:.1f}" for k in METRICS) + " |" for s, m, v in rows]
+    table = ["| setting | method | " + " | ".join(METRICS) + " | image scores [min, max] |"]
+    table.append("|---|---|" + "---:|" * len(METRICS) + "---|")
+    table += [
+        f"| {s} | {m} | " + " | ".join(f"{100 * v[k]:.1f}" for k in METRICS) + f" | {v['scores']} |" for s, m, v in rows
+    ]
     sweep_table = ["| N_p | held-out prompt accuracy | classifier training (s) | image_AUROC | pixel_AUROC |"]
     sweep_table.append("|---:|---:|---:|---:|---:|")
     for n, mean, info in sweep:

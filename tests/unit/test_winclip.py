@@ -141,6 +141,20 @@ def test_window_indices_hand_case() -> None:
     assert membership(strided, 25).sum(0).min() >= 1  # every patch covered
 
 
+@pytest.mark.parametrize("stride", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("scale", [1, 2, 3, 4])
+def test_every_patch_is_covered_at_every_scale_and_stride(scale: int, stride: int) -> None:
+    """A stride above the window size would leave patches between windows (a blind grid of zeros in the map)."""
+    for grid in ((5, 5), (15, 15), (7, 12)):
+        idx = window_indices(grid, scale, stride)
+        covered = membership(idx, grid[0] * grid[1]).sum(0)
+        assert covered.min() >= 1, (grid, scale, stride)
+        rows = sorted({int(i) // grid[1] for i in idx[:, 0]})
+        step = min(stride, scale)
+        expected = sorted({*range(0, grid[0] - scale + 1, step), grid[0] - scale})
+        assert rows == expected  # window tops: every min(stride, scale) rows plus the border row
+
+
 def test_harmonic_aggregation_hand_case() -> None:
     idx = window_indices((2, 3), 2)  # two windows: patches {0,1,3,4} and {1,2,4,5}
     scores = torch.tensor([[0.5, 0.25]])

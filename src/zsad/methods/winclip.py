@@ -10,7 +10,8 @@ with the zero-shot map (and its max with the image score).
 Our choices where the paper is silent (all are config fields):
 - Text features are the mean of *normalised* sentence embeddings (``text_aggregation="mean"``).
 - Patch-scale few-shot features are the last block's tokens after ``ln_post`` without ``proj``, as anomalib does.
-- ``window_stride`` (default 1, the paper's) may be raised to trade accuracy for speed.
+- ``window_stride`` (default 1, the paper's) may be raised to trade accuracy for speed; each scale uses
+  ``min(window_stride, scale)`` so that no patch falls between windows.
 
 ``compat="anomalib"`` reproduces anomalib's ``WinClipModel`` numbers (its mean of *unnormalised* text embeddings
 and its duplicated "jpeg corrupted" template); ``benchmarks/compare_anomalib_winclip.py`` checks it side by side.
@@ -35,7 +36,7 @@ from zsad.types import Prediction
 @dataclass
 class WinClipConfig(MethodConfig):
     scales: tuple[int, ...] = (2, 3)
-    window_stride: int = 1
+    window_stride: int = 1  # capped at each window's size, so every patch is covered at every scale
     temperature: float = 0.07
     prompt_set: str = "winclip"
     text_aggregation: str = "mean"  # or any RVS selector (mean | pca | kde | dbscan | mean_shift) or raw_mean
@@ -59,14 +60,17 @@ class WinClipConfig(MethodConfig):
 def window_indices(grid: tuple[int, int], scale: int, stride: int = 1) -> torch.Tensor:
     """(n_windows, scale*scale) patch indices (row-major patch numbering) of every window, row-major order.
 
-    With stride > 1 the last row/column of windows is added so that every patch stays covered.
+    Every patch is covered by a window of every scale: the stride is capped at the window size (a 2x2 window every
+    3 patches would leave every third row and column unscored, a blind grid that the harmonic mean turns into
+    zeros), and the last row/column of windows is added at the border.
     """
     gh, gw = grid
     if scale > min(gh, gw):
         raise ZsadInputError(f"winclip: window scale {scale} exceeds the patch grid {gh}x{gw}")
+    step = min(stride, scale)
 
     def starts(g: int) -> list[int]:
-        s = list(range(0, g - scale + 1, stride))
+        s = list(range(0, g - scale + 1, step))
         return s if s[-1] == g - scale else [*s, g - scale]
 
     offs = torch.arange(scale)
