@@ -40,6 +40,7 @@ from zsad.methods.trained import load_tensors, save_method
 from zsad.methods.winclip import WinClip, WinClipConfig, class_scores
 from zsad.prompts.random_words import GENERIC_OBJECTS, RandomWordOptions, random_word_prompts
 
+_EMBED_CHUNK = 2048  # sentences per progress step (each still length-grouped in batches of 512)
 _GENERATOR_FIELDS = ("n_pairs", "min_words", "max_words", "word_source", "positions", "random_object_rate")
 
 
@@ -128,20 +129,41 @@ class Rwda(WinClip):
         return self.config.object_mode == "known"
 
     # ------------------------------------------------------------------ text-only training
-    def _embed(self, sentences: list[str]) -> torch.Tensor:
-        # tens of thousands of one-off sentences: encoded in batches without growing the shared cache
-        return F.normalize(self.backbone.encode_text(sentences, batch_size=512, cache=False).float(), dim=-1)
+    def _embed(self, sentences: list[str], progress: bool, what: str) -> torch.Tensor:
+        """Unit text embeddings, encoded in chunks (a progress bar: this is minutes of a CPU's time).
 
-    def _dataset(self, opts: RandomWordOptions) -> tuple[torch.Tensor, torch.Tensor]:
+        Tens of thousands of one-off sentences: they bypass the shared text cache instead of flooding it.
+        """
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        out = []
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=Console(stderr=True), transient=True, disable=not progress) as bar:
+            task = bar.add_task(f"rwda: encoding {what} prompts", total=len(sentences))
+            for i in range(0, len(sentences), _EMBED_CHUNK):
+                part = sentences[i : i + _EMBED_CHUNK]
+                out.append(self.backbone.encode_text(part, batch_size=512, cache=False).float())
+                bar.advance(task, len(part))
+        return F.normalize(torch.cat(out), dim=-1)
+
+    def _dataset(
+        self, opts: RandomWordOptions, progress: bool = False, what: str = "training"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         sentences, labels = random_word_prompts(opts)
-        emb = self._embed(sentences)
+        emb = self._embed(sentences, progress, what)
         return emb, torch.tensor(labels, device=emb.device)
 
     def _prepare(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         return F.normalize(x - mean, dim=-1) if self.config.modality_gap == "center" else F.normalize(x, dim=-1)
 
-    def train_classifier(self, class_name: str | None, *, progress: bool = False) -> dict[str, Any]:
-        """Generate, encode and fit; returns the training record (held-out accuracy on prompts never seen)."""
+    def train_classifier(
+        self, class_name: str | None, *, progress: bool = False, epoch_lines: bool | None = None
+    ) -> dict[str, Any]:
+        """Generate, encode and fit; returns the training record (held-out accuracy on prompts never seen).
+
+        ``epoch_lines`` (default: ``progress``) prints the per-epoch losses; on-the-fly training inside
+        ``detect`` shows only the encoding bars and one summary line.
+        """
         import time
 
         from zsad.train import TrainConfig, fit
@@ -149,9 +171,9 @@ class Rwda(WinClip):
         t0 = time.perf_counter()
         cfg = self.config
         opts = cfg.generator(class_name)
-        emb, labels = self._dataset(opts)
+        emb, labels = self._dataset(opts, progress)
         held = dataclasses.replace(opts, seed=opts.seed + 1, n_pairs=max(1, min(2000, opts.n_pairs // 5)))
-        h_emb, h_labels = self._dataset(held)
+        h_emb, h_labels = self._dataset(held, progress, "held-out")
         torch.manual_seed(cfg.train_seed)
         clf = Classifier(emb.shape[1], cfg.hidden).to(emb.device)
         if cfg.modality_gap == "center":
@@ -163,7 +185,8 @@ class Rwda(WinClip):
             return F.cross_entropy(module(x[idx]), labels[idx])
 
         train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.train_seed)
-        result = fit(clf, list(range(len(x))), step, train_cfg, progress=progress, description="rwda (text only)")
+        lines = progress if epoch_lines is None else epoch_lines
+        result = fit(clf, list(range(len(x))), step, train_cfg, progress=lines, description="rwda (text only)")
         clf.eval()
         with torch.no_grad():
             acc = float((clf(self._prepare(h_emb, clf.text_mean)).argmax(-1) == h_labels).float().mean())
@@ -276,8 +299,12 @@ class Rwda(WinClip):
             f"rwda: training the text-only classifier ({self.config.n_pairs} prompt pairs), cached in {folder}"
         )
         with torch.enable_grad():
-            record = self.train_classifier(class_name if known else None)
+            record = self.train_classifier(class_name if known else None, progress=True, epoch_lines=False)
         self.save(folder, record)
+        Console(stderr=True).print(
+            f"rwda: classifier trained in {record['seconds']:.0f} s, held-out prompt accuracy "
+            f"{100 * record['heldout_accuracy']:.1f}%"
+        )
 
     def _zero_shot_prob(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Classifier probability of (B, D) global or (B, W, D) window embeddings (mean with CLIP's for rwda+clip)."""
