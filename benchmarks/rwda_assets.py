@@ -110,7 +110,8 @@ def main() -> None:
         + " ".join(map(str, args.sweep))
         + f" --window-stride {args.window_stride}`",
         weights_line(args.backbone, args.pretrained),
-        f"Data: MT_Free 1..40 + all 57 MT_Crack; windows 2x2 and 3x3 at stride {args.window_stride}; "
+        f"Data: MT_Free 1..40 + all 57 MT_Crack; windows 2x2 and 3x3, each every min(scale, {args.window_stride}) "
+        f"patches (`window_stride={args.window_stride}`); "
         f"{hardware(args.device)}. The RWDA classifiers never saw an image.",
         "",
         *table,
