@@ -266,6 +266,44 @@ def environment() -> dict[str, Any]:
     }
 
 
+def method_key(method: Method) -> dict[str, Any]:
+    """What decides a method's scores: its name, options and backbone weights (the resume key of an output folder)."""
+    d = method.describe()
+    bb = {k: d["backbone"].get(k) for k in ("model_name", "pretrained", "image_size", "weights", "seed")}
+    return {"method": d["method"], "config": d["config"], "backbone": bb}
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def claim_output(out: Path, key: dict[str, Any]) -> None:
+    """Resume only a run with the same settings: rows of a run with other settings would be mixed into the results.
+
+    The key is stored as ``run_key.json``; a folder that holds predictions but no key (an older zsad) is refused too.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    key = json.loads(json.dumps(key, default=str))
+    path = out / "run_key.json"
+    if path.exists():
+        before, now = _flat(json.loads(path.read_text())), _flat(key)
+        diff = [k for k in sorted(before.keys() | now.keys()) if before.get(k) != now.get(k)]
+        if diff:
+            k = diff[0]
+            raise ZsadInputError(
+                f"{out}: holds a run with other settings ({k}: {before.get(k)!r} there, {now.get(k)!r} now"
+                f"{f', and {len(diff) - 1} more' if len(diff) > 1 else ''}); use another --out or delete it"
+            )
+    elif (out / "predictions.csv").exists():
+        raise ZsadInputError(f"{out}: holds predictions.csv but no run_key.json; use another --out or delete it")
+    path.write_text(json.dumps(key, indent=2))
+
+
 def write_manifest(out: Path, method: Method, extra: dict[str, Any]) -> None:
     manifest = {**method.describe(), **extra, "environment": environment()}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))

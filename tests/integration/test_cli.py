@@ -148,6 +148,27 @@ def test_eval_folder_writes_metrics(samples: Path, tmp_path: Path) -> None:
     assert "RANDOM" in md and "mean" in md
 
 
+def test_eval_resumes_only_the_same_settings(samples: Path, tmp_path: Path) -> None:
+    """Rows of a run with other options must not be mixed into a resumed evaluation."""
+    out = tmp_path / "eval"
+
+    def run(class_name: str = "tile", *extra: str) -> object:
+        data = ["--dataset", "folder", "--root", str(samples), "--normal-dir", "good", "--abnormal-dir", "defect"]
+        return _run("eval", *data, "--class-name", class_name, "--out", str(out), "--overlays", "0", *extra, *TINY)
+
+    assert run().exit_code == 0
+    rows = _rows(out / "predictions.csv")
+    res = run()  # same settings: every row is kept, nothing rescored
+    assert res.exit_code == 0 and _rows(out / "predictions.csv") == rows
+    res = run("tile", "-o", "window_stride=2")
+    assert res.exit_code == 2 and "other settings (config.window_stride: 1 there, 2 now)" in res.output
+    res = run("plate")
+    assert res.exit_code == 2 and "data.class_name: 'tile' there, 'plate' now" in res.output
+    (out / "run_key.json").unlink()  # a folder written by an older zsad: no key to compare
+    res = run()
+    assert res.exit_code == 2 and "no run_key.json" in res.output
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -100,6 +100,23 @@ def test_category_agnostic_mode_never_reads_the_class_name(tiny: ClipBackbone, t
     assert len(list(tmp_path.iterdir())) == 2
 
 
+def test_known_object_set_is_category_agnostic(tiny: ClipBackbone, tmp_path: Path) -> None:
+    """objects=[...] (the paper's category-agnostic known-object setting): prompts name those products only, one
+    classifier serves them all, and the test image's class name is still never read."""
+    kw = {"n_pairs": 200, "epochs": 2, "cache_dir": str(tmp_path), "random_object_rate": 0.0}
+    m = create_method("rwda", tiny, objects=["bottle", "screw"], **kw)
+    m.setup(_Poison("cable"))
+    gen = m.training_manifest["training"]["generator"]
+    assert list(gen["objects"]) == ["bottle", "screw"]
+    sentences, _ = random_word_prompts(m.config.generator(None))
+    assert all("bottle" in t or "screw" in t for t in sentences)  # every prompt names one of the products
+    assert create_method("rwda", tiny, **kw).cache_key(None) != m.cache_key(None)
+    again = create_method("rwda", tiny, objects=("bottle", "screw"), **kw)  # JSON list or tuple: one cache
+    assert again.cache_key(None) == m.cache_key(None)
+    with pytest.raises(ZsadInputError, match="objects is for object_mode=unknown"):
+        create_method("rwda", tiny, object_mode="known", objects=["bottle"])
+
+
 def test_rwda_plus_clip_is_the_mean_of_both(tiny: ClipBackbone, tmp_path: Path) -> None:
     from zsad.methods.winclip import class_scores
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,10 @@ from rich.progress import Progress
 
 from zsad.engine import (
     CsvLog,
+    claim_output,
     decode_parts,
     map_filename,
+    method_key,
     parts_json,
     resize_map,
     score_dataset,
@@ -41,17 +42,6 @@ FIELDS = [
 
 def _stack_images(ds: Any) -> torch.Tensor:
     return torch.stack([ds[i]["image"] for i in range(len(ds))])
-
-
-def _run_key(method: Method) -> dict[str, Any]:
-    d = method.describe()
-    return {
-        "method": d["method"],
-        "config": d["config"],
-        "class_name": d["class_name"],
-        "k_shot": d["k_shot"],
-        "backbone": {k: d["backbone"][k] for k in ("model_name", "pretrained", "image_size", "weights")},
-    }
 
 
 def run_detect(
@@ -91,12 +81,7 @@ def run_detect(
             calib = all_refs
     method.setup(class_name, reference_images=refs)
 
-    out.mkdir(parents=True, exist_ok=True)
-    key = _run_key(method)
-    key_file = out / "run_key.json"
-    if key_file.exists() and json.loads(key_file.read_text()) != json.loads(json.dumps(key, default=str)):
-        raise ZsadInputError(f"{out}: holds a run with other settings; use another --out or delete it")
-    key_file.write_text(json.dumps(key, indent=2, default=str))
+    claim_output(out, {**method_key(method), "class_name": method.class_name, "k_shot": method.k_shot})
     (out / "maps").mkdir(exist_ok=True)
     log = CsvLog(out / "predictions.csv", FIELDS)
     done = {r["image_path"] for r in log.rows if (out / r["anomaly_map_path"]).exists()}

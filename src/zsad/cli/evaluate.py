@@ -6,6 +6,7 @@ once (row + ``.npy``), so an interrupted evaluation resumes without recomputing 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -18,7 +19,16 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from zsad.engine import CsvLog, decode_parts, map_filename, parts_json, score_dataset, write_manifest
+from zsad.engine import (
+    CsvLog,
+    claim_output,
+    decode_parts,
+    map_filename,
+    method_key,
+    parts_json,
+    score_dataset,
+    write_manifest,
+)
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
 from zsad.thresholds import choose_threshold
@@ -198,14 +208,16 @@ def run_eval(
 
     bb = method.backbone
     kw = {"image_size": method.image_size, "mean": bb.mean, "std": bb.std}
-    out.mkdir(parents=True, exist_ok=True)
+    sets = _datasets(spec, kw)  # bad input fails here, before the output folder is touched
+    data = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("categories", "allow_seen")}
+    claim_output(out, {**method_key(method), "data": data})  # categories may be added to a folder, not changed
     log = CsvLog(out / "predictions.csv", FIELDS)
     per_cat: dict[str, dict[str, float]] = {}
     seen = training_images(method)
     notes: list[str] = []
     if method.is_transductive:
         notes.append(f"TRANSDUCTIVE: {method.transductive_note}")
-    for cat, ds, ref_ds in _datasets(spec, kw):
+    for cat, ds, ref_ds in sets:
         n_seen = _check_unseen(method, cat, ds, seen, spec.allow_seen, spec.dataset.lower())
         if n_seen:
             notes.append(f"{cat}: {n_seen} of {len(ds)} images were in the training data (NOT zero-shot)")

@@ -10,7 +10,9 @@ Paper: Tamura, "Random Word Data Augmentation with CLIP for Zero-Shot Anomaly De
   window embeddings (2x2 and 3x3 windows, harmonic aggregation, harmonic mean over scales with the image score: the
   pixel map). ``combine="rwda+clip"`` averages it with WinCLIP's plain prompt probability.
 - ``object_mode="unknown"`` (category-agnostic, default): prompts name a generic or random object and the method
-  never reads the class name. ``known``: the class name is the object of every training prompt (one classifier per
+  never reads the class name. With ``objects`` (e.g. every MVTec category name) the prompts name those products
+  instead: the paper's category-agnostic known-object setting, one classifier for all of them, still blind to the
+  test image's class name. ``known``: the class name is the object of every training prompt (one classifier per
   class) and of the CLIP prompts.
 - Modality gap: image and text embeddings sit in different regions of CLIP space. Both are L2-normalised
   (``modality_gap="normalize"``); ``center`` also subtracts each modality's mean: the training prompts' mean for
@@ -47,6 +49,7 @@ _GENERATOR_FIELDS = ("n_pairs", "min_words", "max_words", "word_source", "positi
 @dataclass
 class RwdaConfig(WinClipConfig):
     object_mode: str = "unknown"  # unknown (category-agnostic, never reads the class name) | known
+    objects: tuple[str, ...] = ()  # unknown mode: product names for the prompts (default: generic nouns)
     combine: str = "rwda"  # rwda | rwda+clip (mean with WinCLIP's prompt probability)
     n_pairs: int = 10_000  # N_p
     min_words: int = 1
@@ -68,6 +71,9 @@ class RwdaConfig(WinClipConfig):
         super().__post_init__()
         if self.object_mode not in ("unknown", "known"):
             raise ZsadInputError(f"rwda: object_mode {self.object_mode!r}: use unknown or known")
+        self.objects = (self.objects,) if isinstance(self.objects, str) else tuple(str(o) for o in self.objects)
+        if self.objects and self.object_mode == "known":
+            raise ZsadInputError("rwda: objects is for object_mode=unknown; known mode names the --class-name object")
         if self.combine not in ("rwda", "rwda+clip"):
             raise ZsadInputError(f"rwda: combine {self.combine!r}: use rwda or rwda+clip")
         if self.modality_gap not in ("normalize", "center"):
@@ -81,7 +87,7 @@ class RwdaConfig(WinClipConfig):
             **{k: getattr(self, k) for k in _GENERATOR_FIELDS if k != "random_object_rate"},
             random_object_rate=0.0 if named else self.random_object_rate,
             prompt_set=self.prompt_set,
-            objects=(str(class_name),) if named else GENERIC_OBJECTS,
+            objects=(str(class_name),) if named else (self.objects or GENERIC_OBJECTS),
             seed=self.generator_seed,
         )
 
@@ -246,7 +252,7 @@ class Rwda(WinClip):
 
         tensors, manifest = load_checkpoint(Path(path), method=self.name, backbone=self.backbone.manifest())
         saved = manifest.get("config", {})
-        keep = ("hidden", "modality_gap", "object_mode", *_GENERATOR_FIELDS, "generator_seed")
+        keep = ("hidden", "modality_gap", "object_mode", "objects", *_GENERATOR_FIELDS, "generator_seed")
         self.config = dataclasses.replace(self.config, **{k: saved[k] for k in keep if k in saved})
         clf = Classifier(self.backbone.embed_dim, self.config.hidden).to(self.backbone.device)
         load_tensors(clf, tensors, path)
@@ -265,6 +271,8 @@ class Rwda(WinClip):
         """Digest of what decides the classifier: backbone weights, generator, classifier and training settings."""
         bb = self.backbone.manifest()
         fields = (*_GENERATOR_FIELDS, "generator_seed", "object_mode", "prompt_set", "hidden", "modality_gap")
+        if self.config.objects:  # absent when empty, so caches made before the option existed stay valid
+            fields = (*fields, "objects")
         key = {
             "backbone": {k: bb.get(k) for k in ("model_name", "pretrained", "weights", "seed", "random_init")},
             "config": {k: getattr(self.config, k) for k in (*fields, "epochs", "batch_size", "lr", "train_seed")},
