@@ -92,6 +92,14 @@ class RwdaConfig(WinClipConfig):
         )
 
 
+def _report(record: dict[str, Any]) -> None:
+    """The one line a user sees after training (``zsad train`` or on the fly): time and held-out accuracy."""
+    Console(stderr=True).print(
+        f"rwda: classifier trained in {record['seconds']:.0f} s, held-out prompt accuracy "
+        f"{100 * record['heldout_accuracy']:.1f}%"
+    )
+
+
 class Classifier(nn.Module):
     """4 linear layers on unit text/image embeddings; ``text_mean`` is the training prompts' mean (centring)."""
 
@@ -140,11 +148,10 @@ class Rwda(WinClip):
 
         Tens of thousands of one-off sentences: they bypass the shared text cache instead of flooding it.
         """
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from zsad.train import progress_bar
 
         out = []
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=Console(stderr=True), transient=True, disable=not progress) as bar:
+        with progress_bar(Console(stderr=True), progress) as bar:
             task = bar.add_task(f"rwda: encoding {what} prompts", total=len(sentences))
             for i in range(0, len(sentences), _EMBED_CHUNK):
                 part = sentences[i : i + _EMBED_CHUNK]
@@ -236,7 +243,7 @@ class Rwda(WinClip):
         if self.config.object_mode == "known" and not class_name:
             raise ZsadInputError("rwda: object_mode=known trains one classifier per object: pass --class-name")
         record = self.train_classifier(class_name, progress=progress)
-        Console(stderr=True).print(f"rwda: held-out prompt accuracy {100 * record['heldout_accuracy']:.1f}%")
+        _report(record)
         return self.save(out, record)
 
     # ------------------------------------------------------------------ checkpoints and the on-the-fly cache
@@ -309,10 +316,7 @@ class Rwda(WinClip):
         with torch.enable_grad():
             record = self.train_classifier(class_name if known else None, progress=True, epoch_lines=False)
         self.save(folder, record)
-        Console(stderr=True).print(
-            f"rwda: classifier trained in {record['seconds']:.0f} s, held-out prompt accuracy "
-            f"{100 * record['heldout_accuracy']:.1f}%"
-        )
+        _report(record)
 
     def _zero_shot_prob(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Classifier probability of (B, D) global or (B, W, D) window embeddings (mean with CLIP's for rwda+clip)."""

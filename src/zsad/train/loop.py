@@ -239,6 +239,12 @@ def fit(
     return TrainResult(history=history, epochs_run=max(cfg.epochs - done, 0), resumed_from=done)
 
 
+def progress_bar(console: Console, enabled: bool) -> Progress:
+    """The transient bar of training work (epochs here, prompt encoding in RWDA): description, bar, n/N, time."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=console, transient=True, disable=not enabled)
+
+
 def _run_epoch(
     module: nn.Module,
     data: Any,
@@ -258,8 +264,7 @@ def _run_epoch(
     batches, total = _batches(data, cfg.batch_size, gen)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True, disable=not progress) as bar:
+    with progress_bar(console, progress) as bar:
         task = bar.add_task(f"{description} epoch {epoch}/{cfg.epochs}", total=total)
         for batch in batches:
             opt.zero_grad(set_to_none=True)
