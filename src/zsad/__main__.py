@@ -1,4 +1,4 @@
-"""``python -m zsad`` = the ``zsad`` command."""
+"""``python -m zsad``: the same command line as ``zsad``."""
 
 from zsad.cli.main import app
 

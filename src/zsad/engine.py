@@ -6,7 +6,6 @@ interrupted run resumes where it stopped; thresholds and overlays (which need ev
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform
@@ -84,62 +83,6 @@ def iterate_batches(
     for batch in loader:
         if batch is not None:
             yield batch
-
-
-class CsvLog:
-    """Append-only CSV with a fixed header, flushed after every batch so a crash loses nothing."""
-
-    def __init__(self, path: Path, fields: Sequence[str]) -> None:
-        self.path, self.fields = path, list(fields)
-        self.rows: list[dict[str, str]] = []
-        if path.exists():
-            with path.open(newline="") as f:
-                reader = csv.DictReader(f)
-                if reader.fieldnames and list(reader.fieldnames) != self.fields:
-                    raise ZsadInputError(f"{path}: exists with other columns; use another --out or delete it")
-                self.rows = list(reader)
-
-    def append(self, rows: Sequence[dict[str, Any]]) -> None:
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields)
-            if new:
-                w.writeheader()
-            for r in rows:
-                w.writerow({k: _fmt(r.get(k, "")) for k in self.fields})
-            f.flush()
-            os.fsync(f.fileno())
-        self.rows.extend({k: _fmt(r.get(k, "")) for k in self.fields} for r in rows)
-
-    def rewrite(self) -> None:
-        """Atomic rewrite after thresholds are known (tmp file + rename)."""
-        tmp = self.path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields)
-            w.writeheader()
-            w.writerows(self.rows)
-        tmp.replace(self.path)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.8g}"
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    return str(v)
-
-
-def map_filename(image_path: str, root_hint: str | None = None) -> str:
-    """A collision-free file stem for an image: its path relative to a root, slashes flattened."""
-    p = Path(image_path)
-    rel = p
-    if root_hint:
-        try:
-            rel = p.resolve().relative_to(Path(root_hint).resolve())
-        except ValueError:
-            rel = p
-    parts = [x for x in rel.with_suffix("").parts if x not in ("/", "..", ".")]
-    return "__".join(parts[-4:])
 
 
 @dataclass
@@ -264,46 +207,3 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-
-
-def method_key(method: Method) -> dict[str, Any]:
-    """What decides a method's scores: its name, options and backbone weights (the resume key of an output folder)."""
-    d = method.describe()
-    bb = {k: d["backbone"].get(k) for k in ("model_name", "pretrained", "image_size", "weights", "seed")}
-    return {"method": d["method"], "config": d["config"], "backbone": bb}
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
-def claim_output(out: Path, key: dict[str, Any]) -> None:
-    """Resume only a run with the same settings: rows of a run with other settings would be mixed into the results.
-
-    The key is stored as ``run_key.json``; a folder that holds predictions but no key (an older zsad) is refused too.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    key = json.loads(json.dumps(key, default=str))
-    path = out / "run_key.json"
-    if path.exists():
-        before, now = _flat(json.loads(path.read_text())), _flat(key)
-        diff = [k for k in sorted(before.keys() | now.keys()) if before.get(k) != now.get(k)]
-        if diff:
-            k = diff[0]
-            raise ZsadInputError(
-                f"{out}: holds a run with other settings ({k}: {before.get(k)!r} there, {now.get(k)!r} now"
-                f"{f', and {len(diff) - 1} more' if len(diff) > 1 else ''}); use another --out or delete it"
-            )
-    elif (out / "predictions.csv").exists():
-        raise ZsadInputError(f"{out}: holds predictions.csv but no run_key.json; use another --out or delete it")
-    path.write_text(json.dumps(key, indent=2))
-
-
-def write_manifest(out: Path, method: Method, extra: dict[str, Any]) -> None:
-    manifest = {**method.describe(), **extra, "environment": environment()}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))

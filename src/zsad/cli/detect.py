@@ -1,7 +1,15 @@
-"""``zsad detect``: unlabeled images in, scores + maps + overlays out, incrementally and resumably."""
+"""``zsad detect``: unlabeled images in, scores + maps + overlays out, incrementally and resumably.
+
+Two steps: ``DetectJob.validate`` checks every input (files, folder, options, run key) before any model loads;
+``run_detect`` then scores only what the output folder does not hold yet, one row and one file set per input.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,19 +18,21 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from zsad.engine import (
-    CsvLog,
-    claim_output,
-    decode_parts,
-    map_filename,
-    method_key,
-    parts_json,
-    resize_map,
-    score_dataset,
-    write_manifest,
-)
+from zsad.engine import decode_parts, environment, parts_json, resize_map, score_dataset
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
+from zsad.runs.build import MethodSpec, method_key
+from zsad.runs.outputs import (
+    CsvLog,
+    OutputNames,
+    check_output_dir,
+    check_run_key,
+    claim_output,
+    identity,
+    is_number,
+    save_npy,
+    write_json,
+)
 from zsad.thresholds import Threshold, choose_threshold
 
 FIELDS = [
@@ -36,95 +46,187 @@ FIELDS = [
     "overlay_path",
     "map_min",
     "map_max",
+    "image_size",
+    "map_size",
     "score_parts",
 ]
+NORMALIZE = ("dataset", "per_image")
 
 
-def _stack_images(ds: Any) -> torch.Tensor:
-    return torch.stack([ds[i]["image"] for i in range(len(ds))])
+@dataclass
+class DetectJob:
+    """Everything a detect run reads, checked by ``validate`` before the model is built."""
+
+    paths: list[str]
+    out: Path
+    list_file: Path | None = None
+    image_glob: str | None = None
+    recursive: bool = False
+    class_name: str | None = None
+    reference_dir: Path | None = None
+    k_shot: int = 0
+    threshold: float | None = None
+    batch_size: int = 8
+    overlays: bool = True
+    normalize: str = "dataset"
+    skip_bad: bool = False
+    seed: int = 0
+    max_map_size: int = 4096
+    files: list[Path] = field(default_factory=list)
+    references: list[Path] = field(default_factory=list)
+
+    def validate(self, spec: MethodSpec) -> DetectJob:
+        """Inputs, references, numbers and the output folder; then the run key as far as it is known."""
+        from zsad.data.datasets import collect_images, read_list_file
+
+        if self.normalize not in NORMALIZE:
+            raise ZsadInputError(f"--normalize {self.normalize!r}: use 'dataset' or 'per_image'")
+        if self.batch_size < 1:
+            raise ZsadInputError(f"--batch-size {self.batch_size}: must be >= 1")
+        if self.k_shot < 0:
+            raise ZsadInputError(f"--k-shot {self.k_shot}: must be >= 0 (0 = every reference image)")
+        if self.max_map_size < 0:
+            raise ZsadInputError(f"--max-map-size {self.max_map_size}: must be >= 0 (0 = no cap)")
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise ZsadInputError(f"--threshold {self.threshold}: must be a finite number")
+        items = list(self.paths) + (read_list_file(self.list_file) if self.list_file is not None else [])
+        if not items:
+            raise ZsadInputError("no images given: pass files, folders or glob patterns, or --list FILE")
+        self.files = collect_images(items, recursive=self.recursive, image_glob=self.image_glob)
+        if self.reference_dir is not None:
+            if not self.reference_dir.is_dir():
+                raise ZsadInputError(f"--reference-dir {self.reference_dir}: folder not found")
+            self.references = collect_images([self.reference_dir], self.recursive, self.image_glob)
+        cls = spec.cls
+        if self.references and not cls.supports_few_shot and self.k_shot:
+            raise ZsadInputError(f"--k-shot: method {cls.name} takes no reference images (they only calibrate)")
+        check_output_dir(self.out)
+        return self
+
+    def key(self, spec: MethodSpec) -> dict[str, Any]:
+        """The run key as known before the build; ``run_detect`` completes and checks it after."""
+        cls = spec.cls
+        n_refs = len(self.references)
+        k = min(self.k_shot or n_refs, n_refs) if cls.supports_few_shot else 0
+        return {
+            **spec.key(),
+            "class_name": (self.class_name or "object") if cls.needs_class_name else "object",
+            "k_shot": k,
+            "inputs": self.inputs(),
+        }
+
+    def inputs(self) -> dict[str, Any]:
+        """The input spec (not the file list: a folder that gains images resumes and scores the new ones)."""
+        return {
+            "paths": [os.path.abspath(p) for p in self.paths],
+            "list_file": os.path.abspath(self.list_file) if self.list_file else None,
+            "image_glob": self.image_glob,
+            "recursive": self.recursive,
+            "reference_dir": os.path.abspath(self.reference_dir) if self.reference_dir else None,
+        }
+
+    def check_resume(self, spec: MethodSpec) -> None:
+        """Refuse, before the model loads, a folder holding a run with other settings (checked again after)."""
+        key = self.key(spec)
+        check_run_key(self.out, key, sections=key.keys())
 
 
-def run_detect(
-    method: Method,
-    paths: list[str],
-    out: Path,
-    *,
-    class_name: str | None,
-    reference_dir: Path | None,
-    k_shot: int,
-    threshold: float | None,
-    recursive: bool,
-    batch_size: int,
-    overlays: bool,
-    normalize: str,
-    skip_bad: bool,
-    seed: int,
-    progress: Progress,
-    console: Console,
-) -> int:
+def map_size(height: int, width: int, cap: int) -> tuple[int, int]:
+    """(H, W) of the written map: the image's own size, or scaled so the long side is ``cap`` (0 = no cap)."""
+    long_side = max(height, width)
+    if cap <= 0 or long_side <= cap:
+        return height, width
+    scale = cap / long_side
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def run_detect(method: Method, job: DetectJob, *, new_progress: Callable[[], Progress], console: Console) -> int:
+    """Score what the folder does not hold yet, then thresholds, overlays and the manifest over every row."""
     from zsad.data import ImageList
 
-    if normalize not in ("dataset", "per_image"):
-        raise ZsadInputError(f"--normalize {normalize!r}: use 'dataset' or 'per_image'")
     bb = method.backbone
     kw = {"image_size": method.image_size, "mean": bb.mean, "std": bb.std}
-    ds = ImageList(paths, recursive=recursive, **kw)
+    ds = ImageList(job.files, **kw)
     refs = calib = None
-    if reference_dir is not None:
-        ref_ds = ImageList([str(reference_dir)], recursive=recursive, **kw)
-        order = torch.randperm(len(ref_ds), generator=torch.Generator().manual_seed(seed)).tolist()
+    if job.references:
+        ref_ds = ImageList(job.references, **kw)
+        order = torch.randperm(len(ref_ds), generator=torch.Generator().manual_seed(job.seed)).tolist()
         all_refs = torch.stack([ref_ds[i]["image"] for i in order])
         if method.supports_few_shot:
-            k = k_shot or len(all_refs)
+            k = job.k_shot or len(all_refs)
             refs, calib = all_refs[:k], all_refs[k:]  # calibrate on references the method has not memorised
         else:
             calib = all_refs
-    method.setup(class_name, reference_images=refs)
+    method.setup(job.class_name, reference_images=refs)
 
-    claim_output(out, {**method_key(method), "class_name": method.class_name, "k_shot": method.k_shot})
+    out = job.out
+    key = {**method_key(method), "class_name": method.class_name, "k_shot": method.k_shot, "inputs": job.inputs()}
+    claim_output(out, key)
     (out / "maps").mkdir(exist_ok=True)
-    log = CsvLog(out / "predictions.csv", FIELDS)
-    done = {r["image_path"] for r in log.rows if (out / r["anomaly_map_path"]).exists()}
+
+    def complete(r: dict[str, str]) -> bool:
+        return is_number(r["pred_score"]) and bool(r["anomaly_map_path"]) and (out / r["anomaly_map_path"]).is_file()
+
+    log = CsvLog(out / "predictions.csv", FIELDS, key=lambda r: identity(r["image_path"]), complete=complete)
+    if log.repair_note():
+        console.print(f"[yellow]{log.repair_note()}[/]; they are scored again", highlight=False)
+    names = OutputNames()
+    for r in log.rows:
+        names.claim(Path(r["anomaly_map_path"]).stem, identity(r["image_path"]))
+    done = {r["image_path"] for r in log.rows}
+    todo = sum(str(s.image_path) not in done for s in ds.samples)
     if done:
-        console.print(f"resuming: {len(done)} of {len(ds)} images already scored in {out}")
+        console.print(f"resuming: {len(ds) - todo} of {len(ds)} images already scored in {out}")
+    (out / "errors.csv").unlink(missing_ok=True)  # this run's failures only (earlier ones are retried)
     errors = CsvLog(out / "errors.csv", ["image_path", "error"])
+    failed: list[str] = []
 
     def on_error(err: dict[str, Any]) -> None:
         console.print(f"[yellow]skipped:[/] {err['error']}", highlight=False)
         errors.append([err])
+        failed.append(err["image_path"])
 
-    todo = len(ds) - len(done & {str(s.image_path) for s in ds.samples})
+    progress = new_progress()
     task = progress.add_task(f"{method.name}: scoring", total=todo)
+    scored = 0
     with progress:
         batches = score_dataset(
-            method,
-            ds,
-            batch_size,
-            skip_paths=done,
-            skip_bad=skip_bad,
-            on_error=on_error,
-            progress=progress,
+            method, ds, job.batch_size, skip_paths=done, skip_bad=job.skip_bad, on_error=on_error, progress=progress
         )
         for sb in batches:
             hs, ws = sb.batch["original_size"]
             rows = []
             for i, p in enumerate(sb.paths):
-                full = resize_map(sb.maps[i], (int(hs[i]), int(ws[i])))
-                rel = Path("maps") / f"{map_filename(p)}.npy"
-                np.save(out / rel, full)
+                h, w = int(hs[i]), int(ws[i])
+                mh, mw = map_size(h, w, job.max_map_size)
+                rel = Path("maps") / f"{names.name(p)}.npy"
+                try:
+                    full = resize_map(sb.maps[i], (mh, mw))
+                    save_npy(out / rel, full)
+                except OSError as e:
+                    if not job.skip_bad:
+                        raise
+                    on_error({"image_path": p, "error": f"{p}: cannot write {rel}: {e.strerror or e}"})
+                    continue
                 rows.append(
                     {
                         "image_path": p,
                         "pred_score": float(sb.scores[i]),
-                        "anomaly_map_path": str(rel),
+                        "anomaly_map_path": rel.as_posix(),
                         "map_min": float(full.min()),
                         "map_max": float(full.max()),
+                        "image_size": f"{w}x{h}",
+                        "map_size": f"{mw}x{mh}",
                         "score_parts": parts_json(sb.parts, i),
                     }
                 )
             log.append(rows)
-            progress.advance(task, len(rows))
+            scored += len(rows)
+            progress.update(task, completed=scored + len(failed))
+        progress.update(task, completed=scored + len(failed))  # files skipped in the last batch count as done
 
+    if not log.rows:
+        raise ZsadInputError(f"no image could be scored; the {len(failed)} failures are listed in {out / 'errors.csv'}")
     if method.set_level and method.is_transductive:
         console.print(f"[bold yellow]{method.name}: TRANSDUCTIVE: {method.transductive_note}[/]")
     parts = decode_parts(log.rows)
@@ -143,7 +245,7 @@ def run_detect(
             calib_parts = {k: v.cpu().numpy().astype(np.float64) for k, v in pred.score_parts.items()}
             calib_scores = method.finalize_scores(calib_parts, fit=parts)
         calib_max = pred.anomaly_map.flatten(1).amax(1).cpu().numpy()
-    thr = choose_threshold(scores, normal_scores=calib_scores, manual=threshold)
+    thr = choose_threshold(scores, normal_scores=calib_scores, manual=job.threshold)
     # Pixel decisions: the same rule applied to per-image map maxima (map values need not share the score scale).
     pthr = choose_threshold(maxima, normal_scores=calib_max)
     labels = thr.apply(scores)
@@ -154,56 +256,74 @@ def run_detect(
             threshold_source=thr.source,
             pixel_threshold=f"{pthr.value:.8g}",
         )
-    if overlays:
-        _write_overlays(log.rows, out, normalize, pthr, progress)
+    if job.overlays:
+        _write_overlays(log.rows, out, job, pthr, names, new_progress, on_error)
     log.rewrite()
-    write_manifest(
-        out,
-        method,
-        {
-            "command": "detect",
-            "inputs": paths,
-            "reference_dir": str(reference_dir or ""),
-            "threshold": vars(thr),
-            "pixel_threshold": vars(pthr),
-            "normalize": normalize,
-            "num_images": len(log.rows),
-            "transductive": method.is_transductive,
-        },
-    )
-    n_bad = len(errors.rows)
+    manifest = {
+        **method.describe(),
+        "command": "detect",
+        "inputs": job.inputs(),
+        "threshold": vars(thr),
+        "pixel_threshold": vars(pthr),
+        "normalize": job.normalize,
+        "max_map_size": job.max_map_size,
+        "num_images": len(log.rows),
+        "num_failed": len(failed),
+        "transductive": method.is_transductive,
+    }
+    write_json(out / "manifest.json", {**manifest, "environment": environment()})
     console.print(
         f"{len(log.rows)} images scored, {int(labels.sum())} flagged anomalous "
         f"(threshold {thr.value:.4g}, {thr.source}); results in {out / 'predictions.csv'}"
-        + (f"; {n_bad} unreadable files listed in {out / 'errors.csv'}" if n_bad else "")
+        + (f"; {len(failed)} files failed, listed in {out / 'errors.csv'} (exit code 1)" if failed else "")
     )
-    return 1 if n_bad else 0
+    return 1 if failed else 0
 
 
-def _write_overlays(rows: list[dict[str, str]], out: Path, normalize: str, pthr: Threshold, progress: Progress) -> None:
+def _write_overlays(
+    rows: list[dict[str, str]],
+    out: Path,
+    job: DetectJob,
+    pthr: Threshold,
+    names: OutputNames,
+    new_progress: Callable[[], Progress],
+    on_error: Callable[[dict[str, Any]], None],
+) -> None:
+    """One PNG per row, at the map's size (the image is scaled down with it when capped)."""
+    from PIL import Image
+
     from zsad.data import load_image
     from zsad.viz import render_prediction, save_png
 
     (out / "overlays").mkdir(exist_ok=True)
     gmin = min(float(r["map_min"]) for r in rows)
     gmax = max(float(r["map_max"]) for r in rows)
-    task = progress.add_task(f"overlays ({normalize} colour scale)", total=len(rows))
+    progress = new_progress()
+    task = progress.add_task(f"overlays ({job.normalize} colour scale)", total=len(rows))
     with progress:
         for r in rows:
-            amap = np.load(out / r["anomaly_map_path"])
-            vmin, vmax = (gmin, gmax) if normalize == "dataset" else (float(amap.min()), float(amap.max()))
-            img = np.asarray(load_image(r["image_path"]))
-            panel = render_prediction(
-                img,
-                amap,
-                vmin,
-                vmax,
-                pred_mask=pthr.apply(amap),
-                score=float(r["pred_score"]),
-                label=bool(int(r["pred_label"])),
-                scope=normalize,
-            )
-            rel = Path("overlays") / (Path(r["anomaly_map_path"]).stem + ".png")
-            save_png(out / rel, panel)
-            r["overlay_path"] = str(rel)
+            rel = Path("overlays") / f"{Path(r['anomaly_map_path']).stem}.png"
+            try:
+                amap = np.load(out / r["anomaly_map_path"])
+                vmin, vmax = (gmin, gmax) if job.normalize == "dataset" else (float(amap.min()), float(amap.max()))
+                img = load_image(r["image_path"])
+                if img.size != (amap.shape[1], amap.shape[0]):
+                    img = img.resize((amap.shape[1], amap.shape[0]), Image.Resampling.BILINEAR, reducing_gap=2.0)
+                panel = render_prediction(
+                    np.asarray(img),
+                    amap,
+                    vmin,
+                    vmax,
+                    pred_mask=pthr.apply(amap),
+                    score=float(r["pred_score"]),
+                    label=bool(int(r["pred_label"])),
+                    scope=job.normalize,
+                )
+                save_png(out / rel, panel)
+                r["overlay_path"] = rel.as_posix()
+            except (OSError, ZsadInputError) as e:
+                if not job.skip_bad:
+                    raise
+                r["overlay_path"] = ""
+                on_error({"image_path": r["image_path"], "error": f"overlay: {str(e).splitlines()[0]}"})
             progress.advance(task)

@@ -7,8 +7,8 @@ once (row + ``.npy``), so an interrupted evaluation resumes without recomputing 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,18 +19,21 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from zsad.engine import (
-    CsvLog,
-    claim_output,
-    decode_parts,
-    map_filename,
-    method_key,
-    parts_json,
-    score_dataset,
-    write_manifest,
-)
+from zsad.engine import decode_parts, environment, parts_json, score_dataset
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
+from zsad.runs.build import MethodSpec, method_key
+from zsad.runs.outputs import (
+    CsvLog,
+    OutputNames,
+    check_run_key,
+    claim_output,
+    identity,
+    is_number,
+    save_npy,
+    write_json,
+    write_text,
+)
 from zsad.thresholds import choose_threshold
 
 FIELDS = [
@@ -72,6 +75,12 @@ class EvalSpec:
     reference_dir: Path | None = None
     seed: int = 0
     allow_seen: bool = False
+
+    def __post_init__(self) -> None:
+        # absolute, so rows, run keys and resumes do not depend on the working folder
+        self.root = Path(os.path.abspath(self.root))
+        if self.reference_dir is not None:
+            self.reference_dir = Path(os.path.abspath(self.reference_dir))
 
 
 @dataclass
@@ -135,10 +144,15 @@ def _check_unseen(method: Method, cat: str, ds: Any, seen: set[str], allow: bool
     return n
 
 
-def _datasets(spec: EvalSpec, kw: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(category, test dataset, normal-reference dataset or None) per requested category."""
+def _datasets(spec: EvalSpec, kw: dict[str, Any] | None = None) -> list[tuple[str, Any, Any]]:
+    """(category, test dataset, normal-reference dataset or None) per requested category.
+
+    Listing checks every folder and file, so it runs before any model is built; ``kw`` (image size, mean, std)
+    may come later through ``with_preprocessing``.
+    """
     from zsad import data
 
+    kw = kw or {}
     if not spec.root.is_dir():
         raise ZsadInputError(f"{spec.root}: dataset root not found")
     name = spec.dataset.lower()
@@ -166,6 +180,18 @@ def _datasets(spec: EvalSpec, kw: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         refs = data.ImageList([str(spec.reference_dir)], **kw) if spec.reference_dir else None
         return [(cat, ds, refs)]
     raise ZsadInputError(f"--dataset {spec.dataset!r}: use mvtec, visa or folder")
+
+
+def eval_key(spec: EvalSpec) -> dict[str, Any]:
+    """The data part of an eval run key (categories may be added to a folder later, not changed)."""
+    data = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("categories", "allow_seen")}
+    return {"data": data}
+
+
+def check_eval_resume(method: MethodSpec, spec: EvalSpec, out: Path) -> None:
+    """Refuse, before the model loads, a folder holding an evaluation with other settings (checked again after)."""
+    key = {**method.key(), **eval_key(spec)}
+    check_run_key(out, key, sections=key.keys())
 
 
 def _references(refs: Any, k: int, seed: int) -> torch.Tensor | None:
@@ -203,36 +229,52 @@ def run_eval(
     overlays: int,
     progress: Progress,
     console: Console,
-) -> Table:
+    sets: list[tuple[str, Any, Any]] | None = None,
+) -> EvalResult:
+    """Score every category not yet in ``out``, then metrics over all rows (the caller holds ``out``'s lock)."""
     from zsad.metrics import compute_metrics, mean_over_categories
 
     bb = method.backbone
-    kw = {"image_size": method.image_size, "mean": bb.mean, "std": bb.std}
-    sets = _datasets(spec, kw)  # bad input fails here, before the output folder is touched
-    data = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("categories", "allow_seen")}
-    claim_output(out, {**method_key(method), "data": data})  # categories may be added to a folder, not changed
-    log = CsvLog(out / "predictions.csv", FIELDS)
-    per_cat: dict[str, dict[str, float]] = {}
+    sets = sets if sets is not None else _datasets(spec)  # bad input fails here, before the folder is touched
+    for _, ds, refs in sets:
+        for d in (ds, refs):
+            if d is not None:
+                d.with_preprocessing(method.image_size, bb.mean, bb.std)
     seen = training_images(method)
     notes: list[str] = []
     if method.is_transductive:
         notes.append(f"TRANSDUCTIVE: {method.transductive_note}")
-    for cat, ds, ref_ds in sets:
+    for cat, ds, _ in sets:  # refuse leakage before anything is written
         n_seen = _check_unseen(method, cat, ds, seen, spec.allow_seen, spec.dataset.lower())
         if n_seen:
             notes.append(f"{cat}: {n_seen} of {len(ds)} images were in the training data (NOT zero-shot)")
+    claim_output(out, {**method_key(method), **eval_key(spec)})
+
+    def complete(r: dict[str, str]) -> bool:
+        return is_number(r["pred_score"]) and bool(r["anomaly_map_path"]) and (out / r["anomaly_map_path"]).is_file()
+
+    log = CsvLog(
+        out / "predictions.csv", FIELDS, key=lambda r: (r["category"], identity(r["image_path"])), complete=complete
+    )
+    if log.repair_note():
+        console.print(f"[yellow]{log.repair_note()}[/]; they are scored again", highlight=False)
+    names = OutputNames()
+    for r in log.rows:
+        names.claim(Path(r["anomaly_map_path"]).stem, identity(r["image_path"]), scope=r["category"])
+    per_cat: dict[str, dict[str, float]] = {}
+    for cat, ds, ref_ds in sets:
         refs = _references(ref_ds, spec.k_shot, spec.seed) if method.supports_few_shot else None
         method.setup(spec.class_name or cat.replace("_", " "), reference_images=refs)
         (out / "maps" / cat).mkdir(parents=True, exist_ok=True)
-        done = {r["image_path"] for r in log.rows if r["category"] == cat and (out / r["anomaly_map_path"]).exists()}
-        task = progress.add_task(f"{method.name} | {cat}", total=len(ds), completed=len(done))
+        done = {r["image_path"] for r in log.rows if r["category"] == cat}
+        task = progress.add_task(f"{method.name} | {cat}", total=len(ds), completed=len(done & _paths(ds)))
         with progress:
             label = f"{method.name} | {cat}"
             for sb in score_dataset(method, ds, batch_size, skip_paths=done, progress=progress, label=label):
                 rows = []
                 for i, p in enumerate(sb.paths):
-                    rel = Path("maps") / cat / f"{map_filename(p, str(spec.root))}.npy"
-                    np.save(out / rel, sb.maps[i])
+                    rel = Path("maps") / cat / f"{names.name(p, scope=cat)}.npy"
+                    save_npy(out / rel, sb.maps[i])
                     rows.append(
                         {
                             "category": cat,
@@ -240,7 +282,7 @@ def run_eval(
                             "gt_label": int(sb.batch["gt_label"][i]),
                             "mask_path": sb.batch["mask_path"][i],
                             "pred_score": float(sb.scores[i]),
-                            "anomaly_map_path": str(rel),
+                            "anomaly_map_path": rel.as_posix(),
                             "score_parts": parts_json(sb.parts, i),
                         }
                     )
@@ -264,14 +306,21 @@ def run_eval(
         "aupro_note": "pixel_AUPRO = exact curve up to FPR 0.3 (anomalib); pixel_AUPRO_cflow = 200 thresholds, "
         "FPR<0.3 rescaled (CLIP-AD/AnomalyCLIP repos)",
     }
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
+    write_json(out / "metrics.json", result)
     md = metrics_markdown(per_cat, mean, title=_title(method))
     md += "".join(f"\n> {n}\n" for n in notes)
-    (out / "metrics.md").write_text(md)
-    write_manifest(out, method, {"command": "eval", "spec": {k: str(v) for k, v in vars(spec).items()}})
+    write_text(out / "metrics.md", md)
+    spec_record = {k: str(v) for k, v in vars(spec).items()}
+    write_json(
+        out / "manifest.json", {**manifest, "command": "eval", "spec": spec_record, "environment": environment()}
+    )
     for n in notes:
         console.print(f"[bold yellow]{n}[/]")
     return EvalResult(method.name, _title(method), per_cat, mean, _table(per_cat, mean, _title(method)), notes)
+
+
+def _paths(ds: Any) -> set[str]:
+    return {str(s.image_path) for s in ds.samples}
 
 
 def _category_metrics(
@@ -355,12 +404,12 @@ def write_comparison(results: dict[str, EvalResult], out: Path) -> Table:
     body = ["**Methods side by side** (mean over categories, %)", "", *lines, ""]
     body += [f"- {name}: {r.title}" for name, r in results.items()]
     body += [f"- {name}: {n}" for name, r in results.items() for n in r.notes]
-    (out / "comparison.md").write_text("\n".join(body) + "\n")
+    write_text(out / "comparison.md", "\n".join(body) + "\n")
     data = {
         name: {"title": r.title, "mean": r.mean, "categories": r.per_category, "notes": r.notes}
         for name, r in results.items()
     }
-    (out / "comparison.json").write_text(json.dumps(data, indent=2, default=str))
+    write_json(out / "comparison.json", data)
     return table
 
 

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from zsad.cli.tables import print_table
 from zsad.errors import ZsadInputError
+
+if TYPE_CHECKING:
+    from zsad.runs.build import MethodSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Zero-/few-shot visual anomaly detection with CLIP.")
 console = Console(stderr=True, soft_wrap=True)
@@ -69,20 +74,11 @@ def _progress() -> Progress:
     )
 
 
-def _parse_options(opts: list[str] | None) -> list[tuple[str | None, str, Any]]:
-    """``KEY=VALUE`` (every method) or ``METHOD:KEY=VALUE`` (one method); VALUE is JSON when it parses."""
-    out: list[tuple[str | None, str, Any]] = []
-    for o in opts or []:
-        if "=" not in o:
-            raise ZsadInputError(f"--option {o!r}: expected KEY=VALUE or METHOD:KEY=VALUE")
-        k, v = o.split("=", 1)
-        target, _, key = k.strip().rpartition(":")
-        try:
-            value: Any = json.loads(v)
-        except json.JSONDecodeError:
-            value = v
-        out.append((target or None, key.strip(), tuple(value) if isinstance(value, list) else value))
-    return out
+def _parse_options(opts: list[str] | None) -> list[tuple[str | None, str, str]]:
+    """``KEY=VALUE`` (every method) or ``METHOD:KEY=VALUE`` (one method); values are typed per method later."""
+    from zsad.methods.options import parse_option
+
+    return [parse_option(o) for o in opts or []]
 
 
 def _option_names(method_name: str) -> set[str]:
@@ -90,8 +86,10 @@ def _option_names(method_name: str) -> set[str]:
     import dataclasses
 
     from zsad.methods import get_method_class
+    from zsad.methods.options import BACKBONE_FIELDS
 
-    return {f.name for f in dataclasses.fields(get_method_class(method_name).config_cls)}
+    fields = {f.name for f in dataclasses.fields(get_method_class(method_name).config_cls)}
+    return fields - set(BACKBONE_FIELDS)
 
 
 def _options_for(method_name: str, parsed: list[tuple[str | None, str, Any]], strict: bool) -> dict[str, Any]:
@@ -107,87 +105,59 @@ def _options_for(method_name: str, parsed: list[tuple[str | None, str, Any]], st
 
 
 def _check_options_used(methods: list[str], parsed: list[tuple[str | None, str, Any]]) -> None:
+    """Every option must reach a selected method: a typo in a METHOD: prefix or a key is never silently dropped."""
+    from zsad.methods import get_method_class
+
+    selected = {get_method_class(m).name for m in methods}
     known = set().union(*(_option_names(m) for m in methods))
-    for target, key, _ in parsed:
+    for target, key, value in parsed:
+        if target is not None and target.lower() not in selected:
+            raise ZsadInputError(
+                f"--option {target}:{key}={value}: {target!r} is not a selected method ({', '.join(sorted(selected))})"
+            )
         if target is None and key not in known:
             raise ZsadInputError(f"--option {key}: no selected method ({', '.join(methods)}) has this option")
+        if target is not None and key not in _option_names(target.lower()):
+            names = ", ".join(sorted(_option_names(target.lower())))
+            raise ZsadInputError(f"--option {target}:{key}: {target} has no option {key!r} (known: {names})")
 
 
-def _build(
-    method_name: str,
+def _spec(
+    method: str,
+    options: dict[str, Any],
     backbone: str | None,
     pretrained: str | None,
     weights: Path | None,
     image_size: int | None,
     device: str | None,
     seed: int,
-    options: dict[str, Any],
     checkpoint: Path | None = None,
-    cache: dict[tuple[Any, ...], Any] | None = None,
-) -> Any:
-    """Build a method on its backbone; ``cache`` shares one backbone between methods that ask for the same one."""
-    from zsad.backbone import ClipBackbone
-    from zsad.methods import get_method_class
+    *,
+    for_training: bool = False,
+) -> MethodSpec:
+    """A method spec with every input checked (options, weights, checkpoint), before any model is built."""
+    from zsad.runs.build import BackboneSpec, MethodSpec
 
-    cls = get_method_class(method_name)
-    defaults = cls.config_cls()
-    if weights is None and os.environ.get("ZSAD_WEIGHTS"):
-        weights = Path(os.environ["ZSAD_WEIGHTS"])
-    tag = pretrained if pretrained is not None else defaults.pretrained
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    key = (backbone or defaults.backbone, tag, str(weights), image_size or defaults.image_size, dev, seed)
-    bb = cache.get(key) if cache is not None else None
-    if bb is None:
-        bb = ClipBackbone.from_pretrained(key[0], tag, weights=weights, image_size=key[3], device=dev, seed=seed)
-        if cache is not None:
-            cache[key] = bb
-        if bb.random_init:
-            console.print(
-                "[bold red]WARNING: --pretrained none: the backbone has SEEDED RANDOM weights. Scores and maps are "
-                "meaningless for detection; use this only for smoke tests, speed and fidelity checks.[/]"
-            )
-    if checkpoint is not None:
-        if not cls.trainable:
-            raise ZsadInputError(f"--checkpoint: method {method_name} has no trained parts")
-        options = {**options, "checkpoint": str(checkpoint)}
-    elif cls.trainable and cls.requires_checkpoint and "checkpoint" not in options:
-        raise ZsadInputError(
-            f"method {method_name} needs trained parts: pass --checkpoint DIR (made by `zsad train --method "
-            f"{method_name} ...`)"
+    bb = BackboneSpec(backbone, pretrained, weights, image_size, device or None, seed)
+    return MethodSpec(method, bb, options, checkpoint).validate(for_training=for_training)
+
+
+def _build(spec: MethodSpec, cache: dict[tuple[Any, ...], Any] | None = None) -> Any:
+    """Load the backbone (shared through ``cache``) and the method; warn loudly about random weights."""
+    fresh = cache is None or spec.backbone.cache_key() not in cache
+    m = spec.build(cache)
+    if fresh and m.backbone.random_init:
+        console.print(
+            "[bold red]WARNING: --pretrained none: the backbone has SEEDED RANDOM weights. Scores and maps are "
+            "meaningless for detection; use this only for smoke tests, speed and fidelity checks.[/]"
         )
-    return cls(bb, **options)
-
-
-def _route_checkpoints(methods: list[str], paths: list[Path]) -> dict[str, Path]:
-    """Each --checkpoint to the method its manifest names; one checkpoint and one trainable method always pair."""
-    from zsad.methods import get_method_class
-    from zsad.train import read_manifest
-
-    trainable = [m for m in methods if get_method_class(m).trainable]
-    if not paths:
-        return {}
-    if not trainable:
-        raise ZsadInputError(f"--checkpoint: none of the methods {', '.join(methods)} has trained parts")
-    if len(paths) == 1 and len(trainable) == 1:
-        return {trainable[0]: paths[0]}  # the loader names a method mismatch
-    routed: dict[str, Path] = {}
-    for path in paths:
-        owner = read_manifest(path)[1].get("method")
-        if owner not in trainable:
-            raise ZsadInputError(
-                f"--checkpoint {path}: trained for method {owner!r}, which is not among the trainable --method "
-                f"{', '.join(trainable)}"
-            )
-        if owner in routed:
-            raise ZsadInputError(f"--checkpoint: two checkpoints for method {owner}: {routed[owner]} and {path}")
-        routed[owner] = path
-    return routed
+    return m
 
 
 _DATA_ARGS = ("normal_dir", "abnormal_dir", "mask_dir", "image_dir", "labels_csv", "image_glob", "class_name")
 
 
-def _spec(args: dict[str, Any], **extra: Any) -> Any:
+def _data_spec(args: dict[str, Any], **extra: Any) -> Any:
     """The dataset description shared by `eval` and `train` from a command's arguments."""
     from zsad.cli.evaluate import EvalSpec
 
@@ -200,9 +170,32 @@ def _spec(args: dict[str, Any], **extra: Any) -> Any:
     )
 
 
-def _fail(e: Exception) -> None:
-    console.print(f"[red]error:[/] {str(e).splitlines()[0] if str(e) else type(e).__name__}", highlight=False)
+def _fail(e: BaseException) -> NoReturn:
+    """One line and exit 2; ``ZSAD_DEBUG=1`` shows the traceback instead (for bug reports)."""
+    if os.environ.get("ZSAD_DEBUG"):
+        raise e
+    if isinstance(e, OSError) and not isinstance(e, ZsadInputError):
+        where = f"{e.filename}: " if e.filename else ""
+        text = f"{where}{e.strerror or type(e).__name__}"
+    else:
+        text = " ".join(str(e).split()) or type(e).__name__
+    console.print(f"[red]error:[/] {text}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+@contextmanager
+def _one_line_errors(out: Path | None = None) -> Iterator[None]:
+    """Bad input and file-system errors end in one line (exit 2); Ctrl-C in one line (exit 130), results kept."""
+    try:
+        yield
+    except ZsadInputError as e:
+        _fail(e)
+    except OSError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        where = f"; the rows written so far are kept in {out}: run the same command again to resume" if out else ""
+        console.print(f"[red]interrupted[/]{where}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 @app.command("methods")
@@ -223,7 +216,7 @@ def methods_cmd() -> None:
             "yes (zsad train)" if cls.trainable else "no",
             doc,
         )
-    Console().print(table)
+    print_table(table)
 
 
 @app.command("samples")
@@ -243,10 +236,18 @@ def samples_cmd(
 
 @app.command("detect")
 def detect_cmd(
-    path: Annotated[list[str], typer.Argument(help="Image file(s), folder(s) or glob pattern(s).")],
+    path: Annotated[list[str] | None, typer.Argument(help="Image file(s), folder(s) or glob pattern(s).")] = None,
     out: Annotated[Path, typer.Option(help="Output folder (resumes if it holds an earlier run).")] = Path("results"),
     method: Annotated[str, typer.Option(help="Method name (see `zsad methods`).")] = "winclip",
     class_name: Annotated[str | None, typer.Option(help="Object name used in prompts (default 'object').")] = None,
+    image_glob: Annotated[
+        str | None,
+        typer.Option(help="Which files of the folders to score, e.g. '*.jpg' (needed when masks lie beside images)."),
+    ] = None,
+    list_file: Annotated[
+        Path | None,
+        typer.Option("--list", help="Text file of image paths, one per line (relative to the file's folder)."),
+    ] = None,
     reference_dir: Annotated[
         Path | None, typer.Option(help="Folder of NORMAL images: few-shot references and threshold calibration.")
     ] = None,
@@ -258,8 +259,12 @@ def detect_cmd(
     normalize: Annotated[
         str, typer.Option(help="Heatmap colour scale: dataset (one scale for all) or per_image.")
     ] = "dataset",
+    max_map_size: Annotated[
+        int, typer.Option(help="Long side cap (px) of written maps and overlays; larger images are scaled. 0 = none.")
+    ] = 4096,
     skip_bad: Annotated[
-        bool, typer.Option(help="Skip unreadable images (listed in errors.csv) instead of stopping.")
+        bool,
+        typer.Option(help="Skip files that cannot be read or written (listed in errors.csv; exit code 1)."),
     ] = False,
     backbone: Backbone = None,
     pretrained: Pretrained = None,
@@ -271,33 +276,39 @@ def detect_cmd(
     checkpoint: Checkpoint = None,
     tta: Tta = False,
 ) -> None:
-    """Score images with no labels: predictions.csv, .npy maps and overlays, written incrementally."""
-    try:
-        from zsad.cli.detect import run_detect
+    """Score images with no labels: predictions.csv, .npy maps and overlays, written incrementally.
 
-        parsed = _parse_options(option) + ([(None, "tta", True)] if tta else [])
+    Exit codes: 0 done; 1 done, but some files were skipped (--skip-bad; see errors.csv); 2 bad input, nothing
+    scored; 130 interrupted (rerun the same command to resume).
+    """
+    from zsad.cli.detect import DetectJob, run_detect
+    from zsad.runs.outputs import RunLock
+
+    with _one_line_errors(out):
+        parsed = _parse_options(option) + ([(None, "tta", "true")] if tta else [])
         _check_options_used([method], parsed)
         opts = _options_for(method, parsed, strict=True)
-        m = _build(method, backbone, pretrained, weights, image_size, device or None, seed, opts, checkpoint)
-        code = run_detect(
-            m,
-            path,
-            out,
+        spec = _spec(method, opts, backbone, pretrained, weights, image_size, device, seed, checkpoint)
+        job = DetectJob(
+            paths=list(path or []),
+            out=out,
+            list_file=list_file,
+            image_glob=image_glob,
+            recursive=recursive,
             class_name=class_name,
             reference_dir=reference_dir,
             k_shot=k_shot,
             threshold=threshold,
-            recursive=recursive,
             batch_size=batch_size,
             overlays=overlays,
             normalize=normalize,
             skip_bad=skip_bad,
             seed=seed,
-            progress=_progress(),
-            console=console,
-        )
-    except ZsadInputError as e:
-        _fail(e)
+            max_map_size=max_map_size,
+        ).validate(spec)
+        with RunLock(out):
+            job.check_resume(spec)
+            code = run_detect(_build(spec), job, new_progress=_progress, console=console)
     raise typer.Exit(code)
 
 
@@ -338,30 +349,57 @@ def eval_cmd(
 
     Several --method give one folder per method under --out and comparison.md / comparison.json side by side.
     """
-    try:
-        from zsad.cli.evaluate import run_eval, write_comparison
+    from zsad.cli.evaluate import _datasets, check_eval_resume, run_eval, write_comparison
+    from zsad.runs.build import route_checkpoints
+    from zsad.runs.outputs import RunLock, check_output_dir
 
+    with _one_line_errors(out):
         methods = method or ["winclip"]
-        parsed = _parse_options(option) + ([(None, "tta", True)] if tta else [])
+        parsed = _parse_options(option) + ([(None, "tta", "true")] if tta else [])
         _check_options_used(methods, parsed)
-        spec = _spec(locals(), k_shot=k_shot, reference_dir=reference_dir, seed=seed, allow_seen=allow_seen)
-        cache: dict[tuple[Any, ...], Any] = {}
-        results = {}
-        routed = _route_checkpoints(methods, checkpoint or [])
-        for name in methods:
-            ckpt = routed.get(name)
-            opts = _options_for(name, parsed, strict=len(methods) == 1)
-            m = _build(name, backbone, pretrained, weights, image_size, device or None, seed, opts, ckpt, cache)
-            where = out if len(methods) == 1 else out / name.replace("+", "_plus")
-            results[name] = run_eval(
-                m, spec, where, batch_size=batch_size, overlays=overlays, progress=_progress(), console=console
+        if batch_size < 1:
+            raise ZsadInputError(f"--batch-size {batch_size}: must be >= 1")
+        data = _data_spec(locals(), k_shot=k_shot, reference_dir=reference_dir, seed=seed, allow_seen=allow_seen)
+        routed = route_checkpoints(methods, checkpoint or [])
+        specs = [
+            _spec(
+                n,
+                _options_for(n, parsed, strict=len(methods) == 1),
+                backbone,
+                pretrained,
+                weights,
+                image_size,
+                device,
+                seed,
+                routed.get(n),
             )
-            Console().print(results[name].table)
-        if len(methods) > 1:
-            table = write_comparison(results, out)
-            Console().print(table)
-    except ZsadInputError as e:
-        _fail(e)
+            for n in methods
+        ]
+        sets = _datasets(data)  # every folder and file checked before any model loads
+        check_output_dir(out)
+        where = {s.name: out if len(specs) == 1 else out / s.name.replace("+", "_plus") for s in specs}
+        with ExitStack() as locks:
+            for folder in dict.fromkeys([out, *where.values()]):
+                locks.enter_context(RunLock(folder))
+            for s in specs:
+                check_eval_resume(s, data, where[s.name])
+            cache: dict[tuple[Any, ...], Any] = {}
+            results = {}
+            for s in specs:
+                m = _build(s, cache)
+                results[s.name] = run_eval(
+                    m,
+                    data,
+                    where[s.name],
+                    batch_size=batch_size,
+                    overlays=overlays,
+                    progress=_progress(),
+                    console=console,
+                    sets=sets,
+                )
+                print_table(results[s.name].table)
+            if len(specs) > 1:
+                print_table(write_comparison(results, out))
 
 
 @app.command("train")
@@ -399,21 +437,38 @@ def train_cmd(
     option: MethodOpt = None,
 ) -> None:
     """Train a method's learnable parts on annotated data (CLIP frozen); writes safetensors + manifest.json."""
-    try:
-        from zsad.cli.train import run_train
+    from zsad.cli.train import prepare_training, run_train
+    from zsad.runs.outputs import RunLock, check_output_dir
 
+    with _one_line_errors(out):
         opts = _options_for(method, _parse_options(option), strict=True)
-        m = _build(method, backbone, pretrained, weights, image_size, device or None, seed, {**opts, "checkpoint": ""})
+        spec = _spec(
+            method,
+            {**opts, "checkpoint": ""},
+            backbone,
+            pretrained,
+            weights,
+            image_size,
+            device,
+            seed,
+            for_training=True,
+        )
         dataset, root = dataset or [], root or []
         if len(dataset) != len(root):
             raise ZsadInputError(f"--dataset given {len(dataset)} times but --root {len(root)} times: pair them")
+        for flag, value in (("--epochs", epochs), ("--batch-size", batch_size)):
+            if value is not None and value < 1:
+                raise ZsadInputError(f"{flag} {value}: must be >= 1")
+        if lr is not None and not (math.isfinite(lr) and lr > 0):
+            raise ZsadInputError(f"--lr {lr}: must be a finite number > 0")
         args = dict(locals())
-        specs = [_spec({**args, "dataset": d, "root": r}) for d, r in zip(dataset, root, strict=True)]
+        data = [_data_spec({**args, "dataset": d, "root": r}) for d, r in zip(dataset, root, strict=True)]
+        listed = prepare_training(spec.cls, data)  # every folder and file checked before any model loads
+        check_output_dir(out)
         overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": train_seed}
         kept = {k: v for k, v in overrides.items() if v is not None}
-        path = run_train(m, specs, out, kept, console=console, class_name=class_name)
-    except ZsadInputError as e:
-        _fail(e)
+        with RunLock(out):
+            path = run_train(_build(spec), data, out, kept, console=console, class_name=class_name, listed=listed)
     console.print(f"checkpoint written to {path}; use it with --method {method} --checkpoint {path}")
 
 
@@ -431,14 +486,23 @@ def import_cmd(
     seed: int = 0,
 ) -> None:
     """Convert an official release's trained layers into a zsad checkpoint (safetensors + manifest)."""
-    try:
+    import importlib
+
+    from zsad.runs.outputs import RunLock, check_output_dir
+
+    with _one_line_errors():
         importers = {"sdp+": "zsad.methods.sdp_plus", "adaclip": "zsad.methods.adaclip"}
         if method not in importers:
             raise ZsadInputError(f"--method {method}: official checkpoints can be imported for {', '.join(importers)}")
-        import importlib
-
-        m = _build(method, backbone, pretrained, weights, image_size, device or None, seed, {"checkpoint": ""})
-        path = importlib.import_module(importers[method]).import_official_checkpoint(file, m.backbone, out, trained_on)
-    except ZsadInputError as e:
-        _fail(e)
+        if not file.is_file():
+            raise ZsadInputError(f"{file}: file not found")
+        spec = _spec(
+            method, {"checkpoint": ""}, backbone, pretrained, weights, image_size, device, seed, for_training=True
+        )
+        check_output_dir(out)
+        with RunLock(out):
+            m = _build(spec)
+            path = importlib.import_module(importers[method]).import_official_checkpoint(
+                file, m.backbone, out, trained_on
+            )
     console.print(f"wrote {path}; use it with --method {method} --checkpoint {path}")

@@ -13,6 +13,25 @@ from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
 
 
+def prepare_training(cls: type[Method], specs: list[EvalSpec]) -> list[tuple[str, Any, str]]:
+    """(category key, dataset, prompt name) of every training category, checked before any model is built.
+
+    Categories of several datasets are kept apart by a dataset prefix.
+    """
+    if not cls.trainable:
+        raise ZsadInputError(f"--method {cls.name}: has nothing to train (trainable methods have `zsad train`)")
+    if cls.needs_training_data and not specs:
+        raise ZsadInputError(f"--method {cls.name}: trains on annotated images; pass --dataset and --root")
+    if not cls.needs_training_data and specs:
+        raise ZsadInputError(f"--method {cls.name}: trains on text only; drop --dataset/--root")
+    listed = []
+    for spec in specs:
+        for cat, ds, _ in _datasets(spec):
+            key = cat if len(specs) == 1 else f"{spec.dataset}:{spec.root.name}:{cat}"
+            listed.append((key, ds, spec.class_name or cat.replace("_", " ")))
+    return listed
+
+
 def run_train(
     method: Method,
     specs: list[EvalSpec],
@@ -21,23 +40,13 @@ def run_train(
     *,
     console: Console,
     class_name: str | None = None,
+    listed: list[tuple[str, Any, str]] | None = None,
 ) -> Path:
-    """Train on one dataset or a list (categories of several datasets are kept apart by a dataset prefix)."""
-    if not method.trainable:
-        raise ZsadInputError(f"--method {method.name}: has nothing to train (trainable methods have `zsad train`)")
-    if method.needs_training_data and not specs:
-        raise ZsadInputError(f"--method {method.name}: trains on annotated images; pass --dataset and --root")
-    if not method.needs_training_data and specs:
-        raise ZsadInputError(f"--method {method.name}: trains on text only; drop --dataset/--root")
+    """Train on one dataset or a list (the caller holds ``out``'s lock)."""
+    listed = listed if listed is not None else prepare_training(type(method), specs)
     bb = method.backbone
-    kw = {"image_size": method.image_size, "mean": bb.mean, "std": bb.std}
-    pairs: list[tuple[str, Any]] = []
-    names: dict[str, str] = {}
-    for spec in specs:
-        for cat, ds, _ in _datasets(spec, kw):
-            key = cat if len(specs) == 1 else f"{spec.dataset}:{spec.root.name}:{cat}"
-            pairs.append((key, ds))
-            names[key] = spec.class_name or cat.replace("_", " ")
+    pairs = [(key, ds.with_preprocessing(method.image_size, bb.mean, bb.std)) for key, ds, _ in listed]
+    names = {key: name for key, _, name in listed}
     cfg = dataclasses.replace(method.default_train_config(), **overrides)
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ZsadInputError("--epochs and --batch-size must be >= 1")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,15 @@ class AnomalyDataset(Dataset):
         self.std = tuple(float(v) for v in std)
         self.masks_known = any(s.mask_path is not None for s in samples) if masks_known is None else masks_known
         self.source = source
+
+    def with_preprocessing(self, image_size: int, mean: Sequence[float], std: Sequence[float]) -> AnomalyDataset:
+        """Set the model's input size and normalisation after listing (datasets are listed before models load)."""
+        if int(image_size) <= 0:
+            raise ZsadInputError(f"image_size={image_size}: must be a positive number of pixels")
+        self.image_size = int(image_size)
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        return self
 
     @classmethod
     def list_categories(cls, root: str | Path) -> list[str]:
@@ -244,7 +254,12 @@ class Visa(AnomalyDataset):
 
 
 class ImageList(AnomalyDataset):
-    """Unlabeled images from files, folders or glob patterns (``zsad detect``), in argument order, deduplicated."""
+    """Unlabeled images from files, folders or glob patterns (``zsad detect``), in argument order, deduplicated.
+
+    ``image_glob`` selects files inside the folders (``'*.jpg'``); without it, a folder holding two image files of
+    the same name and different extensions (``X.jpg`` and its mask ``X.png``) is refused: scoring the masks as
+    images is never what was meant. Paths are stored absolute, so results do not depend on the working folder.
+    """
 
     def __init__(
         self,
@@ -254,24 +269,72 @@ class ImageList(AnomalyDataset):
         image_size: int = 240,
         mean: Sequence[float] = OPENAI_CLIP_MEAN,
         std: Sequence[float] = OPENAI_CLIP_STD,
+        image_glob: str | None = None,
     ) -> None:
         items = [paths] if isinstance(paths, str | Path) else list(paths)
-        if not items:
-            raise ZsadInputError("ImageList: no paths given")
-        files: list[Path] = []
-        for raw in items:
-            files += _expand(raw, recursive)
-        unique = list(dict.fromkeys(files))
-        samples = [Sample(f, None, None, category, "test", "") for f in unique]
+        files = collect_images(items, recursive=recursive, image_glob=image_glob)
+        samples = [Sample(f, None, None, category, "test", "") for f in files]
         super().__init__(samples, image_size, mean, std, masks_known=False, source=", ".join(map(str, items)))
 
 
-def _expand(raw: str | Path, recursive: bool) -> list[Path]:
+def collect_images(items: Sequence[str | Path], recursive: bool = False, image_glob: str | None = None) -> list[Path]:
+    """Absolute image paths named by files, folders and glob patterns, in order, each file once (by real path)."""
+    if not items:
+        raise ZsadInputError("no input paths given")
+    seen: dict[str, Path] = {}
+    for raw in items:
+        for f in _expand(raw, recursive, image_glob):
+            absolute = Path(os.path.abspath(f))
+            seen.setdefault(os.path.realpath(absolute), absolute)
+    return list(seen.values())
+
+
+def read_list_file(path: str | Path) -> list[str]:
+    """Image paths of a list file, one per line (``#`` comments and blank lines skipped).
+
+    Relative paths are relative to the list file's folder, so a list moves with its images.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ZsadInputError(f"{p}: list file not found")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or type(e).__name__
+        raise ZsadInputError(f"{p}: cannot read list file: {why}") from None
+    out = []
+    for line in lines:
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            out.append(entry if os.path.isabs(entry) else str(p.parent / entry))
+    if not out:
+        raise ZsadInputError(f"{p}: list file names no images")
+    return out
+
+
+def _same_stem_check(folder: Path, found: Sequence[Path]) -> None:
+    """Refuse a folder where one name exists with several image extensions (images with their masks beside)."""
+    by_stem: dict[tuple[Path, str], Path] = {}
+    for f in found:
+        key = (f.parent, f.stem.lower())
+        if key in by_stem:
+            a, b = by_stem[key], f
+            raise ZsadInputError(
+                f"{folder}: holds {a.name} and {b.name} (same name, different image types: masks beside images?); "
+                f"select the images with --image-glob '*{a.suffix}'"
+            )
+        by_stem[key] = f
+
+
+def _expand(raw: str | Path, recursive: bool, image_glob: str | None = None) -> list[Path]:
     path = Path(raw)
     if path.is_dir():
-        found = list_images(path, "*", recursive)
+        found = list_images(path, image_glob or "*", recursive)
         if not found:
-            raise ZsadInputError(f"{path}: no image files in this folder")
+            more = f" matching {image_glob!r}" if image_glob else ""
+            raise ZsadInputError(f"{path}: no image files{more} in this folder")
+        if image_glob is None:
+            _same_stem_check(path, found)
         return found
     if path.is_file():
         return [path]

@@ -10,10 +10,11 @@ EXIF orientation is deliberately ignored: masks carry no EXIF, and rotating only
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from zsad.errors import ZsadInputError
 
@@ -21,6 +22,10 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".
 
 # Modes whose pixels are not 8-bit and must be rescaled (not clipped) before display or CLIP.
 _WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I", "F")
+
+
+# PIL names the in-memory buffer (``<_io.BytesIO object at 0x...>``) where the user's file name belongs.
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -41,10 +46,17 @@ def _open(path: str | Path) -> Image.Image:
         raise ZsadInputError(f"{p}: cannot read image: file not found")
     try:
         data = p.read_bytes()
+    except OSError as e:
+        raise ZsadInputError(f"{p}: cannot read image: {e.strerror or type(e).__name__}") from None
+    if not data:
+        raise ZsadInputError(f"{p}: cannot read image: empty file (0 bytes)")
+    try:
         img = Image.open(io.BytesIO(data))
         img.load()
+    except UnidentifiedImageError:
+        raise ZsadInputError(f"{p}: cannot read image: not an image file, or a format Pillow cannot decode") from None
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBombError...)
-        reason = _one_line(str(e)) or type(e).__name__
+        reason = _OBJECT_REPR.sub("the file", _one_line(str(e))) or type(e).__name__
         raise ZsadInputError(f"{p}: cannot read image: {reason}") from None
     return img
 

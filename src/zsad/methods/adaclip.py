@@ -47,6 +47,7 @@ from torch import nn
 
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, MethodConfig
+from zsad.methods.options import check_range, config_record
 from zsad.methods.trained import (
     load_tensors,
     mask_items,
@@ -56,7 +57,7 @@ from zsad.methods.trained import (
     training_record,
 )
 from zsad.ops import gaussian_blur, grid_to_map, kmeans, upsample
-from zsad.prompts import build_prompts, get_prompt_set
+from zsad.prompts import build_prompts, get_prompt_set, list_prompt_sets
 from zsad.types import Prediction
 
 
@@ -88,6 +89,15 @@ class AdaClipConfig(MethodConfig):
             raise ZsadInputError(f"adaclip: branches {self.branches!r}: use V, L, VL or ''")
         if self.prompt_depth < 1 or self.prompt_length < 1:
             raise ZsadInputError("adaclip: prompt_depth and prompt_length must be >= 1")
+        check_range(
+            "adaclip",
+            hsf_clusters=(self.hsf_clusters, self.hsf_clusters >= 1, ">= 1"),
+            hsf_alpha=(self.hsf_alpha, 0 <= self.hsf_alpha <= 1, "in [0, 1]"),
+            logit_scale=(self.logit_scale, self.logit_scale > 0, "> 0"),
+            smoothing_sigma=(self.smoothing_sigma, self.smoothing_sigma >= 0, ">= 0 (0 disables smoothing)"),
+        )
+        sets = list_prompt_sets()
+        check_range("adaclip", prompt_set=(self.prompt_set, self.prompt_set in sets, f"one of {', '.join(sets)}"))
 
 
 class AdaClipParams(nn.Module):
@@ -138,7 +148,7 @@ class AdaClip(Method):
         return {k: v.detach().cpu().contiguous() for k, v in self.params.state_dict().items()}
 
     def save(self, out: Path, training: dict[str, Any]) -> Path:
-        return save_method(self, out, training, dataclasses.asdict(self.config))
+        return save_method(self, out, training, config_record(self.config))
 
     def load(self, path: str | Path) -> None:
         """Load a checkpoint folder; its architecture fields (layers, prompt sizes, branches) are adopted."""

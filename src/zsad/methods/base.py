@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -12,6 +11,7 @@ import torch
 
 from zsad.backbone import ClipBackbone
 from zsad.errors import ZsadInputError
+from zsad.methods.options import config_record, make_config
 from zsad.types import Prediction
 
 
@@ -41,15 +41,7 @@ class Method(ABC):
     set_level: ClassVar[bool] = False
 
     def __init__(self, backbone: ClipBackbone, config: MethodConfig | None = None, **overrides: Any) -> None:
-        cfg = config or self.config_cls()
-        if overrides:
-            names = {f.name for f in dataclasses.fields(cfg)}
-            unknown = sorted(set(overrides) - names)
-            if unknown:
-                raise ZsadInputError(
-                    f"{self.name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
-                )
-            cfg = dataclasses.replace(cfg, **overrides)
+        cfg = make_config(self.config_cls, overrides, self.name, base=config)
         self.backbone = backbone
         self.config = cfg
         self.class_name: str | None = None
@@ -132,7 +124,7 @@ class Method(ABC):
         """Everything needed to reproduce a run of this method (goes into the run manifest)."""
         return {
             "method": self.name,
-            "config": dataclasses.asdict(self.config),
+            "config": config_record(self.config),
             "class_name": self.class_name,
             "k_shot": self.k_shot,
             "transductive": self.is_transductive,

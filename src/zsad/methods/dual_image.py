@@ -38,6 +38,7 @@ from zsad.backbone import ImageFeatures
 from zsad.bank import FeatureBank
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, MethodConfig
+from zsad.methods.options import check_range, check_text_options
 from zsad.methods.sdp import stage_layers, surgery_config
 from zsad.ops import gaussian_blur, grid_to_map, upsample
 from zsad.prompts import state_text
@@ -93,6 +94,21 @@ class DualImageConfig(MethodConfig):
             raise ZsadInputError("dual-image: partners must be >= 1")
         if not 0 < self.mutual_fraction <= 1:
             raise ZsadInputError("dual-image: mutual_fraction must be in (0, 1]")
+        lo, hi = self.tta_area
+        check_range(
+            "dual-image",
+            logit_scale=(self.logit_scale, self.logit_scale > 0, "> 0"),
+            smoothing_sigma=(self.smoothing_sigma, self.smoothing_sigma >= 0, ">= 0 (0 disables smoothing)"),
+            lam=(self.lam, self.lam >= 0, ">= 0"),
+            chunk_mb=(self.chunk_mb, self.chunk_mb >= 1, ">= 1"),
+            tta_images=(self.tta_images, self.tta_images >= 1, ">= 1"),
+            tta_samples=(self.tta_samples, self.tta_samples >= 1, ">= 1"),
+            tta_area=(list(self.tta_area), 0 < lo <= hi < 1, "two fractions 0 < low <= high < 1"),
+            tta_epochs=(self.tta_epochs, self.tta_epochs >= 1, ">= 1"),
+            tta_batch=(self.tta_batch, self.tta_batch >= 1, ">= 1"),
+            tta_lr=(self.tta_lr, self.tta_lr > 0, "> 0"),
+        )
+        check_text_options("dual-image", self)
         if self.mode == "visual" and self.pairing == "none":
             raise ZsadInputError("dual-image: mode 'visual' needs a pairing (random, nearest or all)")
 

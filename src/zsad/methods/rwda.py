@@ -38,6 +38,7 @@ from rich.console import Console
 from torch import nn
 
 from zsad.errors import ZsadInputError
+from zsad.methods.options import check_range, config_record
 from zsad.methods.trained import load_tensors, save_method
 from zsad.methods.winclip import WinClip, WinClipConfig, class_scores
 from zsad.prompts.random_words import GENERIC_OBJECTS, RandomWordOptions, random_word_prompts
@@ -79,6 +80,13 @@ class RwdaConfig(WinClipConfig):
         if self.modality_gap not in ("normalize", "center"):
             raise ZsadInputError(f"rwda: modality_gap {self.modality_gap!r}: use normalize or center")
         self.generator(None)  # validates the generator options
+        check_range(
+            "rwda",
+            hidden=(self.hidden, self.hidden >= 1, ">= 1"),
+            epochs=(self.epochs, self.epochs >= 1, ">= 1"),
+            batch_size=(self.batch_size, self.batch_size >= 1, ">= 1"),
+            lr=(self.lr, self.lr > 0, "> 0"),
+        )
 
     def generator(self, class_name: str | None) -> RandomWordOptions:
         """Prompt generator options; known-object mode with a class name puts it in every prompt."""
@@ -252,7 +260,7 @@ class Rwda(WinClip):
         return {k: v.detach().cpu().contiguous() for k, v in self.classifier.state_dict().items()}
 
     def save(self, out: Path, training: dict[str, Any]) -> Path:
-        return save_method(self, out, training, dataclasses.asdict(self.config))
+        return save_method(self, out, training, config_record(self.config))
 
     def load(self, path: str | Path) -> None:
         from zsad.train import load_checkpoint

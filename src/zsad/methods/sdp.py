@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from zsad.backbone import ImageFeatures, SurgeryConfig
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, MethodConfig
+from zsad.methods.options import check_range, check_text_options
 from zsad.ops import gaussian_blur, grid_to_map, minmax, upsample
 from zsad.prompts import state_text
 from zsad.types import Prediction
@@ -63,8 +64,12 @@ class SdpConfig(MethodConfig):
             raise ZsadInputError(f"sdp: layers must be strictly increasing, got {self.layers}")
         if self.compat not in ("none", "official"):
             raise ZsadInputError(f"sdp: unknown compat {self.compat!r}; use 'none' or 'official'")
-        if self.smoothing_sigma < 0:
-            raise ZsadInputError("sdp: smoothing_sigma must be >= 0")
+        check_range(
+            "sdp",
+            smoothing_sigma=(self.smoothing_sigma, self.smoothing_sigma >= 0, ">= 0 (0 disables smoothing)"),
+            logit_scale=(self.logit_scale, self.logit_scale > 0, "> 0"),
+        )
+        check_text_options("sdp", self)
 
 
 def stage_layers(num_layers: int, layers: tuple[int, ...]) -> tuple[int, ...]:

@@ -30,6 +30,7 @@ from rich.progress import Progress
 from torch import nn
 
 from zsad.errors import ZsadInputError
+from zsad.methods.options import config_record
 from zsad.methods.sdp import Sdp, SdpConfig
 from zsad.methods.trained import (
     load_tensors,
@@ -201,7 +202,7 @@ class SdpPlus(Sdp):
 
     def save(self, out: Path, training: dict[str, Any]) -> Path:
         """Write the checkpoint folder (safetensors + manifest) for the current layers."""
-        path = save_method(self, out, training, {**dataclasses.asdict(self.config), "layers": list(self.stages)})
+        path = save_method(self, out, training, {**config_record(self.config), "layers": list(self.stages)})
         self.config = dataclasses.replace(self.config, layers=tuple(self.stages))
         return path
 

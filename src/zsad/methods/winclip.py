@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, MethodConfig
+from zsad.methods.options import check_range, check_text_options
 from zsad.ops import upsample
 from zsad.prompts import state_text
 from zsad.types import Prediction
@@ -53,8 +54,15 @@ class WinClipConfig(MethodConfig):
         elif self.compat != "none":
             raise ZsadInputError(f"winclip: unknown compat {self.compat!r}; use 'none' or 'anomalib'")
         self.scales = tuple(int(s) for s in self.scales)
-        if self.window_stride < 1 or any(s < 1 for s in self.scales):
-            raise ZsadInputError("winclip: scales and window_stride must be >= 1")
+        name = type(self).__name__.removesuffix("Config").lower()
+        check_range(
+            name,
+            scales=(list(self.scales), bool(self.scales) and min(self.scales) >= 1, "a non-empty list of sizes >= 1"),
+            window_stride=(self.window_stride, self.window_stride >= 1, ">= 1"),
+            temperature=(self.temperature, self.temperature > 0, "> 0 (the softmax divides by it)"),
+            window_chunk=(self.window_chunk, self.window_chunk >= 1, ">= 1"),
+        )
+        check_text_options(name, self)
 
 
 def window_indices(grid: tuple[int, int], scale: int, stride: int = 1) -> torch.Tensor:

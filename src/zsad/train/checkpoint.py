@@ -33,6 +33,13 @@ def _first_line(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
 
 
+def _file_mode() -> int:
+    """What ``open`` gives a new file: 0o666 minus the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as f:
@@ -55,6 +62,7 @@ def save_checkpoint(out_dir: Path, tensors: dict[str, torch.Tensor], manifest: d
     model = out_dir / MODEL_FILE
     tmp = model.with_name(model.name + ".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    os.chmod(tmp, _file_mode())  # safetensors creates 0o600; every file of a checkpoint gets the same mode
     os.replace(tmp, model)
     full = {
         **manifest,

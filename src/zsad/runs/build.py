@@ -1,0 +1,201 @@
+"""Backbone + method construction, split so that every input is checked before any weights load.
+
+``MethodSpec.validate`` turns names, options, weights and checkpoints into a checked spec in about a second
+(open_clip import included); ``build`` then spends the seconds a model takes to load. A typo therefore costs a
+second, not a model load, and the run key of an output folder can be checked before the load too.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zsad.errors import ZsadInputError
+from zsad.methods.base import Method, MethodConfig
+from zsad.methods.options import config_record, make_config
+
+_RANDOM = {None, "none", "random", ""}  # as ClipBackbone reads --pretrained
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What the user asked for; ``None`` fields take the method's published defaults (``resolve``)."""
+
+    model_name: str | None = None
+    pretrained: str | None = None
+    weights: Path | None = None
+    image_size: int | None = None
+    device: str | None = None
+    seed: int = 0
+
+    def resolve(self, defaults: MethodConfig) -> BackboneSpec:
+        """Defaults filled in: the method's backbone, ``ZSAD_WEIGHTS``, the best device."""
+        weights = self.weights
+        if weights is None and os.environ.get("ZSAD_WEIGHTS"):
+            weights = Path(os.environ["ZSAD_WEIGHTS"])
+        return BackboneSpec(
+            model_name=self.model_name or defaults.backbone,
+            pretrained=self.pretrained if self.pretrained is not None else defaults.pretrained,
+            weights=weights,
+            image_size=self.image_size or defaults.image_size,
+            device=self.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            seed=self.seed,
+        )
+
+    @property
+    def random_init(self) -> bool:
+        return self.weights is None and self.pretrained in _RANDOM
+
+    def validate(self) -> None:
+        """One line for an unknown model, a bad size or weights file, or named weights that cannot be fetched."""
+        from zsad.backbone.clip import _open_clip, check_pretrained, check_weights_file
+
+        assert self.model_name is not None and self.image_size is not None, "resolve() first"
+        if self.image_size <= 0:
+            raise ZsadInputError(f"--image-size {self.image_size}: must be a positive number of pixels")
+        if self.model_name not in _open_clip().list_models():
+            raise ZsadInputError(f"--backbone {self.model_name}: unknown model; see open_clip.list_models()")
+        if self.weights is not None:
+            check_weights_file(self.weights)
+        elif not self.random_init:
+            check_pretrained(self.model_name, str(self.pretrained))
+
+    def key(self) -> dict[str, Any]:
+        """The backbone part of a run key, equal to what the built ``ClipBackbone.manifest()`` will say."""
+        from zsad.backbone.clip import file_digest
+
+        info = file_digest(Path(self.weights)) if self.weights is not None else None
+        tag = str(self.weights) if self.weights is not None else ("none" if self.random_init else self.pretrained)
+        return {
+            "model_name": self.model_name,
+            "pretrained": tag,
+            "image_size": self.image_size,
+            "weights": info,
+            "seed": self.seed if self.random_init else None,
+        }
+
+    def cache_key(self) -> tuple[Any, ...]:
+        return (self.model_name, self.pretrained, str(self.weights), self.image_size, self.device, self.seed)
+
+
+@dataclass
+class MethodSpec:
+    """A method with checked options (and checkpoint manifest) on a resolved backbone spec."""
+
+    name: str
+    backbone: BackboneSpec
+    options: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    config: Any = field(default=None, init=False)  # set by validate()
+
+    @property
+    def cls(self) -> type[Method]:
+        from zsad.methods import get_method_class
+
+        return get_method_class(self.name)
+
+    def validate(self, *, for_training: bool = False) -> MethodSpec:
+        """Check everything that can be checked without weights; returns the spec with its backbone resolved."""
+        cls = self.cls
+        self.name = cls.name
+        self.backbone = self.backbone.resolve(cls.config_cls())
+        self.config = make_config(cls.config_cls, self.options, cls.name)
+        if self.checkpoint is not None:
+            if not cls.trainable:
+                raise ZsadInputError(f"--checkpoint: method {cls.name} has no trained parts")
+            _check_checkpoint(self.checkpoint, cls.name, self.backbone)
+        elif cls.trainable and cls.requires_checkpoint and not for_training and not self.options.get("checkpoint"):
+            raise ZsadInputError(
+                f"method {cls.name} needs trained parts: pass --checkpoint DIR (made by `zsad train --method "
+                f"{cls.name} ...`)"
+            )
+        self.backbone.validate()
+        return self
+
+    def key(self) -> dict[str, Any]:
+        """The method part of a run key, as far as it is known before the build (a checkpoint may set options)."""
+        key: dict[str, Any] = {"method": self.name, "backbone": self.backbone.key()}
+        if self.checkpoint is None:
+            key["config"] = config_record(self.config)
+        return key
+
+    def build(self, cache: dict[tuple[Any, ...], Any] | None = None) -> Method:
+        """Load the backbone (shared through ``cache`` between methods that ask for the same one) and the method."""
+        from zsad.backbone import ClipBackbone
+
+        b = self.backbone
+        bb = cache.get(b.cache_key()) if cache is not None else None
+        if bb is None:
+            assert b.model_name is not None
+            bb = ClipBackbone.from_pretrained(
+                b.model_name,
+                b.pretrained,
+                weights=b.weights,
+                image_size=b.image_size,
+                device=b.device or "cpu",
+                seed=b.seed,
+            )
+            if cache is not None:
+                cache[b.cache_key()] = bb
+        options = dict(self.options)
+        if self.checkpoint is not None:
+            options["checkpoint"] = str(self.checkpoint)
+        return self.cls(bb, **options)
+
+
+def _check_checkpoint(path: Path, method: str, backbone: BackboneSpec) -> None:
+    """The checkpoint's manifest names this method and the backbone it will run on (bytes are checked at load)."""
+    from zsad.train import read_manifest
+    from zsad.train.checkpoint import backbone_mismatch
+
+    _, manifest = read_manifest(path)
+    owner = manifest.get("method")
+    if owner != method:
+        raise ZsadInputError(
+            f"{path}: checkpoint was trained for method {owner!r}, not {method!r}; pass --method {owner} or a "
+            f"checkpoint trained for {method}"
+        )
+    saved = manifest.get("backbone")
+    if not isinstance(saved, dict):
+        raise ZsadInputError(f"{path / 'manifest.json' if path.is_dir() else path}: records no backbone; re-run train")
+    now = {**backbone.key(), "random_init": backbone.random_init}
+    problem = backbone_mismatch(saved, now)
+    if problem:
+        raise ZsadInputError(f"{path}: {problem}")
+
+
+def route_checkpoints(methods: list[str], paths: list[Path]) -> dict[str, Path]:
+    """Each --checkpoint to the method its manifest names; one checkpoint and one trainable method always pair."""
+    from zsad.methods import get_method_class
+    from zsad.train import read_manifest
+
+    trainable = [m for m in methods if get_method_class(m).trainable]
+    if not paths:
+        return {}
+    if not trainable:
+        raise ZsadInputError(f"--checkpoint: none of the methods {', '.join(methods)} has trained parts")
+    if len(paths) == 1 and len(trainable) == 1:
+        return {trainable[0]: paths[0]}  # the loader names a method mismatch
+    routed: dict[str, Path] = {}
+    for path in paths:
+        owner = read_manifest(path)[1].get("method")
+        if owner not in trainable:
+            raise ZsadInputError(
+                f"--checkpoint {path}: trained for method {owner!r}, which is not among the trainable --method "
+                f"{', '.join(trainable)}"
+            )
+        if owner in routed:
+            raise ZsadInputError(f"--checkpoint: two checkpoints for method {owner}: {routed[owner]} and {path}")
+        routed[owner] = path
+    return routed
+
+
+def method_key(method: Method) -> dict[str, Any]:
+    """What decides a built method's scores: name, options, backbone weights (the resume key of an output folder)."""
+    d = method.describe()
+    bb = {k: d["backbone"].get(k) for k in ("model_name", "pretrained", "image_size", "weights", "seed")}
+    return {"method": d["method"], "config": d["config"], "backbone": bb}

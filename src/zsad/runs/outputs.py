@@ -1,0 +1,371 @@
+"""An output folder holds one run: one writer at a time, one row and one file set per input, resumable after a crash.
+
+* **One writer.** ``RunLock`` holds an advisory lock on ``.zsad.lock`` for the whole run; a second run into the
+  same folder is refused in one line naming the holder's PID (two writers would interleave duplicate rows).
+* **One run.** ``run_key.json`` records what decides the results (method, options, backbone, inputs); a rerun with
+  anything else is refused, so rows of two runs are never mixed.
+* **One row per input.** ``CsvLog`` appends rows with one ``write`` + ``fsync`` per batch and, on load, drops
+  incomplete rows (a crash mid-write, a map file that never made it) and duplicates, keeping the newest.
+* **One file per input.** ``OutputNames`` gives each input a file stem made of a readable part and a hash of its
+  full resolved path; two inputs can never share a map or overlay file, however their paths look.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import socket
+import tempfile
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zsad.errors import ZsadInputError
+
+LOCK_FILE = ".zsad.lock"
+RUN_KEY = "run_key.json"
+
+
+# ---------------------------------------------------------------------------------------------- atomic files
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write through a temporary file in the same folder, fsync, then rename: readers see old or new, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _default_mode() -> int:
+    """0o666 minus the umask: what ``open`` would give a new file (``mkstemp`` makes 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_json(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    _atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    _atomic_write(path, lambda f: np.save(f, array))
+
+
+# ---------------------------------------------------------------------------------------------- identities
+def abs_path(path: str | os.PathLike[str]) -> str:
+    """The absolute path written in predictions.csv (symlinks kept, so users recognise their own path)."""
+    return os.path.abspath(os.fspath(path))
+
+
+def identity(path: str | os.PathLike[str]) -> str:
+    """What makes two inputs the same file: the fully resolved path."""
+    return os.path.realpath(os.fspath(path))
+
+
+_UNSAFE = re.compile(r"[^\w.-]+")
+
+
+def readable_stem(path: str | os.PathLike[str], limit: int = 40) -> str:
+    """A file-system-safe, length-capped rendering of the file's stem (the hash beside it makes it unique)."""
+    stem = unicodedata.normalize("NFC", Path(os.fspath(path)).stem)
+    safe = _UNSAFE.sub("_", stem).strip("._") or "image"
+    return safe.encode("utf-8", "ignore")[:limit].decode("utf-8", "ignore") or "image"
+
+
+def _digest(ident: str) -> str:
+    return hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class OutputNames:
+    """Per-input file stems ``<readable stem>-<16 hex of sha256(resolved path)>``, unique within a run.
+
+    A 64-bit prefix makes a clash vanishingly rare; a clash with a name already taken by another input (checked
+    here, not assumed) falls back to the full 256-bit digest, so distinct inputs always get distinct files.
+    """
+
+    def __init__(self) -> None:
+        self._owner: dict[tuple[str, str], str] = {}  # (scope, stem) -> identity
+
+    def claim(self, stem: str, ident: str, scope: str = "") -> None:
+        """Register a name an earlier run already gave to ``ident`` (resume)."""
+        self._owner.setdefault((scope, stem), ident)
+
+    def name(self, path: str | os.PathLike[str], scope: str = "") -> str:
+        """The stem for ``path`` within ``scope`` (a subfolder such as an eval category)."""
+        ident = identity(path)
+        digest = _digest(ident)
+        owner = ""
+        for candidate in (f"{readable_stem(path)}-{digest[:16]}", f"{readable_stem(path, 16)}-{digest}"):
+            owner = self._owner.setdefault((scope, candidate), ident)
+            if owner == ident:
+                return candidate
+        raise RuntimeError(f"sha256 collision between {owner} and {ident}")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------------- output folder
+def check_output_dir(out: Path, flag: str = "--out") -> None:
+    """Before any work: ``out`` is, or can become, a folder this process may write into."""
+    try:
+        if out.exists() and not out.is_dir():
+            raise ZsadInputError(f"{flag} {out}: is a file, not a folder")
+        anchor = out
+        while not anchor.exists() and anchor != anchor.parent:
+            anchor = anchor.parent
+    except PermissionError as e:
+        raise ZsadInputError(f"{flag} {out}: cannot be checked ({e.filename}: permission denied)") from None
+    if not anchor.is_dir():
+        raise ZsadInputError(f"{flag} {out}: lies under {anchor}, which is a file")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        where = "" if anchor == out else f" ({anchor} is not writable)"
+        raise ZsadInputError(f"{flag} {out}: permission denied, cannot write here{where}")
+    if out.is_dir():
+        for name in ("predictions.csv", "manifest.json", RUN_KEY):
+            p = out / name
+            if p.exists() and not os.access(p, os.W_OK):
+                raise ZsadInputError(f"{p}: permission denied, cannot be updated; use another {flag}")
+
+
+class RunLock:
+    """Exclusive advisory lock on ``<folder>/.zsad.lock`` for the lifetime of a run (released on exit or crash).
+
+    The lock file records the holder's PID, host and start time, so the refusal can name who holds it.
+    """
+
+    def __init__(self, folder: Path, flag: str = "--out") -> None:
+        self.folder, self.flag = Path(folder), flag
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, _default_mode())
+        if not _try_lock(fd):
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise ZsadInputError(
+                f"{self.folder}: another zsad run ({holder}) is writing to this folder; wait for it to finish or use "
+                f"another {self.flag}"
+            )
+        os.ftruncate(fd, 0)
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            _unlock(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return text or "PID unknown"
+
+
+try:
+    import fcntl
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+except ImportError:  # pragma: no cover - Windows
+    import msvcrt
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+        except OSError:
+            return False
+        return True
+
+    def _unlock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------------- run key
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _plain(key: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(key, default=str))
+
+
+def check_run_key(out: Path, key: dict[str, Any], sections: Iterable[str] | None = None) -> None:
+    """Refuse to resume a run with other settings, naming the first difference (``sections``: compare only those).
+
+    A folder that holds predictions but no key (written by an older zsad, or not by zsad) is refused too.
+    """
+    path = out / RUN_KEY
+    if not path.exists():
+        if (out / "predictions.csv").exists():
+            raise ZsadInputError(f"{out}: holds predictions.csv but no {RUN_KEY}; use another --out or delete it")
+        return
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        why = type(e).__name__
+        raise ZsadInputError(f"{path}: unreadable ({why}); use another --out or delete the folder") from None
+    now = _plain(key)
+    names = set(sections) if sections is not None else set(stored) | set(now)
+    before = _flat({k: v for k, v in stored.items() if k in names})
+    after = _flat({k: v for k, v in now.items() if k in names})
+    diff = [k for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)]
+    if diff:
+        k = diff[0]
+        more = f", and {len(diff) - 1} more" if len(diff) > 1 else ""
+        raise ZsadInputError(
+            f"{out}: holds a run with other settings ({k}: {before.get(k)!r} there, {after.get(k)!r} now{more}); "
+            "use another --out or delete it"
+        )
+
+
+def claim_output(out: Path, key: dict[str, Any]) -> None:
+    """Check the key against the folder's and record it (the caller holds the folder's ``RunLock``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    check_run_key(out, key)
+    write_json(out / RUN_KEY, _plain(key))
+
+
+# ---------------------------------------------------------------------------------------------- rows
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, float):
+        return f"{v:.8g}"
+    return str(v)
+
+
+class CsvLog:
+    """Append-only CSV with a fixed header, one ``write`` + ``fsync`` per batch, repaired on load.
+
+    ``key`` names a row's input (rows with the same key are one input: the newest complete one is kept);
+    ``complete`` tells whether a row was fully written and its files exist. Rows that fail it, a torn last line
+    and duplicates are dropped, and the file is rewritten atomically, so a resumed run rescores exactly those.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        fields: Sequence[str],
+        key: Callable[[dict[str, str]], Any] | None = None,
+        complete: Callable[[dict[str, str]], bool] | None = None,
+    ) -> None:
+        self.path, self.fields = path, list(fields)
+        self.rows: list[dict[str, str]] = []
+        self.dropped_incomplete = 0
+        self.dropped_duplicates = 0
+        if path.exists():
+            self._load(key, complete)
+
+    def _load(self, key: Callable[[dict[str, str]], Any] | None, complete: Callable[[dict[str, str]], bool] | None):
+        raw = self.path.read_bytes()
+        text = raw.decode("utf-8", "surrogateescape")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        parsed: list[dict[str, str]] = []
+        torn = 0
+        try:
+            for row in reader:
+                parsed.append(row)
+        except csv.Error:
+            torn = 1  # an unterminated quoted field: a row cut mid-write
+        if reader.fieldnames and list(reader.fieldnames) != self.fields:
+            raise ZsadInputError(f"{self.path}: exists with other columns; use another --out or delete it")
+        if parsed and text and not text.endswith("\n"):
+            parsed.pop()  # the last row was cut mid-write
+            torn += 1
+        good = [r for r in parsed if None not in r.values() and None not in r and (complete is None or complete(r))]
+        incomplete = len(parsed) - len(good) + torn
+        kept: dict[Any, dict[str, str]] = {}
+        for i, r in enumerate(good):
+            kept.pop(key(r) if key else i, None)
+            kept[key(r) if key else i] = r  # newest last
+        self.rows = list(kept.values())
+        self.dropped_incomplete, self.dropped_duplicates = incomplete, len(good) - len(self.rows)
+        if incomplete or self.dropped_duplicates:
+            self.rewrite()
+
+    def append(self, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        formatted = [{k: _fmt(r.get(k, "")) for k in self.fields} for r in rows]
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=self.fields)
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            w.writeheader()
+        w.writerows(formatted)
+        data = buf.getvalue().encode("utf-8", "surrogateescape")
+        with self.path.open("ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows.extend(formatted)
+
+    def rewrite(self) -> None:
+        """Atomic rewrite of every row (after thresholds are known, or after a repair)."""
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=self.fields)
+        w.writeheader()
+        w.writerows(self.rows)
+        data = buf.getvalue().encode("utf-8", "surrogateescape")
+        _atomic_write(self.path, lambda f: f.write(data))
+
+    def repair_note(self) -> str:
+        """One line on what loading dropped, or ''."""
+        parts = []
+        if self.dropped_incomplete:
+            parts.append(f"{self.dropped_incomplete} incomplete")
+        if self.dropped_duplicates:
+            parts.append(f"{self.dropped_duplicates} duplicate")
+        return f"{self.path.name}: dropped {' and '.join(parts)} row(s) from an interrupted run" if parts else ""
+
+
+def is_number(text: str | None) -> bool:
+    try:
+        float(text or "")
+    except ValueError:
+        return False
+    return True
