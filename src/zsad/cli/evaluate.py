@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,7 +228,7 @@ def run_eval(
     *,
     batch_size: int,
     overlays: int,
-    progress: Progress,
+    new_progress: Callable[[], Progress],
     console: Console,
     sets: list[tuple[str, Any, Any]] | None = None,
 ) -> EvalResult:
@@ -267,6 +268,7 @@ def run_eval(
         method.setup(spec.class_name or cat.replace("_", " "), reference_images=refs)
         (out / "maps" / cat).mkdir(parents=True, exist_ok=True)
         done = {r["image_path"] for r in log.rows if r["category"] == cat}
+        progress = new_progress()  # one per category: without a terminal each bar is printed once, when it ends
         task = progress.add_task(f"{method.name} | {cat}", total=len(ds), completed=len(done & _paths(ds)))
         with progress:
             label = f"{method.name} | {cat}"

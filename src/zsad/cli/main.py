@@ -393,7 +393,7 @@ def eval_cmd(
                     where[s.name],
                     batch_size=batch_size,
                     overlays=overlays,
-                    progress=_progress(),
+                    new_progress=_progress,
                     console=console,
                     sets=sets,
                 )

@@ -41,7 +41,7 @@ class BackboneSpec:
             model_name=self.model_name or defaults.backbone,
             pretrained=self.pretrained if self.pretrained is not None else defaults.pretrained,
             weights=weights,
-            image_size=self.image_size or defaults.image_size,
+            image_size=self.image_size if self.image_size is not None else defaults.image_size,
             device=self.device or ("cuda" if torch.cuda.is_available() else "cpu"),
             seed=self.seed,
         )

@@ -44,7 +44,10 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") ->
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:  # name the file the user will look for, not the temporary one
+            raise OSError(e.errno, e.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -264,9 +267,14 @@ def check_run_key(out: Path, key: dict[str, Any], sections: Iterable[str] | None
 
 
 def claim_output(out: Path, key: dict[str, Any]) -> None:
-    """Check the key against the folder's and record it (the caller holds the folder's ``RunLock``)."""
+    """Check the key against the folder's and record it (the caller holds the folder's ``RunLock``).
+
+    Temporary files a killed run left behind (``.<name>.<random>.tmp``) are removed: no other writer can own them.
+    """
     out.mkdir(parents=True, exist_ok=True)
     check_run_key(out, key)
+    for stale in out.rglob(".*.tmp"):
+        stale.unlink(missing_ok=True)
     write_json(out / RUN_KEY, _plain(key))
 
 
