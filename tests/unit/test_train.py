@@ -133,6 +133,20 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     assert m["backbone"]["image_size"] == 240
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_checkpoint_files_share_one_mode(tmp_path: Path, umask: int) -> None:
+    """safetensors creates its file 0o600; every file of a checkpoint must get what ``open`` would give."""
+    import os
+
+    before = os.umask(umask)
+    try:
+        out = _save(tmp_path)
+    finally:
+        os.umask(before)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes == {"manifest.json": 0o666 & ~umask, "model.safetensors": 0o666 & ~umask}
+
+
 def _refused(path: Path, backbone: dict[str, Any] = BB, method: str = "sdp+") -> str:
     with pytest.raises(ZsadInputError) as e:
         load_checkpoint(path, method=method, backbone=backbone)

@@ -107,10 +107,16 @@ def heatmap_overlay(
     rgb = _rgb(image)
     values = _fit_map(anomaly_map, rgb.shape[:2])
     span = float(vmax) - float(vmin)
-    scaled = (values - float(vmin)) / span if span > 0 else np.zeros_like(values)
-    heat = COLORMAPS[colormap](scaled).astype(np.float64)
-    blended = (1.0 - alpha) * rgb.astype(np.float64) + alpha * heat
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    out = np.empty_like(rgb)
+    # In bands of rows: the float64 temporaries of a 4096 px map would otherwise take gigabytes at once.
+    step = max(1, (1 << 20) // max(1, rgb.shape[1]))
+    for y in range(0, rgb.shape[0], step):
+        band = values[y : y + step]
+        scaled = (band - float(vmin)) / span if span > 0 else np.zeros_like(band)
+        heat = COLORMAPS[colormap](scaled).astype(np.float64)
+        blended = (1.0 - alpha) * rgb[y : y + step].astype(np.float64) + alpha * heat
+        out[y : y + step] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return out
 
 
 def contour(mask: np.ndarray) -> np.ndarray:
