@@ -20,6 +20,7 @@ from rich.progress import Progress
 
 from zsad.engine import decode_parts, environment, parts_json, resize_map, score_dataset
 from zsad.errors import ZsadInputError
+from zsad.fileio import save_npy, write_json
 from zsad.methods.base import Method
 from zsad.runs.build import MethodSpec, method_key
 from zsad.runs.outputs import (
@@ -30,8 +31,6 @@ from zsad.runs.outputs import (
     claim_output,
     identity,
     is_number,
-    save_npy,
-    write_json,
 )
 from zsad.thresholds import Threshold, choose_threshold
 

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from zsad.engine import decode_parts, environment, parts_json, score_dataset
 from zsad.errors import ZsadInputError
+from zsad.fileio import save_npy, write_json, write_text
 from zsad.methods.base import Method
 from zsad.runs.build import MethodSpec, method_key
 from zsad.runs.outputs import (
@@ -31,9 +32,6 @@ from zsad.runs.outputs import (
     claim_output,
     identity,
     is_number,
-    save_npy,
-    write_json,
-    write_text,
 )
 from zsad.thresholds import choose_threshold
 

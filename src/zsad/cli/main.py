@@ -19,7 +19,7 @@ from zsad.cli.tables import print_table
 from zsad.errors import ZsadInputError
 
 if TYPE_CHECKING:
-    from zsad.runs.build import MethodSpec
+    from zsad.runs.build import BackboneSpec, MethodSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Zero-/few-shot visual anomaly detection with CLIP.")
 console = Console(stderr=True, soft_wrap=True)
@@ -122,24 +122,27 @@ def _check_options_used(methods: list[str], parsed: list[tuple[str | None, str, 
             raise ZsadInputError(f"--option {target}:{key}: {target} has no option {key!r} (known: {names})")
 
 
-def _spec(
-    method: str,
-    options: dict[str, Any],
+def _backbone(
     backbone: str | None,
     pretrained: str | None,
     weights: Path | None,
     image_size: int | None,
     device: str | None,
     seed: int,
-    checkpoint: Path | None = None,
-    *,
-    for_training: bool = False,
+) -> BackboneSpec:
+    """The backbone options every command shares (``None``: the method's default)."""
+    from zsad.runs.build import BackboneSpec
+
+    return BackboneSpec(backbone, pretrained, weights, image_size, device or None, seed)
+
+
+def _spec(
+    method: str, options: dict[str, Any], bb: BackboneSpec, checkpoint: Path | None = None, *, train: bool = False
 ) -> MethodSpec:
     """A method spec with every input checked (options, weights, checkpoint), before any model is built."""
-    from zsad.runs.build import BackboneSpec, MethodSpec
+    from zsad.runs.build import MethodSpec
 
-    bb = BackboneSpec(backbone, pretrained, weights, image_size, device or None, seed)
-    return MethodSpec(method, bb, options, checkpoint).validate(for_training=for_training)
+    return MethodSpec(method, bb, options, checkpoint).validate(for_training=train)
 
 
 def _build(spec: MethodSpec, cache: dict[tuple[Any, ...], Any] | None = None) -> Any:
@@ -184,7 +187,7 @@ def _fail(e: BaseException) -> NoReturn:
 
 
 @contextmanager
-def _one_line_errors(out: Path | None = None) -> Iterator[None]:
+def _one_line_errors(out: Path | None = None, kept: str = "the rows written so far") -> Iterator[None]:
     """Bad input and file-system errors end in one line (exit 2); Ctrl-C in one line (exit 130), results kept."""
     try:
         yield
@@ -193,7 +196,7 @@ def _one_line_errors(out: Path | None = None) -> Iterator[None]:
     except OSError as e:
         _fail(e)
     except KeyboardInterrupt:
-        where = f"; the rows written so far are kept in {out}: run the same command again to resume" if out else ""
+        where = f"; {kept} are kept in {out}: run the same command again to resume" if out else ""
         console.print(f"[red]interrupted[/]{where}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
 
@@ -288,7 +291,8 @@ def detect_cmd(
         parsed = _parse_options(option) + ([(None, "tta", "true")] if tta else [])
         _check_options_used([method], parsed)
         opts = _options_for(method, parsed, strict=True)
-        spec = _spec(method, opts, backbone, pretrained, weights, image_size, device, seed, checkpoint)
+        bb = _backbone(backbone, pretrained, weights, image_size, device, seed)
+        spec = _spec(method, opts, bb, checkpoint)
         job = DetectJob(
             paths=list(path or []),
             out=out,
@@ -361,20 +365,8 @@ def eval_cmd(
             raise ZsadInputError(f"--batch-size {batch_size}: must be >= 1")
         data = _data_spec(locals(), k_shot=k_shot, reference_dir=reference_dir, seed=seed, allow_seen=allow_seen)
         routed = route_checkpoints(methods, checkpoint or [])
-        specs = [
-            _spec(
-                n,
-                _options_for(n, parsed, strict=len(methods) == 1),
-                backbone,
-                pretrained,
-                weights,
-                image_size,
-                device,
-                seed,
-                routed.get(n),
-            )
-            for n in methods
-        ]
+        bb = _backbone(backbone, pretrained, weights, image_size, device, seed)
+        specs = [_spec(n, _options_for(n, parsed, strict=len(methods) == 1), bb, routed.get(n)) for n in methods]
         sets = _datasets(data)  # every folder and file checked before any model loads
         check_output_dir(out)
         where = {s.name: out if len(specs) == 1 else out / s.name.replace("+", "_plus") for s in specs}
@@ -440,19 +432,10 @@ def train_cmd(
     from zsad.cli.train import prepare_training, run_train
     from zsad.runs.outputs import RunLock, check_output_dir
 
-    with _one_line_errors(out):
+    with _one_line_errors(out, kept="the finished epochs"):
         opts = _options_for(method, _parse_options(option), strict=True)
-        spec = _spec(
-            method,
-            {**opts, "checkpoint": ""},
-            backbone,
-            pretrained,
-            weights,
-            image_size,
-            device,
-            seed,
-            for_training=True,
-        )
+        bb = _backbone(backbone, pretrained, weights, image_size, device, seed)
+        spec = _spec(method, {**opts, "checkpoint": ""}, bb, train=True)
         dataset, root = dataset or [], root or []
         if len(dataset) != len(root):
             raise ZsadInputError(f"--dataset given {len(dataset)} times but --root {len(root)} times: pair them")
@@ -496,9 +479,8 @@ def import_cmd(
             raise ZsadInputError(f"--method {method}: official checkpoints can be imported for {', '.join(importers)}")
         if not file.is_file():
             raise ZsadInputError(f"{file}: file not found")
-        spec = _spec(
-            method, {"checkpoint": ""}, backbone, pretrained, weights, image_size, device, seed, for_training=True
-        )
+        bb = _backbone(backbone, pretrained, weights, image_size, device, seed)
+        spec = _spec(method, {"checkpoint": ""}, bb, train=True)
         check_output_dir(out)
         with RunLock(out):
             m = _build(spec)

@@ -150,22 +150,10 @@ class MethodSpec:
 def _check_checkpoint(path: Path, method: str, backbone: BackboneSpec) -> None:
     """The checkpoint's manifest names this method and the backbone it will run on (bytes are checked at load)."""
     from zsad.train import read_manifest
-    from zsad.train.checkpoint import backbone_mismatch
+    from zsad.train.checkpoint import check_compatible
 
     _, manifest = read_manifest(path)
-    owner = manifest.get("method")
-    if owner != method:
-        raise ZsadInputError(
-            f"{path}: checkpoint was trained for method {owner!r}, not {method!r}; pass --method {owner} or a "
-            f"checkpoint trained for {method}"
-        )
-    saved = manifest.get("backbone")
-    if not isinstance(saved, dict):
-        raise ZsadInputError(f"{path / 'manifest.json' if path.is_dir() else path}: records no backbone; re-run train")
-    now = {**backbone.key(), "random_init": backbone.random_init}
-    problem = backbone_mismatch(saved, now)
-    if problem:
-        raise ZsadInputError(f"{path}: {problem}")
+    check_compatible(path, manifest, method=method, backbone={**backbone.key(), "random_init": backbone.random_init})
 
 
 def route_checkpoints(methods: list[str], paths: list[Path]) -> dict[str, Path]:

@@ -19,58 +19,17 @@ import json
 import os
 import re
 import socket
-import tempfile
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from zsad.errors import ZsadInputError
+from zsad.fileio import atomic_write, default_mode, write_json
 
 LOCK_FILE = ".zsad.lock"
 RUN_KEY = "run_key.json"
-
-
-# ---------------------------------------------------------------------------------------------- atomic files
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through a temporary file in the same folder, fsync, then rename: readers see old or new, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _default_mode())
-        try:
-            os.replace(tmp, path)
-        except OSError as e:  # name the file the user will look for, not the temporary one
-            raise OSError(e.errno, e.strerror, str(path)) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _default_mode() -> int:
-    """0o666 minus the umask: what ``open`` would give a new file (``mkstemp`` makes 0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2, default=str) + "\n"
-    _atomic_write(path, lambda f: f.write(text), mode="w")
-
-
-def write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text), mode="w")
-
-
-def save_npy(path: Path, array: np.ndarray) -> None:
-    _atomic_write(path, lambda f: np.save(f, array))
 
 
 # ---------------------------------------------------------------------------------------------- identities
@@ -167,7 +126,7 @@ class RunLock:
     def acquire(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, _default_mode())
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, default_mode())
         if not _try_lock(fd):
             holder = _read_holder(fd)
             os.close(fd)
@@ -359,7 +318,7 @@ class CsvLog:
         w.writeheader()
         w.writerows(self.rows)
         data = buf.getvalue().encode("utf-8", "surrogateescape")
-        _atomic_write(self.path, lambda f: f.write(data))
+        atomic_write(self.path, lambda f: f.write(data))
 
     def repair_note(self) -> str:
         """One line on what loading dropped, or ''."""

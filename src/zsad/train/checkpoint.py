@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from zsad.errors import ZsadInputError
+from zsad.fileio import default_mode, write_bytes
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -33,22 +34,6 @@ def _first_line(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
 
 
-def _file_mode() -> int:
-    """What ``open`` gives a new file: 0o666 minus the umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(out_dir: Path, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> Path:
     """Write ``tensors`` and ``manifest`` (plus format, sha256, size, time, environment) into ``out_dir``.
 
@@ -62,7 +47,7 @@ def save_checkpoint(out_dir: Path, tensors: dict[str, torch.Tensor], manifest: d
     model = out_dir / MODEL_FILE
     tmp = model.with_name(model.name + ".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    os.chmod(tmp, _file_mode())  # safetensors creates 0o600; every file of a checkpoint gets the same mode
+    os.chmod(tmp, default_mode())  # safetensors creates 0o600; every file of a checkpoint gets the same mode
     os.replace(tmp, model)
     full = {
         **manifest,
@@ -73,7 +58,7 @@ def save_checkpoint(out_dir: Path, tensors: dict[str, torch.Tensor], manifest: d
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "environment": environment(),
     }
-    _write_atomic(out_dir / MANIFEST_FILE, (json.dumps(full, indent=2, default=str) + "\n").encode())
+    write_bytes(out_dir / MANIFEST_FILE, (json.dumps(full, indent=2, default=str) + "\n").encode())
     return out_dir
 
 
@@ -142,25 +127,16 @@ def read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
     return model, manifest
 
 
-def load_checkpoint(
-    path: Path, *, method: str, backbone: dict[str, Any]
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors (on CPU) and manifest of a checkpoint, after checking its bytes, method and backbone.
+def check_compatible(path: Path, manifest: dict[str, Any], *, method: str, backbone: dict[str, Any]) -> None:
+    """A manifest (``read_manifest``) this zsad reads, made for ``method`` on the weights ``backbone`` describes.
 
-    ``backbone`` is the current ``ClipBackbone.manifest()``. A different ``image_size`` is allowed: compare
-    ``manifest["backbone"]["image_size"]`` yourself to warn.
+    Needs no tensors, so runs check it before building any model; ``load_checkpoint`` checks it again with the bytes.
     """
-    path = Path(path)
-    model, manifest = read_manifest(path)
-    mpath = model.parent / MANIFEST_FILE
+    mpath = (path if path.is_dir() else path.parent) / MANIFEST_FILE
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ZsadInputError(
             f"{mpath}: checkpoint format {version!r} is newer than this zsad reads ({FORMAT_VERSION}); upgrade zsad"
-        )
-    if manifest.get("size") not in (None, model.stat().st_size) or _sha256(model) != manifest["sha256"]:
-        raise ZsadInputError(
-            f"{model}: sha256 differs from the one in {MANIFEST_FILE} (file corrupt or edited); re-run `zsad train`"
         )
     if manifest.get("method") != method:
         raise ZsadInputError(
@@ -173,6 +149,23 @@ def load_checkpoint(
     problem = backbone_mismatch(saved, backbone)
     if problem:
         raise ZsadInputError(f"{path}: {problem}")
+
+
+def load_checkpoint(
+    path: Path, *, method: str, backbone: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors (on CPU) and manifest of a checkpoint, after checking its bytes, method and backbone.
+
+    ``backbone`` is the current ``ClipBackbone.manifest()``. A different ``image_size`` is allowed: compare
+    ``manifest["backbone"]["image_size"]`` yourself to warn.
+    """
+    path = Path(path)
+    model, manifest = read_manifest(path)
+    check_compatible(path, manifest, method=method, backbone=backbone)
+    if manifest.get("size") not in (None, model.stat().st_size) or _sha256(model) != manifest["sha256"]:
+        raise ZsadInputError(
+            f"{model}: sha256 differs from the one in {MANIFEST_FILE} (file corrupt or edited); re-run `zsad train`"
+        )
     try:
         tensors = load_file(str(model), device="cpu")
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad header
