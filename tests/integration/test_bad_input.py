@@ -378,3 +378,21 @@ def test_eval_mismatched_mask_and_reruns(tmp_path: Path) -> None:
     assert res.exit_code == 0 and len(rows(out)) == 3
     one_line_error(cli(*args, "--out", out, "--overlays", "0", *TINY), "data.mask_dir")
     assert os.path.isabs(rows(out)[0]["image_path"])
+
+
+@pytest.mark.parametrize("command", ["detect", "eval", "train"])
+def test_every_command_refuses_a_busy_folder(three: list[Path], tmp_path: Path, command: str) -> None:
+    """The lock is taken before any model loads by every command that writes a folder."""
+    from zsad.runs.outputs import RunLock
+
+    out = tmp_path / "out"
+    (tmp_path / "l.csv").write_text("id,label\npart_0,0\npart_1,1\npart_2,0\n")
+    args = {
+        "detect": ["detect", three[0].parent],
+        "eval": ["eval", "--dataset", "folder", "--root", tmp_path, "--image-dir", "imgs", "--labels-csv", "l.csv"],
+        "train": ["train", "--method", "rwda", "-o", "n_pairs=10"],
+    }[command]
+    with RunLock(out):
+        line = one_line_error(cli(*args, "--out", out, *TINY), "another zsad run", f"PID {os.getpid()}")
+    assert str(out) in line
+    assert sorted(p.name for p in out.iterdir()) == [".zsad.lock"]  # nothing else written
