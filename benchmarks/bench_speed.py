@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from zsad.backbone import ClipBackbone
-from zsad.engine import hardware
 from zsad.methods import create_method, get_method_class
+from zsad.sysinfo import hardware
 
 
 def _sync(device: str) -> None:

@@ -80,7 +80,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zsad.engine import hardware
+from zsad.sysinfo import hardware
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sidebyside import (  # noqa: E402

@@ -43,7 +43,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from zsad.engine import hardware
+from zsad.sysinfo import hardware
 
 MODEL = "ViT-B-16-plus-240"
 LABEL = "seeded random weights, ViT-B-16-plus-240 — plumbing/fidelity/speed only, NOT detection quality"

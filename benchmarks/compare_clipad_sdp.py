@@ -73,7 +73,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zsad.engine import hardware
+from zsad.sysinfo import hardware
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sidebyside import (  # noqa: E402

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from asset_methods import build_split, publish_section, weights_line  # noqa: E402
 from bench_speed import load_images, paired  # noqa: E402
 from zsad.backbone import ClipBackbone  # noqa: E402
-from zsad.engine import hardware  # noqa: E402
 from zsad.methods import create_method  # noqa: E402
+from zsad.sysinfo import hardware  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, dict[str, object]] = {

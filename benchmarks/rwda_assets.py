@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from asset_methods import build_split, publish_section, weights_line  # noqa: E402
 from dual_image_ablation import METRICS, eval_variant  # noqa: E402
-from zsad.engine import hardware  # noqa: E402
+from zsad.sysinfo import hardware  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

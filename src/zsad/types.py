@@ -22,3 +22,23 @@ class Prediction:
     # Named (B,) components of pred_score, for methods whose final score can be re-combined over a whole set
     # (e.g. CLIP-AD's transductive per-category min-max); written to predictions.csv.
     score_parts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+OPENAI_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes a model input: squashed to ``image_size`` x ``image_size``, normalised by mean/std.
+
+    Taken from the backbone (``ClipBackbone.preprocess``), so datasets, runs and exports never rebuild it.
+    """
+
+    image_size: int = 240
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+
+    def kwargs(self) -> dict[str, object]:
+        """As the keyword arguments of the datasets (``image_size``, ``mean``, ``std``)."""
+        return {"image_size": self.image_size, "mean": self.mean, "std": self.std}

@@ -80,9 +80,9 @@ def _reference_method(class_name: str) -> Any:
 
 def reference(path: str, class_name: str = "object", cap: int = 4096) -> tuple[float, np.ndarray]:
     """(score, map at the written size) of one image, scored alone with the CLI's tiny model."""
-    from zsad.cli.detect import map_size
     from zsad.data import ImageList
-    from zsad.engine import resize_map
+    from zsad.runs.detect import map_size
+    from zsad.runs.scoring import resize_map
 
     m = _reference_method(class_name)
     item = ImageList([path], image_size=96, mean=m.backbone.mean, std=m.backbone.std)[0]

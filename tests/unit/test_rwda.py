@@ -87,15 +87,23 @@ def tiny() -> ClipBackbone:
 
 def test_category_agnostic_mode_never_reads_the_class_name(tiny: ClipBackbone, tmp_path: Path) -> None:
     x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    from zsad.runs import prepare_method
+
     kw = {"n_pairs": 200, "epochs": 2, "cache_dir": str(tmp_path)}
+    alone = create_method("rwda", tiny, **kw)
+    alone.setup("bottle")  # a method trains in memory and writes nothing: caching is the run layer's
+    assert list(tmp_path.iterdir()) == [] and alone.new_training is not None
     a = create_method("rwda", tiny, **kw)
-    a.setup(_Poison("screw"))
+    prepare_method(a, _Poison("screw"))
     b = create_method("rwda", tiny, **kw)
-    b.setup("bottle")
+    prepare_method(b, "bottle")  # loaded from the cache a filled, not trained again
+    record = a.training_manifest["training"]
+    assert b.new_training is None and b.training_manifest["training"] == json.loads(json.dumps(record, default=str))
     torch.testing.assert_close(a.predict(x).anomaly_map, b.predict(x).anomaly_map)
+    torch.testing.assert_close(a.predict(x).anomaly_map, alone.predict(x).anomaly_map)  # seeded: the same classifier
     assert len(list(tmp_path.iterdir())) == 1  # one cached classifier serves every class
     known = create_method("rwda", tiny, object_mode="known", **kw)
-    known.setup("bottle")
+    prepare_method(known, "bottle")
     assert "bottle" in json.dumps(known.training_manifest["training"]["generator"]["objects"])
     assert len(list(tmp_path.iterdir())) == 2
 

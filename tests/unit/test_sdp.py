@@ -223,8 +223,9 @@ def test_sdp_plus_refuses_missing_and_mismatched_checkpoints(tiny_backbone: Clip
 
 def test_official_release_format_is_imported(tiny_backbone: ClipBackbone, tmp_path, images96) -> None:
     """A file in the official release's layout ({"linear_layers": fc.i.*}) becomes an equivalent zsad checkpoint."""
-    from zsad.methods.sdp_plus import import_official_checkpoint
+    from zsad.methods.sdp_plus import SdpPlus
 
+    import_official_checkpoint = SdpPlus.import_official
     gen = torch.Generator().manual_seed(4)
     w, d = tiny_backbone.width, tiny_backbone.embed_dim
     state = {}
@@ -242,6 +243,14 @@ def test_official_release_format_is_imported(tiny_backbone: ClipBackbone, tmp_pa
     torch.save({"something": 1}, tmp_path / "bad.pth")
     with pytest.raises(ZsadInputError, match="bad.pth"):
         import_official_checkpoint(tmp_path / "bad.pth", tiny_backbone, tmp_path / "c2", "visa")
+    # the same layers as safetensors (a flat dict): the same checkpoint tensors
+    from safetensors.torch import save_file
+
+    save_file(state, str(tmp_path / "layers.safetensors"))
+    again = import_official_checkpoint(tmp_path / "layers.safetensors", tiny_backbone, tmp_path / "c3", "visa")
+    m2 = create_method("sdp+", tiny_backbone, checkpoint=str(again))
+    for a, b in zip(m.heads, m2.heads, strict=True):
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
 
 
 def test_official_compat_only_for_quarter_layers(tiny_backbone: ClipBackbone) -> None:

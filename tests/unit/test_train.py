@@ -350,12 +350,59 @@ def test_grad_clip_hook_and_rng_isolation() -> None:
     assert 0 < moved < 1.1e-5  # 10 SGD steps of lr 1, gradients clipped to norm 1e-6 (unclipped: ~0.1)
 
 
-def test_progress_output(capsys: pytest.CaptureFixture[str]) -> None:
-    fit(Toy(), _items(), _step, dataclasses.replace(CFG, epochs=1), progress=False)
+class _Recorder:
+    """A reporter that keeps what it was told (tasks with their final counts, and messages)."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, str]] = []
+        self.tasks: list[dict[str, Any]] = []
+
+    def task(self, description: str, total: int | None = None, *, transient: bool = False) -> Any:
+        rec = self
+        entry = {"description": description, "total": total, "transient": transient, "completed": 0}
+
+        class _T:
+            def advance(self, n: int = 1) -> None:
+                entry["completed"] += n
+
+            def update(self, *, completed: int | None = None, description: str | None = None) -> None:
+                if completed is not None:
+                    entry["completed"] = completed
+                if description is not None:
+                    entry["description"] = description
+
+            def __enter__(self) -> Any:
+                rec.tasks.append(entry)
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                pass
+
+        return _T()
+
+    def message(self, text: str, level: str = "info") -> None:
+        self.messages.append((level, text))
+
+
+def test_progress_goes_through_the_reporter(capsys: pytest.CaptureFixture[str]) -> None:
+    """Silent by default (library use); a front end's reporter gets one transient task per epoch and a summary."""
+    from zsad.progress import using
+
+    fit(Toy(), _items(), _step, dataclasses.replace(CFG, epochs=2), description="toy")
     assert capsys.readouterr() == ("", "")
-    fit(Toy(), _items(), _step, dataclasses.replace(CFG, epochs=1), description="toy")
-    err = capsys.readouterr().err
-    assert "toy epoch 1/1: loss " in err and "bce " in err and "half " in err
+    rec = _Recorder()
+    with using(rec):
+        fit(Toy(), _items(), _step, dataclasses.replace(CFG, epochs=1), progress=False)
+        assert rec.messages == [] and rec.tasks == []
+        fit(Toy(), _items(), _step, dataclasses.replace(CFG, epochs=2), description="toy")
+    assert capsys.readouterr() == ("", "")  # nothing printed below the CLI
+    assert [t["transient"] for t in rec.tasks] == [True, True]
+    n_batches = -(-len(_items()) // CFG.batch_size)
+    assert [t["completed"] for t in rec.tasks] == [n_batches, n_batches] and rec.tasks[0]["total"] == n_batches
+    lines = [text for _, text in rec.messages]
+    assert (
+        len(lines) == 2 and lines[0].startswith("toy epoch 1/2: loss ") and "bce " in lines[0] and "half " in lines[0]
+    )
 
 
 def test_bad_config_and_inputs() -> None:

@@ -25,11 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from zsad.errors import ZsadInputError
+from zsad.types import OPENAI_MEAN, OPENAI_STD, Preprocess
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
 _RANDOM_TAGS = {None, "", "none", "random"}
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _open_clip() -> Any:
@@ -271,8 +270,8 @@ class ClipBackbone(nn.Module):
         self.embed_dim = int(visual.proj.shape[1]) if visual.proj is not None else self.width
         self.num_layers = len(visual.transformer.resblocks)
         cfg = getattr(visual, "preprocess_cfg", None) or {}
-        self.mean = tuple(cfg.get("mean", OPENAI_MEAN))
-        self.std = tuple(cfg.get("std", OPENAI_STD))
+        self.mean: tuple[float, float, float] = tuple(float(v) for v in cfg.get("mean", OPENAI_MEAN))  # type: ignore[assignment]
+        self.std: tuple[float, float, float] = tuple(float(v) for v in cfg.get("std", OPENAI_STD))  # type: ignore[assignment]
         self._text_cache: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ construction
@@ -372,6 +371,11 @@ class ClipBackbone(nn.Module):
         that. Recorded so a run says which one it used."""
         mlp = self.model.visual.transformer.resblocks[0].mlp
         return type(getattr(mlp, "gelu", mlp[1] if isinstance(mlp, nn.Sequential) else mlp)).__name__
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """Input size and normalisation of this backbone, for datasets and runs."""
+        return Preprocess(self.image_size, self.mean, self.std)
 
     @property
     def device(self) -> torch.device:

@@ -21,6 +21,7 @@ from zsad.data.files import MaskIndex, list_images
 from zsad.data.io import is_image_file, load_image, load_mask
 from zsad.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, squash_image, squash_mask
 from zsad.errors import ZsadInputError
+from zsad.types import Preprocess
 
 
 @dataclass(frozen=True)
@@ -85,13 +86,13 @@ class AnomalyDataset(Dataset):
         self.masks_known = any(s.mask_path is not None for s in samples) if masks_known is None else masks_known
         self.source = source
 
-    def with_preprocessing(self, image_size: int, mean: Sequence[float], std: Sequence[float]) -> AnomalyDataset:
+    def with_preprocessing(self, pre: Preprocess) -> AnomalyDataset:
         """Set the model's input size and normalisation after listing (datasets are listed before models load)."""
-        if int(image_size) <= 0:
-            raise ZsadInputError(f"image_size={image_size}: must be a positive number of pixels")
-        self.image_size = int(image_size)
-        self.mean = tuple(float(v) for v in mean)
-        self.std = tuple(float(v) for v in std)
+        if int(pre.image_size) <= 0:
+            raise ZsadInputError(f"image_size={pre.image_size}: must be a positive number of pixels")
+        self.image_size = int(pre.image_size)
+        self.mean = tuple(float(v) for v in pre.mean)
+        self.std = tuple(float(v) for v in pre.std)
         return self
 
     @classmethod

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-OPENAI_CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+from zsad.types import OPENAI_MEAN as OPENAI_CLIP_MEAN
+from zsad.types import OPENAI_STD as OPENAI_CLIP_STD
 
 
 def _channel_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:

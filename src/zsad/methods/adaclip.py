@@ -1,7 +1,7 @@
 """AdaCLIP: hybrid (static + dynamic) learnable prompts in both CLIP encoders, trained on auxiliary annotated data.
 
 Paper: Cao et al., "AdaCLIP: Adapting CLIP with Hybrid Learnable Prompts for Zero-Shot Anomaly Detection",
-ECCV 2024; specification ../shared/docs/methods.md section 2; official code caoyunkang/AdaCLIP @e27ee32.
+ECCV 2024; method notes docs/methods/adaclip.md; official code caoyunkang/AdaCLIP @e27ee32.
 
 - Prompts (depth J = 4, length M = 5): static prompts are learnable (J, M, width) tensors (init N(0, 0.02));
   dynamic prompts come from the *frozen* pooled image embedding through M linear heads (one frozen pass more);
@@ -42,21 +42,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
 from torch import nn
 
 from zsad.errors import ZsadInputError
-from zsad.methods.base import Method, MethodConfig
-from zsad.methods.options import check_range, config_record
-from zsad.methods.trained import (
-    load_tensors,
-    mask_items,
-    require_trained,
-    save_method,
-    start_run,
-    training_record,
-)
+from zsad.methods.base import MethodConfig
+from zsad.methods.options import check_range
+from zsad.methods.trainable import TrainableMethod, load_tensors, mask_items, read_official, start_run, training_record
 from zsad.ops import gaussian_blur, grid_to_map, kmeans, upsample
+from zsad.progress import reporter
 from zsad.prompts import build_prompts, get_prompt_set, list_prompt_sets
 from zsad.types import Prediction
 
@@ -113,60 +106,43 @@ class AdaClipParams(nn.Module):
         self.global_proj = nn.Linear(embed, embed)
 
 
-class AdaClip(Method):
+class AdaClip(TrainableMethod):
     name = "adaclip"
     config_cls = AdaClipConfig
     config: AdaClipConfig
-    trainable = True
+    arch_fields = ("layers", "prompt_depth", "prompt_length", "prompting", "branches", "text_placeholders")
+    official_checkpoint = "a checkpoint saved by the official AdaCLIP trainer (clip_model.* tensors)"
 
-    def __init__(self, backbone: Any, config: AdaClipConfig | None = None, **overrides: Any) -> None:
-        super().__init__(backbone, config, **overrides)
-        bb = self.backbone
-        n = bb.num_layers
+    def finish_config(self) -> None:
+        n = self.backbone.num_layers
         if not self.config.layers:
             if n % 4:
                 raise ZsadInputError(f"adaclip: {n} blocks do not split into 4 taps; pass layers=...")
             self.config = dataclasses.replace(self.config, layers=tuple(n // 4 * i for i in range(1, 5)))
         if self.config.prompt_depth > n:
             raise ZsadInputError(f"adaclip: prompt_depth {self.config.prompt_depth} exceeds {n} blocks")
-        self.training_manifest: dict[str, Any] | None = None
-        self.params = self._new_params(seed=None)
-        if self.config.checkpoint:
-            self.load(self.config.checkpoint)
 
-    def _new_params(self, seed: int | None) -> AdaClipParams:
+    @property
+    def parts(self) -> nn.Module:
+        return self.params
+
+    def build_parts(self, seed: int | None) -> None:
         bb, cfg = self.backbone, self.config
         text_width = bb.model.token_embedding.weight.shape[1]
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
             p = AdaClipParams(bb.width, text_width, bb.embed_dim, len(cfg.layers), cfg.prompt_depth, cfg.prompt_length)
-        return p.to(bb.device)
+        self.params = p.to(bb.device)
 
-    # ------------------------------------------------------------------ checkpoints
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().contiguous() for k, v in self.params.state_dict().items()}
-
-    def save(self, out: Path, training: dict[str, Any]) -> Path:
-        return save_method(self, out, training, config_record(self.config))
-
-    def load(self, path: str | Path) -> None:
-        """Load a checkpoint folder; its architecture fields (layers, prompt sizes, branches) are adopted."""
-        from zsad.train import load_checkpoint
-
-        tensors, manifest = load_checkpoint(Path(path), method=self.name, backbone=self.backbone.manifest())
-        saved = manifest.get("config", {})
-        arch = ("layers", "prompt_depth", "prompt_length", "prompting", "branches", "text_placeholders")
-        self.config = dataclasses.replace(
-            self.config, **{k: tuple(saved[k]) if k == "layers" else saved[k] for k in arch if k in saved}
-        )
-        self.params = self._new_params(seed=None)
-        load_tensors(self.params, tensors, path)
-        self.training_manifest = manifest
+    @classmethod
+    def import_official(cls, path: Path, backbone: Any, out: Path, trained_on: str) -> Path:
+        """Convert a checkpoint saved by the official AdaCLIP trainer (see ``import_official_checkpoint``)."""
+        return import_official_checkpoint(path, backbone, out, trained_on)
 
     # ------------------------------------------------------------------ forward pieces
     def _setup(self, class_name: str, reference_images: torch.Tensor | None) -> None:
-        require_trained(self, "prompts")
+        self.require_trained("prompts")
         self.tokens = self._sentence_tokens(class_name)
 
     def _sentence_tokens(self, class_name: str) -> tuple[torch.Tensor, int]:
@@ -288,7 +264,7 @@ class AdaClip(Method):
         items = mask_items(self.name, datasets)
         names = class_names or {}
         tokens = {cat: self._sentence_tokens(names.get(cat, cat.replace("_", " "))) for cat, _ in datasets}
-        self.params = self._new_params(seed=train_cfg.seed)
+        self.build_parts(seed=train_cfg.seed)
         dev = self.backbone.device
 
         def step(params: nn.Module, batch: list[int]) -> dict[str, torch.Tensor]:
@@ -314,7 +290,7 @@ class AdaClip(Method):
 
         out = start_run(out, items)
         if progress:
-            Console(stderr=True).print(f"adaclip: {len(items)} training images, CLIP frozen, prompts + projections")
+            reporter().message(f"adaclip: {len(items)} training images, CLIP frozen, prompts + projections")
         result = fit(
             self.params,
             list(range(len(items))),
@@ -348,20 +324,15 @@ def import_official_checkpoint(path: Path, backbone: Any, out: Path, trained_on:
 
     The official text prompts overwrite the first M word tokens, so the result runs with ``text_placeholders=False``.
     Its released weights were trained on OpenAI CLIP built with exact GELU (not QuickGELU); build the backbone the
-    same way to reproduce them. The file is read with ``weights_only=True``.
+    same way to reproduce them. A torch file is read with ``weights_only=True``; safetensors are read as well.
     """
     import re
 
     from zsad.backbone.clip import file_digest
 
     path = Path(path)
-    if not path.is_file():
-        raise ZsadInputError(f"{path}: file not found")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise ZsadInputError(f"{path}: not a readable torch checkpoint: {str(e).splitlines()[0]}") from e
-    if not isinstance(raw, dict) or not any("prompter" in k for k in raw):
+    raw = read_official(path)
+    if not any("prompter" in k for k in raw):
         raise ZsadInputError(f"{path}: no *_prompter tensors (not an official AdaCLIP checkpoint)")
     patterns = [(re.compile(re.escape(o).replace(r"\{i\}", r"(\d+)") + "$"), ours) for o, ours in _OFFICIAL.items()]
     flat: dict[str, torch.Tensor] = {}

@@ -1,7 +1,7 @@
 """Dual-Image Enhanced CLIP: test images as visual references for each other, joint vision-language scoring, TTA.
 
 Paper: Zhang et al., "Dual-Image Enhanced CLIP for Zero-Shot Anomaly Detection", arXiv 2405.04782. No public code
-exists; ../shared/docs/methods.md section 3 lists what the paper states and the reconstruction built here. Every
+exists; docs/methods/dual-image.md lists what the paper states and the reconstruction built here. Every
 reconstructed detail is a named option of ``DualImageConfig``:
 
 - Language map M_L: v-v attention tokens (the shared backbone's surgery path, restarted after every tap as SDP) at

@@ -14,6 +14,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Sequence
 from typing import Any
 
 from zsad.errors import ZsadInputError
@@ -188,3 +189,44 @@ def check_text_options(method: str, cfg: Any) -> None:
         rvs_kde_bandwidth=(cfg.rvs_kde_bandwidth, cfg.rvs_kde_bandwidth > 0, "> 0"),
         rvs_meanshift_bandwidth=(cfg.rvs_meanshift_bandwidth, cfg.rvs_meanshift_bandwidth > 0, "> 0"),
     )
+
+
+def option_names(method: str) -> set[str]:
+    """The ``-o`` keys of a method: its config fields without the default-backbone ones."""
+    from zsad.methods import get_method_class
+
+    fields = {f.name for f in dataclasses.fields(get_method_class(method).config_cls)}
+    return fields - set(BACKBONE_FIELDS)
+
+
+def route_options(methods: Sequence[str], parsed: Sequence[tuple[str | None, str, Any]]) -> dict[str, dict[str, Any]]:
+    """Options per method from ``(method or None, key, value)``: unprefixed keys go to every method that has them.
+
+    Nothing is silently dropped: a prefix naming no selected method, a prefixed key the method lacks, or a key no
+    selected method has is refused. With a single method, an unknown key is refused by the method itself, listing
+    the known ones.
+    """
+    from zsad.methods import get_method_class
+
+    names = {get_method_class(m).name: m for m in methods}
+    known = set().union(*(option_names(m) for m in methods)) if methods else set()
+    for target, key, value in parsed:
+        if target is not None and target.lower() not in names:
+            raise ZsadInputError(
+                f"--option {target}:{key}={value}: {target!r} is not a selected method ({', '.join(sorted(names))})"
+            )
+        if target is None and key not in known and len(methods) > 1:
+            raise ZsadInputError(f"--option {key}: no selected method ({', '.join(methods)}) has this option")
+        if target is not None and key not in option_names(target.lower()):
+            have = ", ".join(sorted(option_names(target.lower())))
+            raise ZsadInputError(f"--option {target}:{key}: {target} has no option {key!r} (known: {have})")
+    out: dict[str, dict[str, Any]] = {}
+    for name in methods:
+        fields = option_names(name)
+        mine = out.setdefault(name, {})
+        for target, key, value in parsed:
+            if target is not None and target.lower() != get_method_class(name).name:
+                continue
+            if len(methods) == 1 or target is not None or key in fields:
+                mine[key] = value
+    return out

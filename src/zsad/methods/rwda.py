@@ -1,7 +1,7 @@
 """RWDA: a category-agnostic anomaly classifier trained only on CLIP text embeddings of random-word prompts.
 
 Paper: Tamura, "Random Word Data Augmentation with CLIP for Zero-Shot Anomaly Detection", BMVC 2023; specification
-../shared/docs/methods.md section 4 (no public code: the unverified details are options of ``RwdaConfig``).
+docs/methods/rwda.md (no public code: the unverified details are options of ``RwdaConfig``).
 
 - Training data: ``n_pairs`` normal/anomalous sentence pairs with random words (``zsad.prompts.random_words``),
   encoded by the backbone's cached text encoder. No image is used.
@@ -27,20 +27,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
 from torch import nn
 
 from zsad.errors import ZsadInputError
-from zsad.methods.options import check_range, config_record
-from zsad.methods.trained import load_tensors, save_method
+from zsad.methods.options import check_range
+from zsad.methods.trainable import TrainableMethod
 from zsad.methods.winclip import WinClip, WinClipConfig, class_scores
+from zsad.progress import SilentReporter, reporter
 from zsad.prompts.random_words import GENERIC_OBJECTS, RandomWordOptions, random_word_prompts
 
 _EMBED_CHUNK = 2048  # sentences per progress step (each still length-grouped in batches of 512)
@@ -102,7 +101,7 @@ class RwdaConfig(WinClipConfig):
 
 def _report(record: dict[str, Any]) -> None:
     """The one line a user sees after training (``zsad train`` or on the fly): time and held-out accuracy."""
-    Console(stderr=True).print(
+    reporter().message(
         f"rwda: classifier trained in {record['seconds']:.0f} s, held-out prompt accuracy "
         f"{100 * record['heldout_accuracy']:.1f}%"
     )
@@ -128,22 +127,36 @@ class Classifier(nn.Module):
         return self.net(x)
 
 
-class Rwda(WinClip):
+class Rwda(WinClip, TrainableMethod):
     name = "rwda"
     config_cls = RwdaConfig
     config: RwdaConfig
     supports_few_shot = False
-    trainable = True
-    requires_checkpoint = False  # trains itself on the fly (seconds to minutes), cached
+    requires_checkpoint = False  # trains itself on first use (seconds to minutes); zsad.runs caches it
     needs_training_data = False  # text only
+    self_training = True
+    arch_fields = ("hidden", "modality_gap", "object_mode", "objects", *_GENERATOR_FIELDS, "generator_seed")
 
-    def __init__(self, backbone: Any, config: RwdaConfig | None = None, **overrides: Any) -> None:
-        super().__init__(backbone, config, **overrides)
-        self.training_manifest: dict[str, Any] | None = None
-        self.classifier: Classifier | None = None
-        self._for_class: str | None = None
-        if self.config.checkpoint:
-            self.load(self.config.checkpoint)
+    @property
+    def parts(self) -> nn.Module:
+        return self.classifier
+
+    def build_parts(self, seed: int | None) -> None:
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            clf = Classifier(self.backbone.embed_dim, self.config.hidden)
+        self.classifier = clf.to(self.backbone.device)
+        self.trained_for = None  # (object,) once trained or loaded
+        self.new_training = None
+
+    def loaded(self, manifest: dict[str, Any]) -> None:
+        objects = manifest.get("training", {}).get("generator", {}).get("objects", [None])
+        self.trained_for = (objects[0] if self.config.object_mode == "known" else None,)
+
+    def training_object(self, class_name: str | None) -> str | None:
+        """The object a classifier for ``class_name`` is trained on: the name in known mode, else none."""
+        return class_name if self.config.object_mode == "known" else None
 
     @property
     def needs_class_name(self) -> bool:  # type: ignore[override]
@@ -156,15 +169,13 @@ class Rwda(WinClip):
 
         Tens of thousands of one-off sentences: they bypass the shared text cache instead of flooding it.
         """
-        from zsad.train import progress_bar
-
         out = []
-        with progress_bar(Console(stderr=True), progress) as bar:
-            task = bar.add_task(f"rwda: encoding {what} prompts", total=len(sentences))
+        rep = reporter() if progress else SilentReporter()
+        with rep.task(f"rwda: encoding {what} prompts", len(sentences), transient=True) as task:
             for i in range(0, len(sentences), _EMBED_CHUNK):
                 part = sentences[i : i + _EMBED_CHUNK]
                 out.append(self.backbone.encode_text(part, batch_size=512, cache=False).float())
-                bar.advance(task, len(part))
+                task.advance(len(part))
         return F.normalize(torch.cat(out), dim=-1)
 
     def _dataset(
@@ -195,8 +206,8 @@ class Rwda(WinClip):
         emb, labels = self._dataset(opts, progress)
         held = dataclasses.replace(opts, seed=opts.seed + 1, n_pairs=max(1, min(2000, opts.n_pairs // 5)))
         h_emb, h_labels = self._dataset(held, progress, "held-out")
-        torch.manual_seed(cfg.train_seed)
-        clf = Classifier(emb.shape[1], cfg.hidden).to(emb.device)
+        self.build_parts(seed=cfg.train_seed)  # a forked RNG: the caller's global RNG is left as it was
+        clf = self.classifier
         if cfg.modality_gap == "center":
             clf.text_mean.copy_(emb.mean(0))
         x = self._prepare(emb, clf.text_mean)
@@ -211,7 +222,7 @@ class Rwda(WinClip):
         clf.eval()
         with torch.no_grad():
             acc = float((clf(self._prepare(h_emb, clf.text_mean)).argmax(-1) == h_labels).float().mean())
-        self.classifier = clf
+        self.trained_for = (class_name,)
         return {
             "data": "text only: random-word prompts (no images)",
             "generator": dataclasses.asdict(opts),
@@ -254,35 +265,13 @@ class Rwda(WinClip):
         _report(record)
         return self.save(out, record)
 
-    # ------------------------------------------------------------------ checkpoints and the on-the-fly cache
-    def tensors(self) -> dict[str, torch.Tensor]:
-        assert self.classifier is not None
-        return {k: v.detach().cpu().contiguous() for k, v in self.classifier.state_dict().items()}
-
-    def save(self, out: Path, training: dict[str, Any]) -> Path:
-        return save_method(self, out, training, config_record(self.config))
-
-    def load(self, path: str | Path) -> None:
-        from zsad.train import load_checkpoint
-
-        tensors, manifest = load_checkpoint(Path(path), method=self.name, backbone=self.backbone.manifest())
-        saved = manifest.get("config", {})
-        keep = ("hidden", "modality_gap", "object_mode", "objects", *_GENERATOR_FIELDS, "generator_seed")
-        self.config = dataclasses.replace(self.config, **{k: saved[k] for k in keep if k in saved})
-        clf = Classifier(self.backbone.embed_dim, self.config.hidden).to(self.backbone.device)
-        load_tensors(clf, tensors, path)
-        clf.eval()
-        self.classifier = clf
-        self.training_manifest = manifest
-        self._for_class = manifest.get("training", {}).get("generator", {}).get("objects", [None])[0]
-
     def describe(self) -> dict[str, Any]:
         d = super().describe()
         t = (self.training_manifest or {}).get("training", {})
         d["rwda_classifier"] = {k: t.get(k) for k in ("heldout_accuracy", "num_sentences", "seconds", "data")}
         return d
 
-    def cache_key(self, class_name: str | None) -> str:
+    def cache_key(self, obj: str | None) -> str:
         """Digest of what decides the classifier: backbone weights, generator, classifier and training settings."""
         bb = self.backbone.manifest()
         fields = (*_GENERATOR_FIELDS, "generator_seed", "object_mode", "prompt_set", "hidden", "modality_gap")
@@ -291,40 +280,33 @@ class Rwda(WinClip):
         key = {
             "backbone": {k: bb.get(k) for k in ("model_name", "pretrained", "weights", "seed", "random_init")},
             "config": {k: getattr(self.config, k) for k in (*fields, "epochs", "batch_size", "lr", "train_seed")},
-            "class": class_name if self.config.object_mode == "known" else None,
+            "class": obj if self.config.object_mode == "known" else None,
             "format": 1,
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
-    def _cache_root(self) -> Path:
-        if self.config.cache_dir:
-            return Path(self.config.cache_dir)
-        base = os.environ.get("ZSAD_CACHE") or Path.home() / ".cache" / "zsad"
-        return Path(base) / "rwda"
-
     # ------------------------------------------------------------------ inference
     def _setup(self, class_name: str, reference_images: torch.Tensor | None) -> None:
-        known = self.config.object_mode == "known"
+        """Text features as WinCLIP; a classifier for this object, trained here in memory if there is none yet.
+
+        Training writes nothing: ``zsad.runs`` looks in its cache before and stores ``new_training`` after.
+        """
         super()._setup(class_name, None)  # "object" unless known (Method.setup never passes the given name)
+        want = self.training_object(class_name)
+        if self.trained_for == (want,):
+            return
         if self.config.checkpoint:
-            if known and self._for_class not in (None, class_name):
-                raise ZsadInputError(
-                    f"{self.config.checkpoint}: rwda classifier trained for object {self._for_class!r}, not "
-                    f"{class_name!r} (object_mode=known)"
-                )
-            return
-        folder = self._cache_root() / self.cache_key(class_name if known else None)
-        if (folder / "manifest.json").is_file():
-            self.load(folder)
-            self.config = dataclasses.replace(self.config, checkpoint="")
-            return
-        Console(stderr=True).print(
-            f"rwda: training the text-only classifier ({self.config.n_pairs} prompt pairs), cached in {folder}"
-        )
+            was = self.trained_for[0] if self.trained_for else None
+            raise ZsadInputError(
+                f"{self.config.checkpoint}: rwda classifier trained for object {was!r}, not {class_name!r} "
+                "(object_mode=known)"
+            )
+        reporter().message(f"rwda: training the text-only classifier ({self.config.n_pairs} prompt pairs)")
         with torch.enable_grad():
-            record = self.train_classifier(class_name if known else None, progress=True, epoch_lines=False)
-        self.save(folder, record)
+            record = self.train_classifier(want, progress=True, epoch_lines=False)
         _report(record)
+        self.new_training = record
+        self.training_manifest = {"method": self.name, "config": self.checkpoint_config(), "training": record}
 
     def _zero_shot_prob(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Classifier probability of (B, D) global or (B, W, D) window embeddings (mean with CLIP's for rwda+clip)."""

@@ -1,7 +1,7 @@
 """CLIP-AD Staged Dual-Path (SDP): zero-shot maps from v-v attention stages and feature surgery.
 
 Paper: Chen et al., "CLIP-AD: A Language-Guided Staged Dual-Path Model for Zero-shot Anomaly Detection",
-arXiv 2311.00453. Specification: ../shared/docs/methods.md section 1. What the method is:
+arXiv 2311.00453. Method notes: docs/methods/clip-ad.md. What the method is:
 
 - Text: the CLIP-AD prompt set (9 normal / 10 anomalous states x 22 templates), one representative vector per state
   by Representative Vector Selection (``text_aggregation``: mean | pca | kde | dbscan (default) | mean_shift).

@@ -1,6 +1,6 @@
 """CLIP-AD SDP+: SDP plus one trained linear layer per stage on the original-path tokens.
 
-Paper: Chen et al., arXiv 2311.00453; specification ../shared/docs/methods.md section 1 ("SDP+ (trained)").
+Paper: Chen et al., arXiv 2311.00453; method notes docs/methods/clip-ad.md ("SDP+").
 Each stage's raw original-path tokens (pre-``ln_post``, CLS dropped) go through ``Linear(width -> embed_dim)``;
 the map is softmax over the two states of 100 cos(f, t), upsampled bilinearly with ``align_corners=True``. Training:
 focal (gamma 2) + dice on the anomalous probability, per stage, summed; CLIP stays frozen; Adam, lr 1e-4, 5 epochs,
@@ -25,22 +25,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import Progress
 from torch import nn
 
 from zsad.errors import ZsadInputError
 from zsad.methods.options import config_record
 from zsad.methods.sdp import Sdp, SdpConfig
-from zsad.methods.trained import (
-    load_tensors,
-    mask_items,
-    require_trained,
-    save_method,
-    start_run,
-    training_record,
-)
+from zsad.methods.trainable import TrainableMethod, mask_items, read_official, start_run, training_record
 from zsad.ops import grid_to_map, upsample
+from zsad.progress import SilentReporter, reporter
 from zsad.prompts import state_text
 from zsad.types import Prediction
 
@@ -53,51 +45,47 @@ class SdpPlusConfig(SdpConfig):
     align_corners: bool = True  # upsampling of the trained maps, as the paper's code
 
 
-class SdpPlus(Sdp):
+class SdpPlus(Sdp, TrainableMethod):
     name = "sdp+"
     config_cls = SdpPlusConfig
     config: SdpPlusConfig
-    trainable = True
+    arch_fields = ("layers", "compat")  # the layers were trained on these taps: other taps would mismatch
+    tensor_prefix = "heads."
+    official_checkpoint = "the CLIP-AD release's linear layers (train_on_visa.pth / train_on_mvtec.pth)"
 
-    def __init__(self, backbone: Any, config: SdpPlusConfig | None = None, **overrides: Any) -> None:
-        super().__init__(backbone, config, **overrides)
-        self.training_manifest: dict[str, Any] | None = None
-        self.heads = self._new_heads(len(self.stages))
-        if self.config.checkpoint:
-            self.load(self.config.checkpoint)
+    @property
+    def parts(self) -> nn.Module:
+        return self.heads
 
-    def _new_heads(self, n: int) -> nn.ModuleList:
+    def build_parts(self, seed: int | None) -> None:
         bb = self.backbone
-        return nn.ModuleList(nn.Linear(bb.width, bb.embed_dim) for _ in range(n)).to(bb.device)
+        with torch.random.fork_rng(devices=[]):  # the layers' init is part of the seeded recipe
+            if seed is not None:
+                torch.manual_seed(seed)
+            heads = nn.ModuleList(nn.Linear(bb.width, bb.embed_dim) for _ in range(len(self.stages)))
+        self.heads = heads.to(bb.device)
 
-    # ------------------------------------------------------------------ checkpoints
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {f"heads.{k}": v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}
+    def checkpoint_config(self) -> dict[str, Any]:
+        return {**config_record(self.config), "layers": list(self.stages)}
 
-    def load(self, path: str | Path) -> None:
-        """Load a checkpoint folder; refuse one trained for another backbone or other layers."""
-        from zsad.train import load_checkpoint
-
-        tensors, manifest = load_checkpoint(Path(path), method=self.name, backbone=self.backbone.manifest())
-        saved = tuple(manifest.get("config", {}).get("layers", ()))
-        if self.config.layers and tuple(self.config.layers) != saved:
-            raise ZsadInputError(
-                f"{path}: checkpoint was trained on layers {saved}, not {self.config.layers}; drop the layers option"
-            )
-        # the layers were trained on these taps: running them on other taps would be a train/test mismatch
-        compat = manifest.get("config", {}).get("compat", self.config.compat)
-        self.config = dataclasses.replace(self.config, layers=saved, compat=compat)
+    def loaded(self, manifest: dict[str, Any]) -> None:
+        """A prompt choice other than the training one is allowed, and said."""
         for key in ("prompt_set", "text_aggregation"):
             trained = manifest.get("config", {}).get(key)
             now = getattr(self.config, key)
             if trained is not None and trained != now:
-                Console(stderr=True).print(f"[yellow]note:[/] {path}: trained with {key}={trained!r}, running {now!r}")
-        self.heads = self._new_heads(len(saved))
-        load_tensors(self.heads, {k.removeprefix("heads."): v for k, v in tensors.items()}, path)
-        self.training_manifest = manifest
+                reporter().message(
+                    f"note: {manifest.get('method')} checkpoint trained with {key}={trained!r}, running {now!r}", "note"
+                )
+
+    def save(self, out: Path, training: dict[str, Any]) -> Path:
+        """Write the checkpoint folder (safetensors + manifest) for the current layers."""
+        path = super().save(out, training)
+        self.config = dataclasses.replace(self.config, layers=tuple(self.stages))
+        return path
 
     def _setup(self, class_name: str, reference_images: torch.Tensor | None) -> None:
-        require_trained(self, "layers", ", or use --method sdp for the training-free model")
+        self.require_trained("layers", ", or use --method sdp for the training-free model")
         super()._setup(class_name, reference_images)
 
     # ------------------------------------------------------------------ inference
@@ -158,11 +146,10 @@ class SdpPlus(Sdp):
         size = len(items) * n_stage * n_tok * bb.width * 4
         cache: torch.Tensor | None = None
         masks = torch.zeros(len(items), self.image_size, self.image_size)
-        console = Console(stderr=True)
+        rep = reporter() if progress else SilentReporter()
         if size <= CACHE_LIMIT_BYTES:
             cache = torch.zeros(len(items), n_stage, n_tok, bb.width)
-        with Progress(console=console, disable=not progress) as bar:
-            task = bar.add_task("frozen CLIP features" if cache is not None else "reading masks", total=len(items))
+        with rep.task("frozen CLIP features" if cache is not None else "reading masks", len(items)) as task:
             for start in range(0, len(items), train_cfg.batch_size):
                 chunk = items[start : start + train_cfg.batch_size]
                 got = [ds[i] for _, ds, i in chunk]
@@ -170,14 +157,11 @@ class SdpPlus(Sdp):
                 if cache is not None:
                     imgs = torch.stack([g["image"] for g in got]).to(dev)
                     cache[start : start + len(chunk)] = self._stage_tokens(imgs).cpu()
-                bar.advance(task, len(chunk))
-        if progress:
-            where = "cached in RAM" if cache is not None else f"recomputed each epoch ({size / 2**30:.1f} GiB > cache)"
-            console.print(f"sdp+: {len(items)} training images, frozen features {where}")
+                task.advance(len(chunk))
+        where = "cached in RAM" if cache is not None else f"recomputed each epoch ({size / 2**30:.1f} GiB > cache)"
+        rep.message(f"sdp+: {len(items)} training images, frozen features {where}")
         masks = (masks > 0.5).float()
-        with torch.random.fork_rng(devices=[]):  # the layers' init is part of the seeded recipe
-            torch.manual_seed(train_cfg.seed)
-            self.heads = self._new_heads(n_stage)
+        self.build_parts(seed=train_cfg.seed)
 
         def step(heads: nn.Module, batch: list[int]) -> dict[str, torch.Tensor]:
             idx = torch.tensor(batch)
@@ -200,38 +184,28 @@ class SdpPlus(Sdp):
         self.heads.eval()
         return self.save(out, training_record(data_info, items, train_cfg, result.history))
 
-    def save(self, out: Path, training: dict[str, Any]) -> Path:
-        """Write the checkpoint folder (safetensors + manifest) for the current layers."""
-        path = save_method(self, out, training, {**config_record(self.config), "layers": list(self.stages)})
-        self.config = dataclasses.replace(self.config, layers=tuple(self.stages))
-        return path
+    @classmethod
+    def import_official(cls, path: Path, backbone: Any, out: Path, trained_on: str) -> Path:
+        """Convert the official CLIP-AD release (``{"linear_layers": fc.i.weight/bias}``), torch or safetensors.
 
+        Those layers were trained on taps with the official in-place update, so the result runs with
+        ``compat="official"``. A torch file is read with ``weights_only=True`` (no code from it is executed).
+        """
+        from zsad.backbone.clip import file_digest
 
-def import_official_checkpoint(path: Path, backbone: Any, out: Path, trained_on: str) -> Path:
-    """Convert a checkpoint released with the official CLIP-AD code (``{"linear_layers": fc.i.weight/bias}``).
-
-    Those layers were trained on taps with the official in-place update, so the result runs with
-    ``compat="official"``. The file is read with ``weights_only=True`` (no code from it is executed).
-    """
-    from zsad.backbone.clip import file_digest
-
-    path = Path(path)
-    if not path.is_file():
-        raise ZsadInputError(f"{path}: file not found")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise ZsadInputError(f"{path}: not a readable torch checkpoint: {str(e).splitlines()[0]}") from e
-    state = raw.get("linear_layers") if isinstance(raw, dict) else None
-    if not isinstance(state, dict) or not any(k.startswith("fc.") for k in state):
-        raise ZsadInputError(f"{path}: no 'linear_layers' with fc.* tensors (not an official CLIP-AD SDP+ checkpoint)")
-    n = len({k.split(".")[1] for k in state if k.startswith("fc.")})
-    method = SdpPlus(backbone, compat="official")
-    if n != len(method.stages):
-        raise ZsadInputError(f"{path}: {n} layers, but this backbone has {len(method.stages)} stages")
-    try:
-        method.heads.load_state_dict({k.removeprefix("fc."): v.float() for k, v in state.items()})
-    except RuntimeError as e:
-        raise ZsadInputError(f"{path}: layers do not fit {backbone.model_name}: {str(e).splitlines()[0]}") from e
-    source = {"source": "official CLIP-AD release", "file": str(path.resolve()), "sha256": file_digest(path)["sha256"]}
-    return method.save(out, {**source, "dataset": trained_on})
+        path = Path(path)
+        raw = read_official(path)
+        state = raw.get("linear_layers", raw)
+        if not isinstance(state, dict) or not any(str(k).startswith("fc.") for k in state):
+            raise ZsadInputError(f"{path}: no 'linear_layers' with fc.* tensors (not an official CLIP-AD SDP+ file)")
+        n = len({k.split(".")[1] for k in state if k.startswith("fc.")})
+        method = cls(backbone, compat="official")
+        if n != len(method.stages):
+            raise ZsadInputError(f"{path}: {n} layers, but this backbone has {len(method.stages)} stages")
+        try:
+            method.heads.load_state_dict({k.removeprefix("fc."): v.float() for k, v in state.items()})
+        except RuntimeError as e:
+            raise ZsadInputError(f"{path}: layers do not fit {backbone.model_name}: {str(e).splitlines()[0]}") from e
+        digest = file_digest(path)["sha256"]
+        source = {"source": "official CLIP-AD release", "file": str(path.resolve()), "sha256": digest}
+        return method.save(out, {**source, "dataset": trained_on})

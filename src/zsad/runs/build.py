@@ -8,6 +8,7 @@ second, not a model load, and the run key of an output folder can be checked bef
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, MethodConfig
 from zsad.methods.options import config_record, make_config
+from zsad.progress import reporter
 
 _RANDOM = {None, "none", "random", ""}  # as ClipBackbone reads --pretrained
 
@@ -141,6 +143,12 @@ class MethodSpec:
             )
             if cache is not None:
                 cache[b.cache_key()] = bb
+            if bb.random_init:
+                reporter().message(
+                    "WARNING: --pretrained none: the backbone has SEEDED RANDOM weights. Scores and maps are "
+                    "meaningless for detection; use this only for smoke tests, speed and fidelity checks.",
+                    "alert",
+                )
         options = dict(self.options)
         if self.checkpoint is not None:
             options["checkpoint"] = str(self.checkpoint)
@@ -187,3 +195,19 @@ def method_key(method: Method) -> dict[str, Any]:
     d = method.describe()
     bb = {k: d["backbone"].get(k) for k in ("model_name", "pretrained", "image_size", "weights", "seed")}
     return {"method": d["method"], "config": d["config"], "backbone": bb}
+
+
+def specs_for(
+    methods: Sequence[str | MethodSpec],
+    options: dict[str, dict[str, Any]],
+    backbone: BackboneSpec,
+    checkpoints: dict[str, Path],
+) -> list[MethodSpec]:
+    """Checked specs for several methods: names take ``options[name]``, the shared backbone and their checkpoint."""
+    out = []
+    for m in methods:
+        spec = m if isinstance(m, MethodSpec) else MethodSpec(m, backbone, dict(options.get(m, {})))
+        if spec.checkpoint is None:
+            spec.checkpoint = checkpoints.get(spec.name)
+        out.append(spec.validate())
+    return out

@@ -1,7 +1,7 @@
 """Shared training for the methods with learnable parts: one loop, one set of losses, one checkpoint format."""
 
 from zsad.train.checkpoint import load_checkpoint, read_manifest, save_checkpoint
-from zsad.train.loop import TrainConfig, TrainResult, fit, progress_bar
+from zsad.train.loop import TrainConfig, TrainResult, fit
 from zsad.train.losses import dice_loss, focal_loss
 
 __all__ = [
@@ -12,6 +12,5 @@ __all__ = [
     "focal_loss",
     "load_checkpoint",
     "read_manifest",
-    "progress_bar",
     "save_checkpoint",
 ]

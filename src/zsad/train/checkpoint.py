@@ -40,7 +40,7 @@ def save_checkpoint(out_dir: Path, tensors: dict[str, torch.Tensor], manifest: d
     Both files are replaced atomically, so a crash leaves the previous checkpoint or the new one, never half.
     The manifest is written last: a reader that sees it can trust the sha256 it records.
     """
-    from zsad.engine import environment  # lazy: engine imports the methods, which import this package
+    from zsad.sysinfo import environment  # lazy: engine imports the methods, which import this package
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from zsad.errors import ZsadInputError
+from zsad.progress import SilentReporter, reporter
 
 STATE_FILE = "train_state.pt"
 
@@ -187,7 +186,7 @@ def fit(
         raise ValueError("fit: the module has no parameters with requires_grad")
     opt = _make_optimizer(params, cfg)
     store = _StateFile(state_dir) if state_dir is not None else None
-    console = Console(stderr=True, quiet=not progress)
+    say = reporter().message if progress else (lambda text, level="info": None)
     history: list[dict[str, float]] = []
     done = 0
     with _fork_rng():
@@ -207,12 +206,12 @@ def fit(
             _set_rng_state(state["rng"])
             done, history = int(state["epoch"]), list(state["history"])
             if done >= cfg.epochs:
-                console.print(f"{description}: {store.path} already holds {done} trained epochs; nothing to do")
+                say(f"{description}: {store.path} already holds {done} trained epochs; nothing to do")
         for epoch in range(done + 1, cfg.epochs + 1):
-            row = _run_epoch(module, data, step, cfg, opt, params, epoch, console, progress, description)
+            row = _run_epoch(module, data, step, cfg, opt, params, epoch, progress, description)
             history.append(row)
             extras = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "loss", "seconds"))
-            console.print(
+            say(
                 f"{description} epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f}"
                 + (f", {extras}" if extras else "")
                 + f" ({row['seconds']:.1f}s)"
@@ -239,12 +238,6 @@ def fit(
     return TrainResult(history=history, epochs_run=max(cfg.epochs - done, 0), resumed_from=done)
 
 
-def progress_bar(console: Console, enabled: bool) -> Progress:
-    """The transient bar of training work (epochs here, prompt encoding in RWDA): description, bar, n/N, time."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    return Progress(*columns, console=console, transient=True, disable=not enabled)
-
-
 def _run_epoch(
     module: nn.Module,
     data: Any,
@@ -253,7 +246,6 @@ def _run_epoch(
     opt: torch.optim.Optimizer,
     params: list[nn.Parameter],
     epoch: int,
-    console: Console,
     progress: bool,
     description: str,
 ) -> dict[str, float]:
@@ -264,8 +256,9 @@ def _run_epoch(
     batches, total = _batches(data, cfg.batch_size, gen)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    with progress_bar(console, progress) as bar:
-        task = bar.add_task(f"{description} epoch {epoch}/{cfg.epochs}", total=total)
+    title = f"{description} epoch {epoch}/{cfg.epochs}"
+    rep = reporter() if progress else SilentReporter()
+    with rep.task(title, total, transient=True) as task:
         for batch in batches:
             opt.zero_grad(set_to_none=True)
             loss, logged = _terms(step(module, batch))
@@ -278,7 +271,8 @@ def _run_epoch(
                 counts[k] = counts.get(k, 0) + 1
             if progress:  # reading the running mean syncs the device: only when someone watches
                 mean = float(sums["loss"]) / counts["loss"]
-                bar.update(task, advance=1, description=f"{description} epoch {epoch}/{cfg.epochs} loss {mean:.4f}")
+                task.advance()
+                task.update(description=f"{title} loss {mean:.4f}")
     if not counts:
         raise ValueError(f"{description}: epoch {epoch} produced no batches (empty training data)")
     row: dict[str, float] = {"epoch": epoch}

@@ -1,37 +1,40 @@
-"""``zsad detect``: unlabeled images in, scores + maps + overlays out, incrementally and resumably.
+"""Detection runs: unlabeled images in, scores + maps + overlays out, incrementally and resumably.
 
 Two steps: ``DetectJob.validate`` checks every input (files, folder, options, run key) before any model loads;
 ``run_detect`` then scores only what the output folder does not hold yet, one row and one file set per input.
+``detect`` does both, under the output folder's lock.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import Progress
 
-from zsad.engine import decode_parts, environment, parts_json, resize_map, score_dataset
 from zsad.errors import ZsadInputError
 from zsad.fileio import save_npy, write_json
 from zsad.methods.base import Method
-from zsad.runs.build import MethodSpec, method_key
+from zsad.progress import Reporter, reporter, using
+from zsad.runs.build import BackboneSpec, MethodSpec, method_key
 from zsad.runs.outputs import (
     CsvLog,
     OutputNames,
+    RunLock,
     check_output_dir,
     check_run_key,
     claim_output,
     identity,
     is_number,
 )
+from zsad.runs.scoring import decode_parts, parts_json, resize_map, score_dataset
+from zsad.runs.train import prepare_method
+from zsad.sysinfo import environment
 from zsad.thresholds import Threshold, choose_threshold
 
 FIELDS = [
@@ -74,7 +77,12 @@ class DetectJob:
     files: list[Path] = field(default_factory=list)
     references: list[Path] = field(default_factory=list)
 
-    def validate(self, spec: MethodSpec) -> DetectJob:
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.list_file = Path(self.list_file) if self.list_file is not None else None
+        self.reference_dir = Path(self.reference_dir) if self.reference_dir is not None else None
+
+    def validate(self, cls: type[Method]) -> DetectJob:
         """Inputs, references, numbers and the output folder; then the run key as far as it is known."""
         from zsad.data.datasets import collect_images, read_list_file
 
@@ -96,7 +104,6 @@ class DetectJob:
             if not self.reference_dir.is_dir():
                 raise ZsadInputError(f"--reference-dir {self.reference_dir}: folder not found")
             self.references = collect_images([self.reference_dir], self.recursive, self.image_glob)
-        cls = spec.cls
         if self.references and not cls.supports_few_shot and self.k_shot:
             raise ZsadInputError(f"--k-shot: method {cls.name} takes no reference images (they only calibrate)")
         check_output_dir(self.out)
@@ -130,6 +137,76 @@ class DetectJob:
         check_run_key(self.out, key, sections=key.keys())
 
 
+@dataclass
+class DetectResult:
+    """What a detect run left in ``out``: rows, how many flagged, the image threshold, files that failed."""
+
+    out: Path
+    num_images: int
+    num_flagged: int
+    threshold: Threshold
+    num_failed: int = 0
+
+    @property
+    def predictions(self) -> Path:
+        return self.out / "predictions.csv"
+
+    @property
+    def exit_code(self) -> int:
+        """0 done; 1 done, but files were skipped (listed in ``errors.csv``)."""
+        return 1 if self.num_failed else 0
+
+    def summary(self) -> str:
+        """The one line a user reads at the end."""
+        t = self.threshold
+        failed = self.num_failed
+        return (
+            f"{self.num_images} images scored, {self.num_flagged} flagged anomalous (threshold {t.value:.4g}, "
+            f"{t.source}); results in {self.predictions}"
+            + (f"; {failed} files failed, listed in {self.out / 'errors.csv'} (exit code 1)" if failed else "")
+        )
+
+
+def detect(
+    paths: str | Path | Sequence[str | Path] = (),
+    out: str | Path = "results",
+    *,
+    method: str | MethodSpec | Method = "winclip",
+    options: dict[str, Any] | None = None,
+    backbone: BackboneSpec | None = None,
+    checkpoint: str | Path | None = None,
+    reporter: Reporter | None = None,
+    **job: Any,
+) -> DetectResult:
+    """Score images with no labels into ``out``: ``predictions.csv``, ``.npy`` maps, overlays, ``manifest.json``.
+
+    ``method`` is a registered name (built from ``options``, ``backbone`` and ``checkpoint``), a ``MethodSpec``, or
+    an already built ``Method`` (kept, e.g. by a service). ``job`` takes the fields of ``DetectJob`` (``class_name``,
+    ``image_glob``, ``list_file``, ``reference_dir``, ``k_shot``, ``threshold``, ``batch_size``, ``overlays``,
+    ``normalize``, ``skip_bad``, ``seed``, ``max_map_size``, ``recursive``). Every input is checked before any model
+    loads; the folder is locked for the run and resumes only the same settings.
+    """
+    with using(reporter):
+        items = [paths] if isinstance(paths, str | Path) else list(paths)
+        work = DetectJob([str(p) for p in items], Path(out), **job)
+        built = method if isinstance(method, Method) else None
+        spec: MethodSpec | None = None
+        if built is None:
+            if isinstance(method, MethodSpec):
+                spec = method
+            else:
+                ckpt = Path(checkpoint) if checkpoint is not None else None
+                spec = MethodSpec(method, backbone or BackboneSpec(seed=work.seed), dict(options or {}), ckpt)
+            spec.validate()
+        work.validate(spec.cls if spec is not None else type(built))
+        with RunLock(work.out):
+            if spec is not None:
+                work.check_resume(spec)
+                built = spec.build()
+            assert built is not None
+            return run_detect(built, work)
+
+
 def map_size(height: int, width: int, cap: int) -> tuple[int, int]:
     """(H, W) of the written map: the image's own size, or scaled so the long side is ``cap`` (0 = no cap)."""
     long_side = max(height, width)
@@ -139,12 +216,11 @@ def map_size(height: int, width: int, cap: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def run_detect(method: Method, job: DetectJob, *, new_progress: Callable[[], Progress], console: Console) -> int:
+def run_detect(method: Method, job: DetectJob) -> DetectResult:
     """Score what the folder does not hold yet, then thresholds, overlays and the manifest over every row."""
     from zsad.data import ImageList
 
-    bb = method.backbone
-    kw = {"image_size": method.image_size, "mean": bb.mean, "std": bb.std}
+    kw = method.backbone.preprocess.kwargs()
     ds = ImageList(job.files, **kw)
     refs = calib = None
     if job.references:
@@ -156,7 +232,8 @@ def run_detect(method: Method, job: DetectJob, *, new_progress: Callable[[], Pro
             refs, calib = all_refs[:k], all_refs[k:]  # calibrate on references the method has not memorised
         else:
             calib = all_refs
-    method.setup(job.class_name, reference_images=refs)
+    prepare_method(method, job.class_name, refs)
+    say = reporter()
 
     out = job.out
     key = {**method_key(method), "class_name": method.class_name, "k_shot": method.k_shot, "inputs": job.inputs()}
@@ -168,30 +245,26 @@ def run_detect(method: Method, job: DetectJob, *, new_progress: Callable[[], Pro
 
     log = CsvLog(out / "predictions.csv", FIELDS, key=lambda r: identity(r["image_path"]), complete=complete)
     if log.repair_note():
-        console.print(f"[yellow]{log.repair_note()}[/]; they are scored again", highlight=False)
+        say.message(f"{log.repair_note()}; they are scored again", "note")
     names = OutputNames()
     for r in log.rows:
         names.claim(Path(r["anomaly_map_path"]).stem, identity(r["image_path"]))
     done = {r["image_path"] for r in log.rows}
     todo = sum(str(s.image_path) not in done for s in ds.samples)
     if done:
-        console.print(f"resuming: {len(ds) - todo} of {len(ds)} images already scored in {out}")
+        say.message(f"resuming: {len(ds) - todo} of {len(ds)} images already scored in {out}")
     (out / "errors.csv").unlink(missing_ok=True)  # this run's failures only (earlier ones are retried)
     errors = CsvLog(out / "errors.csv", ["image_path", "error"])
     failed: list[str] = []
 
     def on_error(err: dict[str, Any]) -> None:
-        console.print(f"[yellow]skipped:[/] {err['error']}", highlight=False)
+        say.message(f"skipped: {err['error']}", "note")
         errors.append([err])
         failed.append(err["image_path"])
 
-    progress = new_progress()
-    task = progress.add_task(f"{method.name}: scoring", total=todo)
     scored = 0
-    with progress:
-        batches = score_dataset(
-            method, ds, job.batch_size, skip_paths=done, skip_bad=job.skip_bad, on_error=on_error, progress=progress
-        )
+    with say.task(f"{method.name}: scoring", todo) as task:
+        batches = score_dataset(method, ds, job.batch_size, skip_paths=done, skip_bad=job.skip_bad, on_error=on_error)
         for sb in batches:
             hs, ws = sb.batch["original_size"]
             rows = []
@@ -221,17 +294,17 @@ def run_detect(method: Method, job: DetectJob, *, new_progress: Callable[[], Pro
                 )
             log.append(rows)
             scored += len(rows)
-            progress.update(task, completed=scored + len(failed))
-        progress.update(task, completed=scored + len(failed))  # files skipped in the last batch count as done
+            task.update(completed=scored + len(failed))
+        task.update(completed=scored + len(failed))  # files skipped in the last batch count as done
 
     if not log.rows:
         raise ZsadInputError(f"no image could be scored; the {len(failed)} failures are listed in {out / 'errors.csv'}")
     if method.set_level and method.is_transductive:
-        console.print(f"[bold yellow]{method.name}: TRANSDUCTIVE: {method.transductive_note}[/]")
+        say.message(f"{method.name}: TRANSDUCTIVE: {method.transductive_note}", "warning")
     parts = decode_parts(log.rows)
     final = method.finalize_scores(parts) if parts else None
     if final is not None:  # transductive: scores re-scaled over every image of this run
-        console.print(f"[bold yellow]{method.name}: TRANSDUCTIVE scores (re-scaled over all {len(final)} images)[/]")
+        say.message(f"{method.name}: TRANSDUCTIVE scores (re-scaled over all {len(final)} images)", "warning")
         for r, v in zip(log.rows, final, strict=True):
             r["pred_score"] = f"{float(v):.8g}"
     scores = np.array([float(r["pred_score"]) for r in log.rows])
@@ -256,7 +329,7 @@ def run_detect(method: Method, job: DetectJob, *, new_progress: Callable[[], Pro
             pixel_threshold=f"{pthr.value:.8g}",
         )
     if job.overlays:
-        _write_overlays(log.rows, out, job, pthr, names, new_progress, on_error)
+        _write_overlays(log.rows, out, job, pthr, on_error)
     log.rewrite()
     manifest = {
         **method.describe(),
@@ -271,12 +344,9 @@ def run_detect(method: Method, job: DetectJob, *, new_progress: Callable[[], Pro
         "transductive": method.is_transductive,
     }
     write_json(out / "manifest.json", {**manifest, "environment": environment()})
-    console.print(
-        f"{len(log.rows)} images scored, {int(labels.sum())} flagged anomalous "
-        f"(threshold {thr.value:.4g}, {thr.source}); results in {out / 'predictions.csv'}"
-        + (f"; {len(failed)} files failed, listed in {out / 'errors.csv'} (exit code 1)" if failed else "")
-    )
-    return 1 if failed else 0
+    result = DetectResult(out, len(log.rows), int(labels.sum()), thr, len(failed))
+    say.message(result.summary())
+    return result
 
 
 def _write_overlays(
@@ -284,8 +354,6 @@ def _write_overlays(
     out: Path,
     job: DetectJob,
     pthr: Threshold,
-    names: OutputNames,
-    new_progress: Callable[[], Progress],
     on_error: Callable[[dict[str, Any]], None],
 ) -> None:
     """One PNG per row, at the map's size (the image is scaled down with it when capped)."""
@@ -297,9 +365,7 @@ def _write_overlays(
     (out / "overlays").mkdir(exist_ok=True)
     gmin = min(float(r["map_min"]) for r in rows)
     gmax = max(float(r["map_max"]) for r in rows)
-    progress = new_progress()
-    task = progress.add_task(f"overlays ({job.normalize} colour scale)", total=len(rows))
-    with progress:
+    with reporter().task(f"overlays ({job.normalize} colour scale)", len(rows)) as task:
         for r in rows:
             rel = Path("overlays") / f"{Path(r['anomaly_map_path']).stem}.png"
             try:
@@ -325,4 +391,4 @@ def _write_overlays(
                     raise
                 r["overlay_path"] = ""
                 on_error({"image_path": r["image_path"], "error": f"overlay: {str(e).splitlines()[0]}"})
-            progress.advance(task)
+            task.advance()

@@ -1,17 +1,14 @@
-"""Batch inference shared by the CLI, the service and user code: incremental, resumable, never loses results.
+"""Scoring a dataset in batches: one backbone pass per image, image by image or as a set (transductive methods).
 
-Rows are appended to ``predictions.csv`` and maps saved to ``.npy`` as soon as a batch is scored, so an
-interrupted run resumes where it stopped; thresholds and overlays (which need every score) come at the end.
+Yields ``ScoredBatch``es as they are computed, so a caller can write each batch at once (a crash loses at most the
+batch in flight); thresholds and set-level re-scoring, which need every score, come after.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import platform
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from zsad import __version__
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
+from zsad.progress import reporter
 
 
 def _collate_skip_bad(batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:
@@ -112,14 +109,13 @@ def score_dataset(
     skip_paths: set[str] | None = None,
     skip_bad: bool = False,
     on_error: Callable[[dict[str, Any]], None] | None = None,
-    progress: Any = None,
     label: str = "",
 ) -> Iterator[ScoredBatch]:
     """Score a dataset batch by batch; a set-level method (pairing) first encodes every image of the set.
 
     Set-level: pass 1 runs the backbone once per image into the method's feature bank (images already scored are
-    still encoded: they are partners), shown as a ``progress`` (rich) task; pass 2 re-reads only the images to
-    score (files, not the backbone) and scores them against the whole set.
+    still encoded: they are partners), shown as a reporter task; pass 2 re-reads only the images to score (files,
+    not the backbone) and scores them against the whole set.
     """
     if not method.set_level:
         batches = iterate_batches(dataset, batch_size, skip_bad=skip_bad, skip_paths=skip_paths)
@@ -129,17 +125,16 @@ def score_dataset(
         return
     bank = method.new_bank()
     rows: dict[str, int] = {}
-    task = progress.add_task(f"{label or method.name}: encoding the set", total=len(dataset)) if progress else None
     with torch.no_grad():
-        for batch in iterate_batches(dataset, batch_size, skip_bad=skip_bad):
-            for err in batch.get("errors", []):
-                if on_error:
-                    on_error(err)
-            for p in batch["image_path"]:
-                rows[str(p)] = len(rows)
-            bank.add(method.encode(batch["image"].to(method.backbone.device)))
-            if task is not None:
-                progress.update(task, completed=len(rows))
+        with reporter().task(f"{label or method.name}: encoding the set", len(dataset)) as task:
+            for batch in iterate_batches(dataset, batch_size, skip_bad=skip_bad):
+                for err in batch.get("errors", []):
+                    if on_error:
+                        on_error(err)
+                for p in batch["image_path"]:
+                    rows[str(p)] = len(rows)
+                bank.add(method.encode(batch["image"].to(method.backbone.device)))
+                task.update(completed=len(rows))
         if not rows:
             return
         method.end_set(bank)
@@ -178,32 +173,3 @@ def resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Model-resolution map (S, S) -> original image size (H, W), bilinear (the squash undone)."""
     t = torch.from_numpy(amap)[None, None]
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
-
-
-def hardware(device: str = "cpu") -> str:
-    """One line naming the processor a timing ran on (benchmarks record it beside every number)."""
-    if str(device).startswith("cuda"):
-        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
-
-
-def environment() -> dict[str, Any]:
-    from importlib.metadata import version
-
-    return {
-        "zsad": __version__,
-        "torch": torch.__version__,
-        "open_clip": version("open_clip_torch"),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }

@@ -1,0 +1,112 @@
+"""The command-line options shared by several commands, defined once.
+
+``with_backbone_options`` adds the backbone options (``--backbone``, ``--model-config``, ``--pretrained``,
+``--weights``, ``--image-size``, ``--device``, ``--seed``) to a command; they reach it as one ``BackboneSpec``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from zsad.runs.build import BackboneSpec
+
+Pretrained = Annotated[
+    str | None,
+    typer.Option(
+        help="open_clip pretrained tag (downloaded on first use); 'none' = seeded RANDOM weights (smoke "
+        "tests only). Default: the method's published weights."
+    ),
+]
+Weights = Annotated[Path | None, typer.Option(help="Local checkpoint file (overrides --pretrained; env ZSAD_WEIGHTS).")]
+Backbone = Annotated[str | None, typer.Option(help="open_clip model name. Default: the method's.")]
+ModelConfig = Annotated[
+    Path | None,
+    typer.Option(
+        help="open_clip model-config JSON, or a folder holding one (and its weights): a custom or fine-tuned "
+        "architecture without registering it in open_clip. Replaces --backbone."
+    ),
+]
+ImageSize = Annotated[int | None, typer.Option(help="Input resolution (square). Default: the method's.")]
+Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if available).")]
+Seed = Annotated[int, typer.Option(help="Seed of --pretrained none backbones and of reference sampling.")]
+MethodOpt = Annotated[
+    list[str] | None,
+    typer.Option("--option", "-o", help="Method option KEY=VALUE or METHOD:KEY=VALUE (repeatable)."),
+]
+Tta = Annotated[
+    bool,
+    typer.Option(help="Test-time adaptation on anomalies synthesised on the test images (dual-image; transductive)."),
+]
+Checkpoint = Annotated[
+    Path | None, typer.Option(help="Trained parts of a trainable method (folder made by `zsad train`).")
+]
+Checkpoints = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--checkpoint",
+        help="Trained parts (folder made by `zsad train`); repeat it for several trainable methods: each checkpoint "
+        "goes to the method its manifest names.",
+    ),
+]
+NormalDir = Annotated[str | None, typer.Option(help="folder: normal images dir, relative to --root.")]
+AbnormalDir = Annotated[str | None, typer.Option(help="folder: anomalous images dir, relative to --root.")]
+MaskDir = Annotated[str | None, typer.Option(help="folder: masks dir (may equal the image dir).")]
+ImageDir = Annotated[str | None, typer.Option(help="folder: one images dir labelled by --labels-csv.")]
+LabelsCsv = Annotated[str | None, typer.Option(help="folder: CSV of id,label (1 = anomalous).")]
+ImageGlob = Annotated[str, typer.Option(help="folder: image file pattern, e.g. '*.jpg'.")]
+Category = Annotated[list[str] | None, typer.Option(help="Category (repeatable; default: all).")]
+
+_BACKBONE_PARAMS: list[tuple[str, Any, Any]] = [
+    ("backbone", Backbone, None),
+    ("model_config", ModelConfig, None),
+    ("pretrained", Pretrained, None),
+    ("weights", Weights, None),
+    ("image_size", ImageSize, None),
+    ("device", Device, ""),
+    ("seed", Seed, 0),
+]
+
+
+def with_backbone_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give ``command`` the shared backbone options; it receives them as ``bb: BackboneSpec`` (and ``seed``)."""
+    sig = inspect.signature(command, eval_str=True)  # typer reads __signature__ as is: real annotations
+    own = [p for p in sig.parameters.values() if p.name != "bb"]
+    wants_seed = "seed" in sig.parameters
+    own = [p for p in own if p.name != "seed"]
+    extra = [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, a, d in _BACKBONE_PARAMS
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name, _, _ in _BACKBONE_PARAMS}
+        model = str(values["model_config"]) if values["model_config"] is not None else values["backbone"]
+        bb = BackboneSpec(
+            model,
+            values["pretrained"],
+            values["weights"],
+            values["image_size"],
+            values["device"] or None,
+            values["seed"],
+        )
+        if wants_seed:
+            kwargs["seed"] = values["seed"]
+        return command(*args, bb=bb, **kwargs)
+
+    params = [*(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own), *extra]
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+def parse_options(opts: list[str] | None, tta: bool = False) -> list[tuple[str | None, str, str]]:
+    """``-o KEY=VALUE`` / ``-o METHOD:KEY=VALUE`` (values are typed per method later); ``--tta`` is ``tta=true``."""
+    from zsad.methods.options import parse_option
+
+    return [parse_option(o) for o in opts or []] + ([(None, "tta", "true")] if tta else [])

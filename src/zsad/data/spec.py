@@ -1,0 +1,120 @@
+"""A labelled dataset described by value (``DatasetSpec``), opened into per-category datasets before any model loads.
+
+``eval`` and ``train`` take the same description, so a folder layout or a benchmark root is spelled one way
+everywhere, and a run key can record it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from zsad.errors import ZsadInputError
+
+DATASETS = ("mvtec", "visa", "folder")
+
+
+@dataclass
+class DatasetSpec:
+    """Which images, labels and masks: a benchmark by name (``mvtec``, ``visa``) or a ``folder`` layout.
+
+    ``root`` and ``reference_dir`` are made absolute, so rows, run keys and resumes do not depend on the working
+    folder. The folder fields (``normal_dir`` ... ``image_glob``) apply to ``dataset="folder"`` only.
+    """
+
+    dataset: str
+    root: Path
+    categories: list[str] = field(default_factory=list)
+    class_name: str | None = None
+    normal_dir: str | None = None
+    abnormal_dir: str | None = None
+    mask_dir: str | None = None
+    image_dir: str | None = None
+    labels_csv: str | None = None
+    image_glob: str = "*"
+    k_shot: int = 0
+    reference_dir: Path | None = None
+    seed: int = 0
+    allow_seen: bool = False
+
+    def __post_init__(self) -> None:
+        self.root = Path(os.path.abspath(self.root))
+        if self.reference_dir is not None:
+            self.reference_dir = Path(os.path.abspath(self.reference_dir))
+        if self.k_shot < 0:
+            raise ZsadInputError(f"--k-shot {self.k_shot}: must be >= 0")
+
+    def key(self) -> dict[str, Any]:
+        """What decides the images and labels (a run key part; categories may be added to a run, not changed)."""
+        skip = ("categories", "allow_seen")
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self).items() if k not in skip}
+
+
+def open_datasets(spec: DatasetSpec, kw: dict[str, Any] | None = None) -> list[tuple[str, Any, Any]]:
+    """(category, test dataset, normal-reference dataset or None) per requested category.
+
+    Listing checks every folder and file, so it runs before any model is built; ``kw`` (image size, mean, std) may
+    come later through ``with_preprocessing``.
+    """
+    from zsad import data
+
+    kw = kw or {}
+    if not spec.root.is_dir():
+        raise ZsadInputError(f"{spec.root}: dataset root not found")
+    name = spec.dataset.lower()
+    if name in ("mvtec", "visa"):
+        cls = data.MVTecAD if name == "mvtec" else data.Visa
+        cats = spec.categories or cls.list_categories(spec.root)
+        out = []
+        for c in cats:
+            refs = cls(spec.root, c, split="train", **kw) if spec.k_shot > 0 else None
+            out.append((c, cls(spec.root, c, split="test", **kw), refs))
+        return out
+    if name == "folder":
+        cat = spec.categories[0] if spec.categories else spec.root.name
+        ds = data.Folder(
+            spec.root,
+            normal_dir=spec.normal_dir,
+            abnormal_dir=spec.abnormal_dir,
+            mask_dir=spec.mask_dir,
+            image_dir=spec.image_dir,
+            labels_csv=spec.labels_csv,
+            image_glob=spec.image_glob,
+            category=cat,
+            **kw,
+        )
+        refs = data.ImageList([str(spec.reference_dir)], **kw) if spec.reference_dir else None
+        return [(cat, ds, refs)]
+    raise ZsadInputError(f"--dataset {spec.dataset!r}: use {', '.join(DATASETS)}")
+
+
+def reference_images(refs: Any, k: int, seed: int) -> torch.Tensor | None:
+    """``k`` normal images of a reference dataset (0: all), in a seeded random order, as one batch."""
+    if refs is None:
+        return None
+    normal = [i for i, s in enumerate(refs.samples) if s.label in (0, None)]
+    order = torch.randperm(len(normal), generator=torch.Generator().manual_seed(seed)).tolist()
+    chosen = [normal[i] for i in order[: (k or len(normal))]]
+    return torch.stack([refs[i]["image"] for i in chosen]) if chosen else None
+
+
+def gt_masks(ds: Any, idx: list[int], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """GT masks at model resolution and whether each is known, re-read from disk (masks are small)."""
+    from zsad.data import load_mask, squash_mask
+
+    masks = np.zeros((len(idx), size, size), dtype=np.uint8)
+    known = np.zeros(len(idx), dtype=bool)
+    has_any = any(s.mask_path is not None for s in ds.samples)
+    for j, i in enumerate(idx):
+        s = ds.samples[i]
+        if s.mask_path is not None:
+            masks[j] = squash_mask(load_mask(s.mask_path), size).numpy() > 0.5
+            known[j] = True
+        elif s.label == 0 and has_any:
+            known[j] = True  # a normal image of a dataset with masks: empty mask
+    return masks, known

@@ -1,0 +1,62 @@
+"""The leakage guard: results on images a checkpoint was trained on are refused, or flagged NOT zero-shot.
+
+Two checks: the exact training images (resolved paths listed beside the checkpoint), and, for MVTec AD and VisA,
+the category itself (another copy of the dataset has other paths but the same objects).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from zsad.errors import ZsadInputError
+from zsad.methods.base import Method
+
+
+def training_images(method: Method) -> set[str]:
+    """Resolved paths of the images a method's checkpoint was trained on (empty for training-free methods)."""
+    manifest = getattr(method, "training_manifest", None)
+    ckpt = getattr(method.config, "checkpoint", "")
+    if not manifest or not ckpt:
+        return set()
+    listed = manifest.get("training", {}).get("images_list")
+    folder = Path(ckpt) if Path(ckpt).is_dir() else Path(ckpt).parent
+    if not listed or not (folder / listed).is_file():
+        return set()
+    return {line.strip() for line in (folder / listed).read_text().splitlines() if line.strip()}
+
+
+def seen_categories(method: Method) -> set[tuple[str, str]]:
+    """(dataset, category) pairs of the benchmark datasets (mvtec, visa) a checkpoint was trained on."""
+    training = (getattr(method, "training_manifest", None) or {}).get("training", {})
+    out = set()
+    for cat in training.get("categories", []):
+        parts = str(cat).split(":")
+        if len(parts) == 3 and parts[0] in ("mvtec", "visa"):  # list training: dataset:root-name:category
+            out.add((parts[0], parts[2]))
+        elif training.get("dataset") in ("mvtec", "visa"):
+            out.add((training["dataset"], str(cat)))
+    return out
+
+
+def check_unseen(method: Method, cat: str, ds: Any, seen: set[str], allow: bool, dataset: str = "") -> int:
+    """Refuse to report images used in training as zero-shot; returns how many were seen.
+
+    Two checks: the exact training images (paths), and, for MVTec AD / VisA, the category itself (another copy of
+    the dataset has other paths but the same objects).
+    """
+    category_seen = (dataset, cat) in seen_categories(method)
+    if category_seen and not allow:
+        raise ZsadInputError(
+            f"{cat}: this {method.name} checkpoint was trained on {dataset} {cat}, so results would not be zero-shot; "
+            "evaluate on another dataset or pass --allow-seen (results are then flagged)"
+        )
+    if not seen:
+        return len(ds) if category_seen else 0
+    n = sum(str(Path(s.image_path).resolve()) in seen for s in ds.samples)
+    if n and not allow:
+        raise ZsadInputError(
+            f"{cat}: {n} of {len(ds)} images were used to train this {method.name} checkpoint, so results would not "
+            "be zero-shot; evaluate on other data or pass --allow-seen (results are then flagged)"
+        )
+    return n

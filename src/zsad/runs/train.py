@@ -1,0 +1,157 @@
+"""Training runs: the learnable parts of a method on annotated auxiliary data (or text, for RWDA), resumable.
+
+``train`` reads as its steps: check the method and list the data (before any model loads), lock the checkpoint
+folder, build the method, take the recipe, record the data, fit. ``prepare_method`` is the other half of a
+self-training method (RWDA): its classifier is taken from the cache when one was trained before, and a classifier
+trained during ``setup`` is written there, so methods themselves never write files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zsad.data.spec import DatasetSpec, open_datasets
+from zsad.errors import ZsadInputError
+from zsad.methods.base import Method
+from zsad.methods.trainable import TrainableMethod
+from zsad.progress import Reporter, reporter, using
+from zsad.runs.build import BackboneSpec, MethodSpec
+from zsad.runs.outputs import RunLock, check_output_dir
+
+Listed = list[tuple[str, Any, str]]  # (category key, dataset, prompt name)
+
+
+def train(
+    method: str | MethodSpec,
+    data: Sequence[DatasetSpec],
+    out: str | Path,
+    *,
+    options: dict[str, Any] | None = None,
+    backbone: BackboneSpec | None = None,
+    recipe: dict[str, Any] | None = None,
+    class_name: str | None = None,
+    reporter: Reporter | None = None,
+) -> Path:
+    """Train ``method`` on ``data`` (none for text-only methods) into the checkpoint folder ``out``.
+
+    ``recipe`` overrides the method's published training recipe (``epochs``, ``batch_size``, ``lr``, ``seed``).
+    An interrupted run resumes from its last finished epoch when given the same ``out`` and settings.
+    """
+    with using(reporter):
+        out = Path(out)
+        spec = method if isinstance(method, MethodSpec) else MethodSpec(method, backbone or BackboneSpec())
+        spec.options = {**(options or {}), **spec.options, "checkpoint": ""}
+        spec.validate(for_training=True)
+        _check_recipe(recipe or {})
+        listed = list_training_data(spec.cls, list(data))
+        check_output_dir(out)
+        with RunLock(out):
+            return fit_method(spec.build(), list(data), listed, out, recipe or {}, class_name)
+
+
+def _check_recipe(recipe: dict[str, Any]) -> None:
+    unknown = sorted(set(recipe) - {"epochs", "batch_size", "lr", "seed"})
+    if unknown:
+        raise ZsadInputError(
+            f"training recipe: unknown field(s) {', '.join(unknown)}; use epochs, batch_size, lr, seed"
+        )
+    for key in ("epochs", "batch_size"):
+        if key in recipe and int(recipe[key]) < 1:
+            raise ZsadInputError(f"--{key.replace('_', '-')} {recipe[key]}: must be >= 1")
+    lr = recipe.get("lr")
+    if lr is not None and not (float(lr) > 0 and float(lr) != float("inf")):
+        raise ZsadInputError(f"--lr {lr}: must be a finite number > 0")
+
+
+def list_training_data(cls: type[Method], specs: list[DatasetSpec]) -> Listed:
+    """(category key, dataset, prompt name) of every training category, checked before any model is built.
+
+    Categories of several datasets are kept apart by a ``dataset:root-name:`` prefix.
+    """
+    if not cls.trainable:
+        raise ZsadInputError(f"--method {cls.name}: has nothing to train (trainable methods have `zsad train`)")
+    if cls.needs_training_data and not specs:
+        raise ZsadInputError(f"--method {cls.name}: trains on annotated images; pass --dataset and --root")
+    if not cls.needs_training_data and specs:
+        raise ZsadInputError(f"--method {cls.name}: trains on text only; drop --dataset/--root")
+    listed = []
+    for spec in specs:
+        for cat, ds, _ in open_datasets(spec):
+            key = cat if len(specs) == 1 else f"{spec.dataset}:{spec.root.name}:{cat}"
+            listed.append((key, ds, spec.class_name or cat.replace("_", " ")))
+    return listed
+
+
+def data_record(specs: Sequence[DatasetSpec]) -> dict[str, Any]:
+    """The manifest's record of the training data: datasets, roots, categories and folder options."""
+    folder_keys = ("normal_dir", "abnormal_dir", "mask_dir", "image_dir", "labels_csv", "image_glob")
+    sources = [
+        {
+            "dataset": spec.dataset,
+            "root": str(spec.root.resolve()),
+            "categories": spec.categories,
+            "folder_options": {k: v for k, v in vars(spec).items() if k in folder_keys and v}
+            if spec.dataset == "folder"
+            else {},
+        }
+        for spec in specs
+    ]
+    return {"dataset": "+".join(s.dataset for s in specs) or "none (text only)", "sources": sources}
+
+
+def fit_method(
+    method: Any, specs: list[DatasetSpec], listed: Listed, out: Path, recipe: dict[str, Any], class_name: str | None
+) -> Path:
+    """Recipe, data record and the method's own ``fit`` (the caller holds ``out``'s lock)."""
+    say = reporter()
+    pre = method.backbone.preprocess
+    pairs = [(key, ds.with_preprocessing(pre)) for key, ds, _ in listed]
+    names = {key: name for key, _, name in listed}
+    cfg = dataclasses.replace(method.default_train_config(), **recipe)
+    info = data_record(specs)
+    if method.backbone.random_init:
+        say.message("training on a SEEDED RANDOM backbone: plumbing only, not a usable detector", "alert")
+    if not method.needs_training_data:
+        say.message(f"{method.name}: training on text only, {cfg.epochs} epochs, batch {cfg.batch_size}")
+        return Path(method.fit([], cfg, out, data_info=info, class_names={"*": class_name} if class_name else {}))
+    say.message(
+        f"{method.name}: training on {sum(len(d) for _, d in pairs)} images from {info['dataset']} "
+        f"({len(pairs)} categories), {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, seed {cfg.seed}"
+    )
+    return Path(method.fit(pairs, cfg, out, data_info=info, class_names=names))
+
+
+# ---------------------------------------------------------------------------------------------- self-training
+def cache_root(method: Any) -> Path:
+    """Where self-trained parts are cached: the method's ``cache_dir``, else ``$ZSAD_CACHE`` or ~/.cache/zsad."""
+    if getattr(method.config, "cache_dir", ""):
+        return Path(method.config.cache_dir)
+    base = os.environ.get("ZSAD_CACHE") or Path.home() / ".cache" / "zsad"
+    return Path(base) / method.name
+
+
+def prepare_method(method: Method, class_name: str | None, references: torch.Tensor | None = None) -> None:
+    """``method.setup`` for a run: a self-training method first looks in the cache and afterwards fills it.
+
+    The cache key covers the backbone weights and every setting that changes the trained parts, so a cached
+    classifier is exactly the one training would give.
+    """
+    if not isinstance(method, TrainableMethod) or not method.self_training or getattr(method.config, "checkpoint", ""):
+        method.setup(class_name, reference_images=references)
+        return
+    want = method.training_object(class_name if method.needs_class_name else None)
+    folder = cache_root(method) / method.cache_key(want)
+    if method.trained_for != (want,) and (folder / "manifest.json").is_file():
+        method.load(folder)
+    method.setup(class_name, reference_images=references)
+    if method.new_training is not None:
+        with RunLock(folder, flag="cache folder"):
+            method.save(folder, method.new_training)
+        method.new_training = None
+        reporter().message(f"{method.name}: trained parts cached in {folder}")
