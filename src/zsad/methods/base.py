@@ -11,7 +11,7 @@ import torch
 
 from zsad.backbone import ClipBackbone
 from zsad.errors import ZsadInputError
-from zsad.methods.options import config_record, make_config
+from zsad.methods.options import check_text_options, config_record, make_config
 from zsad.types import Prediction
 
 
@@ -23,6 +23,24 @@ class MethodConfig:
     backbone: str = "ViT-B-16-plus-240"
     pretrained: str = "laion400m_e31"
     image_size: int = 240
+
+
+@dataclass
+class TextPromptConfig(MethodConfig):
+    """The text options WinCLIP, SDP and Dual-Image share: which prompt set, and how each state's sentences reduce
+    to one vector (``mean``, a Representative Vector Selection ``pca | kde | dbscan | mean_shift``, or anomalib's
+    ``raw_mean``) with its knobs. Checked once here for every method that uses them."""
+
+    label: ClassVar[str] = "method"  # the method name in error messages
+    prompt_set: str = "winclip"
+    text_aggregation: str = "mean"
+    rvs_eps: float = 0.5  # DBSCAN; the CLIP-AD scripts use 0.5/15 on MVTec and 1.5/25 on VisA
+    rvs_min_samples: int = 15
+    rvs_kde_bandwidth: float = 0.3
+    rvs_meanshift_bandwidth: float = 2.0
+
+    def __post_init__(self) -> None:
+        check_text_options(self.label, self)
 
 
 class Method(ABC):

@@ -28,7 +28,7 @@ the images of that batch. Scores depend on the other images of the set: every re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +37,8 @@ from torch import nn
 from zsad.backbone import ImageFeatures
 from zsad.bank import FeatureBank
 from zsad.errors import ZsadInputError
-from zsad.methods.base import Method, MethodConfig
-from zsad.methods.options import check_range, check_text_options
+from zsad.methods.base import Method, TextPromptConfig
+from zsad.methods.options import check_range
 from zsad.methods.sdp import stage_layers, surgery_config
 from zsad.ops import gaussian_blur, grid_to_map, upsample
 from zsad.prompts import state_text
@@ -49,14 +49,9 @@ MODES = ("joint", "language", "visual")
 
 
 @dataclass
-class DualImageConfig(MethodConfig):
+class DualImageConfig(TextPromptConfig):
+    label: ClassVar[str] = "dual-image"
     layers: tuple[int, ...] = ()  # taps, 1-indexed; () = quarters of the tower
-    prompt_set: str = "winclip"
-    text_aggregation: str = "mean"
-    rvs_eps: float = 0.5
-    rvs_min_samples: int = 15
-    rvs_kde_bandwidth: float = 0.3
-    rvs_meanshift_bandwidth: float = 2.0
     logit_scale: float = 100.0
     smoothing_sigma: float = 4.0
     mode: str = "joint"  # joint | language | visual
@@ -108,7 +103,7 @@ class DualImageConfig(MethodConfig):
             tta_batch=(self.tta_batch, self.tta_batch >= 1, ">= 1"),
             tta_lr=(self.tta_lr, self.tta_lr > 0, "> 0"),
         )
-        check_text_options("dual-image", self)
+        super().__post_init__()
         if self.mode == "visual" and self.pairing == "none":
             raise ZsadInputError("dual-image: mode 'visual' needs a pairing (random, nearest or all)")
 

@@ -29,7 +29,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,7 @@ _GENERATOR_FIELDS = ("n_pairs", "min_words", "max_words", "word_source", "positi
 
 @dataclass
 class RwdaConfig(WinClipConfig):
+    label: ClassVar[str] = "rwda"
     object_mode: str = "unknown"  # unknown (category-agnostic, never reads the class name) | known
     objects: tuple[str, ...] = ()  # unknown mode: product names for the prompts (default: generic nouns)
     combine: str = "rwda"  # rwda | rwda+clip (mean with WinCLIP's prompt probability)

@@ -29,7 +29,7 @@ Deliberate differences from the official code (ByChelsea/CLIP-AD @f004973), each
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -37,22 +37,19 @@ import torch.nn.functional as F
 
 from zsad.backbone import ImageFeatures, SurgeryConfig
 from zsad.errors import ZsadInputError
-from zsad.methods.base import Method, MethodConfig
-from zsad.methods.options import check_range, check_text_options
+from zsad.methods.base import Method, TextPromptConfig
+from zsad.methods.options import check_range
 from zsad.ops import gaussian_blur, grid_to_map, minmax, upsample
 from zsad.prompts import state_text
 from zsad.types import Prediction
 
 
 @dataclass
-class SdpConfig(MethodConfig):
-    layers: tuple[int, ...] = ()  # stage ends, 1-indexed; () = quarters of the tower (3, 6, 9, 12 for 12 blocks)
+class SdpConfig(TextPromptConfig):
+    label: ClassVar[str] = "sdp"
     prompt_set: str = "clipad"
-    text_aggregation: str = "dbscan"  # RVS: mean | pca | kde | dbscan | mean_shift (or raw_mean)
-    rvs_eps: float = 0.5  # DBSCAN; the paper's scripts use 0.5/15 on MVTec and 1.5/25 on VisA
-    rvs_min_samples: int = 15
-    rvs_kde_bandwidth: float = 0.3
-    rvs_meanshift_bandwidth: float = 2.0
+    text_aggregation: str = "dbscan"  # the paper's Representative Vector Selection
+    layers: tuple[int, ...] = ()  # stage ends, 1-indexed; () = quarters of the tower (3, 6, 9, 12 for 12 blocks)
     logit_scale: float = 100.0  # softmax temperature 1/100 for the global score (CLIP's logit scale)
     smoothing_sigma: float = 8.0  # pixels at model resolution; 0 disables
     transductive_minmax: bool = False  # the paper's per-category test-set min-max of p0 and p1
@@ -69,7 +66,7 @@ class SdpConfig(MethodConfig):
             smoothing_sigma=(self.smoothing_sigma, self.smoothing_sigma >= 0, ">= 0 (0 disables smoothing)"),
             logit_scale=(self.logit_scale, self.logit_scale > 0, "> 0"),
         )
-        check_text_options("sdp", self)
+        super().__post_init__()
 
 
 def stage_layers(num_layers: int, layers: tuple[int, ...]) -> tuple[int, ...]:

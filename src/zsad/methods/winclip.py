@@ -22,29 +22,25 @@ forward per window.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from zsad.errors import ZsadInputError
-from zsad.methods.base import Method, MethodConfig
-from zsad.methods.options import check_range, check_text_options
+from zsad.methods.base import Method, TextPromptConfig
+from zsad.methods.options import check_range
 from zsad.ops import upsample
 from zsad.prompts import state_text
 from zsad.types import Prediction
 
 
 @dataclass
-class WinClipConfig(MethodConfig):
+class WinClipConfig(TextPromptConfig):
+    label: ClassVar[str] = "winclip"
     scales: tuple[int, ...] = (2, 3)
     window_stride: int = 1  # capped at each window's size, so every patch is covered at every scale
     temperature: float = 0.07
-    prompt_set: str = "winclip"
-    text_aggregation: str = "mean"  # or any RVS selector (mean | pca | kde | dbscan | mean_shift) or raw_mean
-    rvs_eps: float = 0.5
-    rvs_min_samples: int = 15
-    rvs_kde_bandwidth: float = 0.3
-    rvs_meanshift_bandwidth: float = 2.0
     compat: str = "none"  # "none" | "anomalib"
     window_chunk: int = 2048  # windows per batched tower forward (memory bound)
 
@@ -54,15 +50,14 @@ class WinClipConfig(MethodConfig):
         elif self.compat != "none":
             raise ZsadInputError(f"winclip: unknown compat {self.compat!r}; use 'none' or 'anomalib'")
         self.scales = tuple(int(s) for s in self.scales)
-        name = type(self).__name__.removesuffix("Config").lower()
         check_range(
-            name,
+            self.label,
             scales=(list(self.scales), bool(self.scales) and min(self.scales) >= 1, "a non-empty list of sizes >= 1"),
             window_stride=(self.window_stride, self.window_stride >= 1, ">= 1"),
             temperature=(self.temperature, self.temperature > 0, "> 0 (the softmax divides by it)"),
             window_chunk=(self.window_chunk, self.window_chunk >= 1, ">= 1"),
         )
-        check_text_options(name, self)
+        super().__post_init__()
 
 
 def window_indices(grid: tuple[int, int], scale: int, stride: int = 1) -> torch.Tensor:
