@@ -9,201 +9,27 @@ checks it reproduces ``model.encode_image`` to float error.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import socket
-import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zsad.backbone.loading import (  # noqa: E402
+    _RANDOM_TAGS,
+    _hub_offline,
+    _load_error,
+    _open_clip,
+    check_pretrained,
+    check_weights_file,
+    file_digest,
+    resolve_model,
+)
 from zsad.errors import ZsadInputError
 from zsad.types import OPENAI_MEAN, OPENAI_STD, Preprocess
-
-_CONFIG_DIR = Path(__file__).parent / "configs"
-_RANDOM_TAGS = {None, "", "none", "random"}
-
-
-def _open_clip() -> Any:
-    import open_clip
-
-    open_clip.add_model_config(_CONFIG_DIR)  # registers zsad-tiny (idempotent)
-    return open_clip
-
-
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def file_digest(path: Path) -> dict[str, Any]:
-    """Size and sha256 of a weights file, recorded in every run manifest.
-
-    Memoised by (path, size, mtime): the run key is checked before the model loads and again after, and hashing a
-    1.7 GB file twice would cost seconds.
-    """
-    st = path.stat()
-    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if memo not in _DIGESTS:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _DIGESTS[memo] = h.hexdigest()
-    return {"path": str(path), "size": st.st_size, "sha256": _DIGESTS[memo]}
-
-
-def check_weights_file(path: str | os.PathLike[str]) -> Path:
-    """Refuse, in one line and before any model is built, a ``--weights`` that cannot be a checkpoint.
-
-    Recognised by their first bytes: zip archives (``torch.save`` since 1.6, TorchScript), legacy pickles,
-    safetensors (an 8-byte header length then JSON) and numpy files (big_vision weights).
-    """
-    p = Path(path)
-    if p.is_dir():
-        raise ZsadInputError(f"{p}: is a folder; --weights takes a checkpoint file (.pt, .bin, .safetensors)")
-    if not p.is_file():
-        raise ZsadInputError(f"{p}: weights file not found")
-    try:
-        with p.open("rb") as f:
-            head = f.read(16)
-    except OSError as e:
-        raise ZsadInputError(f"{p}: cannot read weights file: {e.strerror or type(e).__name__}") from None
-    if not head:
-        raise ZsadInputError(f"{p}: empty file (0 bytes), not a weights file")
-    zipped = head[:4] == b"PK\x03\x04"
-    pickled = head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5
-    safetensors = len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 0
-    numpy = head[:6] == b"\x93NUMPY"
-    if not (zipped or pickled or safetensors or numpy):
-        raise ZsadInputError(
-            f"{p}: not a weights file (neither a torch checkpoint nor safetensors); pass the model's .pt, .bin or "
-            ".safetensors file"
-        )
-    return p
-
-
-def _load_error(path: Path, model_name: str, e: BaseException) -> ZsadInputError:
-    """One line for a checkpoint open_clip could not load; never torch's advice to disable ``weights_only``."""
-    text = str(e)
-    if "weights_only" in text or "Weights only load failed" in text:
-        reason = (
-            "it holds Python objects besides tensors, which zsad does not unpickle (weights_only=True); save the "
-            "state dict (torch.save(model.state_dict(), FILE)) or convert it to .safetensors"
-        )
-    elif "Missing key" in text or "Unexpected key" in text or "size mismatch" in text:
-        reason = f"its tensors do not fit the {model_name} architecture (pick the matching --backbone)"
-    else:
-        reason = " ".join(text.split())[:300] or type(e).__name__
-    return ZsadInputError(f"{path}: cannot load weights for {model_name}: {reason}")
-
-
-def _hub_host() -> str:
-    try:
-        from huggingface_hub import constants
-
-        return urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    except ImportError:  # pragma: no cover - open_clip depends on huggingface_hub
-        return "huggingface.co"
-
-
-def _cached_weights(cfg: dict[str, Any], cache_dir: str | None) -> str | None:
-    """The local file open_clip would load for a pretrained config, if an earlier download left it."""
-    if cfg.get("file"):
-        return str(cfg["file"])
-    hub = cfg.get("hf_hub", "")
-    if hub:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo, filename = os.path.split(hub)
-        names = [filename or "open_clip_pytorch_model.bin"]
-        if names[0].endswith((".bin", ".pth")):
-            names.insert(0, names[0][:-4] + ".safetensors")
-        if names[0] == "open_clip_pytorch_model.bin":
-            names.insert(0, "open_clip_model.safetensors")
-        for name in names:
-            hit = try_to_load_from_cache(repo, name, cache_dir=cache_dir)
-            if isinstance(hit, str) and os.path.isfile(hit):
-                return hit
-    url = cfg.get("url", "")
-    if url:
-        target = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
-        if os.path.isfile(target):
-            return target
-    return None
-
-
-_REACHED: dict[str, tuple[float, str | None]] = {}
-
-
-def _unreachable(host: str, timeout: float) -> str | None:
-    """Why ``host`` cannot be reached (one TCP connect, no retries, remembered for a minute), or None."""
-    now = time.monotonic()
-    if host in _REACHED and now - _REACHED[host][0] < 60:
-        return _REACHED[host][1]
-    why = _probe(host, timeout)
-    _REACHED[host] = (now, why)
-    return why
-
-
-def _probe(host: str, timeout: float) -> str | None:
-    if host.endswith("huggingface.co") and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return "HF_HUB_OFFLINE is set"
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # only the proxy knows; let the download itself try
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except Exception as e:  # noqa: BLE001 - DNS, refusal, timeout or a sandbox: all mean "no download"
-        return f"{host} is unreachable: {' '.join(str(e).split()) or type(e).__name__}"
-    return None
-
-
-@contextmanager
-def _hub_offline(on: bool) -> Iterator[None]:
-    """Let huggingface_hub use its cached file without first asking the (unreachable) hub for updates."""
-    if not on:
-        yield
-        return
-    from huggingface_hub import constants
-
-    before = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = before
-
-
-def check_pretrained(model_name: str, tag: str, cache_dir: str | None = None, timeout: float = 5.0) -> bool:
-    """Fail fast, in one line, when named weights are neither cached nor downloadable; True when offline+cached.
-
-    open_clip would otherwise spend about a minute in hub retries and end in a chained traceback.
-    """
-    open_clip = _open_clip()
-    cfg = open_clip.get_pretrained_cfg(model_name, tag)
-    if not cfg:
-        tags = open_clip.list_pretrained_tags_by_model(model_name)
-        raise ZsadInputError(
-            f"--pretrained {tag}: open_clip has no such weights for {model_name} (known: {', '.join(tags) or 'none'});"
-            " pass --weights FILE for a local checkpoint or --pretrained none for seeded random weights"
-        )
-    cached = _cached_weights(cfg, cache_dir)
-    hub = bool(cfg.get("hf_hub"))
-    host = _hub_host() if hub else (urlparse(cfg.get("url", "")).hostname or "")
-    why = _unreachable(host, timeout) if host else "no download address"
-    if why is None:
-        return False
-    if cached is not None:
-        return hub
-    raise ZsadInputError(
-        f"cannot download the {model_name} '{tag}' weights ({why}); use a local copy with --weights FILE or "
-        "ZSAD_WEIGHTS=FILE, or --pretrained none for seeded random weights (smoke tests only)"
-    )
 
 
 @dataclass(frozen=True)
@@ -273,6 +99,7 @@ class ClipBackbone(nn.Module):
         self.mean: tuple[float, float, float] = tuple(float(v) for v in cfg.get("mean", OPENAI_MEAN))  # type: ignore[assignment]
         self.std: tuple[float, float, float] = tuple(float(v) for v in cfg.get("std", OPENAI_STD))  # type: ignore[assignment]
         self._text_cache: dict[str, torch.Tensor] = {}
+        self.model_config: dict[str, Any] | None = None  # set when built from a model-config JSON or folder
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -289,12 +116,16 @@ class ClipBackbone(nn.Module):
     ) -> ClipBackbone:
         """Build by name: pretrained tag (open_clip download), local ``weights`` file, or seeded random.
 
-        ``pretrained="none"`` gives seeded random weights of the real architecture: for smoke tests
-        and speed/fidelity checks only, never for detection quality.
+        ``model_name`` may also be an open_clip model-config JSON, or a folder holding one and its weights (a custom
+        or fine-tuned architecture, no open_clip registration needed). ``pretrained="none"`` gives seeded random
+        weights of the real architecture: for smoke tests and speed/fidelity checks only, never detection quality.
         """
         open_clip = _open_clip()
+        model_name, config, beside = resolve_model(str(model_name))
         if model_name not in open_clip.list_models():
             raise ZsadInputError(f"unknown backbone {model_name!r}: see open_clip.list_models()")
+        if weights is None and beside is not None:
+            weights = beside
         info = None
         if weights is not None:
             path = check_weights_file(weights)
@@ -324,10 +155,14 @@ class ClipBackbone(nn.Module):
                     "FILE or ZSAD_WEIGHTS=FILE, or --pretrained none for seeded random weights (smoke tests only)"
                 ) from None
             tag = pretrained
+        if config and isinstance(config.get("preprocess"), dict):
+            model.visual.preprocess_cfg = {**getattr(model.visual, "preprocess_cfg", {}), **config["preprocess"]}
         tokenizer = open_clip.get_tokenizer(model_name)
-        return cls(
+        bb = cls(
             model, tokenizer, model_name=model_name, pretrained=tag, image_size=image_size, weights_info=info, seed=seed
         )
+        bb.model_config = config
+        return bb
 
     @classmethod
     def from_model(
@@ -362,6 +197,7 @@ class ClipBackbone(nn.Module):
             "pos_interpolation": self.pos_interpolation,
             "seed": self.seed,
             "activation": self.activation,
+            "model_config": getattr(self, "model_config", None),
         }
 
     @property

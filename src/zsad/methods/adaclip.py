@@ -328,7 +328,7 @@ def import_official_checkpoint(path: Path, backbone: Any, out: Path, trained_on:
     """
     import re
 
-    from zsad.backbone.clip import file_digest
+    from zsad.backbone.loading import file_digest
 
     path = Path(path)
     raw = read_official(path)

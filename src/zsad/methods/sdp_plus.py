@@ -191,7 +191,7 @@ class SdpPlus(Sdp, TrainableMethod):
         Those layers were trained on taps with the official in-place update, so the result runs with
         ``compat="official"``. A torch file is read with ``weights_only=True`` (no code from it is executed).
         """
-        from zsad.backbone.clip import file_digest
+        from zsad.backbone.loading import file_digest
 
         path = Path(path)
         raw = read_official(path)

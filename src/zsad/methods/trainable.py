@@ -153,7 +153,7 @@ def read_official(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ZsadInputError(f"{path}: file not found")
-    from zsad.backbone.clip import check_weights_file
+    from zsad.backbone.loading import check_weights_file
 
     check_weights_file(path)
     with path.open("rb") as f:

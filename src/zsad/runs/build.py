@@ -36,11 +36,17 @@ class BackboneSpec:
 
     def resolve(self, defaults: MethodConfig) -> BackboneSpec:
         """Defaults filled in: the method's backbone, ``ZSAD_WEIGHTS``, the best device."""
+        from zsad.backbone.loading import resolve_model
+
         weights = self.weights
         if weights is None and os.environ.get("ZSAD_WEIGHTS"):
             weights = Path(os.environ["ZSAD_WEIGHTS"])
+        name = self.model_name or defaults.backbone
+        _, _, beside = resolve_model(name)  # a model-config JSON or folder: checked, and its weights found
+        if weights is None and beside is not None:
+            weights = beside
         return BackboneSpec(
-            model_name=self.model_name or defaults.backbone,
+            model_name=name,
             pretrained=self.pretrained if self.pretrained is not None else defaults.pretrained,
             weights=weights,
             image_size=self.image_size if self.image_size is not None else defaults.image_size,
@@ -54,26 +60,34 @@ class BackboneSpec:
 
     def validate(self) -> None:
         """One line for an unknown model, a bad size or weights file, or named weights that cannot be fetched."""
-        from zsad.backbone.clip import _open_clip, check_pretrained, check_weights_file
+        from zsad.backbone.loading import _open_clip, check_pretrained, check_weights_file
 
         assert self.model_name is not None and self.image_size is not None, "resolve() first"
         if self.image_size <= 0:
             raise ZsadInputError(f"--image-size {self.image_size}: must be a positive number of pixels")
-        if self.model_name not in _open_clip().list_models():
+        if self.registered_name not in _open_clip().list_models():
             raise ZsadInputError(f"--backbone {self.model_name}: unknown model; see open_clip.list_models()")
         if self.weights is not None:
             check_weights_file(self.weights)
         elif not self.random_init:
-            check_pretrained(self.model_name, str(self.pretrained))
+            check_pretrained(self.registered_name, str(self.pretrained))
+
+    @property
+    def registered_name(self) -> str:
+        """The open_clip name: the model name, or the name a model-config JSON is registered under."""
+        from zsad.backbone.loading import resolve_model
+
+        assert self.model_name is not None, "resolve() first"
+        return resolve_model(self.model_name)[0]
 
     def key(self) -> dict[str, Any]:
         """The backbone part of a run key, equal to what the built ``ClipBackbone.manifest()`` will say."""
-        from zsad.backbone.clip import file_digest
+        from zsad.backbone.loading import file_digest
 
         info = file_digest(Path(self.weights)) if self.weights is not None else None
         tag = str(self.weights) if self.weights is not None else ("none" if self.random_init else self.pretrained)
         return {
-            "model_name": self.model_name,
+            "model_name": self.registered_name,
             "pretrained": tag,
             "image_size": self.image_size,
             "weights": info,

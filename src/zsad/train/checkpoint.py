@@ -25,7 +25,7 @@ MANIFEST_FILE = "manifest.json"
 
 
 def _sha256(path: Path) -> str:
-    from zsad.backbone.clip import file_digest
+    from zsad.backbone.loading import file_digest
 
     return str(file_digest(path)["sha256"])
 
