@@ -41,17 +41,21 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
 
 
 def write_json(path: Path, data: Any) -> None:
+    """Atomically write ``data`` as indented JSON; values JSON cannot hold (paths, dates) are written as strings."""
     text = json.dumps(data, indent=2, default=str) + "\n"
     atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 def write_text(path: Path, text: str) -> None:
+    """Atomically replace ``path`` with ``text``."""
     atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 def write_bytes(path: Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``."""
     atomic_write(path, lambda f: f.write(data))
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
+    """Atomically write ``array`` in ``.npy`` format, so a reader never loads a truncated array."""
     atomic_write(path, lambda f: np.save(f, array))

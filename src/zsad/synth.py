@@ -290,7 +290,7 @@ def synthesize(
     mode: str = "texture",
     source: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """n pseudo-anomalous copies of the test images with their masks: ((n, 3, S, S), (n, S, S)).
+    """Synthesise n pseudo-anomalous copies of the test images with their masks: ((n, 3, S, S), (n, S, S)).
 
     Why a one-call helper: TTA loops want a reproducible batch from a seed alone. Images are taken in a seeded random
     order, cycling when n > B; masks are Perlin blobs of the requested area. ``mixed`` alternates texture (even

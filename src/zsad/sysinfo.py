@@ -29,6 +29,7 @@ def hardware(device: str = "cpu") -> str:
 
 
 def environment() -> dict[str, Any]:
+    """Versions of zsad and the libraries that decide its numbers, Python, the OS and the GPU (None without)."""
     from importlib.metadata import version
 
     return {

@@ -17,6 +17,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Threshold:
+    """A decision threshold and the rule that chose it (``source``), which also decides ``>=`` or ``>``."""
+
     value: float
     source: str
 
@@ -34,6 +36,19 @@ def choose_threshold(
     q: float = 0.99,
     k: float = 3.0,
 ) -> Threshold:
+    """The threshold of the most informed rule the inputs allow (see the module notes for the order).
+
+    Args:
+        scores: The scores to decide on; the robust-outlier rule is fitted to them.
+        labels: Per-score labels, -1 where unknown; used when the known ones hold both classes.
+        normal_scores: Scores of known-normal reference images.
+        manual: A user-given threshold, which wins over every rule.
+        q: Quantile of ``normal_scores`` for the normal-quantile rule.
+        k: Robust standard deviations above the median for the robust-outlier rule.
+
+    Returns:
+        The threshold; NaN with source ``none`` when no rule applies (no scores at all).
+    """
     if manual is not None:
         return Threshold(float(manual), "manual")
     scores = np.asarray(scores, dtype=np.float64)

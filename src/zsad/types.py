@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -39,6 +40,6 @@ class Preprocess:
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
 
-    def kwargs(self) -> dict[str, object]:
+    def kwargs(self) -> dict[str, Any]:
         """As the keyword arguments of the datasets (``image_size``, ``mean``, ``std``)."""
         return {"image_size": self.image_size, "mean": self.mean, "std": self.std}

@@ -63,6 +63,8 @@ class ImageFeatures:
 class ClipBackbone(nn.Module):
     """Frozen open_clip CLIP with cached text features and a multi-output image forward."""
 
+    model: Any  # the open_clip model: its modules are untyped attribute bags, so the boundary is typed once, here
+
     def __init__(
         self,
         model: nn.Module,
@@ -85,7 +87,7 @@ class ClipBackbone(nn.Module):
         # Random weights are defined by their seed: trained checkpoints must match it.
         self.seed = seed if self.random_init else None
         self.pos_interpolation = pos_interpolation
-        visual = model.visual
+        visual = self.model.visual
         self._check_supported(visual)
         native = visual.image_size
         self.native_image_size = int(native[0] if isinstance(native, tuple | list) else native)
@@ -202,9 +204,11 @@ class ClipBackbone(nn.Module):
 
     @property
     def activation(self) -> str:
-        """MLP activation of the image tower. OpenAI trained with QuickGELU, but open_clip's ``ViT-L-14-336`` config
-        (and both official CLIP-AD at 518 px and AdaCLIP) run its weights with exact GELU; ``-quickgelu`` names fix
-        that. Recorded so a run says which one it used."""
+        """MLP activation of the image tower, recorded so a run says which one it used.
+
+        OpenAI trained with QuickGELU, but open_clip's ``ViT-L-14-336`` config (and both official CLIP-AD at 518 px
+        and AdaCLIP) run its weights with exact GELU; ``-quickgelu`` names fix that.
+        """
         mlp = self.model.visual.transformer.resblocks[0].mlp
         return type(getattr(mlp, "gelu", mlp[1] if isinstance(mlp, nn.Sequential) else mlp)).__name__
 
@@ -215,13 +219,16 @@ class ClipBackbone(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Where the model's weights live; inputs and text embeddings are moved here."""
         return self.model.visual.conv1.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """Floating-point type of the image tower's weights; images are cast to it before the patch embedding."""
         return self.model.visual.conv1.weight.dtype
 
     def grid_size(self, image_size: int | None = None) -> tuple[int, int]:
+        """Patch grid (rows, columns) of a square input; by default at the backbone's own input size."""
         s = image_size or self.image_size
         return s // self.patch_size, s // self.patch_size
 
@@ -292,8 +299,8 @@ class ClipBackbone(nn.Module):
         if pool not in ("argmax", "eos") or getattr(model, "attn_mask", None) is None:
             raise ZsadInputError(f"{self.model_name}: only causal text towers pooled at the end token are supported")
         cast = model.transformer.get_cast_dtype()
-        eos = getattr(model, "text_eos_id", None)
-        end = tokens.argmax(-1) if pool == "argmax" else (tokens == eos).int().argmax(-1)
+        eos: Any = getattr(model, "text_eos_id", None)
+        end = tokens.argmax(-1) if pool == "argmax" else tokens.eq(eos).int().argmax(-1)
         blocks = model.transformer.resblocks
         first = min(prompts, default=len(blocks))
         out: torch.Tensor | None = None
@@ -334,6 +341,7 @@ class ClipBackbone(nn.Module):
         return out
 
     def clear_text_cache(self) -> None:
+        """Forget every cached sentence embedding, so the next ``encode_text`` runs the text tower again."""
         self._text_cache.clear()
 
     # ------------------------------------------------------------------ image
@@ -401,10 +409,12 @@ class ClipBackbone(nn.Module):
             vv = blk.ls_1(attn.out_proj(self._merge_heads(F.scaled_dot_product_attention(vh, vh, vh))))
         return o, vv
 
-    def _blocks(self, tower: str) -> nn.ModuleList:
+    def _blocks(self, tower: str) -> Any:
+        """The residual blocks of a tower (open_clip modules: untyped)."""
         return (self.model.visual.transformer if tower == "visual" else self.model.transformer).resblocks
 
     def block_mlp(self, index: int, x: torch.Tensor, tower: Literal["visual", "text"] = "visual") -> torch.Tensor:
+        """``x`` plus the MLP residual ``ls_2(mlp(ln_2(x)))`` of block ``index``: the second half of a block."""
         blk = self._blocks(tower)[index]
         return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
 

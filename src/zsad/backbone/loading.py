@@ -239,8 +239,11 @@ def resolve_model(name: str) -> tuple[str, dict[str, Any] | None, Path | None]:
 
 
 def _register(name: str, cfg: dict[str, Any]) -> None:
-    """Add a model config to open_clip's registry under ``name`` (the public ``add_model_config`` keys by file stem,
-    which would let two configs called ``model.json`` overwrite each other)."""
+    """Add a model config to open_clip's registry under ``name``.
+
+    The public ``add_model_config`` keys by file stem, which would let two configs called ``model.json`` overwrite
+    each other.
+    """
     from open_clip import factory
 
     factory._MODEL_CONFIGS[name] = cfg

@@ -29,6 +29,7 @@ def _fits(console: Console, table: Table) -> bool:
 
 
 def print_table(table: Table, console: Console | None = None) -> None:
+    """Print ``table`` with every value whole: as is, else transposed, else as one ``header: value`` block per row."""
     console = console or Console()
     if _fits(console, table):
         console.print(table)

@@ -97,6 +97,7 @@ class AnomalyDataset(Dataset):
 
     @classmethod
     def list_categories(cls, root: str | Path) -> list[str]:
+        """The categories under ``root``; only datasets with a category layout (MVTec AD, VisA) can list them."""
         raise TypeError(f"{cls.__name__} has no category layout to list; use MVTecAD or Visa")
 
     def __len__(self) -> int:

@@ -138,6 +138,6 @@ def load_mask(path: str | Path) -> Image.Image:
     except (ValueError, OSError) as e:
         raise ZsadInputError(f"{path}: cannot read mask: mode {img.mode}: {_one_line(str(e))}") from None
     if arr.ndim == 3:
-        arr = arr.any(axis=-1)
+        arr = np.asarray(arr.any(axis=-1))
     defect = np.nan_to_num(arr.astype(np.float64), nan=0.0) != 0
     return Image.fromarray(np.where(defect, 255, 0).astype(np.uint8))

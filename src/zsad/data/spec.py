@@ -64,6 +64,7 @@ def open_datasets(spec: DatasetSpec, kw: dict[str, Any] | None = None) -> list[t
     from zsad import data
 
     kw = kw or {}
+    refs: Any
     if not spec.root.is_dir():
         raise ZsadInputError(f"{spec.root}: dataset root not found")
     name = spec.dataset.lower()

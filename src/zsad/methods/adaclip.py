@@ -51,11 +51,14 @@ from zsad.methods.trainable import TrainableMethod, load_tensors, mask_items, re
 from zsad.ops import gaussian_blur, grid_to_map, kmeans, upsample
 from zsad.progress import reporter
 from zsad.prompts import build_prompts, get_prompt_set, list_prompt_sets
+from zsad.train.loop import TrainConfig
 from zsad.types import Prediction
 
 
 @dataclass
 class AdaClipConfig(MethodConfig):
+    """AdaCLIP options; the defaults are the official recipe (OpenAI ViT-L/14 at 518 px, hybrid prompts, HSF)."""
+
     backbone: str = "ViT-L-14-336"
     pretrained: str = "openai"
     image_size: int = 518
@@ -107,6 +110,8 @@ class AdaClipParams(nn.Module):
 
 
 class AdaClip(TrainableMethod):
+    """AdaCLIP: learnable hybrid prompts in both encoders; runs only with trained (or imported official) prompts."""
+
     name = "adaclip"
     config_cls = AdaClipConfig
     config: AdaClipConfig
@@ -114,6 +119,7 @@ class AdaClip(TrainableMethod):
     official_checkpoint = "a checkpoint saved by the official AdaCLIP trainer (clip_model.* tensors)"
 
     def finish_config(self) -> None:
+        """Default the taps to the quarters of the tower, and refuse a prompt depth deeper than the tower."""
         n = self.backbone.num_layers
         if not self.config.layers:
             if n % 4:
@@ -124,9 +130,11 @@ class AdaClip(TrainableMethod):
 
     @property
     def parts(self) -> nn.Module:
+        """The prompts and projections (``AdaClipParams``), built with the method."""
         return self.params
 
     def build_parts(self, seed: int | None) -> None:
+        """Fresh ``AdaClipParams`` sized for the backbone, seeded without disturbing the global random state."""
         bb, cfg = self.backbone, self.config
         text_width = bb.model.token_embedding.weight.shape[1]
         with torch.random.fork_rng(devices=[]):
@@ -240,9 +248,8 @@ class AdaClip(TrainableMethod):
         return Prediction(pred_score=score.float(), anomaly_map=amap.float())
 
     # ------------------------------------------------------------------ training
-    def default_train_config(self) -> Any:
-        from zsad.train import TrainConfig
-
+    def default_train_config(self) -> TrainConfig:
+        """The official recipe: AdamW lr 0.01, betas (0.5, 0.999), 5 epochs, batch size 1, seed 111."""
         # the official recipe; its batch size 1 was forced by its text code, zsad batches any size
         return TrainConfig(
             epochs=5, batch_size=1, lr=0.01, optimizer="adamw", betas=(0.5, 0.999), weight_decay=0.01, seed=111
@@ -251,7 +258,7 @@ class AdaClip(TrainableMethod):
     def fit(
         self,
         datasets: Sequence[tuple[str, Any]],
-        train_cfg: Any,
+        train_cfg: TrainConfig,
         out: Path,
         *,
         data_info: dict[str, Any],
@@ -277,14 +284,15 @@ class AdaClip(TrainableMethod):
                 gt = (torch.stack([g["gt_mask"] for g in group]) > 0.5).float().to(dev)
                 label = torch.tensor([float(g["gt_label"] == 1) for g in group], device=dev)
                 probs, score = self._outputs(imgs, train=True)
+                zero = torch.zeros((), device=dev)  # a tensor start: sum() of tensors types as a tensor
                 terms = {
                     "image": focal_loss(score[:, :, None, None], label[:, None, None]),
-                    "focal": sum(focal_loss(p, gt) for p in probs),
-                    "dice": sum(dice_loss(p[:, 1], gt) + dice_loss(p[:, 0], 1 - gt) for p in probs),
+                    "focal": sum((focal_loss(p, gt) for p in probs), zero),
+                    "dice": sum((dice_loss(p[:, 1], gt) + dice_loss(p[:, 0], 1 - gt) for p in probs), zero),
                 }
                 w = len(group) / len(got)
                 for k, v in terms.items():
-                    total[k] = total.get(k, 0) + w * v  # type: ignore[operator]
+                    total[k] = total[k] + w * v if k in total else w * v
             total["loss"] = total["image"] + total["focal"] + total["dice"]
             return total
 

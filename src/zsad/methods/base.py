@@ -27,9 +27,11 @@ class MethodConfig:
 
 @dataclass
 class TextPromptConfig(MethodConfig):
-    """The text options WinCLIP, SDP and Dual-Image share: which prompt set, and how each state's sentences reduce
-    to one vector (``mean``, a Representative Vector Selection ``pca | kde | dbscan | mean_shift``, or anomalib's
-    ``raw_mean``) with its knobs. Checked once here for every method that uses them."""
+    """The text options WinCLIP, SDP and Dual-Image share, checked once here for every method that uses them.
+
+    They choose the prompt set and how each state's sentences reduce to one vector (``mean``, a Representative
+    Vector Selection ``pca | kde | dbscan | mean_shift``, or anomalib's ``raw_mean``), with that reduction's knobs.
+    """
 
     label: ClassVar[str] = "method"  # the method name in error messages
     prompt_set: str = "winclip"
@@ -67,6 +69,7 @@ class Method(ABC):
 
     @property
     def image_size(self) -> int:
+        """Side of the square inputs ``predict`` accepts: the backbone's input size."""
         return self.backbone.image_size
 
     @torch.no_grad()
@@ -95,28 +98,20 @@ class Method(ABC):
         return self._predict(images.to(self.backbone.device))
 
     def new_bank(self) -> Any:
+        """Start a set-level pass: an empty bank that collects ``encode`` outputs for the whole set."""
         raise ZsadInputError(f"{self.name}: scores images one by one (not set-level)")
 
     def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of a batch that a set-level method keeps in its bank until the whole set is seen."""
         raise ZsadInputError(f"{self.name}: scores images one by one (not set-level)")
 
     def end_set(self, bank: Any) -> None:
+        """Called once every image of the set is in ``bank``, before any ``score_in_set``."""
         raise ZsadInputError(f"{self.name}: scores images one by one (not set-level)")
 
     def score_in_set(self, index: torch.Tensor, bank: Any) -> Prediction:
+        """Predictions for the bank rows ``index``, scored against the whole set."""
         raise ZsadInputError(f"{self.name}: scores images one by one (not set-level)")
-
-    def default_train_config(self) -> Any:
-        """The published training recipe (a ``zsad.train.TrainConfig``) of a trainable method."""
-        raise ZsadInputError(f"{self.name}: has nothing to train")
-
-    def fit(self, datasets: Any, train_cfg: Any, out: Any, **kwargs: Any) -> Any:
-        """Train the learnable parts on (category, dataset) pairs and write a checkpoint folder to ``out``."""
-        raise ZsadInputError(f"{self.name}: has nothing to train")
-
-    def save(self, out: Any, training: dict[str, Any]) -> Any:
-        """Write the learnable parts as a checkpoint folder (safetensors + manifest)."""
-        raise ZsadInputError(f"{self.name}: has nothing to save")
 
     @property
     def is_transductive(self) -> bool:

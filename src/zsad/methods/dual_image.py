@@ -50,6 +50,8 @@ MODES = ("joint", "language", "visual")
 
 @dataclass
 class DualImageConfig(TextPromptConfig):
+    """Dual-Image options: every detail the paper leaves open is one of them (see the module notes)."""
+
     label: ClassVar[str] = "dual-image"
     layers: tuple[int, ...] = ()  # taps, 1-indexed; () = quarters of the tower
     logit_scale: float = 100.0
@@ -150,6 +152,7 @@ class TokenAdapter(nn.Module):
         super().__init__()
         self.maps = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_layers))
         for lin in self.maps:
+            assert isinstance(lin, nn.Linear)
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
@@ -159,6 +162,8 @@ class TokenAdapter(nn.Module):
 
 
 class DualImage(Method):
+    """Dual-Image Enhanced CLIP: set-level, each test image is scored with other images of its set as references."""
+
     name = "dual-image"
     config_cls = DualImageConfig
     config: DualImageConfig
@@ -174,10 +179,13 @@ class DualImage(Method):
 
     @property
     def is_transductive(self) -> bool:
-        return self.config.mode != "language" or self.config.tta
+        """Whether other test images shape a score: as partners (a visual path with pairing), or through TTA."""
+        cfg = self.config
+        return (cfg.mode != "language" and cfg.pairing != "none") or cfg.tta
 
     @property
     def transductive_note(self) -> str:
+        """Names what made this run transductive: scoring against partner images, TTA, or both."""
         parts = []
         if self.config.mode != "language":
             parts.append(f"each image is scored against other test images of its set (pairing {self.config.pairing})")
@@ -231,6 +239,7 @@ class DualImage(Method):
                     self._canvas[j] = img
 
     def new_bank(self) -> FeatureBank:
+        """An empty bank storing features as ``bank_dtype``; also restarts the TTA canvas sample for the new set."""
         self._canvas, self._seen = [], 0
         return FeatureBank(dtype=getattr(torch, self.config.bank_dtype))
 
@@ -367,6 +376,7 @@ class DualImage(Method):
         }
 
     def describe(self) -> dict[str, Any]:
+        """Adds the TTA record, with the final loss instead of the per-epoch history."""
         d = super().describe()
         if self.tta_record:
             d["tta"] = {k: v for k, v in self.tta_record.items() if k != "history"} | {

@@ -82,7 +82,7 @@ def _to_bool(method: str, key: str, value: Any) -> bool:
 
 def _to_str(method: str, key: str, value: Any) -> str:
     if isinstance(value, os.PathLike):
-        return os.fspath(value)  # type: ignore[return-value]
+        return str(os.fspath(value))
     if not isinstance(value, str):
         raise _fail(method, key, value, "a string")
     return value
@@ -152,8 +152,11 @@ def make_config(config_cls: type[Any], overrides: dict[str, Any], method: str, b
 
 
 def config_record(cfg: Any) -> dict[str, Any]:
-    """The config as a manifest records it: without the default-backbone fields (the effective backbone is
-    recorded separately, so a stale default such as ``pretrained: laion400m_e31`` never sits beside ``none``)."""
+    """The config as a manifest records it: without the default-backbone fields.
+
+    The effective backbone is recorded separately, so a stale default such as ``pretrained: laion400m_e31`` never
+    sits beside ``none``.
+    """
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in BACKBONE_FIELDS}
 
 

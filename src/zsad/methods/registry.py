@@ -20,10 +20,12 @@ METHODS: dict[str, str] = {
 
 
 def list_methods() -> list[str]:
+    """The registered method names, sorted: what ``create_method`` accepts."""
     return sorted(METHODS)
 
 
 def get_method_class(name: str) -> type[Method]:
+    """The class registered under ``name`` (any case), imported only now so unused methods cost nothing."""
     try:
         target = METHODS[name.lower()]
     except KeyError:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,6 +42,7 @@ from zsad.methods.trainable import TrainableMethod
 from zsad.methods.winclip import WinClip, WinClipConfig, class_scores
 from zsad.progress import SilentReporter, reporter
 from zsad.prompts.random_words import GENERIC_OBJECTS, RandomWordOptions, random_word_prompts
+from zsad.train.loop import TrainConfig
 
 _EMBED_CHUNK = 2048  # sentences per progress step (each still length-grouped in batches of 512)
 _GENERATOR_FIELDS = ("n_pairs", "min_words", "max_words", "word_source", "positions", "random_object_rate")
@@ -48,6 +50,8 @@ _GENERATOR_FIELDS = ("n_pairs", "min_words", "max_words", "word_source", "positi
 
 @dataclass
 class RwdaConfig(WinClipConfig):
+    """RWDA options: WinCLIP's, plus the random-word prompt generator, the classifier and its training."""
+
     label: ClassVar[str] = "rwda"
     object_mode: str = "unknown"  # unknown (category-agnostic, never reads the class name) | known
     objects: tuple[str, ...] = ()  # unknown mode: product names for the prompts (default: generic nouns)
@@ -122,13 +126,18 @@ class Classifier(nn.Module):
             nn.ReLU(),
             nn.Linear(hidden, 2),
         )
+        self.text_mean: torch.Tensor
         self.register_buffer("text_mean", torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., D) prepared embeddings -> (..., 2) normal/anomalous logits; callers do the normalising or centring."""
         return self.net(x)
 
 
 class Rwda(WinClip, TrainableMethod):
+    """RWDA: a classifier trained on text alone scores WinCLIP's image and window embeddings."""
+
+    classifier: Classifier
     name = "rwda"
     config_cls = RwdaConfig
     config: RwdaConfig
@@ -140,9 +149,11 @@ class Rwda(WinClip, TrainableMethod):
 
     @property
     def parts(self) -> nn.Module:
+        """The text-trained classifier."""
         return self.classifier
 
     def build_parts(self, seed: int | None) -> None:
+        """A fresh, untrained classifier (seeded on a forked RNG); forgets what the previous one was trained for."""
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
@@ -152,6 +163,7 @@ class Rwda(WinClip, TrainableMethod):
         self.new_training = None
 
     def loaded(self, manifest: dict[str, Any]) -> None:
+        """Remember the object the checkpoint was trained for (known mode), so ``setup`` does not retrain it."""
         objects = manifest.get("training", {}).get("generator", {}).get("objects", [None])
         self.trained_for = (objects[0] if self.config.object_mode == "known" else None,)
 
@@ -199,7 +211,7 @@ class Rwda(WinClip, TrainableMethod):
         """
         import time
 
-        from zsad.train import TrainConfig, fit
+        from zsad.train import fit
 
         t0 = time.perf_counter()
         cfg = self.config
@@ -235,21 +247,20 @@ class Rwda(WinClip, TrainableMethod):
             "seconds": time.perf_counter() - t0,
         }
 
-    def default_train_config(self) -> Any:
-        from zsad.train import TrainConfig
-
+    def default_train_config(self) -> TrainConfig:
+        """The training fields of the config, so ``zsad train`` and on-the-fly training use the same recipe."""
         cfg = self.config
         return TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.train_seed)
 
     def fit(
         self,
-        datasets: Any,
-        train_cfg: Any,
+        datasets: Sequence[tuple[str, Any]],
+        train_cfg: TrainConfig,
         out: Path,
         *,
+        data_info: dict[str, Any],
         progress: bool = True,
         class_names: dict[str, str] | None = None,
-        **_: Any,
     ) -> Path:
         """``zsad train --method rwda``: text only; the recipe overrides become the config's training fields."""
         self.config = dataclasses.replace(
@@ -267,6 +278,7 @@ class Rwda(WinClip, TrainableMethod):
         return self.save(out, record)
 
     def describe(self) -> dict[str, Any]:
+        """Adds a summary of how the classifier was trained (held-out accuracy, sentences, seconds, data)."""
         d = super().describe()
         t = (self.training_manifest or {}).get("training", {})
         d["rwda_classifier"] = {k: t.get(k) for k in ("heldout_accuracy", "num_sentences", "seconds", "data")}
@@ -275,7 +287,8 @@ class Rwda(WinClip, TrainableMethod):
     def cache_key(self, obj: str | None) -> str:
         """Digest of what decides the classifier: backbone weights, generator, classifier and training settings."""
         bb = self.backbone.manifest()
-        fields = (*_GENERATOR_FIELDS, "generator_seed", "object_mode", "prompt_set", "hidden", "modality_gap")
+        fields: tuple[str, ...] = (*_GENERATOR_FIELDS, "generator_seed", "object_mode", "prompt_set", "hidden")
+        fields = (*fields, "modality_gap")
         if self.config.objects:  # absent when empty, so caches made before the option existed stay valid
             fields = (*fields, "objects")
         key = {

@@ -46,6 +46,8 @@ from zsad.types import Prediction
 
 @dataclass
 class SdpConfig(TextPromptConfig):
+    """SDP options: the paper's text and stages; the official code's quirks only on request (``compat``)."""
+
     label: ClassVar[str] = "sdp"
     prompt_set: str = "clipad"
     text_aggregation: str = "dbscan"  # the paper's Representative Vector Selection
@@ -100,6 +102,8 @@ def feature_surgery(tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
 
 
 class Sdp(Method):
+    """CLIP-AD Staged Dual-Path: training-free maps from the v-v surgery stream of each stage."""
+
     name = "sdp"
     config_cls = SdpConfig
     config: SdpConfig
@@ -115,10 +119,12 @@ class Sdp(Method):
 
     @property
     def is_transductive(self) -> bool:
+        """Only with the paper's test-set min-max of the scores (``transductive_minmax``)."""
         return self.config.transductive_minmax
 
     @property
     def stages(self) -> tuple[int, ...]:
+        """The 1-indexed layers that end a stage: the configured ones or the quarter points of the tower."""
         return stage_layers(self.backbone.num_layers, self.config.layers)
 
     def _setup(self, class_name: str, reference_images: torch.Tensor | None) -> None:

@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ from zsad.methods.trainable import TrainableMethod, mask_items, read_official, s
 from zsad.ops import grid_to_map, upsample
 from zsad.progress import SilentReporter, reporter
 from zsad.prompts import state_text
+from zsad.train.loop import TrainConfig
 from zsad.types import Prediction
 
 CACHE_LIMIT_BYTES = 4 << 30  # cache frozen features in RAM up to this size, else recompute them every epoch
@@ -41,11 +42,15 @@ CACHE_LIMIT_BYTES = 4 << 30  # cache frozen features in RAM up to this size, els
 
 @dataclass
 class SdpPlusConfig(SdpConfig):
+    """SDP's options plus the trained layers' checkpoint and how their maps are upsampled."""
+
     checkpoint: str = ""  # folder written by `zsad train --method sdp+`
     align_corners: bool = True  # upsampling of the trained maps, as the paper's code
 
 
 class SdpPlus(Sdp, TrainableMethod):
+    """SDP plus one trained linear layer per stage; needs a checkpoint (``zsad train`` or the official release)."""
+
     name = "sdp+"
     config_cls = SdpPlusConfig
     config: SdpPlusConfig
@@ -55,9 +60,11 @@ class SdpPlus(Sdp, TrainableMethod):
 
     @property
     def parts(self) -> nn.Module:
+        """The per-stage linear layers."""
         return self.heads
 
     def build_parts(self, seed: int | None) -> None:
+        """One fresh ``Linear(width -> embed_dim)`` per stage, seeded on a forked RNG."""
         bb = self.backbone
         with torch.random.fork_rng(devices=[]):  # the layers' init is part of the seeded recipe
             if seed is not None:
@@ -66,6 +73,7 @@ class SdpPlus(Sdp, TrainableMethod):
         self.heads = heads.to(bb.device)
 
     def checkpoint_config(self) -> dict[str, Any]:
+        """Records the resolved stage layers, so a default ``()`` cannot mean other taps on another backbone."""
         return {**config_record(self.config), "layers": list(self.stages)}
 
     def loaded(self, manifest: dict[str, Any]) -> None:
@@ -111,15 +119,14 @@ class SdpPlus(Sdp, TrainableMethod):
         return self._finish(feats, self._sdp_map(feats) + probs[:, :, 1].sum(0))
 
     # ------------------------------------------------------------------ training
-    def default_train_config(self) -> Any:
-        from zsad.train import TrainConfig
-
+    def default_train_config(self) -> TrainConfig:
+        """The paper's recipe: 5 epochs, batch 8, lr 1e-4, seed 42."""
         return TrainConfig(epochs=5, batch_size=8, lr=1e-4, seed=42)  # the paper's recipe
 
     def _stage_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen original-path stage tokens without CLS: (B, n_stages, N, W)."""
         stages = self.stages
-        tap_mode = "official" if self.config.compat == "official" else "block"
+        tap_mode: Literal["block", "official"] = "official" if self.config.compat == "official" else "block"
         with torch.no_grad():
             feats = self.backbone.encode_image(images, layers=stages, tap_mode=tap_mode)
         return torch.stack([feats.tokens[lyr][:, 1:] for lyr in stages], dim=1)
@@ -127,7 +134,7 @@ class SdpPlus(Sdp, TrainableMethod):
     def fit(
         self,
         datasets: Sequence[tuple[str, Any]],
-        train_cfg: Any,
+        train_cfg: TrainConfig,
         out: Path,
         *,
         data_info: dict[str, Any],

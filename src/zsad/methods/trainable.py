@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from torch import nn
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, MethodConfig
 from zsad.methods.options import config_record
+
+if TYPE_CHECKING:
+    from zsad.train import TrainConfig
 
 IMAGES_LIST = "training_images.txt"
 
@@ -45,9 +48,13 @@ class TrainableMethod(Method):
         self.given_options = set(overrides)  # what the user chose, as opposed to defaults
         self.finish_config()
         self.build_parts(seed=None)
-        checkpoint = getattr(self.config, "checkpoint", "")
-        if checkpoint:
-            self.load(checkpoint)
+        if self.config_checkpoint:
+            self.load(self.config_checkpoint)
+
+    @property
+    def config_checkpoint(self) -> str:
+        """The checkpoint folder the config names ('' when the parts are not loaded from one)."""
+        return str(getattr(self.config, "checkpoint", "") or "")
 
     def finish_config(self) -> None:
         """Hook: complete the config from the backbone (e.g. default taps) before the parts are built."""
@@ -72,6 +79,27 @@ class TrainableMethod(Method):
     def checkpoint_config(self) -> dict[str, Any]:
         """The config recorded in a checkpoint manifest (what ``load`` adopts the architecture fields from)."""
         return config_record(self.config)
+
+    # ------------------------------------------------------------------ training
+    def default_train_config(self) -> TrainConfig:
+        """The published training recipe of this method."""
+        raise NotImplementedError
+
+    def fit(
+        self,
+        datasets: Sequence[tuple[str, Any]],
+        train_cfg: TrainConfig,
+        out: Path,
+        *,
+        data_info: dict[str, Any],
+        progress: bool = True,
+        class_names: dict[str, str] | None = None,
+    ) -> Path:
+        """Train the parts on (category, dataset) pairs (none for text-only methods) into the checkpoint ``out``.
+
+        ``class_names`` maps a category to the name its prompts use; ``data_info`` is recorded in the manifest.
+        """
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, out: Path, training: dict[str, Any]) -> Path:

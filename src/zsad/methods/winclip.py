@@ -37,6 +37,8 @@ from zsad.types import Prediction
 
 @dataclass
 class WinClipConfig(TextPromptConfig):
+    """WinCLIP options: the paper's settings by default, anomalib's prompts and text mean with ``compat="anomalib"``."""
+
     label: ClassVar[str] = "winclip"
     scales: tuple[int, ...] = (2, 3)
     window_stride: int = 1  # capped at each window's size, so every patch is covered at every scale
@@ -107,12 +109,14 @@ def class_scores(embeddings: torch.Tensor, text: torch.Tensor, temperature: floa
 
 
 def association_scores(embeddings: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """min over references of (1 - cos) / 2: (B, P, C) vs (R, C) -> (B, P)."""
+    """Min over references of (1 - cos) / 2: (B, P, C) vs (R, C) -> (B, P)."""
     cos = F.normalize(embeddings, dim=-1) @ F.normalize(reference, dim=-1).T
     return (1.0 - cos).amin(-1) / 2.0
 
 
 class WinClip(Method):
+    """WinCLIP zero-shot, and WinCLIP+ when ``setup`` is given k normal reference images."""
+
     name = "winclip"
     config_cls = WinClipConfig
     supports_few_shot = True

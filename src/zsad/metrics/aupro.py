@@ -55,6 +55,7 @@ def area_up_to(fpr: np.ndarray, pro: np.ndarray, limit: float) -> float:
 
 
 def aupro_from_ranking(r: PixelRanking, fpr_limit: float = 0.3) -> float:
+    """:func:`aupro` from pixels already ranked, so several pixel metrics can share one ranking."""
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
     if r.n_regions == 0 or r.n_normal == 0:
@@ -79,6 +80,7 @@ def cflow_thresholds(lo: float, hi: float, dtype: np.dtype, num_thresholds: int 
 
 
 def aupro_cflow_from_ranking(r: PixelRanking, num_thresholds: int = 200, fpr_limit: float = 0.3) -> float:
+    """:func:`aupro_cflow` from pixels already ranked, so several pixel metrics can share one ranking."""
     c = r.curve
     if r.n_regions == 0 or r.n_normal == 0 or c.thresholds[0] == c.thresholds[-1]:
         return float("nan")
@@ -103,8 +105,10 @@ def aupro_cflow_from_ranking(r: PixelRanking, num_thresholds: int = 200, fpr_lim
 
 
 def _sklearn_auc(x: np.ndarray, y: np.ndarray) -> float:
-    """``sklearn.metrics.auc``: trapezoid over x as given, sign flipped when x is non-increasing (FPR over rising
-    thresholds)."""
+    """``sklearn.metrics.auc``: trapezoid over x as given.
+
+    The sign is flipped when x is non-increasing (FPR over rising thresholds).
+    """
     dx = np.diff(x)
     direction = -1.0 if np.any(dx < 0) and np.all(dx <= 0) else 1.0
     if np.any(dx < 0) and np.any(dx > 0):

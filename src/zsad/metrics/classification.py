@@ -50,10 +50,12 @@ class BinaryCurve:
 
     @property
     def n_pos(self) -> int:
+        """Number of positives: the TP count at the lowest score, where everything is flagged."""
         return int(self.tps[-1]) if self.tps.size else 0
 
     @property
     def n_neg(self) -> int:
+        """Number of negatives: the FP count at the lowest score, where everything is flagged."""
         return int(self.fps[-1]) if self.fps.size else 0
 
 
@@ -80,6 +82,7 @@ def curve_from_ranks(values_desc: np.ndarray, n_at_least: np.ndarray, positive_r
 
 
 def binary_curve(scores: ArrayLike, labels: ArrayLike) -> BinaryCurve:
+    """TP/FP counts at every distinct score of ``scores``; any label > 0 is positive."""
     s = as_scores(scores).ravel()
     y = as_binary(labels).ravel()
     if s.shape != y.shape:
@@ -124,10 +127,12 @@ def f1_max_from_curve(c: BinaryCurve) -> tuple[float, float]:
 
 
 def image_auroc(scores: ArrayLike, labels: ArrayLike) -> float:
+    """ROC AUC with scikit-learn's tie handling; NaN unless both classes occur."""
     return auroc_from_curve(binary_curve(scores, labels))
 
 
 def image_ap(scores: ArrayLike, labels: ArrayLike) -> float:
+    """Average precision as scikit-learn's ``average_precision_score``; NaN without positives."""
     return ap_from_curve(binary_curve(scores, labels))
 
 

@@ -70,10 +70,12 @@ class PixelRanking:
 
     @property
     def n_regions(self) -> int:
+        """Number of connected GT regions over all images (PRO averages over them)."""
         return int(self.region_sizes.size)
 
     @property
     def n_normal(self) -> int:
+        """Number of normal pixels, the denominator of every FPR."""
         return self.curve.n_neg
 
 
@@ -97,10 +99,12 @@ def rank_pixels(maps: ArrayLike, masks: ArrayLike) -> PixelRanking:
 
 
 def pixel_auroc(maps: ArrayLike, masks: ArrayLike) -> float:
+    """ROC AUC over all pixels pooled; NaN unless both normal and anomalous pixels occur."""
     return auroc_from_curve(rank_pixels(maps, masks).curve)
 
 
 def pixel_ap(maps: ArrayLike, masks: ArrayLike) -> float:
+    """Average precision over all pixels pooled; NaN without anomalous pixels."""
     return ap_from_curve(rank_pixels(maps, masks).curve)
 
 

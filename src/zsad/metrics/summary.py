@@ -80,8 +80,10 @@ def compute_metrics(
 
 
 def mean_over_categories(per_category: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Per metric, the mean over the categories where it is a number (NaN or absent ones are skipped, as a
-    category without masks has no pixel metrics); NaN if no category has it."""
+    """Per metric, the mean over the categories where it is a number; NaN if no category has it.
+
+    NaN or absent values are skipped, as a category without masks has no pixel metrics.
+    """
     keys = dict.fromkeys(k for metrics in per_category.values() for k in metrics)
     out: dict[str, float] = {}
     for k in keys:

@@ -6,6 +6,7 @@ A ``PromptSet`` is data, so methods and users pick sets by name and new sets nee
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -142,10 +143,12 @@ _PROMPT_SETS: dict[str, PromptSet] = {
 
 
 def list_prompt_sets() -> list[str]:
+    """Names of the built-in prompt sets, sorted: what the ``prompt_set`` options accept."""
     return sorted(_PROMPT_SETS)
 
 
 def get_prompt_set(name: str) -> PromptSet:
+    """The built-in prompt set called ``name`` (exact name, as ``list_prompt_sets`` gives it)."""
     try:
         return _PROMPT_SETS[name]
     except KeyError:
@@ -168,7 +171,7 @@ TEXT_AGGREGATIONS: tuple[str, ...] = (*RVS_METHODS, "raw_mean")
 _RVS_PARAMS = frozenset({"eps", "min_samples", "kde_bandwidth", "meanshift_bandwidth"})
 
 
-def aggregate_text(embeddings: torch.Tensor, how: str = "mean", **params: float) -> torch.Tensor:
+def aggregate_text(embeddings: torch.Tensor, how: str = "mean", **params: Any) -> torch.Tensor:
     """Reduce (N, D) sentence embeddings of one state to a unit vector (D,).
 
     ``raw_mean`` exists only to reproduce anomalib; every other name is a representative vector selection (see

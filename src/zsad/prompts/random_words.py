@@ -28,6 +28,8 @@ POSITIONS = ("prefix", "suffix", "inside", "any")
 
 @dataclass(frozen=True)
 class RandomWordOptions:
+    """How the random-word training prompts are drawn; the same options and seed give the same sentences."""
+
     n_pairs: int = 10_000  # N_p: normal/anomalous sentence pairs (the paper's best is about 10k)
     min_words: int = 1  # random words per sentence, drawn uniformly in [min_words, max_words]
     max_words: int = 3

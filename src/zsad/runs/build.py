@@ -56,6 +56,7 @@ class BackboneSpec:
 
     @property
     def random_init(self) -> bool:
+        """Whether the backbone gets seeded random weights: no weights file and ``--pretrained none`` (or alike)."""
         return self.weights is None and self.pretrained in _RANDOM
 
     def validate(self) -> None:
@@ -95,6 +96,7 @@ class BackboneSpec:
         }
 
     def cache_key(self) -> tuple[Any, ...]:
+        """Identifies a loaded backbone, so methods asking for the same one in a run share it."""
         return (self.model_name, self.pretrained, str(self.weights), self.image_size, self.device, self.seed)
 
 
@@ -110,6 +112,7 @@ class MethodSpec:
 
     @property
     def cls(self) -> type[Method]:
+        """The method class registered under ``name``."""
         from zsad.methods import get_method_class
 
         return get_method_class(self.name)

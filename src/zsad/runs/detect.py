@@ -149,6 +149,7 @@ class DetectResult:
 
     @property
     def predictions(self) -> Path:
+        """The per-image results table, ``predictions.csv`` in ``out``."""
         return self.out / "predictions.csv"
 
     @property
@@ -191,14 +192,14 @@ def detect(
         work = DetectJob([str(p) for p in items], Path(out), **job)
         built = method if isinstance(method, Method) else None
         spec: MethodSpec | None = None
-        if built is None:
-            if isinstance(method, MethodSpec):
-                spec = method
-            else:
-                ckpt = Path(checkpoint) if checkpoint is not None else None
-                spec = MethodSpec(method, backbone or BackboneSpec(seed=work.seed), dict(options or {}), ckpt)
+        if isinstance(method, MethodSpec):
+            spec = method
+        elif isinstance(method, str):
+            ckpt = Path(checkpoint) if checkpoint is not None else None
+            spec = MethodSpec(method, backbone or BackboneSpec(seed=work.seed), dict(options or {}), ckpt)
+        if spec is not None:
             spec.validate()
-        work.validate(spec.cls if spec is not None else type(built))
+        work.validate(type(method) if isinstance(method, Method) else spec.cls if spec is not None else Method)
         with RunLock(work.out):
             if spec is not None:
                 work.check_resume(spec)
@@ -220,11 +221,11 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
     """Score what the folder does not hold yet, then thresholds, overlays and the manifest over every row."""
     from zsad.data import ImageList
 
-    kw = method.backbone.preprocess.kwargs()
-    ds = ImageList(job.files, **kw)
+    pre = method.backbone.preprocess
+    ds = ImageList(job.files, image_size=pre.image_size, mean=pre.mean, std=pre.std)
     refs = calib = None
     if job.references:
-        ref_ds = ImageList(job.references, **kw)
+        ref_ds = ImageList(job.references, image_size=pre.image_size, mean=pre.mean, std=pre.std)
         order = torch.randperm(len(ref_ds), generator=torch.Generator().manual_seed(job.seed)).tolist()
         all_refs = torch.stack([ref_ds[i]["image"] for i in order])
         if method.supports_few_shot:

@@ -124,6 +124,7 @@ class RunLock:
         self.release()
 
     def acquire(self) -> None:
+        """Take the lock and record this process as its holder; refuse at once, naming the holder, if it is taken."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LOCK_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT, default_mode())
@@ -140,6 +141,7 @@ class RunLock:
         self._fd = fd
 
     def release(self) -> None:
+        """Let go of the lock if held (safe to call twice); the lock file itself stays."""
         if self._fd is not None:
             _unlock(self._fd)
             os.close(self._fd)
@@ -268,7 +270,9 @@ class CsvLog:
         if path.exists():
             self._load(key, complete)
 
-    def _load(self, key: Callable[[dict[str, str]], Any] | None, complete: Callable[[dict[str, str]], bool] | None):
+    def _load(
+        self, key: Callable[[dict[str, str]], Any] | None, complete: Callable[[dict[str, str]], bool] | None
+    ) -> None:
         raw = self.path.read_bytes()
         text = raw.decode("utf-8", "surrogateescape")
         reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -296,6 +300,7 @@ class CsvLog:
             self.rewrite()
 
     def append(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Add a batch of rows with one write and fsync; a new or empty file gets the header first."""
         if not rows:
             return
         formatted = [{k: _fmt(r.get(k, "")) for k in self.fields} for r in rows]
@@ -331,6 +336,7 @@ class CsvLog:
 
 
 def is_number(text: str | None) -> bool:
+    """Whether a CSV cell holds a number (empty or None does not): how a row's score is checked as written."""
     try:
         float(text or "")
     except ValueError:

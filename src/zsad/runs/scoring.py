@@ -84,6 +84,8 @@ def iterate_batches(
 
 @dataclass
 class ScoredBatch:
+    """One batch's results on the CPU, with the loaded batch itself for the writer's other columns."""
+
     paths: list[str]
     scores: np.ndarray  # (B,)
     maps: np.ndarray  # (B, S, S) float32 at model resolution
@@ -94,6 +96,7 @@ class ScoredBatch:
 def score_batches(
     method: Method, batches: Iterator[dict[str, Any]], on_error: Callable[[dict[str, Any]], None] | None = None
 ) -> Iterator[ScoredBatch]:
+    """Score batches with ``method.predict`` (not set-level), passing each batch's unreadable files to ``on_error``."""
     for batch in batches:
         for err in batch.get("errors", []):
             if on_error:

@@ -142,7 +142,7 @@ def prepare_method(method: Method, class_name: str | None, references: torch.Ten
     The cache key covers the backbone weights and every setting that changes the trained parts, so a cached
     classifier is exactly the one training would give.
     """
-    if not isinstance(method, TrainableMethod) or not method.self_training or getattr(method.config, "checkpoint", ""):
+    if not isinstance(method, TrainableMethod) or not method.self_training or method.config_checkpoint:
         method.setup(class_name, reference_images=references)
         return
     want = method.training_object(class_name if method.needs_class_name else None)

@@ -48,6 +48,8 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """What ``fit`` did; ``history`` also holds the epochs a resumed run had done before."""
+
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch: epoch, loss, extra terms, seconds
     epochs_run: int = 0  # epochs executed in this call (0 if it resumed a finished run)
     resumed_from: int = 0  # last epoch already done before this call (0 = fresh)
@@ -71,7 +73,8 @@ def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    b1, b2 = cfg.betas
+    return cls(params, lr=cfg.lr, betas=(b1, b2), weight_decay=cfg.weight_decay)
 
 
 def _cuda_live() -> bool:

@@ -169,7 +169,7 @@ def _caption(parts: list[str], width: int) -> np.ndarray:
             lines.append(part)
     strip_w = max(width, *(int(np.ceil(measure.textlength(line, font=font))) + 8 for line in lines))
     _, top, _, bottom = measure.textbbox((0, 0), "Ag|[", font=font)
-    line_h = bottom - top + 4
+    line_h = int(bottom - top) + 4
     strip = Image.new("RGB", (strip_w, line_h * len(lines) + 4), (255, 255, 255))
     draw = ImageDraw.Draw(strip)
     for i, line in enumerate(lines):
@@ -190,8 +190,11 @@ def render_prediction(
     alpha: float = 0.5,
     colormap: str = "jet",
 ) -> np.ndarray:
-    """[input | overlay] panel: GT contour white, predicted-mask contour red, and a caption stating the score,
-    the label and the colour range with its normalisation ``scope`` (so a reader knows what red means)."""
+    """[input | overlay] panel: GT contour white, predicted-mask contour red, and a caption below.
+
+    The caption states the score, the label and the colour range with its normalisation ``scope`` (so a reader
+    knows what red means).
+    """
     rgb = _rgb(image)
     over = heatmap_overlay(rgb, anomaly_map, vmin, vmax, alpha=alpha, colormap=colormap)
     if gt_mask is not None:
