@@ -18,16 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zsad.backbone.loading import (  # noqa: E402
-    _RANDOM_TAGS,
-    _hub_offline,
-    _load_error,
-    _open_clip,
-    check_pretrained,
-    check_weights_file,
-    file_digest,
-    resolve_model,
-)
+from zsad.backbone.loading import _RANDOM_TAGS, _open_clip, load_model
 from zsad.backbone.text import TextTower
 from zsad.errors import ZsadInputError
 from zsad.types import OPENAI_MEAN, OPENAI_STD, Preprocess
@@ -123,48 +114,17 @@ class ClipBackbone(TextTower, nn.Module):
         or fine-tuned architecture, no open_clip registration needed). ``pretrained="none"`` gives seeded random
         weights of the real architecture: for smoke tests and speed/fidelity checks only, never detection quality.
         """
-        open_clip = _open_clip()
-        model_name, config, beside = resolve_model(str(model_name))
-        if model_name not in open_clip.list_models():
-            raise ZsadInputError(f"unknown backbone {model_name!r}: see open_clip.list_models()")
-        if weights is None and beside is not None:
-            weights = beside
-        info = None
-        if weights is not None:
-            path = check_weights_file(weights)
-            info = file_digest(path)
-            try:
-                model = open_clip.create_model(model_name, pretrained=str(path), device=device, cache_dir=cache_dir)
-            except Exception as e:  # noqa: BLE001 - open_clip raises many types for a bad file
-                raise _load_error(path, model_name, e) from None
-            tag: str | None = str(path)
-        elif pretrained in _RANDOM_TAGS:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                model = open_clip.create_model(model_name, pretrained=None, device="cpu")
-            model = model.to(device)
-            tag = "none"
-        else:
-            offline = check_pretrained(model_name, str(pretrained), cache_dir)
-            try:
-                with _hub_offline(offline):
-                    model = open_clip.create_model(
-                        model_name, pretrained=pretrained, device=device, cache_dir=cache_dir
-                    )
-            except Exception as e:  # noqa: BLE001 - download and load errors of many types
-                first = " ".join(str(e).split())[:300] or type(e).__name__
-                raise ZsadInputError(
-                    f"cannot load the {model_name} '{pretrained}' weights ({first}); use a local copy with --weights "
-                    "FILE or ZSAD_WEIGHTS=FILE, or --pretrained none for seeded random weights (smoke tests only)"
-                ) from None
-            tag = pretrained
-        if config and isinstance(config.get("preprocess"), dict):
-            model.visual.preprocess_cfg = {**getattr(model.visual, "preprocess_cfg", {}), **config["preprocess"]}
-        tokenizer = open_clip.get_tokenizer(model_name)
+        built = load_model(str(model_name), pretrained, weights=weights, device=device, seed=seed, cache_dir=cache_dir)
         bb = cls(
-            model, tokenizer, model_name=model_name, pretrained=tag, image_size=image_size, weights_info=info, seed=seed
+            built.model,
+            built.tokenizer,
+            model_name=built.name,
+            pretrained=built.tag,
+            image_size=image_size,
+            weights_info=built.weights_info,
+            seed=seed,
         )
-        bb.model_config = config
+        bb.model_config = built.config
         return bb
 
     @classmethod

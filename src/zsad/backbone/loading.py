@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -247,3 +248,68 @@ def _register(name: str, cfg: dict[str, Any]) -> None:
     from open_clip import factory
 
     factory._MODEL_CONFIGS[name] = cfg
+
+
+@dataclass
+class LoadedModel:
+    """What ``load_model`` built: the open_clip model and tokenizer, and how to record where the weights came from."""
+
+    model: Any
+    tokenizer: Any
+    name: str  # the open_clip name (a model-config JSON's registered name)
+    tag: str | None  # the pretrained tag, the weights file, or "none"
+    weights_info: dict[str, Any] | None  # size and sha256 of a weights file
+    config: dict[str, Any] | None  # the model-config JSON record, when built from one
+
+
+def load_model(
+    model_name: str,
+    pretrained: str | None,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    device: Any = "cpu",
+    seed: int = 0,
+    cache_dir: str | None = None,
+) -> LoadedModel:
+    """An open_clip model by name or model-config path: from a weights file, a pretrained tag, or seeded random.
+
+    Every failure is one line naming the user's file or value (see ``ClipBackbone.from_pretrained``).
+    """
+    import torch
+
+    open_clip = _open_clip()
+    model_name, config, beside = resolve_model(str(model_name))
+    if model_name not in open_clip.list_models():
+        raise ZsadInputError(f"unknown backbone {model_name!r}: see open_clip.list_models()")
+    if weights is None and beside is not None:
+        weights = beside
+    info = None
+    if weights is not None:
+        path = check_weights_file(weights)
+        info = file_digest(path)
+        try:
+            model = open_clip.create_model(model_name, pretrained=str(path), device=device, cache_dir=cache_dir)
+        except Exception as e:  # noqa: BLE001 - open_clip raises many types for a bad file
+            raise _load_error(path, model_name, e) from None
+        tag: str | None = str(path)
+    elif pretrained in _RANDOM_TAGS:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = open_clip.create_model(model_name, pretrained=None, device="cpu")
+        model = model.to(device)
+        tag = "none"
+    else:
+        offline = check_pretrained(model_name, str(pretrained), cache_dir)
+        try:
+            with _hub_offline(offline):
+                model = open_clip.create_model(model_name, pretrained=pretrained, device=device, cache_dir=cache_dir)
+        except Exception as e:  # noqa: BLE001 - download and load errors of many types
+            first = " ".join(str(e).split())[:300] or type(e).__name__
+            raise ZsadInputError(
+                f"cannot load the {model_name} '{pretrained}' weights ({first}); use a local copy with --weights "
+                "FILE or ZSAD_WEIGHTS=FILE, or --pretrained none for seeded random weights (smoke tests only)"
+            ) from None
+        tag = pretrained
+    if config and isinstance(config.get("preprocess"), dict):
+        model.visual.preprocess_cfg = {**getattr(model.visual, "preprocess_cfg", {}), **config["preprocess"]}
+    return LoadedModel(model, open_clip.get_tokenizer(model_name), model_name, tag, info, config)
