@@ -58,7 +58,8 @@ def recompute_metrics(out: Path, category: str | None = None) -> dict[str, float
     maps = np.stack([np.load(out / r["anomaly_map_path"]) for r in known])
     size = maps.shape[-1]
     assert maps.shape[1:] == (size, size)
-    masks = np.stack([squash_mask(r["mask_path"], size) if r["mask_path"] else np.zeros((size, size), bool) for r in known])
+    empty = np.zeros((size, size), dtype=bool)
+    masks = np.stack([squash_mask(r["mask_path"], size) if r["mask_path"] else empty for r in known])
     pix, gt = maps.ravel().astype(np.float64), masks.ravel()
     assert gt.any() and not gt.all()
     res.update(

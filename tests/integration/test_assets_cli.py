@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from metrics_check import assert_metrics_match
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -62,9 +63,11 @@ def test_eval_magnetic_tile_masks_beside_images(assets_dir: Path, tmp_path: Path
     for r in rows:
         if r["gt_label"] == "1":
             assert Path(r["mask_path"]).stem == Path(r["image_path"]).stem
-    m = json.loads((out / "metrics.json").read_text())["categories"]
-    cat = next(iter(m.values()))
-    assert all(0.0 <= cat[k] <= 1.0 for k in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "pixel_AUPRO_cflow"))
+    (name, cat), *others = json.loads((out / "metrics.json").read_text())["categories"].items()
+    assert not others and {"image_AUROC", "pixel_AUROC", "pixel_AUPRO", "pixel_AUPRO_cflow"} <= set(cat)
+    # each image and pixel metric equals scikit-learn's on predictions.csv, the saved maps and the crack masks
+    # (squashed to the map size as the evaluation does); the AUPROs are finite
+    assert_metrics_match(out, cat, name)
     assert len(list((out / "overlays").rglob("*.png"))) == 2
 
 
@@ -93,9 +96,10 @@ def test_eval_headct_image_labels_only(assets_dir: Path, tmp_path: Path) -> None
     assert res.exit_code == 0, res.output
     rows = _rows(out / "predictions.csv")
     assert len(rows) == 200 and sum(r["gt_label"] == "1" for r in rows) == 100
-    cat = next(iter(json.loads((out / "metrics.json").read_text())["categories"].values()))
-    assert "pixel_AUROC" not in cat  # no masks: no pixel metrics
-    assert 0.0 <= cat["image_AUROC"] <= 1.0
+    (name, cat), *others = json.loads((out / "metrics.json").read_text())["categories"].items()
+    assert not others and "pixel_AUROC" not in cat  # no masks: no pixel metrics
+    expected = assert_metrics_match(out, cat, name)  # image AUROC / AP / F1-max as scikit-learn computes them
+    assert set(expected) == {"image_AUROC", "image_AP", "image_F1max"}
 
 
 def test_detect_real_architecture_on_magnetic_tile(assets_dir: Path, tmp_path: Path) -> None:

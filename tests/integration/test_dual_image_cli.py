@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from metrics_check import assert_metrics_match
 from typer.testing import CliRunner
 
 from zsad.cli.main import app
@@ -84,7 +85,11 @@ def test_eval_flags_dual_image_as_transductive(samples: Path, tmp_path: Path) ->
     md = (out / "metrics.md").read_text()
     assert "TRANSDUCTIVE" in md and "pairing nearest" in md
     metrics = json.loads((out / "metrics.json").read_text())
-    assert 0.0 <= metrics["mean"]["image_AUROC"] <= 1.0
+    (name, cat), *others = metrics["categories"].items()
+    assert not others and "pixel_AUROC" in cat
+    # the transductive (set-level) scores written to predictions.csv are the ones the metrics were computed on
+    assert_metrics_match(out, cat, name)
+    assert metrics["mean"] == pytest.approx(cat, abs=1e-12)  # one category: the mean is that category
     maps = sorted((out / "maps").rglob("*.npy"))
     assert len(maps) == 7 and np.isfinite(np.load(maps[0])).all()
 

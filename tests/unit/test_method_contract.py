@@ -2,25 +2,42 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import pytest
 import torch
 
 from zsad.backbone import ClipBackbone
-from zsad.methods import create_method, list_methods
+from zsad.methods import Method, create_method, list_methods
+from zsad.methods.options import config_record
 from zsad.types import Prediction
 
 
 @pytest.fixture(params=list_methods())
-def method(request: pytest.FixtureRequest, tiny_backbone: ClipBackbone, tmp_path_factory: pytest.TempPathFactory):
+def options(
+    request: pytest.FixtureRequest, tiny_backbone: ClipBackbone, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, dict[str, Any]]:
+    """A method name and the options every instance of it in these tests is built with."""
     m = create_method(request.param, tiny_backbone)
     if m.trainable and not m.requires_checkpoint:  # trains itself (RWDA): small and cached in a temporary folder
-        small = {"n_pairs": 200, "epochs": 2, "cache_dir": str(tmp_path_factory.mktemp("cache"))}
-        m = create_method(request.param, tiny_backbone, **small)
-    elif m.trainable:  # its seeded untrained parts, through a real checkpoint round trip
+        return request.param, {"n_pairs": 200, "epochs": 2, "cache_dir": str(tmp_path_factory.mktemp("cache"))}
+    if m.trainable:  # its seeded untrained parts, through a real checkpoint round trip
         ckpt = m.save(tmp_path_factory.mktemp("ckpt"), {"note": "untrained, contract test"})
-        m = create_method(request.param, tiny_backbone, checkpoint=str(ckpt))
+        return request.param, {"checkpoint": str(ckpt)}
+    return request.param, {}
+
+
+def _fresh(options: tuple[str, dict[str, Any]], backbone: ClipBackbone) -> Method:
+    name, opts = options
+    m = create_method(name, backbone, **opts)
     m.setup("bottle")
     return m
+
+
+@pytest.fixture
+def method(options: tuple[str, dict[str, Any]], tiny_backbone: ClipBackbone) -> Method:
+    return _fresh(options, tiny_backbone)
 
 
 def test_shapes_and_finite(method, images96: torch.Tensor) -> None:
@@ -31,8 +48,13 @@ def test_shapes_and_finite(method, images96: torch.Tensor) -> None:
     assert pred.pred_score.dtype == torch.float32 and pred.anomaly_map.dtype == torch.float32
 
 
-def test_deterministic(method, images96: torch.Tensor) -> None:
-    a, b = method.predict(images96), method.predict(images96)
+def test_deterministic(
+    options: tuple[str, dict[str, Any]], tiny_backbone: ClipBackbone, images96: torch.Tensor
+) -> None:
+    """Two instances built the same way on the same backbone give the same outputs (no hidden state or RNG)."""
+    first, second = _fresh(options, tiny_backbone), _fresh(options, tiny_backbone)
+    assert first is not second
+    a, b = first.predict(images96), second.predict(images96)
     assert torch.equal(a.pred_score, b.pred_score) and torch.equal(a.anomaly_map, b.anomaly_map)
 
 
@@ -45,7 +67,30 @@ def test_batch_size_invariant(method, images96: torch.Tensor) -> None:
     torch.testing.assert_close(torch.cat([p.anomaly_map for p in single]), full.anomaly_map, atol=1e-5, rtol=1e-5)
 
 
-def test_describe_is_complete(method) -> None:
+def test_describe_is_complete(method: Method, options: tuple[str, dict[str, Any]]) -> None:
+    """``describe()`` holds every field that reproduces a run."""
     d = method.describe()
-    assert d["method"] == method.name and d["backbone"]["model_name"] == "zsad-tiny"
+    assert d["method"] == method.name == options[0]
+    # every config field, with the values used, except the default-backbone ones (the backbone is recorded apart)
+    assert d["config"] == config_record(method.config)
+    fields = {f.name for f in dataclasses.fields(method.config)}
+    assert set(d["config"]) == fields - {"backbone", "pretrained", "image_size"}
+    assert not {"backbone", "pretrained", "image_size"} & set(d["config"])
+    for key, value in options[1].items():
+        assert d["config"][key] == value, key
     assert d["class_name"] == ("bottle" if method.needs_class_name else "object")  # agnostic: never read
+    assert d["k_shot"] == method.k_shot == 0  # no reference images were given
+    assert isinstance(d["transductive"], bool) and d["transductive"] == method.is_transductive
+    manifest = method.backbone.manifest()
+    assert d["backbone"]["model_name"] == "zsad-tiny"
+    for key in (
+        "model_name",
+        "pretrained",
+        "random_init",
+        "weights",
+        "image_size",
+        "seed",
+        "pos_interpolation",
+        "activation",
+    ):
+        assert d["backbone"][key] == manifest[key], key
