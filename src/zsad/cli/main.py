@@ -330,3 +330,81 @@ def import_cmd(
     with _one_line_errors():
         path = runs.import_checkpoint(file, method, out, trained_on, backbone=bb, reporter=_reporter())
     console.print(f"wrote {path}; use it with --method {method} --checkpoint {path}")
+
+
+@app.command("serve")
+@with_backbone_options
+def serve_cmd(
+    bb: BackboneSpec,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the service to the network.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    method: Annotated[str, typer.Option(help="Default method of requests that name none.")] = "winclip",
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="ZSAD_TOKEN", help="Secret every /v1 route requires as 'Authorization: Bearer ...'."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Also write every scored image here in `zsad detect`'s format (kept when the server stops)."),
+    ] = None,
+    max_batch: Annotated[int, typer.Option(help="Images gathered into one forward from concurrent requests.")] = 8,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to share its forward.")] = (
+        10.0
+    ),
+    max_queue: Annotated[int, typer.Option(help="Requests waiting beyond this get 503 + Retry-After.")] = 64,
+    max_images: Annotated[int, typer.Option(help="Images per request.")] = 32,
+    max_upload_mb: Annotated[float, typer.Option(help="Request body limit in MiB (413 above).")] = 64.0,
+    max_models: Annotated[int, typer.Option(help="Prepared models (method, options, class) kept in memory.")] = 4,
+    max_map_size: Annotated[int, typer.Option(help="Long side cap (px) of returned maps and overlays; 0 = none.")] = (
+        1024
+    ),
+    option: MethodOpt = None,
+    checkpoint: Checkpoints = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the methods over HTTP, with a web page at / and the API docs at /docs."""
+    import socket
+
+    from zsad.methods import list_methods
+    from zsad.methods.options import route_options
+
+    with _one_line_errors(out, kept="the results scored so far"):
+        try:
+            from zsad.serve import serve
+            from zsad.serve.service import ServeConfig
+        except ImportError as e:
+            raise ZsadInputError(
+                f"zsad serve needs its extra: pip install 'zsad[serve]' ({e.name} is missing)"
+            ) from None
+        parsed = [(t or method, k, v) for t, k, v in parse_options(option)]
+        routed = route_options(list_methods(), parsed)
+        config = ServeConfig(
+            method=method,
+            backbone=bb,
+            options={m: o for m, o in routed.items() if o},
+            checkpoints=list(checkpoint or []),
+            token=token,
+            out=out,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            max_images=max_images,
+            max_upload_bytes=max(1, int(max_upload_mb * 2**20)),
+            max_models=max_models,
+            max_map_size=max_map_size,
+        )
+        config.validate()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:  # a busy port in one line, before anything loads
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                raise ZsadInputError(f"--host {host} --port {port}: cannot bind ({e.strerror or e})") from None
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            console.print(f"[yellow]note:[/] listening on {host}: reachable from the network", highlight=False)
+        if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+            console.print("[yellow]note:[/] no --token: anyone who can reach the port can use it", highlight=False)
+        serve(config, host=host, port=port, log_level=log_level)

@@ -3,7 +3,7 @@
 from zsad.data.datasets import AnomalyDataset, ImageList, MVTecAD, Sample, Visa
 from zsad.data.files import find_mask, list_images
 from zsad.data.folder import Folder, ImageLabels
-from zsad.data.io import IMAGE_EXTENSIONS, is_image_file, load_image, load_mask
+from zsad.data.io import IMAGE_EXTENSIONS, decode_image, is_image_file, load_image, load_mask
 from zsad.data.meta import load_meta_json, save_meta_json
 from zsad.data.samples import make_sample_images
 from zsad.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, denormalize, squash_image, squash_mask
@@ -23,6 +23,7 @@ __all__ = [
     "find_mask",
     "is_image_file",
     "list_images",
+    "decode_image",
     "load_image",
     "load_mask",
     "load_meta_json",

@@ -48,16 +48,22 @@ def _open(path: str | Path) -> Image.Image:
         data = p.read_bytes()
     except OSError as e:
         raise ZsadInputError(f"{p}: cannot read image: {e.strerror or type(e).__name__}") from None
+    return _decode(data, str(p))
+
+
+def _decode(data: bytes, name: str) -> Image.Image:
     if not data:
-        raise ZsadInputError(f"{p}: cannot read image: empty file (0 bytes)")
+        raise ZsadInputError(f"{name}: cannot read image: empty file (0 bytes)")
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
     except UnidentifiedImageError:
-        raise ZsadInputError(f"{p}: cannot read image: not an image file, or a format Pillow cannot decode") from None
+        raise ZsadInputError(
+            f"{name}: cannot read image: not an image file, or a format Pillow cannot decode"
+        ) from None
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBombError...)
         reason = _OBJECT_REPR.sub("the file", _one_line(str(e))) or type(e).__name__
-        raise ZsadInputError(f"{p}: cannot read image: {reason}") from None
+        raise ZsadInputError(f"{name}: cannot read image: {reason}") from None
     return img
 
 
@@ -100,7 +106,19 @@ def load_image(path: str | Path) -> Image.Image:
     Grayscale is replicated to three channels; 16-bit/float data is rescaled by its type's range;
     RGBA, LA and palette images with transparency are composited onto black; CMYK is converted by PIL.
     """
-    img = _open(path)
+    return _as_rgb(_open(path), str(path))
+
+
+def decode_image(data: bytes, name: str) -> tuple[Image.Image, str]:
+    """``load_image`` for bytes in memory (an upload): the 8-bit RGB image and its format (``PNG``, ``JPEG``...).
+
+    ``name`` only labels error messages (it is the client's file name, never opened).
+    """
+    img = _decode(data, name)
+    return _as_rgb(img, name), str(img.format or "")
+
+
+def _as_rgb(img: Image.Image, path: str) -> Image.Image:
     try:
         mode = img.mode
         if mode in _WIDE_GRAY_MODES:

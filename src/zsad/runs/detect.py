@@ -217,6 +217,66 @@ def map_size(height: int, width: int, cap: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def split_references(
+    few_shot: bool, references: torch.Tensor, k_shot: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(few-shot references, calibration images): a few-shot method memorises the first ``k_shot`` (0 = all).
+
+    The threshold is calibrated on the rest only, since a memorised reference scores unrealistically low.
+    """
+    if not few_shot:
+        return None, references
+    k = k_shot or len(references)
+    return references[:k], references[k:]
+
+
+def calibrate(
+    method: Method, calib: torch.Tensor | None, set_parts: dict[str, np.ndarray] | None = None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Scores and map maxima of known-normal images, for the normal-quantile image and pixel thresholds.
+
+    ``set_parts``: the score parts of the scored set when its scores were re-scaled set-wide (transductive), so
+    the normal images get the same set statistics as the images they calibrate.
+    """
+    if calib is None or not len(calib):
+        return None, None
+    pred = method.predict(calib)
+    scores = pred.pred_score.cpu().numpy()
+    if set_parts:
+        calib_parts = {k: v.cpu().numpy().astype(np.float64) for k, v in pred.score_parts.items()}
+        rescored = method.finalize_scores(calib_parts, fit=set_parts)
+        scores = rescored if rescored is not None else scores
+    return scores, pred.anomaly_map.flatten(1).amax(1).cpu().numpy()
+
+
+def overlay_panel(
+    image: Any,
+    amap: np.ndarray,
+    colour_range: tuple[float, float],
+    pthr: Threshold,
+    score: float,
+    label: bool,
+    scope: str,
+) -> np.ndarray:
+    """The [input | heatmap] PNG panel of one result, at the map's size (the image is scaled to it)."""
+    from PIL import Image
+
+    from zsad.viz import render_prediction
+
+    if image.size != (amap.shape[1], amap.shape[0]):
+        image = image.resize((amap.shape[1], amap.shape[0]), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return render_prediction(
+        np.asarray(image),
+        amap,
+        colour_range[0],
+        colour_range[1],
+        pred_mask=pthr.apply(amap) if math.isfinite(pthr.value) else None,
+        score=score,
+        label=label,
+        scope=scope,
+    )
+
+
 def run_detect(method: Method, job: DetectJob) -> DetectResult:
     """Score what the folder does not hold yet, then thresholds, overlays and the manifest over every row."""
     from zsad.data import ImageList
@@ -227,12 +287,9 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
     if job.references:
         ref_ds = ImageList(job.references, image_size=pre.image_size, mean=pre.mean, std=pre.std)
         order = torch.randperm(len(ref_ds), generator=torch.Generator().manual_seed(job.seed)).tolist()
-        all_refs = torch.stack([ref_ds[i]["image"] for i in order])
-        if method.supports_few_shot:
-            k = job.k_shot or len(all_refs)
-            refs, calib = all_refs[:k], all_refs[k:]  # calibrate on references the method has not memorised
-        else:
-            calib = all_refs
+        refs, calib = split_references(
+            method.supports_few_shot, torch.stack([ref_ds[i]["image"] for i in order]), job.k_shot
+        )
     prepare_method(method, job.class_name, refs)
     say = reporter()
 
@@ -310,14 +367,7 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
             r["pred_score"] = f"{float(v):.8g}"
     scores = np.array([float(r["pred_score"]) for r in log.rows])
     maxima = np.array([float(r["map_max"]) for r in log.rows])
-    calib_scores = calib_max = None
-    if calib is not None and len(calib):
-        pred = method.predict(calib)
-        calib_scores = pred.pred_score.cpu().numpy()
-        if final is not None:  # the same set statistics as the scored images
-            calib_parts = {k: v.cpu().numpy().astype(np.float64) for k, v in pred.score_parts.items()}
-            calib_scores = method.finalize_scores(calib_parts, fit=parts)
-        calib_max = pred.anomaly_map.flatten(1).amax(1).cpu().numpy()
+    calib_scores, calib_max = calibrate(method, calib, parts if final is not None else None)
     thr = choose_threshold(scores, normal_scores=calib_scores, manual=job.threshold)
     # Pixel decisions: the same rule applied to per-image map maxima (map values need not share the score scale).
     pthr = choose_threshold(maxima, normal_scores=calib_max)
@@ -358,10 +408,8 @@ def _write_overlays(
     on_error: Callable[[dict[str, Any]], None],
 ) -> None:
     """One PNG per row, at the map's size (the image is scaled down with it when capped)."""
-    from PIL import Image
-
     from zsad.data import load_image
-    from zsad.viz import render_prediction, save_png
+    from zsad.viz import save_png
 
     (out / "overlays").mkdir(exist_ok=True)
     gmin = min(float(r["map_min"]) for r in rows)
@@ -372,18 +420,9 @@ def _write_overlays(
             try:
                 amap = np.load(out / r["anomaly_map_path"])
                 vmin, vmax = (gmin, gmax) if job.normalize == "dataset" else (float(amap.min()), float(amap.max()))
-                img = load_image(r["image_path"])
-                if img.size != (amap.shape[1], amap.shape[0]):
-                    img = img.resize((amap.shape[1], amap.shape[0]), Image.Resampling.BILINEAR, reducing_gap=2.0)
-                panel = render_prediction(
-                    np.asarray(img),
-                    amap,
-                    vmin,
-                    vmax,
-                    pred_mask=pthr.apply(amap),
-                    score=float(r["pred_score"]),
-                    label=bool(int(r["pred_label"])),
-                    scope=job.normalize,
+                score, label = float(r["pred_score"]), bool(int(r["pred_label"]))
+                panel = overlay_panel(
+                    load_image(r["image_path"]), amap, (vmin, vmax), pthr, score, label, job.normalize
                 )
                 save_png(out / rel, panel)
                 r["overlay_path"] = rel.as_posix()

@@ -262,9 +262,11 @@ class CsvLog:
         fields: Sequence[str],
         key: Callable[[dict[str, str]], Any] | None = None,
         complete: Callable[[dict[str, str]], bool] | None = None,
+        remember: bool = True,
     ) -> None:
-        self.path, self.fields = path, list(fields)
+        self.path, self.fields, self.remember = path, list(fields), remember
         self.rows: list[dict[str, str]] = []
+        self.count = 0  # rows in the file (``rows`` holds them only when ``remember``: a service forgets them)
         self.dropped_incomplete = 0
         self.dropped_duplicates = 0
         if path.exists():
@@ -295,9 +297,12 @@ class CsvLog:
             kept.pop(key(r) if key else i, None)
             kept[key(r) if key else i] = r  # newest last
         self.rows = list(kept.values())
+        self.count = len(self.rows)
         self.dropped_incomplete, self.dropped_duplicates = incomplete, len(good) - len(self.rows)
         if incomplete or self.dropped_duplicates:
             self.rewrite()
+        if not self.remember:
+            self.rows = []
 
     def append(self, rows: Sequence[dict[str, Any]]) -> None:
         """Add a batch of rows with one write and fsync; a new or empty file gets the header first."""
@@ -314,7 +319,9 @@ class CsvLog:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        self.rows.extend(formatted)
+        self.count += len(formatted)
+        if self.remember:
+            self.rows.extend(formatted)
 
     def rewrite(self) -> None:
         """Atomic rewrite of every row (after thresholds are known, or after a repair)."""

@@ -148,6 +148,36 @@ def score_dataset(
     bank.close()
 
 
+def score_images(method: Method, images: torch.Tensor, batch_size: int) -> ScoredBatch:
+    """Score preprocessed images already in memory (a service request, a Ray block) as ``score_dataset`` would.
+
+    A set-level method scores ``images`` as one set (encoded chunk by chunk into one bank); any other method scores
+    them in chunks of ``batch_size``. Scores are the per-image ones: set-level re-scaling (``finalize_scores``) is
+    the caller's, since it needs the whole set's parts.
+    """
+    chunks = list(torch.split(images, max(1, batch_size)))
+    with torch.no_grad():
+        if not method.set_level:
+            preds = [_scored({"image_path": []}, method.predict(c)) for c in chunks]
+        else:
+            bank = method.new_bank()
+            try:
+                for c in chunks:
+                    bank.add(method.encode(c.to(method.backbone.device)))
+                method.end_set(bank)
+                rows = torch.arange(len(images))
+                preds = [_scored({"image_path": []}, method.score_in_set(i, bank)) for i in rows.split(batch_size)]
+            finally:
+                bank.close()
+    return ScoredBatch(
+        paths=[],
+        scores=np.concatenate([p.scores for p in preds]),
+        maps=np.concatenate([p.maps for p in preds]),
+        batch={},
+        parts={k: np.concatenate([p.parts[k] for p in preds]) for k in preds[0].parts},
+    )
+
+
 def _scored(batch: dict[str, Any], pred: Any) -> ScoredBatch:
     return ScoredBatch(
         paths=list(batch["image_path"]),

@@ -1,0 +1,200 @@
+"""The HTTP face of the service (FastAPI): routes, limits, token, and errors as one-line ``detail`` messages.
+
+Status codes: 401 missing or wrong token; 404 unknown result id; 413 upload over ``max_upload_bytes``; 422 bad
+input (unreadable image, unknown method or option, too many images), with the same one-line message the CLI
+prints; 503 queue full (with ``Retry-After``). The page at ``/`` and its files are static, in the package.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from zsad import __version__
+from zsad.errors import ZsadInputError
+from zsad.serve.batching import QueueFull
+from zsad.serve.service import Service, Upload
+
+STATIC = Path(__file__).parent / "static"
+MEDIA = {"map.png": "image/png", "overlay.png": "image/png", "map.npy": "application/octet-stream"}
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """413 for a request body over ``limit`` bytes: by its Content-Length, or counted as it streams in."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry: reject by header, else count the body as the app reads it."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await self._reject(send)
+            return
+        seen, over, started = 0, False, False
+
+        async def counted() -> Message:
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    over = True
+                    raise _TooLarge
+            return message
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if over and not started:  # whatever the app made of the cut body, the answer is 413
+                started = True
+                await self._reject(send)
+                return
+            if not over:
+                started = True
+                await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except _TooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = f'{{"detail": "request body over the upload limit of {self.limit} bytes"}}'.encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def create_app(service: Service) -> FastAPI:
+    """The ASGI app over ``service`` (which the app closes on shutdown)."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()
+
+    app = FastAPI(
+        title="zsad",
+        version=__version__,
+        summary="Zero-/few-shot visual anomaly detection with CLIP: scores and anomaly maps over HTTP.",
+        lifespan=lifespan,
+    )
+    token = service.config.token
+
+    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        if token is None:
+            return
+        scheme, _, value = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip().encode(), token.encode()):
+            raise HTTPException(
+                401, "missing or wrong token: send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"}
+            )
+
+    @app.exception_handler(ZsadInputError)
+    async def bad_input(_: Request, e: ZsadInputError) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(str(e))}, status_code=422)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, e: QueueFull) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(str(e))}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_form(_: Request, e: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in e.errors():
+            where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "header"))
+            parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg", "invalid")))
+        return JSONResponse({"detail": _one_line("; ".join(parts) or "invalid request")}, status_code=422)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict[str, Any]:
+        """Liveness: answers while a batch runs (inference is on its own thread). Never needs a token."""
+        return {
+            "status": "ok",
+            "version": __version__,
+            "auth": token is not None,
+            "queue_depth": service.batcher.depth,
+            "worker_busy": service.batcher.busy,
+        }
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+
+    @v1.get("/methods", tags=["service"])
+    def methods() -> dict[str, Any]:
+        """Registered methods: class names, few-shot, transductive, trained, availability, weights."""
+        return service.methods()
+
+    @v1.get("/stats", tags=["service"])
+    def stats() -> dict[str, Any]:
+        """Requests, images, queue depth and the batch sizes the worker formed."""
+        return service.stats()
+
+    @v1.post("/detect", tags=["scoring"])
+    async def detect(
+        images: Annotated[list[UploadFile], File(description="One or more images (field repeated).")],
+        method: Annotated[str | None, Form(description="Method name; default: the server's --method.")] = None,
+        class_name: Annotated[str | None, Form(description="What the part is, e.g. 'screw'.")] = None,
+        options: Annotated[str | None, Form(description='Method options as a JSON object, e.g. {"k": 1}.')] = None,
+        threshold: Annotated[float | None, Form(description="Manual image threshold.")] = None,
+        reference_id: Annotated[str | None, Form(description="Id from POST /v1/references.")] = None,
+    ) -> dict[str, Any]:
+        """Score images: per image pred_score, pred_label, threshold and source, map range, map and overlay URLs.
+
+        A set-level method (dual-image) scores the images of one request as one set (``transductive: true``).
+        """
+        uploads = [Upload(f.filename or "upload", await f.read()) for f in images]
+        return await service.detect(uploads, method, class_name, options, threshold, reference_id)
+
+    @v1.post("/references", tags=["scoring"])
+    async def references(
+        images: Annotated[list[UploadFile], File(description="NORMAL images of the part (field repeated).")],
+        method: Annotated[str | None, Form()] = None,
+        class_name: Annotated[str | None, Form()] = None,
+        options: Annotated[str | None, Form(description="Method options as a JSON object.")] = None,
+        k_shot: Annotated[int | None, Form(description="Images a few-shot method memorises (default: half).")] = None,
+    ) -> dict[str, Any]:
+        """Keep normal images: few-shot references and a normal-quantile threshold, under a returned id."""
+        uploads = [Upload(f.filename or "upload", await f.read()) for f in images]
+        return await service.add_references(uploads, method, class_name, options, k_shot)
+
+    @v1.get("/results/{image_id}/{kind}", tags=["results"])
+    def result_file(image_id: str, kind: str) -> FileResponse:
+        """A stored result: ``map.png`` (16-bit over [map_min, map_max]), ``map.npy`` (float32) or ``overlay.png``."""
+        path = service.store.path(image_id, kind)
+        if path is None:
+            raise HTTPException(404, f"no {kind} for result {image_id[:40]!r}")
+        return FileResponse(path, media_type=MEDIA[kind], filename=f"{image_id}_{kind}")
+
+    app.include_router(v1)
+    app.add_middleware(BodyLimit, limit=service.config.max_upload_bytes)
+    return app

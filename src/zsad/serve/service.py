@@ -1,0 +1,416 @@
+"""The service's work, independent of HTTP: decode uploads, get the model, batch, threshold, store, answer.
+
+``zsad.serve.app`` maps routes and errors onto this; tests and other front ends can drive it directly. Request
+handling is async (it waits on the worker's futures); CPU work that is not the model (decoding, resizing maps,
+drawing overlays, writing files) runs in worker threads of the event loop, never on the model's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from anyio import to_thread
+from PIL import Image
+
+from zsad.errors import ZsadInputError
+from zsad.methods import get_method_class, list_methods
+from zsad.runs.build import BackboneSpec, MethodSpec, route_checkpoints
+from zsad.runs.detect import calibrate, map_size, overlay_panel
+from zsad.runs.outputs import abs_path
+from zsad.runs.scoring import ScoredBatch, parts_json, resize_map, score_images
+from zsad.serve.batching import Batcher
+from zsad.serve.models import ModelPool, Reference, Served
+from zsad.serve.store import ResultStore
+from zsad.thresholds import Threshold, choose_threshold
+
+T = TypeVar("T")
+NONE = Threshold(float("nan"), "none")
+
+
+@dataclass
+class ServeConfig:
+    """How ``zsad serve`` runs: models, limits, batching and where results go."""
+
+    method: str = "winclip"
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method, set at start (-o)
+    checkpoints: list[Path] = field(default_factory=list)
+    token: str | None = None
+    out: Path | None = None
+    max_batch: int = 8
+    max_wait_ms: float = 10.0
+    max_queue: int = 64
+    max_images: int = 32
+    max_upload_bytes: int = 64 * 2**20
+    max_models: int = 4
+    max_map_size: int = 1024
+    keep_results: int = 2000
+    overlays: bool = True
+
+    def record(self) -> dict[str, Any]:
+        """The settings for the manifest and ``/v1/methods`` (never the token)."""
+        d = asdict(self)
+        d.pop("token")
+        d["auth"] = self.token is not None
+        return json.loads(json.dumps(d, default=str))
+
+    def validate(self) -> None:
+        """One line per bad setting, before anything loads."""
+        for name in ("max_batch", "max_queue", "max_images", "max_upload_bytes", "max_models", "keep_results"):
+            if getattr(self, name) < 1:
+                raise ZsadInputError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        if self.max_wait_ms < 0 or not math.isfinite(self.max_wait_ms):
+            raise ZsadInputError(f"--max-wait-ms {self.max_wait_ms}: must be a finite number >= 0")
+        if self.max_map_size < 0:
+            raise ZsadInputError(f"--max-map-size {self.max_map_size}: must be >= 0 (0 = no cap)")
+        if self.token is not None and not self.token.strip():
+            raise ZsadInputError("--token: empty; give a secret, or leave the option out to serve without one")
+
+
+@dataclass
+class Upload:
+    """One uploaded file: the client's name (a label for messages and tables only) and its bytes."""
+
+    name: str
+    data: bytes
+
+
+@dataclass
+class _Decoded:
+    upload: Upload
+    image: Image.Image
+    fmt: str
+
+
+def client_name(name: str | None) -> str:
+    """A client's file name made safe to show (never to open): printable, at most 100 characters."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in (name or "upload")).strip() or "upload"
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+async def _wait(fut: Any) -> Any:
+    return await asyncio.wrap_future(fut)
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    return await to_thread.run_sync(fn, *args)
+
+
+class Service:
+    """One model worker (batcher), the model pool, the result store, and the request logic."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        config.validate()
+        self.config = config
+        self.default_method = get_method_class(config.method).name
+        trainable = [m for m in list_methods() if get_method_class(m).trainable]
+        checkpoints = route_checkpoints(trainable, list(config.checkpoints)) if config.checkpoints else {}
+        for name, opts in config.options.items():  # typed and range-checked now, not at the first request
+            MethodSpec(name, config.backbone, dict(opts), checkpoints.get(name)).validate()
+        self.batcher = Batcher(config.max_batch, config.max_wait_ms, config.max_queue)
+        self.pool = ModelPool(config.backbone, config.options, checkpoints, self.batcher.call, config.max_models)
+        self.pool.spec(self.default_method, {})  # the default method's backbone and weights checked at start
+        self.store = ResultStore(config.out, config.keep_results, config.record())
+        self.started = time.time()
+        self.requests = 0
+        self.images_scored = 0
+        self._manifested: set[str] = set()  # model ids already in manifest.json
+        self.store.write_manifest({}, self.stats())
+
+    # ------------------------------------------------------------------------------------------ info
+    def methods(self) -> dict[str, Any]:
+        """Every registered method with what a client needs to call it (``GET /v1/methods``)."""
+        rows = []
+        for name in list_methods():
+            cls = get_method_class(name)
+            cfg = cls.config_cls()
+            bb = self.config.backbone
+            reason = self.pool.availability(name)
+            pretrained = bb.pretrained if bb.pretrained is not None else cfg.pretrained
+            random = bb.weights is None and str(pretrained).lower() in ("none", "random", "")
+            rows.append(
+                {
+                    "name": name,
+                    "needs_class_name": bool(cls.needs_class_name) if isinstance(cls.needs_class_name, bool) else True,
+                    "few_shot": cls.supports_few_shot,
+                    "transductive": cls.transductive,
+                    "set_level": cls.set_level,
+                    "trained": cls.trainable,
+                    "available": reason is None,
+                    "unavailable_reason": reason,
+                    "backbone": bb.model_name or cfg.backbone,
+                    "pretrained": "weights file" if bb.weights is not None else pretrained,
+                    "image_size": bb.image_size or cfg.image_size,
+                    "random_weights": random,
+                    "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+                }
+            )
+        limits = {
+            k: getattr(self.config, k)
+            for k in ("max_images", "max_upload_bytes", "max_batch", "max_wait_ms", "max_queue", "max_map_size")
+        }
+        return {"methods": rows, "default_method": self.default_method, "limits": limits}
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and the batch sizes the worker formed (``GET /v1/stats``)."""
+        return {
+            "uptime_s": round(time.time() - self.started, 3),
+            "requests": self.requests,
+            "images_scored": self.images_scored,
+            "queue_depth": self.batcher.depth,
+            "worker_busy": self.batcher.busy,
+            "models_kept": len(self.pool._models),
+            "references_kept": len(self.pool.references),
+            "rows_written": self.store.rows_written,
+            "batching": self.batcher.stats.as_dict(),
+        }
+
+    def close(self) -> None:
+        """Finish queued work, write the manifest, release the output folder."""
+        self.batcher.stop()
+        self.store.write_manifest(dict(self.pool.described), self.stats())
+        self.store.close()
+
+    # ------------------------------------------------------------------------------------------ requests
+    def check_count(self, uploads: list[Upload]) -> None:
+        """At least one image and at most ``max_images``."""
+        if not uploads:
+            raise ZsadInputError("no images: send one or more files in the 'images' field")
+        if len(uploads) > self.config.max_images:
+            raise ZsadInputError(f"{len(uploads)} images: at most {self.config.max_images} per request")
+
+    def _resolve(self, method: str | None, options: str | dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+        name = self.pool.method_name(method, self.default_method)
+        reason = self.pool.availability(name)
+        if reason:
+            raise ZsadInputError(reason)
+        if isinstance(options, str):
+            try:
+                options = json.loads(options) if options.strip() else {}
+            except json.JSONDecodeError as e:
+                raise ZsadInputError(f'options: not JSON ({e.msg}); send an object such as {{"k": 1}}') from None
+        if options is not None and not isinstance(options, dict):
+            raise ZsadInputError("options: send a JSON object of option names and values")
+        return name, dict(options or {})
+
+    @staticmethod
+    def _decode(uploads: list[Upload]) -> list[_Decoded]:
+        from zsad.data import decode_image
+
+        out = []
+        for u in uploads:
+            img, fmt = decode_image(u.data, client_name(u.name))
+            out.append(_Decoded(u, img, fmt))
+        return out
+
+    @staticmethod
+    def _tensors(decoded: list[_Decoded], served: Served) -> torch.Tensor:
+        from zsad.data import squash_image
+
+        pre = served.method.backbone.preprocess
+        return torch.stack([squash_image(d.image, pre.image_size, pre.mean, pre.std) for d in decoded])
+
+    async def _model(self, name: str, options: dict[str, Any], class_name: str | None, ref: str | None) -> Served:
+        spec: MethodSpec = await _in_thread(self.pool.spec, name, options)
+        served: Served = await _wait(self.pool.get(self.pool.key(name, options, class_name, ref), spec))
+        return served
+
+    async def detect(
+        self,
+        uploads: list[Upload],
+        method: str | None = None,
+        class_name: str | None = None,
+        options: str | dict[str, Any] | None = None,
+        threshold: float | None = None,
+        reference_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Score one request's images; set-level methods score them as one set. Returns the JSON answer."""
+        self.check_count(uploads)
+        if threshold is not None and not math.isfinite(threshold):
+            raise ZsadInputError(f"threshold {threshold}: must be a finite number")
+        ref: Reference | None = None
+        cname: str | None
+        if reference_id:
+            ref = self.pool.references.get(reference_id)
+            if ref is None:
+                raise ZsadInputError(f"reference_id {reference_id!r}: unknown or expired; post the references again")
+            given = self.pool.method_name(method, ref.method) if method else ref.method
+            asked = self.pool.key(ref.method, {}, class_name, None).class_name if class_name else ref.class_name
+            if given != ref.method or asked != ref.class_name:
+                raise ZsadInputError(
+                    f"reference_id {reference_id}: made for method {ref.method}, class {ref.class_name!r}; "
+                    "omit method and class_name or use the same"
+                )
+            name, opts, cname = ref.method, ref.options, ref.class_name
+        else:
+            name, opts = self._resolve(method, options)
+            cname = (class_name or "").strip() or None
+        decoded = await _in_thread(self._decode, uploads)
+        served = await self._model(name, opts, cname, reference_id or None)
+        images = await _in_thread(self._tensors, decoded, served)
+        m = served.method
+        if m.set_level:
+            scored = await _wait(self.batcher.call(lambda: score_images(m, images, self.config.max_batch)))
+        else:
+            scored = await _wait(self.batcher.score(m, images))
+        final = calib = None
+        if m.is_transductive and scored.parts:  # scores re-scaled over this request's set (on the model's thread)
+            final, calib = await _wait(self.batcher.call(lambda: self._rescale(served, scored, ref)))
+        thr = self._threshold(scored.scores if final is None else final, threshold, ref, calib)
+        answer = await _in_thread(self._finish, served, decoded, scored, final, thr, ref)
+        self.requests += 1
+        self.images_scored += len(decoded)
+        return answer
+
+    @staticmethod
+    def _rescale(
+        served: Served, scored: ScoredBatch, ref: Reference | None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        final = served.method.finalize_scores(scored.parts)
+        calib = None
+        if final is not None and ref is not None:
+            calib = calibrate(served.method, ref.calibration, scored.parts)[0]
+        return final, calib
+
+    @staticmethod
+    def _threshold(
+        scores: np.ndarray, manual: float | None, ref: Reference | None, calib: np.ndarray | None
+    ) -> Threshold:
+        """Manual, else the references' normal quantile, else robust outlier over the request (>= 2 images)."""
+        if manual is not None:
+            return Threshold(float(manual), "manual")
+        if calib is not None and len(calib):
+            return choose_threshold(scores, normal_scores=calib)
+        if ref is not None and math.isfinite(ref.threshold.value):
+            return ref.threshold
+        if len(scores) >= 2:
+            return choose_threshold(scores)
+        return NONE
+
+    def _finish(
+        self,
+        served: Served,
+        decoded: list[_Decoded],
+        scored: ScoredBatch,
+        final: np.ndarray | None,
+        thr: Threshold,
+        ref: Reference | None,
+    ) -> dict[str, Any]:
+        scores = scored.scores if final is None else np.asarray(final, dtype=np.float64)
+        known = math.isfinite(thr.value)
+        labels = thr.apply(scores) if known else None
+        pthr = ref.pixel_threshold if ref is not None else NONE
+        maps = []
+        for i, d in enumerate(decoded):
+            w, h = d.image.size
+            maps.append(resize_map(scored.maps[i], map_size(h, w, self.config.max_map_size)))
+        lo = float(min(a.min() for a in maps))
+        hi = float(max(a.max() for a in maps))
+        request_id = ResultStore.new_id()
+        rows, results = [], []
+        for i, (d, amap) in enumerate(zip(decoded, maps, strict=True)):
+            image_id = ResultStore.new_id()
+            score = float(scores[i])
+            label = None if labels is None else int(labels[i])
+            panel = None
+            if self.config.overlays:
+                panel = overlay_panel(d.image, amap, (lo, hi), pthr, score, bool(label), "request")
+            stored = self.store.save_result(image_id, amap, panel)
+            upload = self.store.save_image(image_id, d.upload.data, d.fmt)
+            name = client_name(d.upload.name)
+            w, h = d.image.size
+            row = {
+                "image_path": abs_path(upload) if upload is not None else "",
+                "pred_score": score,
+                "pred_label": "" if label is None else label,
+                "threshold": thr.value if known else "",
+                "threshold_source": thr.source,
+                "pixel_threshold": pthr.value if math.isfinite(pthr.value) else "",
+                "map_min": float(amap.min()),
+                "map_max": float(amap.max()),
+                "image_size": f"{w}x{h}",
+                "map_size": f"{amap.shape[1]}x{amap.shape[0]}",
+                "score_parts": parts_json(scored.parts, i) if scored.parts else "{}",
+                "request_id": request_id,
+                "image_id": image_id,
+                "file_name": name,
+                "method": served.key.method,
+                "class_name": served.key.class_name,
+                "reference_id": served.key.reference_id or "",
+                "model_id": served.id,
+                **stored,
+            }
+            rows.append(row)
+            base = f"/v1/results/{image_id}"
+            results.append(
+                {
+                    "image_id": image_id,
+                    "file_name": name,
+                    "pred_score": score,
+                    "pred_label": label,
+                    "threshold": thr.value if known else None,
+                    "threshold_source": thr.source,
+                    "map_min": row["map_min"],
+                    "map_max": row["map_max"],
+                    "image_size": [w, h],
+                    "map_size": [int(amap.shape[1]), int(amap.shape[0])],
+                    "anomaly_map_url": f"{base}/map.png",
+                    "anomaly_map_npy_url": f"{base}/map.npy",
+                    "overlay_url": f"{base}/overlay.png" if panel is not None else None,
+                }
+            )
+        self.store.append_rows(rows)  # fsync'd before the client hears of the results
+        if self.store.persistent and served.id not in self._manifested:
+            self._manifested.add(served.id)
+            self.store.write_manifest(dict(self.pool.described), self.stats())
+        m = served.method
+        return {
+            "request_id": request_id,
+            "method": served.key.method,
+            "class_name": served.key.class_name,
+            "reference_id": served.key.reference_id,
+            "model_id": served.id,
+            "transductive": bool(m.is_transductive),
+            "transductive_note": m.transductive_note if m.is_transductive else None,
+            "set_level": m.set_level,
+            "random_weights": bool(m.backbone.random_init),
+            "threshold": {"value": thr.value if known else None, "source": thr.source},
+            "pixel_threshold": pthr.value if math.isfinite(pthr.value) else None,
+            "colour_range": [lo, hi],
+            "results": results,
+        }
+
+    async def add_references(
+        self,
+        uploads: list[Upload],
+        method: str | None = None,
+        class_name: str | None = None,
+        options: str | dict[str, Any] | None = None,
+        k_shot: int | None = None,
+    ) -> dict[str, Any]:
+        """Keep normal images for (method, options, class): few-shot references and a normal-quantile threshold."""
+        self.check_count(uploads)
+        name, opts = self._resolve(method, options)
+        cname = (class_name or "").strip() or None
+        decoded = await _in_thread(self._decode, uploads)
+        plain = await self._model(name, opts, cname, None)  # its backbone gives the preprocessing
+        images = await _in_thread(self._tensors, decoded, plain)
+        key_name = self.pool.key(name, opts, cname, None).class_name
+        ref = self.pool.new_reference(name, opts, key_name, images, k_shot)
+        self.pool.keep_reference(ref)
+        try:
+            served = await self._model(name, opts, cname, ref.id)
+            await _wait(self.batcher.call(lambda: self.pool.calibrate(ref, served)))
+        except BaseException:
+            self.pool.references.pop(ref.id, None)
+            raise
+        return ref.as_dict()
