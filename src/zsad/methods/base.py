@@ -116,7 +116,12 @@ class Method(ABC):
     @property
     def is_transductive(self) -> bool:
         """Whether this configured instance uses other test images to score one (flagged in every result)."""
-        return self.transductive
+        return self.transductive_for(self.config)
+
+    @classmethod
+    def transductive_for(cls, config: Any) -> bool:
+        """``is_transductive`` from a config alone, so a service can say it before building the method."""
+        return cls.transductive
 
     @property
     def transductive_note(self) -> str:

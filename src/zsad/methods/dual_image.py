@@ -177,11 +177,10 @@ class DualImage(Method):
         self._canvas: list[torch.Tensor] = []
         self._seen = 0
 
-    @property
-    def is_transductive(self) -> bool:
+    @classmethod
+    def transductive_for(cls, config: Any) -> bool:
         """Whether other test images shape a score: as partners (a visual path with pairing), or through TTA."""
-        cfg = self.config
-        return (cfg.mode != "language" and cfg.pairing != "none") or cfg.tta
+        return bool((config.mode != "language" and config.pairing != "none") or config.tta)
 
     @property
     def transductive_note(self) -> str:

@@ -117,10 +117,10 @@ class Sdp(Method):
                 f"{self.name}: compat='official' is reproduced only for the quarter layers {stage_layers(n, ())}"
             )
 
-    @property
-    def is_transductive(self) -> bool:
+    @classmethod
+    def transductive_for(cls, config: Any) -> bool:
         """Only with the paper's test-set min-max of the scores (``transductive_minmax``)."""
-        return self.config.transductive_minmax
+        return bool(config.transductive_minmax)
 
     @property
     def stages(self) -> tuple[int, ...]:

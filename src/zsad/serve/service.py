@@ -142,7 +142,7 @@ class Service:
                     "name": name,
                     "needs_class_name": bool(cls.needs_class_name) if isinstance(cls.needs_class_name, bool) else True,
                     "few_shot": cls.supports_few_shot,
-                    "transductive": cls.transductive,
+                    "transductive": cls.transductive_for(self._default_config(name)),
                     "set_level": cls.set_level,
                     "trained": cls.trainable,
                     "available": reason is None,
@@ -159,6 +159,13 @@ class Service:
             for k in ("max_images", "max_upload_bytes", "max_batch", "max_wait_ms", "max_queue", "max_map_size")
         }
         return {"methods": rows, "default_method": self.default_method, "limits": limits}
+
+    def _default_config(self, name: str) -> Any:
+        """The config a request without options gets (the server's options applied)."""
+        from zsad.methods.options import make_config
+
+        cls = get_method_class(name)
+        return make_config(cls.config_cls, dict(self.config.options.get(name, {})), name)
 
     def stats(self) -> dict[str, Any]:
         """Counters and the batch sizes the worker formed (``GET /v1/stats``)."""
