@@ -14,11 +14,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests must never reach a model hub: any socket connection fails loudly."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    """Tests must never reach a model hub: any socket connection beyond this machine fails loudly.
 
-    def guard(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("network access attempted in a test")
+    Localhost stays open: the service tests talk to a `zsad serve` they started themselves.
+    """
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    connect = socket.socket.connect
+
+    def guard(self: socket.socket, address: object) -> None:
+        host = address[0] if isinstance(address, tuple) else None
+        if self.family == socket.AF_UNIX or host in ("127.0.0.1", "::1", "localhost"):
+            return connect(self, address)
+        raise RuntimeError(f"network access attempted in a test: {address!r}")
 
     monkeypatch.setattr(socket.socket, "connect", guard)
 

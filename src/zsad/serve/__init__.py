@@ -9,11 +9,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from zsad.serve.service import ServeConfig
+    from zsad.serve.service import ServeConfig, Service
 
 
-def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Check the settings, bind, and serve until Ctrl-C / SIGTERM (queued requests finish first)."""
+def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> Service:
+    """Check the settings, bind, and serve until Ctrl-C / SIGTERM (queued requests finish first).
+
+    Returns the stopped service (its ``stats()`` say what was done); a Ctrl-C is the normal way to stop and is
+    not raised.
+    """
     import uvicorn
 
     from zsad.serve.app import create_app
@@ -26,4 +30,10 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_le
         service.close()
         raise
     server: Any = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on"))
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, after a clean shutdown
+        pass
+    finally:
+        service.close()  # idempotent: the app's shutdown has closed it unless startup failed
+    return service

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -97,6 +98,11 @@ def client_name(name: str | None) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
+def _first_line(doc: str | None) -> str:
+    lines = (doc or "").strip().splitlines()
+    return lines[0].replace("``", "") if lines else ""
+
+
 async def _wait(fut: Any) -> Any:
     return await asyncio.wrap_future(fut)
 
@@ -124,6 +130,7 @@ class Service:
         self.requests = 0
         self.images_scored = 0
         self._manifested: set[str] = set()  # model ids already in manifest.json
+        self._closed = False
         self.store.write_manifest({}, self.stats())
 
     # ------------------------------------------------------------------------------------------ info
@@ -151,7 +158,7 @@ class Service:
                     "pretrained": "weights file" if bb.weights is not None else pretrained,
                     "image_size": bb.image_size or cfg.image_size,
                     "random_weights": random,
-                    "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+                    "doc": _first_line(sys.modules[cls.__module__].__doc__ or cls.__doc__),
                 }
             )
         limits = {
@@ -182,7 +189,10 @@ class Service:
         }
 
     def close(self) -> None:
-        """Finish queued work, write the manifest, release the output folder."""
+        """Finish queued work, write the manifest, release the output folder (once; later calls do nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         self.batcher.stop()
         self.store.write_manifest(dict(self.pool.described), self.stats())
         self.store.close()
