@@ -9,7 +9,7 @@ $(BIN)/zsad: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: install demo test lint
+.PHONY: install demo serve test lint
 install: $(BIN)/zsad
 
 # Generate sample images, then score them: predictions.csv, .npy maps and overlays in demo_out/.
@@ -17,6 +17,10 @@ install: $(BIN)/zsad
 demo: install
 	$(BIN)/zsad samples demo_data
 	$(BIN)/zsad detect demo_data/good demo_data/defect --class-name "washer" --pretrained $(PRETRAINED) --out demo_out
+
+# The HTTP service and its web page on http://127.0.0.1:8000 (Ctrl-C stops it; PRETRAINED=none: random weights).
+serve: install
+	$(BIN)/zsad serve $(if $(filter none,$(PRETRAINED)),--pretrained none,)
 
 lint: install
 	$(BIN)/ruff check .
