@@ -98,7 +98,7 @@ class ModelPool:
         checkpoints: dict[str, Path],
         run_on_worker: Callable[[Callable[[], Any]], Future[Any]],
         max_models: int = 4,
-        max_references: int = 64,
+        max_references: int = 16,
     ) -> None:
         self.backbone, self.server_options, self.checkpoints = backbone, server_options, checkpoints
         self._run = run_on_worker
