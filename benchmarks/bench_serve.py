@@ -32,6 +32,8 @@ from pathlib import Path
 import httpx
 import torch
 
+from zsad import client
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,18 +51,10 @@ def server(args: list[str], log: Path, wait: float = 600.0):
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"zsad serve exited ({proc.returncode}): {log.read_text()[-1500:]}")
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("zsad serve did not start")
-            time.sleep(0.2)
+        try:
+            client.wait_until_ready(url, wait, alive=lambda: proc.poll() is None)
+        except (RuntimeError, TimeoutError) as e:
+            raise SystemExit(f"zsad serve did not start: {e}: {log.read_text()[-1500:]}") from None
         yield url, proc
     finally:
         if proc.poll() is None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +124,25 @@ def fetch(url: str, path: str, *, token: str | None = None, timeout: float = 60.
 def anomaly_map(url: str, result: dict[str, Any], *, token: str | None = None) -> np.ndarray:
     """One result's anomaly map at full resolution (float32), from its ``.npy``."""
     return np.load(io.BytesIO(fetch(url, result["anomaly_map_npy_url"], token=token)), allow_pickle=False)
+
+
+def wait_until_ready(url: str, timeout: float = 120.0, alive: Callable[[], bool] | None = None) -> None:
+    """Poll ``/healthz`` until the server answers (a server just started), or raise ``TimeoutError``.
+
+    ``alive``: e.g. ``lambda: proc.poll() is None`` for a server started as a process, to fail at once when it
+    exits instead of waiting out the timeout.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if alive is not None and not alive():
+            raise RuntimeError(f"the server at {url} exited before answering")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no answer from {url}/healthz in {timeout:g} s")
+        time.sleep(0.2)

@@ -7,12 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from zsad import client
 
 TINY = ["--backbone", "zsad-tiny", "--pretrained", "none", "--image-size", "96", "--device", "cpu"]
 
@@ -32,18 +31,10 @@ def serving(*args: str, log: Path, env: dict[str, str] | None = None, wait: floa
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"zsad serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"zsad serve did not answer in {wait} s: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
+        try:
+            client.wait_until_ready(url, wait, alive=lambda: proc.poll() is None)
+        except (RuntimeError, TimeoutError) as e:
+            raise RuntimeError(f"{e}: {log.read_text()[-2000:]}") from None
         yield url
     finally:
         if proc.poll() is None:
