@@ -74,3 +74,37 @@ def test_bad_settings_are_one_line(args: list[str], needle: str) -> None:
     res = CliRunner().invoke(app, ["serve", "--port", "1", *TINY, *args])
     assert res.exit_code == 2, res.output
     assert needle in " ".join(res.output.split()) and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_overload_answers_503_never_hangs(samples: list[Path], tmp_path: Path) -> None:
+    import threading
+
+    import httpx
+
+    blob = samples[0].read_bytes()
+    codes: list[int] = []
+    failures: list[str] = []
+    with serving(*TINY, "--max-queue", "2", "--max-wait-ms", "0", log=tmp_path / "serve.log") as url:
+        client.detect(url, samples[:1])  # the model is built before the rush
+
+        def one() -> None:
+            try:
+                with httpx.Client(base_url=url, timeout=60) as c:
+                    for _ in range(3):
+                        r = c.post("/v1/detect", files=[("images", ("a.png", blob, "image/png"))])
+                        codes.append(r.status_code)
+                        if r.status_code == 503:
+                            assert r.headers["retry-after"] == "1"
+            except Exception as e:  # a hang (timeout) or a dropped connection
+                failures.append(repr(e))
+
+        threads = [threading.Thread(target=one) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads) and not failures, failures
+        assert len(codes) == 48 and set(codes) <= {200, 503} and codes.count(503) > 0 and codes.count(200) > 0
+        assert httpx.get(url + "/healthz").json()["status"] == "ok"
+        assert client.detect(url, samples[:1])["results"][0]["pred_score"] is not None
+    assert serving.returncode == 0  # type: ignore[attr-defined]
