@@ -15,7 +15,16 @@ BOTTOM = {
     "types", "errors", "fileio", "progress", "sysinfo", "ops", "thresholds", "synth", "bank",
     "backbone", "prompts", "data", "metrics", "viz", "train",
 }  # fmt: skip
-LAYER = {**dict.fromkeys(BOTTOM, 0), "client": 0, "methods": 1, "runs": 2, "serve": 3, "cli": 3, "__main__": 3}
+LAYER = {
+    **dict.fromkeys(BOTTOM, 0),
+    "client": 0,
+    "methods": 1,
+    "runs": 2,
+    "serve": 3,
+    "engines": 3,
+    "cli": 3,
+    "__main__": 3,
+}
 TERMINAL = {"rich", "typer", "click"}
 
 

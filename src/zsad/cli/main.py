@@ -145,6 +145,18 @@ def detect_cmd(
     option: MethodOpt = None,
     checkpoint: Checkpoint = None,
     tta: Tta = False,
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data; pip install 'zsad[ray]').")] = (
+        "local"
+    ),
+    ray_address: Annotated[
+        str | None, typer.Option(help="ray: cluster to join ('auto', 'ray://host:10001'); default: a local Ray.")
+    ] = None,
+    actors: Annotated[int, typer.Option(help="ray: model actors (one model each).")] = 1,
+    gpus_per_actor: Annotated[float, typer.Option(help="ray: GPUs per actor (0 = CPU actors).")] = 0.0,
+    group_by: Annotated[
+        str | None,
+        typer.Option(help="ray: sets of a set-level method: 'parent' (folder) or 'csv:COLUMN' of a --list CSV."),
+    ] = None,
 ) -> None:
     """Score images with no labels: predictions.csv, .npy maps and overlays, written incrementally.
 
@@ -156,6 +168,37 @@ def detect_cmd(
 
     with _one_line_errors(out):
         opts = route_options([method], parse_options(option, tta))[method]
+        if engine not in ("local", "ray"):
+            raise ZsadInputError(f"--engine {engine}: use local or ray")
+        ray_only = {"--ray-address": ray_address, "--group-by": group_by}
+        given = [k for k, v in ray_only.items() if v is not None] + (["--actors"] if actors != 1 else [])
+        if engine == "local" and (given or gpus_per_actor):
+            raise ZsadInputError(f"{(given or ['--gpus-per-actor'])[0]}: only with --engine ray")
+        if engine == "ray":
+            from zsad.engines.ray_data import RayOptions, detect_ray
+
+            ropts = RayOptions(ray_address, actors, gpus_per_actor, group_by=group_by)
+            result = detect_ray(
+                list(path or []),
+                out,
+                method=method,
+                options=opts,
+                backbone=bb,
+                checkpoint=checkpoint,
+                reporter=_reporter(),
+                ray_options=ropts,
+                class_name=class_name,
+                image_glob=image_glob,
+                list_file=list_file,
+                reference_dir=reference_dir,
+                k_shot=k_shot,
+                threshold=threshold,
+                recursive=recursive,
+                batch_size=batch_size,
+                seed=seed,
+                max_map_size=max_map_size,
+            )
+            raise typer.Exit(result.exit_code)
         result = runs.detect(
             list(path or []),
             out,

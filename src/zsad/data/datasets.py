@@ -285,6 +285,8 @@ def collect_images(items: Sequence[str | Path], recursive: bool = False, image_g
         raise ZsadInputError("no input paths given")
     seen: dict[str, Path] = {}
     for raw in items:
+        if isinstance(raw, str) and raw.startswith("file://"):
+            raw = raw[len("file://") :]  # a local file URI is its path
         for f in _expand(raw, recursive, image_glob):
             absolute = Path(os.path.abspath(f))
             seen.setdefault(os.path.realpath(absolute), absolute)
@@ -294,7 +296,8 @@ def collect_images(items: Sequence[str | Path], recursive: bool = False, image_g
 def read_list_file(path: str | Path) -> list[str]:
     """Image paths of a list file, one per line (``#`` comments and blank lines skipped).
 
-    Relative paths are relative to the list file's folder, so a list moves with its images.
+    Relative paths are relative to the list file's folder, so a list moves with its images; URIs
+    (``file://``, ``s3://``...) are kept as written.
     """
     p = Path(path)
     if not p.is_file():
@@ -308,7 +311,7 @@ def read_list_file(path: str | Path) -> list[str]:
     for line in lines:
         entry = line.strip()
         if entry and not entry.startswith("#"):
-            out.append(entry if os.path.isabs(entry) else str(p.parent / entry))
+            out.append(entry if os.path.isabs(entry) or "://" in entry else str(p.parent / entry))
     if not out:
         raise ZsadInputError(f"{p}: list file names no images")
     return out

@@ -86,6 +86,28 @@ class DetectJob:
         """Inputs, references, numbers and the output folder; then the run key as far as it is known."""
         from zsad.data.datasets import collect_images, read_list_file
 
+        self.check_settings()
+        items = list(self.paths) + (read_list_file(self.list_file) if self.list_file is not None else [])
+        if not items:
+            raise ZsadInputError("no images given: pass files, folders or glob patterns, or --list FILE")
+        self.files = collect_images(items, recursive=self.recursive, image_glob=self.image_glob)
+        self.check_references(cls)
+        check_output_dir(self.out)
+        return self
+
+    def check_references(self, cls: type[Method]) -> None:
+        """The reference folder exists and holds images; ``--k-shot`` only for few-shot methods."""
+        from zsad.data.datasets import collect_images
+
+        if self.reference_dir is not None:
+            if not self.reference_dir.is_dir():
+                raise ZsadInputError(f"--reference-dir {self.reference_dir}: folder not found")
+            self.references = collect_images([self.reference_dir], self.recursive, self.image_glob)
+        if self.references and not cls.supports_few_shot and self.k_shot:
+            raise ZsadInputError(f"--k-shot: method {cls.name} takes no reference images (they only calibrate)")
+
+    def check_settings(self) -> None:
+        """The numbers and choices of the job, each refused in one line."""
         if self.normalize not in NORMALIZE:
             raise ZsadInputError(f"--normalize {self.normalize!r}: use 'dataset' or 'per_image'")
         if self.batch_size < 1:
@@ -96,18 +118,6 @@ class DetectJob:
             raise ZsadInputError(f"--max-map-size {self.max_map_size}: must be >= 0 (0 = no cap)")
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise ZsadInputError(f"--threshold {self.threshold}: must be a finite number")
-        items = list(self.paths) + (read_list_file(self.list_file) if self.list_file is not None else [])
-        if not items:
-            raise ZsadInputError("no images given: pass files, folders or glob patterns, or --list FILE")
-        self.files = collect_images(items, recursive=self.recursive, image_glob=self.image_glob)
-        if self.reference_dir is not None:
-            if not self.reference_dir.is_dir():
-                raise ZsadInputError(f"--reference-dir {self.reference_dir}: folder not found")
-            self.references = collect_images([self.reference_dir], self.recursive, self.image_glob)
-        if self.references and not cls.supports_few_shot and self.k_shot:
-            raise ZsadInputError(f"--k-shot: method {cls.name} takes no reference images (they only calibrate)")
-        check_output_dir(self.out)
-        return self
 
     def key(self, spec: MethodSpec) -> dict[str, Any]:
         """The run key as known before the build; ``run_detect`` completes and checks it after."""

@@ -1,0 +1,1 @@
+"""Scale-out engines: ``zsad detect --engine ray`` (Ray Data). Optional: ``pip install 'zsad[ray]'``."""

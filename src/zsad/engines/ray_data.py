@@ -1,0 +1,620 @@
+"""``zsad detect --engine ray``: the same detect run, scaled out on Ray Data.
+
+Pipeline: the driver lists image URIs (strings only) and drops those already written; CPU tasks read and decode
+each file and squash it to the model's square (uint8); an actor pool (one built model per actor) scores batches,
+or whole groups for set-level methods (``--group-by``), and writes each batch as one Parquet shard atomically;
+the driver then reads the scores back (not the maps) for the thresholds and writes ``predictions.parquet``,
+``predictions.csv`` and ``manifest.json``. Ray handles backpressure: images are never all in memory.
+
+Exactly once: a shard is complete or absent, a rerun skips the URIs it finds in complete shards, and a URI seen
+twice (a retried task) is read once, the newest shard winning. The output folder must be visible to every
+worker (a shared file system, or a ``pyarrow`` file system URI; only local paths are tested here).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zsad.errors import ZsadInputError
+from zsad.progress import Reporter, reporter, using
+from zsad.runs.build import BackboneSpec, MethodSpec
+from zsad.runs.detect import DetectJob, DetectResult, calibrate, split_references
+from zsad.runs.outputs import RunLock, check_output_dir, check_run_key, claim_output
+from zsad.thresholds import choose_threshold
+
+SHARDS = "shards"
+SHARD_SCHEMA = (
+    "image_uri", "group", "pred_score", "map_min", "map_max", "image_size", "map_size", "score_parts", "anomaly_map",
+    "error", "model_id",
+)  # fmt: skip
+DECODE_CPUS = 0.5  # reserved per decoding task
+INSTALL = "--engine ray needs Ray Data: pip install 'zsad[ray]'"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide to run: cluster address, actors, GPUs per actor, grouping of set-level methods."""
+
+    address: str | None = None  # None: a local Ray on this machine; "auto" or "ray://host:10001" for a cluster
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float | None = None  # None: 1, or less so that decoding tasks still fit beside the actors
+    group_by: str | None = None  # "parent" or "csv:COLUMN" (a column of the --list CSV)
+    map_dtype: str = "float16"
+
+    def validate(self) -> None:
+        """One line per bad setting."""
+        if self.actors < 1:
+            raise ZsadInputError(f"--actors {self.actors}: must be >= 1")
+        if self.gpus_per_actor < 0 or (self.cpus_per_actor is not None and self.cpus_per_actor <= 0):
+            raise ZsadInputError("--gpus-per-actor must be >= 0 and --cpus-per-actor > 0")
+        if self.group_by is not None and self.group_by != "parent" and not self.group_by.startswith("csv:"):
+            raise ZsadInputError(f"--group-by {self.group_by}: use 'parent' or 'csv:COLUMN'")
+        if self.map_dtype not in ("float16", "float32"):
+            raise ZsadInputError(f"--map-dtype {self.map_dtype}: use float16 or float32")
+
+
+def import_ray() -> Any:
+    """``ray`` and ``ray.data``, or the one line saying how to install them."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ZsadInputError(INSTALL) from None
+    return ray
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def _is_uri(item: str) -> bool:
+    return "://" in item and not item.startswith("file://")
+
+
+def _local(item: str) -> str:
+    return item[len("file://") :] if item.startswith("file://") else item
+
+
+def list_inputs(job: DetectJob, group_by: str | None) -> list[tuple[str, str]]:
+    """(URI, group) of every input: local files, folders and globs as ``zsad detect`` lists them, plus URIs."""
+    from zsad.data.datasets import collect_images
+
+    items: list[str] = [_local(p) for p in job.paths]
+    column = group_by[4:] if group_by and group_by.startswith("csv:") else None
+    groups: dict[str, str] = {}
+    if job.list_file is not None:
+        listed = _read_list(job.list_file, column)
+        items += [u for u, _ in listed]
+        groups = {os.path.abspath(_local(u)) if not _is_uri(u) else u: g for u, g in listed}
+    elif column is not None:
+        raise ZsadInputError(f"--group-by {group_by}: needs --list FILE.csv with a column {column!r}")
+    if not items:
+        raise ZsadInputError("no images given: pass files, folders or glob patterns, or --list FILE")
+    remote = [u for u in items if _is_uri(u)]
+    local = [u for u in items if not _is_uri(u)]
+    uris = [str(p) for p in collect_images(local, recursive=job.recursive, image_glob=job.image_glob)] if local else []
+    uris += _expand_remote(remote, job.recursive)
+    out = []
+    for u in uris:
+        if column is not None:
+            g = groups.get(u)
+            if g is None:
+                raise ZsadInputError(f"{u}: found through a folder of --list, so it has no {column!r} value")
+        else:
+            g = u.rsplit("/", 1)[0] if group_by == "parent" else ""
+        out.append((u, g))
+    return out
+
+
+def _read_list(path: Path, column: str | None) -> list[tuple[str, str]]:
+    """A list file (one path per line) or, for ``--group-by csv:COLUMN``, a CSV with ``image_path`` and COLUMN."""
+    from zsad.data.datasets import read_list_file
+
+    if column is None:
+        return [(u, "") for u in read_list_file(path)]
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or column not in rows[0] or "image_path" not in rows[0]:
+        raise ZsadInputError(f"{path}: --group-by csv:{column} needs a CSV with columns image_path and {column}")
+    base = path.parent
+    return [
+        (r["image_path"] if _is_uri(r["image_path"]) or os.path.isabs(r["image_path"]) else str(base / r["image_path"]),
+         r[column] or "")
+        for r in rows
+    ]  # fmt: skip
+
+
+def _expand_remote(uris: Sequence[str], recursive: bool) -> list[str]:
+    """Files behind URIs of any file system pyarrow knows (``s3://``, ``gs://``...): folders listed, not read."""
+    if not uris:
+        return []
+    from pyarrow import fs as pafs
+
+    from zsad.data import is_image_file
+
+    out = []
+    for uri in uris:
+        filesystem, path = pafs.FileSystem.from_uri(uri)
+        scheme = uri.split("://", 1)[0]
+        info = filesystem.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            found = filesystem.get_file_info(pafs.FileSelector(path, recursive=recursive))
+            out += sorted(
+                f"{scheme}://{f.path}" for f in found if f.type == pafs.FileType.File and is_image_file(f.path)
+            )
+        elif info.type == pafs.FileType.File:
+            out.append(uri)
+        else:
+            raise ZsadInputError(f"{uri}: not found")
+    return out
+
+
+def _read_bytes(uri: str) -> bytes:
+    if _is_uri(uri):
+        from pyarrow import fs as pafs
+
+        filesystem, path = pafs.FileSystem.from_uri(uri)
+        with filesystem.open_input_stream(path) as f:
+            return bytes(f.read())
+    return Path(uri).read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def decode_batch(batch: dict[str, np.ndarray], image_size: int) -> dict[str, Any]:
+    """CPU task: read and decode each file, squash it to the model's square as uint8 (normalised by the actor)."""
+    from PIL import Image
+
+    from zsad.data import decode_image
+
+    images, heights, widths, errors = [], [], [], []
+    for uri in batch["image_uri"]:
+        uri = str(uri)
+        try:
+            try:
+                data = _read_bytes(uri)
+            except OSError as e:
+                raise ZsadInputError(f"{uri}: cannot read image: {e.strerror or type(e).__name__}") from None
+            img, _ = decode_image(data, uri)
+            resized = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
+            images.append(np.asarray(resized, dtype=np.uint8))
+            widths.append(img.size[0])
+            heights.append(img.size[1])
+            errors.append("")
+        except ZsadInputError as e:
+            images.append(np.zeros((image_size, image_size, 3), np.uint8))
+            heights.append(0)
+            widths.append(0)
+            errors.append(" ".join(str(e).split()))
+    return {
+        "image_uri": np.asarray([str(u) for u in batch["image_uri"]], dtype=object),
+        "group": np.asarray([str(g) for g in batch["group"]], dtype=object),
+        "pixels": np.stack(images),
+        "height": np.asarray(heights, dtype=np.int64),
+        "width": np.asarray(widths, dtype=np.int64),
+        "error": np.asarray(errors, dtype=object),
+    }
+
+
+def normalize(pixels: np.ndarray | Any, method: Any) -> Any:
+    """Squashed uint8 (N, S, S, 3) -> the model's normalised float input (N, 3, S, S), as ``squash_image`` makes it."""
+    import torch
+
+    pre = method.backbone.preprocess
+    x = torch.as_tensor(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 255.0
+    return (x - torch.tensor(pre.mean).view(1, 3, 1, 1)) / torch.tensor(pre.std).view(1, 3, 1, 1)
+
+
+class Scorer:
+    """Actor: one model built once, scoring batches (or whole groups) and writing each as one Parquet shard."""
+
+    def __init__(self, setup: dict[str, Any]) -> None:
+
+        from zsad.runs.train import prepare_method
+
+        spec = MethodSpec(
+            setup["method"], BackboneSpec(**setup["backbone"]), setup["options"],
+            Path(setup["checkpoint"]) if setup["checkpoint"] else None,
+        ).validate()  # fmt: skip
+        import torch
+
+        if setup.get("torch_threads"):  # Ray sets OMP threads to the reserved CPUs (1 here); use the node's share
+            torch.set_num_threads(int(setup["torch_threads"]))
+        self.method = spec.build()
+        self.setup = setup
+        refs = setup["references"]
+        prepare_method(self.method, setup["class_name"], normalize(refs, self.method) if refs is not None else None)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Score the batch (one set when grouped), write its shard, return the small summary columns."""
+        from zsad.runs.detect import map_size
+        from zsad.runs.readback import encode_map
+        from zsad.runs.scoring import parts_json, resize_map, score_images
+
+        ok = np.asarray([not e for e in batch["error"]], dtype=bool)
+        rows: list[dict[str, Any]] = []
+        scored = None
+        if ok.any():
+            scored = score_images(self.method, normalize(batch["pixels"][ok], self.method), self.setup["batch_size"])
+        j = 0
+        for i, uri in enumerate(batch["image_uri"]):
+            row: dict[str, Any] = {k: None for k in SHARD_SCHEMA}
+            row.update(image_uri=str(uri), group=str(batch["group"][i]), error=str(batch["error"][i]))
+            row["model_id"] = self.setup["model_id"]
+            if ok[i] and scored is not None:
+                h, w = int(batch["height"][i]), int(batch["width"][i])
+                amap = scored.maps[j]
+                full = resize_map(amap, map_size(h, w, self.setup["max_map_size"]))
+                row.update(
+                    pred_score=float(scored.scores[j]),
+                    map_min=float(full.min()),
+                    map_max=float(full.max()),
+                    image_size=f"{w}x{h}",
+                    map_size=f"{full.shape[1]}x{full.shape[0]}",  # as detect writes it; stored at model size
+                    score_parts=parts_json(scored.parts, j) if scored.parts else "{}",
+                    anomaly_map=encode_map(amap, self.setup["map_dtype"]),
+                )
+                j += 1
+            rows.append(row)
+        write_shard(Path(self.setup["out"]), rows)
+        return {
+            "image_uri": np.asarray([r["image_uri"] for r in rows], dtype=object),
+            "error": np.asarray([r["error"] for r in rows], dtype=object),
+        }
+
+
+class GroupScorer(Scorer):
+    """Actor for set-level methods: each call is one group (its URIs), read here and scored as one set."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Decode the group's files, then score them together (one shard per group)."""
+        out: dict[str, list[Any]] = {"image_uri": [], "error": []}
+        for group, uris in zip(batch["group"], batch["uris"], strict=True):
+            names = [str(u) for u in uris]
+            decoded = decode_batch(
+                {"image_uri": np.asarray(names, dtype=object), "group": np.asarray([group] * len(names), dtype=object)},
+                self.method.image_size,
+            )
+            done = super().__call__(decoded)
+            out["image_uri"] += list(done["image_uri"])
+            out["error"] += list(done["error"])
+        return {k: np.asarray(v, dtype=object) for k, v in out.items()}
+
+
+def write_shard(out: Path, rows: list[dict[str, Any]]) -> Path:
+    """One Parquet file, written whole and renamed into place: a shard is complete or absent."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from zsad.fileio import write_bytes
+
+    table = pa.table(
+        {
+            "image_uri": pa.array([r["image_uri"] for r in rows], pa.string()),
+            "group": pa.array([r["group"] for r in rows], pa.string()),
+            "pred_score": pa.array([r["pred_score"] for r in rows], pa.float64()),
+            "map_min": pa.array([r["map_min"] for r in rows], pa.float64()),
+            "map_max": pa.array([r["map_max"] for r in rows], pa.float64()),
+            "image_size": pa.array([r["image_size"] for r in rows], pa.string()),
+            "map_size": pa.array([r["map_size"] for r in rows], pa.string()),
+            "score_parts": pa.array([r["score_parts"] for r in rows], pa.string()),
+            "anomaly_map": pa.array([r["anomaly_map"] for r in rows], pa.binary()),
+            "error": pa.array([r["error"] for r in rows], pa.string()),
+            "model_id": pa.array([r["model_id"] for r in rows], pa.string()),
+        }
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    path = out / SHARDS / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+    write_bytes(path, buf.getvalue())
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- reading back
+def read_shards(out: Path, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Every URI once: the newest successful row, else the newest error row (shards in name order = time order)."""
+    from zsad.runs.readback import shard_rows
+
+    cols = list(dict.fromkeys(["image_uri", "error", *columns])) if columns is not None else None
+    latest: dict[str, dict[str, Any]] = {}
+    for path in sorted((out / SHARDS).glob("part-*.parquet")):
+        for row in shard_rows(path, cols):
+            row["shard"] = path.name
+            old = latest.get(row["image_uri"])
+            if old is None or not row["error"] or old["error"]:
+                latest[row["image_uri"]] = row
+    return list(latest.values())
+
+
+def done_uris(out: Path) -> set[str]:
+    """URIs already scored (error rows are tried again, as ``zsad detect`` retries failed files)."""
+    if not (out / SHARDS).is_dir():
+        return set()
+    return {r["image_uri"] for r in read_shards(out, ["image_uri"]) if not r["error"]}
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def detect_ray(
+    paths: str | Path | Sequence[str | Path] = (),
+    out: str | Path = "results",
+    *,
+    method: str = "winclip",
+    options: dict[str, Any] | None = None,
+    backbone: BackboneSpec | None = None,
+    checkpoint: str | Path | None = None,
+    reporter: Reporter | None = None,
+    ray_options: RayOptions | None = None,
+    **job: Any,
+) -> DetectResult:
+    """``zsad.runs.detect`` on Ray Data: the same inputs, options and per-image results, in Parquet shards."""
+    with using(reporter):
+        ropts = ray_options or RayOptions()
+        ropts.validate()
+        ray = import_ray()
+        items = [paths] if isinstance(paths, str | Path) else list(paths)
+        work = DetectJob([str(p) for p in items], Path(out), **job)
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        spec = MethodSpec(method, backbone or BackboneSpec(seed=work.seed), dict(options or {}), ckpt).validate()
+        work.check_settings()  # as detect, but the inputs may be URIs: listed below
+        work.check_references(spec.cls)
+        check_output_dir(work.out)
+        inputs = list_inputs(work, ropts.group_by)
+        with RunLock(work.out):
+            key = {**work.key(spec), "engine": "ray", "group_by": ropts.group_by, "map_dtype": ropts.map_dtype}
+            check_run_key(work.out, key)
+            claim_output(work.out, key)
+            return _run(ray, spec, work, ropts, inputs)
+
+
+def _run(ray: Any, spec: MethodSpec, job: DetectJob, ropts: RayOptions, inputs: list[tuple[str, str]]) -> DetectResult:
+    import hashlib
+
+    from zsad.fileio import write_json
+    from zsad.sysinfo import environment
+
+    say = reporter()
+    out = job.out
+    cls = spec.cls
+    set_level = cls.set_level and ropts.group_by is not None
+    done = done_uris(out)
+    todo = [(u, g) for u, g in inputs if u not in done]
+    if set_level:  # a group is one set: any new image re-scores the whole group
+        open_groups = {g for _, g in todo}
+        todo = [(u, g) for u, g in inputs if g in open_groups]
+    elif cls.set_level:
+        raise ZsadInputError(
+            f"method {cls.name} scores a set: give --group-by parent (or csv:COLUMN) with --engine ray"
+        )
+    if done:
+        say.message(f"resuming: {len(inputs) - len(todo)} of {len(inputs)} images already scored in {out}")
+
+    references, calib = _references(spec, job)
+    model_id = hashlib.sha256(json.dumps(spec.key(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    setup = {
+        "method": spec.name,
+        "backbone": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(spec.backbone).items()},
+        "options": spec.options,
+        "checkpoint": str(spec.checkpoint) if spec.checkpoint else None,
+        "class_name": job.class_name,
+        "references": references,
+        "batch_size": job.batch_size,
+        "max_map_size": job.max_map_size,
+        "map_dtype": ropts.map_dtype,
+        "out": str(out.resolve()),
+        "model_id": model_id,
+    }
+    size = int(spec.backbone.image_size or 0)
+    if not ray.is_initialized():
+        ray.init(address=ropts.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if not ropts.gpus_per_actor:  # CPU actors split the CPUs of a node between them
+        per_node = max(float(n.get("Resources", {}).get("CPU", 1.0)) for n in ray.nodes() if n.get("Alive"))
+        setup["torch_threads"] = max(1, int(per_node // ropts.actors))
+    started = time.perf_counter()
+    failed = 0
+    (out / SHARDS).mkdir(exist_ok=True)
+    if todo:
+        remote = {"num_gpus": ropts.gpus_per_actor, "num_cpus": _actor_cpus(ray, ropts)}
+        if set_level:
+            # one row per group (the driver knows the groups): an actor reads its set and scores it whole, so no
+            # shuffle is needed and a set is never split across batches
+            groups: dict[str, list[str]] = {}
+            for u, g in todo:
+                groups.setdefault(g, []).append(u)
+            items = [{"group": g, "uris": us} for g, us in groups.items()]
+            scored = ray.data.from_items(items).map_batches(
+                GroupScorer, fn_constructor_args=(setup,), concurrency=ropts.actors, batch_size=1, **remote
+            )
+        else:
+            ds = ray.data.from_items([{"image_uri": u, "group": g} for u, g in todo])
+            # decoding runs as separate CPU tasks (other resources than the actors, so Ray does not fuse them into
+            # the actors): files are read and decoded while the actors score
+            ds = ds.map_batches(
+                decode_batch, fn_kwargs={"image_size": size}, batch_size=job.batch_size, num_cpus=DECODE_CPUS
+            )
+            scored = ds.map_batches(
+                Scorer, fn_constructor_args=(setup,), concurrency=ropts.actors, batch_size=job.batch_size, **remote
+            )
+        with say.task(f"{spec.name}: scoring on Ray ({ropts.actors} actor(s))", len(todo)) as task:
+            n = 0
+            for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
+                n += len(batch["image_uri"])
+                failed += sum(1 for e in batch["error"] if e)
+                task.update(completed=n)
+    elapsed = time.perf_counter() - started
+    return _finish(spec, job, ropts, (references, calib), model_id, failed, len(todo), elapsed, write_json, environment)
+
+
+def _actor_cpus(ray: Any, ropts: RayOptions) -> float:
+    """CPUs reserved per actor: as asked, else 1 unless the actors would leave no room for the decoding tasks.
+
+    Ray schedules by reservation, not load: actors holding every CPU would starve the readers and hang the job.
+    """
+    if ropts.cpus_per_actor is not None:
+        return ropts.cpus_per_actor
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    return max(0.1, min(1.0, (total - DECODE_CPUS) / ropts.actors))
+
+
+def _references(spec: MethodSpec, job: DetectJob) -> tuple[np.ndarray | None, Any]:
+    """The few-shot references (sent to each actor) and the calibration images (scored by the driver)."""
+    if not job.references:
+        return None, None
+    import torch
+
+    from zsad.data import ImageList
+
+    bb = spec.backbone
+    from zsad.types import Preprocess
+
+    pre = Preprocess(int(bb.image_size or 0))
+    ds = ImageList(job.references, image_size=pre.image_size)
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(job.seed)).tolist()
+    pixels = np.stack([_pixels(ds.samples[i].image_path, pre.image_size) for i in order])
+    refs, calib = split_references(spec.cls.supports_few_shot, torch.from_numpy(pixels), job.k_shot)
+    return (refs.numpy() if refs is not None else None), calib
+
+
+def _pixels(path: Path, size: int) -> np.ndarray:
+    from PIL import Image
+
+    from zsad.data import load_image
+
+    return np.asarray(load_image(path).resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def _finish(
+    spec: MethodSpec,
+    job: DetectJob,
+    ropts: RayOptions,
+    refs_calib: tuple[np.ndarray | None, Any],
+    model_id: str,
+    failed: int,
+    scored_now: int,
+    elapsed: float,
+    write_json: Any,
+    environment: Any,
+) -> DetectResult:
+    """Second, cheap pass: thresholds over every written score, then the tables and the manifest."""
+    say = reporter()
+    out = job.out
+    references, calib = refs_calib
+    rows = read_shards(out, ["group", "pred_score", "map_min", "map_max", "image_size", "map_size", "score_parts"])
+    good = [r for r in rows if not r["error"]]
+    errors = [r for r in rows if r["error"]]
+    if not good:
+        raise ZsadInputError(f"no image could be scored; the {len(errors)} failures are in {out / SHARDS}")
+    scores = np.array([r["pred_score"] for r in good], dtype=np.float64)
+    cls = spec.cls
+    final = None
+    method = None
+    if cls.transductive_for(spec.config) or calib is not None:
+        method = spec.build()  # the driver's copy: set-level re-scaling and calibration (cheap next to the run)
+        from zsad.runs.train import prepare_method
+
+        refs = normalize(references, method) if references is not None else None
+        prepare_method(method, job.class_name, refs)  # as the actors: calibration scores what they would score
+    if method is not None and method.is_transductive:
+        from zsad.runs.scoring import decode_parts
+
+        by_group: dict[str, list[int]] = {}
+        for i, r in enumerate(good):
+            by_group.setdefault(r["group"] if ropts.group_by else "", []).append(i)
+        final = scores.copy()
+        for idx in by_group.values():
+            parts = decode_parts([{"score_parts": good[i]["score_parts"]} for i in idx])
+            if parts:
+                fin = method.finalize_scores(parts)
+                if fin is not None:
+                    final[idx] = fin
+        scores = final
+    calib_scores = calib_max = None
+    if calib is not None and method is not None and len(calib):
+        calib_scores, calib_max = calibrate(method, normalize(calib.numpy(), method))
+    thr = choose_threshold(scores, normal_scores=calib_scores, manual=job.threshold)
+    pthr = choose_threshold(np.array([r["map_max"] for r in good]), normal_scores=calib_max)
+    labels = thr.apply(scores)
+    table = []
+    for r, s, lab in zip(good, scores, labels, strict=True):
+        table.append(
+            {
+                "image_path": r["image_uri"],
+                "pred_score": float(s),
+                "pred_label": int(lab),
+                "threshold": thr.value,
+                "threshold_source": thr.source,
+                "pixel_threshold": pthr.value,
+                "anomaly_map_path": f"{SHARDS}/{r['shard']}",
+                "overlay_path": "",
+                "map_min": r["map_min"],
+                "map_max": r["map_max"],
+                "image_size": r["image_size"],
+                "map_size": r["map_size"],
+                "score_parts": r["score_parts"],
+                "group": r["group"],
+                "model_id": model_id,
+            }
+        )
+    _write_tables(out, table, errors)
+    manifest = {
+        "command": "detect",
+        "engine": "ray",
+        "ray": vars(ropts),
+        "model_id": model_id,
+        "method": spec.name,
+        "config": spec.key().get("config"),
+        "backbone": spec.backbone.key(),
+        "inputs": job.inputs(),
+        "threshold": vars(thr),
+        "pixel_threshold": vars(pthr),
+        "max_map_size": job.max_map_size,
+        "num_images": len(table),
+        "num_failed": len(errors),
+        "transductive": bool(method.is_transductive) if method is not None else cls.transductive_for(spec.config),
+        "environment": environment(),
+    }
+    write_json(out / "manifest.json", manifest)
+    rate = scored_now / elapsed if elapsed > 0 else 0.0
+    result = DetectResult(out, len(table), int(labels.sum()), thr, len(errors))
+    say.message(f"{scored_now} images scored this run in {elapsed:.1f} s ({rate:.2f} images/s), {failed} errors")
+    say.message(result.summary())
+    return result
+
+
+def _write_tables(out: Path, table: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from zsad.fileio import atomic_write
+    from zsad.runs.detect import FIELDS
+
+    fields = [*FIELDS, "group", "model_id"]
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(table), buf)
+    atomic_write(out / "predictions.parquet", lambda f: f.write(buf.getvalue()))
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=fields)
+    w.writeheader()
+    for r in table:
+        w.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write(out / "predictions.csv", lambda f: f.write(text.getvalue().encode()))
+    etext = io.StringIO(newline="")
+    ew = csv.DictWriter(etext, fieldnames=["image_path", "error"])
+    ew.writeheader()
+    for r in errors:
+        ew.writerow({"image_path": r["image_uri"], "error": r["error"]})
+    atomic_write(out / "errors.csv", lambda f: f.write(etext.getvalue().encode()))
+
+
+def load_map(out: str | Path, image_path: str) -> np.ndarray:
+    """An image's anomaly map from a Ray output folder (``zsad.runs.readback.load_map``)."""
+    from zsad.runs.readback import load_map as load
+
+    return load(out, image_path)

@@ -1,0 +1,198 @@
+"""`zsad detect --engine ray` on a local Ray (2 CPUs, shared by the module) with the tiny model and real images.
+
+Per-image results must equal `zsad detect --engine local` (the same files, backbone and options), for a per-image
+method and for Dual-Image grouped by folder; a run killed halfway and rerun holds each image exactly once.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from zsad import runs
+from zsad.cli.main import app
+from zsad.runs.build import BackboneSpec
+
+ray = pytest.importorskip("ray", reason="Ray Data is not installed (pip install 'zsad[ray]')")
+pytestmark = pytest.mark.assets
+
+BB = BackboneSpec("zsad-tiny", "none", None, 96, "cpu", 0)
+TINY = ["--backbone", "zsad-tiny", "--pretrained", "none", "--image-size", "96", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiles(assets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two product folders of real Magnetic Tile images (jpg only), 6 + 5 images."""
+    root = tmp_path_factory.mktemp("tiles")
+    for name, n in (("MT_Free", 6), ("MT_Crack", 5)):
+        dst = root / name
+        dst.mkdir()
+        for p in sorted((assets_dir / "magnetic_tile" / name / "Imgs").glob("*.jpg"))[:n]:
+            (dst / p.name).write_bytes(p.read_bytes())
+    return root
+
+
+def _rows(path: Path) -> dict[str, dict[str, str]]:
+    with path.open(newline="") as f:
+        return {r["image_path"]: r for r in csv.DictReader(f)}
+
+
+def _ray(*args: str) -> object:
+    return CliRunner().invoke(app, ["detect", *args, *TINY, "--engine", "ray"], catch_exceptions=False)
+
+
+def test_ray_equals_local_for_a_per_image_method(tiles: Path, tmp_path: Path) -> None:
+    folders = [str(tiles / "MT_Free"), str(tiles / "MT_Crack")]
+    runs.detect(folders, tmp_path / "local", method="winclip", backbone=BB, class_name="tile", overlays=False)
+    res = _ray(*folders, "--out", str(tmp_path / "ray"), "--class-name", "tile", "--actors", "2", "--batch-size", "4")
+    assert res.exit_code == 0, res.output
+    local = _rows(tmp_path / "local" / "predictions.csv")
+    got = _rows(tmp_path / "ray" / "predictions.csv")
+    assert set(got) == set(local) and len(got) == 11
+    d = max(abs(float(got[k]["pred_score"]) - float(local[k]["pred_score"])) for k in local)
+    assert d <= 1e-6, d
+    for k in local:
+        assert got[k]["pred_label"] == local[k]["pred_label"] and got[k]["threshold_source"] == "robust_outlier"
+        assert float(got[k]["map_max"]) == pytest.approx(float(local[k]["map_max"]), abs=1e-6)
+        assert got[k]["image_size"] == local[k]["image_size"]
+    # maps read back: model resolution in float16, resized to the image as detect writes it
+    from zsad.engines.ray_data import load_map
+
+    k = sorted(local)[0]
+    amap = load_map(tmp_path / "ray", k)
+    want = np.load(tmp_path / "local" / local[k]["anomaly_map_path"])
+    assert amap.shape == want.shape
+    np.testing.assert_allclose(amap, want, atol=2e-3 * float(np.abs(want).max()))
+    table = runs.read_predictions(tmp_path / "ray")
+    assert {r["image_path"] for r in table} == set(local)
+
+
+def test_ray_groups_set_level_methods_by_folder(tiles: Path, tmp_path: Path) -> None:
+    local: dict[str, dict[str, str]] = {}
+    for name in ("MT_Free", "MT_Crack"):  # each folder one set, as --group-by parent makes it
+        out = tmp_path / f"local_{name}"
+        runs.detect([str(tiles / name)], out, method="dual-image", backbone=BB, class_name="tile", overlays=False)
+        local.update(_rows(out / "predictions.csv"))
+    args = [str(tiles), "--recursive", "--method", "dual-image", "--group-by", "parent", "--class-name", "tile"]
+    res = _ray(*args, "--out", str(tmp_path / "r"), "--actors", "2")
+    assert res.exit_code == 0, res.output
+    got = _rows(tmp_path / "r" / "predictions.csv")
+    assert set(got) == set(local)
+    d = max(abs(float(got[k]["pred_score"]) - float(local[k]["pred_score"])) for k in local)
+    assert d <= 1e-6, d
+    assert {got[k]["group"] for k in got} == {str(tiles / "MT_Free"), str(tiles / "MT_Crack")}
+    # the same sets named by a column of a CSV list (relative paths, two products)
+    lines = ["image_path,product"] + [
+        f"{tiles.name}/{name}/{p.name},{name.lower()}"
+        for name in ("MT_Free", "MT_Crack")
+        for p in sorted((tiles / name).glob("*.jpg"))
+    ]
+    listing = tiles.parent / "parts.csv"
+    listing.write_text("\n".join(lines) + "\n")
+    by_csv = _ray("--list", str(listing), "--method", "dual-image", "--group-by", "csv:product", "--class-name", "tile",
+                  "--out", str(tmp_path / "c"))  # fmt: skip
+    assert by_csv.exit_code == 0, by_csv.output
+    got_csv = _rows(tmp_path / "c" / "predictions.csv")
+    assert set(got_csv) == set(got)
+    assert max(abs(float(got_csv[k]["pred_score"]) - float(got[k]["pred_score"])) for k in got) <= 1e-6
+    assert {v["group"] for v in got_csv.values()} == {"mt_free", "mt_crack"}
+    refused = _ray(str(tiles), "--recursive", "--method", "dual-image", "--out", str(tmp_path / "r2"))
+    assert refused.exit_code == 2 and "--group-by" in refused.output
+
+
+def test_bad_files_become_error_rows_and_exit_1(tiles: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for p in sorted((tiles / "MT_Free").glob("*.jpg"))[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (folder / "empty.png").write_bytes(b"")
+    res = _ray(str(folder), "--out", str(tmp_path / "o"))
+    assert res.exit_code == 1, res.output
+    assert len(_rows(tmp_path / "o" / "predictions.csv")) == 3
+    errors = _rows(tmp_path / "o" / "errors.csv")
+    assert {Path(k).name for k in errors} == {"broken.jpg", "empty.png"}
+    assert "empty file" in errors[str(folder / "empty.png")]["error"]
+    # a rerun with other settings is refused before anything runs; the same settings retry only the failures
+    other = _ray(str(folder), "--out", str(tmp_path / "o"), "-o", "temperature=0.05")
+    assert other.exit_code == 2 and "holds a run with other settings" in other.output
+    again = _ray(str(folder), "--out", str(tmp_path / "o"))
+    assert again.exit_code == 1 and "resuming: 3 of 5" in " ".join(again.output.split())
+
+
+def test_killed_run_then_rerun_holds_each_image_once(tiles: Path, tmp_path: Path) -> None:
+    many = tmp_path / "many"
+    many.mkdir()
+    srcs = sorted((tiles / "MT_Free").glob("*.jpg")) + sorted((tiles / "MT_Crack").glob("*.jpg"))
+    for i in range(40):  # 40 distinct files (copies under new names)
+        (many / f"img{i:03d}.jpg").write_bytes(srcs[i % len(srcs)].read_bytes())
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "zsad", "detect", str(many), "--out", str(out), *TINY, "--engine", "ray",
+           "--batch-size", "2"]  # fmt: skip
+    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len(list((out / "shards").glob("part-*.parquet"))) < 3:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    proc.wait()
+    partial = len(list((out / "shards").glob("part-*.parquet")))
+    assert 3 <= partial < 20, partial
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = list(csv.DictReader((out / "predictions.csv").open(newline="")))
+    paths = [r["image_path"] for r in rows]
+    assert len(paths) == 40 and len(set(paths)) == 40
+    assert "resuming" in res.stderr or "resuming" in res.stdout
+
+
+def test_without_ray_the_message_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zsad.engines import ray_data
+    from zsad.errors import ZsadInputError
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ZsadInputError, match=r"pip install 'zsad\[ray\]'"):
+        ray_data.import_ray()
+
+
+def test_ray_options_need_the_ray_engine(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["detect", str(tmp_path), "--actors", "2", *TINY])
+    assert res.exit_code == 2 and "--actors: only with --engine ray" in res.output
+
+
+def test_file_uris_and_references_equal_local(tiles: Path, tmp_path: Path) -> None:
+    crack = sorted((tiles / "MT_Crack").glob("*.jpg"))
+    refs = tiles / "MT_Free"
+    listing = tmp_path / "uris.txt"
+    listing.write_text("".join(f"file://{p}\n" for p in crack))
+    common = {"class_name": "tile", "reference_dir": refs, "k_shot": 2}
+    runs.detect([str(p) for p in crack], tmp_path / "local", method="winclip", backbone=BB, overlays=False, **common)
+    res = _ray("--list", str(listing), "--out", str(tmp_path / "ray"), "--class-name", "tile",
+               "--reference-dir", str(refs), "--k-shot", "2")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    local = _rows(tmp_path / "local" / "predictions.csv")
+    got = _rows(tmp_path / "ray" / "predictions.csv")
+    assert set(got) == {str(p) for p in crack} == set(local)
+    for k in local:
+        assert float(got[k]["pred_score"]) == pytest.approx(float(local[k]["pred_score"]), abs=1e-6)
+        assert got[k]["threshold_source"] == local[k]["threshold_source"] == "normal_quantile"
+        assert float(got[k]["threshold"]) == pytest.approx(float(local[k]["threshold"]), abs=1e-6)
+        assert float(got[k]["pixel_threshold"]) == pytest.approx(float(local[k]["pixel_threshold"]), abs=1e-6)
+        assert got[k]["pred_label"] == local[k]["pred_label"]
