@@ -196,3 +196,12 @@ def test_file_uris_and_references_equal_local(tiles: Path, tmp_path: Path) -> No
         assert float(got[k]["threshold"]) == pytest.approx(float(local[k]["threshold"]), abs=1e-6)
         assert float(got[k]["pixel_threshold"]) == pytest.approx(float(local[k]["pixel_threshold"]), abs=1e-6)
         assert got[k]["pred_label"] == local[k]["pred_label"]
+
+
+def test_gpu_actors_choose_their_own_device() -> None:
+    from zsad.engines.ray_data import RayOptions, _actor_backbone
+
+    resolved = BackboneSpec("zsad-tiny", "none", None, 96, "cpu", 0)  # as the driver (no GPU) resolved it
+    assert _actor_backbone(resolved, RayOptions(gpus_per_actor=0.5), device_given=False)["device"] is None
+    assert _actor_backbone(resolved, RayOptions(gpus_per_actor=0.5), device_given=True)["device"] == "cpu"
+    assert _actor_backbone(resolved, RayOptions(), device_given=False)["device"] == "cpu"

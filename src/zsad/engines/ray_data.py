@@ -371,10 +371,24 @@ def detect_ray(
             key = {**work.key(spec), "engine": "ray", "group_by": ropts.group_by, "map_dtype": ropts.map_dtype}
             check_run_key(work.out, key)
             claim_output(work.out, key)
-            return _run(ray, spec, work, ropts, inputs)
+            device_given = backbone is not None and backbone.device is not None
+            return _run(ray, spec, work, ropts, inputs, device_given)
 
 
-def _run(ray: Any, spec: MethodSpec, job: DetectJob, ropts: RayOptions, inputs: list[tuple[str, str]]) -> DetectResult:
+def _actor_backbone(bb: BackboneSpec, ropts: RayOptions, device_given: bool) -> dict[str, Any]:
+    """The backbone spec sent to the actors; GPU actors pick their device themselves unless one was given.
+
+    The driver resolved ``device`` on its own machine, which may have no GPU.
+    """
+    out = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(bb).items()}
+    if ropts.gpus_per_actor > 0 and not device_given:
+        out["device"] = None
+    return out
+
+
+def _run(
+    ray: Any, spec: MethodSpec, job: DetectJob, ropts: RayOptions, inputs: list[tuple[str, str]], device_given: bool
+) -> DetectResult:
     import hashlib
 
     from zsad.fileio import write_json
@@ -400,7 +414,7 @@ def _run(ray: Any, spec: MethodSpec, job: DetectJob, ropts: RayOptions, inputs: 
     model_id = hashlib.sha256(json.dumps(spec.key(), sort_keys=True, default=str).encode()).hexdigest()[:16]
     setup = {
         "method": spec.name,
-        "backbone": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(spec.backbone).items()},
+        "backbone": _actor_backbone(spec.backbone, ropts, device_given),
         "options": spec.options,
         "checkpoint": str(spec.checkpoint) if spec.checkpoint else None,
         "class_name": job.class_name,
