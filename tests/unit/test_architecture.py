@@ -12,7 +12,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "zsad"
 BOTTOM = {
-    "types", "errors", "fileio", "progress", "sysinfo", "ops", "thresholds", "synth", "bank",
+    "types", "errors", "fileio", "progress", "sysinfo", "ops", "thresholds", "synth", "bank", "mutual",
     "backbone", "prompts", "data", "metrics", "viz", "train",
 }  # fmt: skip
 LAYER = {
