@@ -10,6 +10,7 @@ from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
 
 METHODS: dict[str, str] = {
+    "musc": "zsad.methods.musc:MuSc",
     "winclip": "zsad.methods.winclip:WinClip",
     "sdp": "zsad.methods.sdp:Sdp",
     "sdp+": "zsad.methods.sdp_plus:SdpPlus",

@@ -1,0 +1,158 @@
+"""MuSc: zero-shot anomaly maps and scores by mutual scoring of the unlabelled test images, no text, no training.
+
+Paper: Li et al., "MuSc: Zero-Shot Industrial Anomaly Classification and Segmentation with Mutual Scoring of the
+Unlabeled Images", ICLR 2024. The scoring itself (LNAMD, MSM, RsCIN) is ``zsad.mutual``; this module runs it on
+the shared backbone and the set-level path:
+
+- pass 1 (``encode``): one backbone forward per image; the raw tokens of ``layers`` (default: the quarters of the
+  tower, 1-indexed 6/12/18/24 on ViT-L/14-336 as published) and the unit global embedding go to the feature bank;
+- ``end_set``: for every degree r in ``degrees`` (1, 3, 5) and every layer, LNAMD features of each image are scored
+  against every other image (MSM, the ``interval`` of the sorted per-image nearest-patch distances, (0, 0.3) as
+  published), in blocks of at most ``block_mb`` MiB; the patch scores are averaged over layers and degrees, upsampled
+  bilinearly (corners aligned, as published) to the input size; the image score is the map maximum, re-scored with
+  RsCIN over the global embeddings (``rscin_k`` (1, 2, 3) as published for MVTec AD; ``rscin=false`` keeps the
+  maximum);
+- ``score_in_set`` returns the stored results.
+
+Ours: sets of 1 to 4 images (see ``zsad.mutual``), block-wise scoring, and storing tokens as ``bank_dtype``. Scores
+depend on the whole set: every result is TRANSDUCTIVE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from zsad.bank import FeatureBank
+from zsad.errors import ZsadInputError
+from zsad.methods.base import Method, MethodConfig
+from zsad.methods.options import check_range
+from zsad.mutual import lnamd, mutual_scores, rscin
+from zsad.progress import reporter
+from zsad.types import Prediction
+
+
+@dataclass
+class MuScConfig(MethodConfig):
+    """MuSc options; the published values are the defaults (see the module notes)."""
+
+    backbone: str = "ViT-L-14-336"
+    pretrained: str = "openai"
+    image_size: int = 518
+    layers: tuple[int, ...] = ()  # 1-indexed taps; () = quarters of the tower
+    degrees: tuple[int, ...] = (1, 3, 5)  # LNAMD aggregation degrees r
+    interval: tuple[float, float] = (0.0, 0.3)  # MSM: fractions of the other images, sorted by distance
+    rscin: bool = True
+    rscin_k: tuple[int, ...] = (1, 2, 3)
+    block_mb: int = 256  # memory budget of one block of patch distances
+    bank_dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        self.layers = tuple(int(v) for v in self.layers)
+        self.degrees = tuple(int(v) for v in self.degrees)
+        self.rscin_k = tuple(int(v) for v in self.rscin_k)
+        self.interval = tuple(float(v) for v in self.interval)  # type: ignore[assignment]
+        if not self.degrees or any(r < 1 or r % 2 == 0 for r in self.degrees):
+            raise ZsadInputError(f"musc: degrees {list(self.degrees)}: odd numbers >= 1")
+        lo, hi = self.interval
+        if not 0 <= lo < hi <= 1:
+            raise ZsadInputError(f"musc: interval {list(self.interval)}: need 0 <= low < high <= 1")
+        if any(k < 1 for k in self.rscin_k):
+            raise ZsadInputError("musc: rscin_k values must be >= 1")
+        if self.bank_dtype not in ("float16", "bfloat16", "float32"):
+            raise ZsadInputError(f"musc: bank_dtype {self.bank_dtype!r}: use float16, bfloat16 or float32")
+        check_range("musc", block_mb=(self.block_mb, self.block_mb >= 1, ">= 1"))
+
+
+class MuSc(Method):
+    """Mutual scoring of the unlabelled images of a set (vision only: no class name, no text)."""
+
+    name = "musc"
+    config_cls = MuScConfig
+    config: MuScConfig
+    needs_class_name: ClassVar[bool] = False
+    transductive: ClassVar[bool] = True
+    set_level: ClassVar[bool] = True
+
+    def __init__(self, backbone: Any, config: MethodConfig | None = None, **overrides: Any) -> None:
+        super().__init__(backbone, config, **overrides)
+        n = self.backbone.num_layers
+        self.layers = self.config.layers or tuple(max(1, round(n * q / 4)) for q in (1, 2, 3, 4))
+        self._maps: torch.Tensor | None = None
+        self._scores: torch.Tensor | None = None
+
+    @property
+    def transductive_note(self) -> str:
+        """What makes every score depend on the set."""
+        return "each image is scored against every other image of its set (mutual scoring)"
+
+    def _setup(self, class_name: str, reference_images: torch.Tensor | None) -> None:
+        self._maps = self._scores = None
+
+    def new_bank(self) -> FeatureBank:
+        """An empty bank storing tokens as ``bank_dtype``."""
+        return FeatureBank(dtype=getattr(torch, self.config.bank_dtype))
+
+    def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw tokens of the taps (B, layers, N, C) and the unit global embedding (B, D)."""
+        feats = self.backbone.encode_image(images, layers=self.layers)
+        tok = torch.stack([feats.tokens[t][:, 1:] for t in self.layers], 1)
+        return {"tok": tok, "glob": F.normalize(feats.embedding, dim=-1)}
+
+    def end_set(self, bank: FeatureBank) -> None:
+        """Score the whole set now (maps at token resolution, then image scores and RsCIN)."""
+        n = len(bank)
+        cfg = self.config
+        grid = self.backbone.grid_size()
+        dev = self.backbone.device
+        budget = cfg.block_mb << 20
+        tok_shape = bank.get(torch.arange(1), ["tok"])["tok"].shape  # (1, L, N, C)
+        per = max(1, budget // max(1, tok_shape[1] * tok_shape[2] * tok_shape[3] * 4))
+        total = torch.zeros(n, grid[0] * grid[1], dtype=torch.float64)
+        work = len(cfg.degrees) * len(self.layers)
+        with reporter().task(f"musc: mutual scoring of {n} images", work * n) as task:
+            done = 0
+            for r in cfg.degrees:
+                for li in range(len(self.layers)):
+
+                    def keys(li: int = li, r: int = r) -> Any:
+                        for start, chunk in bank.chunks(per, ["tok"], device=dev):
+                            yield start, lnamd(chunk["tok"][:, li], grid, r)
+
+                    for start, chunk in bank.chunks(per, ["tok"], device=dev):
+                        q = lnamd(chunk["tok"][:, li], grid, r)
+                        idx = torch.arange(start, start + q.shape[0])
+                        lo, hi = cfg.interval
+                        total[idx] += mutual_scores(q, idx, keys, n, lo, hi, block_bytes=budget).double().cpu()
+                        done += q.shape[0]
+                        task.update(completed=done)
+        patch = (total / work).float().reshape(n, 1, *grid)
+        self._maps = F.interpolate(patch, size=(self.image_size, self.image_size), mode="bilinear", align_corners=True)[
+            :, 0
+        ]
+        scores = self._maps.flatten(1).amax(1)
+        if cfg.rscin and n > 1:
+            glob = bank.get(torch.arange(n), ["glob"])["glob"]
+            scores = rscin(scores, glob, cfg.rscin_k).float()
+        self._scores = scores
+
+    def score_in_set(self, index: torch.Tensor, bank: FeatureBank) -> Prediction:
+        """The stored map and score of bank rows ``index``."""
+        if self._maps is None or self._scores is None:
+            raise ZsadInputError("musc: end_set(bank) must run before score_in_set")
+        index = torch.as_tensor(index, dtype=torch.long)
+        dev = self.backbone.device
+        return Prediction(pred_score=self._scores[index].to(dev), anomaly_map=self._maps[index].to(dev))
+
+    def _predict(self, images: torch.Tensor) -> Prediction:
+        """Scores the images of this batch as one set (``zsad detect``/``eval`` score the whole set)."""
+        bank = self.new_bank()
+        try:
+            bank.add(self.encode(images))
+            self.end_set(bank)
+            return self.score_in_set(torch.arange(len(bank)), bank)
+        finally:
+            bank.close()
