@@ -14,7 +14,8 @@ the shared backbone and the set-level path:
   maximum);
 - ``score_in_set`` returns the stored results.
 
-Ours: sets of 1 to 4 images (see ``zsad.mutual``), block-wise scoring, and storing tokens as ``bank_dtype``. Scores
+Ours: sets of 1 to 4 images (see ``zsad.mutual``), block-wise scoring, and storing tokens as ``bank_dtype``
+(docs/methods/musc.md). Scores
 depend on the whole set: every result is TRANSDUCTIVE.
 """
 
