@@ -174,53 +174,31 @@ def detect_cmd(
         given = [k for k, v in ray_only.items() if v is not None] + (["--actors"] if actors != 1 else [])
         if engine == "local" and (given or gpus_per_actor):
             raise ZsadInputError(f"{(given or ['--gpus-per-actor'])[0]}: only with --engine ray")
-        if engine == "ray":
+        common: dict[str, Any] = {
+            "method": method,
+            "options": opts,
+            "backbone": bb,
+            "checkpoint": checkpoint,
+            "reporter": _reporter(),
+            "class_name": class_name,
+            "image_glob": image_glob,
+            "list_file": list_file,
+            "reference_dir": reference_dir,
+            "k_shot": k_shot,
+            "threshold": threshold,
+            "recursive": recursive,
+            "batch_size": batch_size,
+            "seed": seed,
+            "max_map_size": max_map_size,
+        }
+        if engine == "ray":  # bad files always become error rows there; no overlays
             from zsad.engines.ray_data import RayOptions, detect_ray
 
             ropts = RayOptions(ray_address, actors, gpus_per_actor, group_by=group_by)
-            result = detect_ray(
-                list(path or []),
-                out,
-                method=method,
-                options=opts,
-                backbone=bb,
-                checkpoint=checkpoint,
-                reporter=_reporter(),
-                ray_options=ropts,
-                class_name=class_name,
-                image_glob=image_glob,
-                list_file=list_file,
-                reference_dir=reference_dir,
-                k_shot=k_shot,
-                threshold=threshold,
-                recursive=recursive,
-                batch_size=batch_size,
-                seed=seed,
-                max_map_size=max_map_size,
-            )
-            raise typer.Exit(result.exit_code)
-        result = runs.detect(
-            list(path or []),
-            out,
-            method=method,
-            options=opts,
-            backbone=bb,
-            checkpoint=checkpoint,
-            reporter=_reporter(),
-            class_name=class_name,
-            image_glob=image_glob,
-            list_file=list_file,
-            reference_dir=reference_dir,
-            k_shot=k_shot,
-            threshold=threshold,
-            recursive=recursive,
-            batch_size=batch_size,
-            overlays=overlays,
-            normalize=normalize,
-            skip_bad=skip_bad,
-            seed=seed,
-            max_map_size=max_map_size,
-        )
+            result = detect_ray(list(path or []), out, ray_options=ropts, **common)
+        else:
+            opts_local: dict[str, Any] = {"overlays": overlays, "normalize": normalize, "skip_bad": skip_bad}
+            result = runs.detect(list(path or []), out, **common, **opts_local)
     raise typer.Exit(result.exit_code)
 
 
