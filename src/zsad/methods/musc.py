@@ -118,18 +118,25 @@ class MuSc(Method):
             done = 0
             for r in cfg.degrees:
                 for li in range(len(self.layers)):
+                    # LNAMD features of every image once per (degree, layer), in their own bank (RAM, then disk)
+                    feats = FeatureBank(dtype=torch.float32)
+                    try:
+                        for _, chunk in bank.chunks(per, ["tok"], device=dev):
+                            feats.add({"z": lnamd(chunk["tok"][:, li], grid, r)})
 
-                    def keys(li: int = li, r: int = r) -> Any:
-                        for start, chunk in bank.chunks(per, ["tok"], device=dev):
-                            yield start, lnamd(chunk["tok"][:, li], grid, r)
+                        def keys(feats: FeatureBank = feats) -> Any:
+                            for start, block in feats.chunks(per, ["z"], device=dev):
+                                yield start, block["z"]
 
-                    for start, chunk in bank.chunks(per, ["tok"], device=dev):
-                        q = lnamd(chunk["tok"][:, li], grid, r)
-                        idx = torch.arange(start, start + q.shape[0])
-                        lo, hi = cfg.interval
-                        total[idx] += mutual_scores(q, idx, keys, n, lo, hi, block_bytes=budget).double().cpu()
-                        done += q.shape[0]
-                        task.update(completed=done)
+                        for start, block in feats.chunks(per, ["z"], device=dev):
+                            q = block["z"]
+                            idx = torch.arange(start, start + q.shape[0])
+                            lo, hi = cfg.interval
+                            total[idx] += mutual_scores(q, idx, keys, n, lo, hi, block_bytes=budget).double().cpu()
+                            done += q.shape[0]
+                            task.update(completed=done)
+                    finally:
+                        feats.close()
         patch = (total / work).float().reshape(n, 1, *grid)
         self._maps = F.interpolate(patch, size=(self.image_size, self.image_size), mode="bilinear", align_corners=True)[
             :, 0
