@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import add_results_args, emit
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -66,8 +68,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=240)
     ap.add_argument("--block-mb", type=int, default=256)
     ap.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--append-results", action="store_true")
-    ap.add_argument("--results-file", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    add_results_args(ap)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(one(args.one, args.backbone, args.image_size, args.block_mb)))
@@ -98,10 +99,7 @@ def main() -> None:
             f"{r['seconds'] / r['bare_seconds']:.1f}x | {r['peak_rss_gib']:.2f} | {r['finite']} |"
         )
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.append_results:
-        with args.results_file.open("a") as f:
-            f.write("\n" + text)
+    emit(text, args)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from _results import add_results_args, emit
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,8 +42,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--actors", default="1,2")
     ap.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--append-results", action="store_true")
-    ap.add_argument("--results-file", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    add_results_args(ap)
     args = ap.parse_args()
 
     import ray
@@ -98,10 +99,7 @@ def main() -> None:
         lines.append(f"| {name} | {sec:.1f} | {len(images) / sec:.2f} | {sec / base:.2f}x |")
     lines += ["", f"Max |score difference| Ray vs local over the {len(local)} images: {worst:.2e}."]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.append_results:
-        with args.results_file.open("a") as f:
-            f.write("\n" + text)
+    emit(text, args)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import httpx
 import torch
 
+from _results import add_results_args, emit
 from zsad import client
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,8 +139,7 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=float, default=10.0)
     ap.add_argument("--seconds", type=float, default=600.0, help="time cap per phase")
     ap.add_argument("--skip-overload", action="store_true")
-    ap.add_argument("--append-results", action="store_true")
-    ap.add_argument("--results-file", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    add_results_args(ap)
     args = ap.parse_args()
 
     assets = Path(os.environ.get("ZSAD_ASSETS", ROOT.parent / "shared" / "assets")) / "magnetic_tile"
@@ -232,10 +232,7 @@ def main() -> None:
             f"{overload['wall_s']:.1f} s.",
         ]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.append_results:
-        with args.results_file.open("a") as f:
-            f.write("\n" + text)
+    emit(text, args)
 
 
 if __name__ == "__main__":

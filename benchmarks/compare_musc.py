@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from _results import add_results_args, emit
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,8 +43,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--backbone", default="ViT-B-16-plus-240")
     ap.add_argument("--image-size", type=int, default=240)
-    ap.add_argument("--append-results", action="store_true")
-    ap.add_argument("--results-file", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    add_results_args(ap)
     args = ap.parse_args()
 
     from zsad.backbone import ClipBackbone
@@ -133,10 +134,7 @@ def main() -> None:
         f"{bool(torch.isfinite(s4).all())} (the single nearest other image, documented).",
     ]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.append_results:
-        with args.results_file.open("a") as f:
-            f.write("\n" + text)
+    emit(text, args)
 
 
 if __name__ == "__main__":

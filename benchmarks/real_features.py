@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _results import add_results_args, emit
 from zsad.metrics import f1_max, image_auroc
 from zsad.mutual import mutual_scores, rscin
 from zsad.thresholds import choose_threshold
@@ -61,8 +62,7 @@ SCORERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--append-results", action="store_true")
-    ap.add_argument("--results-file", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    add_results_args(ap)
     args = ap.parse_args()
     path = Path(os.environ.get("ZSAD_ASSETS", ROOT.parent / "shared" / "assets")) / FILE
     if not path.is_file():
@@ -114,10 +114,7 @@ def main() -> None:
         a, b = np.mean(f1_rule[name]), np.mean(f1_best[name])
         lines.append(f"| {name} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.append_results:
-        with args.results_file.open("a") as fh:
-            fh.write("\n" + text)
+    emit(text, args)
 
 
 if __name__ == "__main__":
