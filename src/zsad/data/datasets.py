@@ -293,6 +293,11 @@ def collect_images(items: Sequence[str | Path], recursive: bool = False, image_g
     return list(seen.values())
 
 
+def list_entry(entry: str, base: Path) -> str:
+    """One path of a list file: absolute paths and URIs as written, relative ones from the list's folder ``base``."""
+    return entry if os.path.isabs(entry) or "://" in entry else str(base / entry)
+
+
 def read_list_file(path: str | Path) -> list[str]:
     """Image paths of a list file, one per line (``#`` comments and blank lines skipped).
 
@@ -311,7 +316,7 @@ def read_list_file(path: str | Path) -> list[str]:
     for line in lines:
         entry = line.strip()
         if entry and not entry.startswith("#"):
-            out.append(entry if os.path.isabs(entry) or "://" in entry else str(p.parent / entry))
+            out.append(list_entry(entry, p.parent))
     if not out:
         raise ZsadInputError(f"{p}: list file names no images")
     return out

@@ -34,10 +34,11 @@ from zsad.runs.outputs import RunLock, check_output_dir, check_run_key, claim_ou
 from zsad.thresholds import choose_threshold
 
 SHARDS = "shards"
-SHARD_SCHEMA = (
-    "image_uri", "group", "pred_score", "map_min", "map_max", "image_size", "map_size", "score_parts", "anomaly_map",
-    "error", "model_id",
-)  # fmt: skip
+SHARD_SCHEMA = {
+    "image_uri": "string", "group": "string", "pred_score": "float64", "map_min": "float64", "map_max": "float64",
+    "image_size": "string", "map_size": "string", "score_parts": "string", "anomaly_map": "binary", "error": "string",
+    "model_id": "string",
+}  # fmt: skip  # column -> pyarrow type of every shard
 DECODE_CPUS = 0.5  # reserved per decoding task
 INSTALL = "--engine ray needs Ray Data: pip install 'zsad[ray]'"
 
@@ -117,7 +118,7 @@ def list_inputs(job: DetectJob, group_by: str | None) -> list[tuple[str, str]]:
 
 def _read_list(path: Path, column: str | None) -> list[tuple[str, str]]:
     """A list file (one path per line) or, for ``--group-by csv:COLUMN``, a CSV with ``image_path`` and COLUMN."""
-    from zsad.data.datasets import read_list_file
+    from zsad.data.datasets import list_entry, read_list_file
 
     if column is None:
         return [(u, "") for u in read_list_file(path)]
@@ -125,12 +126,7 @@ def _read_list(path: Path, column: str | None) -> list[tuple[str, str]]:
         rows = list(csv.DictReader(f))
     if not rows or column not in rows[0] or "image_path" not in rows[0]:
         raise ZsadInputError(f"{path}: --group-by csv:{column} needs a CSV with columns image_path and {column}")
-    base = path.parent
-    return [
-        (r["image_path"] if _is_uri(r["image_path"]) or os.path.isabs(r["image_path"]) else str(base / r["image_path"]),
-         r[column] or "")
-        for r in rows
-    ]  # fmt: skip
+    return [(list_entry(r["image_path"], path.parent), r[column] or "") for r in rows]
 
 
 def _expand_remote(uris: Sequence[str], recursive: bool) -> list[str]:
@@ -296,21 +292,7 @@ def write_shard(out: Path, rows: list[dict[str, Any]]) -> Path:
 
     from zsad.fileio import write_bytes
 
-    table = pa.table(
-        {
-            "image_uri": pa.array([r["image_uri"] for r in rows], pa.string()),
-            "group": pa.array([r["group"] for r in rows], pa.string()),
-            "pred_score": pa.array([r["pred_score"] for r in rows], pa.float64()),
-            "map_min": pa.array([r["map_min"] for r in rows], pa.float64()),
-            "map_max": pa.array([r["map_max"] for r in rows], pa.float64()),
-            "image_size": pa.array([r["image_size"] for r in rows], pa.string()),
-            "map_size": pa.array([r["map_size"] for r in rows], pa.string()),
-            "score_parts": pa.array([r["score_parts"] for r in rows], pa.string()),
-            "anomaly_map": pa.array([r["anomaly_map"] for r in rows], pa.binary()),
-            "error": pa.array([r["error"] for r in rows], pa.string()),
-            "model_id": pa.array([r["model_id"] for r in rows], pa.string()),
-        }
-    )
+    table = pa.table({k: pa.array([r[k] for r in rows], getattr(pa, t)()) for k, t in SHARD_SCHEMA.items()})
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     path = out / SHARDS / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
@@ -391,9 +373,6 @@ def _run(
 ) -> DetectResult:
     import hashlib
 
-    from zsad.fileio import write_json
-    from zsad.sysinfo import environment
-
     say = reporter()
     out = job.out
     cls = spec.cls
@@ -463,7 +442,7 @@ def _run(
                 failed += sum(1 for e in batch["error"] if e)
                 task.update(completed=n)
     elapsed = time.perf_counter() - started
-    return _finish(spec, job, ropts, (references, calib), model_id, failed, len(todo), elapsed, write_json, environment)
+    return _finish(spec, job, ropts, (references, calib), model_id, failed, len(todo), elapsed)
 
 
 def _actor_cpus(ray: Any, ropts: RayOptions) -> float:
@@ -483,15 +462,9 @@ def _references(spec: MethodSpec, job: DetectJob) -> tuple[np.ndarray | None, An
         return None, None
     import torch
 
-    from zsad.data import ImageList
-
-    bb = spec.backbone
-    from zsad.types import Preprocess
-
-    pre = Preprocess(int(bb.image_size or 0))
-    ds = ImageList(job.references, image_size=pre.image_size)
-    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(job.seed)).tolist()
-    pixels = np.stack([_pixels(ds.samples[i].image_path, pre.image_size) for i in order])
+    size = int(spec.backbone.image_size or 0)
+    order = torch.randperm(len(job.references), generator=torch.Generator().manual_seed(job.seed)).tolist()
+    pixels = np.stack([_pixels(job.references[i], size) for i in order])  # the order detect draws them in
     refs, calib = split_references(spec.cls.supports_few_shot, torch.from_numpy(pixels), job.k_shot)
     return (refs.numpy() if refs is not None else None), calib
 
@@ -513,10 +486,11 @@ def _finish(
     failed: int,
     scored_now: int,
     elapsed: float,
-    write_json: Any,
-    environment: Any,
 ) -> DetectResult:
     """Second, cheap pass: thresholds over every written score, then the tables and the manifest."""
+    from zsad.fileio import write_json
+    from zsad.sysinfo import environment
+
     say = reporter()
     out = job.out
     references, calib = refs_calib

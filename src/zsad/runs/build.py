@@ -117,6 +117,14 @@ class MethodSpec:
 
         return get_method_class(self.name)
 
+    @property
+    def untrained(self) -> bool:
+        """A method that refuses to run untrained and was given no trained parts (checkpoint or option)."""
+        cls = self.cls
+        return (
+            cls.trainable and cls.requires_checkpoint and self.checkpoint is None and not self.options.get("checkpoint")
+        )
+
     def validate(self, *, for_training: bool = False) -> MethodSpec:
         """Check everything that can be checked without weights; returns the spec with its backbone resolved."""
         cls = self.cls
@@ -127,7 +135,7 @@ class MethodSpec:
             if not cls.trainable:
                 raise ZsadInputError(f"--checkpoint: method {cls.name} has no trained parts")
             _check_checkpoint(self.checkpoint, cls.name, self.backbone)
-        elif cls.trainable and cls.requires_checkpoint and not for_training and not self.options.get("checkpoint"):
+        elif self.untrained and not for_training:
             raise ZsadInputError(
                 f"method {cls.name} needs trained parts: pass --checkpoint DIR (made by `zsad train --method "
                 f"{cls.name} ...`)"

@@ -147,9 +147,8 @@ class ModelPool:
 
     def availability(self, method: str) -> str | None:
         """Why ``method`` cannot run on this server, or None."""
-        cls = get_method_class(method)
-        needs = cls.trainable and cls.requires_checkpoint and method not in self.checkpoints
-        if needs and not self.server_options.get(method, {}).get("checkpoint"):
+        spec = MethodSpec(method, self.backbone, self.server_options.get(method, {}), self.checkpoints.get(method))
+        if spec.untrained:
             return f"method {method} needs trained parts: start the server with --checkpoint DIR (from `zsad train`)"
         return None
 

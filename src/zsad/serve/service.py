@@ -143,7 +143,7 @@ class Service:
             bb = self.config.backbone
             reason = self.pool.availability(name)
             pretrained = bb.pretrained if bb.pretrained is not None else cfg.pretrained
-            random = bb.weights is None and str(pretrained).lower() in ("none", "random", "")
+            random = BackboneSpec(pretrained=pretrained, weights=bb.weights).random_init  # the backbone's own rule
             rows.append(
                 {
                     "name": name,
