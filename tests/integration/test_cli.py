@@ -194,3 +194,31 @@ def test_corrupt_image_stops_with_name_or_is_skipped(samples: Path, tmp_path: Pa
     assert res.exit_code == 1
     assert len(_rows(tmp_path / "b" / "predictions.csv")) == 2
     assert "broken.png" in (tmp_path / "b" / "errors.csv").read_text()
+
+
+def test_detect_two_mode_threshold(samples: Path, tmp_path: Path) -> None:
+    from zsad.thresholds import otsu_threshold
+
+    out = tmp_path / "out"
+    res = _run(
+        "detect",
+        str(samples),
+        "--recursive",
+        "--out",
+        str(out),
+        "--class-name",
+        "tile",
+        "--threshold-rule",
+        "two_mode",
+        "--no-overlays",
+        *TINY,
+    )
+    assert res.exit_code == 0, res.output
+    rows = _rows(out / "predictions.csv")
+    scores = np.array([float(r["pred_score"]) for r in rows])
+    thr = otsu_threshold(scores)
+    for r, s in zip(rows, scores, strict=True):
+        assert r["threshold_source"] == "two_mode" and float(r["threshold"]) == pytest.approx(thr, rel=1e-6)
+        assert r["pred_label"] == str(int(s > thr))
+    bad = _run("detect", str(samples), "--out", str(tmp_path / "o2"), "--threshold-rule", "otsu", *TINY)
+    assert bad.exit_code == 2 and "--threshold-rule 'otsu'" in bad.output

@@ -128,6 +128,12 @@ def detect_cmd(
     ] = None,
     k_shot: Annotated[int, typer.Option(help="Number of reference images to use (0 = all in --reference-dir).")] = 0,
     threshold: Annotated[float | None, typer.Option(help="Manual image threshold (skips calibration).")] = None,
+    threshold_rule: Annotated[
+        str,
+        typer.Option(
+            help="With no threshold and no --reference-dir: robust_outlier (most images normal) or two_mode (Otsu)."
+        ),
+    ] = "robust_outlier",
     recursive: bool = False,
     batch_size: int = 8,
     overlays: Annotated[bool, typer.Option(help="Write PNG overlays.")] = True,
@@ -186,6 +192,7 @@ def detect_cmd(
             "reference_dir": reference_dir,
             "k_shot": k_shot,
             "threshold": threshold,
+            "threshold_rule": threshold_rule,
             "recursive": recursive,
             "batch_size": batch_size,
             "seed": seed,

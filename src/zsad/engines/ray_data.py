@@ -526,7 +526,7 @@ def _finish(
     calib_scores = calib_max = None
     if calib is not None and method is not None and len(calib):
         calib_scores, calib_max = calibrate(method, normalize(calib.numpy(), method))
-    thr = choose_threshold(scores, normal_scores=calib_scores, manual=job.threshold)
+    thr = choose_threshold(scores, normal_scores=calib_scores, manual=job.threshold, unlabelled=job.threshold_rule)
     pthr = choose_threshold(np.array([r["map_max"] for r in good]), normal_scores=calib_max)
     labels = thr.apply(scores)
     table = []

@@ -35,7 +35,7 @@ from zsad.runs.outputs import (
 from zsad.runs.scoring import decode_parts, parts_json, resize_map, score_dataset
 from zsad.runs.train import prepare_method
 from zsad.sysinfo import environment
-from zsad.thresholds import Threshold, choose_threshold
+from zsad.thresholds import UNLABELLED_RULES, Threshold, choose_threshold
 
 FIELDS = [
     "image_path",
@@ -68,6 +68,7 @@ class DetectJob:
     reference_dir: Path | None = None
     k_shot: int = 0
     threshold: float | None = None
+    threshold_rule: str = "robust_outlier"
     batch_size: int = 8
     overlays: bool = True
     normalize: str = "dataset"
@@ -118,6 +119,8 @@ class DetectJob:
             raise ZsadInputError(f"--max-map-size {self.max_map_size}: must be >= 0 (0 = no cap)")
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise ZsadInputError(f"--threshold {self.threshold}: must be a finite number")
+        if self.threshold_rule not in UNLABELLED_RULES:
+            raise ZsadInputError(f"--threshold-rule {self.threshold_rule!r}: use one of {', '.join(UNLABELLED_RULES)}")
 
     def key(self, spec: MethodSpec) -> dict[str, Any]:
         """The run key as known before the build; ``run_detect`` completes and checks it after."""
@@ -378,7 +381,7 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
     scores = np.array([float(r["pred_score"]) for r in log.rows])
     maxima = np.array([float(r["map_max"]) for r in log.rows])
     calib_scores, calib_max = calibrate(method, calib, parts if final is not None else None)
-    thr = choose_threshold(scores, normal_scores=calib_scores, manual=job.threshold)
+    thr = choose_threshold(scores, normal_scores=calib_scores, manual=job.threshold, unlabelled=job.threshold_rule)
     # Pixel decisions: the same rule applied to per-image map maxima (map values need not share the score scale).
     pthr = choose_threshold(maxima, normal_scores=calib_max)
     labels = thr.apply(scores)
