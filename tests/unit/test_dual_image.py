@@ -192,3 +192,34 @@ def test_defect_pasted_into_a_real_image_is_found(bb: ClipBackbone, assets_dir) 
     amap = m.predict(torch.cat([x, y])).anomaly_map
     peak = divmod(int(amap[1].argmax()), 96)
     assert 16 <= peak[0] < 32 and 64 <= peak[1] < 80, peak
+
+
+def _rscin_numpy(s: np.ndarray, g: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
+    """RsCIN written out: min-max, then per k the similarity-weighted mean over the k most similar (self included)."""
+    s = (s - s.min()) / (s.max() - s.min())
+    w = g @ g.T
+    out = np.zeros((len(ks), len(s)))
+    for a, k in enumerate(ks):
+        for i in range(len(s)):
+            nb = np.argsort(-w[i], kind="stable")[:k]
+            out[a, i] = (w[i, nb] * s[nb]).sum() / w[i, nb].sum()
+    return out.mean(0)
+
+
+def test_rscin_option_rescores_the_set(bb: ClipBackbone) -> None:
+    x = _images(6, seed=3)
+    plain = create_method("dual-image", bb, image_size=96, pairing="all", bank_dtype="float32")
+    plain.setup("tile")
+    base = plain.predict(x)
+    m = create_method("dual-image", bb, image_size=96, pairing="all", bank_dtype="float32", rscin=True, rscin_k=[1, 3])
+    m.setup("tile")
+    got = m.predict(x)
+    torch.testing.assert_close(got.anomaly_map, base.anomaly_map)  # maps untouched
+    torch.testing.assert_close(got.score_parts["score_before_rscin"], base.pred_score)
+    g = F.normalize(bb.encode_image(x).embedding, dim=-1).double().numpy()
+    want = _rscin_numpy(base.pred_score.double().numpy(), g, (1, 3))
+    np.testing.assert_allclose(got.pred_score.numpy(), want, atol=1e-5)
+    lang = create_method("dual-image", bb, image_size=96, mode="language", pairing="none", rscin=True)
+    assert lang.is_transductive and "RsCIN" in lang.transductive_note
+    with pytest.raises(ZsadInputError, match="rscin_k"):
+        create_method("dual-image", bb, image_size=96, rscin_k=[0])

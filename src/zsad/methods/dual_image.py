@@ -15,6 +15,9 @@ reconstructed detail is a named option of ``DualImageConfig``:
   distances (MuSc-style), computed in chunks of at most ``chunk_mb`` MiB. ``none`` = language only.
 - Joint map M = M_L + ``lam`` M_V (``mode``: joint | language | visual for ablations), bilinear to the input size,
   Gaussian ``smoothing_sigma``; image score = global text probability + max(M).
+- RsCIN (``rscin``, off by default, ours for this method): MuSc's image-level re-scoring (``zsad.mutual.rscin``)
+  over the global embeddings of the set, applied to the final image scores; ``end_set`` then scores the whole set
+  once to get them, so pass 2 costs twice its compute (the backbone is not re-run).
 - Test-time adaptation (``tta``, off by default): pseudo-anomalies synthesised on a seeded sample of the test images
   (Perlin masks with foreign texture, and cut-paste; ``zsad.synth``), one residual linear adapter per layer on the
   projected v-v patch tokens (zero-initialised, so untrained it changes nothing), trained with focal + dice through
@@ -38,8 +41,9 @@ from zsad.backbone import ImageFeatures
 from zsad.bank import FeatureBank
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, TextPromptConfig
-from zsad.methods.options import check_range
+from zsad.methods.options import check_range, check_rscin_k
 from zsad.methods.sdp import stage_layers, surgery_config
+from zsad.mutual import rscin
 from zsad.ops import gaussian_blur, grid_to_map, upsample
 from zsad.prompts import state_text
 from zsad.types import Prediction
@@ -65,6 +69,8 @@ class DualImageConfig(TextPromptConfig):
     chunk_mb: int = 256  # memory budget of one patch-similarity block
     bank_dtype: str = "float16"  # how the set's features are stored (float32 doubles the RAM)
     seed: int = 0  # random pairing, TTA sample and synthesis
+    rscin: bool = False  # MuSc's RsCIN re-scoring of the set's image scores (ours for this method)
+    rscin_k: tuple[int, ...] = (1, 2, 3)
     tta: bool = False
     tta_images: int = 16  # test images kept as canvases for synthesis (seeded reservoir sample)
     tta_samples: int = 32  # synthetic images per run
@@ -77,6 +83,7 @@ class DualImageConfig(TextPromptConfig):
     def __post_init__(self) -> None:
         self.layers = tuple(int(v) for v in self.layers)
         self.tta_area = tuple(float(v) for v in self.tta_area)  # type: ignore[assignment]
+        self.rscin_k = check_rscin_k("dual-image", self.rscin_k)
         checks = {
             "mode": (self.mode, MODES),
             "pairing": (self.pairing, PAIRINGS),
@@ -176,11 +183,12 @@ class DualImage(Method):
         self.tta_record: dict[str, Any] = {}
         self._canvas: list[torch.Tensor] = []
         self._seen = 0
+        self._rescored: torch.Tensor | None = None
 
     @classmethod
     def transductive_for(cls, config: Any) -> bool:
         """Whether other test images shape a score: as partners (a visual path with pairing), or through TTA."""
-        return bool((config.mode != "language" and config.pairing != "none") or config.tta)
+        return bool((config.mode != "language" and config.pairing != "none") or config.tta or config.rscin)
 
     @property
     def transductive_note(self) -> str:
@@ -190,6 +198,8 @@ class DualImage(Method):
             parts.append(f"each image is scored against other test images of its set (pairing {self.config.pairing})")
         if self.config.tta:
             parts.append("an adapter is trained on anomalies synthesised on the test images (TTA)")
+        if self.config.rscin:
+            parts.append("image scores are re-scored over the set's nearest neighbours (RsCIN)")
         return "; ".join(parts)
 
     @property
@@ -251,6 +261,12 @@ class DualImage(Method):
         if self.config.tta:
             with torch.enable_grad():
                 self._adapt()
+        self._rescored = None
+        if self.config.rscin and self.set_size > 1:
+            n = self.set_size
+            raw = torch.cat([self.score_in_set(i, bank).pred_score.cpu() for i in torch.arange(n).split(8)])
+            glob = F.normalize(bank.get(torch.arange(n), ["glob"])["glob"].float(), dim=-1)
+            self._rescored = rscin(raw, glob, self.config.rscin_k).float()
 
     # ------------------------------------------------------------------ pass 2: score images against the set
     def _language(self, lang: torch.Tensor) -> torch.Tensor:
@@ -305,16 +321,17 @@ class DualImage(Method):
         amap = gaussian_blur(upsample(grid_to_map(joint[..., None], grid)[:, 0], self.image_size), cfg.smoothing_sigma)
         p0 = (cfg.logit_scale * rows["glob"] @ self.text.T).softmax(-1)[:, 1]
         p1 = amap.flatten(1).amax(1)
-        return Prediction(
-            pred_score=(p0 + p1).float(),
-            anomaly_map=amap.float(),
-            score_parts={
-                "text_prob": p0.float(),
-                "map_max": p1.float(),
-                "language_max": m_l.amax(1).float(),
-                "visual_max": m_v.amax(1).float(),
-            },
-        )
+        parts = {
+            "text_prob": p0.float(),
+            "map_max": p1.float(),
+            "language_max": m_l.amax(1).float(),
+            "visual_max": m_v.amax(1).float(),
+        }
+        score = (p0 + p1).float()
+        if self._rescored is not None:
+            parts["score_before_rscin"] = score
+            score = self._rescored[index].to(score.device)
+        return Prediction(pred_score=score, anomaly_map=amap.float(), score_parts=parts)
 
     def _predict(self, images: torch.Tensor) -> Prediction:
         """Pairs the images of this batch with each other (``zsad detect``/``eval`` pair the whole set)."""

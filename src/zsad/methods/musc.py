@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from zsad.bank import FeatureBank
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, MethodConfig
-from zsad.methods.options import check_range
+from zsad.methods.options import check_range, check_rscin_k
 from zsad.mutual import lnamd, mutual_scores, rscin
 from zsad.progress import reporter
 from zsad.types import Prediction
@@ -54,15 +54,13 @@ class MuScConfig(MethodConfig):
     def __post_init__(self) -> None:
         self.layers = tuple(int(v) for v in self.layers)
         self.degrees = tuple(int(v) for v in self.degrees)
-        self.rscin_k = tuple(int(v) for v in self.rscin_k)
+        self.rscin_k = check_rscin_k("musc", self.rscin_k)
         self.interval = tuple(float(v) for v in self.interval)  # type: ignore[assignment]
         if not self.degrees or any(r < 1 or r % 2 == 0 for r in self.degrees):
             raise ZsadInputError(f"musc: degrees {list(self.degrees)}: odd numbers >= 1")
         lo, hi = self.interval
         if not 0 <= lo < hi <= 1:
             raise ZsadInputError(f"musc: interval {list(self.interval)}: need 0 <= low < high <= 1")
-        if any(k < 1 for k in self.rscin_k):
-            raise ZsadInputError("musc: rscin_k values must be >= 1")
         if self.bank_dtype not in ("float16", "bfloat16", "float32"):
             raise ZsadInputError(f"musc: bank_dtype {self.bank_dtype!r}: use float16, bfloat16 or float32")
         check_range("musc", block_mb=(self.block_mb, self.block_mb >= 1, ">= 1"))

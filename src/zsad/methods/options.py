@@ -167,6 +167,13 @@ def check_range(method: str, **checks: tuple[Any, bool, str]) -> None:
             raise ZsadInputError(f"{method}: option {name}={_show(value)}: must be {rule}")
 
 
+def check_rscin_k(method: str, k_list: tuple[int, ...]) -> tuple[int, ...]:
+    """RsCIN's neighbour counts as ints, each >= 1 (shared by every set-level method that offers RsCIN)."""
+    k_list = tuple(int(v) for v in k_list)
+    check_range(method, rscin_k=(list(k_list), bool(k_list) and all(k >= 1 for k in k_list), "integers >= 1"))
+    return k_list
+
+
 def parse_option(text: str) -> tuple[str | None, str, str]:
     """``KEY=VALUE`` (every selected method) or ``METHOD:KEY=VALUE`` -> (method or None, key, raw value text)."""
     if "=" not in text:
