@@ -46,3 +46,30 @@ def test_small_sets_and_blocks(tiny_backbone) -> None:
     tight = create_method("musc", tiny_backbone, block_mb=1)
     tight.setup(None)
     torch.testing.assert_close(tight.predict(images96[:6]).anomaly_map, m.predict(images96[:6]).anomaly_map)
+
+
+def test_language_fusion_equals_the_language_methods_probability(tiny_backbone) -> None:
+    x = SIX[:5]
+    base = create_method("musc", tiny_backbone)
+    base.setup("tile")
+    mutual = base.predict(x)
+    glob = F.normalize(tiny_backbone.encode_image(x).embedding, dim=-1).to(torch.float16).float()
+    for language in ("sdp", "winclip"):
+        lang = create_method(language, tiny_backbone)
+        lang.setup("tile")  # the class name reaches the prompts: MuSc passes it on
+        if language == "sdp":
+            p = (100.0 * glob @ lang.text.T).softmax(-1)[:, 1]
+        else:
+            p = (glob @ lang.text.T / 0.07).softmax(-1)[:, 1]
+        fused = create_method("musc", tiny_backbone, language=language, language_weight=0.25)
+        fused.setup("tile")
+        got = fused.predict(x)
+        torch.testing.assert_close(got.anomaly_map, mutual.anomaly_map)
+        torch.testing.assert_close(got.score_parts["text_prob"], p, atol=1e-4, rtol=0)  # float16 embeddings
+        torch.testing.assert_close(got.pred_score, 0.75 * mutual.pred_score + 0.25 * p, atol=1e-4, rtol=0)
+    # without RsCIN the map maxima are min-max scaled over the set before the fusion
+    raw = create_method("musc", tiny_backbone, rscin=False, language="sdp", language_weight=1.0)
+    raw.setup("tile")
+    out = raw.predict(x)
+    torch.testing.assert_close(out.pred_score, out.score_parts["text_prob"])
+    assert float(out.score_parts["mutual"].min()) >= 0 and abs(float(out.score_parts["mutual"].max()) - 1) < 1e-6

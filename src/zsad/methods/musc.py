@@ -14,8 +14,11 @@ the shared backbone and the set-level path:
   maximum);
 - ``score_in_set`` returns the stored results.
 
-Ours: sets of 1 to 4 images (see ``zsad.mutual``), block-wise scoring, and storing tokens as ``bank_dtype``
-(docs/methods/musc.md). Scores
+Ours: sets of 1 to 4 images (see ``zsad.mutual``), block-wise scoring, storing tokens as ``bank_dtype``, and the
+optional ``language`` fusion (off by default): the image score becomes (1 - ``language_weight``) x the mutual score
+(min-max over the set when RsCIN is off, RsCIN's output is already in [0, 1]) + ``language_weight`` x the zero-shot
+anomalous probability of the same global embedding under SDP's or WinCLIP's prompts and temperature, exactly as that
+method computes it; it needs the class name, and no extra forward (docs/methods/musc.md). Scores
 depend on the whole set: every result is TRANSDUCTIVE.
 """
 
@@ -35,6 +38,8 @@ from zsad.mutual import lnamd, mutual_scores, rscin
 from zsad.progress import reporter
 from zsad.types import Prediction
 
+LANGUAGES = ("none", "sdp", "winclip")
+
 
 @dataclass
 class MuScConfig(MethodConfig):
@@ -50,6 +55,8 @@ class MuScConfig(MethodConfig):
     rscin_k: tuple[int, ...] = (1, 2, 3)
     block_mb: int = 256  # memory budget of one block of patch distances
     bank_dtype: str = "float16"
+    language: str = "none"  # none | sdp | winclip: fuse that method's zero-shot image probability (ours)
+    language_weight: float = 0.5  # its weight in the image score when language is on
 
     def __post_init__(self) -> None:
         self.layers = tuple(int(v) for v in self.layers)
@@ -63,7 +70,13 @@ class MuScConfig(MethodConfig):
             raise ZsadInputError(f"musc: interval {list(self.interval)}: need 0 <= low < high <= 1")
         if self.bank_dtype not in ("float16", "bfloat16", "float32"):
             raise ZsadInputError(f"musc: bank_dtype {self.bank_dtype!r}: use float16, bfloat16 or float32")
-        check_range("musc", block_mb=(self.block_mb, self.block_mb >= 1, ">= 1"))
+        if self.language not in LANGUAGES:
+            raise ZsadInputError(f"musc: language {self.language!r}: use one of {', '.join(LANGUAGES)}")
+        check_range(
+            "musc",
+            block_mb=(self.block_mb, self.block_mb >= 1, ">= 1"),
+            language_weight=(self.language_weight, 0 <= self.language_weight <= 1, "in [0, 1]"),
+        )
 
 
 class MuSc(Method):
@@ -82,14 +95,36 @@ class MuSc(Method):
         self.layers = self.config.layers or tuple(max(1, round(n * q / 4)) for q in (1, 2, 3, 4))
         self._maps: torch.Tensor | None = None
         self._scores: torch.Tensor | None = None
+        self._parts: dict[str, torch.Tensor] = {}
+        self._named_class = "object"
+        self._language: Method | None = None
 
     @property
     def transductive_note(self) -> str:
         """What makes every score depend on the set."""
         return "each image is scored against every other image of its set (mutual scoring)"
 
+    def setup(self, class_name: str | None = None, reference_images: torch.Tensor | None = None) -> None:
+        """Mutual scoring reads no class name; the optional language fusion does, so it is kept for that."""
+        self._named_class = class_name or "object"
+        super().setup(class_name, reference_images)
+
     def _setup(self, class_name: str, reference_images: torch.Tensor | None) -> None:
         self._maps = self._scores = None
+        self._parts = {}
+        if self.config.language != "none":
+            from zsad.methods.registry import create_method
+
+            self._language = create_method(self.config.language, self.backbone, image_size=self.image_size)
+            self._language.setup(self._named_class)
+
+    def language_prob(self, glob: torch.Tensor) -> torch.Tensor:
+        """The language method's zero-shot anomalous probability of unit global embeddings (n, D), as it computes it."""
+        lang: Any = self._language  # an SDP or a WinCLIP instance: both keep (2, D) unit text in ``text``
+        assert lang is not None
+        text = lang.text.to(glob.device, glob.dtype)
+        scale = 1 / lang.config.temperature if self.config.language == "winclip" else lang.config.logit_scale
+        return (scale * glob @ text.T).softmax(-1)[:, 1]
 
     def new_bank(self) -> FeatureBank:
         """An empty bank storing tokens as ``bank_dtype``."""
@@ -140,9 +175,19 @@ class MuSc(Method):
             :, 0
         ]
         scores = self._maps.flatten(1).amax(1)
+        self._parts = {"map_max": scores}
+        glob = bank.get(torch.arange(n), ["glob"])["glob"].float()
         if cfg.rscin and n > 1:
-            glob = bank.get(torch.arange(n), ["glob"])["glob"]
             scores = rscin(scores, glob, cfg.rscin_k).float()
+        if self._language is not None:
+            if not (cfg.rscin and n > 1):
+                span = scores.max() - scores.min()
+                scores = (scores - scores.min()) / span if span > 0 else torch.zeros_like(scores)
+            self._parts["mutual"] = scores  # in [0, 1], as it enters the fusion
+            prob = self.language_prob(F.normalize(glob, dim=-1)).cpu()
+            self._parts["text_prob"] = prob
+            w = cfg.language_weight
+            scores = ((1 - w) * scores + w * prob).float()
         self._scores = scores
 
     def score_in_set(self, index: torch.Tensor, bank: FeatureBank) -> Prediction:
@@ -151,7 +196,10 @@ class MuSc(Method):
             raise ZsadInputError("musc: end_set(bank) must run before score_in_set")
         index = torch.as_tensor(index, dtype=torch.long)
         dev = self.backbone.device
-        return Prediction(pred_score=self._scores[index].to(dev), anomaly_map=self._maps[index].to(dev))
+        parts = {k: v[index].to(dev) for k, v in self._parts.items()}
+        return Prediction(
+            pred_score=self._scores[index].to(dev), anomaly_map=self._maps[index].to(dev), score_parts=parts
+        )
 
     def _predict(self, images: torch.Tensor) -> Prediction:
         """Scores the images of this batch as one set (``zsad detect``/``eval`` score the whole set)."""
