@@ -222,3 +222,17 @@ def test_detect_two_mode_threshold(samples: Path, tmp_path: Path) -> None:
         assert r["pred_label"] == str(int(s > thr))
     bad = _run("detect", str(samples), "--out", str(tmp_path / "o2"), "--threshold-rule", "otsu", *TINY)
     assert bad.exit_code == 2 and "--threshold-rule 'otsu'" in bad.output
+
+
+def test_detect_musc_on_a_dinov2_backbone(samples: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    dino = ["--backbone", "timm:vit_small_patch14_dinov2.lvd142m", "--pretrained", "none", "--image-size", "56"]
+    folders = [str(samples / "good"), str(samples / "defect")]
+    res = _run("detect", *folders, "--method", "musc", "--out", str(out), "--no-overlays", *dino)
+    assert res.exit_code == 0, res.output
+    rows = _rows(out / "predictions.csv")
+    assert len(rows) == 8 and all(np.isfinite(float(r["pred_score"])) for r in rows)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "timm:vit_small_patch14_dinov2.lvd142m" in json.dumps(manifest)
+    bad = _run("detect", str(samples), "--method", "winclip", "--out", str(tmp_path / "o2"), *dino)
+    assert bad.exit_code == 2 and "vision-only" in bad.output

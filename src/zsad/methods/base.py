@@ -113,6 +113,11 @@ class Method(ABC):
         """Predictions for the bank rows ``index``, scored against the whole set."""
         raise ZsadInputError(f"{self.name}: scores images one by one (not set-level)")
 
+    @classmethod
+    def uses_text(cls, config: Any) -> bool:
+        """Whether this configuration reads the text tower (a vision-only backbone is refused when it does)."""
+        return True
+
     @property
     def is_transductive(self) -> bool:
         """Whether this configured instance uses other test images to score one (flagged in every result)."""

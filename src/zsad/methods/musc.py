@@ -99,6 +99,11 @@ class MuSc(Method):
         self._named_class = "object"
         self._language: Method | None = None
 
+    @classmethod
+    def uses_text(cls, config: Any) -> bool:
+        """Mutual scoring is vision only; the optional language fusion reads text."""
+        return bool(config.language != "none")
+
     @property
     def transductive_note(self) -> str:
         """What makes every score depend on the set."""

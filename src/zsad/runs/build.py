@@ -41,8 +41,10 @@ class BackboneSpec:
         weights = self.weights
         if weights is None and os.environ.get("ZSAD_WEIGHTS"):
             weights = Path(os.environ["ZSAD_WEIGHTS"])
+        from zsad.backbone.vision import is_vision_only
+
         name = self.model_name or defaults.backbone
-        _, _, beside = resolve_model(name)  # a model-config JSON or folder: checked, and its weights found
+        beside = None if is_vision_only(name) else resolve_model(name)[2]  # a model-config JSON/folder: its weights
         if weights is None and beside is not None:
             weights = beside
         return BackboneSpec(
@@ -62,10 +64,18 @@ class BackboneSpec:
     def validate(self) -> None:
         """One line for an unknown model, a bad size or weights file, or named weights that cannot be fetched."""
         from zsad.backbone.loading import _open_clip, check_pretrained, check_weights_file
+        from zsad.backbone.vision import check_timm_pretrained, is_vision_only, timm_name
 
         assert self.model_name is not None and self.image_size is not None, "resolve() first"
         if self.image_size <= 0:
             raise ZsadInputError(f"--image-size {self.image_size}: must be a positive number of pixels")
+        if is_vision_only(self.model_name):
+            timm_name(self.model_name)
+            if self.weights is not None:
+                check_weights_file(self.weights)
+            elif not self.random_init:
+                check_timm_pretrained(self.model_name)
+            return
         if self.registered_name not in _open_clip().list_models():
             raise ZsadInputError(f"--backbone {self.model_name}: unknown model; see open_clip.list_models()")
         if self.weights is not None:
@@ -77,9 +87,10 @@ class BackboneSpec:
     def registered_name(self) -> str:
         """The open_clip name: the model name, or the name a model-config JSON is registered under."""
         from zsad.backbone.loading import resolve_model
+        from zsad.backbone.vision import is_vision_only
 
         assert self.model_name is not None, "resolve() first"
-        return resolve_model(self.model_name)[0]
+        return self.model_name if is_vision_only(self.model_name) else resolve_model(self.model_name)[0]
 
     def key(self) -> dict[str, Any]:
         """The backbone part of a run key, equal to what the built ``ClipBackbone.manifest()`` will say."""
@@ -135,6 +146,13 @@ class MethodSpec:
             if not cls.trainable:
                 raise ZsadInputError(f"--checkpoint: method {cls.name} has no trained parts")
             _check_checkpoint(self.checkpoint, cls.name, self.backbone)
+        from zsad.backbone.vision import is_vision_only
+
+        if is_vision_only(self.backbone.model_name) and cls.uses_text(self.config):
+            raise ZsadInputError(
+                f"--backbone {self.backbone.model_name}: vision-only (no text tower), but method {cls.name} reads text"
+                " with these options; use a CLIP backbone"
+            )
         elif self.untrained and not for_training:
             raise ZsadInputError(
                 f"method {cls.name} needs trained parts: pass --checkpoint DIR (made by `zsad train --method "
@@ -153,12 +171,15 @@ class MethodSpec:
     def build(self, cache: dict[tuple[Any, ...], Any] | None = None) -> Method:
         """Load the backbone (shared through ``cache`` between methods that ask for the same one) and the method."""
         from zsad.backbone import ClipBackbone
+        from zsad.backbone.vision import VisionBackbone, is_vision_only
 
         b = self.backbone
         bb = cache.get(b.cache_key()) if cache is not None else None
         if bb is None:
             assert b.model_name is not None
-            bb = ClipBackbone.from_pretrained(
+            # a method reads the image side only of a vision-only backbone (uses_text was checked in validate)
+            load: Any = VisionBackbone.from_pretrained if is_vision_only(b.model_name) else ClipBackbone.from_pretrained
+            bb = load(
                 b.model_name,
                 b.pretrained,
                 weights=b.weights,
