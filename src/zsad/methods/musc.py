@@ -151,6 +151,7 @@ class MuSc(Method):
         tok_shape = bank.get(torch.arange(1), ["tok"])["tok"].shape  # (1, L, N, C)
         per = max(1, budget // max(1, tok_shape[1] * tok_shape[2] * tok_shape[3] * 4))
         total = torch.zeros(n, grid[0] * grid[1], dtype=torch.float64)
+        self._say_small_set(n)
         work = len(cfg.degrees) * len(self.layers)
         with reporter().task(f"musc: mutual scoring of {n} images", work * n) as task:
             done = 0
@@ -194,6 +195,18 @@ class MuSc(Method):
             w = cfg.language_weight
             scores = ((1 - w) * scores + w * prob).float()
         self._scores = scores
+
+    def _say_small_set(self, n: int) -> None:
+        """Sets too small for the published interval are scored by a documented fallback: say which."""
+        lo, hi = self.config.interval
+        if n == 1:
+            reporter().message("musc: a set of 1 image has no other image to compare with: map and score are 0")
+        elif min(int((n - 1) * hi) if hi < 1 else int(hi), n - 1) <= (int((n - 1) * lo) if lo < 1 else int(lo)):
+            reporter().message(
+                f"musc: a set of {n} images: the interval {list(self.config.interval)} of the {n - 1} other images "
+                "holds none, so each patch is scored against its single nearest other image (the official code "
+                "gives NaN here)"
+            )
 
     def score_in_set(self, index: torch.Tensor, bank: FeatureBank) -> Prediction:
         """The stored map and score of bank rows ``index``."""
