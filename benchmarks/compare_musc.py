@@ -32,7 +32,9 @@ import contextlib
 import importlib
 import importlib.util
 import io
+import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -73,8 +75,13 @@ def import_official_musc(root: Path) -> tuple[types.ModuleType, list[str]]:
         sys.modules["skimage.measure"] = sys.modules["skimage"].measure = types.ModuleType("skimage.measure")
     sys.path.insert(0, str(root))
     log = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        mod = importlib.import_module("models.musc")
+    quiet = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # its dinov2 import logs "xFormers not available"
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            mod = importlib.import_module("models.musc")
+    finally:
+        logging.disable(quiet)
     return mod, stubbed
 
 
@@ -151,6 +158,7 @@ def run_official(mm: types.ModuleType, args: argparse.Namespace, x, files, label
         raise
     finally:
         mm.RsCIN, mm.compute_metrics = rscin_official, metrics_official
+        shutil.rmtree(out_dir, ignore_errors=True)  # MuSc.__init__ makes its output folders there
     return {
         "tokens": [t.float() for t in toks],
         "embedding": emb.float(),
