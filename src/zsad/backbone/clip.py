@@ -194,8 +194,11 @@ class ClipBackbone(TextTower, nn.Module):
         return s // self.patch_size, s // self.patch_size
 
     # ------------------------------------------------------------------ image
-    def positional_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
-        """(1+gh*gw, width) positional embedding for a grid, interpolated without touching the model."""
+    def positional_embedding(self, grid: tuple[int, int], mode: str | None = None) -> torch.Tensor:
+        """(1+gh*gw, width) positional embedding for a grid, interpolated without touching the model.
+
+        ``mode`` overrides the backbone's ``pos_interpolation`` for one call (AnomalyCLIP resizes bilinearly).
+        """
         pos = self.model.visual.positional_embedding
         n0 = pos.shape[0] - 1
         g0 = int(round(n0**0.5))
@@ -203,11 +206,11 @@ class ClipBackbone(TextTower, nn.Module):
             return pos
         cls_pos, patch_pos = pos[:1], pos[1:]
         patch_pos = patch_pos.reshape(1, g0, g0, -1).permute(0, 3, 1, 2).float()
-        patch_pos = F.interpolate(patch_pos, size=grid, mode=self.pos_interpolation, align_corners=False)
+        patch_pos = F.interpolate(patch_pos, size=grid, mode=mode or self.pos_interpolation, align_corners=False)
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
         return torch.cat([cls_pos, patch_pos], dim=0)
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor, pos_interpolation: str | None = None) -> torch.Tensor:
         """Patch + class + position embedding: (B, 1+N, width), the tokens entering ``ln_pre``."""
         visual = self.model.visual
         x = visual.conv1(images.to(self.dtype))  # (B, W, gh, gw)
@@ -215,7 +218,7 @@ class ClipBackbone(TextTower, nn.Module):
         x = x.flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
-        return x + self.positional_embedding(grid).to(x.dtype)
+        return x + self.positional_embedding(grid, pos_interpolation).to(x.dtype)
 
     @staticmethod
     def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -308,6 +311,7 @@ class ClipBackbone(TextTower, nn.Module):
         tap_mode: Literal["block", "official"] = "block",
         visual_prompts: dict[int, torch.Tensor] | None = None,
         pooled_only: bool = False,
+        pos_interpolation: str | None = None,
     ) -> ImageFeatures:
         """One forward: global embedding + raw tokens of ``layers`` (1-indexed) + surgery taps.
 
@@ -319,6 +323,7 @@ class ClipBackbone(TextTower, nn.Module):
         after the patch tokens before the first of those blocks, replacing the previous ones before each later one,
         carried to the end of the tower, and left out of every tap, ``final_tokens`` and the pooled embedding.
         ``pooled_only`` (only ``embedding`` is wanted) lets the last block compute the CLS token alone.
+        ``pos_interpolation`` overrides how the positional embedding is resized for this forward.
         """
         layers, surgery_layers = sorted(set(layers)), sorted(set(surgery_layers))
         for lyr in (*layers, *surgery_layers):
@@ -326,7 +331,7 @@ class ClipBackbone(TextTower, nn.Module):
                 raise ZsadInputError(f"layer {lyr} out of range 1..{self.num_layers} for {self.model_name}")
         if surgery_layers and surgery is None:
             surgery = SurgeryConfig()
-        embeds = self.embed(images)
+        embeds = self.embed(images, pos_interpolation)
         grid = self.grid_size(images.shape[-1])
         x = self.model.visual.ln_pre(embeds)
         taps: dict[int, torch.Tensor] = {}

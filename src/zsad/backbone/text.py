@@ -82,15 +82,22 @@ class TextTower:
         return self.tokenizer(list(prompts)).to(self.device)
 
     def encode_text_tokens(
-        self, tokens: torch.Tensor, *, deep_prompts: dict[int, torch.Tensor] | None = None, start: int = 1
+        self,
+        tokens: torch.Tensor,
+        *,
+        deep_prompts: dict[int, torch.Tensor] | None = None,
+        start: int = 1,
+        input_prompts: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Text tower on token ids (N, L) -> (N, D) projected features (not cached), with optional deep prompts.
+        """Text tower on token ids (N, L) -> (N, D) projected features (not cached), with optional learnt prompts.
 
         Before block ``i`` (0-indexed) of ``deep_prompts``, sequence positions ``start .. start+M-1`` are replaced by
-        ``deep_prompts[i]`` of shape (N or 1, M, width): learnable prompts in the text encoder (AdaCLIP). The pooled
-        position is found from the token ids as open_clip does; a test checks the loop equals ``encode_text``.
+        ``deep_prompts[i]`` of shape (N or 1, M, width): learnable prompts in the text encoder (AdaCLIP, AnomalyCLIP).
+        ``input_prompts`` (N or 1, K, width) replace the *token embeddings* at ``start .. start+K-1`` before the
+        positional embedding is added: learnable context words (CoOp style; AnomalyCLIP). The pooled position is
+        found from the token ids as open_clip does; a test checks the loop equals ``encode_text``.
         """
-        return self._text_tower(tokens, deep_prompts or {}, start, sets=None)
+        return self._text_tower(tokens, deep_prompts or {}, start, sets=None, input_prompts=input_prompts)
 
     def encode_text_prompt_sets(
         self, tokens: torch.Tensor, deep_prompts: dict[int, torch.Tensor], *, start: int = 1
@@ -105,8 +112,22 @@ class TextTower:
             raise ZsadInputError(f"prompt sets need one common first dimension, got {sorted(sets)}")
         return self._text_tower(tokens, deep_prompts, start, sets=sets.pop())
 
+    @staticmethod
+    def _overwrite(x: torch.Tensor, p: torch.Tensor, idx: torch.Tensor, start: int) -> torch.Tensor:
+        """Positions ``start ..`` of ``x`` (n, T, W) replaced by ``p`` (1 or N, M, W) (rows ``idx`` of N)."""
+        p = p.to(x.dtype)
+        if p.shape[0] != 1:
+            p = p[idx]
+        m = p.shape[1]
+        return torch.cat([x[:, :start], p.expand(x.shape[0], -1, -1), x[:, start + m :]], dim=1)
+
     def _text_tower(
-        self, tokens: torch.Tensor, prompts: dict[int, torch.Tensor], start: int, sets: int | None
+        self,
+        tokens: torch.Tensor,
+        prompts: dict[int, torch.Tensor],
+        start: int,
+        sets: int | None,
+        input_prompts: torch.Tensor | None = None,
     ) -> torch.Tensor:
         model = self.model
         pool = getattr(model, "text_pool_type", "argmax")
@@ -124,19 +145,20 @@ class TextTower:
             idx = (end == stop).nonzero().squeeze(1)
             length = stop + 1
             tok = tokens[idx, :length]
-            x = model.token_embedding(tok).to(cast) + model.positional_embedding[:length].to(cast)
+            x = model.token_embedding(tok).to(cast)
+            if input_prompts is not None:
+                x = self._overwrite(x, input_prompts, idx, start)
+            x = x + model.positional_embedding[:length].to(cast)
             mask = model.attn_mask[:length, :length]
             for i in range(len(blocks)):
                 if sets is not None and i == first:
                     x = x.repeat(sets, 1, 1)  # set-major: row p * len(idx) + s
                 if i in prompts:
-                    p = prompts[i].to(x.dtype)
                     if sets is not None:
-                        p = p.repeat_interleave(len(idx), dim=0)
-                    elif p.shape[0] != 1:
-                        p = p[idx]
-                    m = p.shape[1]
-                    x = torch.cat([x[:, :start], p.expand(x.shape[0], -1, -1), x[:, start + m :]], dim=1)
+                        p = prompts[i].to(x.dtype).repeat_interleave(len(idx), dim=0)
+                        x = torch.cat([x[:, :start], p, x[:, start + p.shape[1] :]], dim=1)
+                    else:
+                        x = self._overwrite(x, prompts[i], idx, start)
                 o, _ = self.block_attention(i, x, tower="text", attn_mask=mask)
                 x = self.block_mlp(i, x + o, tower="text")
             pooled = model.ln_final(x[:, -1])

@@ -350,7 +350,7 @@ def import_cmd(
     file: Annotated[Path, typer.Argument(help="Checkpoint released with the official code (e.g. train_on_visa.pth).")],
     out: Annotated[Path, typer.Option(help="zsad checkpoint folder to write.")],
     trained_on: Annotated[str, typer.Option(help="What the released layers were trained on (recorded).")],
-    method: Annotated[str, typer.Option(help="sdp+ (CLIP-AD) or adaclip.")] = "sdp+",
+    method: Annotated[str, typer.Option(help="sdp+ (CLIP-AD), adaclip or anomalyclip.")] = "sdp+",
 ) -> None:
     """Convert an official release's trained parts into a zsad checkpoint (safetensors + manifest)."""
     from zsad import runs

@@ -15,6 +15,7 @@ METHODS: dict[str, str] = {
     "sdp": "zsad.methods.sdp:Sdp",
     "sdp+": "zsad.methods.sdp_plus:SdpPlus",
     "adaclip": "zsad.methods.adaclip:AdaClip",
+    "anomalyclip": "zsad.methods.anomalyclip:AnomalyClip",
     "dual-image": "zsad.methods.dual_image:DualImage",
     "rwda": "zsad.methods.rwda:Rwda",
 }
