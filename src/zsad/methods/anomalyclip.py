@@ -49,7 +49,7 @@ from zsad.types import Prediction
 class AnomalyClipConfig(MethodConfig):
     """AnomalyCLIP options; the defaults are the official recipe (OpenAI ViT-L/14-336 at 518 px)."""
 
-    backbone: str = "ViT-L-14-336"
+    backbone: str = "ViT-L-14-336-quickgelu"  # OpenAI's activation, as the official model
     pretrained: str = "openai"
     image_size: int = 518
     layers: tuple[int, ...] = ()  # DPAM taps, 1-indexed; () = the last block (published: 24 only)
@@ -154,11 +154,15 @@ class AnomalyClip(TrainableMethod):
     def text_features(self) -> torch.Tensor:
         """(2, D) unit text features [normal, abnormal] from the current prompts (differentiable)."""
         p = self.params
-        deep = p.deep.half().to(p.deep.dtype) if self.config.deep_fp16 else p.deep  # gradients pass the rounding
+        deep = p.deep[:, None]  # (depth - 1, 1, M, W): one set shared by both prompts
+        if self.config.deep_fp16:
+            # Rounded after the copy per prompt, as the official code does (it expands, then calls .half()): the
+            # backward pass then rounds each prompt's gradient to fp16 before the two are summed, not their sum.
+            deep = deep.expand(-1, len(self._tokens), -1, -1).half().to(p.deep.dtype)
         feats = self.backbone.encode_text_tokens(
             self._tokens,
             input_prompts=torch.stack([p.ctx_normal, p.ctx_abnormal]),
-            deep_prompts={i + 1: deep[i][None] for i in range(deep.shape[0])},
+            deep_prompts={i + 1: deep[i] for i in range(deep.shape[0])},
         )
         return F.normalize(feats.float(), dim=-1)
 
