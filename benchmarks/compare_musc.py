@@ -85,33 +85,44 @@ def import_official_musc(root: Path) -> tuple[types.ModuleType, list[str]]:
     return mod, stubbed
 
 
-def run_official(mm: types.ModuleType, args: argparse.Namespace, x, files, labels, state, layers) -> dict:
-    """The official MuSc on `x` with zsad's weights: its encoder taps and embedding, then `make_category_data`."""
-    out_dir = tempfile.mkdtemp(prefix="official_musc_")
-    cfg = {
+def official_config(backbone: str, image_size: int, layers, out_dir: str, batch_size: int = 4) -> dict:
+    """The official MuSc config for zsad's 1-indexed `layers`, random init (weights loaded afterwards)."""
+    return {
         "device": 0,
         "datasets": {
             "data_path": out_dir,
             "dataset_name": "mvtec_ad",  # RsCIN k (1, 2, 3), as for MVTec AD and BTAD
             "class_name": "magnetic_tile",
-            "img_resize": args.image_size,
+            "img_resize": image_size,
             "divide_num": 1,
         },
         "models": {
-            "backbone_name": args.backbone,
-            "pretrained": None,  # random init, replaced below by zsad's weights
-            "batch_size": 4,
+            "backbone_name": backbone,
+            "pretrained": None,  # random init, replaced by zsad's weights
+            "batch_size": batch_size,
             "feature_layers": [t - 1 for t in layers],  # musc.py adds 1: these are zsad's 1-indexed taps
             "r_list": [1, 3, 5],
         },
         "testing": {"output_dir": out_dir, "vis": False, "vis_type": "single_norm", "save_excel": False},
     }
+
+
+def build_official(mm: types.ModuleType, cfg: dict):
+    """The official `MuSc` object (its own random init, global RNG untouched), on the CPU."""
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         off = mm.MuSc(cfg, seed=0)
     off.device = torch.device("cpu")  # fp32 on CPU (autocast is CUDA only)
-    model = off.clip_model.to(off.device)  # left in train mode, as musc.py does (no dropout in this tower)
-    res = model.load_state_dict(state, strict=False)
+    return off
+
+
+def load_weights(model: torch.nn.Module, state: dict, assign: bool = False) -> tuple[list[str], list[str], int]:
+    """zsad's open_clip state dict into the official model; fails unless every image-tower tensor is loaded and equal.
+
+    `assign=True` makes the model use zsad's tensors themselves (no second copy; for a model moved to "meta").
+    Returns the missing and unexpected keys and the number of image-tower tensors.
+    """
+    res = model.load_state_dict(state, strict=False, assign=assign)
     missing, unexpected = list(res.missing_keys), list(res.unexpected_keys)
     if any(k.startswith("visual.") for k in missing):
         raise SystemExit(f"official model: image-tower weights not loaded: {[k for k in missing if 'visual.' in k]}")
@@ -119,8 +130,11 @@ def run_official(mm: types.ModuleType, args: argparse.Namespace, x, files, label
     same = all(torch.equal(v, state["visual." + k]) for k, v in vis.items())
     if not same:
         raise SystemExit("official model: image-tower weights differ from zsad's after loading")
-    with torch.no_grad():
-        emb, toks = model.encode_image(x, off.features_list)  # exactly musc.py's call (clip branch)
+    return missing, unexpected, len(vis)
+
+
+def run_category(mm: types.ModuleType, off, x, files, labels) -> dict:
+    """Its `make_category_data` on `x`, unmodified, with only its dataset (`x`) and metrics (a capture) replaced."""
 
     class Images(torch.utils.data.Dataset):
         def __len__(self) -> int:
@@ -158,13 +172,27 @@ def run_official(mm: types.ModuleType, args: argparse.Namespace, x, files, label
         raise
     finally:
         mm.RsCIN, mm.compute_metrics = rscin_official, metrics_official
+    return got
+
+
+def run_official(mm: types.ModuleType, args: argparse.Namespace, x, files, labels, state, layers) -> dict:
+    """The official MuSc on `x` with zsad's weights: its encoder taps and embedding, then `make_category_data`."""
+    out_dir = tempfile.mkdtemp(prefix="official_musc_")
+    try:
+        off = build_official(mm, official_config(args.backbone, args.image_size, layers, out_dir))
+        model = off.clip_model.to(off.device)  # left in train mode, as musc.py does (no dropout in this tower)
+        missing, unexpected, n_visual = load_weights(model, state)
+        with torch.no_grad():
+            emb, toks = model.encode_image(x, off.features_list)  # exactly musc.py's call (clip branch)
+        got = run_category(mm, off, x, files, labels)
+    finally:
         shutil.rmtree(out_dir, ignore_errors=True)  # MuSc.__init__ makes its output folders there
     return {
         "tokens": [t.float() for t in toks],
         "embedding": emb.float(),
         "missing": missing,
         "unexpected": unexpected,
-        "n_visual": len(vis),
+        "n_visual": n_visual,
         "features_list": list(off.features_list),
         **got,
     }
