@@ -168,3 +168,18 @@ def test_official_layout_imported_and_bad_files_refused(tiny_backbone: ClipBackb
     (tmp_path / "corrupt.pth").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ZsadInputError, match="corrupt.pth"):
         import_official_checkpoint(tmp_path / "corrupt.pth", tiny_backbone, tmp_path / "z", "visa")
+
+
+def test_imported_release_counts_its_whole_dataset_as_seen(tiny_backbone: ClipBackbone, tmp_path: Path) -> None:
+    from zsad.runs.leakage import check_unseen
+
+    ref = _trained(tiny_backbone)
+    p = ref.params
+    state = {"ctx_pos": p.ctx_normal.detach()[None, None], "ctx_neg": p.ctx_abnormal.detach()[None, None]}
+    state |= {f"compound_prompts_text.{i}": p.deep[i].detach() for i in range(p.deep.shape[0])}
+    torch.save({"prompt_learner": state}, tmp_path / "epoch_15.pth")
+    ck = import_official_checkpoint(tmp_path / "epoch_15.pth", tiny_backbone, tmp_path / "imp", "visa")
+    m = create_method("anomalyclip", tiny_backbone, checkpoint=str(ck))
+    with pytest.raises(ZsadInputError, match="trained on visa pcb1"):
+        check_unseen(m, "pcb1", [], set(), allow=False, dataset="visa")
+    assert check_unseen(m, "bottle", [], set(), allow=False, dataset="mvtec") == 0  # another dataset: fine

@@ -12,6 +12,8 @@ from typing import Any
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
 
+ALL = "*"  # every category of a dataset (released checkpoints trained on a whole benchmark)
+
 
 def training_images(method: Method) -> set[str]:
     """Resolved paths of the images a method's checkpoint was trained on (empty for training-free methods)."""
@@ -30,6 +32,8 @@ def seen_categories(method: Method) -> set[tuple[str, str]]:
     """(dataset, category) pairs of the benchmark datasets (mvtec, visa) a checkpoint was trained on."""
     training = (getattr(method, "training_manifest", None) or {}).get("training", {})
     out = set()
+    if "categories" not in training and training.get("dataset") in ("mvtec", "visa"):
+        return {(training["dataset"], ALL)}  # an imported release names its dataset only: every category is seen
     for cat in training.get("categories", []):
         parts = str(cat).split(":")
         if len(parts) == 3 and parts[0] in ("mvtec", "visa"):  # list training: dataset:root-name:category
@@ -45,7 +49,8 @@ def check_unseen(method: Method, cat: str, ds: Any, seen: set[str], allow: bool,
     Two checks: the exact training images (paths), and, for MVTec AD / VisA, the category itself (another copy of
     the dataset has other paths but the same objects).
     """
-    category_seen = (dataset, cat) in seen_categories(method)
+    cats = seen_categories(method)
+    category_seen = (dataset, cat) in cats or (dataset, ALL) in cats
     if category_seen and not allow:
         raise ZsadInputError(
             f"{cat}: this {method.name} checkpoint was trained on {dataset} {cat}, so results would not be zero-shot; "
