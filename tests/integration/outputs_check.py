@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 from functools import cache
@@ -58,8 +59,27 @@ def subprocess_cli(
         cmd = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *cmd]
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     if wait:
-        return subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=REPO, timeout=300)
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=REPO)
+        return subprocess.run(
+            cmd, capture_output=True, text=True, env=full_env, cwd=REPO, timeout=300, preexec_fn=_default_sigint
+        )
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        cwd=REPO,
+        preexec_fn=_default_sigint,
+    )
+
+
+def _default_sigint() -> None:
+    """The child gets Python's Ctrl-C handling even when the test run itself ignores SIGINT.
+
+    A shell without job control starts background jobs with SIGINT ignored (``cmd &`` in a script), and an ignored
+    signal stays ignored across exec: the child would then never see the Ctrl-C the tests send it.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def needs_permissions() -> None:
