@@ -49,7 +49,9 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> to
         return maps
     _, h, w = maps.shape
     dev, dt = str(maps.device), maps.dtype
-    return _blur_matrix(h, float(sigma), truncate, dev, dt) @ maps @ _blur_matrix(w, float(sigma), truncate, dev, dt).T
+    # While a graph is exported the matrices are traced values: caching them would hand traced tensors to later calls
+    build = _blur_matrix.__wrapped__ if torch.compiler.is_exporting() else _blur_matrix
+    return build(h, float(sigma), truncate, dev, dt) @ maps @ build(w, float(sigma), truncate, dev, dt).T
 
 
 def upsample(maps: torch.Tensor, size: int, align_corners: bool = False) -> torch.Tensor:

@@ -20,6 +20,7 @@ LAYER = {
     "client": 0,
     "methods": 1,
     "runs": 2,
+    "export": 2,
     "serve": 3,
     "engines": 3,
     "cli": 3,

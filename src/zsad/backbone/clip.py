@@ -404,8 +404,10 @@ class ClipBackbone(TextTower, nn.Module):
         ln_pre = self.model.visual.ln_pre
         n = self.num_layers
         cls_last = self._pools_cls
-        for start in range(0, flat.shape[0], chunk_size):
-            x = ln_pre(flat[start : start + chunk_size])
+        # An exported graph takes any batch size, so it cannot loop over a batch-dependent count of chunks.
+        starts = [0] if torch.compiler.is_exporting() else range(0, flat.shape[0], chunk_size)
+        for start in starts:
+            x = ln_pre(flat if torch.compiler.is_exporting() else flat[start : start + chunk_size])
             for i in range(n):
                 x, _ = self.block_forward(i, x, cls_only=cls_last and i == n - 1)
             outs.append(self.pool(x))

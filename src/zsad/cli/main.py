@@ -209,6 +209,50 @@ def detect_cmd(
     raise typer.Exit(result.exit_code)
 
 
+@app.command("export")
+@with_backbone_options
+def export_cmd(
+    bb: BackboneSpec,
+    out: Annotated[Path, typer.Option(help="Folder for model.onnx and manifest.json.")],
+    method: Annotated[str, typer.Option(help="winclip, sdp, sdp+, rwda or anomalyclip (see docs/export.md).")],
+    class_name: Annotated[str | None, typer.Option(help="Object name baked into the prompts.")] = None,
+    reference_dir: Annotated[
+        Path | None, typer.Option(help="NORMAL images: few-shot references (baked in) and threshold calibration.")
+    ] = None,
+    k_shot: Annotated[int, typer.Option(help="Reference images to memorise (0 = all in --reference-dir).")] = 0,
+    threshold: Annotated[float | None, typer.Option(help="Image threshold to record (changeable later).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="onnx.")] = "onnx",
+    option: MethodOpt = None,
+    checkpoint: Checkpoint = None,
+    seed: int = 0,
+) -> None:
+    """Export a method as one graph (normalised images -> pred_score, anomaly_map) plus a manifest."""
+    from zsad.export import export_run
+    from zsad.methods.options import route_options
+
+    with _one_line_errors():
+        opts = route_options([method], parse_options(option))[method]
+        result = export_run(
+            method,
+            out,
+            backbone=bb,
+            options=opts,
+            checkpoint=checkpoint,
+            class_name=class_name,
+            reference_dir=reference_dir,
+            k_shot=k_shot,
+            threshold=threshold,
+            fmt=fmt,
+            seed=seed,
+        )
+    par = result.parity
+    console.print(
+        f"wrote {result.out / 'model.onnx'}; onnxruntime vs torch on {int(par['batch'])} images: max |d| score "
+        f"{par['pred_score_max_abs']:.2g}, map {par['anomaly_map_max_abs']:.2g}; threshold "
+        f"{result.manifest['threshold']['value']} ({result.manifest['threshold']['source']})"
+    )
+
+
 def _data_spec(args: dict[str, Any], **extra: Any) -> Any:
     """The dataset description shared by `eval` and `train` from a command's arguments."""
     from zsad.data.spec import DatasetSpec

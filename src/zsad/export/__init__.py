@@ -1,0 +1,244 @@
+"""``zsad export``: one graph from a normalised image batch to ``pred_score`` and ``anomaly_map``, plus a manifest.
+
+Why the method's own ``predict`` is exported instead of a re-written twin: the graph then computes exactly what the
+torch path computes (the export is checked against it on the spot, and the difference is recorded). Text features,
+few-shot reference features and trained parts are tensors of the set-up method, so they become constants of the
+graph. The batch axis is dynamic; the image size is fixed (the manifest names it and the runtime checks it).
+
+The threshold is not in the graph: it lives in ``manifest.json`` with its source and can be changed later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from zsad.errors import ZsadInputError
+from zsad.methods.base import Method
+from zsad.methods.options import config_record
+
+FORMATS = ("onnx",)
+MODEL_FILE = "model.onnx"
+MANIFEST = "manifest.json"
+OPSET = 18
+
+# Methods whose forward cannot be one static graph, with the reason and the plan (docs/export.md).
+REFUSED = {
+    "adaclip": "its image score clusters each image's patches with k-means (data-dependent iterations); planned: "
+    "export the maps and the global feature, with the k-means fusion done by the runtime in numpy",
+    "musc": "it scores a whole set of images against each other (set-level); planned: export the backbone taps and "
+    "run the mutual scoring in the runtime",
+    "dual-image": "it scores each image against partner images of its set (set-level); planned: export the "
+    "per-image features and pair them in the runtime",
+}
+
+
+class ExportedForward(nn.Module):
+    """images (B, 3, S, S) normalised -> (pred_score (B,), anomaly_map (B, S, S)) through the method's ``predict``."""
+
+    def __init__(self, method: Method) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The method's own prediction (``_predict``: the size check of ``predict`` is the manifest's job)."""
+        pred = self.method._predict(images)
+        return pred.pred_score.float(), pred.anomaly_map.float()
+
+
+@dataclass
+class ExportResult:
+    """What ``export_method`` wrote and measured."""
+
+    out: Path
+    manifest: dict[str, Any]
+    parity: dict[str, float] = field(default_factory=dict)
+
+
+def check_exportable(method: Method) -> None:
+    """One line for a method whose forward is not one graph (see ``REFUSED``)."""
+    if method.name in REFUSED:
+        raise ZsadInputError(f"zsad export: method {method.name} cannot be exported yet: {REFUSED[method.name]}")
+    if method.set_level:
+        raise ZsadInputError(f"zsad export: method {method.name} scores sets of images, not one image at a time")
+
+
+def file_sha256(path: Path) -> str:
+    """The model file's hash, recorded in the manifest and checked by the runtime."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_method(
+    method: Method,
+    out: Path,
+    *,
+    fmt: str = "onnx",
+    threshold: dict[str, Any] | None = None,
+    references: list[str] | None = None,
+    check_batch: int = 2,
+) -> ExportResult:
+    """Export a set-up method to ``out`` (``model.onnx`` + ``manifest.json``) and check it against torch.
+
+    ``threshold`` is ``{"value": v, "source": s}`` (recorded, not baked in); ``references`` names the few-shot
+    images whose features are baked in. The check runs ``check_batch`` seeded random images through both paths and
+    records the largest differences of scores and maps in the manifest.
+    """
+    if fmt not in FORMATS:
+        raise ZsadInputError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    check_exportable(method)
+    if method.class_name is None:
+        raise ZsadInputError("zsad export: set the method up (class name, references) before exporting")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    size = method.image_size
+    wrapper = ExportedForward(method).eval()
+    example = torch.randn(check_batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    example = example.to(method.backbone.device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            dynamo=True,
+            input_names=["image"],
+            output_names=["pred_score", "anomaly_map"],
+            dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
+            opset_version=OPSET,
+            external_data=False,
+        )
+    assert program is not None
+    program.save(str(out / MODEL_FILE))
+    seconds = time.perf_counter() - t0
+    parity = check_parity(out / MODEL_FILE, wrapper, size, check_batch + 1)
+    pre = method.backbone.preprocess
+    manifest = {
+        "format": fmt,
+        "model_file": MODEL_FILE,
+        "model_sha256": file_sha256(out / MODEL_FILE),
+        "opset": OPSET,
+        "inputs": {"image": ["batch", 3, size, size]},
+        "outputs": {"pred_score": ["batch"], "anomaly_map": ["batch", size, size]},
+        "preprocess": {
+            "image_size": size,
+            "resize": "squash, PIL bicubic",
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+        },
+        "method": method.name,
+        "options": config_record(method.config),
+        "class_name": method.class_name,
+        "k_shot": method.k_shot,
+        "references": references or [],
+        "backbone": method.backbone.manifest(),
+        "transductive": method.is_transductive,
+        "threshold": threshold or {"value": None, "source": "none"},
+        "export_seconds": round(seconds, 2),
+        "parity": parity,
+        "zsad_version": _version(),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    return ExportResult(out, manifest, parity)
+
+
+def check_parity(path: Path, wrapper: ExportedForward, size: int, batch: int) -> dict[str, float]:
+    """Largest |torch - onnxruntime| of scores and maps on seeded random images (a batch size not exported with)."""
+    import onnxruntime as ort
+
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        score, amap = wrapper(x.to(wrapper.method.backbone.device))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got_score, got_map = sess.run(None, {"image": x.numpy()})
+    return {
+        "batch": float(batch),
+        "pred_score_max_abs": float(np.abs(got_score - score.cpu().numpy()).max()),
+        "anomaly_map_max_abs": float(np.abs(got_map - amap.cpu().numpy()).max()),
+    }
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("zsad")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return "unknown"
+
+
+def export_run(
+    method_name: str,
+    out: Path,
+    *,
+    backbone: Any = None,
+    options: dict[str, Any] | None = None,
+    checkpoint: Path | None = None,
+    class_name: str | None = None,
+    reference_dir: Path | None = None,
+    k_shot: int = 0,
+    threshold: float | None = None,
+    fmt: str = "onnx",
+    seed: int = 0,
+) -> ExportResult:
+    """Build, set up and export a method as ``zsad detect`` would run it, with the threshold it would use.
+
+    References are split as in ``zsad detect`` (a seeded order; a few-shot method memorises the first ``k_shot``,
+    the rest calibrate): the threshold is ``--threshold`` if given, else the 0.99-quantile of the calibration
+    images' scores (``normal_quantile``), else none (the runtime then fits ``robust_outlier`` per run).
+    """
+    from zsad.data import ImageList
+    from zsad.data.datasets import collect_images
+    from zsad.runs.build import BackboneSpec, MethodSpec
+    from zsad.runs.detect import calibrate, split_references
+    from zsad.runs.train import prepare_method
+    from zsad.thresholds import choose_threshold
+
+    if fmt not in FORMATS:
+        raise ZsadInputError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    from zsad.methods import get_method_class
+
+    cls = get_method_class(method_name)
+    if cls.name in REFUSED or cls.set_level:  # before anything else: no point asking for a checkpoint
+        raise ZsadInputError(f"zsad export: method {cls.name} cannot be exported yet: {REFUSED.get(cls.name, '')}")
+    spec = MethodSpec(method_name, backbone or BackboneSpec(seed=seed), dict(options or {}), checkpoint).validate()
+    if cls.transductive_for(spec.config):
+        raise ZsadInputError(
+            f"zsad export: method {cls.name} with these options re-scales scores over the whole test set "
+            "(transductive), which a per-image graph cannot do; export it without that option"
+        )
+    ref_files: list[Path] = []
+    if reference_dir is not None:
+        if not Path(reference_dir).is_dir():
+            raise ZsadInputError(f"--reference-dir {reference_dir}: folder not found")
+        ref_files = collect_images([Path(reference_dir)], False, None)
+    if k_shot and not cls.supports_few_shot:
+        raise ZsadInputError(f"--k-shot: method {cls.name} takes no reference images (they only calibrate)")
+    method = spec.build()
+    pre = method.backbone.preprocess
+    refs = calib = None
+    used: list[str] = []
+    if ref_files:
+        ds = ImageList(ref_files, image_size=pre.image_size, mean=pre.mean, std=pre.std)
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
+        refs, calib = split_references(method.supports_few_shot, torch.stack([ds[i]["image"] for i in order]), k_shot)
+        used = [str(ref_files[i]) for i in order[: len(refs)]] if refs is not None else []
+    prepare_method(method, class_name, refs)
+    calib_scores, _ = calibrate(method, calib)
+    thr = choose_threshold(np.array([]), normal_scores=calib_scores, manual=threshold)
+    record = (
+        {"value": thr.value, "source": thr.source}
+        if thr.source != "none"
+        else {"value": None, "source": "none (the runtime fits robust_outlier to each run's scores)"}
+    )
+    return export_method(method, Path(out), fmt=fmt, threshold=record, references=used)

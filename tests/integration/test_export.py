@@ -1,0 +1,80 @@
+"""``zsad export``: the graph equals the torch path on real images, the manifest says what it holds, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from zsad.cli.main import app
+
+pytest.importorskip("onnxruntime", reason="pip install 'zsad[export]'")
+TINY = ["--backbone", "zsad-tiny", "--pretrained", "none", "--image-size", "96", "--device", "cpu"]
+
+
+def _run(*args: str) -> object:
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def _real_batch(assets_dir: Path, n: int = 3) -> torch.Tensor:
+    from zsad.data import load_image, squash_image
+
+    files = sorted((assets_dir / "magnetic_tile").glob("*/Imgs/*.jpg"))[::50][:n]
+    return torch.stack([squash_image(load_image(f), 96) for f in files])
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [("sdp", []), ("winclip", []), ("winclip", ["--reference-dir", "REFS", "--k-shot", "2"])],
+    ids=["sdp", "winclip", "winclip-2shot"],
+)
+def test_export_equals_torch_on_real_images(method: str, extra: list[str], tmp_path: Path, assets_dir: Path) -> None:
+    import onnxruntime as ort
+
+    from zsad.backbone import ClipBackbone
+    from zsad.data import ImageList
+    from zsad.methods import create_method
+
+    refs = sorted((assets_dir / "magnetic_tile" / "MT_Free" / "Imgs").glob("*.jpg"))[:4]
+    (tmp_path / "refs").mkdir()
+    for f in refs:
+        (tmp_path / "refs" / f.name).symlink_to(f)
+    extra = [str(tmp_path / "refs") if a == "REFS" else a for a in extra]
+    out = tmp_path / "model"
+    res = _run("export", "--method", method, "--class-name", "tile", "--out", str(out), *extra, *TINY)
+    assert res.exit_code == 0, res.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["method"] == method and man["preprocess"]["image_size"] == 96 and man["backbone"]["random_init"]
+    assert man["parity"]["pred_score_max_abs"] <= 1e-4 and man["parity"]["anomaly_map_max_abs"] <= 1e-4
+    # independently: the torch method set up the same way, on real images, against onnxruntime
+    bb = ClipBackbone.from_pretrained("zsad-tiny", "none", image_size=96, seed=0)
+    m = create_method(method, bb)
+    if extra:
+        order = torch.randperm(4, generator=torch.Generator().manual_seed(0)).tolist()
+        ds = ImageList([tmp_path / "refs" / f.name for f in refs], image_size=96)
+        images = [ds[i]["image"] for i in order]
+        m.setup("tile", torch.stack(images[:2]))
+        assert man["k_shot"] == 2 and len(man["references"]) == 2 and man["threshold"]["source"] == "normal_quantile"
+    else:
+        m.setup("tile")
+        assert man["threshold"]["value"] is None
+    x = _real_batch(assets_dir)
+    want = m.predict(x)
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    score, amap = sess.run(None, {"image": x.numpy()})
+    assert np.abs(score - want.pred_score.numpy()).max() <= 1e-4
+    assert np.abs(amap - want.anomaly_map.numpy()).max() <= 1e-4
+
+
+def test_export_refusals(tmp_path: Path) -> None:
+    for method, words in (("musc", "set-level"), ("adaclip", "k-means"), ("dual-image", "set-level")):
+        res = _run("export", "--method", method, "--out", str(tmp_path / method), *TINY)
+        assert res.exit_code == 2 and words in res.output, res.output
+    res = _run("export", "--method", "sdp", "-o", "transductive_minmax=true", "--out", str(tmp_path / "t"), *TINY)
+    assert res.exit_code == 2 and "transductive" in res.output
+    res = _run("export", "--method", "sdp", "--format", "tflite", "--out", str(tmp_path / "f"), *TINY)
+    assert res.exit_code == 2 and "--format 'tflite'" in res.output
