@@ -78,3 +78,26 @@ def test_export_refusals(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "transductive" in res.output
     res = _run("export", "--method", "sdp", "--format", "tflite", "--out", str(tmp_path / "f"), *TINY)
     assert res.exit_code == 2 and "--format 'tflite'" in res.output
+
+
+@pytest.mark.parametrize("method", ["sdp+", "anomalyclip"])
+def test_trained_methods_export_with_their_parts(method: str, tmp_path: Path, assets_dir: Path) -> None:
+    """Trained parts (random here) through a real checkpoint become constants of the graph."""
+    import onnxruntime as ort
+
+    from zsad.backbone import ClipBackbone
+    from zsad.export import export_method
+    from zsad.methods import create_method
+
+    bb = ClipBackbone.from_pretrained("zsad-tiny", "none", image_size=96, seed=0)
+    m = create_method(method, bb)
+    m.build_parts(0)
+    m = create_method(method, bb, checkpoint=str(m.save(tmp_path / "ck", {"note": "test"})))
+    m.setup("tile")
+    res = export_method(m, tmp_path / "model")
+    assert res.manifest["options"]["checkpoint"] == str(tmp_path / "ck")
+    x = _real_batch(assets_dir)
+    want = m.predict(x)
+    score, amap = ort.InferenceSession(str(tmp_path / "model" / "model.onnx")).run(None, {"image": x.numpy()})
+    assert np.abs(score - want.pred_score.numpy()).max() <= 1e-4
+    assert np.abs(amap - want.anomaly_map.numpy()).max() <= 1e-4
