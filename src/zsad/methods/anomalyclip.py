@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zsad.backbone.clip import SurgeryConfig
+from zsad.bank import FeatureBank
 from zsad.errors import ZsadInputError
 from zsad.methods.base import MethodConfig
 from zsad.methods.options import check_range
@@ -186,6 +187,12 @@ class AnomalyClip(TrainableMethod):
     def outputs(self, images: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-layer upsampled probabilities (L, B, 2, S, S) and the image logits (B, 2), before smoothing."""
         glob, patches, grid = self.image_features(images)
+        return self.outputs_from(glob, patches, grid, text)
+
+    def outputs_from(
+        self, glob: torch.Tensor, patches: list[torch.Tensor], grid: tuple[int, int], text: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``outputs`` from image features already computed (training reuses them: the image side is frozen)."""
         t = 1.0 / self.config.temperature
         probs = [
             upsample(grid_to_map((t * f @ text.T).softmax(-1), grid), self.image_size, align_corners=False)
@@ -205,10 +212,16 @@ class AnomalyClip(TrainableMethod):
 
     def loss_terms(self, images: torch.Tensor, gt: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
         """The official loss on one batch: image cross-entropy + local_weight x (focal + two dice) per layer."""
+        return self.loss_from(self.image_features(images), gt, label)
+
+    def loss_from(
+        self, feats: tuple[torch.Tensor, list[torch.Tensor], tuple[int, int]], gt: torch.Tensor, label: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """``loss_terms`` from the (frozen) image features: only the text side is recomputed per step."""
         from zsad.train import dice_loss, focal_loss
 
-        probs, logits = self.outputs(images, self.text_features())
-        zero = torch.zeros((), device=images.device)
+        probs, logits = self.outputs_from(*feats, self.text_features())
+        zero = torch.zeros((), device=gt.device)
         focal = sum((focal_loss(p, gt) for p in probs), zero)
         dice = sum((dice_loss(p[:, 1], gt) + dice_loss(p[:, 0], 1 - gt) for p in probs), zero)
         image = F.cross_entropy(logits, label.long())
@@ -232,12 +245,27 @@ class AnomalyClip(TrainableMethod):
         self.build_parts(seed=train_cfg.seed)
         dev = self.backbone.device
 
+        # The image side is frozen and the prompts never reach it, so its features are computed once for every
+        # epoch (exact: no augmentation); they live in a feature bank (RAM, then memory-mapped files).
+        bank = FeatureBank(dtype=torch.float32)
+        masks: list[torch.Tensor] = []
+        labels: list[int] = []
+        grid = self.backbone.grid_size()
+        with torch.no_grad(), reporter().task("anomalyclip: frozen image features", len(items)) as task:
+            for start in range(0, len(items), train_cfg.batch_size):
+                got = [items[i][1][items[i][2]] for i in range(start, min(len(items), start + train_cfg.batch_size))]
+                glob, patches, grid = self.image_features(torch.stack([g["image"] for g in got]).to(dev))
+                bank.add({"glob": glob, "patch": torch.stack(patches, 1)})
+                masks += [(g["gt_mask"] > 0.5).float() for g in got]
+                labels += [int(g["gt_label"] == 1) for g in got]
+                task.update(completed=len(masks))
+
         def step(params: nn.Module, batch: list[int]) -> dict[str, torch.Tensor]:
-            got = [items[i][1][items[i][2]] for i in batch]
-            imgs = torch.stack([g["image"] for g in got]).to(dev)
-            gt = (torch.stack([g["gt_mask"] for g in got]) > 0.5).float().to(dev)
-            label = torch.tensor([int(g["gt_label"] == 1) for g in got], device=dev)
-            return self.loss_terms(imgs, gt, label)
+            rows = bank.get(torch.tensor(batch), ["glob", "patch"], device=dev)
+            feats = (rows["glob"], list(rows["patch"].unbind(1)), grid)
+            gt = torch.stack([masks[i] for i in batch]).to(dev)
+            label = torch.tensor([labels[i] for i in batch], device=dev)
+            return self.loss_from(feats, gt, label)
 
         out = start_run(out, items)
         if progress:
@@ -251,6 +279,7 @@ class AnomalyClip(TrainableMethod):
             progress=progress,
             description="anomalyclip",
         )
+        bank.close()
         self.params.eval()
         return self.save(out, training_record(data_info, items, train_cfg, result.history))
 
