@@ -10,13 +10,25 @@ The public API:
   front end uses (resumable output folders, thresholds, metrics), with progress through ``zsad.progress``.
 """
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from zsad.backbone import ClipBackbone  # noqa: E402
-from zsad.methods import create_method, list_methods  # noqa: E402
-from zsad.types import Prediction, Preprocess  # noqa: E402
+if TYPE_CHECKING:
+    from zsad.backbone import ClipBackbone
+    from zsad.methods import create_method, list_methods
+    from zsad.types import Prediction, Preprocess
+
+# Every public name loads on first use, so ``import zsad.runtime`` (exported models) never imports torch.
+_LAZY = {
+    "ClipBackbone": "zsad.backbone",
+    "create_method": "zsad.methods",
+    "list_methods": "zsad.methods",
+    "Prediction": "zsad.types",
+    "Preprocess": "zsad.types",
+    "import_checkpoint": "zsad.runs",
+}
 
 __all__ = [
     "ClipBackbone",
@@ -31,13 +43,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``zsad.runs`` and ``zsad.import_checkpoint`` load on first use (they pull in data, metrics and viz)."""
+    """The public names load on first use: torch, data, metrics and viz only when a name needs them."""
     if name == "runs":
-        import importlib
-
         return importlib.import_module("zsad.runs")
-    if name == "import_checkpoint":
-        from zsad.runs import import_checkpoint
-
-        return import_checkpoint
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'zsad' has no attribute {name!r}")

@@ -101,3 +101,64 @@ def test_trained_methods_export_with_their_parts(method: str, tmp_path: Path, as
     score, amap = ort.InferenceSession(str(tmp_path / "model" / "model.onnx")).run(None, {"image": x.numpy()})
     assert np.abs(score - want.pred_score.numpy()).max() <= 1e-4
     assert np.abs(amap - want.anomaly_map.numpy()).max() <= 1e-4
+
+
+def test_runtime_without_torch_equals_torch_and_refuses_bad_models(tmp_path: Path, assets_dir: Path) -> None:
+    """``zsad.runtime`` in a process where torch cannot be imported gives the torch path's scores and maps."""
+    import shutil
+    import subprocess
+    import sys
+
+    from zsad.backbone import ClipBackbone
+    from zsad.data import load_image, squash_image
+    from zsad.export import export_method
+    from zsad.methods import create_method
+
+    bb = ClipBackbone.from_pretrained("zsad-tiny", "none", image_size=96, seed=0)
+    m = create_method("sdp", bb)
+    m.setup("tile")
+    export_method(m, tmp_path / "model", threshold={"value": 0.5, "source": "manual"})
+    files = sorted((assets_dir / "magnetic_tile").glob("*/Imgs/*.jpg"))[::60][:4]
+    want = m.predict(torch.stack([squash_image(load_image(f), 96) for f in files]))
+    np.save(tmp_path / "want_score.npy", want.pred_score.numpy())
+    np.save(tmp_path / "want_map.npy", want.anomaly_map.numpy())
+    script = f"""
+import sys, importlib.abc
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is hidden in this test")
+sys.meta_path.insert(0, NoTorch())
+import numpy as np
+from zsad.runtime import ExportedModel
+from zsad.errors import ZsadInputError
+m = ExportedModel({str(tmp_path / "model")!r})
+out = m.predict({[str(f) for f in files]!r}, batch_size=3)
+assert "torch" not in sys.modules
+print(np.abs(out.pred_score - np.load({str(tmp_path / "want_score.npy")!r})).max())
+print(np.abs(out.anomaly_map - np.load({str(tmp_path / "want_map.npy")!r})).max())
+print(m.threshold)
+for bad in {[str(tmp_path / b) for b in ("nomanifest", "tampered", "size")]!r}:
+    try:
+        ExportedModel(bad)
+    except ZsadInputError as e:
+        print("refused:", e)
+"""
+    (tmp_path / "nomanifest").mkdir()
+    shutil.copy(tmp_path / "model" / "model.onnx", tmp_path / "nomanifest" / "model.onnx")
+    shutil.copytree(tmp_path / "model", tmp_path / "tampered")
+    with (tmp_path / "tampered" / "model.onnx").open("ab") as f:
+        f.write(b"\0")
+    shutil.copytree(tmp_path / "model", tmp_path / "size")
+    man = json.loads((tmp_path / "size" / "manifest.json").read_text())
+    man["preprocess"]["image_size"] = 128
+    (tmp_path / "size" / "manifest.json").write_text(json.dumps(man))
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert float(lines[0]) <= 1e-4 and float(lines[1]) <= 1e-4 and float(lines[2]) == 0.5
+    refused = [ln for ln in lines if ln.startswith("refused:")]
+    assert len(refused) == 3
+    assert "manifest.json: missing" in refused[0]
+    assert "sha256 differs" in refused[1]
+    assert "input is [96, 96] pixels but" in refused[2] and "says 128" in refused[2]

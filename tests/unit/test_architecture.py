@@ -18,6 +18,7 @@ BOTTOM = {
 LAYER = {
     **dict.fromkeys(BOTTOM, 0),
     "client": 0,
+    "runtime": 0,
     "methods": 1,
     "runs": 2,
     "export": 2,
