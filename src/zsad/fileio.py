@@ -12,6 +12,17 @@ from typing import Any
 import numpy as np
 
 
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (weights, exported models: recorded in manifests, checked on load)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def default_mode() -> int:
     """0o666 minus the umask: what ``open`` gives a new file (``mkstemp`` and safetensors make 0o600)."""
     mask = os.umask(0)

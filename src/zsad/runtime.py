@@ -10,7 +10,6 @@ manifest, and the graph's input is the image size the manifest names. Each failu
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from zsad.errors import ZsadInputError
+from zsad.fileio import sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -29,14 +29,6 @@ class RuntimePrediction:
 
     pred_score: np.ndarray
     anomaly_map: np.ndarray
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -65,7 +57,7 @@ class ExportedModel:
         model = self.folder / str(self.manifest["model_file"])
         if not model.is_file():
             raise ZsadInputError(f"{model}: missing (named by {self.folder / MANIFEST})")
-        if _sha256(model) != self.manifest["model_sha256"]:
+        if sha256_file(model) != self.manifest["model_sha256"]:
             raise ZsadInputError(f"{model}: sha256 differs from {self.folder / MANIFEST} (changed or corrupt file)")
         pre = self.manifest["preprocess"]
         self.image_size = int(pre["image_size"])

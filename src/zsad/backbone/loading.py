@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from zsad.errors import ZsadInputError
+from zsad.fileio import sha256_file
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
 _RANDOM_TAGS = {None, "", "none", "random"}
@@ -44,11 +45,7 @@ def file_digest(path: Path) -> dict[str, Any]:
     st = path.stat()
     memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if memo not in _DIGESTS:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _DIGESTS[memo] = h.hexdigest()
+        _DIGESTS[memo] = sha256_file(path)
     return {"path": str(path), "size": st.st_size, "sha256": _DIGESTS[memo]}
 
 

@@ -10,7 +10,6 @@ The threshold is not in the graph: it lives in ``manifest.json`` with its source
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from zsad.errors import ZsadInputError
+from zsad.fileio import sha256_file
 from zsad.methods.base import Method
 from zsad.methods.options import config_record
 
@@ -71,15 +71,6 @@ def check_exportable(method: Method) -> None:
         raise ZsadInputError(f"zsad export: method {method.name} scores sets of images, not one image at a time")
 
 
-def file_sha256(path: Path) -> str:
-    """The model file's hash, recorded in the manifest and checked by the runtime."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export_method(
     method: Method,
     out: Path,
@@ -126,7 +117,7 @@ def export_method(
     manifest = {
         "format": fmt,
         "model_file": MODEL_FILE,
-        "model_sha256": file_sha256(out / MODEL_FILE),
+        "model_sha256": sha256_file(out / MODEL_FILE),
         "opset": OPSET,
         "inputs": {"image": ["batch", 3, size, size]},
         "outputs": {"pred_score": ["batch"], "anomaly_map": ["batch", size, size]},

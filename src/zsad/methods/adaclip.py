@@ -47,9 +47,8 @@ from torch import nn
 from zsad.errors import ZsadInputError
 from zsad.methods.base import MethodConfig
 from zsad.methods.options import check_range
-from zsad.methods.trainable import TrainableMethod, load_tensors, mask_items, read_official, start_run, training_record
+from zsad.methods.trainable import TrainableMethod, load_tensors, mask_items, read_official
 from zsad.ops import gaussian_blur, grid_to_map, kmeans, upsample
-from zsad.progress import reporter
 from zsad.prompts import build_prompts, get_prompt_set, list_prompt_sets
 from zsad.train.loop import TrainConfig
 from zsad.types import Prediction
@@ -266,7 +265,7 @@ class AdaClip(TrainableMethod):
         class_names: dict[str, str] | None = None,
     ) -> Path:
         """Train every prompt and projection on (category, dataset) pairs with masks; CLIP stays frozen."""
-        from zsad.train import dice_loss, fit, focal_loss
+        from zsad.train import dice_loss, focal_loss
 
         items = mask_items(self.name, datasets)
         names = class_names or {}
@@ -296,20 +295,8 @@ class AdaClip(TrainableMethod):
             total["loss"] = total["image"] + total["focal"] + total["dice"]
             return total
 
-        out = start_run(out, items)
-        if progress:
-            reporter().message(f"adaclip: {len(items)} training images, CLIP frozen, prompts + projections")
-        result = fit(
-            self.params,
-            list(range(len(items))),
-            step,
-            train_cfg,
-            state_dir=out,
-            progress=progress,
-            description="adaclip",
-        )
-        self.params.eval()
-        return self.save(out, training_record(data_info, items, train_cfg, result.history))
+        what = "CLIP frozen, prompts + projections"
+        return self.fit_and_save(items, step, train_cfg, out, data_info=data_info, progress=progress, what=what)
 
 
 # official parameter name (after the "clip_model." prefix) -> ours; {i} is a head / layer / prompt-depth index

@@ -39,7 +39,7 @@ from zsad.bank import FeatureBank
 from zsad.errors import ZsadInputError
 from zsad.methods.base import MethodConfig
 from zsad.methods.options import check_range
-from zsad.methods.trainable import TrainableMethod, load_tensors, mask_items, read_official, start_run, training_record
+from zsad.methods.trainable import TrainableMethod, load_tensors, mask_items, read_official
 from zsad.ops import gaussian_blur, grid_to_map, upsample
 from zsad.progress import reporter
 from zsad.train.loop import TrainConfig
@@ -239,8 +239,6 @@ class AnomalyClip(TrainableMethod):
         class_names: dict[str, str] | None = None,
     ) -> Path:
         """Train the prompts on (category, dataset) pairs with masks; no class name is used, CLIP stays frozen."""
-        from zsad.train import fit
-
         items = mask_items(self.name, datasets)
         self.build_parts(seed=train_cfg.seed)
         dev = self.backbone.device
@@ -267,21 +265,11 @@ class AnomalyClip(TrainableMethod):
             label = torch.tensor([labels[i] for i in batch], device=dev)
             return self.loss_from(feats, gt, label)
 
-        out = start_run(out, items)
-        if progress:
-            reporter().message(f"anomalyclip: {len(items)} training images, CLIP frozen, prompts only")
-        result = fit(
-            self.params,
-            list(range(len(items))),
-            step,
-            train_cfg,
-            state_dir=out,
-            progress=progress,
-            description="anomalyclip",
-        )
-        bank.close()
-        self.params.eval()
-        return self.save(out, training_record(data_info, items, train_cfg, result.history))
+        what = "CLIP frozen, prompts only"
+        try:
+            return self.fit_and_save(items, step, train_cfg, out, data_info=data_info, progress=progress, what=what)
+        finally:
+            bank.close()
 
 
 def import_official_checkpoint(path: Path, backbone: Any, out: Path, trained_on: str) -> Path:

@@ -30,7 +30,7 @@ from torch import nn
 from zsad.errors import ZsadInputError
 from zsad.methods.options import config_record
 from zsad.methods.sdp import Sdp, SdpConfig
-from zsad.methods.trainable import TrainableMethod, mask_items, read_official, start_run, training_record
+from zsad.methods.trainable import TrainableMethod, mask_items, read_official
 from zsad.ops import grid_to_map, upsample
 from zsad.progress import SilentReporter, reporter
 from zsad.prompts import state_text
@@ -142,7 +142,7 @@ class SdpPlus(Sdp, TrainableMethod):
         class_names: dict[str, str] | None = None,
     ) -> Path:
         """Train the stage layers on (category, dataset) pairs with masks; write a checkpoint folder to ``out``."""
-        from zsad.train import dice_loss, fit, focal_loss
+        from zsad.train import dice_loss, focal_loss
 
         bb = self.backbone
         dev = bb.device
@@ -184,12 +184,7 @@ class SdpPlus(Sdp, TrainableMethod):
             assert isinstance(focal, torch.Tensor) and isinstance(dice, torch.Tensor)
             return {"loss": focal + dice, "focal": focal, "dice": dice}
 
-        out = start_run(out, items)
-        result = fit(
-            self.heads, list(range(len(items))), step, train_cfg, state_dir=out, progress=progress, description="sdp+"
-        )
-        self.heads.eval()
-        return self.save(out, training_record(data_info, items, train_cfg, result.history))
+        return self.fit_and_save(items, step, train_cfg, out, data_info=data_info, progress=progress)
 
     @classmethod
     def import_official(cls, path: Path, backbone: Any, out: Path, trained_on: str) -> Path:

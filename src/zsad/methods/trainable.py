@@ -101,6 +101,38 @@ class TrainableMethod(Method):
         """
         raise NotImplementedError
 
+    def fit_and_save(
+        self,
+        items: Sequence[tuple[str, Any, int]],
+        step: Any,
+        train_cfg: TrainConfig,
+        out: Path,
+        *,
+        data_info: dict[str, Any],
+        progress: bool,
+        what: str = "",
+    ) -> Path:
+        """The end every image-trained method shares: list the images, run ``zsad.train.fit``, save the parts."""
+        from zsad.progress import reporter
+        from zsad.train import fit
+
+        parts = self.parts
+        assert parts is not None
+        out = start_run(out, items)
+        if progress and what:
+            reporter().message(f"{self.name}: {len(items)} training images, {what}")
+        result = fit(
+            parts,
+            list(range(len(items))),
+            step,
+            train_cfg,
+            state_dir=out,
+            progress=progress,
+            description=self.name,
+        )
+        parts.eval()
+        return self.save(out, training_record(data_info, items, train_cfg, result.history))
+
     # ------------------------------------------------------------------ checkpoints
     def save(self, out: Path, training: dict[str, Any]) -> Path:
         """Write the checkpoint folder: tensors + manifest (method, backbone, config, training record)."""
