@@ -1,5 +1,5 @@
 """``python -m zsad``: the same command line as ``zsad``."""
 
-from zsad.cli.main import app
+from zsad.cli.entry import main
 
-app()
+main()

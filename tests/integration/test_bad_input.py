@@ -147,7 +147,7 @@ def test_out_is_a_file_or_under_a_file(three: list[Path], tmp_path: Path, no_mod
 
 def test_per_file_write_failure(three: list[Path], tmp_path: Path) -> None:
     """A map that cannot be written stops the run in one line, or with --skip-bad is listed and retried later."""
-    from zsad.runs.outputs import OutputNames
+    from zsad.outputs import OutputNames
 
     out = tmp_path / "out"
     blocker = out / "maps" / f"{OutputNames().name(three[1])}.npy"
@@ -383,7 +383,7 @@ def test_eval_mismatched_mask_and_reruns(tmp_path: Path) -> None:
 @pytest.mark.parametrize("command", ["detect", "eval", "train"])
 def test_every_command_refuses_a_busy_folder(three: list[Path], tmp_path: Path, command: str) -> None:
     """The lock is taken before any model loads by every command that writes a folder."""
-    from zsad.runs.outputs import RunLock
+    from zsad.outputs import RunLock
 
     out = tmp_path / "out"
     (tmp_path / "l.csv").write_text("id,label\npart_0,0\npart_1,1\npart_2,0\n")

@@ -162,3 +162,57 @@ for bad in {[str(tmp_path / b) for b in ("nomanifest", "tampered", "size")]!r}:
     assert "manifest.json: missing" in refused[0]
     assert "sha256 differs" in refused[1]
     assert "input is [96, 96] pixels but" in refused[2] and "says 128" in refused[2]
+
+
+def test_detect_model_without_torch_matches_torch_detect(tmp_path: Path, assets_dir: Path) -> None:
+    """``zsad detect --model`` in a process where torch cannot be imported: the torch path's rows and maps."""
+    import csv
+    import subprocess
+    import sys
+
+    import zsad.cli.runtime_detect as rd
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for f in sorted((assets_dir / "magnetic_tile").glob("*/Imgs/*.jpg"))[::70][:5]:
+        (imgs / f.name).symlink_to(f)
+    res = _run("export", "--method", "sdp", "--class-name", "tile", "--out", str(tmp_path / "model"), *TINY)
+    assert res.exit_code == 0, res.output
+    ref = _run("detect", str(imgs), "--method", "sdp", "--class-name", "tile", "--out", str(tmp_path / "ref"),
+               "--no-overlays", *TINY)  # fmt: skip
+    assert ref.exit_code == 0, ref.output
+    hide = (
+        "import sys, importlib.abc\n"
+        "class NoTorch(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is hidden in this test')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "from zsad.cli.entry import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    args = ["detect", str(imgs), "--model", str(tmp_path / "model"), "--out", str(tmp_path / "rt"), "--batch-size", "2"]
+    done = subprocess.run([sys.executable, "-c", hide, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "5 images scored" in done.stdout
+
+    def rows(folder: Path) -> dict[str, dict[str, str]]:
+        with (folder / "predictions.csv").open() as f:
+            return {r["image_path"]: r for r in csv.DictReader(f)}
+
+    want, got = rows(tmp_path / "ref"), rows(tmp_path / "rt")
+    assert set(want) == set(got)
+    for k, w in want.items():
+        g = got[k]
+        assert abs(float(g["pred_score"]) - float(w["pred_score"])) <= 1e-4
+        assert g["image_size"] == w["image_size"] and g["map_size"] == w["map_size"]
+        assert g["pred_label"] == w["pred_label"] and g["threshold_source"] == w["threshold_source"] == "robust_outlier"
+        a, b = np.load(tmp_path / "rt" / g["anomaly_map_path"]), np.load(tmp_path / "ref" / w["anomaly_map_path"])
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1e-4
+    # the numpy resize is torch's bilinear (align_corners=False), also when enlarging and shrinking unevenly
+    m = np.random.default_rng(0).random((7, 9)).astype(np.float32)
+    want_t = torch.nn.functional.interpolate(torch.from_numpy(m)[None, None], size=(13, 5), mode="bilinear")
+    np.testing.assert_allclose(rd.resize_bilinear(m, (13, 5)), want_t[0, 0].numpy(), atol=1e-6)
+    # a rerun resumes: nothing left to score
+    again = subprocess.run([sys.executable, "-c", hide, *args], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "resuming: 5 of 5" in again.stdout, again.stdout + again.stderr

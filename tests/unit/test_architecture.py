@@ -13,7 +13,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src" / "zsad"
 BOTTOM = {
     "types", "errors", "fileio", "progress", "sysinfo", "ops", "thresholds", "synth", "bank", "mutual",
-    "backbone", "prompts", "data", "metrics", "viz", "train",
+    "backbone", "prompts", "data", "metrics", "viz", "train", "outputs",
 }  # fmt: skip
 LAYER = {
     **dict.fromkeys(BOTTOM, 0),

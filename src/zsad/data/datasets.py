@@ -7,8 +7,6 @@ any compute) wrapped in one torch ``Dataset`` that squashes image and mask to th
 from __future__ import annotations
 
 import csv
-import glob
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +15,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from zsad.data.files import MaskIndex, list_images
-from zsad.data.io import is_image_file, load_image, load_mask
+from zsad.data.files import MaskIndex, collect_images, list_entry, list_images, read_list_file  # noqa: F401 (re-exported)
+from zsad.data.io import load_image, load_mask
 from zsad.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, squash_image, squash_mask
 from zsad.errors import ZsadInputError
 from zsad.types import Preprocess
@@ -277,93 +275,3 @@ class ImageList(AnomalyDataset):
         files = collect_images(items, recursive=recursive, image_glob=image_glob)
         samples = [Sample(f, None, None, category, "test", "") for f in files]
         super().__init__(samples, image_size, mean, std, masks_known=False, source=", ".join(map(str, items)))
-
-
-def collect_images(items: Sequence[str | Path], recursive: bool = False, image_glob: str | None = None) -> list[Path]:
-    """Absolute image paths named by files, folders and glob patterns, in order, each file once (by real path)."""
-    if not items:
-        raise ZsadInputError("no input paths given")
-    seen: dict[str, Path] = {}
-    for raw in items:
-        if isinstance(raw, str) and raw.startswith("file://"):
-            raw = raw[len("file://") :]  # a local file URI is its path
-        for f in _expand(raw, recursive, image_glob):
-            absolute = Path(os.path.abspath(f))
-            seen.setdefault(os.path.realpath(absolute), absolute)
-    return list(seen.values())
-
-
-def list_entry(entry: str, base: Path) -> str:
-    """One path of a list file: absolute paths and URIs as written, relative ones from the list's folder ``base``."""
-    return entry if os.path.isabs(entry) or "://" in entry else str(base / entry)
-
-
-def read_list_file(path: str | Path) -> list[str]:
-    """Image paths of a list file, one per line (``#`` comments and blank lines skipped).
-
-    Relative paths are relative to the list file's folder, so a list moves with its images; URIs
-    (``file://``, ``s3://``...) are kept as written.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ZsadInputError(f"{p}: list file not found")
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        why = getattr(e, "strerror", None) or type(e).__name__
-        raise ZsadInputError(f"{p}: cannot read list file: {why}") from None
-    out = []
-    for line in lines:
-        entry = line.strip()
-        if entry and not entry.startswith("#"):
-            out.append(list_entry(entry, p.parent))
-    if not out:
-        raise ZsadInputError(f"{p}: list file names no images")
-    return out
-
-
-def _same_stem_check(folder: Path, found: Sequence[Path]) -> None:
-    """Refuse a folder where one name exists with several image extensions (images with their masks beside)."""
-    by_stem: dict[tuple[Path, str], Path] = {}
-    for f in found:
-        key = (f.parent, f.stem.lower())
-        if key in by_stem:
-            a, b = by_stem[key], f
-            raise ZsadInputError(
-                f"{folder}: holds {a.name} and {b.name} (same name, different image types: masks beside images?); "
-                f"select the images with --image-glob '*{a.suffix}'"
-            )
-        by_stem[key] = f
-
-
-def _expand(raw: str | Path, recursive: bool, image_glob: str | None = None) -> list[Path]:
-    path = Path(raw)
-    if path.is_dir():
-        found = list_images(path, image_glob or "*", recursive)
-        if not found:
-            more = f" matching {image_glob!r}" if image_glob else ""
-            raise ZsadInputError(f"{path}: no image files{more} in this folder")
-        if image_glob is None:
-            _same_stem_check(path, found)
-        return found
-    if path.is_file():
-        return [path]
-    if glob.has_magic(str(raw)):
-        found = sorted(
-            Path(m)
-            for m in glob.glob(_ci_extension(str(raw)), recursive=True)
-            if is_image_file(m) and Path(m).is_file()
-        )
-        if not found:
-            raise ZsadInputError(f"{raw}: no image files match this pattern")
-        return found
-    raise ZsadInputError(f"{raw}: no such file or folder")
-
-
-def _ci_extension(pattern: str) -> str:
-    """``dir/*.jpg`` -> ``dir/*.[jJ][pP][gG]``: extensions match in any letter case, like folder listings."""
-    head, sep, tail = pattern.rpartition("/")
-    stem, dot, ext = tail.rpartition(".")
-    if not dot or not ext.isalpha():
-        return pattern
-    return head + sep + stem + dot + "".join(f"[{c.lower()}{c.upper()}]" for c in ext)

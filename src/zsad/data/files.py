@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
+import glob
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from zsad.data.io import IMAGE_EXTENSIONS, is_image_file
@@ -96,3 +98,93 @@ def _same_file(a: Path, b: Path) -> bool:
 def find_mask(image: str | Path, mask_dir: str | Path) -> Path | None:
     """The mask sharing the image's stem in ``mask_dir`` (``X.*`` or ``X_mask.*``), or None."""
     return MaskIndex(Path(mask_dir)).find(Path(image))
+
+
+def collect_images(items: Sequence[str | Path], recursive: bool = False, image_glob: str | None = None) -> list[Path]:
+    """Absolute image paths named by files, folders and glob patterns, in order, each file once (by real path)."""
+    if not items:
+        raise ZsadInputError("no input paths given")
+    seen: dict[str, Path] = {}
+    for raw in items:
+        if isinstance(raw, str) and raw.startswith("file://"):
+            raw = raw[len("file://") :]  # a local file URI is its path
+        for f in _expand(raw, recursive, image_glob):
+            absolute = Path(os.path.abspath(f))
+            seen.setdefault(os.path.realpath(absolute), absolute)
+    return list(seen.values())
+
+
+def list_entry(entry: str, base: Path) -> str:
+    """One path of a list file: absolute paths and URIs as written, relative ones from the list's folder ``base``."""
+    return entry if os.path.isabs(entry) or "://" in entry else str(base / entry)
+
+
+def read_list_file(path: str | Path) -> list[str]:
+    """Image paths of a list file, one per line (``#`` comments and blank lines skipped).
+
+    Relative paths are relative to the list file's folder, so a list moves with its images; URIs
+    (``file://``, ``s3://``...) are kept as written.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ZsadInputError(f"{p}: list file not found")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or type(e).__name__
+        raise ZsadInputError(f"{p}: cannot read list file: {why}") from None
+    out = []
+    for line in lines:
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            out.append(list_entry(entry, p.parent))
+    if not out:
+        raise ZsadInputError(f"{p}: list file names no images")
+    return out
+
+
+def _same_stem_check(folder: Path, found: Sequence[Path]) -> None:
+    """Refuse a folder where one name exists with several image extensions (images with their masks beside)."""
+    by_stem: dict[tuple[Path, str], Path] = {}
+    for f in found:
+        key = (f.parent, f.stem.lower())
+        if key in by_stem:
+            a, b = by_stem[key], f
+            raise ZsadInputError(
+                f"{folder}: holds {a.name} and {b.name} (same name, different image types: masks beside images?); "
+                f"select the images with --image-glob '*{a.suffix}'"
+            )
+        by_stem[key] = f
+
+
+def _expand(raw: str | Path, recursive: bool, image_glob: str | None = None) -> list[Path]:
+    path = Path(raw)
+    if path.is_dir():
+        found = list_images(path, image_glob or "*", recursive)
+        if not found:
+            more = f" matching {image_glob!r}" if image_glob else ""
+            raise ZsadInputError(f"{path}: no image files{more} in this folder")
+        if image_glob is None:
+            _same_stem_check(path, found)
+        return found
+    if path.is_file():
+        return [path]
+    if glob.has_magic(str(raw)):
+        found = sorted(
+            Path(m)
+            for m in glob.glob(_ci_extension(str(raw)), recursive=True)
+            if is_image_file(m) and Path(m).is_file()
+        )
+        if not found:
+            raise ZsadInputError(f"{raw}: no image files match this pattern")
+        return found
+    raise ZsadInputError(f"{raw}: no such file or folder")
+
+
+def _ci_extension(pattern: str) -> str:
+    """``dir/*.jpg`` -> ``dir/*.[jJ][pP][gG]``: extensions match in any letter case, like folder listings."""
+    head, sep, tail = pattern.rpartition("/")
+    stem, dot, ext = tail.rpartition(".")
+    if not dot or not ext.isalpha():
+        return pattern
+    return head + sep + stem + dot + "".join(f"[{c.lower()}{c.upper()}]" for c in ext)

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from zsad.errors import ZsadInputError
+from zsad.outputs import RunLock, check_output_dir, check_run_key, claim_output
 from zsad.progress import Reporter, reporter, using
 from zsad.runs.build import BackboneSpec, MethodSpec
 from zsad.runs.detect import DetectJob, DetectResult, calibrate, split_references
-from zsad.runs.outputs import RunLock, check_output_dir, check_run_key, claim_output
 from zsad.thresholds import choose_threshold
 
 SHARDS = "shards"

@@ -20,9 +20,7 @@ import torch
 from zsad.errors import ZsadInputError
 from zsad.fileio import save_npy, write_json
 from zsad.methods.base import Method
-from zsad.progress import Reporter, reporter, using
-from zsad.runs.build import BackboneSpec, MethodSpec, method_key
-from zsad.runs.outputs import (
+from zsad.outputs import (
     CsvLog,
     OutputNames,
     RunLock,
@@ -31,7 +29,10 @@ from zsad.runs.outputs import (
     claim_output,
     identity,
     is_number,
+    map_size,
 )
+from zsad.progress import Reporter, reporter, using
+from zsad.runs.build import BackboneSpec, MethodSpec, method_key
 from zsad.runs.scoring import decode_parts, parts_json, resize_map, score_dataset
 from zsad.runs.train import prepare_method
 from zsad.sysinfo import environment
@@ -219,15 +220,6 @@ def detect(
                 built = spec.build()
             assert built is not None
             return run_detect(built, work)
-
-
-def map_size(height: int, width: int, cap: int) -> tuple[int, int]:
-    """(H, W) of the written map: the image's own size, or scaled so the long side is ``cap`` (0 = no cap)."""
-    long_side = max(height, width)
-    if cap <= 0 or long_side <= cap:
-        return height, width
-    scale = cap / long_side
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def split_references(

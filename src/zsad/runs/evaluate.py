@@ -17,10 +17,7 @@ from zsad.data.spec import DatasetSpec, gt_masks, open_datasets, reference_image
 from zsad.errors import ZsadInputError
 from zsad.fileio import save_npy, write_json
 from zsad.methods.base import Method
-from zsad.progress import Reporter, reporter, using
-from zsad.runs.build import BackboneSpec, MethodSpec, method_key, route_checkpoints, specs_for
-from zsad.runs.leakage import check_unseen, training_images
-from zsad.runs.outputs import (
+from zsad.outputs import (
     CsvLog,
     OutputNames,
     RunLock,
@@ -30,6 +27,9 @@ from zsad.runs.outputs import (
     identity,
     is_number,
 )
+from zsad.progress import Reporter, reporter, using
+from zsad.runs.build import BackboneSpec, MethodSpec, method_key, route_checkpoints, specs_for
+from zsad.runs.leakage import check_unseen, training_images
 from zsad.runs.report import EvalResult, title, write_comparison, write_metrics
 from zsad.runs.scoring import decode_parts, parts_json, score_dataset
 from zsad.runs.train import prepare_method

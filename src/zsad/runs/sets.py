@@ -11,9 +11,9 @@ import torch
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
 from zsad.methods.trainable import TrainableMethod
+from zsad.outputs import RunLock, check_output_dir
 from zsad.progress import Reporter, using
 from zsad.runs.build import BackboneSpec, MethodSpec
-from zsad.runs.outputs import RunLock, check_output_dir
 from zsad.types import Prediction
 
 

@@ -20,9 +20,9 @@ from zsad.data.spec import DatasetSpec, open_datasets
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
 from zsad.methods.trainable import TrainableMethod
+from zsad.outputs import RunLock, check_output_dir
 from zsad.progress import Reporter, reporter, using
 from zsad.runs.build import BackboneSpec, MethodSpec
-from zsad.runs.outputs import RunLock, check_output_dir
 
 Listed = list[tuple[str, Any, str]]  # (category key, dataset, prompt name)
 

@@ -24,9 +24,9 @@ from PIL import Image
 
 from zsad.errors import ZsadInputError
 from zsad.methods import get_method_class, list_methods
+from zsad.outputs import abs_path
 from zsad.runs.build import BackboneSpec, MethodSpec, route_checkpoints
 from zsad.runs.detect import calibrate, map_size, overlay_panel
-from zsad.runs.outputs import abs_path
 from zsad.runs.scoring import ScoredBatch, parts_json, resize_map, score_images
 from zsad.serve.batching import Batcher
 from zsad.serve.models import ModelPool, Reference, Served

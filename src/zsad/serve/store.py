@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from zsad.fileio import save_npy, write_bytes, write_json
+from zsad.outputs import CsvLog, RunLock, check_output_dir, claim_output
 from zsad.runs.detect import FIELDS
-from zsad.runs.outputs import CsvLog, RunLock, check_output_dir, claim_output
 from zsad.sysinfo import environment
 
 SERVE_FIELDS = [*FIELDS, "request_id", "image_id", "file_name", "method", "class_name", "reference_id", "model_id"]

@@ -349,3 +349,12 @@ def is_number(text: str | None) -> bool:
     except ValueError:
         return False
     return True
+
+
+def map_size(height: int, width: int, cap: int) -> tuple[int, int]:
+    """(H, W) of the written map: the image's own size, or scaled so the long side is ``cap`` (0 = no cap)."""
+    long_side = max(height, width)
+    if cap <= 0 or long_side <= cap:
+        return height, width
+    scale = cap / long_side
+    return max(1, round(height * scale)), max(1, round(width * scale))
