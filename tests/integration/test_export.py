@@ -216,3 +216,23 @@ def test_detect_model_without_torch_matches_torch_detect(tmp_path: Path, assets_
     # a rerun resumes: nothing left to score
     again = subprocess.run([sys.executable, "-c", hide, *args], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "resuming: 5 of 5" in again.stdout, again.stdout + again.stderr
+
+
+def test_rwda_exports_with_its_trained_classifier(tmp_path: Path, assets_dir: Path) -> None:
+    """RWDA trains its text classifier on setup (few pairs here): the classifier becomes part of the graph."""
+    import onnxruntime as ort
+
+    from zsad.backbone import ClipBackbone
+    from zsad.export import export_method
+    from zsad.methods import create_method
+
+    bb = ClipBackbone.from_pretrained("zsad-tiny", "none", image_size=96, seed=0)
+    m = create_method("rwda", bb, n_pairs=200)
+    m.setup("tile")
+    res = export_method(m, tmp_path / "model")
+    assert res.manifest["method"] == "rwda" and res.parity["pred_score_max_abs"] <= 1e-4
+    x = _real_batch(assets_dir)
+    want = m.predict(x)
+    score, amap = ort.InferenceSession(str(tmp_path / "model" / "model.onnx")).run(None, {"image": x.numpy()})
+    assert np.abs(score - want.pred_score.numpy()).max() <= 1e-4
+    assert np.abs(amap - want.anomaly_map.numpy()).max() <= 1e-4
