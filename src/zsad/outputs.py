@@ -23,10 +23,15 @@ import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zsad.errors import ZsadInputError
 from zsad.fileio import atomic_write, default_mode, write_json
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from zsad.thresholds import Threshold
 
 LOCK_FILE = ".zsad.lock"
 RUN_KEY = "run_key.json"
@@ -358,3 +363,49 @@ def map_size(height: int, width: int, cap: int) -> tuple[int, int]:
         return height, width
     scale = cap / long_side
     return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+DETECT_FIELDS = [
+    "image_path",
+    "pred_score",
+    "pred_label",
+    "threshold",
+    "threshold_source",
+    "pixel_threshold",
+    "anomaly_map_path",
+    "overlay_path",
+    "map_min",
+    "map_max",
+    "image_size",
+    "map_size",
+    "score_parts",
+]
+
+
+def detect_row(
+    path: str, score: float, rel: Path, full: np.ndarray, image_hw: tuple[int, int], parts: str = "{}"
+) -> dict[str, Any]:
+    """One ``predictions.csv`` row of a detect run, before thresholds: ``full`` is the map at its written size."""
+    h, w = image_hw
+    mh, mw = full.shape
+    return {
+        "image_path": path,
+        "pred_score": float(score),
+        "anomaly_map_path": rel.as_posix(),
+        "map_min": float(full.min()),
+        "map_max": float(full.max()),
+        "image_size": f"{w}x{h}",
+        "map_size": f"{mw}x{mh}",
+        "score_parts": parts,
+    }
+
+
+def label_rows(rows: list[dict[str, Any]], labels: np.ndarray, thr: Threshold, pthr: Threshold) -> None:
+    """Write each row's decision and the image and pixel thresholds that made it."""
+    for r, lab in zip(rows, labels, strict=True):
+        r.update(
+            pred_label=str(int(lab)),
+            threshold=f"{thr.value:.8g}",
+            threshold_source=thr.source,
+            pixel_threshold=f"{pthr.value:.8g}",
+        )

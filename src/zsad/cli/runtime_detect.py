@@ -15,22 +15,6 @@ import numpy as np
 
 from zsad.errors import ZsadInputError
 
-FIELDS = [
-    "image_path",
-    "pred_score",
-    "pred_label",
-    "threshold",
-    "threshold_source",
-    "pixel_threshold",
-    "anomaly_map_path",
-    "overlay_path",
-    "map_min",
-    "map_max",
-    "image_size",
-    "map_size",
-    "score_parts",
-]
-
 
 def resize_bilinear(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(h, w) -> (H, W) bilinear with half-pixel centres and edge clamping: torch's ``align_corners=False``."""
@@ -84,7 +68,17 @@ def _run(args: argparse.Namespace) -> int:
     from zsad.data.files import collect_images, read_list_file
     from zsad.data.io import load_image
     from zsad.fileio import save_npy, write_json
-    from zsad.outputs import CsvLog, OutputNames, claim_output, identity, is_number, map_size
+    from zsad.outputs import (
+        DETECT_FIELDS,
+        CsvLog,
+        OutputNames,
+        claim_output,
+        detect_row,
+        identity,
+        is_number,
+        label_rows,
+        map_size,
+    )
     from zsad.runtime import ExportedModel
     from zsad.thresholds import UNLABELLED_RULES, Threshold, choose_threshold
 
@@ -105,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     def complete(r: dict[str, str]) -> bool:
         return is_number(r["pred_score"]) and bool(r["anomaly_map_path"]) and (out / r["anomaly_map_path"]).is_file()
 
-    log = CsvLog(out / "predictions.csv", FIELDS, key=lambda r: identity(r["image_path"]), complete=complete)
+    log = CsvLog(out / "predictions.csv", DETECT_FIELDS, key=lambda r: identity(r["image_path"]), complete=complete)
     names = OutputNames()
     for r in log.rows:
         names.claim(Path(r["anomaly_map_path"]).stem, identity(r["image_path"]))
@@ -137,18 +131,7 @@ def _run(args: argparse.Namespace) -> int:
             full = resize_bilinear(pred.anomaly_map[i], (mh, mw))
             rel = Path("maps") / f"{names.name(str(f))}.npy"
             save_npy(out / rel, full)
-            rows.append(
-                {
-                    "image_path": str(f),
-                    "pred_score": float(pred.pred_score[i]),
-                    "anomaly_map_path": rel.as_posix(),
-                    "map_min": float(full.min()),
-                    "map_max": float(full.max()),
-                    "image_size": f"{w}x{h}",
-                    "map_size": f"{mw}x{mh}",
-                    "score_parts": "{}",
-                }
-            )
+            rows.append(detect_row(str(f), pred.pred_score[i], rel, full, (h, w)))
         log.append(rows)
     if not log.rows:
         raise ZsadInputError(f"no image could be scored; the failures are listed in {out / 'errors.csv'}")
@@ -162,13 +145,7 @@ def _run(args: argparse.Namespace) -> int:
         thr = choose_threshold(scores, unlabelled=args.threshold_rule)
     pthr = choose_threshold(maxima)
     labels = thr.apply(scores)
-    for r, lab in zip(log.rows, labels, strict=True):
-        r.update(
-            pred_label=str(int(lab)),
-            threshold=f"{thr.value:.8g}",
-            threshold_source=thr.source,
-            pixel_threshold=f"{pthr.value:.8g}",
-        )
+    label_rows(log.rows, labels, thr, pthr)
     log.rewrite()
     write_json(
         out / "manifest.json",

@@ -63,12 +63,17 @@ class ExportResult:
     parity: dict[str, float] = field(default_factory=dict)
 
 
-def check_exportable(method: Method) -> None:
-    """One line for a method whose forward is not one graph (see ``REFUSED``)."""
-    if method.name in REFUSED:
-        raise ZsadInputError(f"zsad export: method {method.name} cannot be exported yet: {REFUSED[method.name]}")
-    if method.set_level:
-        raise ZsadInputError(f"zsad export: method {method.name} scores sets of images, not one image at a time")
+def check_exportable(cls: type[Method], config: Any = None) -> None:
+    """One line for a method (or configuration) whose forward is not one per-image graph (see ``REFUSED``)."""
+    if cls.name in REFUSED:
+        raise ZsadInputError(f"zsad export: method {cls.name} cannot be exported yet: {REFUSED[cls.name]}")
+    if cls.set_level:
+        raise ZsadInputError(f"zsad export: method {cls.name} scores sets of images, not one image at a time")
+    if config is not None and cls.transductive_for(config):
+        raise ZsadInputError(
+            f"zsad export: method {cls.name} with these options re-scales scores over the whole test set "
+            "(transductive), which a per-image graph cannot do; export it without that option"
+        )
 
 
 def export_method(
@@ -88,7 +93,7 @@ def export_method(
     """
     if fmt not in FORMATS:
         raise ZsadInputError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
-    check_exportable(method)
+    check_exportable(type(method), method.config)
     if method.class_name is None:
         raise ZsadInputError("zsad export: set the method up (class name, references) before exporting")
     out = Path(out)
@@ -188,42 +193,24 @@ def export_run(
     the rest calibrate): the threshold is ``--threshold`` if given, else the 0.99-quantile of the calibration
     images' scores (``normal_quantile``), else none (the runtime then fits ``robust_outlier`` per run).
     """
-    from zsad.data import ImageList
-    from zsad.data.datasets import collect_images
+    from zsad.methods import get_method_class
     from zsad.runs.build import BackboneSpec, MethodSpec
-    from zsad.runs.detect import calibrate, split_references
+    from zsad.runs.detect import calibrate, load_references, reference_files
     from zsad.runs.train import prepare_method
     from zsad.thresholds import choose_threshold
 
     if fmt not in FORMATS:
         raise ZsadInputError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
-    from zsad.methods import get_method_class
-
     cls = get_method_class(method_name)
-    if cls.name in REFUSED or cls.set_level:  # before anything else: no point asking for a checkpoint
-        raise ZsadInputError(f"zsad export: method {cls.name} cannot be exported yet: {REFUSED.get(cls.name, '')}")
+    check_exportable(cls)  # before anything else: no point asking for a checkpoint
     spec = MethodSpec(method_name, backbone or BackboneSpec(seed=seed), dict(options or {}), checkpoint).validate()
-    if cls.transductive_for(spec.config):
-        raise ZsadInputError(
-            f"zsad export: method {cls.name} with these options re-scales scores over the whole test set "
-            "(transductive), which a per-image graph cannot do; export it without that option"
-        )
-    ref_files: list[Path] = []
-    if reference_dir is not None:
-        if not Path(reference_dir).is_dir():
-            raise ZsadInputError(f"--reference-dir {reference_dir}: folder not found")
-        ref_files = collect_images([Path(reference_dir)], False, None)
+    check_exportable(cls, spec.config)
+    ref_files = reference_files(Path(reference_dir)) if reference_dir is not None else []
     if k_shot and not cls.supports_few_shot:
         raise ZsadInputError(f"--k-shot: method {cls.name} takes no reference images (they only calibrate)")
     method = spec.build()
-    pre = method.backbone.preprocess
-    refs = calib = None
-    used: list[str] = []
-    if ref_files:
-        ds = ImageList(ref_files, image_size=pre.image_size, mean=pre.mean, std=pre.std)
-        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
-        refs, calib = split_references(method.supports_few_shot, torch.stack([ds[i]["image"] for i in order]), k_shot)
-        used = [str(ref_files[i]) for i in order[: len(refs)]] if refs is not None else []
+    refs, calib, order = load_references(method, ref_files, k_shot, seed)
+    used = [str(ref_files[i]) for i in order[: len(refs)]] if refs is not None else []
     prepare_method(method, class_name, refs)
     calib_scores, _ = calibrate(method, calib)
     thr = choose_threshold(np.array([]), normal_scores=calib_scores, manual=threshold)

@@ -21,14 +21,17 @@ from zsad.errors import ZsadInputError
 from zsad.fileio import save_npy, write_json
 from zsad.methods.base import Method
 from zsad.outputs import (
+    DETECT_FIELDS,
     CsvLog,
     OutputNames,
     RunLock,
     check_output_dir,
     check_run_key,
     claim_output,
+    detect_row,
     identity,
     is_number,
+    label_rows,
     map_size,
 )
 from zsad.progress import Reporter, reporter, using
@@ -38,21 +41,7 @@ from zsad.runs.train import prepare_method
 from zsad.sysinfo import environment
 from zsad.thresholds import UNLABELLED_RULES, Threshold, choose_threshold
 
-FIELDS = [
-    "image_path",
-    "pred_score",
-    "pred_label",
-    "threshold",
-    "threshold_source",
-    "pixel_threshold",
-    "anomaly_map_path",
-    "overlay_path",
-    "map_min",
-    "map_max",
-    "image_size",
-    "map_size",
-    "score_parts",
-]
+FIELDS = DETECT_FIELDS  # the predictions.csv columns (zsad.outputs, shared with the torch-free runtime)
 NORMALIZE = ("dataset", "per_image")
 
 
@@ -99,12 +88,8 @@ class DetectJob:
 
     def check_references(self, cls: type[Method]) -> None:
         """The reference folder exists and holds images; ``--k-shot`` only for few-shot methods."""
-        from zsad.data.datasets import collect_images
-
         if self.reference_dir is not None:
-            if not self.reference_dir.is_dir():
-                raise ZsadInputError(f"--reference-dir {self.reference_dir}: folder not found")
-            self.references = collect_images([self.reference_dir], self.recursive, self.image_glob)
+            self.references = reference_files(self.reference_dir, self.recursive, self.image_glob)
         if self.references and not cls.supports_few_shot and self.k_shot:
             raise ZsadInputError(f"--k-shot: method {cls.name} takes no reference images (they only calibrate)")
 
@@ -222,6 +207,30 @@ def detect(
             return run_detect(built, work)
 
 
+def reference_files(folder: Path, recursive: bool = False, image_glob: str | None = None) -> list[Path]:
+    """The images of ``--reference-dir``; a missing folder is refused in one line."""
+    from zsad.data.files import collect_images
+
+    if not Path(folder).is_dir():
+        raise ZsadInputError(f"--reference-dir {folder}: folder not found")
+    return collect_images([Path(folder)], recursive, image_glob)
+
+
+def load_references(
+    method: Method, files: list[Path], k_shot: int, seed: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None, list[int]]:
+    """(few-shot references, calibration images, seeded order of ``files``) as every run splits them."""
+    from zsad.data import ImageList
+
+    if not files:
+        return None, None, []
+    pre = method.backbone.preprocess
+    ds = ImageList(files, image_size=pre.image_size, mean=pre.mean, std=pre.std)
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
+    refs, calib = split_references(method.supports_few_shot, torch.stack([ds[i]["image"] for i in order]), k_shot)
+    return refs, calib, order
+
+
 def split_references(
     few_shot: bool, references: torch.Tensor, k_shot: int
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -288,13 +297,7 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
 
     pre = method.backbone.preprocess
     ds = ImageList(job.files, image_size=pre.image_size, mean=pre.mean, std=pre.std)
-    refs = calib = None
-    if job.references:
-        ref_ds = ImageList(job.references, image_size=pre.image_size, mean=pre.mean, std=pre.std)
-        order = torch.randperm(len(ref_ds), generator=torch.Generator().manual_seed(job.seed)).tolist()
-        refs, calib = split_references(
-            method.supports_few_shot, torch.stack([ref_ds[i]["image"] for i in order]), job.k_shot
-        )
+    refs, calib, _ = load_references(method, job.references, job.k_shot, job.seed)
     prepare_method(method, job.class_name, refs)
     say = reporter()
 
@@ -343,18 +346,7 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
                         raise
                     on_error({"image_path": p, "error": f"{p}: cannot write {rel}: {e.strerror or e}"})
                     continue
-                rows.append(
-                    {
-                        "image_path": p,
-                        "pred_score": float(sb.scores[i]),
-                        "anomaly_map_path": rel.as_posix(),
-                        "map_min": float(full.min()),
-                        "map_max": float(full.max()),
-                        "image_size": f"{w}x{h}",
-                        "map_size": f"{mw}x{mh}",
-                        "score_parts": parts_json(sb.parts, i),
-                    }
-                )
+                rows.append(detect_row(p, sb.scores[i], rel, full, (h, w), parts_json(sb.parts, i)))
             log.append(rows)
             scored += len(rows)
             task.update(completed=scored + len(failed))
@@ -377,13 +369,7 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
     # Pixel decisions: the same rule applied to per-image map maxima (map values need not share the score scale).
     pthr = choose_threshold(maxima, normal_scores=calib_max)
     labels = thr.apply(scores)
-    for r, lab in zip(log.rows, labels, strict=True):
-        r.update(
-            pred_label=str(int(lab)),
-            threshold=f"{thr.value:.8g}",
-            threshold_source=thr.source,
-            pixel_threshold=f"{pthr.value:.8g}",
-        )
+    label_rows(log.rows, labels, thr, pthr)
     if job.overlays:
         _write_overlays(log.rows, out, job, pthr, on_error)
     log.rewrite()
