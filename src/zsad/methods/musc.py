@@ -182,11 +182,15 @@ class MuSc(Method):
         ]
         scores = self._maps.flatten(1).amax(1)
         self._parts = {"map_max": scores}
-        glob = bank.get(torch.arange(n), ["glob"])["glob"].float()
-        if cfg.rscin and n > 1:
+        use_rscin = cfg.rscin and n > 1
+        if not use_rscin and self._language is None:
+            self._scores = scores
+            return
+        glob = bank.get(torch.arange(n), ["glob"])["glob"].float()  # read only when RsCIN or the fusion needs it
+        if use_rscin:
             scores = rscin(scores, glob, cfg.rscin_k).float()
         if self._language is not None:
-            if not (cfg.rscin and n > 1):
+            if not use_rscin:
                 span = scores.max() - scores.min()
                 scores = (scores - scores.min()) / span if span > 0 else torch.zeros_like(scores)
             self._parts["mutual"] = scores  # in [0, 1], as it enters the fusion
