@@ -1,4 +1,4 @@
-"""Run a model made by ``zsad export`` without torch: numpy, Pillow and onnxruntime (``pip install zsad[runtime]``).
+"""Run a model made by ``zsad export`` without torch: numpy, Pillow and onnxruntime or OpenVINO (``zsad[runtime]``).
 
 A line PC runs the exported graph, not a research environment. This module must never import torch (a test runs
 it with torch hidden): preprocessing is ``zsad.data.io`` decoding plus the same Pillow bicubic squash and the same
@@ -6,6 +6,9 @@ float32 normalisation as ``zsad.data.squash_image``, so inputs are identical to 
 
 Everything is checked before the first image: the manifest exists and parses, the model file's sha256 matches the
 manifest, and the graph's input is the image size the manifest names. Each failure is one line naming the file.
+
+An ONNX export runs on onnxruntime (default) or OpenVINO, which reads ONNX too; an OpenVINO IR export runs on
+OpenVINO. OpenVINO is asked for fp32 inference: its CPU plugin would otherwise choose bf16 where the CPU has it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from zsad.errors import ZsadInputError
 from zsad.fileio import sha256_file
 
 MANIFEST = "manifest.json"
+RUNTIMES = ("auto", "onnxruntime", "openvino")
 
 
 @dataclass
@@ -51,31 +55,72 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 class ExportedModel:
     """An exported model folder, checked on opening; ``predict`` takes image files or decoded arrays."""
 
-    def __init__(self, folder: str | Path, providers: list[str] | None = None) -> None:
+    def __init__(self, folder: str | Path, providers: list[str] | None = None, runtime: str = "auto") -> None:
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         model = self.folder / str(self.manifest["model_file"])
-        if not model.is_file():
-            raise ZsadInputError(f"{model}: missing (named by {self.folder / MANIFEST})")
-        if sha256_file(model) != self.manifest["model_sha256"]:
-            raise ZsadInputError(f"{model}: sha256 differs from {self.folder / MANIFEST} (changed or corrupt file)")
+        self._check_file(model, "model_sha256")
+        if self.manifest.get("weights_file"):
+            self._check_file(self.folder / str(self.manifest["weights_file"]), "weights_sha256")
         pre = self.manifest["preprocess"]
         self.image_size = int(pre["image_size"])
         self.mean = np.asarray(pre["mean"], dtype=np.float32)
         self.std = np.asarray(pre["std"], dtype=np.float32)
+        fmt = str(self.manifest.get("format", "onnx"))
+        if runtime not in RUNTIMES:
+            raise ZsadInputError(f"--runtime {runtime}: use one of {', '.join(RUNTIMES)}")
+        if fmt == "openvino" and runtime == "onnxruntime":
+            raise ZsadInputError(f"{model}: an OpenVINO IR model runs on OpenVINO only (--runtime openvino)")
+        self.runtime = "openvino" if fmt == "openvino" or runtime == "openvino" else "onnxruntime"
+        openvino = self.runtime == "openvino"
+        self._run = self._open_openvino(model) if openvino else self._open_onnxruntime(model, providers)
+
+    def _check_file(self, path: Path, key: str) -> None:
+        if not path.is_file():
+            raise ZsadInputError(f"{path}: missing (named by {self.folder / MANIFEST})")
+        if sha256_file(path) != self.manifest.get(key):
+            raise ZsadInputError(f"{path}: sha256 differs from {self.folder / MANIFEST} (changed or corrupt file)")
+
+    def _check_size(self, model: Path, shape: list[Any]) -> None:
+        if [str(d) for d in shape[2:]] != [str(self.image_size)] * 2:
+            raise ZsadInputError(
+                f"{model}: its input is {shape[2:]} pixels but {self.folder / MANIFEST} says {self.image_size}"
+            )
+
+    def _open_onnxruntime(self, model: Path, providers: list[str] | None) -> Any:
         try:
             import onnxruntime as ort
         except ImportError as e:
             raise ZsadInputError("onnxruntime is not installed: pip install 'zsad[runtime]'") from e
         try:
-            self.session = ort.InferenceSession(str(model), providers=providers or ["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(model), providers=providers or ["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
             raise ZsadInputError(f"{model}: onnxruntime cannot load it: {' '.join(str(e).split())[:200]}") from None
-        shape = self.session.get_inputs()[0].shape
-        if list(shape[2:]) != [self.image_size, self.image_size]:
-            raise ZsadInputError(
-                f"{model}: its input is {shape[2:]} pixels but {self.folder / MANIFEST} says {self.image_size}"
-            )
+        self._check_size(model, list(session.get_inputs()[0].shape))
+
+        def run(batch: np.ndarray) -> tuple[Any, Any]:
+            score, amap = session.run(None, {"image": batch})
+            return score, amap
+
+        return run
+
+    def _open_openvino(self, model: Path) -> Any:
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise ZsadInputError("OpenVINO is not installed: pip install 'zsad[runtime]'") from e
+        try:
+            compiled = ov.Core().compile_model(str(model), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises its own types for a bad file
+            raise ZsadInputError(f"{model}: OpenVINO cannot load it: {' '.join(str(e).split())[:200]}") from None
+        shape = compiled.inputs[0].get_partial_shape()
+        self._check_size(model, [str(d) for d in shape])
+
+        def run(batch: np.ndarray) -> tuple[Any, Any]:
+            res = compiled(batch)
+            return res[0], res[1]
+
+        return run
 
     @property
     def threshold(self) -> float | None:
@@ -100,8 +145,8 @@ class ExportedModel:
 
     def predict_arrays(self, batch: np.ndarray) -> RuntimePrediction:
         """Normalised images (B, 3, S, S) float32 -> scores and maps."""
-        score, amap = self.session.run(None, {"image": np.ascontiguousarray(batch, dtype=np.float32)})
-        return RuntimePrediction(np.asarray(score), np.asarray(amap))
+        score, amap = self._run(np.ascontiguousarray(batch, dtype=np.float32))
+        return RuntimePrediction(np.asarray(score, dtype=np.float32), np.asarray(amap, dtype=np.float32))
 
     def predict(self, paths: list[str | Path], batch_size: int = 8) -> RuntimePrediction:
         """Image files -> scores and maps, in batches."""

@@ -68,6 +68,11 @@ def test_export_equals_torch_on_real_images(method: str, extra: list[str], tmp_p
     score, amap = sess.run(None, {"image": x.numpy()})
     assert np.abs(score - want.pred_score.numpy()).max() <= 1e-4
     assert np.abs(amap - want.anomaly_map.numpy()).max() <= 1e-4
+    # OpenVINO (CPU, fp32) runs the same graph to the same numbers
+    ov = pytest.importorskip("openvino")
+    res = ov.Core().compile_model(str(out / "model.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x.numpy())
+    assert np.abs(res[0] - want.pred_score.numpy()).max() <= 1e-4
+    assert np.abs(res[1] - want.anomaly_map.numpy()).max() <= 1e-4
 
 
 def test_export_refusals(tmp_path: Path) -> None:
@@ -236,3 +241,113 @@ def test_rwda_exports_with_its_trained_classifier(tmp_path: Path, assets_dir: Pa
     score, amap = ort.InferenceSession(str(tmp_path / "model" / "model.onnx")).run(None, {"image": x.numpy()})
     assert np.abs(score - want.pred_score.numpy()).max() <= 1e-4
     assert np.abs(amap - want.anomaly_map.numpy()).max() <= 1e-4
+
+
+def test_openvino_ir_export_runs_without_torch(tmp_path: Path, assets_dir: Path) -> None:
+    """``--format openvino`` writes IR whose both files are hash-checked; it runs torch-free as torch scores."""
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("openvino")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for f in sorted((assets_dir / "magnetic_tile").glob("*/Imgs/*.jpg"))[::70][:4]:
+        (imgs / f.name).symlink_to(f)
+    out = tmp_path / "model"
+    res = _run("export", "--method", "winclip", "--class-name", "tile", "--format", "openvino", "--out", str(out),
+               *TINY)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["format"] == "openvino" and man["model_file"] == "model.xml" and man["weights_file"] == "model.bin"
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.bin", "model.xml"]
+    assert man["parity"]["pred_score_max_abs"] <= 1e-4 and man["parity"]["anomaly_map_max_abs"] <= 1e-4
+    ref = _run("detect", str(imgs), "--method", "winclip", "--class-name", "tile", "--out", str(tmp_path / "ref"),
+               "--no-overlays", *TINY)  # fmt: skip
+    assert ref.exit_code == 0, ref.output
+    shutil.copytree(out, tmp_path / "tampered")
+    with (tmp_path / "tampered" / "model.bin").open("ab") as f:
+        f.write(b"\0")
+    hide = (
+        "import sys, importlib.abc\n"
+        "class NoTorch(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is hidden in this test')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "from zsad.cli.entry import main\n"
+        "main(sys.argv[1:])\n"
+    )
+
+    def detect(model: Path, dest: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        args = ["detect", str(imgs), "--model", str(model), "--out", str(tmp_path / dest), *extra]
+        return subprocess.run([sys.executable, "-c", hide, *args], capture_output=True, text=True, timeout=300)
+
+    done = detect(out, "rt")
+    assert done.returncode == 0 and "4 images scored" in done.stdout, done.stdout + done.stderr
+    bad = detect(tmp_path / "tampered", "bad")
+    assert bad.returncode == 2 and "model.bin: sha256 differs" in bad.stdout, bad.stdout
+    wrong = detect(out, "wrong", "--runtime", "onnxruntime")
+    assert wrong.returncode == 2 and "runs on OpenVINO only" in wrong.stdout, wrong.stdout
+    import csv
+
+    def rows(folder: Path) -> dict[str, dict[str, str]]:
+        with (folder / "predictions.csv").open() as f:
+            return {r["image_path"]: r for r in csv.DictReader(f)}
+
+    want, got = rows(tmp_path / "ref"), rows(tmp_path / "rt")
+    assert set(want) == set(got)
+    for k, w in want.items():
+        assert abs(float(got[k]["pred_score"]) - float(w["pred_score"])) <= 1e-4
+        a = np.load(tmp_path / "rt" / got[k]["anomaly_map_path"])
+        assert np.abs(a - np.load(tmp_path / "ref" / w["anomaly_map_path"])).max() <= 1e-4
+    assert json.loads((tmp_path / "rt" / "manifest.json").read_text())["runtime"] == "openvino"
+
+
+def test_fp16_export_and_bf16_torch_path(tmp_path: Path, assets_dir: Path) -> None:
+    """fp16 graphs hold fp16 tower weights and match torch in fp16; bf16 runs on the torch path; refusals."""
+    import onnx
+    import onnxruntime as ort
+
+    from zsad.backbone import ClipBackbone
+    from zsad.methods import create_method
+
+    out = tmp_path / "fp16"
+    res = _run("export", "--method", "sdp", "--class-name", "tile", "--precision", "fp16", "--out", str(out), *TINY)
+    assert res.exit_code == 0, res.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["precision"] == "fp16" and "layer norms" in man["precision_scope"]
+    graph = onnx.load(str(out / "model.onnx")).graph
+    halves = [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    blocks = len(ClipBackbone.from_pretrained("zsad-tiny", "none", seed=0).model.visual.transformer.resblocks)
+    assert len(halves) >= 4 * blocks  # qkv, out_proj, c_fc, c_proj weights of every image block (biases too)
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 in and out
+    x = _real_batch(assets_dir)
+    want = {}
+    for precision in ("fp32", "fp16"):
+        m = create_method("sdp", ClipBackbone.from_pretrained("zsad-tiny", "none", image_size=96, seed=0))
+        m.backbone.set_precision(precision)
+        m.setup("tile")
+        want[precision] = m.predict(x)
+    score, amap = ort.InferenceSession(str(out / "model.onnx")).run(None, {"image": x.numpy()})
+    assert np.abs(score - want["fp16"].pred_score.numpy()).max() <= 1e-3
+    assert np.abs(amap - want["fp16"].anomaly_map.numpy()).max() <= 1e-3
+    assert np.abs(score - want["fp32"].pred_score.numpy()).max() > 0  # it is another precision
+    res = _run("export", "--method", "sdp", "--precision", "bf16", "--out", str(tmp_path / "b"), *TINY)
+    assert res.exit_code == 2 and "--precision bf16: graphs are exported in fp32 or fp16" in res.output
+    # bf16 on the torch path: recorded, keyed (an fp32 folder is not resumed in bf16), close to fp32
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for f in sorted((assets_dir / "magnetic_tile").glob("*/Imgs/*.jpg"))[::70][:3]:
+        (imgs / f.name).symlink_to(f)
+    for precision in ("fp32", "bf16"):
+        r = _run("detect", str(imgs), "--method", "sdp", "--class-name", "tile", "--out", str(tmp_path / precision),
+                 "--no-overlays", "--precision", precision, *TINY)  # fmt: skip
+        assert r.exit_code == 0, r.output
+    det = json.loads((tmp_path / "bf16" / "manifest.json").read_text())
+    assert '"precision": "bf16"' in json.dumps(det)
+    r = _run("detect", str(imgs), "--method", "sdp", "--class-name", "tile", "--out", str(tmp_path / "fp32"),
+             "--no-overlays", "--precision", "bf16", *TINY)  # fmt: skip
+    assert r.exit_code == 2 and "precision" in r.output
+    r = _run("detect", str(imgs), "--method", "sdp", "--out", str(tmp_path / "x"), "--precision", "fp8", *TINY)
+    assert r.exit_code == 2 and "--precision fp8: use one of fp32, bf16, fp16" in r.output

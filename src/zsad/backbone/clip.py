@@ -23,6 +23,9 @@ from zsad.backbone.text import TextTower
 from zsad.errors import ZsadInputError
 from zsad.types import OPENAI_MEAN, OPENAI_STD, Preprocess
 
+# --precision names -> the dtype the image tower's block matmuls run in (see ``ClipBackbone.set_precision``).
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 @dataclass(frozen=True)
 class SurgeryConfig:
@@ -94,6 +97,7 @@ class ClipBackbone(TextTower, nn.Module):
         self.std: tuple[float, float, float] = tuple(float(v) for v in cfg.get("std", OPENAI_STD))  # type: ignore[assignment]
         self._text_cache: dict[str, torch.Tensor] = {}
         self.model_config: dict[str, Any] | None = None  # set when built from a model-config JSON or folder
+        self.precision = "fp32"
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -161,7 +165,29 @@ class ClipBackbone(TextTower, nn.Module):
             "seed": self.seed,
             "activation": self.activation,
             "model_config": getattr(self, "model_config", None),
+            "precision": self.precision,
         }
+
+    def set_precision(self, precision: str) -> ClipBackbone:
+        """Run the image tower's block matmuls (attention projections, MLP) in ``fp32``, ``bf16`` or ``fp16``.
+
+        Why weights are cast rather than autocast: the casts are explicit, so an exported graph holds them too, and
+        the weights take half the memory. Only the visual blocks' linear layers change: the residual stream, layer
+        norms, patch embedding, text tower and every method head stay fp32 (the tower's outputs are fp32), because
+        scores are softmaxes over 100x logits, k-means and smoothed maps, which half precision would shift.
+        """
+        if precision not in PRECISIONS:
+            raise ZsadInputError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
+        if precision == self.precision:
+            return self
+        if self.precision != "fp32":  # the fp32 weights are gone: going back would keep the rounding
+            raise ZsadInputError(f"--precision {precision}: this backbone was already cast to {self.precision}")
+        dtype = PRECISIONS[precision]
+        for blk in self.model.visual.transformer.resblocks:
+            blk.attn.to(dtype)
+            blk.mlp.to(dtype)
+        self.precision = precision
+        return self
 
     @property
     def activation(self) -> str:
@@ -248,17 +274,19 @@ class ClipBackbone(TextTower, nn.Module):
         blk = self._blocks(tower)[index]
         attn: nn.MultiheadAttention = blk.attn
         h = attn.num_heads
-        y = blk.ln_1(x)
+        wdt = attn.in_proj_weight.dtype  # the matmuls' precision (``set_precision``); a no-op cast in fp32
+        y = blk.ln_1(x).to(wdt)
         qkv = F.linear(y, attn.in_proj_weight, attn.in_proj_bias)
         q, k, v = qkv.chunk(3, dim=-1)
         if cls_only:
             q = q[:, :1]
         qh, kh, vh = (self._split_heads(t, h) for t in (q, k, v))
         mask = None if attn_mask is None else attn_mask.to(qh.dtype)
-        o = blk.ls_1(attn.out_proj(self._merge_heads(F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask))))
+        o = attn.out_proj(self._merge_heads(F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)))
+        o = blk.ls_1(o.to(x.dtype))
         vv = None
         if need_vv:  # two separate calls: measured faster on CPU than one batched call of both attentions
-            vv = blk.ls_1(attn.out_proj(self._merge_heads(F.scaled_dot_product_attention(vh, vh, vh))))
+            vv = blk.ls_1(attn.out_proj(self._merge_heads(F.scaled_dot_product_attention(vh, vh, vh))).to(x.dtype))
         return o, vv
 
     def _blocks(self, tower: str) -> Any:
@@ -268,7 +296,8 @@ class ClipBackbone(TextTower, nn.Module):
     def block_mlp(self, index: int, x: torch.Tensor, tower: Literal["visual", "text"] = "visual") -> torch.Tensor:
         """``x`` plus the MLP residual ``ls_2(mlp(ln_2(x)))`` of block ``index``: the second half of a block."""
         blk = self._blocks(tower)[index]
-        return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+        wdt = blk.attn.in_proj_weight.dtype
+        return x + blk.ls_2(blk.mlp(blk.ln_2(x).to(wdt)).to(x.dtype))
 
     def block_forward(
         self, index: int, x: torch.Tensor, *, need_vv: bool = False, cls_only: bool = False

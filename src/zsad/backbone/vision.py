@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zsad.backbone.clip import ImageFeatures
+from zsad.backbone.clip import PRECISIONS, ImageFeatures
 from zsad.backbone.loading import _RANDOM_TAGS, _load_error, check_weights_file, file_digest
 from zsad.errors import ZsadInputError
 from zsad.types import Preprocess
@@ -157,7 +157,17 @@ class VisionBackbone(nn.Module):
             "seed": self.seed,
             "activation": type(getattr(self.model.blocks[0].mlp, "act", nn.Identity())).__name__,
             "model_config": None,
+            "precision": self.precision,
         }
+
+    precision = "fp32"
+
+    def set_precision(self, precision: str) -> VisionBackbone:
+        """Blocks under torch autocast in ``bf16``/``fp16``; taps and the embedding stay fp32 (see ClipBackbone)."""
+        if precision not in PRECISIONS:
+            raise ZsadInputError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
+        self.precision = precision
+        return self
 
     @property
     def preprocess(self) -> Preprocess:
@@ -195,11 +205,13 @@ class VisionBackbone(nn.Module):
         x = m.norm_pre(x)
         taps: dict[int, torch.Tensor] = {}
         p = self.num_prefix_tokens
-        for i, block in enumerate(m.blocks, start=1):
-            x = block(x)
-            if i in want:
-                taps[i] = torch.cat([x[:, :1], x[:, p:]], 1)
-        x = m.norm(x)
+        low = self.precision != "fp32"
+        with torch.autocast(self.device.type, PRECISIONS[self.precision], enabled=low):
+            for i, block in enumerate(m.blocks, start=1):
+                x = block(x)
+                if i in want:
+                    taps[i] = torch.cat([x[:, :1], x[:, p:]], 1).float()
+        x = m.norm(x.float())
         return ImageFeatures(
             embedding=x[:, 0], tokens=taps, grid=self.grid_size(images.shape[-1]), final_tokens=x[:, p:]
         )

@@ -213,7 +213,7 @@ def detect_cmd(
 @with_backbone_options
 def export_cmd(
     bb: BackboneSpec,
-    out: Annotated[Path, typer.Option(help="Folder for model.onnx and manifest.json.")],
+    out: Annotated[Path, typer.Option(help="Folder for the model file(s) and manifest.json.")],
     method: Annotated[str, typer.Option(help="winclip, sdp, sdp+, rwda or anomalyclip (see docs/export.md).")],
     class_name: Annotated[str | None, typer.Option(help="Object name baked into the prompts.")] = None,
     reference_dir: Annotated[
@@ -221,7 +221,7 @@ def export_cmd(
     ] = None,
     k_shot: Annotated[int, typer.Option(help="Reference images to memorise (0 = all in --reference-dir).")] = 0,
     threshold: Annotated[float | None, typer.Option(help="Image threshold to record (changeable later).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="onnx.")] = "onnx",
+    fmt: Annotated[str, typer.Option("--format", help="onnx or openvino (IR: model.xml + model.bin).")] = "onnx",
     option: MethodOpt = None,
     checkpoint: Checkpoint = None,
     seed: int = 0,
@@ -245,10 +245,11 @@ def export_cmd(
             fmt=fmt,
             seed=seed,
         )
-    par = result.parity
+    par, man = result.parity, result.manifest
+    engine = "OpenVINO" if man["format"] == "openvino" else "onnxruntime"
     console.print(
-        f"wrote {result.out / 'model.onnx'}; onnxruntime vs torch on {int(par['batch'])} images: max |d| score "
-        f"{par['pred_score_max_abs']:.2g}, map {par['anomaly_map_max_abs']:.2g}; threshold "
+        f"wrote {result.out / man['model_file']} ({man['precision']}); {engine} vs torch on {int(par['batch'])} "
+        f"images: max |d| score {par['pred_score_max_abs']:.2g}, map {par['anomaly_map_max_abs']:.2g}; threshold "
         f"{result.manifest['threshold']['value']} ({result.manifest['threshold']['source']})"
     )
 

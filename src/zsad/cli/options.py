@@ -35,6 +35,13 @@ ModelConfig = Annotated[
 ImageSize = Annotated[int | None, typer.Option(help="Input resolution (square). Default: the method's.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if available).")]
 Seed = Annotated[int, typer.Option(help="Seed of --pretrained none backbones and of reference sampling.")]
+Precision = Annotated[
+    str,
+    typer.Option(
+        help="fp32, bf16 or fp16: the image tower's matmuls in that precision (heads stay fp32). bf16 is the CPU's "
+        "fast path, fp16 a GPU's; docs/export.md lists each method's measured drift."
+    ),
+]
 MethodOpt = Annotated[
     list[str] | None,
     typer.Option("--option", "-o", help="Method option KEY=VALUE or METHOD:KEY=VALUE (repeatable)."),
@@ -70,6 +77,7 @@ _BACKBONE_PARAMS: list[tuple[str, Any, Any]] = [
     ("image_size", ImageSize, None),
     ("device", Device, ""),
     ("seed", Seed, 0),
+    ("precision", Precision, "fp32"),
 ]
 
 
@@ -94,6 +102,7 @@ def with_backbone_options(command: Callable[..., Any]) -> Callable[..., Any]:
             values["image_size"],
             values["device"] or None,
             values["seed"],
+            values["precision"],
         )
         if wants_seed:
             kwargs["seed"] = values["seed"]

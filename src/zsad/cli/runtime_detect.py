@@ -49,6 +49,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-map-size", type=int, default=4096)
     ap.add_argument("--skip-bad", action="store_true")
+    ap.add_argument(
+        "--runtime", default="auto", help="auto (the export's own), onnxruntime or openvino (reads ONNX exports too)"
+    )
     return ap.parse_args(argv)
 
 
@@ -86,13 +89,18 @@ def _run(args: argparse.Namespace) -> int:
         raise ZsadInputError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.threshold_rule not in UNLABELLED_RULES:
         raise ZsadInputError(f"--threshold-rule {args.threshold_rule!r}: use one of {', '.join(UNLABELLED_RULES)}")
-    model = ExportedModel(args.model)
+    model = ExportedModel(args.model, runtime=args.runtime)
     items = list(args.path) + (read_list_file(args.list_file) if args.list_file else [])
     if not items:
         raise ZsadInputError("no images given: pass files, folders or glob patterns, or --list FILE")
     files = collect_images(items, recursive=args.recursive, image_glob=args.image_glob)
     out: Path = args.out
-    key = {"engine": "runtime", "model_sha256": model.manifest["model_sha256"], "method": model.manifest["method"]}
+    key = {
+        "engine": "runtime",
+        "runtime": model.runtime,
+        "model_sha256": model.manifest["model_sha256"],
+        "method": model.manifest["method"],
+    }
     claim_output(out, key)
     (out / "maps").mkdir(exist_ok=True)
 
@@ -152,6 +160,7 @@ def _run(args: argparse.Namespace) -> int:
         {
             "command": "detect --model",
             "model": str(args.model),
+            "runtime": model.runtime,
             "export_manifest": model.manifest,
             "threshold": vars(thr),
             "pixel_threshold": vars(pthr),

@@ -6,6 +6,10 @@ few-shot reference features and trained parts are tensors of the set-up method, 
 graph. The batch axis is dynamic; the image size is fixed (the manifest names it and the runtime checks it).
 
 The threshold is not in the graph: it lives in ``manifest.json`` with its source and can be changed later.
+
+``--format openvino`` converts the same ONNX graph to OpenVINO IR (``model.xml`` + ``model.bin``); ``--precision
+fp16`` exports the image tower's block matmuls in fp16 (``ClipBackbone.set_precision``: casts are explicit, so the
+graph holds them) while the residual stream, layer norms and the method's head stay fp32.
 """
 
 from __future__ import annotations
@@ -25,10 +29,15 @@ from zsad.fileio import sha256_file
 from zsad.methods.base import Method
 from zsad.methods.options import config_record
 
-FORMATS = ("onnx",)
-MODEL_FILE = "model.onnx"
+FORMATS = ("onnx", "openvino")
+MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
+MODEL_FILE = MODEL_FILES["onnx"]
 MANIFEST = "manifest.json"
 OPSET = 18
+# bf16 graphs are not offered: onnxruntime's CPU and CUDA providers lack bf16 kernels for most ops.
+EXPORT_PRECISIONS = ("fp32", "fp16")
+# OpenVINO's CPU plugin would otherwise pick bf16 on CPUs that have it, silently changing the numbers.
+OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 
 # Methods whose forward cannot be one static graph, with the reason and the plan (docs/export.md).
 REFUSED = {
@@ -91,8 +100,7 @@ def export_method(
     images whose features are baked in. The check runs ``check_batch`` seeded random images through both paths and
     records the largest differences of scores and maps in the manifest.
     """
-    if fmt not in FORMATS:
-        raise ZsadInputError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    check_format(fmt, method.backbone.precision)
     check_exportable(type(method), method.config)
     if method.class_name is None:
         raise ZsadInputError("zsad export: set the method up (class name, references) before exporting")
@@ -115,15 +123,21 @@ def export_method(
             external_data=False,
         )
     assert program is not None
-    program.save(str(out / MODEL_FILE))
+    onnx_path = out / MODEL_FILES["onnx"]
+    program.save(str(onnx_path))
+    files: dict[str, Any] = {"model_file": MODEL_FILES[fmt]}
+    if fmt == "openvino":
+        files.update(_to_openvino(onnx_path, out))
+    files["model_sha256"] = sha256_file(out / MODEL_FILES[fmt])
     seconds = time.perf_counter() - t0
-    parity = check_parity(out / MODEL_FILE, wrapper, size, check_batch + 1)
+    parity = check_parity(out, fmt, wrapper, size, check_batch + 1)
     pre = method.backbone.preprocess
     manifest = {
         "format": fmt,
-        "model_file": MODEL_FILE,
-        "model_sha256": sha256_file(out / MODEL_FILE),
+        **files,
         "opset": OPSET,
+        "precision": method.backbone.precision,
+        "precision_scope": PRECISION_SCOPE if method.backbone.precision != "fp32" else "everything fp32",
         "inputs": {"image": ["batch", 3, size, size]},
         "outputs": {"pred_score": ["batch"], "anomaly_map": ["batch", size, size]},
         "preprocess": {
@@ -148,15 +162,58 @@ def export_method(
     return ExportResult(out, manifest, parity)
 
 
-def check_parity(path: Path, wrapper: ExportedForward, size: int, batch: int) -> dict[str, float]:
-    """Largest |torch - onnxruntime| of scores and maps on seeded random images (a batch size not exported with)."""
+PRECISION_SCOPE = (
+    "image-tower block matmuls (attention projections, MLP) in this precision; patch embedding, residual stream, "
+    "layer norms and the method's head in fp32"
+)
+
+
+def check_format(fmt: str, precision: str) -> None:
+    """One line for an unknown format or a precision graphs are not exported in."""
+    if fmt not in FORMATS:
+        raise ZsadInputError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if precision not in EXPORT_PRECISIONS:
+        raise ZsadInputError(
+            f"--precision {precision}: graphs are exported in {' or '.join(EXPORT_PRECISIONS)} (onnxruntime has "
+            "few bf16 kernels); run bf16 on the torch path"
+        )
+
+
+def _to_openvino(onnx_path: Path, out: Path) -> dict[str, Any]:
+    """ONNX -> OpenVINO IR beside it (the ONNX file is removed): the weights file and its hash for the manifest."""
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise ZsadInputError("--format openvino needs OpenVINO: pip install 'zsad[export]'") from e
+    model = ov.convert_model(str(onnx_path))
+    # the weights keep the graph's own types: fp16 only where --precision fp16 put it
+    ov.save_model(model, str(out / MODEL_FILES["openvino"]), compress_to_fp16=False)
+    onnx_path.unlink()
+    weights = out / "model.bin"
+    return {"weights_file": weights.name, "weights_sha256": sha256_file(weights)}
+
+
+def run_exported(folder: Path, fmt: str, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and maps of an exported file run by its own runtime (onnxruntime or OpenVINO, CPU, fp32 hint)."""
+    if fmt == "openvino":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(folder / MODEL_FILES[fmt]), "CPU", OPENVINO_CONFIG)
+        res = compiled(batch)
+        return np.asarray(res[0]), np.asarray(res[1])
     import onnxruntime as ort
 
+    sess = ort.InferenceSession(str(folder / MODEL_FILES[fmt]), providers=["CPUExecutionProvider"])
+    score, amap = sess.run(None, {"image": batch})
+    return np.asarray(score), np.asarray(amap)
+
+
+def check_parity(folder: Path, fmt: str, wrapper: ExportedForward, size: int, batch: int) -> dict[str, float]:
+    """Largest |torch - exported| of scores and maps on seeded random images (a batch size not exported with)."""
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         score, amap = wrapper(x.to(wrapper.method.backbone.device))
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got_score, got_map = sess.run(None, {"image": x.numpy()})
+    got_score, got_map = run_exported(folder, fmt, x.numpy())
     return {
         "batch": float(batch),
         "pred_score_max_abs": float(np.abs(got_score - score.cpu().numpy()).max()),
@@ -199,8 +256,7 @@ def export_run(
     from zsad.runs.train import prepare_method
     from zsad.thresholds import choose_threshold
 
-    if fmt not in FORMATS:
-        raise ZsadInputError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    check_format(fmt, (backbone or BackboneSpec()).precision)
     cls = get_method_class(method_name)
     check_exportable(cls)  # before anything else: no point asking for a checkpoint
     spec = MethodSpec(method_name, backbone or BackboneSpec(seed=seed), dict(options or {}), checkpoint).validate()

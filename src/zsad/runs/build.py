@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class BackboneSpec:
     image_size: int | None = None
     device: str | None = None
     seed: int = 0
+    precision: str = "fp32"
 
     def resolve(self, defaults: MethodConfig) -> BackboneSpec:
         """Defaults filled in: the method's backbone, ``ZSAD_WEIGHTS``, the best device."""
@@ -54,6 +55,7 @@ class BackboneSpec:
             image_size=self.image_size if self.image_size is not None else defaults.image_size,
             device=self.device or ("cuda" if torch.cuda.is_available() else "cpu"),
             seed=self.seed,
+            precision=self.precision,
         )
 
     @property
@@ -69,6 +71,10 @@ class BackboneSpec:
         assert self.model_name is not None and self.image_size is not None, "resolve() first"
         if self.image_size <= 0:
             raise ZsadInputError(f"--image-size {self.image_size}: must be a positive number of pixels")
+        from zsad.backbone.clip import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ZsadInputError(f"--precision {self.precision}: use one of {', '.join(PRECISIONS)}")
         if is_vision_only(self.model_name):
             timm_name(self.model_name)
             if self.weights is not None:
@@ -98,17 +104,28 @@ class BackboneSpec:
 
         info = file_digest(Path(self.weights)) if self.weights is not None else None
         tag = str(self.weights) if self.weights is not None else ("none" if self.random_init else self.pretrained)
-        return {
+        key = {
             "model_name": self.registered_name,
             "pretrained": tag,
             "image_size": self.image_size,
             "weights": info,
             "seed": self.seed if self.random_init else None,
         }
+        if self.precision != "fp32":  # fp32 keys stay as they were before --precision existed (folders resume)
+            key["precision"] = self.precision
+        return key
 
     def cache_key(self) -> tuple[Any, ...]:
         """Identifies a loaded backbone, so methods asking for the same one in a run share it."""
-        return (self.model_name, self.pretrained, str(self.weights), self.image_size, self.device, self.seed)
+        return (
+            self.model_name,
+            self.pretrained,
+            str(self.weights),
+            self.image_size,
+            self.device,
+            self.seed,
+            self.precision,
+        )
 
 
 @dataclass
@@ -174,6 +191,11 @@ class MethodSpec:
         from zsad.backbone.vision import VisionBackbone, is_vision_only
 
         b = self.backbone
+        if b.precision != "fp32" and self.cls.full_precision:
+            reporter().message(
+                f"--precision {b.precision}: method {self.name} runs in fp32 ({self.cls.full_precision})", "note"
+            )
+            b = replace(b, precision="fp32")
         bb = cache.get(b.cache_key()) if cache is not None else None
         if bb is None:
             assert b.model_name is not None
@@ -187,6 +209,13 @@ class MethodSpec:
                 device=b.device or "cpu",
                 seed=b.seed,
             )
+            bb.set_precision(b.precision)
+            if b.precision == "fp16" and bb.device.type == "cpu":
+                reporter().message(
+                    "--precision fp16 on a CPU: half-precision matmuls are emulated there and run slower than fp32;"
+                    " bf16 is the CPU's fast path (fp16 is for GPUs and exported graphs)",
+                    "note",
+                )
             if cache is not None:
                 cache[b.cache_key()] = bb
             if bb.random_init:
@@ -240,6 +269,8 @@ def method_key(method: Method) -> dict[str, Any]:
     """What decides a built method's scores: name, options, backbone weights (the resume key of an output folder)."""
     d = method.describe()
     bb = {k: d["backbone"].get(k) for k in ("model_name", "pretrained", "image_size", "weights", "seed")}
+    if d["backbone"].get("precision", "fp32") != "fp32":  # as BackboneSpec.key: fp32 keys are the old ones
+        bb["precision"] = d["backbone"]["precision"]
     return {"method": d["method"], "config": d["config"], "backbone": bb}
 
 
