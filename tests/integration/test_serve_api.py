@@ -378,3 +378,32 @@ def test_client_name_is_a_printable_label() -> None:
     assert client_name("ok\n\r\t.png") == "ok???.png"
     assert client_name("") == "upload" and client_name(None) == "upload"
     assert client_name("x" * 101) == "x" * 97 + "..."
+
+
+def test_bf16_service_equals_offline_bf16_and_ray_carries_precision(samples: list[Path], tmp_path: Path) -> None:
+    """--precision reaches the service's models (reported) and the Ray actors' backbone spec."""
+    from dataclasses import replace
+
+    from zsad.engines.ray_data import RayOptions, _actor_backbone
+
+    bf16 = replace(BB, precision="bf16")
+    svc = Service(ServeConfig(backbone=bf16, out=tmp_path / "served"))
+    try:
+        client = TestClient(create_app(svc))
+        assert {m["precision"] for m in client.get("/v1/methods").json()["methods"]} == {"bf16"}
+        ans = client.post("/v1/detect", files=_files(samples[:3]), data={"method": "sdp", "class_name": "washer"})
+        assert ans.status_code == 200, ans.text
+        ans = ans.json()
+    finally:
+        svc.close()
+    assert ans["precision"] == "bf16"
+    runs.detect([str(p) for p in samples[:3]], tmp_path / "b", method="sdp", backbone=bf16, overlays=False,
+                class_name="washer")  # fmt: skip
+    fp32 = _offline(samples[:3], tmp_path / "f", method="sdp", class_name="washer")
+    with (tmp_path / "b" / "predictions.csv").open(newline="") as f:
+        ref = {Path(r["image_path"]).name: r for r in csv.DictReader(f)}
+    for res in ans["results"]:
+        assert res["pred_score"] == pytest.approx(float(ref[res["file_name"]]["pred_score"]), abs=1e-6)
+    assert any(abs(r["pred_score"] - float(fp32[r["file_name"]]["pred_score"])) > 0 for r in ans["results"])
+    sent = _actor_backbone(bf16, RayOptions(), device_given=True)
+    assert BackboneSpec(**sent) == bf16

@@ -158,6 +158,7 @@ class Service:
                     "pretrained": "weights file" if bb.weights is not None else pretrained,
                     "image_size": bb.image_size or cfg.image_size,
                     "random_weights": random,
+                    "precision": "fp32" if cls.full_precision else bb.precision,
                     "doc": _first_line(sys.modules[cls.__module__].__doc__ or cls.__doc__),
                 }
             )
@@ -400,6 +401,7 @@ class Service:
             "transductive_note": m.transductive_note if m.is_transductive else None,
             "set_level": m.set_level,
             "random_weights": bool(m.backbone.random_init),
+            "precision": m.backbone.precision,
             "threshold": {"value": thr.value if known else None, "source": thr.source},
             "pixel_threshold": pthr.value if math.isfinite(pthr.value) else None,
             "colour_range": [lo, hi],
