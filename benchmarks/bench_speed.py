@@ -4,6 +4,8 @@ Example (CPU, this machine):
     python benchmarks/bench_speed.py --methods winclip --batch-size 4 --repeats 3
 Full size on a GPU:
     python benchmarks/bench_speed.py --device cuda --backbone ViT-L-14-336 --image-size 518 --batch-size 8
+Reduced precision (the method's backbone cast; the bare forward stays the fp32 open_clip/zsad forward):
+    python benchmarks/bench_speed.py --methods sdp --precision bf16
 
 Weights are seeded random (speed does not depend on weight values); images are real asset images when
 ZSAD_ASSETS is present, else seeded noise.
@@ -19,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -70,16 +73,26 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--option", action="append", default=[], help="METHOD:KEY=JSON, e.g. winclip:window_stride=2")
     ap.add_argument("--json", type=Path, default=None, help="write results here")
+    ap.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (ClipBackbone.set_precision)")
     args = ap.parse_args()
 
     rows = []
-    backbones: dict[tuple[str, int], ClipBackbone] = {}
+    backbones: dict[tuple[Any, ...], ClipBackbone] = {}
     for name in args.methods:
         cfg = get_method_class(name).config_cls()
         key = (args.backbone or cfg.backbone, args.image_size or cfg.image_size)
         if key not in backbones:
             backbones[key] = ClipBackbone.from_pretrained(key[0], "none", image_size=key[1], device=args.device, seed=0)
         bb = backbones[key]
+        if args.precision != "fp32":  # the method gets its own cast copy; the bare forward keeps fp32
+            lkey = (*key, args.precision)
+            if lkey not in backbones:
+                backbones[lkey] = ClipBackbone.from_pretrained(
+                    key[0], "none", image_size=key[1], device=args.device, seed=0
+                ).set_precision(args.precision)
+            mbb = backbones[lkey]
+        else:
+            mbb = bb
         opts = {}
         for o in args.option:
             meth, _, kv = o.partition(":")
@@ -91,7 +104,7 @@ def main() -> None:
             ckpt = Path(tempfile.mkdtemp(prefix="zsad-bench-"))
             create_method(name, bb, **opts).save(ckpt, {"note": "untrained, speed benchmark"})
             opts["checkpoint"] = str(ckpt)
-        method = create_method(name, bb, **opts)
+        method = create_method(name, mbb, **opts)
         method.setup("object")
         x = load_images(args.batch_size, bb.image_size, bb.mean, bb.std).to(args.device)
         with torch.no_grad():
@@ -109,6 +122,7 @@ def main() -> None:
                 "backbone": bb.model_name,
                 "image_size": bb.image_size,
                 "batch": args.batch_size,
+                "precision": args.precision,
                 "bare": "open_clip" if native else "zsad plain forward",
                 "bare_s": bare,
                 "method_s": t,
@@ -119,12 +133,16 @@ def main() -> None:
         f"hardware: {hardware(args.device)}; seeded random weights; {args.repeats} alternating bare/method pairs "
         "after warm-up: median times and median per-pair ratio"
     )
-    print("| method | options | backbone @ px | batch | bare forward (s) [which] | method (s) | ratio |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print(
+        "| method | options | backbone @ px | precision | batch | bare fp32 forward (s) [which] | method (s) | "
+        "images/s | ratio |"
+    )
+    print("|---|---|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['method']} | {r['options'] or '-'} | {r['backbone']} @ {r['image_size']} | {r['batch']} | "
-            f"{r['bare_s']:.3f} [{r['bare']}] | {r['method_s']:.3f} | {r['ratio']:.2f}x |"
+            f"| {r['method']} | {r['options'] or '-'} | {r['backbone']} @ {r['image_size']} | {r['precision']} | "
+            f"{r['batch']} | {r['bare_s']:.3f} [{r['bare']}] | {r['method_s']:.3f} | "
+            f"{r['batch'] / r['method_s']:.1f} | {r['ratio']:.2f}x |"
         )
     if args.json:
         args.json.write_text(json.dumps({"hardware": hardware(args.device), "rows": rows}, indent=2))

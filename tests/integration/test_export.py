@@ -50,6 +50,15 @@ def test_export_equals_torch_on_real_images(method: str, extra: list[str], tmp_p
     man = json.loads((out / "manifest.json").read_text())
     assert man["method"] == method and man["preprocess"]["image_size"] == 96 and man["backbone"]["random_init"]
     assert man["parity"]["pred_score_max_abs"] <= 1e-4 and man["parity"]["anomaly_map_max_abs"] <= 1e-4
+    # each weight tensor is stored once, though WinCLIP runs the blocks twice (full pass and windows)
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+
+    big = [numpy_helper.to_array(i) for i in onnx.load(str(out / "model.onnx")).graph.initializer]
+    digests = [hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest() for a in big if a.size >= 1024]
+    assert len(digests) == len(set(digests))
     # independently: the torch method set up the same way, on real images, against onnxruntime
     bb = ClipBackbone.from_pretrained("zsad-tiny", "none", image_size=96, seed=0)
     m = create_method(method, bb)

@@ -123,6 +123,7 @@ def export_method(
             external_data=False,
         )
     assert program is not None
+    share_repeated_weights(program.model)
     onnx_path = out / MODEL_FILES["onnx"]
     program.save(str(onnx_path))
     files: dict[str, Any] = {"model_file": MODEL_FILES[fmt]}
@@ -166,6 +167,37 @@ PRECISION_SCOPE = (
     "image-tower block matmuls (attention projections, MLP) in this precision; patch embedding, residual stream, "
     "layer norms and the method's head in fp32"
 )
+
+
+def share_repeated_weights(model: Any, min_elements: int = 1024) -> int:
+    """Keep one copy of each repeated weight tensor in the graph; returns how many copies were dropped.
+
+    Why: the exporter writes a constant per use, so a block run twice (WinCLIP's full pass and its window passes,
+    the v-v twin of SDP's attention) stores its weights twice: a WinCLIP graph was 2.1x the size it needs, and a
+    ViT-L one would pass protobuf's 2 GiB limit. Only tensors of ``min_elements`` or more are shared (weights, text
+    features); small shape constants are left as the exporter wrote them.
+    """
+    import hashlib
+
+    import onnx_ir as ir
+
+    graph = model.graph
+    first: dict[tuple[str, tuple[int, ...], str], Any] = {}
+    dropped = 0
+    for name, value in list(graph.initializers.items()):
+        if value.is_graph_input() or value.is_graph_output() or value.const_value is None:
+            continue
+        arr = np.ascontiguousarray(value.const_value.numpy())
+        if arr.size < min_elements:
+            continue
+        key = (str(arr.dtype), tuple(arr.shape), hashlib.sha256(arr.tobytes()).hexdigest())
+        if key not in first:
+            first[key] = value
+            continue
+        ir.convenience.replace_all_uses_with(value, first[key])
+        del graph.initializers[name]
+        dropped += 1
+    return dropped
 
 
 def check_format(fmt: str, precision: str) -> None:
