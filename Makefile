@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 $(BIN)/zsad: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,ray,export]'
+	$(BIN)/pip install -q -e '.[dev,ray,export,datasets]'
 	touch $@
 
 .PHONY: install demo serve test lint

@@ -256,7 +256,9 @@ def export_cmd(
 
 def _data_spec(args: dict[str, Any], **extra: Any) -> Any:
     """The dataset description shared by `eval` and `train` from a command's arguments."""
-    from zsad.data.spec import DatasetSpec
+    from zsad.data.spec import DatasetSpec, default_root
+
+    args = {**args, "root": args["root"] if args["root"] is not None else default_root(args["dataset"])}
 
     keys = ("normal_dir", "abnormal_dir", "mask_dir", "image_dir", "labels_csv", "image_glob", "class_name")
     return DatasetSpec(
@@ -272,8 +274,13 @@ def _data_spec(args: dict[str, Any], **extra: Any) -> Any:
 @with_backbone_options
 def eval_cmd(
     bb: BackboneSpec,
-    dataset: Annotated[str, typer.Option(help="mvtec | visa | folder")],
-    root: Annotated[Path, typer.Option(help="Dataset root.")],
+    dataset: Annotated[
+        str,
+        typer.Option(help="A benchmark by name (mvtec, visa, mpdd, btad, ...; docs/datasets.md) or folder."),
+    ],
+    root: Annotated[
+        Path | None, typer.Option(help="Dataset root (elpv: defaults to the installed elpv-dataset package).")
+    ] = None,
     category: Category = None,
     method: Annotated[
         list[str] | None, typer.Option(help="Method (repeatable: several give one comparison table). Default winclip.")
@@ -333,6 +340,45 @@ def eval_cmd(
         print_table(table)
 
 
+@app.command("benchmark")
+@with_backbone_options
+def benchmark_cmd(
+    bb: BackboneSpec,
+    suite: Annotated[str, typer.Option(help="industrial, medical or anomalyclip17 (docs/datasets.md).")],
+    root: Annotated[Path, typer.Option(help="Folder holding the datasets, each in its usual folder name.")],
+    out: Annotated[Path, typer.Option(help="Output folder (resumes a killed run).")] = Path("benchmark"),
+    method: Annotated[list[str] | None, typer.Option(help="Method (repeatable). Default winclip.")] = None,
+    dataset: Annotated[list[str] | None, typer.Option(help="Only these datasets of the suite (repeatable).")] = None,
+    k_shot: Annotated[int, typer.Option(help="Few-shot: normal references from each dataset's train split.")] = 0,
+    batch_size: int = 8,
+    seed: int = 0,
+    option: MethodOpt = None,
+    checkpoint: Checkpoints = None,
+) -> None:
+    """Every dataset of a suite found under --root, every method: one table (table.md, table.json, table.svg)."""
+    from zsad.methods.options import route_options
+    from zsad.runs.benchmark import benchmark
+
+    with _one_line_errors(out):
+        methods = method or ["winclip"]
+        result = benchmark(
+            suite,
+            root,
+            out,
+            methods=methods,
+            options=route_options(methods, parse_options(option)),
+            backbone=bb,
+            checkpoints=checkpoint or [],
+            datasets=dataset or [],
+            k_shot=k_shot,
+            batch_size=batch_size,
+            seed=seed,
+            reporter=_reporter(),
+        )
+    console.print((out / "table.md").read_text())
+    raise typer.Exit(result.exit_code)
+
+
 @app.command("train")
 @with_backbone_options
 def train_cmd(
@@ -342,7 +388,8 @@ def train_cmd(
     dataset: Annotated[
         list[str] | None,
         typer.Option(
-            help="Auxiliary annotated data: mvtec | visa | folder (test split). Repeat with --root for a list. "
+            help="Auxiliary annotated data: a benchmark name (docs/datasets.md) or folder (test split). Repeat with "
+            "--root for a list. "
             "Not for rwda (text only)."
         ),
     ] = None,

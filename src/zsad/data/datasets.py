@@ -75,7 +75,7 @@ class AnomalyDataset(Dataset):
         for s in samples:
             if not s.image_path.is_file():
                 raise ZsadInputError(f"{s.image_path}: image file not found")
-            if s.mask_path is not None and not s.mask_path.is_file():
+            if s.mask_path is not None and not (s.mask_path.is_file() or s.mask_path.is_dir()):
                 raise ZsadInputError(f"{s.mask_path}: mask file not found (for image {s.image_path.name})")
         self.samples: list[Sample] = list(samples)
         self.image_size = int(image_size)

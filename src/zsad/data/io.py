@@ -137,13 +137,24 @@ def _as_rgb(img: Image.Image, path: str) -> Image.Image:
 
 
 def load_mask(path: str | Path) -> Image.Image:
-    """Read a mask as PIL 'L' with values {0, 255}: any non-zero pixel is defect.
+    """Read a mask as PIL 'L' with values {0, 255}: any non-zero pixel is defect (JPEG: from half range on).
+
+    A folder of masks (MVTec LOCO) reads as their union.
 
     Binarising on the raw values matters: VisA stores masks as 0/1, 16-bit masks may use 1 or 65535, and
     rescaling to 8 bit first would erase a value of 1. Colour masks count a pixel as defect if any channel is
     non-zero; transparent pixels count as background.
     """
+    path = Path(path)
+    if path.is_dir():  # MVTec LOCO: one folder of masks per image, the defect is their union
+        parts = [np.asarray(load_mask(p)) for p in sorted(path.iterdir()) if is_image_file(p)]
+        if not parts:
+            raise ZsadInputError(f"{path}: mask folder holds no mask images")
+        if len({p.shape for p in parts}) > 1:
+            raise ZsadInputError(f"{path}: the masks in this folder differ in size")
+        return Image.fromarray(np.where(np.any(parts, axis=0), 255, 0).astype(np.uint8))
     img = _open(path)
+    lossy = path.suffix.lower() in (".jpg", ".jpeg")
     try:
         if img.mode in ("P", "PA"):
             img = img.convert("RGBA")
@@ -155,6 +166,9 @@ def load_mask(path: str | Path) -> Image.Image:
             arr = np.asarray(img.convert("RGB"))
     except (ValueError, OSError) as e:
         raise ZsadInputError(f"{path}: cannot read mask: mode {img.mode}: {_one_line(str(e))}") from None
+    if lossy:  # JPEG masks (Kvasir-SEG): compression noise around edges is not defect; cut at half range
+        gray = arr.max(axis=-1) if arr.ndim == 3 else arr
+        return Image.fromarray(np.where(gray >= 128, 255, 0).astype(np.uint8))
     if arr.ndim == 3:
         arr = np.asarray(arr.any(axis=-1))
     defect = np.nan_to_num(arr.astype(np.float64), nan=0.0) != 0

@@ -16,7 +16,14 @@ import torch
 
 from zsad.errors import ZsadInputError
 
-DATASETS = ("mvtec", "visa", "folder")
+
+def _names() -> tuple[str, ...]:
+    from zsad.data.benchmarks import BENCHMARKS
+
+    return (*BENCHMARKS, "folder")
+
+
+DATASETS = _names()
 
 
 @dataclass
@@ -55,6 +62,18 @@ class DatasetSpec:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self).items() if k not in skip}
 
 
+def default_root(dataset: str) -> Path:
+    """The root of a dataset given without ``--root``: only ELPV has one (its pip package ships the data)."""
+    if dataset.lower() == "elpv":
+        from zsad.data.benchmarks import elpv_root
+
+        found = elpv_root()
+        if found is None:
+            raise ZsadInputError("--dataset elpv: pass --root, or pip install elpv-dataset (it ships the images)")
+        return found
+    raise ZsadInputError(f"--dataset {dataset}: --root is required")
+
+
 def open_datasets(spec: DatasetSpec, kw: dict[str, Any] | None = None) -> list[tuple[str, Any, Any]]:
     """(category, test dataset, normal-reference dataset or None) per requested category.
 
@@ -91,7 +110,24 @@ def open_datasets(spec: DatasetSpec, kw: dict[str, Any] | None = None) -> list[t
         )
         refs = data.ImageList([str(spec.reference_dir)], **kw) if spec.reference_dir else None
         return [(cat, ds, refs)]
-    raise ZsadInputError(f"--dataset {spec.dataset!r}: use {', '.join(DATASETS)}")
+    from zsad.data.benchmarks import BenchmarkDataset, benchmark_info, read_benchmark
+    from zsad.progress import reporter
+
+    info = benchmark_info(name)
+    layout = read_benchmark(name, spec.root, spec.categories)
+    for note in layout.notes:
+        reporter().message(note, "note")
+    listed: list[tuple[str, Any, Any]] = []
+    for cat, rows in layout.test.items():
+        source = f"{spec.root} ({info.title}, {layout.name}, category {cat})"
+        ref_rows = layout.references.get(cat) or []
+        refs = BenchmarkDataset(ref_rows, info, f"{source} references", **kw) if spec.k_shot and ref_rows else None
+        if spec.k_shot and refs is None:
+            raise ZsadInputError(
+                f"{spec.root}: {info.title} category {cat!r} has no normal training images for --k-shot"
+            )
+        listed.append((cat, BenchmarkDataset(rows, info, source, **kw), refs))
+    return listed
 
 
 def reference_images(refs: Any, k: int, seed: int) -> torch.Tensor | None:

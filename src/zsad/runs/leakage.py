@@ -1,7 +1,7 @@
 """The leakage guard: results on images a checkpoint was trained on are refused, or flagged NOT zero-shot.
 
-Two checks: the exact training images (resolved paths listed beside the checkpoint), and, for MVTec AD and VisA,
-the category itself (another copy of the dataset has other paths but the same objects).
+Two checks: the exact training images (resolved paths listed beside the checkpoint), and, for the named benchmarks
+(``zsad.data.benchmarks``), the category itself (another copy of the dataset has other paths but the same objects).
 """
 
 from __future__ import annotations
@@ -28,17 +28,24 @@ def training_images(method: Method) -> set[str]:
     return {line.strip() for line in (folder / listed).read_text().splitlines() if line.strip()}
 
 
+def _named() -> set[str]:
+    from zsad.data.benchmarks import BENCHMARKS
+
+    return set(BENCHMARKS)
+
+
 def seen_categories(method: Method) -> set[tuple[str, str]]:
-    """(dataset, category) pairs of the benchmark datasets (mvtec, visa) a checkpoint was trained on."""
+    """(dataset, category) pairs of the named benchmark datasets a checkpoint was trained on."""
     training = (getattr(method, "training_manifest", None) or {}).get("training", {})
     out = set()
-    if "categories" not in training and training.get("dataset") in ("mvtec", "visa"):
+    named = _named()
+    if "categories" not in training and training.get("dataset") in named:
         return {(training["dataset"], ALL)}  # an imported release names its dataset only: every category is seen
     for cat in training.get("categories", []):
         parts = str(cat).split(":")
-        if len(parts) == 3 and parts[0] in ("mvtec", "visa"):  # list training: dataset:root-name:category
+        if len(parts) == 3 and parts[0] in named:  # list training: dataset:root-name:category
             out.add((parts[0], parts[2]))
-        elif training.get("dataset") in ("mvtec", "visa"):
+        elif training.get("dataset") in named:
             out.add((training["dataset"], str(cat)))
     return out
 

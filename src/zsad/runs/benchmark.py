@@ -1,0 +1,244 @@
+"""``zsad benchmark``: every dataset of a suite found under one folder, every method, one table as the papers print it.
+
+Why one evaluation per (dataset, method) folder instead of one big run: each folder is an ordinary ``zsad eval``
+output (locked, keyed, resumable row by row), so a killed benchmark resumes where it stopped, a finished dataset is
+not scored again, and a method refused on one dataset (the leakage guard: trained on VisA, tested on VisA) or a
+broken dataset folder is recorded in the table without stopping the others. Missing datasets are listed, not fatal.
+
+The table: per dataset, image AUROC / AP and pixel AUROC / AUPRO (anomalib's AUPRO, FPR <= 0.3; the repos'
+200-threshold variant is in the JSON as ``pixel_AUPRO_cflow``), then the mean per domain. ``table.md``,
+``table.json`` and ``table.svg`` (a heat map of the same numbers) are rewritten after every dataset.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zsad.data.benchmarks import BENCHMARKS, SUITES, BenchmarkInfo, elpv_root
+from zsad.errors import ZsadInputError
+from zsad.fileio import write_json
+from zsad.outputs import RunLock, check_output_dir
+from zsad.progress import Reporter, using
+from zsad.progress import reporter as current_reporter
+from zsad.runs.build import BackboneSpec
+
+COLUMNS = (
+    ("image_AUROC", "image AUROC"),
+    ("image_AP", "image AP"),
+    ("pixel_AUROC", "pixel AUROC"),
+    ("pixel_AUPRO", "pixel AUPRO"),
+)
+AUPRO_NOTE = "AUPRO: anomalib's definition (exact, FPR <= 0.3); the repos' 200-threshold AUPRO is in table.json"
+
+
+@dataclass
+class BenchmarkResult:
+    """Per dataset: where it was found, and per method its mean metrics or why it has none."""
+
+    suite: str
+    found: dict[str, Path] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # dataset -> method -> metrics
+    problems: dict[str, dict[str, str]] = field(default_factory=dict)  # dataset -> method (or "*") -> message
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every found dataset gave numbers for every method, 1 otherwise."""
+        return 1 if self.problems else 0
+
+
+def find_roots(names: Sequence[str], data_root: Path) -> tuple[dict[str, Path], list[str]]:
+    """Each dataset's folder under ``data_root`` (its usual folder names, case-insensitive); ELPV also from pip."""
+    entries = {p.name.lower(): p for p in data_root.iterdir() if p.is_dir()} if data_root.is_dir() else {}
+    found: dict[str, Path] = {}
+    missing = []
+    for name in names:
+        info = BENCHMARKS[name]
+        hit = next((entries[f.lower()] for f in info.folders if f.lower() in entries), None)
+        if hit is None and name == "elpv":
+            hit = elpv_root()
+        if hit is None:
+            missing.append(name)
+        else:
+            found[name] = hit
+    return found, missing
+
+
+def benchmark(
+    suite: str,
+    data_root: str | Path,
+    out: str | Path,
+    *,
+    methods: Sequence[str] = ("winclip",),
+    options: dict[str, dict[str, Any]] | None = None,
+    backbone: BackboneSpec | None = None,
+    checkpoints: Sequence[str | Path] = (),
+    datasets: Sequence[str] = (),
+    k_shot: int = 0,
+    batch_size: int = 8,
+    seed: int = 0,
+    reporter: Reporter | None = None,
+) -> BenchmarkResult:
+    """Evaluate ``methods`` on every dataset of ``suite`` (or only ``datasets``) found under ``data_root``."""
+    from zsad.data.spec import DatasetSpec
+    from zsad.runs.build import route_checkpoints, specs_for
+    from zsad.runs.evaluate import evaluate
+
+    with using(reporter):
+        say = current_reporter()
+        if suite not in SUITES:
+            raise ZsadInputError(f"--suite {suite!r}: use one of {', '.join(SUITES)}")
+        names = list(SUITES[suite])
+        for d in datasets:
+            if d not in names:
+                raise ZsadInputError(f"--dataset {d!r}: not in suite {suite} ({', '.join(names)})")
+        names = [n for n in names if not datasets or n in datasets]
+        data_root, out = Path(data_root), Path(out)
+        if not data_root.is_dir():
+            raise ZsadInputError(f"--root {data_root}: folder not found")
+        # every method, option and checkpoint checked before any dataset is read or any model loads
+        routed = route_checkpoints(list(methods), [Path(c) for c in checkpoints])
+        specs_for(list(methods), options or {}, backbone or BackboneSpec(seed=seed), routed)
+        check_output_dir(out)
+        result = BenchmarkResult(suite)
+        result.found, result.missing = find_roots(names, data_root)
+        with RunLock(out):
+            if result.missing:
+                say.message(f"not found under {data_root} (skipped): {', '.join(result.missing)}", "note")
+            for name, root in result.found.items():
+                result.metrics[name] = {}
+                for method in methods:
+                    spec = DatasetSpec(name, root, k_shot=k_shot, seed=seed)
+                    where = out / name / method.replace("+", "_plus")
+                    say.message(f"{name} ({root}) | {method}")
+                    try:
+                        got = evaluate(spec, where, methods=[method], options=options, backbone=backbone,
+                                       checkpoints=[routed[method]] if method in routed else [],
+                                       batch_size=batch_size, overlays=0)  # fmt: skip
+                    except ZsadInputError as e:  # leakage guard, a broken folder: recorded, the rest goes on
+                        msg = " ".join(str(e).split())
+                        result.problems.setdefault(name, {})[method] = msg
+                        say.message(f"{name} | {method}: {msg}", "warning")
+                        continue
+                    result.metrics[name][method] = got[method].mean
+                write_table(result, list(methods), out, data_root)
+            write_table(result, list(methods), out, data_root)
+        return result
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def _rows(result: BenchmarkResult, methods: list[str]) -> list[tuple[str, BenchmarkInfo | None, dict[str, Any]]]:
+    """(dataset or mean label, info, method -> metrics) in suite order, then the mean per domain."""
+    rows: list[tuple[str, BenchmarkInfo | None, dict[str, Any]]] = []
+    for name in SUITES[result.suite]:
+        if name in result.found:
+            rows.append((name, BENCHMARKS[name], result.metrics.get(name, {})))
+    for domain in ("industrial", "medical"):
+        members = [r for r in rows if r[1] is not None and r[1].domain == domain]
+        if len(members) < 2:
+            continue
+        mean: dict[str, dict[str, float]] = {}
+        for m in methods:
+            for key, _ in COLUMNS:
+                vals = [float(r[2][m][key]) for r in members if m in r[2] and key in r[2][m]]
+                vals = [v for v in vals if not math.isnan(v)]
+                if vals:
+                    mean.setdefault(m, {})[key] = sum(vals) / len(vals)
+        rows.append((f"mean ({domain})", None, mean))
+    return rows
+
+
+def write_table(result: BenchmarkResult, methods: list[str], out: Path, data_root: Path) -> None:
+    """``table.md``, ``table.json`` and ``table.svg`` from what is done so far."""
+    rows = _rows(result, methods)
+    head = "| dataset | labels | " + " | ".join(f"{m}: {label}" for m in methods for _, label in COLUMNS) + " |"
+    lines = [f"# zsad benchmark: suite {result.suite}", "", f"Data root: `{data_root}`. {AUPRO_NOTE}.", "", head,
+             "|---|---|" + "---:|" * (len(methods) * len(COLUMNS))]  # fmt: skip
+    for name, info, per in rows:
+        labels = "" if info is None else info.labels
+        cells = []
+        for m in methods:
+            if m in result.problems.get(name, {}):
+                cells += ["refused" if "zero-shot" in result.problems[name][m] else "error"] * len(COLUMNS)
+            else:
+                cells += [_pct(per.get(m, {}).get(k)) for k, _ in COLUMNS]
+        title = name if info is None else f"{info.title}"
+        lines.append(f"| {title} | {labels} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("`-`: not defined (image-level datasets have no pixel metrics; sets whose images are all anomalous")
+    lines.append("have no image AUROC/AP), or not done yet.")
+    if result.missing:
+        lines.append(f"\nNot found under the data root (skipped): {', '.join(result.missing)}.")
+    for name, probs in result.problems.items():
+        for m, msg in probs.items():
+            lines.append(f"\n- {name} / {m}: {msg}")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    write_json(
+        out / "table.json",
+        {
+            "suite": result.suite,
+            "data_root": str(data_root),
+            "methods": methods,
+            "aupro": AUPRO_NOTE,
+            "found": {k: str(v) for k, v in result.found.items()},
+            "missing": result.missing,
+            "datasets": {
+                name: {
+                    "title": BENCHMARKS[name].title,
+                    "labels": BENCHMARKS[name].labels,
+                    "domain": BENCHMARKS[name].domain,
+                    "metrics": per,
+                    "problems": result.problems.get(name, {}),
+                }
+                for name, per in result.metrics.items()
+            },
+        },
+    )
+    (out / "table.svg").write_text(table_svg(rows, methods, result))
+
+
+def table_svg(rows: list[tuple[str, BenchmarkInfo | None, dict[str, Any]]], methods: list[str],
+              result: BenchmarkResult) -> str:  # fmt: skip
+    """The table as a heat map (white at 50, dark green at 100), one column per method and metric."""
+    cw, ch, left, top = 92, 24, 170, 64
+    cols = [(m, k, label) for m in methods for k, label in COLUMNS]
+    w, h = left + cw * len(cols) + 10, top + ch * len(rows) + 10
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+             'font-size="12">', f'<rect width="{w}" height="{h}" fill="white"/>',
+             f'<text x="8" y="18" font-size="14">zsad benchmark: {html.escape(result.suite)}</text>']  # fmt: skip
+    for j, (m, _, label) in enumerate(cols):
+        x = left + j * cw + cw / 2
+        parts.append(f'<text x="{x}" y="40" text-anchor="middle">{html.escape(m)}</text>')
+        parts.append(f'<text x="{x}" y="56" text-anchor="middle" font-size="10">{html.escape(label)}</text>')
+    for i, (name, info, per) in enumerate(rows):
+        y = top + i * ch
+        title = name if info is None else info.title
+        parts.append(f'<text x="8" y="{y + 16}">{html.escape(title)}</text>')
+        for j, (m, k, _) in enumerate(cols):
+            v = per.get(m, {}).get(k)
+            ok = v is not None and not math.isnan(float(v))
+            t = min(max((float(v) - 0.5) / 0.5, 0.0), 1.0) if ok else 0.0
+            fill = f"rgb({int(255 - 215 * t)},{int(255 - 95 * t)},{int(255 - 215 * t)})" if ok else "#eeeeee"
+            x = left + j * cw
+            parts.append(f'<rect x="{x}" y="{y}" width="{cw - 2}" height="{ch - 2}" fill="{fill}"/>')
+            colour = "white" if t > 0.6 else "black"
+            parts.append(f'<text x="{x + cw / 2}" y="{y + 16}" text-anchor="middle" fill="{colour}">'
+                         f"{_pct(float(v)) if ok else '-'}</text>")  # fmt: skip
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def suites_text() -> str:
+    """The suites and their datasets, for ``--help`` and errors."""
+    return "; ".join(f"{s}: {', '.join(n)}" for s, n in SUITES.items())
+
+
+__all__ = ["BenchmarkResult", "benchmark", "find_roots", "suites_text", "write_table"]
