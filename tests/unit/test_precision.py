@@ -67,8 +67,12 @@ def test_spec_key_build_and_full_precision_methods(monkeypatch: pytest.MonkeyPat
     assert bf16.build().backbone.precision == "bf16"
     with pytest.raises(ZsadInputError, match="--precision fp8"):
         MethodSpec("sdp", BackboneSpec(**tiny, precision="fp8")).validate()  # type: ignore[arg-type]
-    monkeypatch.setattr(get_method_class("sdp"), "full_precision", "its drift changed decisions")
-    assert bf16.build().backbone.precision == "fp32"
+    monkeypatch.setattr(get_method_class("sdp"), "full_precision", {"bf16": "its drift changed decisions"})
+    kept = MethodSpec("sdp", BackboneSpec(**tiny, precision="bf16")).validate()  # type: ignore[arg-type]
+    assert kept.backbone.precision == "fp32" and "precision" not in kept.key()["backbone"]
+    assert kept.build().backbone.precision == "fp32"
+    fp16 = MethodSpec("sdp", BackboneSpec(**tiny, precision="fp16")).validate()  # type: ignore[arg-type]
+    assert fp16.backbone.precision == "fp16"  # only the precisions named are refused
 
 
 def test_vision_backbone_autocast_keeps_fp32_outputs() -> None:
@@ -84,3 +88,15 @@ def test_vision_backbone_autocast_keeps_fp32_outputs() -> None:
         assert got.dtype == torch.float32
         assert 0 < float((got - want).abs().max() / want.abs().max()) < 0.05
     assert low.manifest()["precision"] == "bf16"
+
+
+def test_methods_kept_in_fp32_under_bf16() -> None:
+    """RWDA and AnomalyCLIP flipped decisions in bf16 (RESULTS.md): their runs stay fp32; fp16 stays allowed."""
+    from zsad.runs.build import BackboneSpec, MethodSpec
+
+    tiny = dict(model_name="zsad-tiny", pretrained="none", image_size=64, device="cpu")
+    for name in ("rwda", "anomalyclip"):
+        spec = MethodSpec(name, BackboneSpec(**tiny, precision="bf16")).validate(for_training=True)  # type: ignore[arg-type]
+        assert spec.backbone.precision == "fp32"
+        spec = MethodSpec(name, BackboneSpec(**tiny, precision="fp16")).validate(for_training=True)  # type: ignore[arg-type]
+        assert spec.backbone.precision == "fp16"

@@ -101,6 +101,7 @@ class AnomalyClip(TrainableMethod):
     config_cls = AnomalyClipConfig
     config: AnomalyClipConfig
     needs_class_name: ClassVar[bool] = False  # object-agnostic: no class name reaches the prompts
+    full_precision = {"bf16": "measured: bf16 flipped image decisions beyond the fp32 noise floor, see RESULTS.md"}
     arch_fields = ("layers", "dpam_start", "n_ctx", "deep_depth", "deep_length", "object_word")
     official_checkpoint = "an official AnomalyCLIP epoch_*.pth ({'prompt_learner': ...})"
 

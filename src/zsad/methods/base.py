@@ -59,9 +59,9 @@ class Method(ABC):
     # Scoring an image needs the features of the whole set (pairing, mutual scoring): the runner calls
     # ``new_bank``, ``bank.add(encode(batch))`` for every image, ``end_set(bank)``, then ``score_in_set`` per batch.
     set_level: ClassVar[bool] = False
-    # Why the method keeps its backbone in fp32 under --precision bf16/fp16 (measured drift changed decisions);
-    # empty: reduced precision is allowed (benchmarks/export_precision.py measures it per method).
-    full_precision: ClassVar[str] = ""
+    # {precision: why} for the precisions under which the method keeps its backbone in fp32, because measured drift
+    # changed decisions (benchmarks/bench_export.py, RESULTS.md); absent: that precision is allowed.
+    full_precision: ClassVar[dict[str, str]] = {}
 
     def __init__(self, backbone: ClipBackbone, config: MethodConfig | None = None, **overrides: Any) -> None:
         cfg = make_config(self.config_cls, overrides, self.name, base=config)

@@ -145,6 +145,7 @@ class Rwda(WinClip, TrainableMethod):
     requires_checkpoint = False  # trains itself on first use (seconds to minutes); zsad.runs caches it
     needs_training_data = False  # text only
     self_training = True
+    full_precision = {"bf16": "measured: bf16 flipped an image decision beyond the fp32 noise floor, see RESULTS.md"}
     arch_fields = ("hidden", "modality_gap", "object_mode", "objects", *_GENERATOR_FIELDS, "generator_seed")
 
     @property

@@ -176,6 +176,10 @@ class MethodSpec:
                 f"{cls.name} ...`)"
             )
         self.backbone.validate()
+        why = cls.full_precision.get(self.backbone.precision)
+        if why:  # before the run key is made: key, manifest and model all say fp32
+            reporter().message(f"--precision {self.backbone.precision}: method {cls.name} runs in fp32 ({why})", "note")
+            self.backbone = replace(self.backbone, precision="fp32")
         return self
 
     def key(self) -> dict[str, Any]:
@@ -191,11 +195,6 @@ class MethodSpec:
         from zsad.backbone.vision import VisionBackbone, is_vision_only
 
         b = self.backbone
-        if b.precision != "fp32" and self.cls.full_precision:
-            reporter().message(
-                f"--precision {b.precision}: method {self.name} runs in fp32 ({self.cls.full_precision})", "note"
-            )
-            b = replace(b, precision="fp32")
         bb = cache.get(b.cache_key()) if cache is not None else None
         if bb is None:
             assert b.model_name is not None

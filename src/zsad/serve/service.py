@@ -158,7 +158,7 @@ class Service:
                     "pretrained": "weights file" if bb.weights is not None else pretrained,
                     "image_size": bb.image_size or cfg.image_size,
                     "random_weights": random,
-                    "precision": "fp32" if cls.full_precision else bb.precision,
+                    "precision": "fp32" if bb.precision in cls.full_precision else bb.precision,
                     "doc": _first_line(sys.modules[cls.__module__].__doc__ or cls.__doc__),
                 }
             )
