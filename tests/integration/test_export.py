@@ -20,6 +20,26 @@ def _run(*args: str) -> object:
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
+# Child-process code where torch cannot be imported (the torch-free runtime's environment), then `zsad ...`
+NO_TORCH = (
+    "import sys, importlib.abc\n"
+    "class NoTorch(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'torch' or name.startswith('torch.'):\n"
+    "            raise ImportError('torch is hidden in this test')\n"
+    "sys.meta_path.insert(0, NoTorch())\n"
+)
+NO_TORCH_CLI = NO_TORCH + "from zsad.cli.entry import main\nmain(sys.argv[1:])\n"
+
+
+def _csv_rows(folder: Path) -> dict[str, dict[str, str]]:
+    """predictions.csv rows by image path."""
+    import csv
+
+    with (folder / "predictions.csv").open() as f:
+        return {r["image_path"]: r for r in csv.DictReader(f)}
+
+
 def _real_batch(assets_dir: Path, n: int = 3) -> torch.Tensor:
     from zsad.data import load_image, squash_image
 
@@ -136,13 +156,9 @@ def test_runtime_without_torch_equals_torch_and_refuses_bad_models(tmp_path: Pat
     want = m.predict(torch.stack([squash_image(load_image(f), 96) for f in files]))
     np.save(tmp_path / "want_score.npy", want.pred_score.numpy())
     np.save(tmp_path / "want_map.npy", want.anomaly_map.numpy())
-    script = f"""
-import sys, importlib.abc
-class NoTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is hidden in this test")
-sys.meta_path.insert(0, NoTorch())
+    script = (
+        NO_TORCH
+        + f"""
 import numpy as np
 from zsad.runtime import ExportedModel
 from zsad.errors import ZsadInputError
@@ -158,6 +174,7 @@ for bad in {[str(tmp_path / b) for b in ("nomanifest", "tampered", "size")]!r}:
     except ZsadInputError as e:
         print("refused:", e)
 """
+    )
     (tmp_path / "nomanifest").mkdir()
     shutil.copy(tmp_path / "model" / "model.onnx", tmp_path / "nomanifest" / "model.onnx")
     shutil.copytree(tmp_path / "model", tmp_path / "tampered")
@@ -180,7 +197,6 @@ for bad in {[str(tmp_path / b) for b in ("nomanifest", "tampered", "size")]!r}:
 
 def test_detect_model_without_torch_matches_torch_detect(tmp_path: Path, assets_dir: Path) -> None:
     """``zsad detect --model`` in a process where torch cannot be imported: the torch path's rows and maps."""
-    import csv
     import subprocess
     import sys
 
@@ -195,26 +211,12 @@ def test_detect_model_without_torch_matches_torch_detect(tmp_path: Path, assets_
     ref = _run("detect", str(imgs), "--method", "sdp", "--class-name", "tile", "--out", str(tmp_path / "ref"),
                "--no-overlays", *TINY)  # fmt: skip
     assert ref.exit_code == 0, ref.output
-    hide = (
-        "import sys, importlib.abc\n"
-        "class NoTorch(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' or name.startswith('torch.'):\n"
-        "            raise ImportError('torch is hidden in this test')\n"
-        "sys.meta_path.insert(0, NoTorch())\n"
-        "from zsad.cli.entry import main\n"
-        "main(sys.argv[1:])\n"
-    )
     args = ["detect", str(imgs), "--model", str(tmp_path / "model"), "--out", str(tmp_path / "rt"), "--batch-size", "2"]
-    done = subprocess.run([sys.executable, "-c", hide, *args], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", NO_TORCH_CLI, *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "5 images scored" in done.stdout
 
-    def rows(folder: Path) -> dict[str, dict[str, str]]:
-        with (folder / "predictions.csv").open() as f:
-            return {r["image_path"]: r for r in csv.DictReader(f)}
-
-    want, got = rows(tmp_path / "ref"), rows(tmp_path / "rt")
+    want, got = _csv_rows(tmp_path / "ref"), _csv_rows(tmp_path / "rt")
     assert set(want) == set(got)
     for k, w in want.items():
         g = got[k]
@@ -228,7 +230,7 @@ def test_detect_model_without_torch_matches_torch_detect(tmp_path: Path, assets_
     want_t = torch.nn.functional.interpolate(torch.from_numpy(m)[None, None], size=(13, 5), mode="bilinear")
     np.testing.assert_allclose(rd.resize_bilinear(m, (13, 5)), want_t[0, 0].numpy(), atol=1e-6)
     # a rerun resumes: nothing left to score
-    again = subprocess.run([sys.executable, "-c", hide, *args], capture_output=True, text=True, timeout=300)
+    again = subprocess.run([sys.executable, "-c", NO_TORCH_CLI, *args], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "resuming: 5 of 5" in again.stdout, again.stdout + again.stderr
 
 
@@ -277,20 +279,10 @@ def test_openvino_ir_export_runs_without_torch(tmp_path: Path, assets_dir: Path)
     shutil.copytree(out, tmp_path / "tampered")
     with (tmp_path / "tampered" / "model.bin").open("ab") as f:
         f.write(b"\0")
-    hide = (
-        "import sys, importlib.abc\n"
-        "class NoTorch(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' or name.startswith('torch.'):\n"
-        "            raise ImportError('torch is hidden in this test')\n"
-        "sys.meta_path.insert(0, NoTorch())\n"
-        "from zsad.cli.entry import main\n"
-        "main(sys.argv[1:])\n"
-    )
 
     def detect(model: Path, dest: str, *extra: str) -> subprocess.CompletedProcess[str]:
         args = ["detect", str(imgs), "--model", str(model), "--out", str(tmp_path / dest), *extra]
-        return subprocess.run([sys.executable, "-c", hide, *args], capture_output=True, text=True, timeout=300)
+        return subprocess.run([sys.executable, "-c", NO_TORCH_CLI, *args], capture_output=True, text=True, timeout=300)
 
     done = detect(out, "rt")
     assert done.returncode == 0 and "4 images scored" in done.stdout, done.stdout + done.stderr
@@ -298,13 +290,7 @@ def test_openvino_ir_export_runs_without_torch(tmp_path: Path, assets_dir: Path)
     assert bad.returncode == 2 and "model.bin: sha256 differs" in bad.stdout, bad.stdout
     wrong = detect(out, "wrong", "--runtime", "onnxruntime")
     assert wrong.returncode == 2 and "runs on OpenVINO only" in wrong.stdout, wrong.stdout
-    import csv
-
-    def rows(folder: Path) -> dict[str, dict[str, str]]:
-        with (folder / "predictions.csv").open() as f:
-            return {r["image_path"]: r for r in csv.DictReader(f)}
-
-    want, got = rows(tmp_path / "ref"), rows(tmp_path / "rt")
+    want, got = _csv_rows(tmp_path / "ref"), _csv_rows(tmp_path / "rt")
     assert set(want) == set(got)
     for k, w in want.items():
         assert abs(float(got[k]["pred_score"]) - float(w["pred_score"])) <= 1e-4

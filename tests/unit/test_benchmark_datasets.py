@@ -231,3 +231,15 @@ def test_generic_repack_and_unknown_names(tmp_path: Path) -> None:
     with pytest.raises(ZsadInputError, match="not a Br35H root"):
         read_benchmark("br35h", tmp_path)
     assert set(SUITES["anomalyclip17"]) <= set(BENCHMARKS) and set(SUITES["medical"]) <= set(BENCHMARKS)
+
+
+def test_visa_pytorch_layout_and_mvtec_by_name(tmp_path: Path) -> None:
+    """VisA re-organised MVTec-style (masks without suffix in ground_truth/bad); MVTec AD through the registry."""
+    _mvtec_tree(tmp_path / "v" / "visa_pytorch", "pcb1", bad="bad", suffix="", img_ext=".JPG")
+    lay = read_benchmark("visa", tmp_path / "v")
+    _check(lay, "pcb1", 5, 3, pixel=True)
+    assert lay.name.startswith("visa_pytorch")
+    _mvtec_tree(tmp_path / "m", "bottle", bad="broken_large")
+    lay = read_benchmark("mvtec", tmp_path / "m")
+    _check(lay, "bottle", 5, 3, pixel=True)
+    assert len(lay.references["bottle"]) == 3
