@@ -40,6 +40,7 @@ from zsad.methods import create_method, get_method_class
 from zsad.metrics.classification import f1_max, image_auroc
 from zsad.metrics.pixels import pixel_auroc, pixel_f1_max
 from zsad.runs.sets import predict_set
+from zsad.runtime import open_graph
 
 PATHS = (("onnxruntime", "ONNX fp32 (noise floor)"), ("bf16", "torch bf16"), ("fp16", "ONNX fp16 (onnxruntime)"))
 ALL = ["winclip", "winclip-2shot", "sdp", "sdp+", "rwda", "anomalyclip", "adaclip", "musc", "dual-image"]
@@ -92,25 +93,11 @@ def torch_run(m: Any, x: torch.Tensor, bs: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def graph_runner(folder: Path, runtime: str, bs: int) -> Any:
-    """Open the graph once (not timed); the returned function scores all images in batches."""
-    if runtime == "openvino":  # OpenVINO reads the ONNX file itself
-        import openvino as ov
-
-        compiled = ov.Core().compile_model(str(folder / "model.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-
-        def one(b: np.ndarray) -> list[np.ndarray]:
-            res = compiled(b)
-            return [res[0], res[1]]
-    else:
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-
-        def one(b: np.ndarray) -> list[np.ndarray]:
-            return list(sess.run(None, {"image": b}))
+    """Open the graph once (not timed) with zsad's own opener; the returned function scores all images in batches."""
+    graph = open_graph(folder / "model.onnx", runtime)
 
     def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        outs = [one(x[i : i + bs]) for i in range(0, len(x), bs)]
+        outs = [graph.run(x[i : i + bs]) for i in range(0, len(x), bs)]
         return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
     return run

@@ -14,6 +14,7 @@ OpenVINO. OpenVINO is asked for fp32 inference: its CPU plugin would otherwise c
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,54 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return dict(manifest)
 
 
+# OpenVINO's CPU plugin would otherwise pick bf16 on CPUs that have it, silently changing the numbers.
+OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
+
+
+@dataclass
+class Graph:
+    """An opened graph file: ``run(batch) -> (scores, maps)`` and its input shape (dimensions as text)."""
+
+    run: Callable[[np.ndarray], tuple[Any, Any]]
+    input_shape: list[str]
+
+
+def open_graph(model: Path, runtime: str, providers: list[str] | None = None) -> Graph:
+    """A graph file on onnxruntime (``providers``, default CPU) or OpenVINO (CPU, fp32 inference), checked to load.
+
+    The one place either runtime is opened: the runtime, the export's self-check and the benchmarks use it.
+    """
+    if runtime == "openvino":
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise ZsadInputError("OpenVINO is not installed: pip install 'zsad[runtime]'") from e
+        try:
+            compiled = ov.Core().compile_model(str(model), "CPU", OPENVINO_CONFIG)
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises its own types for a bad file
+            raise ZsadInputError(f"{model}: OpenVINO cannot load it: {' '.join(str(e).split())[:200]}") from None
+
+        def run_openvino(batch: np.ndarray) -> tuple[Any, Any]:
+            res = compiled(batch)
+            return res[0], res[1]
+
+        return Graph(run_openvino, [str(d) for d in compiled.inputs[0].get_partial_shape()])
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ZsadInputError("onnxruntime is not installed: pip install 'zsad[runtime]'") from e
+    try:
+        session = ort.InferenceSession(str(model), providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
+        raise ZsadInputError(f"{model}: onnxruntime cannot load it: {' '.join(str(e).split())[:200]}") from None
+
+    def run_onnxruntime(batch: np.ndarray) -> tuple[Any, Any]:
+        score, amap = session.run(None, {"image": batch})
+        return score, amap
+
+    return Graph(run_onnxruntime, [str(d) for d in session.get_inputs()[0].shape])
+
+
 class ExportedModel:
     """An exported model folder, checked on opening; ``predict`` takes image files or decoded arrays."""
 
@@ -72,8 +121,9 @@ class ExportedModel:
         if fmt == "openvino" and runtime == "onnxruntime":
             raise ZsadInputError(f"{model}: an OpenVINO IR model runs on OpenVINO only (--runtime openvino)")
         self.runtime = "openvino" if fmt == "openvino" or runtime == "openvino" else "onnxruntime"
-        openvino = self.runtime == "openvino"
-        self._run = self._open_openvino(model) if openvino else self._open_onnxruntime(model, providers)
+        graph = open_graph(model, self.runtime, providers)
+        self._check_size(model, graph.input_shape)
+        self._run = graph.run
 
     def _check_file(self, path: Path, key: str) -> None:
         if not path.is_file():
@@ -81,46 +131,12 @@ class ExportedModel:
         if sha256_file(path) != self.manifest.get(key):
             raise ZsadInputError(f"{path}: sha256 differs from {self.folder / MANIFEST} (changed or corrupt file)")
 
-    def _check_size(self, model: Path, shape: list[Any]) -> None:
-        if [str(d) for d in shape[2:]] != [str(self.image_size)] * 2:
+    def _check_size(self, model: Path, shape: list[str]) -> None:
+        if shape[2:] != [str(self.image_size)] * 2:
             raise ZsadInputError(
-                f"{model}: its input is {shape[2:]} pixels but {self.folder / MANIFEST} says {self.image_size}"
+                f"{model}: its input is [{', '.join(shape[2:])}] pixels but {self.folder / MANIFEST} says "
+                f"{self.image_size}"
             )
-
-    def _open_onnxruntime(self, model: Path, providers: list[str] | None) -> Any:
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise ZsadInputError("onnxruntime is not installed: pip install 'zsad[runtime]'") from e
-        try:
-            session = ort.InferenceSession(str(model), providers=providers or ["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
-            raise ZsadInputError(f"{model}: onnxruntime cannot load it: {' '.join(str(e).split())[:200]}") from None
-        self._check_size(model, list(session.get_inputs()[0].shape))
-
-        def run(batch: np.ndarray) -> tuple[Any, Any]:
-            score, amap = session.run(None, {"image": batch})
-            return score, amap
-
-        return run
-
-    def _open_openvino(self, model: Path) -> Any:
-        try:
-            import openvino as ov
-        except ImportError as e:
-            raise ZsadInputError("OpenVINO is not installed: pip install 'zsad[runtime]'") from e
-        try:
-            compiled = ov.Core().compile_model(str(model), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        except Exception as e:  # noqa: BLE001 - OpenVINO raises its own types for a bad file
-            raise ZsadInputError(f"{model}: OpenVINO cannot load it: {' '.join(str(e).split())[:200]}") from None
-        shape = compiled.inputs[0].get_partial_shape()
-        self._check_size(model, [str(d) for d in shape])
-
-        def run(batch: np.ndarray) -> tuple[Any, Any]:
-            res = compiled(batch)
-            return res[0], res[1]
-
-        return run
 
     @property
     def threshold(self) -> float | None:

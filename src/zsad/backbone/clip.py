@@ -27,6 +27,13 @@ from zsad.types import OPENAI_MEAN, OPENAI_STD, Preprocess
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def precision_dtype(precision: str) -> torch.dtype:
+    """The dtype of a ``--precision`` name, or the one-line refusal every front end shows."""
+    if precision not in PRECISIONS:
+        raise ZsadInputError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
 @dataclass(frozen=True)
 class SurgeryConfig:
     """The v-v attention path (CLIP Surgery / SDP / DPAM).
@@ -176,13 +183,11 @@ class ClipBackbone(TextTower, nn.Module):
         norms, patch embedding, text tower and every method head stay fp32 (the tower's outputs are fp32), because
         scores are softmaxes over 100x logits, k-means and smoothed maps, which half precision would shift.
         """
-        if precision not in PRECISIONS:
-            raise ZsadInputError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
+        dtype = precision_dtype(precision)
         if precision == self.precision:
             return self
         if self.precision != "fp32":  # the fp32 weights are gone: going back would keep the rounding
             raise ZsadInputError(f"--precision {precision}: this backbone was already cast to {self.precision}")
-        dtype = PRECISIONS[precision]
         for blk in self.model.visual.transformer.resblocks:
             blk.attn.to(dtype)
             blk.mlp.to(dtype)

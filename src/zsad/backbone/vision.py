@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zsad.backbone.clip import PRECISIONS, ImageFeatures
+from zsad.backbone.clip import PRECISIONS, ImageFeatures, precision_dtype
 from zsad.backbone.loading import _RANDOM_TAGS, _load_error, check_weights_file, file_digest
 from zsad.errors import ZsadInputError
 from zsad.types import Preprocess
@@ -164,8 +164,7 @@ class VisionBackbone(nn.Module):
 
     def set_precision(self, precision: str) -> VisionBackbone:
         """Blocks under torch autocast in ``bf16``/``fp16``; taps and the embedding stay fp32 (see ClipBackbone)."""
-        if precision not in PRECISIONS:
-            raise ZsadInputError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
+        precision_dtype(precision)
         self.precision = precision
         return self
 

@@ -28,16 +28,14 @@ from zsad.errors import ZsadInputError
 from zsad.fileio import sha256_file
 from zsad.methods.base import Method
 from zsad.methods.options import config_record
+from zsad.runtime import open_graph
 
 FORMATS = ("onnx", "openvino")
 MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
-MODEL_FILE = MODEL_FILES["onnx"]
 MANIFEST = "manifest.json"
 OPSET = 18
 # bf16 graphs are not offered: onnxruntime's CPU and CUDA providers lack bf16 kernels for most ops.
 EXPORT_PRECISIONS = ("fp32", "fp16")
-# OpenVINO's CPU plugin would otherwise pick bf16 on CPUs that have it, silently changing the numbers.
-OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 
 # Methods whose forward cannot be one static graph, with the reason and the plan (docs/export.md).
 REFUSED = {
@@ -225,31 +223,17 @@ def _to_openvino(onnx_path: Path, out: Path) -> dict[str, Any]:
     return {"weights_file": weights.name, "weights_sha256": sha256_file(weights)}
 
 
-def run_exported(folder: Path, fmt: str, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and maps of an exported file run by its own runtime (onnxruntime or OpenVINO, CPU, fp32 hint)."""
-    if fmt == "openvino":
-        import openvino as ov
-
-        compiled = ov.Core().compile_model(str(folder / MODEL_FILES[fmt]), "CPU", OPENVINO_CONFIG)
-        res = compiled(batch)
-        return np.asarray(res[0]), np.asarray(res[1])
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(folder / MODEL_FILES[fmt]), providers=["CPUExecutionProvider"])
-    score, amap = sess.run(None, {"image": batch})
-    return np.asarray(score), np.asarray(amap)
-
-
 def check_parity(folder: Path, fmt: str, wrapper: ExportedForward, size: int, batch: int) -> dict[str, float]:
     """Largest |torch - exported| of scores and maps on seeded random images (a batch size not exported with)."""
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         score, amap = wrapper(x.to(wrapper.method.backbone.device))
-    got_score, got_map = run_exported(folder, fmt, x.numpy())
+    runtime = "openvino" if fmt == "openvino" else "onnxruntime"
+    got_score, got_map = open_graph(folder / MODEL_FILES[fmt], runtime).run(x.numpy())
     return {
         "batch": float(batch),
-        "pred_score_max_abs": float(np.abs(got_score - score.cpu().numpy()).max()),
-        "anomaly_map_max_abs": float(np.abs(got_map - amap.cpu().numpy()).max()),
+        "pred_score_max_abs": float(np.abs(np.asarray(got_score) - score.cpu().numpy()).max()),
+        "anomaly_map_max_abs": float(np.abs(np.asarray(got_map) - amap.cpu().numpy()).max()),
     }
 
 

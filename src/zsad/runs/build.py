@@ -71,10 +71,9 @@ class BackboneSpec:
         assert self.model_name is not None and self.image_size is not None, "resolve() first"
         if self.image_size <= 0:
             raise ZsadInputError(f"--image-size {self.image_size}: must be a positive number of pixels")
-        from zsad.backbone.clip import PRECISIONS
+        from zsad.backbone.clip import precision_dtype
 
-        if self.precision not in PRECISIONS:
-            raise ZsadInputError(f"--precision {self.precision}: use one of {', '.join(PRECISIONS)}")
+        precision_dtype(self.precision)
         if is_vision_only(self.model_name):
             timm_name(self.model_name)
             if self.weights is not None:
