@@ -243,3 +243,17 @@ def test_visa_pytorch_layout_and_mvtec_by_name(tmp_path: Path) -> None:
     lay = read_benchmark("mvtec", tmp_path / "m")
     _check(lay, "bottle", 5, 3, pixel=True)
     assert len(lay.references["bottle"]) == 3
+
+
+def test_eval_opens_every_name_through_the_registry(tmp_path: Path) -> None:
+    """``zsad eval --dataset visa`` takes the re-organised layout too; references come from the train split."""
+    from zsad.data.spec import DatasetSpec, open_datasets
+
+    _mvtec_tree(tmp_path / "v" / "visa_pytorch", "pcb1", bad="bad", suffix="", img_ext=".JPG")
+    [(cat, ds, refs)] = open_datasets(DatasetSpec("visa", tmp_path / "v", k_shot=2))
+    assert cat == "pcb1" and len(ds) == 5 and ds.masks_known and len(refs) == 3
+    _mvtec_tree(tmp_path / "m", "bottle", bad="broken_large")
+    [(cat, ds, refs)] = open_datasets(DatasetSpec("mvtec", tmp_path / "m"))
+    assert cat == "bottle" and len(ds) == 5 and refs is None  # no --k-shot: no references opened
+    with pytest.raises(ZsadInputError, match=r"no MVTec AD category 'cable' \(available: bottle\)"):
+        open_datasets(DatasetSpec("mvtec", tmp_path / "m", categories=["cable"]))

@@ -164,8 +164,8 @@ def _single(root: Path, wanted: Sequence[str], cat: str, what: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ readers
 def read_mvtec(root: Path, wanted: Sequence[str]) -> Layout:
-    """MVTec AD as published (``MVTecAD``)."""
-    cats = _filter(MVTecAD.list_categories(root), wanted, root, "MVTec AD")
+    """MVTec AD as published (``MVTecAD``, which names an unknown category with the available ones)."""
+    cats = list(wanted) or MVTecAD.list_categories(root)
     test = {c: MVTecAD(root, c, "test").samples for c in cats}
     refs = {c: MVTecAD(root, c, "train").samples if (root / c / "train").is_dir() else [] for c in cats}
     return Layout("mvtec", test, refs)
@@ -174,9 +174,11 @@ def read_mvtec(root: Path, wanted: Sequence[str]) -> Layout:
 def read_visa(root: Path, wanted: Sequence[str]) -> Layout:
     """VisA from ``split_csv/1cls.csv`` (as published), or the ``visa_pytorch`` MVTec-style reorganisation."""
     if (root / "split_csv" / "1cls.csv").is_file():
-        cats = _filter(Visa.list_categories(root), wanted, root, "VisA")
+        cats = list(wanted) or Visa.list_categories(root)
         test = {c: Visa(root, c, "test").samples for c in cats}
-        return Layout("split_csv/1cls.csv", test, {c: Visa(root, c, "train").samples for c in cats})
+        trained = {r["object"] for _, r in Visa._rows(Visa._csv_path(root)) if r["split"] == "train"}
+        refs = {c: Visa(root, c, "train").samples if c in trained else [] for c in cats}
+        return Layout("split_csv/1cls.csv", test, refs)
     base = _descend(root, ("visa_pytorch", "VisA_pytorch/1cls", "1cls"))
     return mvtec_style(base, wanted, "VisA", layout="visa_pytorch (MVTec-style, ground_truth/bad)")
 

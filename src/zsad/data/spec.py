@@ -17,18 +17,9 @@ import torch
 from zsad.errors import ZsadInputError
 
 
-def _names() -> tuple[str, ...]:
-    from zsad.data.benchmarks import BENCHMARKS
-
-    return (*BENCHMARKS, "folder")
-
-
-DATASETS = _names()
-
-
 @dataclass
 class DatasetSpec:
-    """Which images, labels and masks: a benchmark by name (``mvtec``, ``visa``) or a ``folder`` layout.
+    """Which images, labels and masks: a benchmark by name (``zsad.data.benchmarks``) or a ``folder`` layout.
 
     ``root`` and ``reference_dir`` are made absolute, so rows, run keys and resumes do not depend on the working
     folder. The folder fields (``normal_dir`` ... ``image_glob``) apply to ``dataset="folder"`` only.
@@ -87,14 +78,6 @@ def open_datasets(spec: DatasetSpec, kw: dict[str, Any] | None = None) -> list[t
     if not spec.root.is_dir():
         raise ZsadInputError(f"{spec.root}: dataset root not found")
     name = spec.dataset.lower()
-    if name in ("mvtec", "visa"):
-        cls = data.MVTecAD if name == "mvtec" else data.Visa
-        cats = spec.categories or cls.list_categories(spec.root)
-        out = []
-        for c in cats:
-            refs = cls(spec.root, c, split="train", **kw) if spec.k_shot > 0 else None
-            out.append((c, cls(spec.root, c, split="test", **kw), refs))
-        return out
     if name == "folder":
         cat = spec.categories[0] if spec.categories else spec.root.name
         ds = data.Folder(
