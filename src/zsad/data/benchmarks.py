@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from zsad.data.datasets import AnomalyDataset, MVTecAD, Sample, Visa
-from zsad.data.files import list_images
-from zsad.data.io import IMAGE_EXTENSIONS, is_image_file, load_mask
+from zsad.data.files import MaskIndex, list_images
+from zsad.data.io import load_mask
 from zsad.errors import ZsadInputError
 
 # Suffixes masks carry after the image stem across the benchmarks (MVTec _mask, DAGM _label, ISIC _Segmentation,
@@ -77,24 +77,6 @@ def _images(folder: Path) -> list[Path]:
     return list_images(folder) if folder.is_dir() else []
 
 
-class _Masks:
-    """Masks of one folder by lower-case stem (any suffix of ``MASK_SUFFIXES``, any image extension)."""
-
-    def __init__(self, folder: Path, suffixes: Sequence[str] = MASK_SUFFIXES) -> None:
-        self.folder = folder
-        self.suffixes = suffixes
-        self.names = {p.name.lower(): p for p in folder.iterdir() if is_image_file(p)} if folder.is_dir() else {}
-
-    def find(self, image: Path) -> Path | None:
-        stem = image.stem.lower()
-        for suffix in self.suffixes:
-            for ext in IMAGE_EXTENSIONS:
-                hit = self.names.get(f"{stem}{suffix.lower()}{ext}")
-                if hit is not None and hit.resolve() != image.resolve():
-                    return hit
-        return None
-
-
 def _need_mask(image: Path, mask: Path | None, where: Path) -> Path:
     if mask is None:
         raise ZsadInputError(f"{image}: anomalous image without a mask in {where} (masks are paired by file name)")
@@ -133,7 +115,7 @@ def mvtec_style(
         rows = []
         for tdir in _dirs(base / "test"):
             good = tdir.name in normal
-            masks = _Masks(base / "ground_truth" / tdir.name)
+            masks = MaskIndex(base / "ground_truth" / tdir.name, MASK_SUFFIXES)
             for img in _images(tdir):
                 mask = None if good or not pixel else _need_mask(img, masks.find(img), masks.folder)
                 rows.append(Sample(img, 0 if good else 1, mask, cat, "test", "good" if good else tdir.name))
@@ -235,7 +217,7 @@ def read_dagm(root: Path, wanted: Sequence[str]) -> Layout:
             return _generic_or(root, wanted, "DAGM 2007", True, f"{base / 'Test'} not found")
 
         def rows(split: str, cat: str = cat, base: Path = base) -> list[Sample]:
-            masks = _Masks(base / split / "Label", ("_label",))
+            masks = MaskIndex(base / split / "Label", ("_label",))
             out = []
             for img in _images(base / split):
                 mask = masks.find(img)
@@ -335,7 +317,7 @@ def read_headct(root: Path, wanted: Sequence[str]) -> Layout:
 
 def _paired(images: Path, masks: Path, cat: str, suffixes: Sequence[str] = MASK_SUFFIXES) -> list[Sample]:
     """Every image anomalous, its mask by file name in ``masks`` (the polyp and lesion sets)."""
-    index = _Masks(masks, suffixes)
+    index = MaskIndex(masks, suffixes)
     return [Sample(p, 1, _need_mask(p, index.find(p), masks), cat, "test", "lesion") for p in _images(images)]
 
 

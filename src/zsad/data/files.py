@@ -57,8 +57,9 @@ class MaskIndex:
     Listing the folder once per subfolder keeps lookups cheap for thousands of images.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, suffixes: Sequence[str] = ("_mask", "")) -> None:
         self.folder = folder
+        self.suffixes = tuple(s.lower() for s in suffixes)  # after the image stem, tried in order
         self._cache: dict[Path, dict[str, Path]] = {}
 
     def _names(self, folder: Path) -> dict[str, Path]:
@@ -72,15 +73,16 @@ class MaskIndex:
         return self._cache[folder]
 
     def find(self, image: Path, rel_parent: Path = Path()) -> Path | None:
-        """Mask for ``image``: ``<stem>_mask.*`` then ``<stem>.*``, in ``rel_parent`` below the folder, then flat.
+        """Mask for ``image``: ``<stem><suffix>.*`` per suffix, in ``rel_parent`` below the folder, then flat.
 
-        The image itself is never its own mask (masks may sit beside the images).
+        Suffixes default to ``_mask``, then none. The image itself is never its own mask (masks may sit beside the
+        images).
         """
         folders = [self.folder / rel_parent, self.folder] if rel_parent != Path() else [self.folder]
         stem = image.stem.lower()
         for folder in folders:
             names = self._names(folder)
-            for candidate_stem in (f"{stem}_mask", stem):
+            for candidate_stem in (stem + suffix for suffix in self.suffixes):
                 for ext in IMAGE_EXTENSIONS:
                     hit = names.get(candidate_stem + ext)
                     if hit is not None and not _same_file(hit, image):

@@ -87,7 +87,7 @@ def benchmark(
     """Evaluate ``methods`` on every dataset of ``suite`` (or only ``datasets``) found under ``data_root``."""
     from zsad.data.spec import DatasetSpec
     from zsad.runs.build import route_checkpoints, specs_for
-    from zsad.runs.evaluate import evaluate
+    from zsad.runs.evaluate import evaluate, method_folder
 
     with using(reporter):
         say = current_reporter()
@@ -110,11 +110,12 @@ def benchmark(
         with RunLock(out):
             if result.missing:
                 say.message(f"not found under {data_root} (skipped): {', '.join(result.missing)}", "note")
+            write_table(result, list(methods), out, data_root)  # from the start: a killed run still has one
             for name, root in result.found.items():
                 result.metrics[name] = {}
+                spec = DatasetSpec(name, root, k_shot=k_shot, seed=seed)
                 for method in methods:
-                    spec = DatasetSpec(name, root, k_shot=k_shot, seed=seed)
-                    where = out / name / method.replace("+", "_plus")
+                    where = out / name / method_folder(method)
                     say.message(f"{name} ({root}) | {method}")
                     try:
                         got = evaluate(spec, where, methods=[method], options=options, backbone=backbone,
@@ -127,7 +128,6 @@ def benchmark(
                         continue
                     result.metrics[name][method] = got[method].mean
                 write_table(result, list(methods), out, data_root)
-            write_table(result, list(methods), out, data_root)
         return result
 
 
@@ -236,9 +236,4 @@ def table_svg(rows: list[tuple[str, BenchmarkInfo | None, dict[str, Any]]], meth
     return "\n".join(parts) + "\n"
 
 
-def suites_text() -> str:
-    """The suites and their datasets, for ``--help`` and errors."""
-    return "; ".join(f"{s}: {', '.join(n)}" for s, n in SUITES.items())
-
-
-__all__ = ["BenchmarkResult", "benchmark", "find_roots", "suites_text", "write_table"]
+__all__ = ["BenchmarkResult", "benchmark", "find_roots", "write_table"]

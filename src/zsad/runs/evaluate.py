@@ -76,7 +76,7 @@ def evaluate(
         specs = specs_for(methods, options or {}, backbone or BackboneSpec(seed=data.seed), routed)
         sets = open_datasets(data)  # every folder and file checked before any model loads
         check_output_dir(out)
-        where = {s.name: out if len(specs) == 1 else out / s.name.replace("+", "_plus") for s in specs}
+        where = {s.name: out if len(specs) == 1 else out / method_folder(s.name) for s in specs}
         with ExitStack() as locks:
             for folder in dict.fromkeys([out, *where.values()]):
                 locks.enter_context(RunLock(folder))
@@ -91,6 +91,11 @@ def evaluate(
             if len(specs) > 1:
                 write_comparison(results, out)
         return results
+
+
+def method_folder(name: str) -> str:
+    """A method's folder name beside others (``sdp+`` -> ``sdp_plus``: no ``+`` in paths)."""
+    return name.replace("+", "_plus")
 
 
 def run_eval(
