@@ -23,6 +23,23 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def named_os_error(e: OSError, path: Path) -> OSError:
+    """``e`` naming ``path`` and saying why, whatever raised it (numpy raises a bare ``OSError`` when a disk fills).
+
+    A full disk always reads "No space left on device", so the user knows what to free.
+    """
+    import errno
+
+    code = e.errno
+    why = e.strerror
+    text = " ".join(str(e).split())
+    if code is None and ("space" in text.lower() or "disk full" in text.lower()):
+        code = errno.ENOSPC
+    if code is not None and not why:
+        why = os.strerror(code)
+    return OSError(code, why or text or type(e).__name__, str(path))
+
+
 def default_mode() -> int:
     """0o666 minus the umask: what ``open`` gives a new file (``mkstemp`` and safetensors make 0o600)."""
     mask = os.umask(0)
@@ -35,17 +52,20 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
 
     The temporary file is named ``.<name>.<random>.tmp``, so an interrupted writer's leftovers can be recognised.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, default_mode())
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise named_os_error(e, path) from None
+    try:
         try:
+            with os.fdopen(fd, mode) as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, default_mode())
             os.replace(tmp, path)
-        except OSError as e:  # name the file the user will look for, not the temporary one
-            raise OSError(e.errno, e.strerror, str(path)) from None
+        except OSError as e:  # name the file the user will look for, not the temporary one, and the reason
+            raise named_os_error(e, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -8,6 +8,12 @@
   incomplete rows (a crash mid-write, a map file that never made it) and duplicates, keeping the newest.
 * **One file per input.** ``OutputNames`` gives each input a file stem made of a readable part and a hash of its
   full resolved path; two inputs can never share a map or overlay file, however their paths look.
+* **Only its own folders.** Every folder zsad writes carries ``.zsad-folder.json`` naming what made it (a detect
+  run, a checkpoint, an export...). zsad writes only into a new or empty folder or one of the same kind: a user's
+  folder, a checkpoint or an export is never overwritten by a mistyped ``--out``. Marked folders are also never
+  read as inputs by a recursive listing (their overlays are not products).
+* **Spreadsheet-safe cells.** Every CSV cell that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``,
+  tab, CR) is written with a leading ``'``, as OWASP advises; numbers are left alone and zsad reads it back exactly.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ if TYPE_CHECKING:
 
 LOCK_FILE = ".zsad.lock"
 RUN_KEY = "run_key.json"
+MARKER = ".zsad-folder.json"
 
 
 # ---------------------------------------------------------------------------------------------- identities
@@ -89,8 +96,102 @@ class OutputNames:
 
 
 # ---------------------------------------------------------------------------------------------- output folder
-def check_output_dir(out: Path, flag: str = "--out") -> None:
-    """Before any work: ``out`` is, or can become, a folder this process may write into."""
+KINDS = {
+    "detect": "the results of a zsad detect run",
+    "eval": "the results of a zsad eval run",
+    "comparison": "a zsad eval comparison of several methods",
+    "benchmark": "a zsad benchmark",
+    "serve": "the results of zsad serve",
+    "checkpoint": "a zsad checkpoint (zsad train or import-checkpoint)",
+    "export": "a model made by zsad export",
+}
+# Files an empty folder may hold: the file managers' own, and the lock a refused run may have left.
+_IGNORED = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", LOCK_FILE})
+
+
+def _json_dict(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def folder_kind(folder: Path) -> str | None:
+    """What made ``folder``: the kind its marker names, a kind recognised from an older zsad's files, or None.
+
+    Folders written before markers existed are recognised by their run key or manifest, so they still resume.
+    """
+    marker = folder / MARKER
+    if marker.is_file():
+        kind = _json_dict(marker).get("kind")
+        if kind not in KINDS:
+            raise ZsadInputError(f"{marker}: unreadable or unknown kind {kind!r}; use another --out")
+        return str(kind)
+    key = _json_dict(folder / RUN_KEY)
+    if key:
+        if key.get("command") == "serve":
+            return "serve"
+        if "data" in key:
+            return "eval"
+        if "inputs" in key or key.get("engine") == "runtime":
+            return "detect"
+    manifest = _json_dict(folder / "manifest.json")
+    if "model_sha256" in manifest and "model_file" in manifest:
+        return "export"
+    if "sha256" in manifest and "format_version" in manifest:
+        return "checkpoint"
+    if (folder / "train_state.pt").is_file() or (folder / "training_images.txt").is_file():
+        return "checkpoint"  # an interrupted zsad train
+    if "suite" in _json_dict(folder / "table.json"):
+        return "benchmark"
+    if (folder / "comparison.json").is_file():
+        return "comparison"
+    return None
+
+
+def _listing(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(sorted(names)[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_folder(out: Path, kind: str, flag: str = "--out") -> None:
+    """Refuse, in one line naming what it holds, a folder that is neither new, empty nor one of ``kind``."""
+    assert kind in KINDS, kind
+    if not out.is_dir():
+        return
+    found = folder_kind(out)
+    if found == kind:
+        return
+    names = [p.name for p in out.iterdir() if p.name not in _IGNORED]
+    if found is not None:
+        raise ZsadInputError(
+            f"{flag} {out}: holds {KINDS[found]} ({_listing(names)}), which this command must not overwrite; "
+            f"use another {flag}"
+        )
+    if names:
+        raise ZsadInputError(
+            f"{flag} {out}: not empty and not made by zsad (holds {_listing(names)}); zsad writes only into a new or "
+            f"empty folder or one it made: use another {flag}"
+        )
+
+
+def mark_folder(out: Path, kind: str, command: str) -> None:
+    """Check ``out`` again (under the run's lock) and record what made it; an existing marker is kept."""
+    check_folder(out, kind)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / MARKER).is_file():
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        write_json(out / MARKER, {"zsad_folder": 1, "kind": kind, "command": command, "created": stamp})
+
+
+def is_zsad_folder(folder: Path) -> bool:
+    """Whether ``folder`` carries zsad's marker (listings never descend into one: its images are results)."""
+    return (folder / MARKER).is_file()
+
+
+def check_output_dir(out: Path, flag: str = "--out", *, kind: str) -> None:
+    """Before any work: ``out`` is, or can become, a folder this process may write into, holding nothing foreign."""
     try:
         if out.exists() and not out.is_dir():
             raise ZsadInputError(f"{flag} {out}: is a file, not a folder")
@@ -109,6 +210,7 @@ def check_output_dir(out: Path, flag: str = "--out") -> None:
             p = out / name
             if p.exists() and not os.access(p, os.W_OK):
                 raise ZsadInputError(f"{p}: permission denied, cannot be updated; use another {flag}")
+    check_folder(out, kind, flag)
 
 
 class RunLock:
@@ -232,13 +334,15 @@ def check_run_key(out: Path, key: dict[str, Any], sections: Iterable[str] | None
         )
 
 
-def claim_output(out: Path, key: dict[str, Any]) -> None:
-    """Check the key against the folder's and record it (the caller holds the folder's ``RunLock``).
+def claim_output(out: Path, key: dict[str, Any], kind: str, command: str) -> None:
+    """Check the folder's kind and key, then record both (the caller holds the folder's ``RunLock``).
 
     Temporary files a killed run left behind (``.<name>.<random>.tmp``) are removed: no other writer can own them.
     """
     out.mkdir(parents=True, exist_ok=True)
+    check_folder(out, kind)
     check_run_key(out, key)
+    mark_folder(out, kind, command)
     for stale in out.rglob(".*.tmp"):
         stale.unlink(missing_ok=True)
     write_json(out / RUN_KEY, _plain(key))
@@ -253,12 +357,47 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+# A spreadsheet runs a cell starting with one of these as a formula (``=HYPERLINK(...)`` in a file name). The
+# apostrophe is escaped too, so that reading back is exact: every written cell starting with ' was escaped.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def csv_cell(value: Any) -> str:
+    """A value as a CSV cell, with a leading ``'`` when a spreadsheet would run it as a formula (numbers kept)."""
+    text = _fmt(value)
+    if text.startswith(_FORMULA_START) and not is_number(text):
+        return "'" + text
+    return text
+
+
+def csv_value(cell: str) -> str:
+    """``csv_cell`` undone: the value zsad wrote."""
+    return cell[1:] if cell.startswith("'") else cell
+
+
+def csv_text(fields: Sequence[str], rows: Iterable[dict[str, Any]], header: bool = True) -> str:
+    """Rows as CSV text with the given columns, every cell spreadsheet-safe (``csv_cell``)."""
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(fields))
+    if header:
+        w.writeheader()
+    w.writerows({k: csv_cell(r.get(k, "")) for k in fields} for r in rows)
+    return buf.getvalue()
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV zsad wrote, cells as written before escaping (``csv_value``)."""
+    with Path(path).open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+        return [{k: csv_value(v) if isinstance(v, str) else v for k, v in r.items()} for r in csv.DictReader(f)]
+
+
 class CsvLog:
     """Append-only CSV with a fixed header, one ``write`` + ``fsync`` per batch, repaired on load.
 
     ``key`` names a row's input (rows with the same key are one input: the newest complete one is kept);
     ``complete`` tells whether a row was fully written and its files exist. Rows that fail it, a torn last line
     and duplicates are dropped, and the file is rewritten atomically, so a resumed run rescores exactly those.
+    A file written by an older zsad with fewer columns is rewritten with the new ones (empty in its rows).
     """
 
     def __init__(
@@ -274,6 +413,7 @@ class CsvLog:
         self.count = 0  # rows in the file (``rows`` holds them only when ``remember``: a service forgets them)
         self.dropped_incomplete = 0
         self.dropped_duplicates = 0
+        self.added_columns: list[str] = []
         if path.exists():
             self._load(key, complete)
 
@@ -291,11 +431,18 @@ class CsvLog:
         except csv.Error:
             torn = 1  # an unterminated quoted field: a row cut mid-write
         if reader.fieldnames and list(reader.fieldnames) != self.fields:
-            raise ZsadInputError(f"{self.path}: exists with other columns; use another --out or delete it")
+            if not set(reader.fieldnames) <= set(self.fields):
+                raise ZsadInputError(f"{self.path}: exists with other columns; use another --out or delete it")
+            self.added_columns = [f for f in self.fields if f not in reader.fieldnames]
         if parsed and text and not text.endswith("\n"):
             parsed.pop()  # the last row was cut mid-write
             torn += 1
-        good = [r for r in parsed if None not in r.values() and None not in r and (complete is None or complete(r))]
+        good = [r for r in parsed if None not in r.values() and None not in r]
+        good = [
+            {k: csv_value(r.get(k, "")) for k in self.fields}
+            for r in good
+            if complete is None or complete({k: csv_value(v) for k, v in r.items()})
+        ]
         incomplete = len(parsed) - len(good) + torn
         kept: dict[Any, dict[str, str]] = {}
         for i, r in enumerate(good):
@@ -304,7 +451,7 @@ class CsvLog:
         self.rows = list(kept.values())
         self.count = len(self.rows)
         self.dropped_incomplete, self.dropped_duplicates = incomplete, len(good) - len(self.rows)
-        if incomplete or self.dropped_duplicates:
+        if incomplete or self.dropped_duplicates or self.added_columns:
             self.rewrite()
         if not self.remember:
             self.rows = []
@@ -314,12 +461,8 @@ class CsvLog:
         if not rows:
             return
         formatted = [{k: _fmt(r.get(k, "")) for k in self.fields} for r in rows]
-        buf = io.StringIO(newline="")
-        w = csv.DictWriter(buf, fieldnames=self.fields)
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            w.writeheader()
-        w.writerows(formatted)
-        data = buf.getvalue().encode("utf-8", "surrogateescape")
+        header = not self.path.exists() or self.path.stat().st_size == 0
+        data = csv_text(self.fields, formatted, header).encode("utf-8", "surrogateescape")
         with self.path.open("ab") as f:
             f.write(data)
             f.flush()
@@ -330,11 +473,7 @@ class CsvLog:
 
     def rewrite(self) -> None:
         """Atomic rewrite of every row (after thresholds are known, or after a repair)."""
-        buf = io.StringIO(newline="")
-        w = csv.DictWriter(buf, fieldnames=self.fields)
-        w.writeheader()
-        w.writerows(self.rows)
-        data = buf.getvalue().encode("utf-8", "surrogateescape")
+        data = csv_text(self.fields, self.rows).encode("utf-8", "surrogateescape")
         atomic_write(self.path, lambda f: f.write(data))
 
     def repair_note(self) -> str:
@@ -372,6 +511,7 @@ DETECT_FIELDS = [
     "threshold",
     "threshold_source",
     "pixel_threshold",
+    "pixel_threshold_source",
     "anomaly_map_path",
     "overlay_path",
     "map_min",
@@ -379,6 +519,7 @@ DETECT_FIELDS = [
     "image_size",
     "map_size",
     "score_parts",
+    "input_missing",
 ]
 
 
@@ -400,12 +541,22 @@ def detect_row(
     }
 
 
-def label_rows(rows: list[dict[str, Any]], labels: np.ndarray, thr: Threshold, pthr: Threshold) -> None:
-    """Write each row's decision and the image and pixel thresholds that made it."""
-    for r, lab in zip(rows, labels, strict=True):
+def label_rows(rows: list[dict[str, Any]], thr: Threshold, pthr: Threshold, scores: np.ndarray) -> np.ndarray | None:
+    """Write each row's decision and the image and pixel thresholds that made it; returns the labels.
+
+    With no threshold (``source`` none: too few images for the rule, and no references or manual value) the label
+    and threshold cells stay empty and None is returned: no decision is made without a basis.
+    """
+    import math
+
+    known = math.isfinite(thr.value)
+    labels = thr.apply(scores) if known else None
+    for i, r in enumerate(rows):
         r.update(
-            pred_label=str(int(lab)),
-            threshold=f"{thr.value:.8g}",
+            pred_label=str(int(labels[i])) if labels is not None else "",
+            threshold=f"{thr.value:.8g}" if known else "",
             threshold_source=thr.source,
-            pixel_threshold=f"{pthr.value:.8g}",
+            pixel_threshold=f"{pthr.value:.8g}" if math.isfinite(pthr.value) else "",
+            pixel_threshold_source=pthr.source,
         )
+    return labels

@@ -11,6 +11,10 @@ Rules, in order of preference:
   - ``two_mode``: Otsu's split of the scores into two groups (the threshold maximising the between-group
     variance). It assumes nothing about which group is larger, so it suits sets of unknown defect rate, at the
     price of flagging a share of a clean set's tail (benchmarks/RESULTS.md, "Threshold rules on real scores").
+  - Both need ``MIN_IMAGES`` scores. Below that their outcome is fixed by the count, not by the scores: one
+    image is its own median (never flagged); of two, robust_outlier can never flag either (the larger is exactly
+    one MAD above the median) and two_mode always flags the larger. So fewer images get no threshold (source
+    ``none``, with a note saying how many the rule needs) and no label, rather than a decision without a basis.
 """
 
 from __future__ import annotations
@@ -22,14 +26,19 @@ import numpy as np
 from zsad.errors import ZsadInputError
 
 UNLABELLED_RULES = ("robust_outlier", "two_mode")
+MIN_IMAGES = 3  # the fewest scores an unlabelled rule decides on (see the module notes)
 
 
 @dataclass(frozen=True)
 class Threshold:
-    """A decision threshold and the rule that chose it (``source``), which also decides ``>=`` or ``>``."""
+    """A decision threshold and the rule that chose it (``source``), which also decides ``>=`` or ``>``.
+
+    ``note`` says why there is none (``source`` none), e.g. how many images the rule needs.
+    """
 
     value: float
     source: str
+    note: str = ""
 
     def apply(self, scores: np.ndarray) -> np.ndarray:
         """Boolean decisions; F1-adaptive uses >= (the PR-curve convention), the others a strict >."""
@@ -58,7 +67,8 @@ def choose_threshold(
         unlabelled: The rule when nothing is known: ``robust_outlier`` or ``two_mode``.
 
     Returns:
-        The threshold; NaN with source ``none`` when no rule applies (no scores at all).
+        The threshold; NaN with source ``none`` (and a ``note`` saying why) when no rule applies: no manual value,
+        no labels or references, and fewer than ``MIN_IMAGES`` scores.
     """
     if unlabelled not in UNLABELLED_RULES:
         raise ZsadInputError(f"--threshold-rule {unlabelled!r}: use one of {', '.join(UNLABELLED_RULES)}")
@@ -74,8 +84,13 @@ def choose_threshold(
             return Threshold(float(f1_adaptive_threshold(scores[known], labels[known])), "f1_adaptive")
     if normal_scores is not None and len(normal_scores) >= 1:
         return Threshold(float(np.quantile(np.asarray(normal_scores, dtype=np.float64), q)), "normal_quantile")
-    if len(scores) == 0:
-        return Threshold(float("nan"), "none")
+    if len(scores) < MIN_IMAGES:
+        return Threshold(
+            float("nan"),
+            "none",
+            f"{unlabelled} needs at least {MIN_IMAGES} images to decide and there {'is' if len(scores) == 1 else 'are'}"
+            f" {len(scores)}: no label (set a threshold, or give normal reference images to calibrate one)",
+        )
     if unlabelled == "two_mode":
         return Threshold(otsu_threshold(scores), "two_mode")
     med = float(np.median(scores))

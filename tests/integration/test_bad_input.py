@@ -147,13 +147,15 @@ def test_out_is_a_file_or_under_a_file(three: list[Path], tmp_path: Path, no_mod
 
 def test_per_file_write_failure(three: list[Path], tmp_path: Path) -> None:
     """A map that cannot be written stops the run in one line, or with --skip-bad is listed and retried later."""
-    from zsad.outputs import OutputNames
+    from zsad.outputs import OutputNames, mark_folder
 
     out = tmp_path / "out"
     blocker = out / "maps" / f"{OutputNames().name(three[1])}.npy"
+    mark_folder(out, "detect", "detect")  # as an earlier run would have left it
     blocker.mkdir(parents=True)  # a folder where the map file must go
     one_line_error(cli("detect", three[0].parent, "--out", out, *TINY), blocker.name)
     shutil.rmtree(out)
+    mark_folder(out, "detect", "detect")
     blocker.mkdir(parents=True)
     res = cli("detect", three[0].parent, "--out", out, "--skip-bad", *TINY)
     assert res.exit_code == 1, res.output

@@ -271,7 +271,7 @@ def test_openvino_ir_export_runs_without_torch(tmp_path: Path, assets_dir: Path)
     assert res.exit_code == 0, res.output
     man = json.loads((out / "manifest.json").read_text())
     assert man["format"] == "openvino" and man["model_file"] == "model.xml" and man["weights_file"] == "model.bin"
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.bin", "model.xml"]
+    assert sorted(p.name for p in out.iterdir()) == [".zsad-folder.json", "manifest.json", "model.bin", "model.xml"]
     assert man["parity"]["pred_score_max_abs"] <= 1e-4 and man["parity"]["anomaly_map_max_abs"] <= 1e-4
     ref = _run("detect", str(imgs), "--method", "winclip", "--class-name", "tile", "--out", str(tmp_path / "ref"),
                "--no-overlays", *TINY)  # fmt: skip

@@ -228,7 +228,7 @@ def test_no_path_comes_from_client_input(client: TestClient, service: Service, s
 
     made = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     allowed = re.compile(
-        r"^((maps|overlays|images)/[0-9a-f]{32}\.(npy|png|jpg)|predictions\.csv|manifest\.json|run_key\.json|\.zsad\.lock)$"
+        r"^((maps|overlays|images)/[0-9a-f]{32}\.(npy|png|jpg)|predictions\.csv|manifest\.json|run_key\.json|\.zsad\.lock|\.zsad-folder\.json)$"
     )
     assert all(allowed.match(p) for p in made), sorted(p for p in made if not allowed.match(p))
     assert not (root.parent / "x.png").exists() and not Path("/x.png").exists()
@@ -357,7 +357,7 @@ def test_out_holds_every_scored_image_after_stop(samples: list[Path], tmp_path: 
         assert len(list(csv.DictReader(f))) == 7
     from zsad.errors import ZsadInputError
 
-    with pytest.raises(ZsadInputError, match="holds a run with other settings"):
+    with pytest.raises(ZsadInputError, match="holds the results of zsad serve"):
         runs.detect([str(samples[0])], out, backbone=BB)
 
 

@@ -45,8 +45,30 @@ def test_otsu_flags_a_majority_group() -> None:
 def test_otsu_degenerate() -> None:
     assert otsu_threshold(np.array([2.0, 2.0])) == 2.0
     assert np.isnan(otsu_threshold(np.array([])))
-    t = choose_threshold(np.array([0.3]), unlabelled="two_mode")
+    t = choose_threshold(np.array([0.3, 0.3, 0.3]), unlabelled="two_mode")
     assert t.source == "two_mode" and not t.apply(np.array([0.3])).any()
+
+
+@pytest.mark.parametrize("rule", ["robust_outlier", "two_mode"])
+def test_too_few_images_get_no_threshold(rule: str) -> None:
+    """Below MIN_IMAGES the outcome would be fixed by the count: one image is its own median, of two robust_outlier
+    can never flag either and two_mode always flags the larger. So: no threshold, and a note saying how many."""
+    from zsad.thresholds import MIN_IMAGES
+
+    assert MIN_IMAGES == 3
+    for n in (0, 1, 2):
+        t = choose_threshold(np.arange(n, dtype=float), unlabelled=rule)
+        assert t.source == "none" and np.isnan(t.value), (rule, n)
+        assert f"{rule} needs at least 3 images" in t.note and f" {n}:" in t.note
+    # the proof behind 2: robust_outlier's threshold lies above both of any two distinct scores
+    pair = np.array([0.1, 0.9])
+    med = np.median(pair)
+    assert med + 3 * 1.4826 * np.median(np.abs(pair - med)) > pair.max()
+    # a manual value or references still decide for one image
+    assert choose_threshold(np.array([0.5]), manual=0.4).apply(np.array([0.5])).all()
+    assert choose_threshold(np.array([0.5]), normal_scores=np.array([0.1, 0.2])).source == "normal_quantile"
+    three = choose_threshold(np.array([0.1, 0.1, 0.9]), unlabelled=rule)
+    assert three.source == rule and three.apply(np.array([0.9])).all()
 
 
 def test_rule_order_and_robust_outlier() -> None:

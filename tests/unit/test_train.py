@@ -118,7 +118,7 @@ def _save(tmp_path: Path, backbone: dict[str, Any] = BB) -> Path:
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     out = _save(tmp_path)
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [".zsad-folder.json", "manifest.json", "model.safetensors"]
     for where in (out, out / "model.safetensors", out / "manifest.json"):
         tensors, manifest = load_checkpoint(where, method="sdp+", backbone=BB)
         assert tensors.keys() == TENSORS.keys()
@@ -144,7 +144,7 @@ def test_checkpoint_files_share_one_mode(tmp_path: Path, umask: int) -> None:
     finally:
         os.umask(before)
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
-    assert modes == {"manifest.json": 0o666 & ~umask, "model.safetensors": 0o666 & ~umask}
+    assert modes == dict.fromkeys([".zsad-folder.json", "manifest.json", "model.safetensors"], 0o666 & ~umask)
 
 
 def _refused(path: Path, backbone: dict[str, Any] = BB, method: str = "sdp+") -> str:

@@ -47,7 +47,7 @@ def _fail(e: BaseException) -> NoReturn:
         raise e
     if isinstance(e, OSError) and not isinstance(e, ZsadInputError):
         where = f"{e.filename}: " if e.filename else ""
-        text = f"{where}{e.strerror or type(e).__name__}"
+        text = f"{where}{e.strerror or ' '.join(str(e).split()) or type(e).__name__}"
     else:
         text = " ".join(str(e).split()) or type(e).__name__
     console.print(f"[red]error:[/] {text}", highlight=False, soft_wrap=True)

@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
         "model_sha256": model.manifest["model_sha256"],
         "method": model.manifest["method"],
     }
-    claim_output(out, key)
+    claim_output(out, key, "detect", "detect --model")
     (out / "maps").mkdir(exist_ok=True)
 
     def complete(r: dict[str, str]) -> bool:
@@ -152,8 +152,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         thr = choose_threshold(scores, unlabelled=args.threshold_rule)
     pthr = choose_threshold(maxima)
-    labels = thr.apply(scores)
-    label_rows(log.rows, labels, thr, pthr)
+    labels = label_rows(log.rows, thr, pthr, scores)
     log.rewrite()
     write_json(
         out / "manifest.json",
@@ -169,7 +168,8 @@ def _run(args: argparse.Namespace) -> int:
         },
     )
     print(
-        f"{len(log.rows)} images scored, {int(labels.sum())} flagged anomalous (threshold {thr.value:.4g}, "
+        f"{len(log.rows)} images scored, {int(labels.sum()) if labels is not None else 'none'} flagged "
+        f"anomalous (threshold {thr.value:.4g}, "
         f"{thr.source}); results in {out / 'predictions.csv'}"
     )
     return 1 if failed else 0

@@ -28,26 +28,94 @@ def _matches(rel: str, name: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(target.lower(), pattern.lower())
 
 
-def list_images(folder: Path, pattern: str = "*", recursive: bool = False) -> list[Path]:
+class Skipped:
+    """Files a folder listing passed over, by reason, so a run can say how many and which (never silently)."""
+
+    NOT_IMAGE = "not an image type"
+    DANGLING = "dangling symlink"
+    ZSAD_FOLDER = "inside a zsad output folder"
+
+    def __init__(self) -> None:
+        self.by_reason: dict[str, list[Path]] = {}
+
+    def add(self, reason: str, path: Path) -> None:
+        """Record one passed-over file (or folder)."""
+        self.by_reason.setdefault(reason, []).append(path)
+
+    def counts(self) -> dict[str, int]:
+        """Reason -> how many."""
+        return {k: len(v) for k, v in self.by_reason.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self.by_reason)
+
+    def summary(self) -> str:
+        """One line such as ``2 not an image type (notes.txt, a.csv), 1 dangling symlink (x.png)``."""
+        parts = []
+        for reason, paths in self.by_reason.items():
+            names = ", ".join(p.name for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+            parts.append(f"{len(paths)} {reason} ({names})")
+        return ", ".join(parts)
+
+
+def _is_zsad_folder(folder: Path) -> bool:
+    from zsad.outputs import is_zsad_folder
+
+    return is_zsad_folder(folder)
+
+
+def list_images(
+    folder: Path,
+    pattern: str = "*",
+    recursive: bool = False,
+    skipped: Skipped | None = None,
+    exclude: Sequence[Path] = (),
+) -> list[Path]:
     """Image files in ``folder`` matching ``pattern``, sorted by relative path so runs are reproducible.
 
-    Hidden files are skipped: macOS ``._X.png`` companions have image extensions but are not images.
+    Hidden files are skipped: macOS ``._X.png`` companions have image extensions but are not images. A recursive
+    listing does not enter folders zsad wrote (they carry its marker: overlays are results, not products) nor the
+    ``exclude`` folders (this run's own output). Files matching ``pattern`` that are not images, and dangling
+    symlinks, are recorded in ``skipped``.
     """
     found: list[tuple[str, Path]] = []
+    excluded = {os.path.realpath(e) for e in exclude}
+
+    def consider(path: Path, rel: str) -> None:
+        name = path.name
+        if name.startswith(".") or not _matches(rel, name, pattern):
+            return
+        if not is_image_file(path):
+            if skipped is not None and not path.is_dir():
+                skipped.add(Skipped.NOT_IMAGE, path)
+            return
+        if path.is_symlink() and not path.exists():
+            if skipped is not None:
+                skipped.add(Skipped.DANGLING, path)
+            return
+        if path.is_file():
+            found.append((rel, path))
+
     if recursive:
         for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             base = Path(dirpath)
+            keep = []
+            for d in sorted(dirnames):
+                sub = base / d
+                if d.startswith("."):
+                    continue
+                if os.path.realpath(sub) in excluded or _is_zsad_folder(sub):
+                    if skipped is not None:
+                        skipped.add(Skipped.ZSAD_FOLDER, sub)
+                    continue
+                keep.append(d)
+            dirnames[:] = keep
             for name in filenames:
                 path = base / name
-                rel = path.relative_to(folder).as_posix()
-                if not name.startswith(".") and is_image_file(path) and _matches(rel, name, pattern):
-                    found.append((rel, path))
+                consider(path, path.relative_to(folder).as_posix())
     else:
         for path in folder.iterdir():
-            name = path.name
-            if not name.startswith(".") and path.is_file() and is_image_file(path) and _matches(name, name, pattern):
-                found.append((name, path))
+            consider(path, path.name)
     return [p for _, p in sorted(found)]
 
 
@@ -102,15 +170,24 @@ def find_mask(image: str | Path, mask_dir: str | Path) -> Path | None:
     return MaskIndex(Path(mask_dir)).find(Path(image))
 
 
-def collect_images(items: Sequence[str | Path], recursive: bool = False, image_glob: str | None = None) -> list[Path]:
-    """Absolute image paths named by files, folders and glob patterns, in order, each file once (by real path)."""
+def collect_images(
+    items: Sequence[str | Path],
+    recursive: bool = False,
+    image_glob: str | None = None,
+    skipped: Skipped | None = None,
+    exclude: Sequence[Path] = (),
+) -> list[Path]:
+    """Absolute image paths named by files, folders and glob patterns, in order, each file once (by real path).
+
+    Folder listings record what they pass over in ``skipped`` and never enter ``exclude`` (see ``list_images``).
+    """
     if not items:
         raise ZsadInputError("no input paths given")
     seen: dict[str, Path] = {}
     for raw in items:
         if isinstance(raw, str) and raw.startswith("file://"):
             raw = raw[len("file://") :]  # a local file URI is its path
-        for f in _expand(raw, recursive, image_glob):
+        for f in _expand(raw, recursive, image_glob, skipped, exclude):
             absolute = Path(os.path.abspath(f))
             seen.setdefault(os.path.realpath(absolute), absolute)
     return list(seen.values())
@@ -159,10 +236,16 @@ def _same_stem_check(folder: Path, found: Sequence[Path]) -> None:
         by_stem[key] = f
 
 
-def _expand(raw: str | Path, recursive: bool, image_glob: str | None = None) -> list[Path]:
+def _expand(
+    raw: str | Path,
+    recursive: bool,
+    image_glob: str | None = None,
+    skipped: Skipped | None = None,
+    exclude: Sequence[Path] = (),
+) -> list[Path]:
     path = Path(raw)
     if path.is_dir():
-        found = list_images(path, image_glob or "*", recursive)
+        found = list_images(path, image_glob or "*", recursive, skipped, exclude)
         if not found:
             more = f" matching {image_glob!r}" if image_glob else ""
             raise ZsadInputError(f"{path}: no image files{more} in this folder")

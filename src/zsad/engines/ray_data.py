@@ -347,12 +347,12 @@ def detect_ray(
         spec = MethodSpec(method, backbone or BackboneSpec(seed=work.seed), dict(options or {}), ckpt).validate()
         work.check_settings()  # as detect, but the inputs may be URIs: listed below
         work.check_references(spec.cls)
-        check_output_dir(work.out)
+        check_output_dir(work.out, kind="detect")
         inputs = list_inputs(work, ropts.group_by)
         with RunLock(work.out):
             key = {**work.key(spec), "engine": "ray", "group_by": ropts.group_by, "map_dtype": ropts.map_dtype}
             check_run_key(work.out, key)
-            claim_output(work.out, key)
+            claim_output(work.out, key, "detect", "detect --engine ray")
             device_given = backbone is not None and backbone.device is not None
             return _run(ray, spec, work, ropts, inputs, device_given)
 

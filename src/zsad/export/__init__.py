@@ -28,6 +28,7 @@ from zsad.errors import ZsadInputError
 from zsad.fileio import sha256_file
 from zsad.methods.base import Method
 from zsad.methods.options import config_record
+from zsad.outputs import check_output_dir, mark_folder
 from zsad.runtime import open_graph
 
 FORMATS = ("onnx", "openvino")
@@ -103,7 +104,7 @@ def export_method(
     if method.class_name is None:
         raise ZsadInputError("zsad export: set the method up (class name, references) before exporting")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    mark_folder(out, "export", "export")  # a foreign folder is refused, never overwritten
     size = method.image_size
     wrapper = ExportedForward(method).eval()
     example = torch.randn(check_batch, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -277,6 +278,7 @@ def export_run(
     check_exportable(cls)  # before anything else: no point asking for a checkpoint
     spec = MethodSpec(method_name, backbone or BackboneSpec(seed=seed), dict(options or {}), checkpoint).validate()
     check_exportable(cls, spec.config)
+    check_output_dir(Path(out), kind="export")
     ref_files = reference_files(Path(reference_dir)) if reference_dir is not None else []
     if k_shot and not cls.supports_few_shot:
         raise ZsadInputError(f"--k-shot: method {cls.name} takes no reference images (they only calibrate)")

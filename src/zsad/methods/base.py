@@ -69,6 +69,7 @@ class Method(ABC):
         self.config = cfg
         self.class_name: str | None = None
         self.k_shot = 0
+        self.set_notes: list[str] = []  # what the last set's scoring fell back on (set by ``end_set``)
 
     @property
     def image_size(self) -> int:
@@ -109,7 +110,11 @@ class Method(ABC):
         raise ZsadInputError(f"{self.name}: scores images one by one (not set-level)")
 
     def end_set(self, bank: Any) -> None:
-        """Called once every image of the set is in ``bank``, before any ``score_in_set``."""
+        """Called once every image of the set is in ``bank``, before any ``score_in_set``.
+
+        A set too small for the method is scored by its documented fallback, and ``set_notes`` says so: a method
+        never prints, so every front end (the CLI, the service, Ray) shows these notes beside the results.
+        """
         raise ZsadInputError(f"{self.name}: scores images one by one (not set-level)")
 
     def score_in_set(self, index: torch.Tensor, bank: Any) -> Prediction:

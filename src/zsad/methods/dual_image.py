@@ -255,6 +255,12 @@ class DualImage(Method):
     def end_set(self, bank: FeatureBank) -> None:
         """After every image is in the bank: choose partners, run TTA if asked."""
         self.set_size = len(bank)
+        self.set_notes = []
+        if self.set_size < 2:
+            self.set_notes.append(
+                "dual-image: a set of 1 image has no partner image: its visual map is 0 and it is scored by the text "
+                "prompts alone (score sets of at least 2 images)"
+            )
         if self.config.pairing in ("random", "nearest"):  # `all` pairs with the whole bank: no (n, n-1) index
             glob = bank.get(torch.arange(len(bank)), ["glob"])["glob"]
             self.partner_index = choose_partners(glob, self.config.pairing, self.config.partners, self.config.seed)

@@ -203,10 +203,14 @@ class MuSc(Method):
     def _say_small_set(self, n: int) -> None:
         """Sets too small for the published interval are scored by a documented fallback: say which."""
         lo, hi = self.config.interval
+        self.set_notes = []
         if n == 1:
-            reporter().message("musc: a set of 1 image has no other image to compare with: map and score are 0")
+            self.set_notes.append(
+                "musc: a set of 1 image has no other image to compare with: map and score are 0 (score sets of at "
+                "least 2 images)"
+            )
         elif min(int((n - 1) * hi) if hi < 1 else int(hi), n - 1) <= (int((n - 1) * lo) if lo < 1 else int(lo)):
-            reporter().message(
+            self.set_notes.append(
                 f"musc: a set of {n} images: the interval {list(self.config.interval)} of the {n - 1} other images "
                 "holds none, so each patch is scored against its single nearest other image (the official code "
                 "gives NaN here)"

@@ -22,7 +22,7 @@ from typing import Any
 from zsad.data.benchmarks import BENCHMARKS, SUITES, BenchmarkInfo, elpv_root
 from zsad.errors import ZsadInputError
 from zsad.fileio import write_json
-from zsad.outputs import RunLock, check_output_dir
+from zsad.outputs import RunLock, check_output_dir, mark_folder
 from zsad.progress import Reporter, using
 from zsad.progress import reporter as current_reporter
 from zsad.runs.build import BackboneSpec
@@ -104,10 +104,11 @@ def benchmark(
         # every method, option and checkpoint checked before any dataset is read or any model loads
         routed = route_checkpoints(list(methods), [Path(c) for c in checkpoints])
         specs_for(list(methods), options or {}, backbone or BackboneSpec(seed=seed), routed)
-        check_output_dir(out)
+        check_output_dir(out, kind="benchmark")
         result = BenchmarkResult(suite)
         result.found, result.missing = find_roots(names, data_root)
         with RunLock(out):
+            mark_folder(out, "benchmark", "benchmark")
             if result.missing:
                 say.message(f"not found under {data_root} (skipped): {', '.join(result.missing)}", "note")
             write_table(result, list(methods), out, data_root)  # from the start: a killed run still has one

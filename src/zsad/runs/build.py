@@ -71,6 +71,8 @@ class BackboneSpec:
         assert self.model_name is not None and self.image_size is not None, "resolve() first"
         if self.image_size <= 0:
             raise ZsadInputError(f"--image-size {self.image_size}: must be a positive number of pixels")
+        if self.device is not None:
+            check_device(self.device)
         from zsad.backbone.clip import precision_dtype
 
         precision_dtype(self.precision)
@@ -125,6 +127,27 @@ class BackboneSpec:
             self.seed,
             self.precision,
         )
+
+
+def check_device(name: str) -> None:
+    """One line for a device torch does not know, or one this machine does not have (before any model loads)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ZsadInputError(f"--device {name}: unknown device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ZsadInputError(
+                f"--device {name}: no CUDA GPU is visible to torch on this machine (torch.cuda.is_available() is "
+                "False); use --device cpu, or leave --device out to take the GPU when there is one"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ZsadInputError(f"--device {name}: this machine has {count} CUDA GPU(s): cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ZsadInputError(f"--device {name}: Apple's MPS is not available on this machine; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ZsadInputError(f"--device {name}: zsad runs on cpu, cuda or mps, not {device.type}")
 
 
 @dataclass

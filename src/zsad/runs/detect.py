@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,7 @@ class DetectJob:
     max_map_size: int = 4096
     files: list[Path] = field(default_factory=list)
     references: list[Path] = field(default_factory=list)
+    skipped: Any = None  # zsad.data.files.Skipped: what the folder listings passed over
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -76,20 +77,29 @@ class DetectJob:
     def validate(self, cls: type[Method]) -> DetectJob:
         """Inputs, references, numbers and the output folder; then the run key as far as it is known."""
         from zsad.data.datasets import collect_images, read_list_file
+        from zsad.data.files import Skipped
 
         self.check_settings()
         items = list(self.paths) + (read_list_file(self.list_file) if self.list_file is not None else [])
         if not items:
             raise ZsadInputError("no images given: pass files, folders or glob patterns, or --list FILE")
-        self.files = collect_images(items, recursive=self.recursive, image_glob=self.image_glob)
+        check_out_not_input(self.out, [*items, *([self.reference_dir] if self.reference_dir else [])])
+        self.skipped = Skipped()
+        self.files = collect_images(
+            items, recursive=self.recursive, image_glob=self.image_glob, skipped=self.skipped, exclude=[self.out]
+        )
         self.check_references(cls)
-        check_output_dir(self.out)
+        check_output_dir(self.out, kind="detect")
         return self
 
     def check_references(self, cls: type[Method]) -> None:
-        """The reference folder exists and holds images; ``--k-shot`` only for few-shot methods."""
+        """The reference folder exists and holds images; ``--k-shot`` only with it, and for few-shot methods."""
         if self.reference_dir is not None:
-            self.references = reference_files(self.reference_dir, self.recursive, self.image_glob)
+            self.references = reference_files(self.reference_dir, self.recursive, self.image_glob, self.out)
+        elif self.k_shot:
+            raise ZsadInputError(
+                f"--k-shot {self.k_shot}: needs --reference-dir, the folder of normal images to take them from"
+            )
         if self.references and not cls.supports_few_shot and self.k_shot:
             raise ZsadInputError(f"--k-shot: method {cls.name} takes no reference images (they only calibrate)")
 
@@ -136,15 +146,36 @@ class DetectJob:
         check_run_key(self.out, key, sections=key.keys())
 
 
+def check_out_not_input(out: Path, inputs: Sequence[str | Path | None]) -> None:
+    """Refuse an output folder that is itself an input folder: its overlays would be scored as products next time.
+
+    An output folder *inside* an input folder is allowed: listings never enter it (it carries zsad's marker).
+    """
+    real = os.path.realpath(out)
+    for item in inputs:
+        if item is not None and Path(item).is_dir() and os.path.realpath(item) == real:
+            raise ZsadInputError(
+                f"--out {out}: is also an input folder; write the results elsewhere (a subfolder such as "
+                f"{Path(out) / 'zsad-results'} is fine: zsad never reads its own output folders as inputs)"
+            )
+
+
 @dataclass
 class DetectResult:
-    """What a detect run left in ``out``: rows, how many flagged, the image threshold, files that failed."""
+    """What a detect run left in ``out``: rows, how many flagged, the image threshold, files that failed.
+
+    ``num_flagged`` is None when no decision was made (too few images for the threshold rule: see the threshold's
+    ``note``). ``num_images`` counts every row, ``num_missing`` those whose input file is gone (kept, not refitted).
+    """
 
     out: Path
     num_images: int
-    num_flagged: int
+    num_flagged: int | None
     threshold: Threshold
     num_failed: int = 0
+    num_missing: int = 0
+    overlay_errors: int = 0
+    skipped: str = ""
 
     @property
     def predictions(self) -> Path:
@@ -153,18 +184,29 @@ class DetectResult:
 
     @property
     def exit_code(self) -> int:
-        """0 done; 1 done, but files were skipped (listed in ``errors.csv``)."""
-        return 1 if self.num_failed else 0
+        """0 done; 1 done, but files were skipped (listed in ``errors.csv``) or overlays could not be written."""
+        return 1 if self.num_failed or self.overlay_errors else 0
 
     def summary(self) -> str:
-        """The one line a user reads at the end."""
+        """The one line a user reads at the end: every input is in exactly one of the counts."""
         t = self.threshold
-        failed = self.num_failed
-        return (
-            f"{self.num_images} images scored, {self.num_flagged} flagged anomalous (threshold {t.value:.4g}, "
-            f"{t.source}); results in {self.predictions}"
-            + (f"; {failed} files failed, listed in {self.out / 'errors.csv'} (exit code 1)" if failed else "")
-        )
+        if self.num_flagged is None:
+            decided = f"no labels: {t.note}" if t.note else "no labels (no threshold)"
+        else:
+            decided = f"{self.num_flagged} flagged anomalous (threshold {t.value:.4g}, {t.source})"
+        parts = [f"{self.num_images} images scored, {decided}; results in {self.predictions}"]
+        if self.num_missing:
+            parts.append(
+                f"{self.num_missing} of them are rows of input files that are gone (kept, marked input_missing, left "
+                "out of the thresholds)"
+            )
+        if self.num_failed:
+            parts.append(f"{self.num_failed} files failed, listed in {self.out / 'errors.csv'}")
+        if self.overlay_errors:
+            parts.append(f"{self.overlay_errors} overlays could not be written (listed in manifest.json)")
+        if self.skipped:
+            parts.append(f"passed over in the input folders: {self.skipped}")
+        return "; ".join(parts) + (" (exit code 1)" if self.exit_code else "")
 
 
 def detect(
@@ -207,13 +249,15 @@ def detect(
             return run_detect(built, work)
 
 
-def reference_files(folder: Path, recursive: bool = False, image_glob: str | None = None) -> list[Path]:
+def reference_files(
+    folder: Path, recursive: bool = False, image_glob: str | None = None, out: Path | None = None
+) -> list[Path]:
     """The images of ``--reference-dir``; a missing folder is refused in one line."""
     from zsad.data.files import collect_images
 
     if not Path(folder).is_dir():
         raise ZsadInputError(f"--reference-dir {folder}: folder not found")
-    return collect_images([Path(folder)], recursive, image_glob)
+    return collect_images([Path(folder)], recursive, image_glob, exclude=[out] if out is not None else [])
 
 
 def load_references(
@@ -269,13 +313,18 @@ def overlay_panel(
     colour_range: tuple[float, float],
     pthr: Threshold,
     score: float,
-    label: bool,
+    label: bool | None,
     scope: str,
+    random_weights: bool = False,
 ) -> np.ndarray:
-    """The [input | heatmap] PNG panel of one result, at the map's size (the image is scaled to it)."""
+    """The [input | heatmap] PNG panel of one result, at the map's size (the image is scaled to it).
+
+    ``label`` None: no decision was made. ``random_weights``: the panel says so in red.
+    """
     from PIL import Image
 
     from zsad.viz import render_prediction
+    from zsad.viz.overlay import RANDOM_WEIGHTS_MARK
 
     if image.size != (amap.shape[1], amap.shape[0]):
         image = image.resize((amap.shape[1], amap.shape[0]), Image.Resampling.BILINEAR, reducing_gap=2.0)
@@ -288,11 +337,17 @@ def overlay_panel(
         score=score,
         label=label,
         scope=scope,
+        warning=RANDOM_WEIGHTS_MARK if random_weights else None,
     )
 
 
 def run_detect(method: Method, job: DetectJob) -> DetectResult:
-    """Score what the folder does not hold yet, then thresholds, overlays and the manifest over every row."""
+    """Score what the folder does not hold yet, then thresholds, overlays and the manifest over every row.
+
+    Every input ends as exactly one row (``predictions.csv``) or one error row (``errors.csv``, with
+    ``--skip-bad``). Rows of inputs that have since vanished are kept, marked ``input_missing``, labelled by the
+    threshold but left out of fitting it and of the colour scale (see docs/reliability.md).
+    """
     from zsad.data import ImageList
 
     pre = method.backbone.preprocess
@@ -300,10 +355,12 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
     refs, calib, _ = load_references(method, job.references, job.k_shot, job.seed)
     prepare_method(method, job.class_name, refs)
     say = reporter()
+    if job.skipped:
+        say.message(f"passed over in the input folders: {job.skipped.summary()}", "note")
 
     out = job.out
     key = {**method_key(method), "class_name": method.class_name, "k_shot": method.k_shot, "inputs": job.inputs()}
-    claim_output(out, key)
+    claim_output(out, key, "detect", "detect")
     (out / "maps").mkdir(exist_ok=True)
 
     def complete(r: dict[str, str]) -> bool:
@@ -352,74 +409,111 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
             task.update(completed=scored + len(failed))
         task.update(completed=scored + len(failed))  # files skipped in the last batch count as done
 
-    if not log.rows:
-        raise ZsadInputError(f"no image could be scored; the {len(failed)} failures are listed in {out / 'errors.csv'}")
-    if method.set_level and method.is_transductive:
-        say.message(f"{method.name}: TRANSDUCTIVE: {method.transductive_note}", "warning")
-    parts = decode_parts(log.rows)
-    final = method.finalize_scores(parts) if parts else None
-    if final is not None:  # transductive: scores re-scaled over every image of this run
-        say.message(f"{method.name}: TRANSDUCTIVE scores (re-scaled over all {len(final)} images)", "warning")
-        for r, v in zip(log.rows, final, strict=True):
-            r["pred_score"] = f"{float(v):.8g}"
-    scores = np.array([float(r["pred_score"]) for r in log.rows])
-    maxima = np.array([float(r["map_max"]) for r in log.rows])
-    calib_scores, calib_max = calibrate(method, calib, parts if final is not None else None)
-    thr = choose_threshold(scores, normal_scores=calib_scores, manual=job.threshold, unlabelled=job.threshold_rule)
-    # Pixel decisions: the same rule applied to per-image map maxima (map values need not share the score scale).
-    pthr = choose_threshold(maxima, normal_scores=calib_max)
-    labels = thr.apply(scores)
-    label_rows(log.rows, labels, thr, pthr)
-    if job.overlays:
-        _write_overlays(log.rows, out, job, pthr, on_error)
-    log.rewrite()
-    manifest = {
+    listed = {str(s.image_path) for s in ds.samples}
+    for r in log.rows:  # inputs that vanished (from the folder, or from the disk) keep their row, marked
+        r["input_missing"] = "0" if r["image_path"] in listed and os.path.exists(r["image_path"]) else "1"
+    current = [r for r in log.rows if r["input_missing"] == "0"]
+    base = {
         **method.describe(),
         "command": "detect",
         "inputs": job.inputs(),
-        "threshold": vars(thr),
-        "pixel_threshold": vars(pthr),
+        "inputs_skipped": job.skipped.counts() if job.skipped else {},
         "normalize": job.normalize,
         "max_map_size": job.max_map_size,
-        "num_images": len(log.rows),
         "num_failed": len(failed),
         "transductive": method.is_transductive,
+        "notes": list(method.set_notes),
+    }
+    if not current:
+        write_json(out / "manifest.json", {**base, "num_images": len(log.rows), "environment": environment()})
+        if failed:
+            raise ZsadInputError(
+                f"no image could be scored; the {len(failed)} failures are listed in {out / 'errors.csv'}"
+            )
+        raise ZsadInputError(
+            f"no image could be scored: none of the inputs exists any more ({len(log.rows)} rows kept)"
+        )
+    if method.set_level and method.is_transductive:
+        say.message(f"{method.name}: TRANSDUCTIVE: {method.transductive_note}", "warning")
+    parts = decode_parts(current)
+    final = method.finalize_scores(parts) if parts else None
+    if final is not None:  # transductive: scores re-scaled over every image of this run
+        say.message(f"{method.name}: TRANSDUCTIVE scores (re-scaled over all {len(final)} images)", "warning")
+        for r, v in zip(current, final, strict=True):
+            r["pred_score"] = f"{float(v):.8g}"
+    fit_scores = np.array([float(r["pred_score"]) for r in current])
+    maxima = np.array([float(r["map_max"]) for r in current])
+    calib_scores, calib_max = calibrate(method, calib, parts if final is not None else None)
+    thr = choose_threshold(fit_scores, normal_scores=calib_scores, manual=job.threshold, unlabelled=job.threshold_rule)
+    # Pixel decisions: the same rule applied to per-image map maxima (map values need not share the score scale).
+    pthr = choose_threshold(maxima, normal_scores=calib_max, unlabelled=job.threshold_rule)
+    if thr.note:
+        say.message(f"no decision: {thr.note}", "warning")
+    labels = label_rows(log.rows, thr, pthr, np.array([float(r["pred_score"]) for r in log.rows]))
+    log.rewrite()  # the labels are on disk before the overlays are drawn
+    overlay_errors: list[dict[str, str]] = []
+    if job.overlays:
+        random_weights = bool(getattr(method.backbone, "random_init", False))
+        overlay_errors = _write_overlays(log.rows, out, job, pthr, random_weights)
+        log.rewrite()
+    missing = len(log.rows) - len(current)
+    manifest = {
+        **base,
+        "threshold": vars(thr),
+        "pixel_threshold": vars(pthr),
+        "num_images": len(log.rows),
+        "num_missing_inputs": missing,
+        "overlay_errors": overlay_errors,
     }
     write_json(out / "manifest.json", {**manifest, "environment": environment()})
-    result = DetectResult(out, len(log.rows), int(labels.sum()), thr, len(failed))
+    flagged = int(labels.sum()) if labels is not None else None
+    skipped = job.skipped.summary() if job.skipped else ""
+    result = DetectResult(out, len(log.rows), flagged, thr, len(failed), missing, len(overlay_errors), skipped)
     say.message(result.summary())
     return result
 
 
 def _write_overlays(
-    rows: list[dict[str, str]],
-    out: Path,
-    job: DetectJob,
-    pthr: Threshold,
-    on_error: Callable[[dict[str, Any]], None],
-) -> None:
-    """One PNG per row, at the map's size (the image is scaled down with it when capped)."""
+    rows: list[dict[str, str]], out: Path, job: DetectJob, pthr: Threshold, random_weights: bool
+) -> list[dict[str, str]]:
+    """One PNG per row at the map's size (the image is scaled down with it when capped); returns the failures.
+
+    Rows whose input is gone keep the overlay they had (it cannot be redrawn) and are left out of the colour scale.
+    An overlay that cannot be drawn or written stops the run in one line, or with ``--skip-bad`` is listed in the
+    manifest: the image was scored, so it keeps its row and is not an error row.
+    """
     from zsad.data import load_image
     from zsad.viz import save_png
 
     (out / "overlays").mkdir(exist_ok=True)
-    gmin = min(float(r["map_min"]) for r in rows)
-    gmax = max(float(r["map_max"]) for r in rows)
-    with reporter().task(f"overlays ({job.normalize} colour scale)", len(rows)) as task:
+    current = [r for r in rows if r["input_missing"] == "0"]
+    gmin = min(float(r["map_min"]) for r in current)
+    gmax = max(float(r["map_max"]) for r in current)
+    failures: list[dict[str, str]] = []
+    with reporter().task(f"overlays ({job.normalize} colour scale)", len(current)) as task:
         for r in rows:
             rel = Path("overlays") / f"{Path(r['anomaly_map_path']).stem}.png"
+            if r["input_missing"] == "1":
+                r["overlay_path"] = rel.as_posix() if (out / rel).is_file() else ""
+                continue
             try:
                 amap = np.load(out / r["anomaly_map_path"])
                 vmin, vmax = (gmin, gmax) if job.normalize == "dataset" else (float(amap.min()), float(amap.max()))
-                score, label = float(r["pred_score"]), bool(int(r["pred_label"]))
-                panel = overlay_panel(
-                    load_image(r["image_path"]), amap, (vmin, vmax), pthr, score, label, job.normalize
-                )
+                score = float(r["pred_score"])
+                label = bool(int(r["pred_label"])) if r["pred_label"] else None
+                image = load_image(r["image_path"])
+                panel = overlay_panel(image, amap, (vmin, vmax), pthr, score, label, job.normalize, random_weights)
                 save_png(out / rel, panel)
                 r["overlay_path"] = rel.as_posix()
             except (OSError, ZsadInputError) as e:
                 if not job.skip_bad:
+                    if isinstance(e, OSError) and not e.filename:
+                        raise OSError(e.errno, e.strerror or str(e), str(out / rel)) from None
                     raise
+                (out / rel).unlink(missing_ok=True)
                 r["overlay_path"] = ""
-                on_error({"image_path": r["image_path"], "error": f"overlay: {str(e).splitlines()[0]}"})
+                why = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+                failures.append({"image_path": r["image_path"], "error": f"overlay {rel}: {why}"})
+                reporter().message(f"overlay not written: {r['image_path']}: {why}", "note")
             task.advance()
+    return failures

@@ -26,6 +26,7 @@ from zsad.outputs import (
     claim_output,
     identity,
     is_number,
+    mark_folder,
 )
 from zsad.progress import Reporter, reporter, using
 from zsad.runs.build import BackboneSpec, MethodSpec, method_key, route_checkpoints, specs_for
@@ -75,11 +76,17 @@ def evaluate(
         routed = route_checkpoints(names, [Path(c) for c in checkpoints])
         specs = specs_for(methods, options or {}, backbone or BackboneSpec(seed=data.seed), routed)
         sets = open_datasets(data)  # every folder and file checked before any model loads
-        check_output_dir(out)
         where = {s.name: out if len(specs) == 1 else out / method_folder(s.name) for s in specs}
+        check_output_dir(out, kind="eval" if len(specs) == 1 else "comparison")
+        for folder in where.values():
+            check_output_dir(folder, kind="eval")
         with ExitStack() as locks:
-            for folder in dict.fromkeys([out, *where.values()]):
-                locks.enter_context(RunLock(folder))
+            locks.enter_context(RunLock(out))
+            if len(specs) > 1:  # marked before its method folders are made inside it
+                mark_folder(out, "comparison", "eval")
+            for folder in dict.fromkeys(where.values()):
+                if folder != out:
+                    locks.enter_context(RunLock(folder))
             for s in specs:
                 key = {**s.key(), "data": data.key()}
                 check_run_key(where[s.name], key, sections=key.keys())
@@ -125,7 +132,7 @@ def run_eval(
         n_seen = check_unseen(method, cat, ds, seen, spec.allow_seen, spec.dataset.lower())
         if n_seen:
             notes.append(f"{cat}: {n_seen} of {len(ds)} images were in the training data (NOT zero-shot)")
-    claim_output(out, {**method_key(method), "data": spec.key()})
+    claim_output(out, {**method_key(method), "data": spec.key()}, "eval", "eval")
 
     def complete(r: dict[str, str]) -> bool:
         return is_number(r["pred_score"]) and bool(r["anomaly_map_path"]) and (out / r["anomaly_map_path"]).is_file()

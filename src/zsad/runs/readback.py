@@ -7,7 +7,6 @@ rows are ``predictions.csv``'s, and a map comes back at the size ``map_size`` st
 
 from __future__ import annotations
 
-import csv
 import json
 import zlib
 from pathlib import Path
@@ -34,11 +33,12 @@ def decode_map(blob: bytes, dtype: str = "float16") -> np.ndarray:
 
 def read_predictions(out: str | Path) -> list[dict[str, str]]:
     """The rows of ``out/predictions.csv`` (the same columns from either engine; Ray adds ``group``, ``model_id``)."""
+    from zsad.outputs import read_csv
+
     path = Path(out) / "predictions.csv"
     if not path.is_file():
         raise ZsadInputError(f"{out}: no predictions.csv (not a finished detect output folder)")
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    return read_csv(path)
 
 
 def load_map(out: str | Path, row: dict[str, str] | str) -> np.ndarray:

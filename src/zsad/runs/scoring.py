@@ -21,12 +21,16 @@ from zsad.methods.base import Method
 from zsad.progress import reporter
 
 
-def _collate_skip_bad(batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:
-    good = [b for b in batch if b is not None and "error" not in b]
-    if not good:
-        return None
-    out = torch.utils.data.default_collate(good)
-    out["errors"] = [b for b in batch if b is not None and "error" in b]
+def _collate_skip_bad(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """The readable files as a batch plus the records of the others (``errors``).
+
+    A batch of only unreadable files has no ``image`` but keeps its ``errors``: each input must end as a row or an
+    error row.
+    """
+    errors = [b for b in batch if "error" in b]
+    good = [b for b in batch if "error" not in b]
+    out = torch.utils.data.default_collate(good) if good else {"image_path": []}
+    out["errors"] = errors
     return out
 
 
@@ -77,9 +81,7 @@ def iterate_batches(
         num_workers=workers,
         collate_fn=_collate_skip_bad if skip_bad else None,
     )
-    for batch in loader:
-        if batch is not None:
-            yield batch
+    yield from loader
 
 
 @dataclass
@@ -91,6 +93,7 @@ class ScoredBatch:
     maps: np.ndarray  # (B, S, S) float32 at model resolution
     batch: dict[str, Any]
     parts: dict[str, np.ndarray] = field(default_factory=dict)  # Prediction.score_parts
+    notes: list[str] = field(default_factory=list)  # the method's set_notes (set-level methods)
 
 
 def score_batches(
@@ -101,7 +104,8 @@ def score_batches(
         for err in batch.get("errors", []):
             if on_error:
                 on_error(err)
-        yield _scored(batch, method.predict(batch["image"]))
+        if "image" in batch:
+            yield _scored(batch, method.predict(batch["image"]))
 
 
 def score_dataset(
@@ -118,7 +122,8 @@ def score_dataset(
 
     Set-level: pass 1 runs the backbone once per image into the method's feature bank (images already scored are
     still encoded: they are partners), shown as a reporter task; pass 2 re-reads only the images to score (files,
-    not the backbone) and scores them against the whole set.
+    not the backbone) and scores them against the whole set. The method's ``set_notes`` (a set too small for it)
+    are reported as warnings.
     """
     if not method.set_level:
         batches = iterate_batches(dataset, batch_size, skip_bad=skip_bad, skip_paths=skip_paths)
@@ -127,22 +132,34 @@ def score_dataset(
     if skip_paths and all(str(s.image_path) in skip_paths for s in dataset.samples):
         return
     bank = method.new_bank()
+    method.set_notes = []
     rows: dict[str, int] = {}
+    failed: set[str] = set()
     with torch.no_grad():
         with reporter().task(f"{label or method.name}: encoding the set", len(dataset)) as task:
             for batch in iterate_batches(dataset, batch_size, skip_bad=skip_bad):
                 for err in batch.get("errors", []):
-                    if on_error:
+                    failed.add(str(err["image_path"]))
+                    if on_error and str(err["image_path"]) not in (skip_paths or ()):
                         on_error(err)
+                if "image" not in batch:
+                    continue
                 for p in batch["image_path"]:
                     rows[str(p)] = len(rows)
                 bank.add(method.encode(batch["image"].to(method.backbone.device)))
-                task.update(completed=len(rows))
+                task.update(completed=len(rows) + len(failed))
         if not rows:
             return
         method.end_set(bank)
-        for batch in iterate_batches(dataset, batch_size, skip_bad=skip_bad, skip_paths=skip_paths):
-            batch.pop("errors", None)  # reported in pass 1
+        for note in method.set_notes:
+            reporter().message(note, "warning")
+        for batch in iterate_batches(dataset, batch_size, skip_bad=skip_bad, skip_paths=(skip_paths or set()) | failed):
+            errors = batch.pop("errors", [])
+            for err in errors:  # unreadable now but read in pass 1: the file changed during the run
+                if on_error:
+                    on_error({**err, "error": f"{err['error']} (it was readable when the set was encoded)"})
+            if "image" not in batch:
+                continue
             pred = method.score_in_set(torch.tensor([rows[str(p)] for p in batch["image_path"]]), bank)
             yield _scored(batch, pred)
     bank.close()
@@ -156,6 +173,7 @@ def score_images(method: Method, images: torch.Tensor, batch_size: int) -> Score
     the caller's, since it needs the whole set's parts.
     """
     chunks = list(torch.split(images, max(1, batch_size)))
+    notes: list[str] = []
     with torch.no_grad():
         if not method.set_level:
             preds = [_scored({"image_path": []}, method.predict(c)) for c in chunks]
@@ -165,6 +183,7 @@ def score_images(method: Method, images: torch.Tensor, batch_size: int) -> Score
                 for c in chunks:
                     bank.add(method.encode(c.to(method.backbone.device)))
                 method.end_set(bank)
+                notes = list(method.set_notes)
                 rows = torch.arange(len(images))
                 preds = [_scored({"image_path": []}, method.score_in_set(i, bank)) for i in rows.split(batch_size)]
             finally:
@@ -175,6 +194,7 @@ def score_images(method: Method, images: torch.Tensor, batch_size: int) -> Score
         maps=np.concatenate([p.maps for p in preds]),
         batch={},
         parts={k: np.concatenate([p.parts[k] for p in preds]) for k in preds[0].parts},
+        notes=notes,
     )
 
 

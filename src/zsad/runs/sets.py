@@ -11,7 +11,7 @@ import torch
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
 from zsad.methods.trainable import TrainableMethod
-from zsad.outputs import RunLock, check_output_dir
+from zsad.outputs import RunLock, check_output_dir, mark_folder
 from zsad.progress import Reporter, using
 from zsad.runs.build import BackboneSpec, MethodSpec
 from zsad.types import Prediction
@@ -75,8 +75,9 @@ def import_checkpoint(
         if not Path(file).is_file():
             raise ZsadInputError(f"{file}: file not found")
         spec.validate(for_training=True)
-        check_output_dir(Path(out))
+        check_output_dir(Path(out), kind="checkpoint")
         with RunLock(Path(out)):
+            mark_folder(Path(out), "checkpoint", "import-checkpoint")
             built: Any = spec.build()
             return cls.import_official(Path(file), built.backbone, Path(out), trained_on)
 

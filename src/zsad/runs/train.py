@@ -20,7 +20,7 @@ from zsad.data.spec import DatasetSpec, open_datasets
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
 from zsad.methods.trainable import TrainableMethod
-from zsad.outputs import RunLock, check_output_dir
+from zsad.outputs import RunLock, check_output_dir, mark_folder
 from zsad.progress import Reporter, reporter, using
 from zsad.runs.build import BackboneSpec, MethodSpec
 
@@ -50,8 +50,9 @@ def train(
         spec.validate(for_training=True)
         _check_recipe(recipe or {})
         listed = list_training_data(spec.cls, list(data))
-        check_output_dir(out)
+        check_output_dir(out, kind="checkpoint")
         with RunLock(out):
+            mark_folder(out, "checkpoint", "train")
             return fit_method(spec.build(), list(data), listed, out, recipe or {}, class_name)
 
 

@@ -50,12 +50,12 @@ class ResultStore:
         self._run_lock: RunLock | None = None
         self.log: CsvLog | None = None
         if out is not None:
-            check_output_dir(out)
+            check_output_dir(out, kind="serve")
             out.mkdir(parents=True, exist_ok=True)
             self._run_lock = RunLock(out)
             self._run_lock.acquire()
             try:
-                claim_output(out, {"command": "serve", "format": 1})
+                claim_output(out, {"command": "serve", "format": 1}, "serve", "serve")
                 self.log = CsvLog(out / "predictions.csv", SERVE_FIELDS, key=lambda r: r["image_id"], remember=False)
             except BaseException:
                 self._run_lock.release()

@@ -40,10 +40,11 @@ def save_checkpoint(out_dir: Path, tensors: dict[str, torch.Tensor], manifest: d
     Both files are replaced atomically, so a crash leaves the previous checkpoint or the new one, never half.
     The manifest is written last: a reader that sees it can trust the sha256 it records.
     """
+    from zsad.outputs import mark_folder
     from zsad.sysinfo import environment  # lazy: engine imports the methods, which import this package
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    mark_folder(out_dir, "checkpoint", "checkpoint")  # a foreign folder is refused, never overwritten
     model = out_dir / MODEL_FILE
     tmp = model.with_name(model.name + ".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))

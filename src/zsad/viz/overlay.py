@@ -153,17 +153,23 @@ def image_grid(images: Sequence[np.ndarray], ncols: int, pad: int = 4, fill: int
     return grid
 
 
-def _caption(parts: list[str], width: int) -> np.ndarray:
+WARNING_COLOR = (200, 0, 0)
+RANDOM_WEIGHTS_MARK = "RANDOM WEIGHTS: this score and heatmap mean nothing (smoke test)"
+
+
+def _caption(parts: list[str], width: int, warning: str | None = None) -> np.ndarray:
     """White strip with ``parts`` joined by " | ", wrapped onto several lines when the panel is narrow.
 
-    The strip grows wider than ``width`` only when one part alone does not fit (the caller pads the panel).
+    ``warning`` comes first, on its own line, in red (e.g. that the weights were random). The strip grows wider
+    than ``width`` only when one part alone does not fit (the caller pads the panel).
     """
     font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    lines: list[str] = []
+    lines: list[str] = [warning] if warning else []
+    first = len(lines)
     for part in parts:
-        joined = f"{lines[-1]} | {part}" if lines else part
-        if lines and measure.textlength(joined, font=font) <= width - 8:
+        joined = f"{lines[-1]} | {part}" if len(lines) > first else part
+        if len(lines) > first and measure.textlength(joined, font=font) <= width - 8:
             lines[-1] = joined
         else:
             lines.append(part)
@@ -173,7 +179,8 @@ def _caption(parts: list[str], width: int) -> np.ndarray:
     strip = Image.new("RGB", (strip_w, line_h * len(lines) + 4), (255, 255, 255))
     draw = ImageDraw.Draw(strip)
     for i, line in enumerate(lines):
-        draw.text((4, 2 + i * line_h - top), line, fill=(0, 0, 0), font=font)
+        colour = WARNING_COLOR if i < first else (0, 0, 0)
+        draw.text((4, 2 + i * line_h - top), line, fill=colour, font=font)
     return np.asarray(strip)
 
 
@@ -189,11 +196,13 @@ def render_prediction(
     scope: str = "dataset",
     alpha: float = 0.5,
     colormap: str = "jet",
+    warning: str | None = None,
 ) -> np.ndarray:
     """[input | overlay] panel: GT contour white, predicted-mask contour red, and a caption below.
 
-    The caption states the score, the label and the colour range with its normalisation ``scope`` (so a reader
-    knows what red means).
+    The caption states the score, the label (or that there is none) and the colour range with its normalisation
+    ``scope`` (so a reader knows what red means); ``warning`` is written above it in red, so an image that leaves
+    the folder still says, e.g., that it was made with random weights.
     """
     rgb = _rgb(image)
     over = heatmap_overlay(rgb, anomaly_map, vmin, vmax, alpha=alpha, colormap=colormap)
@@ -207,8 +216,10 @@ def render_prediction(
         parts.append(f"score {score:.4g}")
     if label is not None:
         parts.append("anomalous" if label else "normal")
+    elif score is not None:
+        parts.append("no label (no threshold)")
     parts += [f"colour range [{vmin:.3g}, {vmax:.3g}]", f"scope: {scope}"]
-    caption = _caption(parts, body.shape[1])
+    caption = _caption(parts, body.shape[1], warning)
     if caption.shape[1] > body.shape[1]:
         body = np.pad(body, ((0, 0), (0, caption.shape[1] - body.shape[1]), (0, 0)), constant_values=255)
     return np.concatenate([body, caption], axis=0)
