@@ -24,20 +24,31 @@ def sha256_file(path: Path) -> str:
 
 
 def named_os_error(e: OSError, path: Path) -> OSError:
-    """``e`` naming ``path`` and saying why, whatever raised it (numpy raises a bare ``OSError`` when a disk fills).
+    """``e`` naming ``path`` and saying why, whatever raised it.
 
-    A full disk always reads "No space left on device", so the user knows what to free.
+    numpy reports a full disk as a bare ``OSError("10800 requested and 4064 written")``: a short write on a file
+    system with (almost) no space left is named "No space left on device", so the user knows what to free.
     """
     import errno
 
     code = e.errno
     why = e.strerror
     text = " ".join(str(e).split())
-    if code is None and ("space" in text.lower() or "disk full" in text.lower()):
-        code = errno.ENOSPC
+    short = "written" in text.lower() or "space" in text.lower() or "disk full" in text.lower()
+    if code is None and short and _nearly_full(path):
+        code, why = errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({text})"
     if code is not None and not why:
         why = os.strerror(code)
     return OSError(code, why or text or type(e).__name__, str(path))
+
+
+def _nearly_full(path: Path, slack: int = 1 << 20) -> bool:
+    """Whether the file system holding ``path`` has less than ``slack`` bytes left for this user."""
+    try:
+        st = os.statvfs(Path(path).parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < slack
 
 
 def default_mode() -> int:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from zsad.outputs import (
     CsvLog,
     OutputNames,
     RunLock,
+    check_out_not_input,
     check_output_dir,
     check_run_key,
     claim_output,
@@ -146,26 +148,13 @@ class DetectJob:
         check_run_key(self.out, key, sections=key.keys())
 
 
-def check_out_not_input(out: Path, inputs: Sequence[str | Path | None]) -> None:
-    """Refuse an output folder that is itself an input folder: its overlays would be scored as products next time.
-
-    An output folder *inside* an input folder is allowed: listings never enter it (it carries zsad's marker).
-    """
-    real = os.path.realpath(out)
-    for item in inputs:
-        if item is not None and Path(item).is_dir() and os.path.realpath(item) == real:
-            raise ZsadInputError(
-                f"--out {out}: is also an input folder; write the results elsewhere (a subfolder such as "
-                f"{Path(out) / 'zsad-results'} is fine: zsad never reads its own output folders as inputs)"
-            )
-
-
 @dataclass
 class DetectResult:
     """What a detect run left in ``out``: rows, how many flagged, the image threshold, files that failed.
 
     ``num_flagged`` is None when no decision was made (too few images for the threshold rule: see the threshold's
-    ``note``). ``num_images`` counts every row, ``num_missing`` those whose input file is gone (kept, not refitted).
+    ``note``). ``num_images`` counts every row, ``num_missing`` those whose input file is gone (kept, not refitted);
+    ``num_flagged`` counts flagged rows of both.
     """
 
     out: Path
@@ -194,11 +183,11 @@ class DetectResult:
             decided = f"no labels: {t.note}" if t.note else "no labels (no threshold)"
         else:
             decided = f"{self.num_flagged} flagged anomalous (threshold {t.value:.4g}, {t.source})"
-        parts = [f"{self.num_images} images scored, {decided}; results in {self.predictions}"]
+        parts = [f"{self.num_images - self.num_missing} images scored, {decided}; results in {self.predictions}"]
         if self.num_missing:
             parts.append(
-                f"{self.num_missing} of them are rows of input files that are gone (kept, marked input_missing, left "
-                "out of the thresholds)"
+                f"{self.num_missing} more rows kept from earlier runs whose input files are gone (marked input_missing,"
+                " left out of the thresholds)"
             )
         if self.num_failed:
             parts.append(f"{self.num_failed} files failed, listed in {self.out / 'errors.csv'}")
@@ -386,7 +375,7 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
         failed.append(err["image_path"])
 
     scored = 0
-    with say.task(f"{method.name}: scoring", todo) as task:
+    with say.task(f"{method.name}: scoring", todo) as task, _kept_on_failure(log, out):
         batches = score_dataset(method, ds, job.batch_size, skip_paths=done, skip_bad=job.skip_bad, on_error=on_error)
         for sb in batches:
             hs, ws = sb.batch["original_size"]
@@ -473,6 +462,24 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
     return result
 
 
+@contextmanager
+def _kept_on_failure(log: CsvLog, out: Path) -> Iterator[None]:
+    """A file found unreadable (or unwritable) while scoring stops the run; the line says what is kept and how to go on.
+
+    Everything else is checked before any model loads, but a file's content is only read when its batch comes.
+    """
+    try:
+        yield
+    except (ZsadInputError, OSError) as e:
+        if not log.rows:
+            raise
+        text = f"{e.filename}: {e.strerror or e}" if isinstance(e, OSError) and e.filename else " ".join(str(e).split())
+        raise ZsadInputError(
+            f"{text}; the {len(log.rows)} images scored so far are kept in {out} (without labels until the run "
+            "ends): fix or remove the file, or pass --skip-bad, and run the same command again to resume"
+        ) from None
+
+
 def _write_overlays(
     rows: list[dict[str, str]], out: Path, job: DetectJob, pthr: Threshold, random_weights: bool
 ) -> list[dict[str, str]]:
@@ -510,7 +517,8 @@ def _write_overlays(
                     if isinstance(e, OSError) and not e.filename:
                         raise OSError(e.errno, e.strerror or str(e), str(out / rel)) from None
                     raise
-                (out / rel).unlink(missing_ok=True)
+                if (out / rel).is_file():  # a stale overlay of an earlier run no longer matches
+                    (out / rel).unlink()
                 r["overlay_path"] = ""
                 why = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
                 failures.append({"image_path": r["image_path"], "error": f"overlay {rel}: {why}"})
