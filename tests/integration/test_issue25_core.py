@@ -53,6 +53,14 @@ def test_out_never_adopts_a_folder_zsad_did_not_make_for_it(tmp_path: Path) -> N
     res = cli("detect", imgs[0].parent, "--method", "rwda", "--checkpoint", ckpt, "--out", tmp_path / "o", *TINY)
     assert res.exit_code == 0, res.output  # the checkpoint still loads
 
+    other = tmp_path / "other_method"  # a checkpoint of another method is never trained over
+    shutil.copytree(ckpt, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "method": "sdp+"}))
+    before = _snapshot(other)
+    one_line_error(cli("train", "--method", "rwda", "-o", "n_pairs=10", "--out", other, *TINY), "method 'sdp+'")
+    assert _snapshot(other) == before
+
     run = tmp_path / "run"
     assert cli("detect", imgs[0].parent, "--out", run, *TINY).exit_code == 0
     before = _snapshot(run)

@@ -51,9 +51,39 @@ def train(
         _check_recipe(recipe or {})
         listed = list_training_data(spec.cls, list(data))
         check_output_dir(out, kind="checkpoint")
+        _check_resumable(out, spec.cls)
         with RunLock(out):
             mark_folder(out, "checkpoint", "train")
             return fit_method(spec.build(), list(data), listed, out, recipe or {}, class_name)
+
+
+def _check_resumable(out: Path, cls: type[Method]) -> None:
+    """A checkpoint folder is resumed only by a training of the same method.
+
+    A finished checkpoint without its training state (an imported release, a copy) is never trained over; text-only
+    training (RWDA) keeps no state and is cheap and seeded, so it is simply run again.
+    """
+    import json
+
+    method = cls.name
+    manifest = out / "manifest.json"
+    if not manifest.is_file():
+        return
+    try:
+        made_for = json.loads(manifest.read_text()).get("method")
+    except (OSError, ValueError, AttributeError):
+        made_for = None
+    if made_for != method:
+        raise ZsadInputError(
+            f"--out {out}: holds a checkpoint for method {made_for!r}, not {method!r}; use another --out"
+        )
+    from zsad.train.loop import STATE_FILE
+
+    if cls.needs_training_data and not (out / STATE_FILE).is_file():
+        raise ZsadInputError(
+            f"--out {out}: holds a finished {method} checkpoint without its training state (imported or copied), "
+            "which training would overwrite; use another --out"
+        )
 
 
 def _check_recipe(recipe: dict[str, Any]) -> None:
