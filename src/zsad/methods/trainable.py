@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from zsad.train import TrainConfig
 
 IMAGES_LIST = "training_images.txt"
+# sha256, byte size and path of each training image: the leakage guard compares content, so a copy is still seen
+IMAGES_HASHES = "training_images.sha256.tsv"
 
 
 class TrainableMethod(Method):
@@ -251,12 +253,20 @@ def mask_items(method: str, datasets: Sequence[tuple[str, Any]]) -> list[tuple[s
 
 
 def start_run(out: Path, items: Sequence[tuple[str, Any, int]]) -> Path:
-    """Create the checkpoint folder and list the exact training images (the eval leakage guard reads it)."""
-    from zsad.fileio import write_text
+    """Create the checkpoint folder and list the exact training images, by path and by content (the leakage guard).
+
+    ``training_images.txt`` keeps its one-path-a-line format (older zsad versions read it);
+    ``training_images.sha256.tsv`` adds each file's sha256 and byte size, so a copy of the training data at
+    another path is still recognised, and an evaluation hashes only files of a size some training file has.
+    """
+    from zsad.fileio import sha256_file, write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / IMAGES_LIST, "".join(f"{Path(ds.samples[i].image_path).resolve()}\n" for _, ds, i in items))
+    paths = [Path(ds.samples[i].image_path).resolve() for _, ds, i in items]
+    write_text(out / IMAGES_LIST, "".join(f"{p}\n" for p in paths))
+    rows = "".join(f"{sha256_file(p)}\t{p.stat().st_size}\t{p}\n" for p in dict.fromkeys(paths))
+    write_text(out / IMAGES_HASHES, "sha256\tbytes\tpath\n" + rows)
     return out
 
 
@@ -271,6 +281,7 @@ def training_record(
         "train_config": dataclasses.asdict(train_cfg),
         "history": history,
         "images_list": IMAGES_LIST,
+        "images_hashes": IMAGES_HASHES,
     }
 
 

@@ -7,7 +7,10 @@ broken dataset folder is recorded in the table without stopping the others. Miss
 
 The table: per dataset, image AUROC / AP and pixel AUROC / AUPRO (anomalib's AUPRO, FPR <= 0.3; the repos'
 200-threshold variant is in the JSON as ``pixel_AUPRO_cflow``), then the mean per domain. ``table.md``,
-``table.json`` and ``table.svg`` (a heat map of the same numbers) are rewritten after every dataset.
+``table.json`` and ``table.svg`` (a heat map of the same numbers) are rewritten after every dataset, and each says
+what produced it: per method the title line of its evaluations (backbone, image size, weights tag or weights-file
+sha256, k-shot; ``zsad.runs.report.title``), the zsad version, and RANDOM WEIGHTS at the top when a method ran on
+seeded random weights, so a table that leaves its folder cannot pass for a quality result.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from typing import Any
 
 from zsad.data.benchmarks import BENCHMARKS, SUITES, BenchmarkInfo, elpv_root
 from zsad.errors import ZsadInputError
-from zsad.fileio import write_json
+from zsad.fileio import write_json, write_text
 from zsad.outputs import RunLock, check_output_dir, mark_folder
 from zsad.progress import Reporter, using
 from zsad.progress import reporter as current_reporter
-from zsad.runs.build import BackboneSpec
+from zsad.runs.build import BackboneSpec, MethodSpec
+from zsad.runs.report import title_line, weights_text
 
 COLUMNS = (
     ("image_AUROC", "image AUROC"),
@@ -34,6 +38,7 @@ COLUMNS = (
     ("pixel_AUPRO", "pixel AUPRO"),
 )
 AUPRO_NOTE = "AUPRO: anomalib's definition (exact, FPR <= 0.3); the repos' 200-threshold AUPRO is in table.json"
+RANDOM_BANNER = "RANDOM WEIGHTS"
 
 
 @dataclass
@@ -45,6 +50,14 @@ class BenchmarkResult:
     missing: list[str] = field(default_factory=list)
     metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # dataset -> method -> metrics
     problems: dict[str, dict[str, str]] = field(default_factory=dict)  # dataset -> method (or "*") -> message
+    producers: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> what produced its numbers
+    k_shot: int = 0
+    seed: int = 0
+
+    @property
+    def random_methods(self) -> list[str]:
+        """The methods whose numbers come from seeded random weights."""
+        return [m for m, p in self.producers.items() if p.get("random_weights")]
 
     @property
     def exit_code(self) -> int:
@@ -103,9 +116,10 @@ def benchmark(
             raise ZsadInputError(f"--root {data_root}: folder not found")
         # every method, option and checkpoint checked before any dataset is read or any model loads
         routed = route_checkpoints(list(methods), [Path(c) for c in checkpoints])
-        specs_for(list(methods), options or {}, backbone or BackboneSpec(seed=seed), routed)
+        specs = specs_for(list(methods), options or {}, backbone or BackboneSpec(seed=seed), routed)
         check_output_dir(out, kind="benchmark")
-        result = BenchmarkResult(suite)
+        result = BenchmarkResult(suite, k_shot=k_shot, seed=seed)
+        result.producers = {m: producer(s, k_shot) for m, s in zip(methods, specs, strict=True)}
         result.found, result.missing = find_roots(names, data_root)
         with RunLock(out):
             mark_folder(out, "benchmark", "benchmark")
@@ -128,8 +142,55 @@ def benchmark(
                         say.message(f"{name} | {method}: {msg}", "warning")
                         continue
                     result.metrics[name][method] = got[method].mean
+                    result.producers[method]["title"] = got[method].title  # the built method's own word
                 write_table(result, list(methods), out, data_root)
         return result
+
+
+def producer(spec: MethodSpec, k_shot: int) -> dict[str, Any]:
+    """What will produce a method's numbers, known from its checked spec before any model loads.
+
+    The title has ``zsad.runs.report.title``'s format; once the method has run, its own title replaces it.
+    """
+    b = spec.backbone
+    key = b.key()
+    k = k_shot if spec.cls.supports_few_shot else 0
+    weights = weights_text(b.random_init, key["pretrained"], key["weights"])
+    transductive = spec.cls.transductive_for(spec.config)
+    line = title_line(spec.name, key["model_name"], key["image_size"], weights, k, transductive)
+    checkpoint = None
+    if spec.checkpoint is not None:
+        from zsad.train import read_manifest
+
+        checkpoint = {"path": str(spec.checkpoint), "sha256": read_manifest(spec.checkpoint)[1].get("sha256")}
+    return {"title": line, "backbone": key, "random_weights": b.random_init, "k_shot": k, "checkpoint": checkpoint}
+
+
+def _backbone_text(p: dict[str, Any]) -> str:
+    b = p["backbone"]
+    weights = weights_text(p["random_weights"], b["pretrained"], b["weights"])
+    return f"{b['model_name']} @ {b['image_size']}px, {weights}"
+
+
+def provenance(result: BenchmarkResult) -> list[str]:
+    """The lines that say what produced a table: a RANDOM WEIGHTS banner, versions, the backbone(s), each method."""
+    from zsad import __version__
+
+    lines = []
+    rnd = result.random_methods
+    if rnd:
+        lines.append(f"{RANDOM_BANNER}: {', '.join(rnd)} ran on a seeded random backbone (--pretrained none); "
+                     "these numbers test the plumbing and say nothing about quality")  # fmt: skip
+    lines.append(f"zsad {__version__} | k-shot {result.k_shot} | seed {result.seed}")
+    backbones = {_backbone_text(p) for p in result.producers.values()}
+    if len(backbones) == 1:
+        lines.append(f"backbone (every method): {backbones.pop()}")
+    elif backbones:
+        lines.append("backbones differ between methods: each is named on its method's line")
+    for p in result.producers.values():
+        ck = p.get("checkpoint")
+        lines.append(p["title"] + (f" | checkpoint {ck['path']}" if ck else ""))
+    return lines
 
 
 def _pct(v: float | None) -> str:
@@ -161,7 +222,10 @@ def write_table(result: BenchmarkResult, methods: list[str], out: Path, data_roo
     """``table.md``, ``table.json`` and ``table.svg`` from what is done so far."""
     rows = _rows(result, methods)
     head = "| dataset | labels | " + " | ".join(f"{m}: {label}" for m in methods for _, label in COLUMNS) + " |"
-    lines = [f"# zsad benchmark: suite {result.suite}", "", f"Data root: `{data_root}`. {AUPRO_NOTE}.", "", head,
+    made = provenance(result)
+    banner = [f"> **{made.pop(0)}.**", ""] if made and made[0].startswith(RANDOM_BANNER) else []
+    lines = [f"# zsad benchmark: suite {result.suite}", "", *banner, "Produced by:", "", *(f"- {x}" for x in made), "",
+             f"Data root: `{data_root}`. {AUPRO_NOTE}.", "", head,
              "|---|---|" + "---:|" * (len(methods) * len(COLUMNS))]  # fmt: skip
     for name, info, per in rows:
         labels = "" if info is None else info.labels
@@ -181,13 +245,22 @@ def write_table(result: BenchmarkResult, methods: list[str], out: Path, data_roo
     for name, probs in result.problems.items():
         for m, msg in probs.items():
             lines.append(f"\n- {name} / {m}: {msg}")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "table.md", "\n".join(lines) + "\n")
+    from zsad import __version__
+
     write_json(
         out / "table.json",
         {
             "suite": result.suite,
             "data_root": str(data_root),
             "methods": methods,
+            "random_weights": bool(result.random_methods),
+            "produced_by": {
+                "zsad_version": __version__,
+                "k_shot": result.k_shot,
+                "seed": result.seed,
+                "methods": result.producers,
+            },
             "aupro": AUPRO_NOTE,
             "found": {k: str(v) for k, v in result.found.items()},
             "missing": result.missing,
@@ -203,22 +276,32 @@ def write_table(result: BenchmarkResult, methods: list[str], out: Path, data_roo
             },
         },
     )
-    (out / "table.svg").write_text(table_svg(rows, methods, result))
+    write_text(out / "table.svg", table_svg(rows, methods, result))
 
 
 def table_svg(rows: list[tuple[str, BenchmarkInfo | None, dict[str, Any]]], methods: list[str],
               result: BenchmarkResult) -> str:  # fmt: skip
-    """The table as a heat map (white at 50, dark green at 100), one column per method and metric."""
-    cw, ch, left, top = 92, 24, 170, 64
+    """The table as a heat map (white at 50, dark green at 100), one column per method and metric.
+
+    Above it, what produced it (``provenance``): the RANDOM WEIGHTS banner in red, then one line each.
+    """
+    made = provenance(result)
+    cw, ch, left, line_h = 92, 24, 170, 15
+    head = 26 + line_h * len(made)  # below the title and the provenance lines
+    top = head + 42
     cols = [(m, k, label) for m in methods for k, label in COLUMNS]
-    w, h = left + cw * len(cols) + 10, top + ch * len(rows) + 10
+    text_w = max((len(x) for x in made), default=0) * 6 + 16  # about 6 px per character at font-size 10
+    w, h = max(left + cw * len(cols) + 10, text_w), top + ch * len(rows) + 10
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
              'font-size="12">', f'<rect width="{w}" height="{h}" fill="white"/>',
              f'<text x="8" y="18" font-size="14">zsad benchmark: {html.escape(result.suite)}</text>']  # fmt: skip
+    for i, line in enumerate(made):
+        style = ' fill="#c80000" font-weight="bold"' if line.startswith(RANDOM_BANNER) else ""
+        parts.append(f'<text x="8" y="{26 + line_h * (i + 1) - 3}" font-size="10"{style}>{html.escape(line)}</text>')
     for j, (m, _, label) in enumerate(cols):
         x = left + j * cw + cw / 2
-        parts.append(f'<text x="{x}" y="40" text-anchor="middle">{html.escape(m)}</text>')
-        parts.append(f'<text x="{x}" y="56" text-anchor="middle" font-size="10">{html.escape(label)}</text>')
+        parts.append(f'<text x="{x}" y="{head + 16}" text-anchor="middle">{html.escape(m)}</text>')
+        parts.append(f'<text x="{x}" y="{head + 32}" text-anchor="middle" font-size="10">{html.escape(label)}</text>')
     for i, (name, info, per) in enumerate(rows):
         y = top + i * ch
         title = name if info is None else info.title
@@ -237,4 +320,4 @@ def table_svg(rows: list[tuple[str, BenchmarkInfo | None, dict[str, Any]]], meth
     return "\n".join(parts) + "\n"
 
 
-__all__ = ["BenchmarkResult", "benchmark", "find_roots", "write_table"]
+__all__ = ["BenchmarkResult", "benchmark", "find_roots", "producer", "provenance", "write_table"]

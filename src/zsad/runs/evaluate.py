@@ -214,7 +214,7 @@ def _category_metrics(
     for r, lab in zip(rows, thr.apply(scores), strict=True):
         r.update(pred_label=str(int(lab)), image_threshold=f"{thr.value:.8g}")
     if overlays > 0:
-        _overlays(rows, maps, masks, known, ds, index, out / "overlays" / cat, overlays)
+        _overlays(rows, maps, masks, known, ds, index, out / "overlays" / cat, overlays, method.backbone.random_init)
     return metrics
 
 
@@ -227,10 +227,15 @@ def _overlays(
     index: dict[str, int],
     folder: Path,
     n: int,
+    random_weights: bool = False,
 ) -> None:
-    """Up to ``n`` overlays per category, anomalous ones first, on one colour scale per category."""
+    """Up to ``n`` overlays per category, anomalous ones first, on one colour scale per category.
+
+    With ``random_weights`` each image says so in red: an overlay copied out of the folder must not pass for a result.
+    """
     from zsad.data import denormalize
     from zsad.viz import render_prediction, save_png
+    from zsad.viz.overlay import RANDOM_WEIGHTS_MARK
 
     folder.mkdir(parents=True, exist_ok=True)
     vmin, vmax = float(maps.min()), float(maps.max())
@@ -248,5 +253,6 @@ def _overlays(
             score=float(rows[i]["pred_score"]),
             label=rows[i]["pred_label"] == "1",
             scope="dataset",
+            warning=RANDOM_WEIGHTS_MARK if random_weights else None,
         )
         save_png(folder / (Path(rows[i]["anomaly_map_path"]).stem + ".png"), panel)

@@ -51,12 +51,32 @@ def pct(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
 
+RANDOM_WEIGHTS = "SEEDED RANDOM weights (not a quality result)"
+
+
+def weights_text(random_init: bool, tag: str | None, weights: dict[str, Any] | None) -> str:
+    """How a result names its weights: random ones loudly, a weights file by name and sha256, else the open_clip tag.
+
+    A file's name alone does not identify it (every fine-tune is ``model.pt``); its sha256 does.
+    """
+    if random_init:
+        return RANDOM_WEIGHTS
+    if weights and weights.get("sha256"):
+        return f"{Path(str(weights.get('path', ''))).name} sha256:{str(weights['sha256'])[:16]}"
+    return tag or ""
+
+
+def title_line(name: str, model_name: str, image_size: int, weights: str, k_shot: int, transductive: bool) -> str:
+    """The one format of a title (``title`` from a built method, the benchmark table also from a spec)."""
+    t = f"{name} | {model_name} @ {image_size}px | {weights} | k_shot={k_shot}"
+    return t + (" | TRANSDUCTIVE scores" if transductive else "")
+
+
 def title(method: Method) -> str:
     """The line that says what a result was measured with (random weights and transductive scores loudly)."""
     b = method.backbone
-    w = "SEEDED RANDOM weights (not a quality result)" if b.random_init else (b.pretrained or "")
-    t = f"{method.name} | {b.model_name} @ {b.image_size}px | {w} | k_shot={method.k_shot}"
-    return t + (" | TRANSDUCTIVE scores" if method.is_transductive else "")
+    w = weights_text(b.random_init, b.pretrained, getattr(b, "weights_info", None))
+    return title_line(method.name, b.model_name, b.image_size, w, method.k_shot, method.is_transductive)
 
 
 def metrics_markdown(result: EvalResult) -> str:
