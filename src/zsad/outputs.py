@@ -213,6 +213,20 @@ def check_output_dir(out: Path, flag: str = "--out", *, kind: str) -> None:
     check_folder(out, kind, flag)
 
 
+def check_out_not_input(out: Path, inputs: Sequence[str | Path | None]) -> None:
+    """Refuse an output folder that is itself an input folder: its overlays would be scored as products next time.
+
+    An output folder *inside* an input folder is allowed: listings never enter it (it carries zsad's marker).
+    """
+    real = os.path.realpath(out)
+    for item in inputs:
+        if item is not None and Path(item).is_dir() and os.path.realpath(item) == real:
+            raise ZsadInputError(
+                f"--out {out}: is also an input folder; write the results elsewhere (a subfolder such as "
+                f"{Path(out) / 'zsad-results'} is fine: zsad never reads its own output folders as inputs)"
+            )
+
+
 class RunLock:
     """Exclusive advisory lock on ``<folder>/.zsad.lock`` for the lifetime of a run (released on exit or crash).
 

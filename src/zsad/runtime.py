@@ -4,8 +4,10 @@ A line PC runs the exported graph, not a research environment. This module must 
 it with torch hidden): preprocessing is ``zsad.data.io`` decoding plus the same Pillow bicubic squash and the same
 float32 normalisation as ``zsad.data.squash_image``, so inputs are identical to the torch path's.
 
-Everything is checked before the first image: the manifest exists and parses, the model file's sha256 matches the
-manifest, and the graph's input is the image size the manifest names. Each failure is one line naming the file.
+Everything is checked before the first image: the manifest exists and parses, every field the runtime reads has
+the type and range it needs (a hand-edited threshold of ``"high"`` is named, not a traceback), the model file's
+sha256 matches the manifest, and the graph's input is the image size the manifest names. Each failure is one line
+naming the file (and the field).
 
 An ONNX export runs on onnxruntime (default) or OpenVINO, which reads ONNX too; an OpenVINO IR export runs on
 OpenVINO. OpenVINO is asked for fp32 inference: its CPU plugin would otherwise choose bf16 where the CPU has it.
@@ -14,6 +16,7 @@ OpenVINO. OpenVINO is asked for fp32 inference: its CPU plugin would otherwise c
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +40,7 @@ class RuntimePrediction:
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
-    """The export manifest, checked for the fields the runtime needs."""
+    """The export manifest, checked for the fields the runtime reads (``check_manifest``)."""
     path = Path(folder) / MANIFEST
     if not Path(folder).is_dir():
         raise ZsadInputError(f"--model {folder}: folder not found")
@@ -47,10 +50,61 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ZsadInputError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise ZsadInputError(f"{path}: not a `zsad export` manifest (a JSON object)")
     missing = [k for k in ("model_file", "model_sha256", "preprocess", "method") if k not in manifest]
     if missing:
         raise ZsadInputError(f"{path}: lacks {', '.join(missing)} (not a `zsad export` manifest)")
+    check_manifest(manifest, path)
     return dict(manifest)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_manifest(manifest: dict[str, Any], path: Path) -> None:
+    """Each field the runtime reads has its type and range, or one line names the manifest, the field and the value.
+
+    Why here: a manifest is meant to be edited by hand (the thresholds), so a typo must not surface as a traceback
+    halfway through a run.
+    """
+
+    def bad(field: str, value: Any, want: str) -> ZsadInputError:
+        shown = json.dumps(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return ZsadInputError(f"{path}: {field} is {shown}, must be {want} (edit it, or export the model again)")
+
+    for key in ("model_file", "model_sha256", "method"):
+        if not isinstance(manifest[key], str) or not manifest[key]:
+            raise bad(key, manifest[key], "a non-empty string")
+    for key in ("weights_file", "weights_sha256"):
+        if manifest.get(key) is not None and (not isinstance(manifest[key], str) or not manifest[key]):
+            raise bad(key, manifest[key], "a non-empty string")
+    if manifest.get("format", "onnx") not in ("onnx", "openvino"):
+        raise bad("format", manifest["format"], '"onnx" or "openvino"')
+    pre = manifest["preprocess"]
+    if not isinstance(pre, dict):
+        raise bad("preprocess", pre, "an object with image_size, mean and std")
+    size = pre.get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise bad("preprocess.image_size", size, "a whole number of pixels >= 1")
+    for key in ("mean", "std"):
+        v = pre.get(key)
+        if not isinstance(v, list) or len(v) != 3 or not all(_is_number(x) for x in v):
+            raise bad(f"preprocess.{key}", v, "a list of 3 finite numbers (R, G, B)")
+    if not all(x > 0 for x in pre["std"]):
+        raise bad("preprocess.std", pre["std"], "3 numbers > 0 (the images are divided by them)")
+    for key in ("threshold", "pixel_threshold"):
+        t = manifest.get(key)
+        if t is None:
+            continue
+        if not isinstance(t, dict):
+            raise bad(key, t, 'an object such as {"value": 0.5, "source": "manual"}')
+        if t.get("value") is not None and not _is_number(t["value"]):
+            raise bad(f"{key}.value", t["value"], "a finite number, or null (fit one per run)")
+        if not isinstance(t.get("source", ""), str):
+            raise bad(f"{key}.source", t["source"], "a string")
 
 
 # OpenVINO's CPU plugin would otherwise pick bf16 on CPUs that have it, silently changing the numbers.
@@ -141,8 +195,25 @@ class ExportedModel:
     @property
     def threshold(self) -> float | None:
         """The image threshold recorded at export (None: fit one per run)."""
-        value = (self.manifest.get("threshold") or {}).get("value")
-        return None if value is None else float(value)
+        return self._recorded("threshold")[0]
+
+    @property
+    def threshold_source(self) -> str:
+        """The rule that chose ``threshold`` (kept from the export, or the one a hand edit names)."""
+        return self._recorded("threshold")[1]
+
+    @property
+    def pixel_threshold(self) -> tuple[float | None, str]:
+        """The pixel threshold (on map values) recorded at export and its source (None: fit one per run).
+
+        Exports made before the pixel threshold was recorded have none: the runtime then fits one per run.
+        """
+        return self._recorded("pixel_threshold")
+
+    def _recorded(self, key: str) -> tuple[float | None, str]:
+        record = self.manifest.get(key) or {}
+        value = record.get("value")
+        return (None if value is None else float(value)), str(record.get("source") or "manifest")
 
     def preprocess(self, image: Any) -> np.ndarray:
         """A Pillow RGB image -> (3, S, S) float32, exactly as ``zsad.data.squash_image`` computes it."""

@@ -26,7 +26,7 @@ NO_TORCH = (
     "class NoTorch(importlib.abc.MetaPathFinder):\n"
     "    def find_spec(self, name, path=None, target=None):\n"
     "        if name == 'torch' or name.startswith('torch.'):\n"
-    "            raise ImportError('torch is hidden in this test')\n"
+    "            raise ModuleNotFoundError(f'No module named {name!r} (hidden in this test)', name=name)\n"
     "sys.meta_path.insert(0, NoTorch())\n"
 )
 NO_TORCH_CLI = NO_TORCH + "from zsad.cli.entry import main\nmain(sys.argv[1:])\n"
@@ -232,6 +232,14 @@ def test_detect_model_without_torch_matches_torch_detect(tmp_path: Path, assets_
     # a rerun resumes: nothing left to score
     again = subprocess.run([sys.executable, "-c", NO_TORCH_CLI, *args], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "resuming: 5 of 5" in again.stdout, again.stdout + again.stderr
+    # the rest of the command line needs torch: help says what works here, a command says what to install
+    for help_args in (["--help"], []):
+        shown = subprocess.run([sys.executable, "-c", NO_TORCH_CLI, *help_args], capture_output=True, text=True)
+        assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+        assert "zsad detect PATHS... --model DIR" in shown.stdout, shown.stdout
+    other = subprocess.run([sys.executable, "-c", NO_TORCH_CLI, "eval"], capture_output=True, text=True)
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr
+    assert other.stdout.startswith("error: zsad eval needs the full install") and len(other.stdout.splitlines()) == 1
 
 
 def test_rwda_exports_with_its_trained_classifier(tmp_path: Path, assets_dir: Path) -> None:

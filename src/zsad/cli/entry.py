@@ -1,21 +1,58 @@
 """The ``zsad`` entry point: ``zsad detect --model DIR`` runs an exported model without importing torch.
 
 Everything else goes to the full typer application (``zsad.cli.main``), which needs torch. Dispatching here, before
-any heavy import, is what lets an edge box with only ``zsad[runtime]`` installed use the same command.
+any heavy import, is what lets an edge box with only ``zsad[runtime]`` installed use the same command. On such a
+box the full application cannot be imported: ``zsad --help`` then says what works there, and any other command
+says in one line what to install, instead of an import traceback.
 """
 
 from __future__ import annotations
 
 import sys
 
+# What the full command line needs beyond the torch-free runtime (the base install brings them all).
+FULL_CLI_MODULES = ("torch", "torchvision", "open_clip", "timm", "typer", "rich", "scipy", "sklearn", "safetensors")
+
+RUNTIME_HELP = """\
+Usage: zsad detect [PATHS]... --model DIR [OPTIONS]
+
+Zero-/few-shot visual anomaly detection with CLIP: torch-free runtime.
+
+This environment has the runtime only ({missing} is not installed), which runs models made by `zsad export`:
+
+  zsad detect PATHS... --model DIR --out RESULTS   score images with an exported model (ONNX or OpenVINO IR)
+  zsad detect --model DIR --help                   its options
+
+Every other command (eval, train, export, serve, benchmark, detect --method ...) needs the full install, with
+torch: pip install zsad
+"""
+
 
 def main(argv: list[str] | None = None) -> None:
-    """Route ``detect --model`` to the torch-free runner, the rest to the full CLI."""
+    """Route ``detect --model`` to the torch-free runner, the rest to the full CLI (or say what it needs)."""
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["detect"] and any(a == "--model" or a.startswith("--model=") for a in args[1:]):
         from zsad.cli.runtime_detect import run
 
         sys.exit(run(args[1:]))
-    from zsad.cli.main import app
-
+    try:
+        from zsad.cli.main import app
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top not in FULL_CLI_MODULES:
+            raise  # a broken install of something else: the traceback is the report
+        sys.exit(runtime_only(args, top))
     app(args=args)
+
+
+def runtime_only(args: list[str], missing: str) -> int:
+    """Help or a one-line refusal where the full CLI's ``missing`` module is not installed; returns the exit code."""
+    if not args or args[0] in ("--help", "-h", "help"):
+        print(RUNTIME_HELP.format(missing=missing))
+        return 0
+    command = args[0] if not args[0].startswith("-") else " ".join(args)
+    print(
+        f"error: zsad {command} needs the full install ({missing} is not installed here): pip install zsad; this "
+        "torch-free runtime runs only `zsad detect PATHS... --model DIR` (models made by zsad export)"
+    )
+    return 2

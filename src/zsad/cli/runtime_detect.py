@@ -1,13 +1,18 @@
 """``zsad detect --model DIR``: score images with a model made by ``zsad export``, torch-free.
 
-Same outputs as the torch path's ``zsad detect`` where they apply: ``predictions.csv`` (same columns), one ``.npy``
-map per image at the image's own size (bilinear, as the torch path resizes), ``errors.csv`` for skipped files,
-``manifest.json``, a locked and resumable output folder. Overlays are not drawn on this path.
+Same outputs and the same output-folder rules as the torch path's ``zsad detect`` (``zsad.runs.detect``) where
+they apply: ``predictions.csv`` (same columns), one ``.npy`` map per image at the image's own size (bilinear, as
+the torch path resizes), ``errors.csv`` for skipped files, ``manifest.json``. The folder is checked before the
+model opens (only a new, empty or detect folder, never an input folder), locked for the run and resumable; every
+input ends as one row or one error row; rows of inputs that are gone are kept, marked ``input_missing`` and left
+out of the thresholds. Overlays are not drawn on this path.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +67,50 @@ def run(argv: list[str]) -> int:
     except ZsadInputError as e:
         print(f"error: {' '.join(str(e).split())}")
         return 2
+    except OSError as e:  # a full disk, an unwritable file: named in one line (the torch path's wording)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or ' '.join(str(e).split()) or type(e).__name__}")
+        return 2
     except KeyboardInterrupt:
         print("interrupted; the rows written so far are kept: run the same command again to resume")
         return 130
 
 
+def _check_settings(args: argparse.Namespace) -> None:
+    """The numbers and choices, each refused in one line (as ``DetectJob.check_settings``)."""
+    from zsad.thresholds import UNLABELLED_RULES
+
+    if args.batch_size < 1:
+        raise ZsadInputError(f"--batch-size {args.batch_size}: must be >= 1")
+    if args.max_map_size < 0:
+        raise ZsadInputError(f"--max-map-size {args.max_map_size}: must be >= 0 (0 = no cap)")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise ZsadInputError(f"--threshold {args.threshold}: must be a finite number")
+    if args.threshold_rule not in UNLABELLED_RULES:
+        raise ZsadInputError(f"--threshold-rule {args.threshold_rule!r}: use one of {', '.join(UNLABELLED_RULES)}")
+
+
 def _run(args: argparse.Namespace) -> int:
-    from zsad.data.files import collect_images, read_list_file
+    from zsad.data.files import Skipped, collect_images, read_list_file
+    from zsad.outputs import RunLock, check_out_not_input, check_output_dir
+    from zsad.runtime import ExportedModel
+
+    _check_settings(args)
+    items = list(args.path) + (read_list_file(args.list_file) if args.list_file else [])
+    if not items:
+        raise ZsadInputError("no images given: pass files, folders or glob patterns, or --list FILE")
+    out: Path = args.out
+    check_out_not_input(out, items)
+    skipped = Skipped()
+    files = collect_images(items, recursive=args.recursive, image_glob=args.image_glob, skipped=skipped, exclude=[out])
+    check_output_dir(out, kind="detect")  # before the model opens: a foreign folder is refused, not adopted
+    model = ExportedModel(args.model, runtime=args.runtime)
+    with RunLock(out):
+        return _score(args, model, files, skipped)
+
+
+def _score(args: argparse.Namespace, model: Any, files: list[Path], skipped: Any) -> int:
+    """Score what the folder does not hold yet, then thresholds and the manifest over every row (under the lock)."""
     from zsad.data.io import load_image
     from zsad.fileio import save_npy, write_json
     from zsad.outputs import (
@@ -82,19 +124,10 @@ def _run(args: argparse.Namespace) -> int:
         label_rows,
         map_size,
     )
-    from zsad.runtime import ExportedModel
-    from zsad.thresholds import UNLABELLED_RULES, Threshold, choose_threshold
 
-    if args.batch_size < 1:
-        raise ZsadInputError(f"--batch-size {args.batch_size}: must be >= 1")
-    if args.threshold_rule not in UNLABELLED_RULES:
-        raise ZsadInputError(f"--threshold-rule {args.threshold_rule!r}: use one of {', '.join(UNLABELLED_RULES)}")
-    model = ExportedModel(args.model, runtime=args.runtime)
-    items = list(args.path) + (read_list_file(args.list_file) if args.list_file else [])
-    if not items:
-        raise ZsadInputError("no images given: pass files, folders or glob patterns, or --list FILE")
-    files = collect_images(items, recursive=args.recursive, image_glob=args.image_glob)
     out: Path = args.out
+    if skipped:
+        print(f"note: passed over in the input folders: {skipped.summary()}")
     key = {
         "engine": "runtime",
         "runtime": model.runtime,
@@ -108,6 +141,8 @@ def _run(args: argparse.Namespace) -> int:
         return is_number(r["pred_score"]) and bool(r["anomaly_map_path"]) and (out / r["anomaly_map_path"]).is_file()
 
     log = CsvLog(out / "predictions.csv", DETECT_FIELDS, key=lambda r: identity(r["image_path"]), complete=complete)
+    if log.repair_note():
+        print(f"note: {log.repair_note()}; they are scored again")
     names = OutputNames()
     for r in log.rows:
         names.claim(Path(r["anomaly_map_path"]).stem, identity(r["image_path"]))
@@ -115,61 +150,132 @@ def _run(args: argparse.Namespace) -> int:
     todo = [f for f in files if str(f) not in done]
     if done:
         print(f"resuming: {len(files) - len(todo)} of {len(files)} images already scored in {out}")
-    (out / "errors.csv").unlink(missing_ok=True)
+    (out / "errors.csv").unlink(missing_ok=True)  # this run's failures only (earlier ones are retried)
     errors = CsvLog(out / "errors.csv", ["image_path", "error"])
-    failed = 0
-    for start in range(0, len(todo), args.batch_size):
-        batch: list[tuple[Path, Any, np.ndarray]] = []
-        for f in todo[start : start + args.batch_size]:
-            try:
-                img = load_image(f)
-            except ZsadInputError as e:
-                if not args.skip_bad:
-                    raise
-                errors.append([{"image_path": str(f), "error": str(e)}])
-                failed += 1
-                continue
-            batch.append((f, img.size, model.preprocess(img)))
-        if not batch:
-            continue
-        pred = model.predict_arrays(np.stack([b[2] for b in batch]))
-        rows = []
-        for i, (f, (w, h), _) in enumerate(batch):
-            mh, mw = map_size(h, w, args.max_map_size)
-            full = resize_bilinear(pred.anomaly_map[i], (mh, mw))
-            rel = Path("maps") / f"{names.name(str(f))}.npy"
-            save_npy(out / rel, full)
-            rows.append(detect_row(str(f), pred.pred_score[i], rel, full, (h, w)))
-        log.append(rows)
-    if not log.rows:
-        raise ZsadInputError(f"no image could be scored; the failures are listed in {out / 'errors.csv'}")
-    scores = np.array([float(r["pred_score"]) for r in log.rows])
-    maxima = np.array([float(r["map_max"]) for r in log.rows])
-    if args.threshold is not None:
-        thr = Threshold(float(args.threshold), "manual")
-    elif model.threshold is not None:  # recorded at export (or edited since): its source is kept
-        thr = Threshold(model.threshold, str(model.manifest["threshold"].get("source", "manifest")))
-    else:
-        thr = choose_threshold(scores, unlabelled=args.threshold_rule)
-    pthr = choose_threshold(maxima)
-    labels = label_rows(log.rows, thr, pthr, scores)
+    failed: list[str] = []
+
+    def fail(path: str, error: str) -> None:
+        print(f"note: skipped: {error}")
+        errors.append([{"image_path": path, "error": error}])
+        failed.append(path)
+
+    try:
+        for start in range(0, len(todo), args.batch_size):
+            batch: list[tuple[Path, Any, np.ndarray]] = []
+            for f in todo[start : start + args.batch_size]:
+                try:
+                    img = load_image(f)
+                except ZsadInputError as e:  # unreadable, or gone since it was listed
+                    if not args.skip_bad:
+                        raise
+                    fail(str(f), " ".join(str(e).split()))
+                    continue
+                batch.append((f, img.size, model.preprocess(img)))
+            if not batch:
+                continue  # every file of the batch failed: each has its error row
+            pred = model.predict_arrays(np.stack([b[2] for b in batch]))
+            rows = []
+            for i, (f, (w, h), _) in enumerate(batch):
+                mh, mw = map_size(h, w, args.max_map_size)
+                rel = Path("maps") / f"{names.name(str(f))}.npy"
+                full = resize_bilinear(pred.anomaly_map[i], (mh, mw))
+                try:
+                    save_npy(out / rel, full)
+                except OSError as e:  # a full disk, an unwritable map: an error row, not a row
+                    if not args.skip_bad:
+                        raise
+                    fail(str(f), f"{f}: cannot write {rel.as_posix()}: {e.strerror or e}")
+                    continue
+                rows.append(detect_row(str(f), pred.pred_score[i], rel, full, (h, w)))
+            log.append(rows)
+    except (ZsadInputError, OSError) as e:
+        if not log.rows:
+            raise
+        text = f"{e.filename}: {e.strerror or e}" if isinstance(e, OSError) and e.filename else " ".join(str(e).split())
+        raise ZsadInputError(
+            f"{text}; the {len(log.rows)} images scored so far are kept in {out} (without labels until the run "
+            "ends): fix or remove the file, or pass --skip-bad, and run the same command again to resume"
+        ) from None
+
+    listed = {str(f) for f in files}
+    for r in log.rows:  # inputs that vanished (from the listing, or from the disk) keep their row, marked
+        r["input_missing"] = "0" if r["image_path"] in listed and os.path.exists(r["image_path"]) else "1"
+    current = [r for r in log.rows if r["input_missing"] == "0"]
+    base = {
+        "command": "detect --model",
+        "model": str(args.model),
+        "runtime": model.runtime,
+        "export_manifest": model.manifest,
+        "inputs_skipped": skipped.counts(),
+        "num_failed": len(failed),
+    }
+    if not current:
+        write_json(out / "manifest.json", {**base, "num_images": len(log.rows), "num_missing_inputs": len(log.rows)})
+        if failed:
+            raise ZsadInputError(
+                f"no image could be scored; the {len(failed)} failures are listed in {out / 'errors.csv'}"
+            )
+        raise ZsadInputError(
+            f"no image could be scored: none of the inputs exists any more ({len(log.rows)} rows kept)"
+        )
+    thr, pthr = thresholds(args, model, current)
+    if thr.note:
+        print(f"warning: no decision: {thr.note}")
+    labels = label_rows(log.rows, thr, pthr, np.array([float(r["pred_score"]) for r in log.rows]))
     log.rewrite()
+    missing = len(log.rows) - len(current)
     write_json(
         out / "manifest.json",
         {
-            "command": "detect --model",
-            "model": str(args.model),
-            "runtime": model.runtime,
-            "export_manifest": model.manifest,
+            **base,
             "threshold": vars(thr),
             "pixel_threshold": vars(pthr),
             "num_images": len(log.rows),
-            "num_failed": failed,
+            "num_missing_inputs": missing,
         },
     )
-    print(
-        f"{len(log.rows)} images scored, {int(labels.sum()) if labels is not None else 'none'} flagged "
-        f"anomalous (threshold {thr.value:.4g}, "
-        f"{thr.source}); results in {out / 'predictions.csv'}"
-    )
+    flagged = int(labels.sum()) if labels is not None else None
+    print(summary(out, len(log.rows), flagged, thr, len(failed), missing, skipped.summary()))
     return 1 if failed else 0
+
+
+def thresholds(args: argparse.Namespace, model: Any, current: list[dict[str, str]]) -> tuple[Any, Any]:
+    """The image and pixel thresholds, as the torch path chooses them for the same export.
+
+    Image: ``--threshold``, else the manifest's (its source kept), else ``--threshold-rule`` fitted to this run's
+    scores. Pixel: the manifest's (the export's calibration images: ``normal_quantile`` of their map maxima, as the
+    torch path with the same references), else the rule fitted to this run's map maxima. Rows of inputs that are
+    gone are left out of the fits; fewer than ``MIN_IMAGES`` images give no threshold (``Threshold.note``).
+    """
+    from zsad.thresholds import Threshold, choose_threshold
+
+    scores = np.array([float(r["pred_score"]) for r in current])
+    maxima = np.array([float(r["map_max"]) for r in current])
+    if args.threshold is not None:
+        thr = Threshold(float(args.threshold), "manual")
+    elif model.threshold is not None:  # recorded at export (or edited since): its source is kept
+        thr = Threshold(model.threshold, model.threshold_source)
+    else:
+        thr = choose_threshold(scores, unlabelled=args.threshold_rule)
+    value, source = model.pixel_threshold
+    pthr = Threshold(value, source) if value is not None else choose_threshold(maxima, unlabelled=args.threshold_rule)
+    return thr, pthr
+
+
+def summary(out: Path, num_rows: int, flagged: int | None, thr: Any, failed: int, missing: int, skipped: str) -> str:
+    """The last line, worded as the torch path's (``DetectResult.summary``): every input is in one of the counts."""
+    if flagged is None:
+        decided = f"no labels: {thr.note}" if thr.note else "no labels (no threshold)"
+    else:
+        decided = f"{flagged} flagged anomalous (threshold {thr.value:.4g}, {thr.source})"
+    parts = [f"{num_rows - missing} images scored, {decided}; results in {out / 'predictions.csv'}"]
+    if missing:
+        parts.append(
+            f"{missing} more rows kept from earlier runs whose input files are gone (marked input_missing, left out "
+            "of the thresholds)"
+        )
+    if failed:
+        parts.append(f"{failed} files failed, listed in {out / 'errors.csv'}")
+    if skipped:
+        parts.append(f"passed over in the input folders: {skipped}")
+    return "; ".join(parts) + (" (exit code 1)" if failed else "")

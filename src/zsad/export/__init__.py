@@ -5,7 +5,8 @@ torch path computes (the export is checked against it on the spot, and the diffe
 few-shot reference features and trained parts are tensors of the set-up method, so they become constants of the
 graph. The batch axis is dynamic; the image size is fixed (the manifest names it and the runtime checks it).
 
-The threshold is not in the graph: it lives in ``manifest.json`` with its source and can be changed later.
+The thresholds are not in the graph: the image threshold and the pixel threshold (on map values) live in
+``manifest.json`` with their sources and can be changed later.
 
 ``--format openvino`` converts the same ONNX graph to OpenVINO IR (``model.xml`` + ``model.bin``); ``--precision
 fp16`` exports the image tower's block matmuls in fp16 (``ClipBackbone.set_precision``: casts are explicit, so the
@@ -33,6 +34,7 @@ from zsad.runtime import open_graph
 
 FORMATS = ("onnx", "openvino")
 MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
+WEIGHTS_FILE = "model.bin"  # OpenVINO IR's weights, beside model.xml
 MANIFEST = "manifest.json"
 OPSET = 18
 # bf16 graphs are not offered: onnxruntime's CPU and CUDA providers lack bf16 kernels for most ops.
@@ -92,12 +94,16 @@ def export_method(
     threshold: dict[str, Any] | None = None,
     references: list[str] | None = None,
     check_batch: int = 2,
+    pixel_threshold: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Export a set-up method to ``out`` (``model.onnx`` + ``manifest.json``) and check it against torch.
 
-    ``threshold`` is ``{"value": v, "source": s}`` (recorded, not baked in); ``references`` names the few-shot
-    images whose features are baked in. The check runs ``check_batch`` seeded random images through both paths and
-    records the largest differences of scores and maps in the manifest.
+    ``threshold`` and ``pixel_threshold`` are ``{"value": v, "source": s}`` (recorded, not baked in);
+    ``references`` names the few-shot images whose features are baked in. The check runs ``check_batch`` seeded
+    random images through both paths and records the largest differences of scores and maps in the manifest.
+
+    Re-exporting into an export folder first removes its manifest and model files, so a half-written export is
+    never described by the old manifest and a model file of another format never stays behind.
     """
     check_format(fmt, method.backbone.precision)
     check_exportable(type(method), method.config)
@@ -105,6 +111,8 @@ def export_method(
         raise ZsadInputError("zsad export: set the method up (class name, references) before exporting")
     out = Path(out)
     mark_folder(out, "export", "export")  # a foreign folder is refused, never overwritten
+    for stale in (MANIFEST, *MODEL_FILES.values(), WEIGHTS_FILE):
+        (out / stale).unlink(missing_ok=True)
     size = method.image_size
     wrapper = ExportedForward(method).eval()
     example = torch.randn(check_batch, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -154,6 +162,7 @@ def export_method(
         "backbone": method.backbone.manifest(),
         "transductive": method.is_transductive,
         "threshold": threshold or {"value": None, "source": "none"},
+        "pixel_threshold": pixel_threshold or {"value": None, "source": "none"},
         "export_seconds": round(seconds, 2),
         "parity": parity,
         "zsad_version": _version(),
@@ -220,7 +229,7 @@ def _to_openvino(onnx_path: Path, out: Path) -> dict[str, Any]:
     # the weights keep the graph's own types: fp16 only where --precision fp16 put it
     ov.save_model(model, str(out / MODEL_FILES["openvino"]), compress_to_fp16=False)
     onnx_path.unlink()
-    weights = out / "model.bin"
+    weights = out / WEIGHTS_FILE
     return {"weights_file": weights.name, "weights_sha256": sha256_file(weights)}
 
 
@@ -261,11 +270,13 @@ def export_run(
     fmt: str = "onnx",
     seed: int = 0,
 ) -> ExportResult:
-    """Build, set up and export a method as ``zsad detect`` would run it, with the threshold it would use.
+    """Build, set up and export a method as ``zsad detect`` would run it, with the thresholds it would use.
 
     References are split as in ``zsad detect`` (a seeded order; a few-shot method memorises the first ``k_shot``,
     the rest calibrate): the threshold is ``--threshold`` if given, else the 0.99-quantile of the calibration
-    images' scores (``normal_quantile``), else none (the runtime then fits ``robust_outlier`` per run).
+    images' scores (``normal_quantile``), else none (the runtime then fits its rule to each run's scores). The
+    pixel threshold is, as in ``zsad detect``, the 0.99-quantile of the calibration images' map maxima, else none
+    (the runtime fits its rule to each run's map maxima). Every argument is checked before the model is built.
     """
     from zsad.methods import get_method_class
     from zsad.runs.build import BackboneSpec, MethodSpec
@@ -274,6 +285,10 @@ def export_run(
     from zsad.thresholds import choose_threshold
 
     check_format(fmt, (backbone or BackboneSpec()).precision)
+    if k_shot < 0:
+        raise ZsadInputError(f"--k-shot {k_shot}: must be >= 0 (0 = every reference image)")
+    if k_shot and reference_dir is None:
+        raise ZsadInputError(f"--k-shot {k_shot}: needs --reference-dir, the folder of normal images to take them from")
     cls = get_method_class(method_name)
     check_exportable(cls)  # before anything else: no point asking for a checkpoint
     spec = MethodSpec(method_name, backbone or BackboneSpec(seed=seed), dict(options or {}), checkpoint).validate()
@@ -286,11 +301,20 @@ def export_run(
     refs, calib, order = load_references(method, ref_files, k_shot, seed)
     used = [str(ref_files[i]) for i in order[: len(refs)]] if refs is not None else []
     prepare_method(method, class_name, refs)
-    calib_scores, _ = calibrate(method, calib)
+    calib_scores, calib_max = calibrate(method, calib)
     thr = choose_threshold(np.array([]), normal_scores=calib_scores, manual=threshold)
-    record = (
-        {"value": thr.value, "source": thr.source}
-        if thr.source != "none"
-        else {"value": None, "source": "none (the runtime fits robust_outlier to each run's scores)"}
+    pthr = choose_threshold(np.array([]), normal_scores=calib_max)
+
+    def record(t: Any, what: str) -> dict[str, Any]:
+        if t.source == "none":
+            return {"value": None, "source": f"none (the runtime fits its --threshold-rule to each run's {what})"}
+        return {"value": t.value, "source": t.source}
+
+    return export_method(
+        method,
+        Path(out),
+        fmt=fmt,
+        threshold=record(thr, "scores"),
+        references=used,
+        pixel_threshold=record(pthr, "map maxima"),
     )
-    return export_method(method, Path(out), fmt=fmt, threshold=record, references=used)
