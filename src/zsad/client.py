@@ -78,13 +78,22 @@ def detect(
     options: dict[str, Any] | None = None,
     threshold: float | None = None,
     reference_id: str | None = None,
+    skip_bad: bool = False,
     token: str | None = None,
     timeout: float = 300.0,
 ) -> dict[str, Any]:
-    """POST ``/v1/detect``: paths, or ``(name, bytes)`` pairs. Returns the JSON answer (``results`` per image)."""
+    """POST ``/v1/detect``: paths, or ``(name, bytes)`` pairs. Returns the JSON answer (``results`` per image).
+
+    ``skip_bad``: unreadable images are listed in the answer's ``errors`` instead of refusing the request.
+    """
     with httpx.Client(base_url=url, headers=_headers(token), timeout=timeout) as c:
         data = _form(
-            method=method, class_name=class_name, options=options, threshold=threshold, reference_id=reference_id
+            method=method,
+            class_name=class_name,
+            options=options,
+            threshold=threshold,
+            reference_id=reference_id,
+            skip_bad="true" if skip_bad else None,
         )
         return dict(_answer(c.post("/v1/detect", files=_files(images), data=data)))
 

@@ -102,7 +102,8 @@ def test_detect_equals_offline_detect(client: TestClient, samples: list[Path], t
 
 def test_single_image_has_no_threshold_unless_given(client: TestClient, samples: list[Path]) -> None:
     one = client.post("/v1/detect", files=_files(samples[:1])).json()
-    assert one["threshold"] == {"value": None, "source": "none"} and one["results"][0]["pred_label"] is None
+    assert one["threshold"]["value"] is None and one["threshold"]["source"] == "none"
+    assert "needs at least 3 images" in one["threshold"]["note"] and one["results"][0]["pred_label"] is None
     s = one["results"][0]["pred_score"]
     below = client.post("/v1/detect", files=_files(samples[:1]), data={"threshold": str(s - 1e-3)}).json()
     above = client.post("/v1/detect", files=_files(samples[:1]), data={"threshold": str(s + 1e-3)}).json()
@@ -228,7 +229,7 @@ def test_no_path_comes_from_client_input(client: TestClient, service: Service, s
 
     made = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     allowed = re.compile(
-        r"^((maps|overlays|images)/[0-9a-f]{32}\.(npy|png|jpg)|predictions\.csv|manifest\.json|run_key\.json|\.zsad\.lock|\.zsad-folder\.json)$"
+        r"^((maps|overlays|images)/[0-9a-f]{32}\.(npy|png|jpg)|(predictions|errors)\.csv|manifest\.json|run_key\.json|\.zsad\.lock|\.zsad-folder\.json)$"
     )
     assert all(allowed.match(p) for p in made), sorted(p for p in made if not allowed.match(p))
     assert not (root.parent / "x.png").exists() and not Path("/x.png").exists()

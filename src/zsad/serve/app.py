@@ -1,8 +1,9 @@
 """The HTTP face of the service (FastAPI): routes, limits, token, and errors as one-line ``detail`` messages.
 
 Status codes: 401 missing or wrong token; 404 unknown result id; 413 upload over ``max_upload_bytes``; 422 bad
-input (unreadable image, unknown method or option, too many images), with the same one-line message the CLI
-prints; 503 queue full (with ``Retry-After``). The page at ``/`` and its files are static, in the package.
+input (unreadable image unless ``skip_bad``, unknown method or option, too many images, a class name over the
+limit), with the same one-line message the CLI prints; 503 queue full (with ``Retry-After``). The page at ``/``
+and its files are static, in the package.
 """
 
 from __future__ import annotations
@@ -167,13 +168,16 @@ def create_app(service: Service) -> FastAPI:
         options: Annotated[str | None, Form(description='Method options as a JSON object, e.g. {"k": 1}.')] = None,
         threshold: Annotated[float | None, Form(description="Manual image threshold.")] = None,
         reference_id: Annotated[str | None, Form(description="Id from POST /v1/references.")] = None,
+        skip_bad: Annotated[
+            bool, Form(description="Score the readable images and list the unreadable ones in 'errors' (no 422).")
+        ] = False,
     ) -> dict[str, Any]:
         """Score images: per image pred_score, pred_label, threshold and source, map range, map and overlay URLs.
 
         A set-level method (dual-image) scores the images of one request as one set (``transductive: true``).
         """
         uploads = [Upload(f.filename or "upload", await f.read()) for f in images]
-        return await service.detect(uploads, method, class_name, options, threshold, reference_id)
+        return await service.detect(uploads, method, class_name, options, threshold, reference_id, skip_bad)
 
     @v1.post("/references", tags=["scoring"])
     async def references(

@@ -109,6 +109,8 @@ class ModelPool:
         self._backbones: dict[tuple[Any, ...], Any] = {}
         self.references: OrderedDict[str, Reference] = OrderedDict()
         self.described: dict[str, dict[str, Any]] = {}  # model id -> describe(), for the manifest
+        self.built = 0  # models prepared since start (each new class name costs one)
+        self.evicted = 0  # of them, dropped to stay within max_models
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------ specs
@@ -184,8 +186,10 @@ class ModelPool:
                 "class_name": key.class_name,
                 "reference_id": key.reference_id,
             }
+            self.built += 1
             while len(self._models) > self.max_models:
                 self._models.popitem(last=False)
+                self.evicted += 1
             used = {id(m.method.backbone) for m in self._models.values()}
             for k in [k for k, bb in self._backbones.items() if id(bb) not in used]:
                 del self._backbones[k]  # queued jobs keep their own references until they finish

@@ -25,6 +25,7 @@ from PIL import Image
 from zsad.errors import ZsadInputError
 from zsad.methods import get_method_class, list_methods
 from zsad.outputs import abs_path
+from zsad.progress import reporter
 from zsad.runs.build import BackboneSpec, MethodSpec, route_checkpoints
 from zsad.runs.detect import calibrate, map_size, overlay_panel
 from zsad.runs.scoring import ScoredBatch, parts_json, resize_map, score_images
@@ -35,6 +36,15 @@ from zsad.thresholds import Threshold, choose_threshold
 
 T = TypeVar("T")
 NONE = Threshold(float("nan"), "none")
+# A class name goes into every prompt, and CLIP reads 77 tokens per prompt (template words included): 200
+# characters are some 40 to 60 tokens, longer than any part name, and a much longer name would be cut off anyway.
+# Each new name also builds a model, so a client must not be able to send arbitrarily long ones.
+MAX_CLASS_NAME = 200
+DEFAULT = "(each method's default)"  # a backbone setting left to the method, in the run key
+RANDOM_WARNING = (
+    "WARNING: --pretrained none: the backbone has SEEDED RANDOM weights. Scores and maps are meaningless for "
+    "detection; use this only for smoke tests, speed and fidelity checks."
+)
 
 
 @dataclass
@@ -120,17 +130,28 @@ class Service:
         self.default_method = get_method_class(config.method).name
         trainable = [m for m in list_methods() if get_method_class(m).trainable]
         checkpoints = route_checkpoints(trainable, list(config.checkpoints)) if config.checkpoints else {}
+        typed: dict[str, dict[str, Any]] = {}
         for name, opts in config.options.items():  # typed and range-checked now, not at the first request
-            MethodSpec(name, config.backbone, dict(opts), checkpoints.get(name)).validate()
+            spec = MethodSpec(name, config.backbone, dict(opts), checkpoints.get(name)).validate()
+            typed[spec.name] = {k: getattr(spec.config, k, v) for k, v in opts.items()}
         self.batcher = Batcher(config.max_batch, config.max_wait_ms, config.max_queue)
         self.pool = ModelPool(config.backbone, config.options, checkpoints, self.batcher.call, config.max_models)
-        self.pool.spec(self.default_method, {})  # the default method's backbone and weights checked at start
-        self.store = ResultStore(config.out, config.keep_results, config.record())
         self.started = time.time()
         self.requests = 0
         self.images_scored = 0
+        self.images_failed = 0
         self._manifested: set[str] = set()  # model ids already in manifest.json
         self._closed = False
+        try:
+            default = self.pool.spec(self.default_method, {})  # the default method's backbone and weights checked
+            key = run_key(config.backbone, default.backbone, typed, checkpoints) if config.out is not None else None
+            self.store = ResultStore(config.out, config.keep_results, config.record(), key)
+        except BaseException:
+            self.batcher.stop()
+            raise
+        self.random_weights = default.backbone.random_init
+        if self.random_weights:  # every check passed: said once, on the console, before the server listens
+            reporter().message(RANDOM_WARNING, "alert")
         self.store.write_manifest({}, self.stats())
 
     # ------------------------------------------------------------------------------------------ info
@@ -166,6 +187,7 @@ class Service:
             k: getattr(self.config, k)
             for k in ("max_images", "max_upload_bytes", "max_batch", "max_wait_ms", "max_queue", "max_map_size")
         }
+        limits["max_class_name"] = MAX_CLASS_NAME
         return {"methods": rows, "default_method": self.default_method, "limits": limits}
 
     def _default_config(self, name: str) -> Any:
@@ -181,9 +203,12 @@ class Service:
             "uptime_s": round(time.time() - self.started, 3),
             "requests": self.requests,
             "images_scored": self.images_scored,
+            "images_failed": self.images_failed,
             "queue_depth": self.batcher.depth,
             "worker_busy": self.batcher.busy,
             "models_kept": len(self.pool._models),
+            "models_built": self.pool.built,
+            "models_evicted": self.pool.evicted,
             "references_kept": len(self.pool.references),
             "rows_written": self.store.rows_written,
             "batching": self.batcher.stats.as_dict(),
@@ -195,7 +220,7 @@ class Service:
             return
         self._closed = True
         self.batcher.stop()
-        self.store.write_manifest(dict(self.pool.described), self.stats())
+        self.store.write_manifest(dict(self.pool.described), self.stats(), stopped=True)
         self.store.close()
 
     # ------------------------------------------------------------------------------------------ requests
@@ -221,14 +246,35 @@ class Service:
         return name, dict(options or {})
 
     @staticmethod
-    def _decode(uploads: list[Upload]) -> list[_Decoded]:
+    def _decode(uploads: list[Upload], skip_bad: bool = False) -> tuple[list[_Decoded], list[dict[str, str]]]:
+        """The readable uploads; the first unreadable one is a 422, or with ``skip_bad`` one entry of the errors."""
         from zsad.data import decode_image
 
-        out = []
+        out, errors = [], []
         for u in uploads:
-            img, fmt = decode_image(u.data, client_name(u.name))
+            try:
+                img, fmt = decode_image(u.data, client_name(u.name))
+            except ZsadInputError as e:
+                if not skip_bad:
+                    raise
+                errors.append({"file_name": client_name(u.name), "error": " ".join(str(e).split())})
+                continue
             out.append(_Decoded(u, img, fmt))
-        return out
+        if errors and not out:
+            listed = "; ".join(e["error"] for e in errors)
+            raise ZsadInputError(f"no readable image among the {len(errors)} sent: {listed}")
+        return out, errors
+
+    @staticmethod
+    def check_class_name(name: str | None) -> str | None:
+        """A client's class name, stripped; None when empty; longer than ``MAX_CLASS_NAME`` refused."""
+        text = (name or "").strip()
+        if len(text) > MAX_CLASS_NAME:
+            raise ZsadInputError(
+                f"class_name: {len(text)} characters; at most {MAX_CLASS_NAME} (CLIP reads 77 tokens per prompt, "
+                "so a much longer name would be cut off anyway)"
+            )
+        return text or None
 
     @staticmethod
     def _tensors(decoded: list[_Decoded], served: Served) -> torch.Tensor:
@@ -250,11 +296,17 @@ class Service:
         options: str | dict[str, Any] | None = None,
         threshold: float | None = None,
         reference_id: str | None = None,
+        skip_bad: bool = False,
     ) -> dict[str, Any]:
-        """Score one request's images; set-level methods score them as one set. Returns the JSON answer."""
+        """Score one request's images; set-level methods score them as one set. Returns the JSON answer.
+
+        ``skip_bad``: unreadable images are listed in the answer's ``errors`` and the others scored (all unreadable
+        is still a 422); without it the first unreadable image refuses the whole request.
+        """
         self.check_count(uploads)
         if threshold is not None and not math.isfinite(threshold):
             raise ZsadInputError(f"threshold {threshold}: must be a finite number")
+        class_name = self.check_class_name(class_name)
         ref: Reference | None = None
         cname: str | None
         if reference_id:
@@ -271,8 +323,8 @@ class Service:
             name, opts, cname = ref.method, ref.options, ref.class_name
         else:
             name, opts = self._resolve(method, options)
-            cname = (class_name or "").strip() or None
-        decoded = await _in_thread(self._decode, uploads)
+            cname = class_name
+        decoded, errors = await _in_thread(self._decode, uploads, skip_bad)
         served = await self._model(name, opts, cname, reference_id or None)
         images = await _in_thread(self._tensors, decoded, served)
         m = served.method
@@ -284,9 +336,10 @@ class Service:
         if m.is_transductive and scored.parts:  # scores re-scaled over this request's set (on the model's thread)
             final, calib = await _wait(self.batcher.call(lambda: self._rescale(served, scored, ref)))
         thr = self._threshold(scored.scores if final is None else final, threshold, ref, calib)
-        answer = await _in_thread(self._finish, served, decoded, scored, final, thr, ref)
+        answer = await _in_thread(self._finish, served, decoded, scored, final, thr, ref, errors)
         self.requests += 1
         self.images_scored += len(decoded)
+        self.images_failed += len(errors)
         return answer
 
     @staticmethod
@@ -303,16 +356,17 @@ class Service:
     def _threshold(
         scores: np.ndarray, manual: float | None, ref: Reference | None, calib: np.ndarray | None
     ) -> Threshold:
-        """Manual, else the references' normal quantile, else robust outlier over the request (>= 2 images)."""
+        """Manual, else the references' normal quantile, else robust outlier over the request's scores.
+
+        The last needs ``MIN_IMAGES`` images, as in every front end: fewer give source none and a note saying so.
+        """
         if manual is not None:
             return Threshold(float(manual), "manual")
         if calib is not None and len(calib):
             return choose_threshold(scores, normal_scores=calib)
         if ref is not None and math.isfinite(ref.threshold.value):
             return ref.threshold
-        if len(scores) >= 2:
-            return choose_threshold(scores)
-        return NONE
+        return choose_threshold(scores)
 
     def _finish(
         self,
@@ -322,8 +376,10 @@ class Service:
         final: np.ndarray | None,
         thr: Threshold,
         ref: Reference | None,
+        errors: list[dict[str, str]],
     ) -> dict[str, Any]:
         scores = scored.scores if final is None else np.asarray(final, dtype=np.float64)
+        m = served.method
         known = math.isfinite(thr.value)
         labels = thr.apply(scores) if known else None
         pthr = ref.pixel_threshold if ref is not None else NONE
@@ -341,7 +397,10 @@ class Service:
             label = None if labels is None else int(labels[i])
             panel = None
             if self.config.overlays:
-                panel = overlay_panel(d.image, amap, (lo, hi), pthr, score, bool(label), "request")
+                decided = None if label is None else bool(label)  # None: the panel says "no label"
+                panel = overlay_panel(
+                    d.image, amap, (lo, hi), pthr, score, decided, "request", random_weights=m.backbone.random_init
+                )
             stored = self.store.save_result(image_id, amap, panel)
             upload = self.store.save_image(image_id, d.upload.data, d.fmt)
             name = client_name(d.upload.name)
@@ -353,6 +412,7 @@ class Service:
                 "threshold": thr.value if known else "",
                 "threshold_source": thr.source,
                 "pixel_threshold": pthr.value if math.isfinite(pthr.value) else "",
+                "pixel_threshold_source": pthr.source,
                 "map_min": float(amap.min()),
                 "map_max": float(amap.max()),
                 "image_size": f"{w}x{h}",
@@ -386,11 +446,11 @@ class Service:
                     "overlay_url": f"{base}/overlay.png" if panel is not None else None,
                 }
             )
-        self.store.append_rows(rows)  # fsync'd before the client hears of the results
-        if self.store.persistent and served.id not in self._manifested:
+        if self.store.persistent and served.id not in self._manifested:  # described before any row names it
             self._manifested.add(served.id)
             self.store.write_manifest(dict(self.pool.described), self.stats())
-        m = served.method
+        self.store.append_rows(rows)  # fsync'd before the client hears of the results
+        self.store.append_errors([{"request_id": request_id, **e} for e in errors])
         return {
             "request_id": request_id,
             "method": served.key.method,
@@ -402,10 +462,12 @@ class Service:
             "set_level": m.set_level,
             "random_weights": bool(m.backbone.random_init),
             "precision": m.backbone.precision,
-            "threshold": {"value": thr.value if known else None, "source": thr.source},
+            "threshold": {"value": thr.value if known else None, "source": thr.source, "note": thr.note or None},
             "pixel_threshold": pthr.value if math.isfinite(pthr.value) else None,
             "colour_range": [lo, hi],
+            "notes": list(scored.notes),  # a set-level method's fallback for a set too small (musc, dual-image)
             "results": results,
+            "errors": errors,
         }
 
     async def add_references(
@@ -418,9 +480,9 @@ class Service:
     ) -> dict[str, Any]:
         """Keep normal images for (method, options, class): few-shot references and a normal-quantile threshold."""
         self.check_count(uploads)
+        cname = self.check_class_name(class_name)
         name, opts = self._resolve(method, options)
-        cname = (class_name or "").strip() or None
-        decoded = await _in_thread(self._decode, uploads)
+        decoded, _ = await _in_thread(self._decode, uploads)
         plain = await self._model(name, opts, cname, None)  # its backbone gives the preprocessing
         images = await _in_thread(self._tensors, decoded, plain)
         key_name = self.pool.key(name, opts, cname, None).class_name
@@ -433,3 +495,38 @@ class Service:
             self.pool.references.pop(ref.id, None)
             raise
         return ref.as_dict()
+
+
+def run_key(
+    given: BackboneSpec,
+    resolved: BackboneSpec,
+    options: dict[str, dict[str, Any]],
+    checkpoints: dict[str, Path],
+) -> dict[str, Any]:
+    """What decides the scores of a server's rows: its backbone, weights, options and checkpoints (not its limits).
+
+    ``given`` is the backbone as started (a setting left out is each method's default); ``resolved`` is the default
+    method's, which says which weights file (``--weights``, ``ZSAD_WEIGHTS``) is read. Files by content only, so a
+    moved weights file or checkpoint still resumes.
+    """
+    from zsad.backbone.loading import file_digest
+    from zsad.train import read_manifest
+
+    weights = resolved.weights
+    random = given.pretrained is not None and BackboneSpec(pretrained=given.pretrained, weights=weights).random_init
+    digest = file_digest(Path(weights)) if weights is not None else None
+    backbone = {
+        "model_name": given.model_name or DEFAULT,
+        "pretrained": "weights file" if weights is not None else ("none" if random else given.pretrained or DEFAULT),
+        "weights": {"sha256": digest["sha256"], "size": digest["size"]} if digest else None,
+        "image_size": given.image_size or DEFAULT,
+        "seed": given.seed if random else None,
+        "precision": given.precision,
+    }
+    return {
+        "command": "serve",
+        "format": 2,
+        "backbone": backbone,
+        "options": {m: dict(sorted(o.items())) for m, o in sorted(options.items()) if o},
+        "checkpoints": {m: read_manifest(p)[1]["sha256"] for m, p in sorted(checkpoints.items())},
+    }

@@ -15,6 +15,7 @@ const state = {
   response: null, // last /v1/detect answer
   rows: [], // results sorted by score desc, each {result, row, card, labelCell, badge}
   threshold: { value: null, source: "none" },
+  thresholdNote: "", // why the server made no decision (e.g. too few images for its rule)
   objectUrls: [], // blob URLs of the current results; revoked when results are replaced
   generation: 0, // bumped on every new result set so late image fetches of an old one are dropped
 };
@@ -340,9 +341,13 @@ function renderResults(resp) {
   const scores = state.rows.map((r) => r.result.pred_score);
   const thr = resp.threshold || { value: null, source: "none" };
   state.threshold = { value: isFiniteNumber(thr.value) ? thr.value : null, source: thr.source || "none" };
+  state.thresholdNote = thr.note || "";
 
   $("results").hidden = false;
   $("transductive-note").hidden = !resp.transductive;
+  const notes = [...(resp.notes || []), ...(resp.errors || []).map((e) => `${e.file_name}: not scored (${e.error})`)];
+  $("set-notes").replaceChildren(...notes.map((n) => el("li", { text: n })));
+  $("set-notes").hidden = notes.length === 0;
   const refText = resp.reference_id ? `reference ${resp.reference_id}` : "no reference images";
   $("results-meta").textContent = `${resp.method} · class "${resp.class_name}" · ${refText} · ${scores.length} image(s) · request ${resp.request_id}`;
   updateRandomWarning();
@@ -485,6 +490,8 @@ function applyThreshold() {
   $("threshold-value").textContent = t.value === null
     ? `no threshold (source: ${t.source}) — move the slider to label the images`
     : `${formatNumber(t.value)} (source: ${t.source})`;
+  $("threshold-note").textContent = t.value === null ? state.thresholdNote : "";
+  $("threshold-note").hidden = !(t.value === null && state.thresholdNote);
   $("flagged-count").textContent = t.value === null ? `— of ${state.rows.length} flagged` : `${flagged} of ${state.rows.length} flagged`;
   drawHistogram();
 }
@@ -561,8 +568,20 @@ function drawHistogram() {
 
 // ---------- CSV ----------
 
+// As zsad.outputs.csv_cell: a cell a spreadsheet would run as a formula (= + - @ tab CR, and ' so that reading
+// back is exact) gets a leading ', as OWASP advises; numbers, and text that reads as one, are left alone.
+const FORMULA_START = /^[=+\-@\t\r']/;
+const NUMBER_TEXT = /^\s*[+-]?((\d(_?\d)*(\.(\d(_?\d)*)?)?|\.\d(_?\d)*)(e[+-]?\d(_?\d)*)?|inf(inity)?|nan)\s*$/i;
+
+function csvCell(value) {
+  if (value === null || value === undefined) return "";
+  const s = String(value);
+  if (typeof value === "number" || !FORMULA_START.test(s) || NUMBER_TEXT.test(s)) return s;
+  return `'${s}`;
+}
+
 function csvField(value) {
-  const s = value === null || value === undefined ? "" : String(value);
+  const s = csvCell(value);
   return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 
