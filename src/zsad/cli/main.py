@@ -527,6 +527,9 @@ def serve_cmd(
             console.print(f"[yellow]note:[/] listening on {host}: reachable from the network", highlight=False)
         if token is None and host not in ("127.0.0.1", "localhost", "::1"):
             console.print("[yellow]note:[/] no --token: anyone who can reach the port can use it", highlight=False)
-        st = serve(config, host=host, port=port, log_level=log_level).stats()
+        from zsad.progress import using
+
+        with using(_reporter()):  # the random-weights warning and notes of the checks, before uvicorn starts
+            st = serve(config, host=host, port=port, log_level=log_level).stats()
     where = f"; results in {out}" if out else ""
     console.print(f"stopped: {st['requests']} requests, {st['images_scored']} images scored{where}", highlight=False)
