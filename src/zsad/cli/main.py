@@ -247,10 +247,11 @@ def export_cmd(
         )
     par, man = result.parity, result.manifest
     engine = "OpenVINO" if man["format"] == "openvino" else "onnxruntime"
+    thr, pthr = man["threshold"], man["pixel_threshold"]
     console.print(
         f"wrote {result.out / man['model_file']} ({man['precision']}); {engine} vs torch on {int(par['batch'])} "
         f"images: max |d| score {par['pred_score_max_abs']:.2g}, map {par['anomaly_map_max_abs']:.2g}; threshold "
-        f"{result.manifest['threshold']['value']} ({result.manifest['threshold']['source']})"
+        f"{thr['value']} ({thr['source']}); pixel threshold {pthr['value']} ({pthr['source']})"
     )
 
 
