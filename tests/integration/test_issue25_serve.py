@@ -286,12 +286,12 @@ def test_skip_bad_scores_the_readable_images_and_lists_the_rest(samples: list[Pa
 def test_serve_says_random_weights_on_the_console_before_it_listens(samples: list[Path], tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     with serving(*TINY, log=log) as url:
+        text = log.read_text()  # the server answers: what it said before listening is in the log
+        warning = [ln for ln in text.splitlines() if "SEEDED RANDOM weights" in ln]
+        assert len(warning) == 1 and "--pretrained none" in warning[0], text
+        assert text.index("SEEDED RANDOM") < text.index("Uvicorn running on"), text
         ans = client.detect(url, [samples[0], ("bad.png", b"nope")], class_name="washer", skip_bad=True)
-    text = log.read_text()
-    assert serving.returncode == 0, text  # type: ignore[attr-defined]
-    warning = [ln for ln in text.splitlines() if "SEEDED RANDOM weights" in ln]
-    assert len(warning) == 1 and "--pretrained none" in warning[0], text
-    assert text.index("SEEDED RANDOM") < text.index("Uvicorn running on"), text
+    assert serving.returncode == 0, log.read_text()  # type: ignore[attr-defined]
     assert len(ans["results"]) == 1 and [e["file_name"] for e in ans["errors"]] == ["bad.png"]
 
 
