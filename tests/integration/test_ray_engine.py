@@ -72,7 +72,7 @@ def test_ray_equals_local_for_a_per_image_method(tiles: Path, tmp_path: Path) ->
         assert got[k]["pred_label"] == local[k]["pred_label"] and got[k]["threshold_source"] == "robust_outlier"
         assert float(got[k]["map_max"]) == pytest.approx(float(local[k]["map_max"]), abs=1e-6)
         assert got[k]["image_size"] == local[k]["image_size"]
-    # maps read back: model resolution in float16, resized to the image as detect writes it
+    # maps read back: model resolution in 16-bit levels of their range, resized to the image as detect writes it
     from zsad.engines.ray_data import load_map
 
     k = sorted(local)[0]
@@ -205,3 +205,53 @@ def test_gpu_actors_choose_their_own_device() -> None:
     assert _actor_backbone(resolved, RayOptions(gpus_per_actor=0.5), device_given=False)["device"] is None
     assert _actor_backbone(resolved, RayOptions(gpus_per_actor=0.5), device_given=True)["device"] == "cpu"
     assert _actor_backbone(resolved, RayOptions(), device_given=False)["device"] == "cpu"
+
+
+def test_range16_maps_keep_narrow_maps_to_their_range() -> None:
+    from zsad.runs.readback import decode_map, encode_map
+
+    rng = np.random.default_rng(0)
+    amap = (0.55 + 0.02 * rng.random((24, 24))).astype(np.float32)  # a narrow map, as the tiny model makes them
+    blob, lo, hi = encode_map(amap, "range16")
+    back = decode_map(blob, "range16", lo, hi)
+    span = float(amap.max() - amap.min())
+    # half a level of 65535, plus float32 rounding of values near 0.56 (3e-8, 1.5e-6 of this span)
+    assert float(np.abs(back - amap).max()) <= span / 131070 + 3e-8
+    old = amap.astype(np.float16).astype(np.float32)  # absolute float16, as shards were stored before
+    assert float(np.abs(old - amap).max()) > 100 * span / 131070
+    flat = np.zeros((8, 8), np.float32)  # a constant map (a set of 1 scored 0) comes back exactly
+    blob, lo, hi = encode_map(flat, "range16")
+    assert np.array_equal(decode_map(blob, "range16", lo, hi), flat)
+
+
+def test_maps_of_shards_written_before_issue_25_still_read(tmp_path: Path) -> None:
+    """Old shards name no encoding (absolute float16); a resumed run adds range16 shards beside them."""
+    import json
+    import zlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from zsad.runs.readback import encode_map, load_map
+
+    out = tmp_path / "old"
+    (out / "shards").mkdir(parents=True)
+    (out / "manifest.json").write_text(json.dumps({"ray": {"map_dtype": "float16", "actors": 1}}))
+    amap = np.linspace(0.5, 0.6, 64, dtype=np.float32).reshape(8, 8)
+    old_blob = zlib.compress(amap.astype("<f2").tobytes(), 1)  # what the old encode_map wrote
+    pq.write_table(pa.table({"image_uri": ["/x/a.png"], "anomaly_map": [old_blob], "error": [""]}),
+                   out / "shards" / "part-1.parquet")  # fmt: skip
+    new_blob, lo, hi = encode_map(amap, "range16")
+    new = {"image_uri": ["/x/b.png"], "anomaly_map": [new_blob], "error": [""], "map_encoding": ["range16"],
+           "map_lo": [lo], "map_hi": [hi]}  # fmt: skip
+    pq.write_table(pa.table(new), out / "shards" / "part-2.parquet")
+
+    def up(a: np.ndarray) -> np.ndarray:  # detect's resize to the image (bilinear), the independent reference
+        t = torch.from_numpy(a.astype(np.float32))[None, None]
+        return torch.nn.functional.interpolate(t, size=(12, 16), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+    a_row = {"image_path": "/x/a.png", "anomaly_map_path": "shards/part-1.parquet", "map_size": "16x12"}
+    b_row = {"image_path": "/x/b.png", "anomaly_map_path": "shards/part-2.parquet", "map_size": "16x12"}
+    np.testing.assert_array_equal(load_map(out, a_row), up(amap.astype(np.float16)))
+    np.testing.assert_allclose(load_map(out, b_row), up(amap), rtol=0, atol=0.1 / 131070 + 1e-7)

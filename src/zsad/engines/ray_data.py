@@ -4,11 +4,13 @@ Pipeline: the driver lists image URIs (strings only) and drops those already wri
 each file and squash it to the model's square (uint8); an actor pool (one built model per actor) scores batches,
 or whole groups for set-level methods (``--group-by``), and writes each batch as one Parquet shard atomically;
 the driver then reads the scores back (not the maps) for the thresholds and writes ``predictions.parquet``,
-``predictions.csv`` and ``manifest.json``. Ray handles backpressure: images are never all in memory.
+``predictions.csv``, ``errors.csv`` and ``manifest.json``. Ray handles backpressure: images are never all in memory.
 
 Exactly once: a shard is complete or absent, a rerun skips the URIs it finds in complete shards, and a URI seen
-twice (a retried task) is read once, the newest shard winning. The output folder must be visible to every
-worker (a shared file system, or a ``pyarrow`` file system URI; only local paths are tested here).
+twice (a retried task) is read once, the newest shard winning. Every listed input ends as one row or one error
+row; rows of local inputs that are gone on a rerun are kept and marked ``input_missing`` (as ``zsad detect``
+does). The output folder must be visible to every worker (a shared file system, or a ``pyarrow`` file system URI;
+only local paths are tested here).
 """
 
 from __future__ import annotations
@@ -27,18 +29,32 @@ from typing import Any
 import numpy as np
 
 from zsad.errors import ZsadInputError
-from zsad.outputs import RunLock, check_output_dir, check_run_key, claim_output
+from zsad.outputs import (
+    DETECT_FIELDS,
+    RunLock,
+    check_output_dir,
+    check_run_key,
+    claim_output,
+    csv_text,
+    label_rows,
+)
 from zsad.progress import Reporter, reporter, using
 from zsad.runs.build import BackboneSpec, MethodSpec
-from zsad.runs.detect import DetectJob, DetectResult, calibrate, split_references
-from zsad.thresholds import choose_threshold
+from zsad.runs.detect import DetectJob, DetectResult, calibrate, check_out_not_input, split_references
+from zsad.thresholds import Threshold, choose_threshold
 
 SHARDS = "shards"
 SHARD_SCHEMA = {
     "image_uri": "string", "group": "string", "pred_score": "float64", "map_min": "float64", "map_max": "float64",
     "image_size": "string", "map_size": "string", "score_parts": "string", "anomaly_map": "binary", "error": "string",
-    "model_id": "string",
-}  # fmt: skip  # column -> pyarrow type of every shard
+    "model_id": "string", "map_encoding": "string", "map_lo": "float64", "map_hi": "float64", "notes": "string",
+}  # fmt: skip  # column -> pyarrow type of every shard (the last four since issue 25; older shards lack them)
+TABLE_FIELDS = [*DETECT_FIELDS, "group", "model_id"]  # predictions.csv / .parquet: detect's columns, then Ray's
+TABLE_TYPES = {
+    "pred_score": "float64", "pred_label": "int64", "threshold": "float64", "pixel_threshold": "float64",
+    "map_min": "float64", "map_max": "float64", "input_missing": "int64",
+}  # fmt: skip  # predictions.parquet column types (strings otherwise; an empty cell is null)
+SUMMARY = ("image_uri", "group", "error", "notes")  # the columns an actor returns to the driver
 DECODE_CPUS = 0.5  # reserved per decoding task
 INSTALL = "--engine ray needs Ray Data: pip install 'zsad[ray]'"
 
@@ -52,7 +68,12 @@ class RayOptions:
     gpus_per_actor: float = 0.0
     cpus_per_actor: float | None = None  # None: 1, or less so that decoding tasks still fit beside the actors
     group_by: str | None = None  # "parent" or "csv:COLUMN" (a column of the --list CSV)
-    map_dtype: str = "float16"
+    map_dtype: str = "float16"  # float16: 16 bits a value (``range16``, levels of the map's range); float32: exact
+
+    @property
+    def map_encoding(self) -> str:
+        """How new shards store maps (``zsad.runs.readback.MAP_ENCODINGS``)."""
+        return "range16" if self.map_dtype == "float16" else "float32"
 
     def validate(self) -> None:
         """One line per bad setting."""
@@ -85,8 +106,11 @@ def _local(item: str) -> str:
     return item[len("file://") :] if item.startswith("file://") else item
 
 
-def list_inputs(job: DetectJob, group_by: str | None) -> list[tuple[str, str]]:
-    """(URI, group) of every input: local files, folders and globs as ``zsad detect`` lists them, plus URIs."""
+def list_inputs(job: DetectJob, group_by: str | None, skipped: Any = None) -> list[tuple[str, str]]:
+    """(URI, group) of every input: local files, folders and globs as ``zsad detect`` lists them, plus URIs.
+
+    Folder listings never enter the output folder, and record what they pass over in ``skipped``.
+    """
     from zsad.data.datasets import collect_images
 
     items: list[str] = [_local(p) for p in job.paths]
@@ -102,7 +126,9 @@ def list_inputs(job: DetectJob, group_by: str | None) -> list[tuple[str, str]]:
         raise ZsadInputError("no images given: pass files, folders or glob patterns, or --list FILE")
     remote = [u for u in items if _is_uri(u)]
     local = [u for u in items if not _is_uri(u)]
-    uris = [str(p) for p in collect_images(local, recursive=job.recursive, image_glob=job.image_glob)] if local else []
+    check_out_not_input(job.out, local)
+    found = collect_images(local, job.recursive, job.image_glob, skipped, exclude=[job.out]) if local else []
+    uris = [str(p) for p in found]
     uris += _expand_remote(remote, job.recursive)
     out = []
     for u in uris:
@@ -230,7 +256,11 @@ class Scorer:
         prepare_method(self.method, setup["class_name"], normalize(refs, self.method) if refs is not None else None)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Score the batch (one set when grouped), write its shard, return the small summary columns."""
+        """Score the batch (one set when grouped), write its shard, return the small summary columns.
+
+        The summary carries each row's group and the set's notes (a set too small for the method), so the driver
+        can say them once; the shard keeps them too, for the manifest of a resumed run.
+        """
         from zsad.runs.detect import map_size
         from zsad.runs.readback import encode_map
         from zsad.runs.scoring import parts_json, resize_map, score_images
@@ -240,6 +270,7 @@ class Scorer:
         scored = None
         if ok.any():
             scored = score_images(self.method, normalize(batch["pixels"][ok], self.method), self.setup["batch_size"])
+        notes = json.dumps(scored.notes if scored is not None else [])
         j = 0
         for i, uri in enumerate(batch["image_uri"]):
             row: dict[str, Any] = {k: None for k in SHARD_SCHEMA}
@@ -249,6 +280,8 @@ class Scorer:
                 h, w = int(batch["height"][i]), int(batch["width"][i])
                 amap = scored.maps[j]
                 full = resize_map(amap, map_size(h, w, self.setup["max_map_size"]))
+                encoding = self.setup["map_encoding"] if np.isfinite(amap).all() else "float32"
+                blob, lo, hi = encode_map(amap, encoding)
                 row.update(
                     pred_score=float(scored.scores[j]),
                     map_min=float(full.min()),
@@ -256,15 +289,16 @@ class Scorer:
                     image_size=f"{w}x{h}",
                     map_size=f"{full.shape[1]}x{full.shape[0]}",  # as detect writes it; stored at model size
                     score_parts=parts_json(scored.parts, j) if scored.parts else "{}",
-                    anomaly_map=encode_map(amap, self.setup["map_dtype"]),
+                    anomaly_map=blob,
+                    map_encoding=encoding,
+                    map_lo=lo,
+                    map_hi=hi,
+                    notes=notes,
                 )
                 j += 1
             rows.append(row)
         write_shard(Path(self.setup["out"]), rows)
-        return {
-            "image_uri": np.asarray([r["image_uri"] for r in rows], dtype=object),
-            "error": np.asarray([r["error"] for r in rows], dtype=object),
-        }
+        return {k: np.asarray([r[k] or "" for r in rows], dtype=object) for k in SUMMARY}
 
 
 class GroupScorer(Scorer):
@@ -272,7 +306,7 @@ class GroupScorer(Scorer):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Decode the group's files, then score them together (one shard per group)."""
-        out: dict[str, list[Any]] = {"image_uri": [], "error": []}
+        out: dict[str, list[Any]] = {k: [] for k in SUMMARY}
         for group, uris in zip(batch["group"], batch["uris"], strict=True):
             names = [str(u) for u in uris]
             decoded = decode_batch(
@@ -280,8 +314,8 @@ class GroupScorer(Scorer):
                 self.method.image_size,
             )
             done = super().__call__(decoded)
-            out["image_uri"] += list(done["image_uri"])
-            out["error"] += list(done["error"])
+            for k in SUMMARY:
+                out[k] += list(done[k])
         return {k: np.asarray(v, dtype=object) for k, v in out.items()}
 
 
@@ -337,6 +371,8 @@ def detect_ray(
     **job: Any,
 ) -> DetectResult:
     """``zsad.runs.detect`` on Ray Data: the same inputs, options and per-image results, in Parquet shards."""
+    from zsad.data.files import Skipped
+
     with using(reporter):
         ropts = ray_options or RayOptions()
         ropts.validate()
@@ -347,8 +383,9 @@ def detect_ray(
         spec = MethodSpec(method, backbone or BackboneSpec(seed=work.seed), dict(options or {}), ckpt).validate()
         work.check_settings()  # as detect, but the inputs may be URIs: listed below
         work.check_references(spec.cls)
+        work.skipped = Skipped()
+        inputs = list_inputs(work, ropts.group_by, work.skipped)  # refuses an --out that is an input folder
         check_output_dir(work.out, kind="detect")
-        inputs = list_inputs(work, ropts.group_by)
         with RunLock(work.out):
             key = {**work.key(spec), "engine": "ray", "group_by": ropts.group_by, "map_dtype": ropts.map_dtype}
             check_run_key(work.out, key)
@@ -377,6 +414,8 @@ def _run(
     out = job.out
     cls = spec.cls
     set_level = cls.set_level and ropts.group_by is not None
+    if job.skipped:
+        say.message(f"passed over in the input folders: {job.skipped.summary()}", "note")
     done = done_uris(out)
     todo = [(u, g) for u, g in inputs if u not in done]
     if set_level:  # a group is one set: any new image re-scores the whole group
@@ -400,7 +439,7 @@ def _run(
         "references": references,
         "batch_size": job.batch_size,
         "max_map_size": job.max_map_size,
-        "map_dtype": ropts.map_dtype,
+        "map_encoding": ropts.map_encoding,
         "out": str(out.resolve()),
         "model_id": model_id,
     }
@@ -411,7 +450,7 @@ def _run(
         per_node = max(float(n.get("Resources", {}).get("CPU", 1.0)) for n in ray.nodes() if n.get("Alive"))
         setup["torch_threads"] = max(1, int(per_node // ropts.actors))
     started = time.perf_counter()
-    failed = 0
+    set_notes: list[tuple[str, str]] = []  # (group, notes JSON) of the sets scored now
     (out / SHARDS).mkdir(exist_ok=True)
     if todo:
         remote = {"num_gpus": ropts.gpus_per_actor, "num_cpus": _actor_cpus(ray, ropts)}
@@ -439,10 +478,28 @@ def _run(
             n = 0
             for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
                 n += len(batch["image_uri"])
-                failed += sum(1 for e in batch["error"] if e)
+                set_notes += [(str(g), str(t)) for g, t in zip(batch["group"], batch["notes"], strict=True) if t]
                 task.update(completed=n)
+    for note in group_notes(set_notes):  # each once, after the progress bar
+        say.message(note, "warning")
     elapsed = time.perf_counter() - started
-    return _finish(spec, job, ropts, (references, calib), model_id, failed, len(todo), elapsed)
+    scored_now = {u for u, _ in todo}
+    return _finish(spec, job, ropts, (references, calib), model_id, inputs, scored_now, elapsed)
+
+
+def group_notes(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """Each distinct set note once, naming the groups it applies to (``pairs``: group, notes JSON of one row)."""
+    groups: dict[str, list[str]] = {}
+    for group, text in pairs:
+        for note in json.loads(text or "[]"):
+            named = groups.setdefault(note, [])
+            if group not in named:
+                named.append(group)
+    out = []
+    for note, named in groups.items():
+        shown = ", ".join(named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "")
+        out.append(f"{note} (group {shown})" if len(named) == 1 else f"{note} ({len(named)} groups: {shown})")
+    return out
 
 
 def _actor_cpus(ray: Any, ropts: RayOptions) -> float:
@@ -483,25 +540,77 @@ def _finish(
     ropts: RayOptions,
     refs_calib: tuple[np.ndarray | None, Any],
     model_id: str,
-    failed: int,
-    scored_now: int,
+    inputs: list[tuple[str, str]],
+    scored_now: set[str],
     elapsed: float,
 ) -> DetectResult:
-    """Second, cheap pass: thresholds over every written score, then the tables and the manifest."""
+    """Second, cheap pass: thresholds over every written score, then the tables and the manifest.
+
+    Every listed input ends as one row or one error row. Error rows are retried by every run, so those of the
+    listed inputs are this run's failures; error rows of inputs no longer listed are dropped, as ``zsad detect``
+    keeps only this run's ``errors.csv``. Rows of inputs no longer listed, or local files that are gone, are kept
+    and marked ``input_missing``: labelled by the threshold, left out of fitting it (URIs are not checked).
+    """
     from zsad.fileio import write_json
     from zsad.sysinfo import environment
 
     say = reporter()
     out = job.out
     references, calib = refs_calib
-    rows = read_shards(out, ["group", "pred_score", "map_min", "map_max", "image_size", "map_size", "score_parts"])
+    cols = ["group", "pred_score", "map_min", "map_max", "image_size", "map_size", "score_parts", "notes"]
+    rows = read_shards(out, cols)
+    listed = {u for u, _ in inputs}
+    held = {r["image_uri"] for r in rows}
     good = [r for r in rows if not r["error"]]
-    errors = [r for r in rows if r["error"]]
-    if not good:
-        raise ZsadInputError(f"no image could be scored; the {len(errors)} failures are in {out / SHARDS}")
+    errors = [
+        {"image_uri": r["image_uri"], "error": r["error"]} for r in rows if r["error"] and r["image_uri"] in listed
+    ]
+    # an input no shard holds (which Ray should never produce) becomes an error row rather than vanishing
+    errors += [
+        {"image_uri": u, "error": f"{u}: no result came back from the Ray actors (rerun to retry)"}
+        for u in sorted(listed - held)
+    ]
+    for r in good:
+        u = r["image_uri"]
+        r["missing"] = u not in listed or (not _is_uri(u) and not os.path.exists(u))
+    current = [r for r in good if not r["missing"]]
+    num_missing = len(good) - len(current)
+    notes = group_notes([(r["group"], r["notes"]) for r in good if r["notes"]])
+    manifest: dict[str, Any] = {
+        "command": "detect",
+        "engine": "ray",
+        "ray": {**vars(ropts), "map_encoding": ropts.map_encoding},
+        "model_id": model_id,
+        "method": spec.name,
+        "config": spec.key().get("config"),
+        "backbone": spec.backbone.key(),
+        "inputs": job.inputs(),
+        "inputs_skipped": job.skipped.counts() if job.skipped else {},
+        "max_map_size": job.max_map_size,
+        "num_images": len(good),
+        "num_failed": len(errors),
+        "num_missing_inputs": num_missing,
+        "notes": notes,
+    }
+    failed_now = len(errors)
+    done_now = sum(1 for r in good if r["image_uri"] in scored_now)
+    rate = done_now / elapsed if elapsed > 0 else 0.0
+    say.message(f"{done_now} images scored this run in {elapsed:.1f} s ({rate:.2f} images/s), {failed_now} failed")
+    if not current:  # nothing to fit a threshold on: the files still say what happened, then one line
+        none = Threshold(float("nan"), "none", "no input of this run could be scored")
+        table = _table(good, np.array([r["pred_score"] for r in good], dtype=np.float64), model_id)
+        label_rows(table, none, none, np.zeros(len(table)))
+        _write_tables(out, table, errors)
+        manifest.update(threshold=vars(none), pixel_threshold=vars(none))
+        write_json(out / "manifest.json", {**manifest, "environment": environment()})
+        if errors:
+            raise ZsadInputError(
+                f"no image could be scored; the {len(errors)} failures are listed in {out / 'errors.csv'}"
+            )
+        raise ZsadInputError(f"no image could be scored: none of the inputs exists any more ({len(good)} rows kept)")
+
     scores = np.array([r["pred_score"] for r in good], dtype=np.float64)
     cls = spec.cls
-    final = None
     method = None
     if cls.transductive_for(spec.config) or calib is not None:
         method = spec.build()  # the driver's copy: set-level re-scaling and calibration (cheap next to the run)
@@ -510,95 +619,104 @@ def _finish(
         refs = normalize(references, method) if references is not None else None
         prepare_method(method, job.class_name, refs)  # as the actors: calibration scores what they would score
     if method is not None and method.is_transductive:
-        from zsad.runs.scoring import decode_parts
-
-        by_group: dict[str, list[int]] = {}
-        for i, r in enumerate(good):
-            by_group.setdefault(r["group"] if ropts.group_by else "", []).append(i)
-        final = scores.copy()
-        for idx in by_group.values():
-            parts = decode_parts([{"score_parts": good[i]["score_parts"]} for i in idx])
-            if parts:
-                fin = method.finalize_scores(parts)
-                if fin is not None:
-                    final[idx] = fin
-        scores = final
+        scores = _finalize(method, good, scores, ropts.group_by is not None)
+    fit = np.array([not r["missing"] for r in good], dtype=bool)
     calib_scores = calib_max = None
     if calib is not None and method is not None and len(calib):
         calib_scores, calib_max = calibrate(method, normalize(calib.numpy(), method))
-    thr = choose_threshold(scores, normal_scores=calib_scores, manual=job.threshold, unlabelled=job.threshold_rule)
-    pthr = choose_threshold(np.array([r["map_max"] for r in good]), normal_scores=calib_max)
-    labels = thr.apply(scores)
-    table = []
-    for r, s, lab in zip(good, scores, labels, strict=True):
-        table.append(
-            {
-                "image_path": r["image_uri"],
-                "pred_score": float(s),
-                "pred_label": int(lab),
-                "threshold": thr.value,
-                "threshold_source": thr.source,
-                "pixel_threshold": pthr.value,
-                "anomaly_map_path": f"{SHARDS}/{r['shard']}",
-                "overlay_path": "",
-                "map_min": r["map_min"],
-                "map_max": r["map_max"],
-                "image_size": r["image_size"],
-                "map_size": r["map_size"],
-                "score_parts": r["score_parts"],
-                "group": r["group"],
-                "model_id": model_id,
-            }
-        )
+    thr = choose_threshold(scores[fit], normal_scores=calib_scores, manual=job.threshold, unlabelled=job.threshold_rule)
+    maxima = np.array([r["map_max"] for r in current], dtype=np.float64)
+    pthr = choose_threshold(maxima, normal_scores=calib_max, unlabelled=job.threshold_rule)
+    if thr.note:
+        say.message(f"no decision: {thr.note}", "warning")
+    table = _table(good, scores, model_id)
+    labels = label_rows(table, thr, pthr, scores)
     _write_tables(out, table, errors)
-    manifest = {
-        "command": "detect",
-        "engine": "ray",
-        "ray": vars(ropts),
-        "model_id": model_id,
-        "method": spec.name,
-        "config": spec.key().get("config"),
-        "backbone": spec.backbone.key(),
-        "inputs": job.inputs(),
-        "threshold": vars(thr),
-        "pixel_threshold": vars(pthr),
-        "max_map_size": job.max_map_size,
-        "num_images": len(table),
-        "num_failed": len(errors),
-        "transductive": bool(method.is_transductive) if method is not None else cls.transductive_for(spec.config),
-        "environment": environment(),
-    }
-    write_json(out / "manifest.json", manifest)
-    rate = scored_now / elapsed if elapsed > 0 else 0.0
-    result = DetectResult(out, len(table), int(labels.sum()), thr, len(errors))
-    say.message(f"{scored_now} images scored this run in {elapsed:.1f} s ({rate:.2f} images/s), {failed} errors")
+    manifest.update(
+        threshold=vars(thr),
+        pixel_threshold=vars(pthr),
+        transductive=bool(method.is_transductive) if method is not None else cls.transductive_for(spec.config),
+    )
+    write_json(out / "manifest.json", {**manifest, "environment": environment()})
+    flagged = int(labels.sum()) if labels is not None else None
+    skipped = job.skipped.summary() if job.skipped else ""
+    result = DetectResult(out, len(table), flagged, thr, len(errors), num_missing, 0, skipped)
     say.message(result.summary())
     return result
 
 
+def _finalize(method: Any, good: list[dict[str, Any]], scores: np.ndarray, grouped: bool) -> np.ndarray:
+    """Set-level re-scaling per group (or over the run), fitted on the rows of current inputs only.
+
+    Rows of inputs that are gone are re-scaled with their group's current statistics (kept as they are when their
+    group has no current row left).
+    """
+    from zsad.runs.scoring import decode_parts
+
+    by_group: dict[str, list[int]] = {}
+    for i, r in enumerate(good):
+        by_group.setdefault(r["group"] if grouped else "", []).append(i)
+    final = scores.copy()
+    for idx in by_group.values():
+        cur = [i for i in idx if not good[i]["missing"]]
+        gone = [i for i in idx if good[i]["missing"]]
+        parts = decode_parts([{"score_parts": good[i]["score_parts"]} for i in cur])
+        if not parts:
+            continue
+        fin = method.finalize_scores(parts)
+        if fin is not None:
+            final[cur] = fin
+        old = decode_parts([{"score_parts": good[i]["score_parts"]} for i in gone])
+        if old and set(old) == set(parts):
+            fin_old = method.finalize_scores(old, fit=parts)
+            if fin_old is not None:
+                final[gone] = fin_old
+    return final
+
+
+def _table(good: list[dict[str, Any]], scores: np.ndarray, model_id: str) -> list[dict[str, Any]]:
+    """The predictions rows (before ``label_rows``): detect's columns, the map naming its shard."""
+    return [
+        {
+            "image_path": r["image_uri"],
+            "pred_score": float(s),
+            "anomaly_map_path": f"{SHARDS}/{r['shard']}",
+            "overlay_path": "",
+            "map_min": r["map_min"],
+            "map_max": r["map_max"],
+            "image_size": r["image_size"],
+            "map_size": r["map_size"],
+            "score_parts": r["score_parts"],
+            "input_missing": "1" if r["missing"] else "0",
+            "group": r["group"],
+            "model_id": model_id,
+        }
+        for r, s in zip(good, scores, strict=True)
+    ]
+
+
 def _write_tables(out: Path, table: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
+    """``predictions.parquet`` (typed; an empty cell is null), then the spreadsheet-safe CSVs (``csv_text``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from zsad.fileio import atomic_write
-    from zsad.runs.detect import FIELDS
 
-    fields = [*FIELDS, "group", "model_id"]
+    def typed(key: str, value: Any) -> Any:
+        kind = TABLE_TYPES.get(key, "string")
+        if value is None or value == "":
+            return None
+        return int(value) if kind == "int64" else float(value) if kind == "float64" else str(value)
+
+    schema = pa.schema([(k, getattr(pa, TABLE_TYPES.get(k, "string"))()) for k in TABLE_FIELDS])
+    data = {k: [typed(k, r.get(k)) for r in table] for k in TABLE_FIELDS}
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(table), buf)
+    pq.write_table(pa.Table.from_pydict(data, schema=schema), buf)
     atomic_write(out / "predictions.parquet", lambda f: f.write(buf.getvalue()))
-    text = io.StringIO(newline="")
-    w = csv.DictWriter(text, fieldnames=fields)
-    w.writeheader()
-    for r in table:
-        w.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write(out / "predictions.csv", lambda f: f.write(text.getvalue().encode()))
-    etext = io.StringIO(newline="")
-    ew = csv.DictWriter(etext, fieldnames=["image_path", "error"])
-    ew.writeheader()
-    for r in errors:
-        ew.writerow({"image_path": r["image_uri"], "error": r["error"]})
-    atomic_write(out / "errors.csv", lambda f: f.write(etext.getvalue().encode()))
+    text = csv_text(TABLE_FIELDS, table)
+    atomic_write(out / "predictions.csv", lambda f: f.write(text.encode()))
+    etext = csv_text(["image_path", "error"], [{"image_path": r["image_uri"], "error": r["error"]} for r in errors])
+    atomic_write(out / "errors.csv", lambda f: f.write(etext.encode()))
 
 
 def load_map(out: str | Path, image_path: str) -> np.ndarray:
