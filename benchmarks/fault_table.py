@@ -64,6 +64,15 @@ def images(folder: Path, n: int, prefix: str = "p", size: tuple[int, int] = (64,
     return [img(folder / f"{prefix}{i:03d}.png", i, size) for i in range(n)]
 
 
+def empties(folder: Path, n: int, prefix: str = "a") -> list[Path]:
+    """``n`` zero-byte files with image names (unreadable inputs), sorted before ``images``' default names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = [folder / f"{prefix}{i:03d}.png" for i in range(n)]
+    for p in out:
+        p.write_bytes(b"")
+    return out
+
+
 def zsad(*args: Any, env: dict[str, str] | None = None, drop_dac: bool = False) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "zsad", *map(str, args)]
     if drop_dac and os.geteuid() == 0 and shutil.which("setpriv"):
@@ -467,10 +476,7 @@ def _out_inside(t: Path) -> Outcome:
 
 @case("25.2 --skip-bad: 8 zero-byte + 8 good files, batch 8")
 def _all_bad_batch(t: Path) -> Outcome:
-    bad = [t / "imgs" / f"a{i}.png" for i in range(8)]
-    (t / "imgs").mkdir()
-    for p in bad:
-        p.write_bytes(b"")
+    bad = empties(t / "imgs", 8)
     good = images(t / "imgs", 8, "b")
     res = zsad("detect", t / "imgs", "--out", t / "out", "--skip-bad", "--batch-size", "8", *TINY)
     o = count(Outcome("", [res.returncode]), t / "out")
@@ -485,10 +491,7 @@ def _all_bad_batch(t: Path) -> Outcome:
 
 @case("25.2 --skip-bad: every file unreadable")
 def _all_bad(t: Path) -> Outcome:
-    (t / "imgs").mkdir()
-    bad = [t / "imgs" / f"a{i}.png" for i in range(16)]
-    for p in bad:
-        p.write_bytes(b"")
+    bad = empties(t / "imgs", 16)
     res = zsad("detect", t / "imgs", "--out", t / "out", "--skip-bad", "--batch-size", "8", *TINY)
     o = count(Outcome("", [res.returncode], line=error_line(res)), t / "out")
     m = json.loads((t / "out" / "manifest.json").read_text()) if (t / "out" / "manifest.json").exists() else {}
@@ -498,10 +501,7 @@ def _all_bad(t: Path) -> Outcome:
 
 @case("25.2 --skip-bad, set-level (dual-image): a batch of only unreadable files")
 def _all_bad_set(t: Path) -> Outcome:
-    (t / "imgs").mkdir()
-    bad = [t / "imgs" / f"a{i}.png" for i in range(4)]
-    for p in bad:
-        p.write_bytes(b"")
+    bad = empties(t / "imgs", 4)
     good = images(t / "imgs", 4, "b")
     res = zsad("detect", t / "imgs", "--method", "dual-image", "--out", t / "out", "--skip-bad", "--batch-size", "4",
                *TINY)  # fmt: skip

@@ -22,11 +22,14 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import socket
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -561,8 +564,6 @@ def label_rows(rows: list[dict[str, Any]], thr: Threshold, pthr: Threshold, scor
     With no threshold (``source`` none: too few images for the rule, and no references or manual value) the label
     and threshold cells stay empty and None is returned: no decision is made without a basis.
     """
-    import math
-
     known = math.isfinite(thr.value)
     labels = thr.apply(scores) if known else None
     for i, r in enumerate(rows):
@@ -574,3 +575,108 @@ def label_rows(rows: list[dict[str, Any]], thr: Threshold, pthr: Threshold, scor
             pixel_threshold_source=pthr.source,
         )
     return labels
+
+
+# ---------------------------------------------------------------------------------------------- the end of a run
+# Shared by every detect front end (torch, the torch-free runtime, Ray), so that they count, word and refuse alike.
+def check_detect_numbers(batch_size: int, max_map_size: int, threshold: float | None, threshold_rule: str) -> None:
+    """The numbers and choices of a detect run, each refused in one line."""
+    from zsad.thresholds import UNLABELLED_RULES
+
+    if batch_size < 1:
+        raise ZsadInputError(f"--batch-size {batch_size}: must be >= 1")
+    if max_map_size < 0:
+        raise ZsadInputError(f"--max-map-size {max_map_size}: must be >= 0 (0 = no cap)")
+    if threshold is not None and not math.isfinite(threshold):
+        raise ZsadInputError(f"--threshold {threshold}: must be a finite number")
+    if threshold_rule not in UNLABELLED_RULES:
+        raise ZsadInputError(f"--threshold-rule {threshold_rule!r}: use one of {', '.join(UNLABELLED_RULES)}")
+
+
+@contextmanager
+def kept_on_failure(log: CsvLog, out: Path) -> Iterator[None]:
+    """A file found unreadable (or unwritable) while scoring stops the run; the line says what is kept and how to go on.
+
+    Everything else is checked before any model loads, but a file's content is only read when its batch comes.
+    """
+    try:
+        yield
+    except (ZsadInputError, OSError) as e:
+        if not log.rows:
+            raise
+        text = f"{e.filename}: {e.strerror or e}" if isinstance(e, OSError) and e.filename else " ".join(str(e).split())
+        raise ZsadInputError(
+            f"{text}; the {len(log.rows)} images scored so far are kept in {out} (without labels until the run "
+            "ends): fix or remove the file, or pass --skip-bad, and run the same command again to resume"
+        ) from None
+
+
+def mark_missing(
+    rows: list[dict[str, Any]], listed: set[str], local: Callable[[str], bool] = lambda _: True, key: str = "image_path"
+) -> int:
+    """Mark ``input_missing`` on every row: 1 when its input is no longer listed or (a local file) no longer exists.
+
+    Such rows were scored and are kept; the caller leaves them out of fitting thresholds. Returns how many.
+    """
+    for r in rows:
+        path = r[key]
+        gone = path not in listed or (local(path) and not os.path.exists(path))
+        r["input_missing"] = "1" if gone else "0"
+    return sum(r["input_missing"] == "1" for r in rows)
+
+
+def nothing_scored(out: Path, failed: int, rows: int) -> ZsadInputError:
+    """The one line of a run with no present input left to decide on (the files were written first)."""
+    if failed:
+        return ZsadInputError(f"no image could be scored; the {failed} failures are listed in {out / 'errors.csv'}")
+    return ZsadInputError(f"no image could be scored: none of the inputs exists any more ({rows} rows kept)")
+
+
+@dataclass
+class DetectResult:
+    """What a detect run left in ``out``: rows, how many flagged, the image threshold, files that failed.
+
+    ``num_flagged`` is None when no decision was made (too few images for the threshold rule: see the threshold's
+    ``note``). ``num_images`` counts every row, ``num_missing`` those whose input file is gone (kept, not refitted);
+    ``num_flagged`` counts flagged rows of both.
+    """
+
+    out: Path
+    num_images: int
+    num_flagged: int | None
+    threshold: Threshold
+    num_failed: int = 0
+    num_missing: int = 0
+    overlay_errors: int = 0
+    skipped: str = ""
+
+    @property
+    def predictions(self) -> Path:
+        """The per-image results table, ``predictions.csv`` in ``out``."""
+        return self.out / "predictions.csv"
+
+    @property
+    def exit_code(self) -> int:
+        """0 done; 1 done, but files were skipped (listed in ``errors.csv``) or overlays could not be written."""
+        return 1 if self.num_failed or self.overlay_errors else 0
+
+    def summary(self) -> str:
+        """The one line a user reads at the end: every input is in exactly one of the counts."""
+        t = self.threshold
+        if self.num_flagged is None:
+            decided = f"no labels: {t.note}" if t.note else "no labels (no threshold)"
+        else:
+            decided = f"{self.num_flagged} flagged anomalous (threshold {t.value:.4g}, {t.source})"
+        parts = [f"{self.num_images - self.num_missing} images scored, {decided}; results in {self.predictions}"]
+        if self.num_missing:
+            parts.append(
+                f"{self.num_missing} more rows kept from earlier runs whose input files are gone (marked input_missing,"
+                " left out of the thresholds)"
+            )
+        if self.num_failed:
+            parts.append(f"{self.num_failed} files failed, listed in {self.out / 'errors.csv'}")
+        if self.overlay_errors:
+            parts.append(f"{self.overlay_errors} overlays could not be written (listed in manifest.json)")
+        if self.skipped:
+            parts.append(f"passed over in the input folders: {self.skipped}")
+        return "; ".join(parts) + (" (exit code 1)" if self.exit_code else "")

@@ -11,8 +11,6 @@ out of the thresholds. Overlays are not drawn on this path.
 from __future__ import annotations
 
 import argparse
-import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -76,26 +74,12 @@ def run(argv: list[str]) -> int:
         return 130
 
 
-def _check_settings(args: argparse.Namespace) -> None:
-    """The numbers and choices, each refused in one line (as ``DetectJob.check_settings``)."""
-    from zsad.thresholds import UNLABELLED_RULES
-
-    if args.batch_size < 1:
-        raise ZsadInputError(f"--batch-size {args.batch_size}: must be >= 1")
-    if args.max_map_size < 0:
-        raise ZsadInputError(f"--max-map-size {args.max_map_size}: must be >= 0 (0 = no cap)")
-    if args.threshold is not None and not math.isfinite(args.threshold):
-        raise ZsadInputError(f"--threshold {args.threshold}: must be a finite number")
-    if args.threshold_rule not in UNLABELLED_RULES:
-        raise ZsadInputError(f"--threshold-rule {args.threshold_rule!r}: use one of {', '.join(UNLABELLED_RULES)}")
-
-
 def _run(args: argparse.Namespace) -> int:
     from zsad.data.files import Skipped, collect_images, read_list_file
-    from zsad.outputs import RunLock, check_out_not_input, check_output_dir
+    from zsad.outputs import RunLock, check_detect_numbers, check_out_not_input, check_output_dir
     from zsad.runtime import ExportedModel
 
-    _check_settings(args)
+    check_detect_numbers(args.batch_size, args.max_map_size, args.threshold, args.threshold_rule)
     items = list(args.path) + (read_list_file(args.list_file) if args.list_file else [])
     if not items:
         raise ZsadInputError("no images given: pass files, folders or glob patterns, or --list FILE")
@@ -116,13 +100,17 @@ def _score(args: argparse.Namespace, model: Any, files: list[Path], skipped: Any
     from zsad.outputs import (
         DETECT_FIELDS,
         CsvLog,
+        DetectResult,
         OutputNames,
         claim_output,
         detect_row,
         identity,
         is_number,
+        kept_on_failure,
         label_rows,
         map_size,
+        mark_missing,
+        nothing_scored,
     )
 
     out: Path = args.out
@@ -159,7 +147,7 @@ def _score(args: argparse.Namespace, model: Any, files: list[Path], skipped: Any
         errors.append([{"image_path": path, "error": error}])
         failed.append(path)
 
-    try:
+    with kept_on_failure(log, out):
         for start in range(0, len(todo), args.batch_size):
             batch: list[tuple[Path, Any, np.ndarray]] = []
             for f in todo[start : start + args.batch_size]:
@@ -188,18 +176,8 @@ def _score(args: argparse.Namespace, model: Any, files: list[Path], skipped: Any
                     continue
                 rows.append(detect_row(str(f), pred.pred_score[i], rel, full, (h, w)))
             log.append(rows)
-    except (ZsadInputError, OSError) as e:
-        if not log.rows:
-            raise
-        text = f"{e.filename}: {e.strerror or e}" if isinstance(e, OSError) and e.filename else " ".join(str(e).split())
-        raise ZsadInputError(
-            f"{text}; the {len(log.rows)} images scored so far are kept in {out} (without labels until the run "
-            "ends): fix or remove the file, or pass --skip-bad, and run the same command again to resume"
-        ) from None
 
-    listed = {str(f) for f in files}
-    for r in log.rows:  # inputs that vanished (from the listing, or from the disk) keep their row, marked
-        r["input_missing"] = "0" if r["image_path"] in listed and os.path.exists(r["image_path"]) else "1"
+    missing = mark_missing(log.rows, {str(f) for f in files})  # inputs that vanished keep their row, marked
     current = [r for r in log.rows if r["input_missing"] == "0"]
     base = {
         "command": "detect --model",
@@ -211,19 +189,12 @@ def _score(args: argparse.Namespace, model: Any, files: list[Path], skipped: Any
     }
     if not current:
         write_json(out / "manifest.json", {**base, "num_images": len(log.rows), "num_missing_inputs": len(log.rows)})
-        if failed:
-            raise ZsadInputError(
-                f"no image could be scored; the {len(failed)} failures are listed in {out / 'errors.csv'}"
-            )
-        raise ZsadInputError(
-            f"no image could be scored: none of the inputs exists any more ({len(log.rows)} rows kept)"
-        )
+        raise nothing_scored(out, len(failed), len(log.rows))
     thr, pthr = thresholds(args, model, current)
     if thr.note:
         print(f"warning: no decision: {thr.note}")
     labels = label_rows(log.rows, thr, pthr, np.array([float(r["pred_score"]) for r in log.rows]))
     log.rewrite()
-    missing = len(log.rows) - len(current)
     write_json(
         out / "manifest.json",
         {
@@ -235,8 +206,9 @@ def _score(args: argparse.Namespace, model: Any, files: list[Path], skipped: Any
         },
     )
     flagged = int(labels.sum()) if labels is not None else None
-    print(summary(out, len(log.rows), flagged, thr, len(failed), missing, skipped.summary()))
-    return 1 if failed else 0
+    result = DetectResult(out, len(log.rows), flagged, thr, len(failed), missing, 0, skipped.summary())
+    print(result.summary())
+    return result.exit_code
 
 
 def thresholds(args: argparse.Namespace, model: Any, current: list[dict[str, str]]) -> tuple[Any, Any]:
@@ -260,22 +232,3 @@ def thresholds(args: argparse.Namespace, model: Any, current: list[dict[str, str
     value, source = model.pixel_threshold
     pthr = Threshold(value, source) if value is not None else choose_threshold(maxima, unlabelled=args.threshold_rule)
     return thr, pthr
-
-
-def summary(out: Path, num_rows: int, flagged: int | None, thr: Any, failed: int, missing: int, skipped: str) -> str:
-    """The last line, worded as the torch path's (``DetectResult.summary``): every input is in one of the counts."""
-    if flagged is None:
-        decided = f"no labels: {thr.note}" if thr.note else "no labels (no threshold)"
-    else:
-        decided = f"{flagged} flagged anomalous (threshold {thr.value:.4g}, {thr.source})"
-    parts = [f"{num_rows - missing} images scored, {decided}; results in {out / 'predictions.csv'}"]
-    if missing:
-        parts.append(
-            f"{missing} more rows kept from earlier runs whose input files are gone (marked input_missing, left out "
-            "of the thresholds)"
-        )
-    if failed:
-        parts.append(f"{failed} files failed, listed in {out / 'errors.csv'}")
-    if skipped:
-        parts.append(f"passed over in the input folders: {skipped}")
-    return "; ".join(parts) + (" (exit code 1)" if failed else "")

@@ -37,6 +37,8 @@ from zsad.outputs import (
     claim_output,
     csv_text,
     label_rows,
+    mark_missing,
+    nothing_scored,
 )
 from zsad.progress import Reporter, reporter, using
 from zsad.runs.build import BackboneSpec, MethodSpec
@@ -570,11 +572,8 @@ def _finish(
         {"image_uri": u, "error": f"{u}: no result came back from the Ray actors (rerun to retry)"}
         for u in sorted(listed - held)
     ]
-    for r in good:
-        u = r["image_uri"]
-        r["missing"] = u not in listed or (not _is_uri(u) and not os.path.exists(u))
-    current = [r for r in good if not r["missing"]]
-    num_missing = len(good) - len(current)
+    num_missing = mark_missing(good, listed, lambda u: not _is_uri(u), key="image_uri")  # URIs are not checked
+    current = [r for r in good if r["input_missing"] == "0"]
     notes = group_notes([(r["group"], r["notes"]) for r in good if r["notes"]])
     manifest: dict[str, Any] = {
         "command": "detect",
@@ -603,11 +602,7 @@ def _finish(
         _write_tables(out, table, errors)
         manifest.update(threshold=vars(none), pixel_threshold=vars(none))
         write_json(out / "manifest.json", {**manifest, "environment": environment()})
-        if errors:
-            raise ZsadInputError(
-                f"no image could be scored; the {len(errors)} failures are listed in {out / 'errors.csv'}"
-            )
-        raise ZsadInputError(f"no image could be scored: none of the inputs exists any more ({len(good)} rows kept)")
+        raise nothing_scored(out, len(errors), len(good))
 
     scores = np.array([r["pred_score"] for r in good], dtype=np.float64)
     cls = spec.cls
@@ -620,7 +615,7 @@ def _finish(
         prepare_method(method, job.class_name, refs)  # as the actors: calibration scores what they would score
     if method is not None and method.is_transductive:
         scores = _finalize(method, good, scores, ropts.group_by is not None)
-    fit = np.array([not r["missing"] for r in good], dtype=bool)
+    fit = np.array([r["input_missing"] == "0" for r in good], dtype=bool)
     calib_scores = calib_max = None
     if calib is not None and method is not None and len(calib):
         calib_scores, calib_max = calibrate(method, normalize(calib.numpy(), method))
@@ -658,8 +653,8 @@ def _finalize(method: Any, good: list[dict[str, Any]], scores: np.ndarray, group
         by_group.setdefault(r["group"] if grouped else "", []).append(i)
     final = scores.copy()
     for idx in by_group.values():
-        cur = [i for i in idx if not good[i]["missing"]]
-        gone = [i for i in idx if good[i]["missing"]]
+        cur = [i for i in idx if good[i]["input_missing"] == "0"]
+        gone = [i for i in idx if good[i]["input_missing"] == "1"]
         parts = decode_parts([{"score_parts": good[i]["score_parts"]} for i in cur])
         if not parts:
             continue
@@ -687,7 +682,7 @@ def _table(good: list[dict[str, Any]], scores: np.ndarray, model_id: str) -> lis
             "image_size": r["image_size"],
             "map_size": r["map_size"],
             "score_parts": r["score_parts"],
-            "input_missing": "1" if r["missing"] else "0",
+            "input_missing": r["input_missing"],
             "group": r["group"],
             "model_id": model_id,
         }

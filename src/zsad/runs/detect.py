@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,10 @@ from zsad.methods.base import Method
 from zsad.outputs import (
     DETECT_FIELDS,
     CsvLog,
+    DetectResult,
     OutputNames,
     RunLock,
+    check_detect_numbers,
     check_out_not_input,
     check_output_dir,
     check_run_key,
@@ -33,15 +34,18 @@ from zsad.outputs import (
     detect_row,
     identity,
     is_number,
+    kept_on_failure,
     label_rows,
     map_size,
+    mark_missing,
+    nothing_scored,
 )
 from zsad.progress import Reporter, reporter, using
 from zsad.runs.build import BackboneSpec, MethodSpec, method_key
 from zsad.runs.scoring import decode_parts, parts_json, resize_map, score_dataset
 from zsad.runs.train import prepare_method
 from zsad.sysinfo import environment
-from zsad.thresholds import UNLABELLED_RULES, Threshold, choose_threshold
+from zsad.thresholds import Threshold, choose_threshold
 
 FIELDS = DETECT_FIELDS  # the predictions.csv columns (zsad.outputs, shared with the torch-free runtime)
 NORMALIZE = ("dataset", "per_image")
@@ -109,16 +113,9 @@ class DetectJob:
         """The numbers and choices of the job, each refused in one line."""
         if self.normalize not in NORMALIZE:
             raise ZsadInputError(f"--normalize {self.normalize!r}: use 'dataset' or 'per_image'")
-        if self.batch_size < 1:
-            raise ZsadInputError(f"--batch-size {self.batch_size}: must be >= 1")
         if self.k_shot < 0:
             raise ZsadInputError(f"--k-shot {self.k_shot}: must be >= 0 (0 = every reference image)")
-        if self.max_map_size < 0:
-            raise ZsadInputError(f"--max-map-size {self.max_map_size}: must be >= 0 (0 = no cap)")
-        if self.threshold is not None and not math.isfinite(self.threshold):
-            raise ZsadInputError(f"--threshold {self.threshold}: must be a finite number")
-        if self.threshold_rule not in UNLABELLED_RULES:
-            raise ZsadInputError(f"--threshold-rule {self.threshold_rule!r}: use one of {', '.join(UNLABELLED_RULES)}")
+        check_detect_numbers(self.batch_size, self.max_map_size, self.threshold, self.threshold_rule)
 
     def key(self, spec: MethodSpec) -> dict[str, Any]:
         """The run key as known before the build; ``run_detect`` completes and checks it after."""
@@ -146,56 +143,6 @@ class DetectJob:
         """Refuse, before the model loads, a folder holding a run with other settings (checked again after)."""
         key = self.key(spec)
         check_run_key(self.out, key, sections=key.keys())
-
-
-@dataclass
-class DetectResult:
-    """What a detect run left in ``out``: rows, how many flagged, the image threshold, files that failed.
-
-    ``num_flagged`` is None when no decision was made (too few images for the threshold rule: see the threshold's
-    ``note``). ``num_images`` counts every row, ``num_missing`` those whose input file is gone (kept, not refitted);
-    ``num_flagged`` counts flagged rows of both.
-    """
-
-    out: Path
-    num_images: int
-    num_flagged: int | None
-    threshold: Threshold
-    num_failed: int = 0
-    num_missing: int = 0
-    overlay_errors: int = 0
-    skipped: str = ""
-
-    @property
-    def predictions(self) -> Path:
-        """The per-image results table, ``predictions.csv`` in ``out``."""
-        return self.out / "predictions.csv"
-
-    @property
-    def exit_code(self) -> int:
-        """0 done; 1 done, but files were skipped (listed in ``errors.csv``) or overlays could not be written."""
-        return 1 if self.num_failed or self.overlay_errors else 0
-
-    def summary(self) -> str:
-        """The one line a user reads at the end: every input is in exactly one of the counts."""
-        t = self.threshold
-        if self.num_flagged is None:
-            decided = f"no labels: {t.note}" if t.note else "no labels (no threshold)"
-        else:
-            decided = f"{self.num_flagged} flagged anomalous (threshold {t.value:.4g}, {t.source})"
-        parts = [f"{self.num_images - self.num_missing} images scored, {decided}; results in {self.predictions}"]
-        if self.num_missing:
-            parts.append(
-                f"{self.num_missing} more rows kept from earlier runs whose input files are gone (marked input_missing,"
-                " left out of the thresholds)"
-            )
-        if self.num_failed:
-            parts.append(f"{self.num_failed} files failed, listed in {self.out / 'errors.csv'}")
-        if self.overlay_errors:
-            parts.append(f"{self.overlay_errors} overlays could not be written (listed in manifest.json)")
-        if self.skipped:
-            parts.append(f"passed over in the input folders: {self.skipped}")
-        return "; ".join(parts) + (" (exit code 1)" if self.exit_code else "")
 
 
 def detect(
@@ -375,7 +322,7 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
         failed.append(err["image_path"])
 
     scored = 0
-    with say.task(f"{method.name}: scoring", todo) as task, _kept_on_failure(log, out):
+    with say.task(f"{method.name}: scoring", todo) as task, kept_on_failure(log, out):
         batches = score_dataset(method, ds, job.batch_size, skip_paths=done, skip_bad=job.skip_bad, on_error=on_error)
         for sb in batches:
             hs, ws = sb.batch["original_size"]
@@ -398,9 +345,7 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
             task.update(completed=scored + len(failed))
         task.update(completed=scored + len(failed))  # files skipped in the last batch count as done
 
-    listed = {str(s.image_path) for s in ds.samples}
-    for r in log.rows:  # inputs that vanished (from the folder, or from the disk) keep their row, marked
-        r["input_missing"] = "0" if r["image_path"] in listed and os.path.exists(r["image_path"]) else "1"
+    mark_missing(log.rows, {str(s.image_path) for s in ds.samples})  # inputs that vanished keep their row, marked
     current = [r for r in log.rows if r["input_missing"] == "0"]
     base = {
         **method.describe(),
@@ -415,13 +360,7 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
     }
     if not current:
         write_json(out / "manifest.json", {**base, "num_images": len(log.rows), "environment": environment()})
-        if failed:
-            raise ZsadInputError(
-                f"no image could be scored; the {len(failed)} failures are listed in {out / 'errors.csv'}"
-            )
-        raise ZsadInputError(
-            f"no image could be scored: none of the inputs exists any more ({len(log.rows)} rows kept)"
-        )
+        raise nothing_scored(out, len(failed), len(log.rows))
     if method.set_level and method.is_transductive:
         say.message(f"{method.name}: TRANSDUCTIVE: {method.transductive_note}", "warning")
     parts = decode_parts(current)
@@ -460,24 +399,6 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
     result = DetectResult(out, len(log.rows), flagged, thr, len(failed), missing, len(overlay_errors), skipped)
     say.message(result.summary())
     return result
-
-
-@contextmanager
-def _kept_on_failure(log: CsvLog, out: Path) -> Iterator[None]:
-    """A file found unreadable (or unwritable) while scoring stops the run; the line says what is kept and how to go on.
-
-    Everything else is checked before any model loads, but a file's content is only read when its batch comes.
-    """
-    try:
-        yield
-    except (ZsadInputError, OSError) as e:
-        if not log.rows:
-            raise
-        text = f"{e.filename}: {e.strerror or e}" if isinstance(e, OSError) and e.filename else " ".join(str(e).split())
-        raise ZsadInputError(
-            f"{text}; the {len(log.rows)} images scored so far are kept in {out} (without labels until the run "
-            "ends): fix or remove the file, or pass --skip-bad, and run the same command again to resume"
-        ) from None
 
 
 def _write_overlays(
