@@ -24,7 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -658,6 +659,231 @@ def _mid_run(t: Path) -> Outcome:
     b = zsad("detect", t / "imgs", "--out", t / "out", "--batch-size", "1", *TINY)
     o = count(Outcome("", [a.returncode, b.returncode], line=error_line(a), note=f"{kept} rows kept"), t / "out")
     o.ok = one_line(a) and "kept" in o.line and b.returncode == 0 and accounted(t / "out", ins)
+    return o
+
+
+# ---------------------------------------------------------------------------------------------- issue 25: serve
+@contextmanager
+def serving(t: Path, *args: Any, name: str = "serve") -> Iterator[str]:
+    """``zsad serve ARGS`` on a free port until the block ends (Ctrl-C); yields its URL. The log is ``t/name.log``."""
+    sys.path.insert(0, str(REPO / "src"))
+    from zsad import client
+
+    port = free_port()
+    log = t / f"{name}.log"
+    with log.open("wb") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "zsad", "serve", "--port", str(port), *map(str, args)],
+                                stdout=f, stderr=subprocess.STDOUT, cwd=REPO)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        client.wait_until_ready(url, 120, alive=lambda: proc.poll() is None)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(60)
+
+
+def serve_start(t: Path, *args: Any) -> subprocess.CompletedProcess[str]:
+    """A ``zsad serve`` expected to refuse at start (one line, exit 2) within a minute."""
+    return subprocess.run([sys.executable, "-m", "zsad", "serve", "--port", str(free_port()), *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+
+
+@case("25.3 serve restarted on the same --out: same settings, then another image size")
+def _serve_restart(t: Path) -> Outcome:
+    from zsad import client
+
+    ins = images(t / "imgs", 4)
+    out = t / "out"
+    for i in range(2):
+        with serving(t, "--out", out, *TINY, name=f"s{i}") as url:
+            client.detect(url, ins[2 * i : 2 * i + 2], class_name=f"part{i}")
+    other = serve_start(t, "--out", out, *TINY[:-4], "--image-size", "128", "--device", "cpu")
+    m = json.loads((out / "manifest.json").read_text())
+    ids = {r["model_id"] for r in csv_rows(out / "predictions.csv")}
+    o = count(Outcome("", [0, 0, other.returncode], line=error_line(other)), out)
+    o.ok = one_line(other) and ids <= set(m["models"]) and len(m.get("sessions", [])) == 2
+    o.note = f"{len(ids)} model ids in the rows, all described; {len(m.get('sessions', []))} sessions"
+    o.line = o.line or o.note
+    return o
+
+
+@case("25.5 / 25.12 serve: 1 image, a 5,000-character class name, skip_bad, a formula file name")
+def _serve_requests(t: Path) -> Outcome:
+    import httpx
+
+    from zsad import client
+
+    good = images(t / "imgs", 2)
+    bad = t / "imgs" / "empty.png"
+    bad.write_bytes(b"")
+    out = t / "out"
+    notes = []
+    with serving(t, "--out", out, *TINY) as url:
+        one = client.detect(url, [good[0]])["results"][0]
+        notes.append(f"1 image: pred_label {one['pred_label']}, {one['threshold_source']}")
+        r = httpx.post(f"{url}/v1/detect", files=[("images", ("a.png", good[0].read_bytes(), "image/png"))],
+                       data={"class_name": "x" * 5000}, timeout=60)  # fmt: skip
+        notes.append(f"long class name: {r.status_code}")
+        strict = httpx.post(f"{url}/v1/detect", files=[("images", (p.name, p.read_bytes(), "image/png"))
+                                                       for p in (*good, bad)], timeout=60)  # fmt: skip
+        skipped = client.detect(url, [*good, bad], skip_bad=True)
+        notes.append(f"unreadable: {strict.status_code}, skip_bad {len(skipped['results'])}+{len(skipped['errors'])}")
+        client.detect(url, [("=HYPERLINK('http://x').png", good[1].read_bytes())])
+    cells = [r["file_name"] for r in csv_rows(out / "predictions.csv") if "HYPERLINK" in r["file_name"]]
+    notes.append(f"cell {cells[0][:12]}…" if cells else "no formula row")
+    o = count(Outcome("", [0], note="; ".join(notes)), out)
+    o.ok = (one["pred_label"] is None and r.status_code == 422 and strict.status_code == 422
+            and len(skipped["errors"]) == 1 and cells == ["'=HYPERLINK('http://x').png"])  # fmt: skip
+    return o
+
+
+@case("25.9 / 25.10 serve --device cuda without a GPU; serve --pretrained none says so")
+def _serve_start(t: Path) -> Outcome:
+    cuda = serve_start(t, *TINY[:-2], "--device", "cuda")
+    with serving(t, *TINY, name="random"):
+        pass
+    said = any("SEEDED RANDOM" in ln for ln in (t / "random.log").read_text().splitlines())
+    o = Outcome("", [cuda.returncode, 0], line=error_line(cuda), note=f"random-weights line printed: {said}")
+    o.ok = one_line(cuda) and said
+    return o
+
+
+# ---------------------------------------------------------------------------------------------- issue 25: Ray
+@case("25.8 Ray maps vs local maps (12 real Magnetic Tile images)")
+def _ray_maps(t: Path) -> Outcome:
+    sys.path.insert(0, str(REPO / "src"))
+    from zsad.runs import load_map, read_predictions
+
+    assets = Path(os.environ.get("ZSAD_ASSETS", REPO.parent / "shared" / "assets"))
+    src = sorted((assets / "magnetic_tile" / "MT_Free" / "Imgs").glob("*.jpg"))[:8]
+    src += sorted((assets / "magnetic_tile" / "MT_Crack" / "Imgs").glob("*.jpg"))[:4]
+    if not src:
+        return Outcome("", note="skipped: ZSAD_ASSETS not found")
+    (t / "imgs").mkdir()
+    for f in src:
+        (t / "imgs" / f.name).symlink_to(f)
+    a = zsad("detect", t / "imgs", "--out", t / "local", "--no-overlays", *TINY)
+    b = zsad("detect", t / "imgs", "--out", t / "ray", "--engine", "ray", "--actors", "1", *TINY)
+    worst = 0.0
+    for r in read_predictions(t / "local"):
+        here = np.load(t / "local" / r["anomaly_map_path"])
+        there = load_map(t / "ray", r["image_path"])
+        worst = max(worst, float(np.abs(here - there).max() / max(float(here.max() - here.min()), 1e-12)))
+    o = count(Outcome("", [a.returncode, b.returncode], note=f"worst |ray - local| = {worst:.1e} of the map's range"),
+              t / "ray")  # fmt: skip
+    o.ok = b.returncode == 0 and worst <= 1e-4
+    return o
+
+
+@case("25.2 / 25.5 Ray: 8 zero-byte + 8 good files (batch 8); musc on a group of 1")
+def _ray_counts(t: Path) -> Outcome:
+    bad = empties(t / "imgs", 8)
+    good = images(t / "imgs", 8, "b")
+    a = zsad("detect", t / "imgs", "--out", t / "out", "--engine", "ray", "--batch-size", "8", *TINY)
+    img(t / "sets" / "one" / "p.png", 1)
+    images(t / "sets" / "three", 3)
+    b = zsad("detect", t / "sets", "--recursive", "--method", "musc", "--group-by", "parent", "--engine", "ray",
+             "--out", t / "musc", *TINY)  # fmt: skip
+    m = json.loads((t / "out" / "manifest.json").read_text())
+    said = [ln for ln in b.stderr.splitlines() if "a set of 1 image" in ln]
+    o = count(Outcome("", [a.returncode, b.returncode]), t / "out")
+    o.maps = None  # maps live in Parquet shards
+    o.note = f"manifest {m['num_images']}/{m['num_failed']}; musc group of 1: note printed {len(said)}x"
+    o.ok = a.returncode == 1 and accounted(t / "out", bad + good) and (m["num_images"], m["num_failed"]) == (8, 8)
+    o.ok = o.ok and b.returncode == 0 and len(said) == 1
+    return o
+
+
+# ---------------------------------------------------------------------------------------------- issue 25: export
+@case("25.7 detect --model vs torch detect with --reference-dir: pixel threshold")
+def _pixel_threshold(t: Path) -> Outcome:
+    ins = images(t / "imgs", 6)
+    images(t / "refs", 5, "r")
+    common = ["--method", "winclip", "--class-name", "part", "--reference-dir", t / "refs", "--k-shot", "2", *TINY]
+    e = zsad("export", "--out", t / "model", *common)
+    a = zsad("detect", t / "imgs", "--out", t / "torch", "--no-overlays", *common)
+    b = zsad("detect", t / "imgs", "--model", t / "model", "--out", t / "runtime")
+    ra, rb = csv_rows(t / "torch" / "predictions.csv"), csv_rows(t / "runtime" / "predictions.csv")
+    pa = (ra[0]["pixel_threshold"], ra[0]["pixel_threshold_source"]) if ra else None
+    pb = (rb[0]["pixel_threshold"], rb[0]["pixel_threshold_source"]) if rb else None
+    o = count(Outcome("", [e.returncode, a.returncode, b.returncode], note=f"torch {pa}, runtime {pb}"), t / "runtime")
+    o.ok = b.returncode == 0 and pa is not None and pa == pb and accounted(t / "runtime", ins)
+    return o
+
+
+@case("25.9 / 25.1 / 25.10 export: a hand-edited threshold, --out a detect folder, --k-shot alone")
+def _export_faults(t: Path) -> Outcome:
+    images(t / "imgs", 3)
+    e = zsad("export", "--out", t / "model", "--method", "sdp", "--class-name", "part", *TINY)
+    m = json.loads((t / "model" / "manifest.json").read_text())
+    m["threshold"] = {"value": "high", "source": "manual"}
+    (t / "model" / "manifest.json").write_text(json.dumps(m))
+    edited = zsad("detect", t / "imgs", "--model", t / "model", "--out", t / "o1")
+    zsad("detect", t / "imgs", "--out", t / "run", "--no-overlays", *TINY)
+    before = snapshot(t / "run")
+    into = zsad("export", "--out", t / "run", "--method", "sdp", "--class-name", "part", *TINY)
+    k = zsad("export", "--out", t / "m2", "--method", "winclip", "--k-shot", "2", *TINY)
+    o = Outcome("", [e.returncode, edited.returncode, into.returncode, k.returncode], line=error_line(edited))
+    o.note = f"{error_line(into)[:60]} | {error_line(k)[:60]}"
+    o.ok = one_line(edited) and one_line(into) and snapshot(t / "run") == before and one_line(k)
+    return o
+
+
+@case("25.9 without torch: zsad --help, zsad eval")
+def _no_torch(t: Path) -> Outcome:
+    prelude = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from zsad.cli.entry import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", prelude, *a], capture_output=True, text=True, cwd=REPO, timeout=120)
+            for a in (["--help"], ["eval", "--dataset", "mvtec"])]  # fmt: skip
+    o = Outcome("", [r.returncode for r in runs], line=error_line(runs[1]))
+    o.ok = runs[0].returncode == 0 and "--model" in runs[0].stdout + runs[0].stderr and one_line(runs[1])
+    return o
+
+
+# ---------------------------------------------------------------------------------------------- issue 25: tables
+@case("25.6 zsad benchmark with random weights: what the table says")
+def _bench_table(t: Path) -> Outcome:
+    base = t / "data" / "MPDD" / "metal_plate"
+    images(base / "train" / "good", 2)
+    images(base / "test" / "good", 2, "g")
+    for p in images(base / "test" / "defect", 2, "d"):
+        mask = np.zeros((48, 64), np.uint8)
+        mask[10:20, 10:20] = 255
+        (base / "ground_truth" / "defect").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(base / "ground_truth" / "defect" / f"{p.stem}_mask.png")
+    res = zsad("benchmark", "--suite", "industrial", "--root", t / "data", "--dataset", "mpdd", "--out", t / "bench",
+               *TINY)  # fmt: skip
+    md = (t / "bench" / "table.md").read_text() if (t / "bench" / "table.md").exists() else ""
+    js = json.loads((t / "bench" / "table.json").read_text()) if (t / "bench" / "table.json").exists() else {}
+    svg = (t / "bench" / "table.svg").read_text() if (t / "bench" / "table.svg").exists() else ""
+    o = Outcome("", [res.returncode], note=f"md RANDOM: {'RANDOM WEIGHTS' in md}, json random_weights: "
+                f"{js.get('random_weights')}, svg RANDOM: {'RANDOM WEIGHTS' in svg}")  # fmt: skip
+    o.ok = res.returncode == 0 and "RANDOM WEIGHTS" in md and "zsad-tiny" in md and js.get("random_weights") is True
+    o.ok = o.ok and "RANDOM WEIGHTS" in svg
+    return o
+
+
+@case("25.13 zsad eval --checkpoint on a copy of the training folder")
+def _leakage(t: Path) -> Outcome:
+    zsad("samples", t / "train", "--n-normal", "3", "--n-anomalous", "3", "--size", "64")
+    folder = ["--dataset", "folder", "--normal-dir", "good", "--abnormal-dir", "defect", "--mask-dir", "ground_truth"]
+    tr = zsad("train", "--method", "sdp+", *folder, "--root", t / "train", "--epochs", "1", "--batch-size", "6",
+              "--out", t / "ckpt", *TINY)  # fmt: skip
+    shutil.copytree(t / "train", t / "copy")
+    ev = zsad("eval", *folder, "--root", t / "copy", "--method", "sdp+", "--checkpoint", t / "ckpt", "--out",
+              t / "out", *TINY)  # fmt: skip
+    o = Outcome("", [tr.returncode, ev.returncode], line=error_line(ev))
+    o.ok = tr.returncode == 0 and one_line(ev) and "copies" in o.line
     return o
 
 
