@@ -1,4 +1,4 @@
-"""Helpers of the bad-input and fault suite: run the CLI, and check an output folder input by input.
+"""Helpers of the bad-input and fault suite: run the CLI, make inputs, and check an output folder input by input.
 
 ``assert_one_set_per_input`` is the suite's main check: exactly one row, one map and one overlay per input, no
 orphan file, and each map holding *its* input's heatmap, recomputed here image by image on the same model.
@@ -6,23 +6,48 @@ orphan file, and each map holding *its* input's heatmap, recomputed here image b
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import hashlib
+import importlib.util
+import json
 import os
 import signal
 import subprocess
 import sys
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from zsad.cli.main import app
+from zsad.runs.build import BackboneSpec
+
+if TYPE_CHECKING:
+    from zsad.serve.service import Service, Upload
 
 TINY = ["--backbone", "zsad-tiny", "--pretrained", "none", "--image-size", "96", "--device", "cpu"]
+BB = BackboneSpec("zsad-tiny", "none", None, 96, "cpu", 0)  # TINY as the Python API takes it
 REPO = Path(__file__).resolve().parents[2]
+
+needs_onnxruntime = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None, reason="pip install 'zsad[export]'"
+)
+
+# Child-process code where torch cannot be imported (the torch-free runtime's environment), then `zsad ...`
+NO_TORCH = (
+    "import sys, importlib.abc\n"
+    "class NoTorch(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'torch' or name.startswith('torch.'):\n"
+    "            raise ModuleNotFoundError(f'No module named {name!r} (hidden in this test)', name=name)\n"
+    "sys.meta_path.insert(0, NoTorch())\n"
+)
+NO_TORCH_CLI = NO_TORCH + "from zsad.cli.entry import main\nmain(sys.argv[1:])\n"
 
 
 def cli(*args: Any) -> Any:
@@ -33,17 +58,67 @@ def cli(*args: Any) -> Any:
 def one_line_error(res: Any, *needles: str, code: int = 2) -> str:
     """Exit ``code``, no traceback, exactly one ``error:`` line, containing every needle."""
     assert res.exit_code == code, res.output
-    assert "Traceback" not in res.output and 'File "' not in res.output, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, res.output
+    assert 'File "' not in res.output, res.output
+    return error_line(res.output, *needles)
+
+
+def error_line(text: str, *needles: str) -> str:
+    """No traceback in ``text`` and exactly one ``error:`` line, containing every needle (for any printed text)."""
+    assert "Traceback" not in text, text
+    lines = [ln for ln in text.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, text
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
 
 
 def rows(out: Path, name: str = "predictions.csv") -> list[dict[str, str]]:
-    with (out / name).open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+    return csv_rows(out / name)
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """A CSV as a spreadsheet would read it (no unescaping of formula-like cells)."""
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
         return list(csv.DictReader(f))
+
+
+def read_manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with the sha256 of its bytes (a refused run must leave it byte-identical)."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def write_image(path: Path, seed: int, size: tuple[int, int] = (64, 48), mode: str = "RGB") -> Path:
+    """A distinct random image of ``size`` (width, height) (so a map in the wrong file would be noticed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).convert(mode).save(path)
+    return path
+
+
+def write_images(folder: Path, n: int, seed: int = 0, size: tuple[int, int] = (56, 40)) -> list[Path]:
+    """``n`` distinct random images ``img_{seed + i:03d}.png`` in ``folder``."""
+    return [write_image(folder / f"img_{seed + i:03d}.png", seed + i, size) for i in range(n)]
+
+
+def uploads(paths: list[Path], names: list[str] | None = None) -> list[Upload]:
+    """Files as the service receives them, under their own names or ``names``."""
+    from zsad.serve.service import Upload
+
+    return [Upload(n, p.read_bytes()) for n, p in zip(names or [p.name for p in paths], paths, strict=True)]
+
+
+def service_detect(svc: Service, files: list[Upload], **kw: object) -> dict:
+    """``Service.detect`` in this process (what a request to /v1/detect runs)."""
+    return asyncio.run(svc.detect(files, **kw))  # type: ignore[arg-type]
 
 
 def subprocess_cli(

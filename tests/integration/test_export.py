@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from outputs_check import NO_TORCH, NO_TORCH_CLI
 from typer.testing import CliRunner
 
 from zsad.cli.main import app
@@ -18,18 +19,6 @@ TINY = ["--backbone", "zsad-tiny", "--pretrained", "none", "--image-size", "96",
 
 def _run(*args: str) -> object:
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
-
-
-# Child-process code where torch cannot be imported (the torch-free runtime's environment), then `zsad ...`
-NO_TORCH = (
-    "import sys, importlib.abc\n"
-    "class NoTorch(importlib.abc.MetaPathFinder):\n"
-    "    def find_spec(self, name, path=None, target=None):\n"
-    "        if name == 'torch' or name.startswith('torch.'):\n"
-    "            raise ModuleNotFoundError(f'No module named {name!r} (hidden in this test)', name=name)\n"
-    "sys.meta_path.insert(0, NoTorch())\n"
-)
-NO_TORCH_CLI = NO_TORCH + "from zsad.cli.entry import main\nmain(sys.argv[1:])\n"
 
 
 def _csv_rows(folder: Path) -> dict[str, dict[str, str]]:

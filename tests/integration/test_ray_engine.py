@@ -22,19 +22,11 @@ from zsad import runs
 from zsad.cli.main import app
 from zsad.runs.build import BackboneSpec
 
-ray = pytest.importorskip("ray", reason="Ray Data is not installed (pip install 'zsad[ray]')")
-pytestmark = pytest.mark.assets
+pytest.importorskip("ray", reason="Ray Data is not installed (pip install 'zsad[ray]')")
+pytestmark = [pytest.mark.assets, pytest.mark.usefixtures("local_ray")]  # conftest.py: a local Ray for the module
 
 BB = BackboneSpec("zsad-tiny", "none", None, 96, "cpu", 0)
 TINY = ["--backbone", "zsad-tiny", "--pretrained", "none", "--image-size", "96", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

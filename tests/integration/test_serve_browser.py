@@ -9,25 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 from serve_helpers import TINY, serving
 
-pytestmark = pytest.mark.assets
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    exe = shutil.which("chromium")
-    if exe is None:
-        pytest.skip("no chromium on PATH: apt-get install -y chromium (.ci/run installs it)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
-        yield b
-        b.close()
+pytestmark = pytest.mark.assets  # `browser` (chromium driven by Playwright) is in conftest.py
 
 
 def _label_texts(page) -> list[str]:
