@@ -175,7 +175,7 @@ def _same_tail(t: Path) -> Outcome:
 
 @case("a second run into a busy --out")
 def _busy(t: Path) -> Outcome:
-    ins = images(t / "imgs", 40)
+    ins = images(t / "imgs", 300, size=(160, 120))  # long enough to outlast the second run's start-up
     first = popen("detect", t / "imgs", "--out", t / "out", "--batch-size", "1", *TINY)
     end = time.monotonic() + 120
     while time.monotonic() < end and len(csv_rows(t / "out" / "predictions.csv")) < 2:
