@@ -1,7 +1,8 @@
 """The ``zsad`` command: typer options, rich output and exit codes over ``zsad.runs`` (which does the work).
 
-Exit codes: 0 done; 1 done, but ``--skip-bad`` skipped files; 2 bad input (one line, nothing scored); 130
-interrupted (rerun the same command to resume). ``ZSAD_DEBUG=1`` shows tracebacks instead of one-line errors.
+Exit codes: 0 done; 1 done, but ``--skip-bad`` skipped files (or overlays could not be written); 2 bad input, in
+one line (refused before anything is written, or, for a file found unreadable while scoring, after the rows so far,
+which are kept); 130 interrupted (rerun the same command to resume). ``ZSAD_DEBUG=1`` shows tracebacks instead.
 """
 
 from __future__ import annotations
@@ -166,8 +167,9 @@ def detect_cmd(
 ) -> None:
     """Score images with no labels: predictions.csv, .npy maps and overlays, written incrementally.
 
-    Exit codes: 0 done; 1 done, but some files were skipped (--skip-bad; see errors.csv); 2 bad input, nothing
-    scored; 130 interrupted (rerun the same command to resume).
+    Exit codes: 0 done; 1 done, but some files were skipped (--skip-bad; see errors.csv); 2 bad input, in one line
+    (a file found unreadable while scoring stops the run there: the rows so far are kept, rerun to resume); 130
+    interrupted (rerun the same command to resume).
     """
     from zsad import runs
     from zsad.methods.options import route_options
