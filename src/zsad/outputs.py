@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zsad.errors import ZsadInputError
+from zsad.errors import ZsadInputError, one_line
 from zsad.fileio import atomic_write, default_mode, write_json
 
 if TYPE_CHECKING:
@@ -182,6 +182,10 @@ def check_folder(out: Path, kind: str, flag: str = "--out") -> None:
 def mark_folder(out: Path, kind: str, command: str) -> None:
     """Check ``out`` again (under the run's lock) and record what made it; an existing marker is kept."""
     check_folder(out, kind)
+    _write_marker(out, kind, command)
+
+
+def _write_marker(out: Path, kind: str, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if not (out / MARKER).is_file():
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
@@ -358,8 +362,8 @@ def claim_output(out: Path, key: dict[str, Any], kind: str, command: str) -> Non
     """
     out.mkdir(parents=True, exist_ok=True)
     check_folder(out, kind)
-    check_run_key(out, key)
-    mark_folder(out, kind, command)
+    check_run_key(out, key)  # before anything is written: a refused folder stays as it was
+    _write_marker(out, kind, command)
     for stale in out.rglob(".*.tmp"):
         stale.unlink(missing_ok=True)
     write_json(out / RUN_KEY, _plain(key))
@@ -454,12 +458,12 @@ class CsvLog:
         if parsed and text and not text.endswith("\n"):
             parsed.pop()  # the last row was cut mid-write
             torn += 1
-        good = [r for r in parsed if None not in r.values() and None not in r]
-        good = [
+        whole = [
             {k: csv_value(r.get(k, "")) for k in self.fields}
-            for r in good
-            if complete is None or complete({k: csv_value(v) for k, v in r.items()})
+            for r in parsed
+            if None not in r.values() and None not in r
         ]
+        good = [r for r in whole if complete is None or complete(r)]
         incomplete = len(parsed) - len(good) + torn
         kept: dict[Any, dict[str, str]] = {}
         for i, r in enumerate(good):
@@ -604,9 +608,8 @@ def kept_on_failure(log: CsvLog, out: Path) -> Iterator[None]:
     except (ZsadInputError, OSError) as e:
         if not log.rows:
             raise
-        text = f"{e.filename}: {e.strerror or e}" if isinstance(e, OSError) and e.filename else " ".join(str(e).split())
         raise ZsadInputError(
-            f"{text}; the {len(log.rows)} images scored so far are kept in {out} (without labels until the run "
+            f"{one_line(e)}; the {len(log.rows)} images scored so far are kept in {out} (without labels until the run "
             "ends): fix or remove the file, or pass --skip-bad, and run the same command again to resume"
         ) from None
 

@@ -35,7 +35,7 @@ from zsad.cli.options import (
 )
 from zsad.cli.reporting import RichReporter
 from zsad.cli.tables import print_table
-from zsad.errors import ZsadInputError
+from zsad.errors import ZsadInputError, one_line
 from zsad.runs.build import BackboneSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Zero-/few-shot visual anomaly detection with CLIP.")
@@ -46,12 +46,7 @@ def _fail(e: BaseException) -> NoReturn:
     """One line and exit 2; ``ZSAD_DEBUG=1`` shows the traceback instead (for bug reports)."""
     if os.environ.get("ZSAD_DEBUG"):
         raise e
-    if isinstance(e, OSError) and not isinstance(e, ZsadInputError):
-        where = f"{e.filename}: " if e.filename else ""
-        text = f"{where}{e.strerror or ' '.join(str(e).split()) or type(e).__name__}"
-    else:
-        text = " ".join(str(e).split()) or type(e).__name__
-    console.print(f"[red]error:[/] {text}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/] {one_line(e)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

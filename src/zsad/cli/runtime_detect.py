@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from zsad.errors import ZsadInputError
+from zsad.errors import ZsadInputError, one_line
 
 
 def resize_bilinear(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -62,12 +62,8 @@ def run(argv: list[str]) -> int:
     """The command; returns the exit code (0 done, 1 some files skipped, 2 bad input, 130 interrupted)."""
     try:
         return _run(_parse(argv))
-    except ZsadInputError as e:
-        print(f"error: {' '.join(str(e).split())}")
-        return 2
-    except OSError as e:  # a full disk, an unwritable file: named in one line (the torch path's wording)
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or ' '.join(str(e).split()) or type(e).__name__}")
+    except (ZsadInputError, OSError) as e:  # bad input, a full disk, an unwritable file: the torch path's line
+        print(f"error: {one_line(e)}")
         return 2
     except KeyboardInterrupt:
         print("interrupted; the rows written so far are kept: run the same command again to resume")

@@ -280,23 +280,18 @@ def export_run(
     """
     from zsad.methods import get_method_class
     from zsad.runs.build import BackboneSpec, MethodSpec
-    from zsad.runs.detect import calibrate, load_references, reference_files
+    from zsad.runs.detect import calibrate, check_k_shot, load_references, reference_files
     from zsad.runs.train import prepare_method
     from zsad.thresholds import choose_threshold
 
     check_format(fmt, (backbone or BackboneSpec()).precision)
-    if k_shot < 0:
-        raise ZsadInputError(f"--k-shot {k_shot}: must be >= 0 (0 = every reference image)")
-    if k_shot and reference_dir is None:
-        raise ZsadInputError(f"--k-shot {k_shot}: needs --reference-dir, the folder of normal images to take them from")
     cls = get_method_class(method_name)
+    check_k_shot(k_shot, reference_dir, cls)
     check_exportable(cls)  # before anything else: no point asking for a checkpoint
     spec = MethodSpec(method_name, backbone or BackboneSpec(seed=seed), dict(options or {}), checkpoint).validate()
     check_exportable(cls, spec.config)
     check_output_dir(Path(out), kind="export")
     ref_files = reference_files(Path(reference_dir)) if reference_dir is not None else []
-    if k_shot and not cls.supports_few_shot:
-        raise ZsadInputError(f"--k-shot: method {cls.name} takes no reference images (they only calibrate)")
     method = spec.build()
     refs, calib, order = load_references(method, ref_files, k_shot, seed)
     used = [str(ref_files[i]) for i in order[: len(refs)]] if refs is not None else []

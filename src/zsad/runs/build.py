@@ -21,6 +21,11 @@ from zsad.methods.options import config_record, make_config
 from zsad.progress import reporter
 
 _RANDOM = {None, "none", "random", ""}  # as ClipBackbone reads --pretrained
+# Said whenever a backbone with random weights is built (and by ``zsad serve`` at start, which builds later).
+RANDOM_WEIGHTS_WARNING = (
+    "WARNING: --pretrained none: the backbone has SEEDED RANDOM weights. Scores and maps are meaningless for "
+    "detection; use this only for smoke tests, speed and fidelity checks."
+)
 
 
 @dataclass(frozen=True)
@@ -240,11 +245,7 @@ class MethodSpec:
             if cache is not None:
                 cache[b.cache_key()] = bb
             if bb.random_init:
-                reporter().message(
-                    "WARNING: --pretrained none: the backbone has SEEDED RANDOM weights. Scores and maps are "
-                    "meaningless for detection; use this only for smoke tests, speed and fidelity checks.",
-                    "alert",
-                )
+                reporter().message(RANDOM_WEIGHTS_WARNING, "alert")
         options = dict(self.options)
         if self.checkpoint is not None:
             options["checkpoint"] = str(self.checkpoint)

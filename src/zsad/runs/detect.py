@@ -102,19 +102,12 @@ class DetectJob:
         """The reference folder exists and holds images; ``--k-shot`` only with it, and for few-shot methods."""
         if self.reference_dir is not None:
             self.references = reference_files(self.reference_dir, self.recursive, self.image_glob, self.out)
-        elif self.k_shot:
-            raise ZsadInputError(
-                f"--k-shot {self.k_shot}: needs --reference-dir, the folder of normal images to take them from"
-            )
-        if self.references and not cls.supports_few_shot and self.k_shot:
-            raise ZsadInputError(f"--k-shot: method {cls.name} takes no reference images (they only calibrate)")
+        check_k_shot(self.k_shot, self.reference_dir, cls)
 
     def check_settings(self) -> None:
         """The numbers and choices of the job, each refused in one line."""
         if self.normalize not in NORMALIZE:
             raise ZsadInputError(f"--normalize {self.normalize!r}: use 'dataset' or 'per_image'")
-        if self.k_shot < 0:
-            raise ZsadInputError(f"--k-shot {self.k_shot}: must be >= 0 (0 = every reference image)")
         check_detect_numbers(self.batch_size, self.max_map_size, self.threshold, self.threshold_rule)
 
     def key(self, spec: MethodSpec) -> dict[str, Any]:
@@ -183,6 +176,16 @@ def detect(
                 built = spec.build()
             assert built is not None
             return run_detect(built, work)
+
+
+def check_k_shot(k_shot: int, reference_dir: Path | None, cls: type[Method]) -> None:
+    """``--k-shot``: how many normal images of ``--reference-dir`` a few-shot method memorises (0 = all of them)."""
+    if k_shot < 0:
+        raise ZsadInputError(f"--k-shot {k_shot}: must be >= 0 (0 = every reference image)")
+    if k_shot and reference_dir is None:
+        raise ZsadInputError(f"--k-shot {k_shot}: needs --reference-dir, the folder of normal images to take them from")
+    if k_shot and not cls.supports_few_shot:
+        raise ZsadInputError(f"--k-shot: method {cls.name} takes no reference images (they only calibrate)")
 
 
 def reference_files(

@@ -26,7 +26,7 @@ from zsad.errors import ZsadInputError
 from zsad.methods import get_method_class, list_methods
 from zsad.outputs import abs_path
 from zsad.progress import reporter
-from zsad.runs.build import BackboneSpec, MethodSpec, route_checkpoints
+from zsad.runs.build import RANDOM_WEIGHTS_WARNING, BackboneSpec, MethodSpec, route_checkpoints
 from zsad.runs.detect import calibrate, map_size, overlay_panel
 from zsad.runs.scoring import ScoredBatch, parts_json, resize_map, score_images
 from zsad.serve.batching import Batcher
@@ -41,10 +41,6 @@ NONE = Threshold(float("nan"), "none")
 # Each new name also builds a model, so a client must not be able to send arbitrarily long ones.
 MAX_CLASS_NAME = 200
 DEFAULT = "(each method's default)"  # a backbone setting left to the method, in the run key
-RANDOM_WARNING = (
-    "WARNING: --pretrained none: the backbone has SEEDED RANDOM weights. Scores and maps are meaningless for "
-    "detection; use this only for smoke tests, speed and fidelity checks."
-)
 
 
 @dataclass
@@ -151,7 +147,7 @@ class Service:
             raise
         self.random_weights = default.backbone.random_init
         if self.random_weights:  # every check passed: said once, on the console, before the server listens
-            reporter().message(RANDOM_WARNING, "alert")
+            reporter().message(RANDOM_WEIGHTS_WARNING, "alert")
         self.store.write_manifest({}, self.stats())
 
     # ------------------------------------------------------------------------------------------ info
