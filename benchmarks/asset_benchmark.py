@@ -21,6 +21,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--suites", nargs="+", default=["industrial", "medical"])
-    ap.add_argument("--work", type=Path, default=Path("/tmp/zsad_asset_benchmark"))
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "zsad_asset_benchmark")
     ap.add_argument(
         "--assets", type=Path, default=Path(os.environ.get("ZSAD_ASSETS", REPO.parent / "shared" / "assets"))
     )

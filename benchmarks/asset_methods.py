@@ -24,6 +24,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def run(cmd: list[str], log: list[str]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--assets", type=Path, default=Path(os.environ.get("ZSAD_ASSETS", REPO.parent / "shared/assets")))
-    ap.add_argument("--work", type=Path, default=Path("/tmp/zsad-asset-methods"))
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "zsad-asset-methods")
     ap.add_argument("--methods", nargs="+", default=["winclip", "sdp", "sdp+"])
     ap.add_argument("--backbone", default="ViT-B-16-plus-240")
     ap.add_argument("--pretrained", default="none")

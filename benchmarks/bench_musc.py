@@ -12,7 +12,7 @@ replaced, as in `compare_musc.py`. A failing official run (exception, killed, ov
 reported with its reason instead of numbers.
 
     .venv/bin/python benchmarks/bench_musc.py --sizes 50,200 --append-results
-    .venv/bin/python benchmarks/bench_musc.py --sizes 50,200 --official-root /work/ref/musc
+    .venv/bin/python benchmarks/bench_musc.py --sizes 50,200 --official-root ../ref/musc
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Run from the repository root in zsad's environment (the official code runs in th
 it needs torch, torchvision, scikit-learn, scipy, ftfy, regex, which zsad's venv has; ``--official-python`` picks
 another interpreter):
 
-    python benchmarks/compare_adaclip.py --official-root /work/ref/adaclip --images 2 --seed 0 [--append-results]
+    python benchmarks/compare_adaclip.py --official-root ../ref/adaclip --images 2 --seed 0 [--append-results]
 
 (a few minutes on the 2-core CPU machine; ``--append-results`` appends the report to ``benchmarks/RESULTS.md`` or
 ``--results-file``; without it nothing is written.)

@@ -4,18 +4,18 @@ anomalib is NOT a zsad dependency. Run this in a separate environment that has b
 (anomalib's pin: from 2.26.1 on open_clip's transformer is batch-first and anomalib's window forward silently
 mixes tokens across the batch):
 
-    python3 -m venv /work/anomalib-venv
-    /work/anomalib-venv/bin/pip install torch==2.14.1 torchvision==0.29.1
-    /work/anomalib-venv/bin/pip install anomalib "open-clip-torch>=2.23.0,<2.26.1"
-    /work/anomalib-venv/bin/pip install -e . --no-deps
-    /work/anomalib-venv/bin/pip install typer rich safetensors scikit-learn scipy Pillow
-    /work/anomalib-venv/bin/python benchmarks/compare_anomalib_winclip.py [--device cuda] [--append-results]
+    python3 -m venv ../anomalib-venv
+    ../anomalib-venv/bin/pip install torch==2.14.1 torchvision==0.29.1
+    ../anomalib-venv/bin/pip install anomalib "open-clip-torch>=2.23.0,<2.26.1"
+    ../anomalib-venv/bin/pip install -e . --no-deps
+    ../anomalib-venv/bin/pip install typer rich safetensors scikit-learn scipy Pillow
+    ../anomalib-venv/bin/python benchmarks/compare_anomalib_winclip.py [--device cuda] [--append-results]
 
 On an offline GPU machine that already has torch (how the cuda rows of RESULTS.md were made): ``pip download
 --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64`` anomalib==2.7.0,
 open-clip-torch==2.24.0 and whichever of anomalib's imports that machine lacks into an ignored folder, carry it
-there, ``pip install --no-deps --no-index --target /tmp/site`` those wheels, and run with
-``PYTHONPATH=/tmp/site:../src`` from ``benchmarks/`` (``ZSAD_ASSETS`` pointing at a copy of the Magnetic Tile images).
+there, ``pip install --no-deps --no-index --target site`` those wheels, and run with
+``PYTHONPATH=site:../src`` from ``benchmarks/`` (``ZSAD_ASSETS`` pointing at a copy of the Magnetic Tile images).
 
 No pretrained weights can be downloaded here: both sides get the same seeded random ``ViT-B-16-plus-240`` (or the
 state dict of ``--weights FILE``), loaded into two separate open_clip objects, so any difference is the
@@ -103,7 +103,8 @@ def build_anomalib(model: torch.nn.Module, class_name: str, device: str) -> Any:
 
 def load_images(batch: int, k_shot: int, size: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     """``batch`` test images (half MT_Free, half MT_Crack) and ``k_shot`` other MT_Free images, squashed to size."""
-    assets = Path(os.environ.get("ZSAD_ASSETS", "/work/shared/assets")) / "magnetic_tile"
+    default = Path(__file__).resolve().parents[2] / "shared" / "assets"  # ../shared/assets beside the checkout
+    assets = Path(os.environ.get("ZSAD_ASSETS", default)) / "magnetic_tile"
     free = sorted((assets / "MT_Free" / "Imgs").glob("*.jpg"))
     crack = sorted((assets / "MT_Crack" / "Imgs").glob("*.jpg"))
     n_free = batch // 2

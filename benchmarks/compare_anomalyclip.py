@@ -35,12 +35,12 @@ Stubbed in ``sys.modules`` for the import only, when absent from the venv: ``tho
 unused) and ``pkg_resources`` (only ``pkg_resources.packaging`` is used: the ``packaging`` package is put there).
 CPU, fp32 on both sides.
 
-    git clone https://github.com/zqhang/AnomalyCLIP /work/ref/anomalyclip   # commit 45ed4dd
+    git clone https://github.com/zqhang/AnomalyCLIP ../ref/anomalyclip   # commit 45ed4dd
     # quick (ViT-B/16 at 224 px, about 30 s on 2 CPU cores)
-    .venv/bin/python benchmarks/compare_anomalyclip.py --official-root /work/ref/anomalyclip \\
+    .venv/bin/python benchmarks/compare_anomalyclip.py --official-root ../ref/anomalyclip \\
         --backbone ViT-B-16-quickgelu --image-size 224 --images 2
     # as published (ViT-L/14-336 at 518 px; a few minutes)
-    .venv/bin/python benchmarks/compare_anomalyclip.py --official-root /work/ref/anomalyclip --images 4
+    .venv/bin/python benchmarks/compare_anomalyclip.py --official-root ../ref/anomalyclip --images 4
 
 (``--append-results`` also appends the section to benchmarks/RESULTS.md.)
 

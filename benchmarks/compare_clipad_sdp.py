@@ -10,17 +10,17 @@ script that this file writes to a temporary folder at run time; it only imports 
 Set up the official side once, outside the project (the official code itself is obtained separately and lies at
 ``--official-root``; pip takes torch 2.14.1 / torchvision 0.29.1 from this machine's local wheel folders):
 
-    python3 -m venv /work/clipad-venv
-    /work/clipad-venv/bin/pip install torch==2.14.1 torchvision==0.29.1
-    /work/clipad-venv/bin/pip install ftfy regex huggingface_hub scikit-learn scipy "setuptools<81" tqdm matplotlib
-    /work/clipad-venv/bin/pip install opencv-python-headless scikit-image tabulate   # for util.metrics.normalize
+    python3 -m venv ../clipad-venv
+    ../clipad-venv/bin/pip install torch==2.14.1 torchvision==0.29.1
+    ../clipad-venv/bin/pip install ftfy regex huggingface_hub scikit-learn scipy "setuptools<81" tqdm matplotlib
+    ../clipad-venv/bin/pip install opencv-python-headless scikit-image tabulate   # for util.metrics.normalize
 
 (``setuptools<81`` because ``util/prompt_ensemble.py`` imports ``pkg_resources``; the last line only lets the
 driver call the official ``normalize`` used for the transductive min-max; without it that one step is re-expressed.)
 Then, from the repository root in zsad's environment:
 
-    python benchmarks/compare_clipad_sdp.py --official-root /work/ref/clipad \
-        --official-python /work/clipad-venv/bin/python --images 4 --seed 0 [--append-results]
+    python benchmarks/compare_clipad_sdp.py --official-root ../ref/clipad \
+        --official-python ../clipad-venv/bin/python --images 4 --seed 0 [--append-results]
 
 (about 5 to 10 minutes with 4 images on the 2-core CPU machine, most of it the two text towers encoding 418
 sentences; ``--append-results`` appends the report to

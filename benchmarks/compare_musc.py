@@ -17,8 +17,8 @@ differences; the official dataset's own transform is not compared. zsad's method
 Modules the official code imports but the venv lacks (cv2, openpyxl, skimage: unused on this path) are stubbed in
 `sys.modules` inside this script only.
 
-    git clone https://github.com/xrli-U/MuSc /work/ref/musc   # commit b76b93d
-    .venv/bin/python benchmarks/compare_musc.py --official-root /work/ref/musc --images 8
+    git clone https://github.com/xrli-U/MuSc ../ref/musc   # commit b76b93d
+    .venv/bin/python benchmarks/compare_musc.py --official-root ../ref/musc --images 8
 
 (`--append-results` also appends the section to benchmarks/RESULTS.md.)
 

@@ -22,6 +22,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def eval_variant(name: str, opts: dict[str, object], common: list[str], out: Pat
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--assets", type=Path, default=Path(os.environ.get("ZSAD_ASSETS", REPO.parent / "shared/assets")))
-    ap.add_argument("--work", type=Path, default=Path("/tmp/zsad-dual-image-ablation"))
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "zsad-dual-image-ablation")
     ap.add_argument("--backbone", default="ViT-B-16-plus-240")
     ap.add_argument("--pretrained", default="none")
     ap.add_argument("--image-size", type=int, default=240)

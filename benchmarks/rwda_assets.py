@@ -20,6 +20,7 @@ import csv
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def score_range(out: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--assets", type=Path, default=Path(os.environ.get("ZSAD_ASSETS", REPO.parent / "shared/assets")))
-    ap.add_argument("--work", type=Path, default=Path("/tmp/zsad-rwda-assets"))
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "zsad-rwda-assets")
     ap.add_argument("--backbone", default="ViT-B-16-plus-240")
     ap.add_argument("--pretrained", default="none")
     ap.add_argument("--device", default="cpu")
