@@ -78,7 +78,7 @@ def test_describe_is_complete(method: Method, options: tuple[str, dict[str, Any]
     assert not {"backbone", "pretrained", "image_size"} & set(d["config"])
     for key, value in options[1].items():
         assert d["config"][key] == value, key
-    assert d["class_name"] == ("bottle" if method.needs_class_name else "object")  # agnostic: never read
+    assert d["class_name"] == ("bottle" if method.uses_class_name(method.config) else "object")  # agnostic: never read
     assert d["k_shot"] == method.k_shot == 0  # no reference images were given
     assert isinstance(d["transductive"], bool) and d["transductive"] == method.is_transductive
     manifest = method.backbone.manifest()
@@ -94,3 +94,28 @@ def test_describe_is_complete(method: Method, options: tuple[str, dict[str, Any]
         "activation",
     ):
         assert d["backbone"][key] == manifest[key], key
+
+
+def test_class_name_flag_read_on_the_class_is_a_bool() -> None:
+    """Front ends read the flag before building a method: on the class it must be a bool, per config.
+
+    RWDA in its default category-agnostic mode never reads the class name, so its run key and the service's model
+    key must not carry one (a property on the class was an object, hence always true).
+    """
+    from zsad.methods import get_method_class
+    from zsad.methods.options import make_config
+    from zsad.runs.build import BackboneSpec, MethodSpec
+    from zsad.runs.detect import DetectJob
+
+    for name in list_methods():
+        cls = get_method_class(name)
+        assert isinstance(cls.uses_class_name(make_config(cls.config_cls, {}, name)), bool), name
+    rwda = get_method_class("rwda")
+    assert rwda.uses_class_name(make_config(rwda.config_cls, {}, "rwda")) is False
+    assert rwda.uses_class_name(make_config(rwda.config_cls, {"object_mode": "known"}, "rwda")) is True
+    spec = MethodSpec("rwda", BackboneSpec(model_name="zsad-tiny", pretrained="none"), {}).validate()
+    job = DetectJob(["x.png"], "out", class_name="bottle")
+    assert job.key(spec)["class_name"] == "object"
+    tiny = BackboneSpec(model_name="zsad-tiny", pretrained="none")
+    known = MethodSpec("rwda", tiny, {"object_mode": "known"}).validate()
+    assert job.key(known)["class_name"] == "bottle"

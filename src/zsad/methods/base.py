@@ -82,7 +82,7 @@ class Method(ABC):
         if reference_images is not None and not self.supports_few_shot:
             raise ZsadInputError(f"{self.name}: does not take reference images")
         # a category-agnostic method never reads the name it is given
-        self.class_name = (class_name or "object") if self.needs_class_name else "object"
+        self.class_name = (class_name or "object") if self.uses_class_name(self.config) else "object"
         self._setup(self.class_name, reference_images)
 
     @abstractmethod
@@ -130,6 +130,14 @@ class Method(ABC):
     def is_transductive(self) -> bool:
         """Whether this configured instance uses other test images to score one (flagged in every result)."""
         return self.transductive_for(self.config)
+
+    @classmethod
+    def uses_class_name(cls, config: Any) -> bool:
+        """Whether the prompts read the class name under ``config``: runs and the service key models by it only then.
+
+        A classmethod, never an instance property: front ends ask before any model is built.
+        """
+        return cls.needs_class_name
 
     @classmethod
     def transductive_for(cls, config: Any) -> bool:

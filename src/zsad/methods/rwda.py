@@ -172,10 +172,10 @@ class Rwda(WinClip, TrainableMethod):
         """The object a classifier for ``class_name`` is trained on: the name in known mode, else none."""
         return class_name if self.config.object_mode == "known" else None
 
-    @property
-    def needs_class_name(self) -> bool:  # type: ignore[override]
+    @classmethod
+    def uses_class_name(cls, config: Any) -> bool:
         """Category-agnostic (object_mode=unknown, the default) never reads the class name."""
-        return self.config.object_mode == "known"
+        return bool(config.object_mode == "known")
 
     # ------------------------------------------------------------------ text-only training
     def _embed(self, sentences: list[str], progress: bool, what: str) -> torch.Tensor:

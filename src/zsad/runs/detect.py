@@ -117,7 +117,7 @@ class DetectJob:
         k = min(self.k_shot or n_refs, n_refs) if cls.supports_few_shot else 0
         return {
             **spec.key(),
-            "class_name": (self.class_name or "object") if cls.needs_class_name else "object",
+            "class_name": (self.class_name or "object") if cls.uses_class_name(spec.config) else "object",
             "k_shot": k,
             "inputs": self.inputs(),
         }

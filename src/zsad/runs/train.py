@@ -176,7 +176,7 @@ def prepare_method(method: Method, class_name: str | None, references: torch.Ten
     if not isinstance(method, TrainableMethod) or not method.self_training or method.config_checkpoint:
         method.setup(class_name, reference_images=references)
         return
-    want = method.training_object(class_name if method.needs_class_name else None)
+    want = method.training_object(class_name if method.uses_class_name(method.config) else None)
     folder = cache_root(method) / method.cache_key(want)
     if method.trained_for != (want,) and (folder / "manifest.json").is_file():
         method.load(folder)

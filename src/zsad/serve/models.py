@@ -145,7 +145,8 @@ class ModelPool:
         """The model identity; a method that ignores class names gets one model for every name."""
         cls = get_method_class(method)
         name = (class_name or "object").strip() or "object"
-        return ModelKey(method, _canonical(options), name if cls.needs_class_name else "object", reference)
+        used = cls.uses_class_name(self.spec(method, options).config)
+        return ModelKey(method, _canonical(options), name if used else "object", reference)
 
     def availability(self, method: str) -> str | None:
         """Why ``method`` cannot run on this server, or None."""

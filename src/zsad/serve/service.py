@@ -164,7 +164,7 @@ class Service:
             rows.append(
                 {
                     "name": name,
-                    "needs_class_name": bool(cls.needs_class_name) if isinstance(cls.needs_class_name, bool) else True,
+                    "needs_class_name": cls.uses_class_name(self._default_config(name)),
                     "few_shot": cls.supports_few_shot,
                     "transductive": cls.transductive_for(self._default_config(name)),
                     "set_level": cls.set_level,
