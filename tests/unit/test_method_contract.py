@@ -119,3 +119,29 @@ def test_class_name_flag_read_on_the_class_is_a_bool() -> None:
     tiny = BackboneSpec(model_name="zsad-tiny", pretrained="none")
     known = MethodSpec("rwda", tiny, {"object_mode": "known"}).validate()
     assert job.key(known)["class_name"] == "bottle"
+
+
+@pytest.mark.parametrize("name", ["musc", "dual-image"])
+def test_set_level_loop_scores_the_rows_asked_against_the_whole_set(
+    name: str, tiny_backbone: ClipBackbone, images96: torch.Tensor
+) -> None:
+    """``score_set`` is the one set loop: any batching of pass 1, only the rows pass 2 asks for, tags kept."""
+    from zsad.methods import get_method_class
+    from zsad.methods.base import SetLevelMethod
+
+    m = create_method(name, tiny_backbone, rscin=False)
+    assert isinstance(m, SetLevelMethod) and type(m).set_level is True
+    m.setup("bottle")
+    whole = m.predict(images96)  # the batch is the set
+    asked: list[int] = []
+
+    def rows(n: int) -> list[tuple[torch.Tensor, str]]:
+        asked.append(n)
+        return [(torch.tensor([2, 0]), "a"), (torch.tensor([1]), "b")]
+
+    got = list(m.score_set(torch.split(images96, 1), rows))
+    assert asked == [3] and [tag for tag, _ in got] == ["a", "b"]
+    scores = torch.cat([p.pred_score for _, p in got])
+    torch.testing.assert_close(scores, whole.pred_score[[2, 0, 1]], atol=1e-5, rtol=1e-5)
+    assert list(m.score_set([], rows)) == [] and asked == [3]  # an empty set is never closed nor scored
+    assert get_method_class("winclip").set_level is False  # read on the class by the front ends

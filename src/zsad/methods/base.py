@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
 
 from zsad.backbone import ClipBackbone
+from zsad.bank import FeatureBank
 from zsad.errors import ZsadInputError
 from zsad.methods.options import check_text_options, config_record, make_config
 from zsad.types import Prediction
@@ -56,8 +58,7 @@ class Method(ABC):
     trainable: ClassVar[bool] = False  # has learnable parts: `zsad train` + `--checkpoint`
     requires_checkpoint: ClassVar[bool] = True  # a trainable method refuses to run untrained (RWDA trains itself)
     needs_training_data: ClassVar[bool] = True  # `zsad train` needs --dataset/--root (RWDA trains on text only)
-    # Scoring an image needs the features of the whole set (pairing, mutual scoring): the runner calls
-    # ``new_bank``, ``bank.add(encode(batch))`` for every image, ``end_set(bank)``, then ``score_in_set`` per batch.
+    # Scoring an image needs the features of the whole set (pairing, mutual scoring): ``SetLevelMethod``.
     set_level: ClassVar[bool] = False
     # {precision: why} for the precisions under which the method keeps its backbone in fp32, because measured drift
     # changed decisions (benchmarks/bench_export.py, RESULTS.md); absent: that precision is allowed.
@@ -69,7 +70,7 @@ class Method(ABC):
         self.config = cfg
         self.class_name: str | None = None
         self.k_shot = 0
-        self.set_notes: list[str] = []  # what the last set's scoring fell back on (set by ``end_set``)
+        self.set_notes: list[str] = []  # what the last set's scoring fell back on (``SetLevelMethod.end_set``)
 
     @property
     def image_size(self) -> int:
@@ -100,26 +101,6 @@ class Method(ABC):
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (s, s):
             raise ZsadInputError(f"{self.name}: expected images (B, 3, {s}, {s}), got {tuple(images.shape)}")
         return self._predict(images.to(self.backbone.device))
-
-    def new_bank(self) -> Any:
-        """Start a set-level pass: an empty bank that collects ``encode`` outputs for the whole set."""
-        raise ZsadInputError(f"{self.name}: scores images one by one (not set-level)")
-
-    def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Features of a batch that a set-level method keeps in its bank until the whole set is seen."""
-        raise ZsadInputError(f"{self.name}: scores images one by one (not set-level)")
-
-    def end_set(self, bank: Any) -> None:
-        """Called once every image of the set is in ``bank``, before any ``score_in_set``.
-
-        A set too small for the method is scored by its documented fallback, and ``set_notes`` says so: a method
-        never prints, so every front end (the CLI, the service, Ray) shows these notes beside the results.
-        """
-        raise ZsadInputError(f"{self.name}: scores images one by one (not set-level)")
-
-    def score_in_set(self, index: torch.Tensor, bank: Any) -> Prediction:
-        """Predictions for the bank rows ``index``, scored against the whole set."""
-        raise ZsadInputError(f"{self.name}: scores images one by one (not set-level)")
 
     @classmethod
     def uses_text(cls, config: Any) -> bool:
@@ -169,3 +150,79 @@ class Method(ABC):
             "transductive": self.is_transductive,
             "backbone": self.backbone.manifest(),
         }
+
+
+Tag = TypeVar("Tag")
+
+
+class SetLevelMethod(Method):
+    """A method that scores an image against the other images of its set (pairing, mutual scoring).
+
+    Subclasses give the four steps: ``new_bank``, ``encode`` (pass 1, one backbone forward per image), ``end_set``
+    (the set is complete) and ``score_in_set`` (pass 2). ``score_set`` is the one loop running them, for every
+    front end: ``zsad detect``/``eval`` (files, re-read in pass 2), the service and Ray (images in memory), and
+    ``predict`` (the batch is the set).
+    """
+
+    set_level: ClassVar[bool] = True
+
+    @abstractmethod
+    def new_bank(self) -> FeatureBank:
+        """Start a set: an empty bank that collects ``encode`` outputs for the whole set."""
+
+    @abstractmethod
+    def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of a batch that the bank keeps until the whole set is seen."""
+
+    @abstractmethod
+    def end_set(self, bank: FeatureBank) -> None:
+        """Called once every image of the set is in ``bank``, before any ``score_in_set``.
+
+        A set too small for the method is scored by its documented fallback, and ``set_notes`` says so: a method
+        never prints, so every front end (the CLI, the service, Ray) shows these notes beside the results.
+        """
+
+    @abstractmethod
+    def score_in_set(self, index: torch.Tensor, bank: FeatureBank) -> Prediction:
+        """Predictions for the bank rows ``index``, scored against the whole set."""
+
+    def score_set(
+        self, images: Iterable[torch.Tensor], rows: Callable[[int], Iterable[tuple[torch.Tensor, Tag]]]
+    ) -> Iterator[tuple[Tag, Prediction]]:
+        """Encode every batch of ``images`` into one bank, close the set, then score the bank rows ``rows`` names.
+
+        ``rows(n)`` is called once the set of ``n`` images is closed (``set_notes`` are final) and yields (bank
+        rows, tag) pairs; each prediction comes back with its tag. The caller's two iterables are its hooks: pass 1
+        may drop unreadable files and report progress as it yields, pass 2 may skip rows already scored and
+        re-read files instead of keeping them in memory. An empty set yields nothing; the bank is closed however
+        the loop ends.
+        """
+        self.set_notes = []
+        bank = self.new_bank()
+        try:
+            for batch in images:
+                with torch.no_grad():
+                    bank.add(self.encode(batch.to(self.backbone.device)))
+            if not len(bank):
+                return
+            with torch.no_grad():
+                self.end_set(bank)
+            for index, tag in rows(len(bank)):
+                with torch.no_grad():
+                    pred = self.score_in_set(index, bank)
+                yield tag, pred
+        finally:
+            bank.close()
+
+    def predict_as_set(self, images: torch.Tensor, batch_size: int | None = None) -> list[Prediction]:
+        """``images`` in memory as one set, encoded and scored ``batch_size`` at a time (None: all at once)."""
+        step = max(1, batch_size or len(images))
+        chunks = torch.split(images, step)
+        return [pred for _, pred in self.score_set(chunks, lambda n: ((i, None) for i in torch.arange(n).split(step)))]
+
+    def _predict(self, images: torch.Tensor) -> Prediction:
+        """The batch is the set (``zsad detect``/``eval`` score the whole set)."""
+        preds = self.predict_as_set(images)
+        if not preds:
+            raise ZsadInputError(f"{self.name}: an empty batch is not a set to score")
+        return preds[0]

@@ -40,7 +40,7 @@ from torch import nn
 from zsad.backbone import ImageFeatures
 from zsad.bank import FeatureBank
 from zsad.errors import ZsadInputError
-from zsad.methods.base import Method, TextPromptConfig
+from zsad.methods.base import SetLevelMethod, TextPromptConfig
 from zsad.methods.options import check_range, check_rscin_k
 from zsad.methods.sdp import stage_layers, surgery_config
 from zsad.mutual import rscin
@@ -168,13 +168,12 @@ class TokenAdapter(nn.Module):
         return F.normalize(torch.stack([t + m(t) for t, m in zip(tokens.unbind(1), self.maps, strict=True)], 1), dim=-1)
 
 
-class DualImage(Method):
+class DualImage(SetLevelMethod):
     """Dual-Image Enhanced CLIP: set-level, each test image is scored with other images of its set as references."""
 
     name = "dual-image"
     config_cls = DualImageConfig
     config: DualImageConfig
-    set_level = True
 
     def __init__(self, backbone: Any, config: DualImageConfig | None = None, **overrides: Any) -> None:
         super().__init__(backbone, config, **overrides)
@@ -338,13 +337,6 @@ class DualImage(Method):
             parts["score_before_rscin"] = score
             score = self._rescored[index].to(score.device)
         return Prediction(pred_score=score, anomaly_map=amap.float(), score_parts=parts)
-
-    def _predict(self, images: torch.Tensor) -> Prediction:
-        """Pairs the images of this batch with each other (``zsad detect``/``eval`` pair the whole set)."""
-        bank = self.new_bank()
-        bank.add(self.encode(images))
-        self.end_set(bank)
-        return self.score_in_set(torch.arange(len(bank)), bank)
 
     # ------------------------------------------------------------------ test-time adaptation
     def _adapt(self) -> None:

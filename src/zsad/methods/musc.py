@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from zsad.bank import FeatureBank
 from zsad.errors import ZsadInputError
-from zsad.methods.base import Method, MethodConfig
+from zsad.methods.base import Method, MethodConfig, SetLevelMethod
 from zsad.methods.options import check_range, check_rscin_k
 from zsad.mutual import lnamd, mutual_scores, rscin
 from zsad.progress import reporter
@@ -79,7 +79,7 @@ class MuScConfig(MethodConfig):
         )
 
 
-class MuSc(Method):
+class MuSc(SetLevelMethod):
     """Mutual scoring of the unlabelled images of a set (vision only: no class name, no text)."""
 
     name = "musc"
@@ -87,7 +87,6 @@ class MuSc(Method):
     config: MuScConfig
     needs_class_name: ClassVar[bool] = False
     transductive: ClassVar[bool] = True
-    set_level: ClassVar[bool] = True
 
     def __init__(self, backbone: Any, config: MethodConfig | None = None, **overrides: Any) -> None:
         super().__init__(backbone, config, **overrides)
@@ -226,13 +225,3 @@ class MuSc(Method):
         return Prediction(
             pred_score=self._scores[index].to(dev), anomaly_map=self._maps[index].to(dev), score_parts=parts
         )
-
-    def _predict(self, images: torch.Tensor) -> Prediction:
-        """Scores the images of this batch as one set (``zsad detect``/``eval`` score the whole set)."""
-        bank = self.new_bank()
-        try:
-            bank.add(self.encode(images))
-            self.end_set(bank)
-            return self.score_in_set(torch.arange(len(bank)), bank)
-        finally:
-            bank.close()

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from zsad.errors import ZsadInputError
-from zsad.methods.base import Method
+from zsad.methods.base import Method, SetLevelMethod
 from zsad.progress import reporter
 
 
@@ -125,44 +125,44 @@ def score_dataset(
     not the backbone) and scores them against the whole set. The method's ``set_notes`` (a set too small for it)
     are reported as warnings.
     """
-    if not method.set_level:
+    if not isinstance(method, SetLevelMethod):
         batches = iterate_batches(dataset, batch_size, skip_bad=skip_bad, skip_paths=skip_paths)
         yield from score_batches(method, batches, on_error)
         return
-    if skip_paths and all(str(s.image_path) in skip_paths for s in dataset.samples):
+    done = skip_paths or set()
+    if done and all(str(s.image_path) in done for s in dataset.samples):
         return
-    bank = method.new_bank()
-    method.set_notes = []
-    rows: dict[str, int] = {}
+    rows: dict[str, int] = {}  # path -> bank row
     failed: set[str] = set()
-    with torch.no_grad():
+
+    def encode_pass() -> Iterator[torch.Tensor]:
+        """Every readable image, already-scored ones included (they are partners); the unreadable ones reported."""
         with reporter().task(f"{label or method.name}: encoding the set", len(dataset)) as task:
             for batch in iterate_batches(dataset, batch_size, skip_bad=skip_bad):
                 for err in batch.get("errors", []):
                     failed.add(str(err["image_path"]))
-                    if on_error and str(err["image_path"]) not in (skip_paths or ()):
+                    if on_error and str(err["image_path"]) not in done:
                         on_error(err)
                 if "image" not in batch:
                     continue
                 for p in batch["image_path"]:
                     rows[str(p)] = len(rows)
-                bank.add(method.encode(batch["image"].to(method.backbone.device)))
+                yield batch["image"]
                 task.update(completed=len(rows) + len(failed))
-        if not rows:
-            return
-        method.end_set(bank)
+
+    def score_pass(n: int) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
+        """The set's notes, then the images still to score, re-read from their files, with their bank rows."""
         for note in method.set_notes:
             reporter().message(note, "warning")
-        for batch in iterate_batches(dataset, batch_size, skip_bad=skip_bad, skip_paths=(skip_paths or set()) | failed):
-            errors = batch.pop("errors", [])
-            for err in errors:  # unreadable now but read in pass 1: the file changed during the run
+        for batch in iterate_batches(dataset, batch_size, skip_bad=skip_bad, skip_paths=done | failed):
+            for err in batch.pop("errors", []):  # unreadable now but read in pass 1: the file changed during the run
                 if on_error:
                     on_error({**err, "error": f"{err['error']} (it was readable when the set was encoded)"})
-            if "image" not in batch:
-                continue
-            pred = method.score_in_set(torch.tensor([rows[str(p)] for p in batch["image_path"]]), bank)
-            yield _scored(batch, pred)
-    bank.close()
+            if "image" in batch:
+                yield torch.tensor([rows[str(p)] for p in batch["image_path"]]), batch
+
+    for batch, pred in method.score_set(encode_pass(), score_pass):
+        yield _scored(batch, pred)
 
 
 def score_images(method: Method, images: torch.Tensor, batch_size: int) -> ScoredBatch:
@@ -172,22 +172,13 @@ def score_images(method: Method, images: torch.Tensor, batch_size: int) -> Score
     them in chunks of ``batch_size``. Scores are the per-image ones: set-level re-scaling (``finalize_scores``) is
     the caller's, since it needs the whole set's parts.
     """
-    chunks = list(torch.split(images, max(1, batch_size)))
     notes: list[str] = []
     with torch.no_grad():
-        if not method.set_level:
-            preds = [_scored({"image_path": []}, method.predict(c)) for c in chunks]
+        if isinstance(method, SetLevelMethod):
+            preds = [_scored({"image_path": []}, p) for p in method.predict_as_set(images, batch_size)]
+            notes = list(method.set_notes)
         else:
-            bank = method.new_bank()
-            try:
-                for c in chunks:
-                    bank.add(method.encode(c.to(method.backbone.device)))
-                method.end_set(bank)
-                notes = list(method.set_notes)
-                rows = torch.arange(len(images))
-                preds = [_scored({"image_path": []}, method.score_in_set(i, bank)) for i in rows.split(batch_size)]
-            finally:
-                bank.close()
+            preds = [_scored({"image_path": []}, method.predict(c)) for c in torch.split(images, max(1, batch_size))]
     return ScoredBatch(
         paths=[],
         scores=np.concatenate([p.scores for p in preds]),

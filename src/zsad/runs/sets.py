@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from zsad.errors import ZsadInputError
-from zsad.methods.base import Method
+from zsad.methods.base import Method, SetLevelMethod
 from zsad.methods.trainable import TrainableMethod
 from zsad.outputs import RunLock, check_output_dir, mark_folder
 from zsad.progress import Reporter, using
@@ -26,17 +26,8 @@ def predict_set(method: Method, images: torch.Tensor, batch_size: int = 8) -> Pr
     """
     if method.class_name is None:
         method.setup(None)
-    if method.set_level:
-        bank = method.new_bank()
-        with torch.no_grad():
-            for i in range(0, len(images), batch_size):
-                bank.add(method.encode(images[i : i + batch_size].to(method.backbone.device)))
-            method.end_set(bank)
-            preds = [
-                method.score_in_set(torch.arange(i, min(i + batch_size, len(images))), bank)
-                for i in range(0, len(images), batch_size)
-            ]
-        bank.close()
+    if isinstance(method, SetLevelMethod):
+        preds = method.predict_as_set(images, batch_size)
     else:
         preds = [method.predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     keys = preds[0].score_parts.keys()
