@@ -89,3 +89,15 @@ def test_musc_on_dinov2_equals_its_parts(dino: VisionBackbone) -> None:
     torch.testing.assert_close(pred.anomaly_map, want[:, 0], atol=1e-5, rtol=0)
     glob = F.normalize(feats.embedding, dim=-1)
     torch.testing.assert_close(pred.pred_score, rscin(want[:, 0].flatten(1).amax(1), glob).float(), atol=1e-5, rtol=0)
+
+
+def test_both_wrappers_are_backbones(dino: VisionBackbone, tiny_backbone) -> None:  # noqa: ANN001
+    """The ``Backbone`` protocol is what MuSc reads: both wrappers have every member, other objects do not."""
+    from zsad.backbone import Backbone
+
+    assert isinstance(dino, Backbone) and isinstance(tiny_backbone, Backbone)
+    assert not isinstance(torch.nn.Linear(2, 2), Backbone)
+    for bb in (dino, tiny_backbone):
+        assert bb.grid_size() == (bb.image_size // bb.patch_size,) * 2
+        assert bb.manifest()["precision"] == bb.precision == "fp32"
+        assert create_method("musc", bb).backbone is bb

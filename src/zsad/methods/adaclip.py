@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zsad.backbone import ClipBackbone
 from zsad.errors import ZsadInputError
 from zsad.methods.base import MethodConfig
 from zsad.methods.options import check_range
@@ -114,6 +115,7 @@ class AdaClip(TrainableMethod):
     name = "adaclip"
     config_cls = AdaClipConfig
     config: AdaClipConfig
+    backbone: ClipBackbone  # reads text and CLIP-only paths: a vision-only backbone is refused by zsad.runs
     arch_fields = ("layers", "prompt_depth", "prompt_length", "prompting", "branches", "text_placeholders")
     official_checkpoint = "a checkpoint saved by the official AdaCLIP trainer (clip_model.* tensors)"
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zsad.backbone.clip import SurgeryConfig
+from zsad.backbone.clip import ClipBackbone, SurgeryConfig
 from zsad.bank import FeatureBank
 from zsad.errors import ZsadInputError
 from zsad.methods.base import MethodConfig
@@ -100,6 +100,7 @@ class AnomalyClip(TrainableMethod):
     name = "anomalyclip"
     config_cls = AnomalyClipConfig
     config: AnomalyClipConfig
+    backbone: ClipBackbone  # reads text and CLIP-only paths: a vision-only backbone is refused by zsad.runs
     needs_class_name: ClassVar[bool] = False  # object-agnostic: no class name reaches the prompts
     full_precision = {"bf16": "measured: bf16 flipped image decisions beyond the fp32 noise floor, see RESULTS.md"}
     arch_fields = ("layers", "dpam_start", "n_ctx", "deep_depth", "deep_length", "object_word")

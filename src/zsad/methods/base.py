@@ -10,7 +10,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 
-from zsad.backbone import ClipBackbone
+from zsad.backbone import Backbone
 from zsad.bank import FeatureBank
 from zsad.errors import ZsadInputError
 from zsad.methods.options import check_text_options, config_record, make_config
@@ -64,7 +64,7 @@ class Method(ABC):
     # changed decisions (benchmarks/bench_export.py, RESULTS.md); absent: that precision is allowed.
     full_precision: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, backbone: ClipBackbone, config: MethodConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, backbone: Backbone, config: MethodConfig | None = None, **overrides: Any) -> None:
         cfg = make_config(self.config_cls, overrides, self.name, base=config)
         self.backbone = backbone
         self.config = cfg

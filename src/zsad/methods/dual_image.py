@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zsad.backbone import ImageFeatures
+from zsad.backbone import ClipBackbone, ImageFeatures
 from zsad.bank import FeatureBank
 from zsad.errors import ZsadInputError
 from zsad.methods.base import SetLevelMethod, TextPromptConfig
@@ -174,8 +174,9 @@ class DualImage(SetLevelMethod):
     name = "dual-image"
     config_cls = DualImageConfig
     config: DualImageConfig
+    backbone: ClipBackbone  # reads text and CLIP-only paths: a vision-only backbone is refused by zsad.runs
 
-    def __init__(self, backbone: Any, config: DualImageConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, backbone: ClipBackbone, config: DualImageConfig | None = None, **overrides: Any) -> None:
         super().__init__(backbone, config, **overrides)
         self.taps = stage_layers(self.backbone.num_layers, self.config.layers)
         self.adapter: TokenAdapter | None = None

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from zsad.backbone import Backbone
 from zsad.bank import FeatureBank
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, MethodConfig, SetLevelMethod
@@ -88,7 +89,7 @@ class MuSc(SetLevelMethod):
     needs_class_name: ClassVar[bool] = False
     transductive: ClassVar[bool] = True
 
-    def __init__(self, backbone: Any, config: MethodConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, backbone: Backbone, config: MethodConfig | None = None, **overrides: Any) -> None:
         super().__init__(backbone, config, **overrides)
         n = self.backbone.num_layers
         self.layers = self.config.layers or tuple(max(1, round(n * q / 4)) for q in (1, 2, 3, 4))

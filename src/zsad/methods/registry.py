@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from zsad.backbone import ClipBackbone
+from zsad.backbone import Backbone
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
 
@@ -36,6 +36,6 @@ def get_method_class(name: str) -> type[Method]:
     return getattr(importlib.import_module(module), attr)
 
 
-def create_method(name: str, backbone: ClipBackbone, **options: Any) -> Method:
+def create_method(name: str, backbone: Backbone, **options: Any) -> Method:
     """Build a registered method on an existing backbone (methods never build backbones)."""
     return get_method_class(name)(backbone, **options)

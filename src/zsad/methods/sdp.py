@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zsad.backbone import ImageFeatures, SurgeryConfig
+from zsad.backbone import ClipBackbone, ImageFeatures, SurgeryConfig
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, TextPromptConfig
 from zsad.methods.options import check_range
@@ -107,8 +107,9 @@ class Sdp(Method):
     name = "sdp"
     config_cls = SdpConfig
     config: SdpConfig
+    backbone: ClipBackbone  # reads text and CLIP-only paths: a vision-only backbone is refused by zsad.runs
 
-    def __init__(self, backbone: Any, config: SdpConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, backbone: ClipBackbone, config: SdpConfig | None = None, **overrides: Any) -> None:
         super().__init__(backbone, config, **overrides)
         n = self.backbone.num_layers
         if self.config.compat == "official" and n % 4 == 0 and self.stages != stage_layers(n, ()):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from zsad.backbone import Backbone
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, MethodConfig
 from zsad.methods.options import config_record
@@ -44,7 +45,7 @@ class TrainableMethod(Method):
     trained_for: tuple[str | None] | None = None  # self-training: (object,) the parts are trained for
     new_training: dict[str, Any] | None = None  # self-training: the record of training done by ``setup``
 
-    def __init__(self, backbone: Any, config: MethodConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, backbone: Backbone, config: MethodConfig | None = None, **overrides: Any) -> None:
         super().__init__(backbone, config, **overrides)
         self.training_manifest: dict[str, Any] | None = None
         self.given_options = set(overrides)  # what the user chose, as opposed to defaults

@@ -27,6 +27,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from zsad.backbone import ClipBackbone
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, TextPromptConfig
 from zsad.methods.options import check_range
@@ -121,6 +122,7 @@ class WinClip(Method):
     config_cls = WinClipConfig
     supports_few_shot = True
     config: WinClipConfig
+    backbone: ClipBackbone  # reads text and CLIP-only paths: a vision-only backbone is refused by zsad.runs
 
     def _windows(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per scale: token indices with CLS prepended (n_win, 1+s*s) and the membership matrix."""
