@@ -145,7 +145,7 @@ class AdaClip(TrainableMethod):
         self.params = p.to(bb.device)
 
     @classmethod
-    def import_official(cls, path: Path, backbone: Any, out: Path, trained_on: str) -> Path:
+    def import_official(cls, path: Path, backbone: ClipBackbone, out: Path, trained_on: str) -> Path:
         """Convert a checkpoint saved by the official AdaCLIP trainer (see ``import_official_checkpoint``)."""
         return import_official_checkpoint(path, backbone, out, trained_on)
 
@@ -316,7 +316,7 @@ _OFFICIAL = {
 }
 
 
-def import_official_checkpoint(path: Path, backbone: Any, out: Path, trained_on: str) -> Path:
+def import_official_checkpoint(path: Path, backbone: ClipBackbone, out: Path, trained_on: str) -> Path:
     """Convert a checkpoint saved by the official AdaCLIP trainer (a dict of ``clip_model.*`` tensors).
 
     The official text prompts overwrite the first M word tokens, so the result runs with ``text_placeholders=False``.

@@ -139,7 +139,7 @@ class AnomalyClip(TrainableMethod):
         self._tokens = self.backbone.tokenize(self.sentences())
 
     @classmethod
-    def import_official(cls, path: Path, backbone: Any, out: Path, trained_on: str) -> Path:
+    def import_official(cls, path: Path, backbone: ClipBackbone, out: Path, trained_on: str) -> Path:
         """Convert an official checkpoint (see ``import_official_checkpoint``)."""
         return import_official_checkpoint(path, backbone, out, trained_on)
 
@@ -274,7 +274,7 @@ class AnomalyClip(TrainableMethod):
             bank.close()
 
 
-def import_official_checkpoint(path: Path, backbone: Any, out: Path, trained_on: str) -> Path:
+def import_official_checkpoint(path: Path, backbone: ClipBackbone, out: Path, trained_on: str) -> Path:
     """Convert an official ``epoch_*.pth`` (``{"prompt_learner": state_dict}``) into a zsad checkpoint.
 
     Only ``ctx_pos`` (normal), ``ctx_neg`` (abnormal), each (1, 1, n_ctx, width), and ``compound_prompts_text.*``

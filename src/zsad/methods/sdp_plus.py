@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zsad.backbone import ClipBackbone
 from zsad.errors import ZsadInputError
 from zsad.methods.options import config_record
 from zsad.methods.sdp import Sdp, SdpConfig
@@ -187,7 +188,7 @@ class SdpPlus(Sdp, TrainableMethod):
         return self.fit_and_save(items, step, train_cfg, out, data_info=data_info, progress=progress)
 
     @classmethod
-    def import_official(cls, path: Path, backbone: Any, out: Path, trained_on: str) -> Path:
+    def import_official(cls, path: Path, backbone: ClipBackbone, out: Path, trained_on: str) -> Path:
         """Convert the official CLIP-AD release (``{"linear_layers": fc.i.weight/bias}``), torch or safetensors.
 
         Those layers were trained on taps with the official in-place update, so the result runs with

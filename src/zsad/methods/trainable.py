@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from zsad.backbone import Backbone
+from zsad.backbone import Backbone, ClipBackbone
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, MethodConfig
 from zsad.methods.options import config_record
@@ -202,7 +202,7 @@ class TrainableMethod(Method):
             )
 
     @classmethod
-    def import_official(cls, path: Path, backbone: Any, out: Path, trained_on: str) -> Path:
+    def import_official(cls, path: Path, backbone: ClipBackbone, out: Path, trained_on: str) -> Path:
         """Convert a checkpoint released with the method's official code into a zsad checkpoint folder."""
         raise ZsadInputError(f"{cls.name}: there is no official checkpoint to import")
 
