@@ -18,34 +18,25 @@ import numpy as np
 import torch
 
 from zsad.errors import ZsadInputError
-from zsad.fileio import save_npy, write_json
 from zsad.methods.base import Method
 from zsad.outputs import (
     DETECT_FIELDS,
-    CsvLog,
     DetectResult,
-    OutputNames,
     RunLock,
     check_detect_numbers,
     check_out_not_input,
     check_output_dir,
     check_run_key,
-    claim_output,
-    detect_row,
-    identity,
-    is_number,
     kept_on_failure,
-    label_rows,
     map_size,
-    mark_missing,
-    nothing_scored,
 )
 from zsad.progress import Reporter, reporter, using
 from zsad.runs.build import BackboneSpec, MethodSpec, method_key
-from zsad.runs.scoring import decode_parts, parts_json, resize_map, score_dataset
+from zsad.runs.decide import Normals, Policy, memorised
+from zsad.runs.folder import DetectFolder
+from zsad.runs.scoring import parts_json, resize_map, score_dataset
 from zsad.runs.train import prepare_method
-from zsad.sysinfo import environment
-from zsad.thresholds import Threshold, choose_threshold
+from zsad.thresholds import Threshold
 
 FIELDS = DETECT_FIELDS  # the predictions.csv columns (zsad.outputs, shared with the torch-free runtime)
 NORMALIZE = ("dataset", "per_image")
@@ -62,7 +53,7 @@ class DetectJob:
     recursive: bool = False
     class_name: str | None = None
     reference_dir: Path | None = None
-    k_shot: int = 0
+    k_shot: int | None = None  # None: decide.REFERENCE_SPLIT (half memorised); 0: every reference memorised
     threshold: float | None = None
     threshold_rule: str = "robust_outlier"
     batch_size: int = 8
@@ -114,7 +105,7 @@ class DetectJob:
         """The run key as known before the build; ``run_detect`` completes and checks it after."""
         cls = spec.cls
         n_refs = len(self.references)
-        k = min(self.k_shot or n_refs, n_refs) if cls.supports_few_shot else 0
+        k = memorised(n_refs, self.k_shot, cls.supports_few_shot)
         return {
             **spec.key(),
             "class_name": (self.class_name or "object") if cls.uses_class_name(spec.config) else "object",
@@ -132,6 +123,10 @@ class DetectJob:
             "reference_dir": os.path.abspath(self.reference_dir) if self.reference_dir else None,
         }
 
+    def policy(self) -> Policy:
+        """How this run decides (``zsad.runs.decide``)."""
+        return Policy(self.threshold, self.threshold_rule)
+
     def check_resume(self, spec: MethodSpec) -> None:
         """Refuse, before the model loads, a folder holding a run with other settings (checked again after)."""
         key = self.key(spec)
@@ -144,42 +139,89 @@ def detect(
     *,
     method: str | MethodSpec | Method = "winclip",
     options: dict[str, Any] | None = None,
-    backbone: BackboneSpec | None = None,
+    backbone: BackboneSpec | str | None = None,
     checkpoint: str | Path | None = None,
     reporter: Reporter | None = None,
-    **job: Any,
+    class_name: str | None = None,
+    image_glob: str | None = None,
+    list_file: str | Path | None = None,
+    recursive: bool = False,
+    reference_dir: str | Path | None = None,
+    k_shot: int | None = None,
+    threshold: float | None = None,
+    threshold_rule: str = "robust_outlier",
+    batch_size: int = 8,
+    overlays: bool = True,
+    normalize: str = "dataset",
+    skip_bad: bool = False,
+    seed: int = 0,
+    max_map_size: int = 4096,
 ) -> DetectResult:
     """Score images with no labels into ``out``: ``predictions.csv``, ``.npy`` maps, overlays, ``manifest.json``.
 
-    ``method`` is a registered name (built from ``options``, ``backbone`` and ``checkpoint``), a ``MethodSpec``, or
-    an already built ``Method`` (kept, e.g. by a service). ``job`` takes the fields of ``DetectJob`` (``class_name``,
-    ``image_glob``, ``list_file``, ``reference_dir``, ``k_shot``, ``threshold``, ``batch_size``, ``overlays``,
-    ``normalize``, ``skip_bad``, ``seed``, ``max_map_size``, ``recursive``). Every input is checked before any model
-    loads; the folder is locked for the run and resumes only the same settings.
+    ``method`` is a registered name (built from ``options``, ``backbone`` — a ``BackboneSpec`` or an open_clip
+    model name — and ``checkpoint``), a ``MethodSpec``, or an already built ``Method`` (kept, e.g. by a service).
+    The other arguments are ``DetectJob``'s fields. Every input is checked before any model loads; the folder is
+    locked for the run and resumes only the same settings.
     """
+    items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    job = DetectJob(
+        [str(p) for p in items],
+        Path(out),
+        list_file=Path(list_file) if list_file is not None else None,
+        image_glob=image_glob,
+        recursive=recursive,
+        class_name=class_name,
+        reference_dir=Path(reference_dir) if reference_dir is not None else None,
+        k_shot=k_shot,
+        threshold=threshold,
+        threshold_rule=threshold_rule,
+        batch_size=batch_size,
+        overlays=overlays,
+        normalize=normalize,
+        skip_bad=skip_bad,
+        seed=seed,
+        max_map_size=max_map_size,
+    )
+    if isinstance(method, str):
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        method = MethodSpec(method, as_backbone(backbone, seed), dict(options or {}), ckpt)
+    return detect_job(method, job, reporter=reporter)
+
+
+def as_backbone(backbone: BackboneSpec | str | None, seed: int = 0) -> BackboneSpec:
+    """A ``BackboneSpec`` from what a user passes: one, an open_clip model name, or None (each method's default)."""
+    if backbone is None:
+        return BackboneSpec(seed=seed)
+    if isinstance(backbone, str):
+        return BackboneSpec(model_name=backbone, seed=seed)
+    if isinstance(backbone, BackboneSpec):
+        return backbone
+    raise TypeError(f"backbone: expected a BackboneSpec or a model name (str), not {type(backbone).__name__}")
+
+
+def detect_job(method: MethodSpec | Method, job: DetectJob, *, reporter: Reporter | None = None) -> DetectResult:
+    """``detect`` from a typed job: the CLI's entry (``method`` a spec, or a built ``Method`` a service keeps)."""
+    if not isinstance(method, MethodSpec | Method):
+        raise TypeError(f"method: expected a method name, MethodSpec or Method, not {type(method).__name__}")
     with using(reporter):
-        items = [paths] if isinstance(paths, str | Path) else list(paths)
-        work = DetectJob([str(p) for p in items], Path(out), **job)
-        built = method if isinstance(method, Method) else None
-        spec: MethodSpec | None = None
-        if isinstance(method, MethodSpec):
-            spec = method
-        elif isinstance(method, str):
-            ckpt = Path(checkpoint) if checkpoint is not None else None
-            spec = MethodSpec(method, backbone or BackboneSpec(seed=work.seed), dict(options or {}), ckpt)
-        if spec is not None:
-            spec.validate()
-        work.validate(type(method) if isinstance(method, Method) else spec.cls if spec is not None else Method)
-        with RunLock(work.out):
+        spec = method.validate() if isinstance(method, MethodSpec) else None
+        job.validate(method.cls if isinstance(method, MethodSpec) else type(method))
+        with RunLock(job.out):
             if spec is not None:
-                work.check_resume(spec)
-                built = spec.build()
-            assert built is not None
-            return run_detect(built, work)
+                job.check_resume(spec)
+            built = spec.build() if spec is not None else method
+            assert isinstance(built, Method)
+            return run_detect(built, job)
 
 
-def check_k_shot(k_shot: int, reference_dir: Path | None, cls: type[Method]) -> None:
-    """``--k-shot``: how many normal images of ``--reference-dir`` a few-shot method memorises (0 = all of them)."""
+def check_k_shot(k_shot: int | None, reference_dir: Path | None, cls: type[Method]) -> None:
+    """``--k-shot``: how many normal images of ``--reference-dir`` a few-shot method memorises (0 = all of them).
+
+    Left out (None), half are memorised and the rest calibrate the threshold (``decide.REFERENCE_SPLIT``).
+    """
+    if k_shot is None:
+        return
     if k_shot < 0:
         raise ZsadInputError(f"--k-shot {k_shot}: must be >= 0 (0 = every reference image)")
     if k_shot and reference_dir is None:
@@ -200,7 +242,7 @@ def reference_files(
 
 
 def load_references(
-    method: Method, files: list[Path], k_shot: int, seed: int
+    method: Method, files: list[Path], k_shot: int | None, seed: int
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[int]]:
     """(few-shot references, calibration images, seeded order of ``files``) as every run splits them."""
     from zsad.data import ImageList
@@ -215,35 +257,43 @@ def load_references(
 
 
 def split_references(
-    few_shot: bool, references: torch.Tensor, k_shot: int
+    few_shot: bool, references: torch.Tensor, k_shot: int | None
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(few-shot references, calibration images): a few-shot method memorises the first ``k_shot`` (0 = all).
+    """(few-shot references, calibration images) as every front end splits them (``decide.REFERENCE_SPLIT``).
 
-    The threshold is calibrated on the rest only, since a memorised reference scores unrealistically low.
+    The threshold is calibrated on the images not memorised only, since a memorised reference scores unrealistically
+    low.
     """
-    if not few_shot:
-        return None, references
-    k = k_shot or len(references)
-    return references[:k], references[k:]
+    k = memorised(len(references), k_shot, few_shot)
+    return (references[:k] if few_shot else None), references[k:]
 
 
 def calibrate(
     method: Method, calib: torch.Tensor | None, set_parts: dict[str, np.ndarray] | None = None
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``normals_of`` as (scores, maxima): the export's calibration."""
+    normals = normals_of(method, calib, set_parts)
+    return (normals.scores, normals.maxima) if normals is not None else (None, None)
+
+
+def normals_of(
+    method: Method, calib: torch.Tensor | None, set_parts: dict[str, np.ndarray] | None = None
+) -> Normals | None:
     """Scores and map maxima of known-normal images, for the normal-quantile image and pixel thresholds.
 
     ``set_parts``: the score parts of the scored set when its scores were re-scaled set-wide (transductive), so
     the normal images get the same set statistics as the images they calibrate.
     """
     if calib is None or not len(calib):
-        return None, None
-    pred = method.predict(calib)
-    scores = pred.pred_score.cpu().numpy()
+        return None
+    with torch.no_grad():
+        pred = method.predict(calib)
+    scores = pred.pred_score.cpu().numpy().astype(np.float64)
     if set_parts:
         calib_parts = {k: v.cpu().numpy().astype(np.float64) for k, v in pred.score_parts.items()}
         rescored = method.finalize_scores(calib_parts, fit=set_parts)
         scores = rescored if rescored is not None else scores
-    return scores, pred.anomaly_map.flatten(1).amax(1).cpu().numpy()
+    return Normals(scores, pred.anomaly_map.flatten(1).amax(1).cpu().numpy().astype(np.float64))
 
 
 def overlay_panel(
@@ -281,7 +331,7 @@ def overlay_panel(
 
 
 def run_detect(method: Method, job: DetectJob) -> DetectResult:
-    """Score what the folder does not hold yet, then thresholds, overlays and the manifest over every row.
+    """Score what the folder does not hold yet, then decisions (``zsad.runs.decide``), overlays and the manifest.
 
     Every input ends as exactly one row (``predictions.csv``) or one error row (``errors.csv``, with
     ``--skip-bad``). Rows of inputs that have since vanished are kept, marked ``input_missing``, labelled by the
@@ -296,60 +346,33 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
     say = reporter()
     if job.skipped:
         say.message(f"passed over in the input folders: {job.skipped.summary()}", "note")
-
-    out = job.out
     key = {**method_key(method), "class_name": method.class_name, "k_shot": method.k_shot, "inputs": job.inputs()}
-    claim_output(out, key, "detect", "detect")
-    (out / "maps").mkdir(exist_ok=True)
-
-    def complete(r: dict[str, str]) -> bool:
-        return is_number(r["pred_score"]) and bool(r["anomaly_map_path"]) and (out / r["anomaly_map_path"]).is_file()
-
-    log = CsvLog(out / "predictions.csv", FIELDS, key=lambda r: identity(r["image_path"]), complete=complete)
-    if log.repair_note():
-        say.message(f"{log.repair_note()}; they are scored again", "note")
-    names = OutputNames()
-    for r in log.rows:
-        names.claim(Path(r["anomaly_map_path"]).stem, identity(r["image_path"]))
-    done = {r["image_path"] for r in log.rows}
-    todo = sum(str(s.image_path) not in done for s in ds.samples)
-    if done:
-        say.message(f"resuming: {len(ds) - todo} of {len(ds)} images already scored in {out}")
-    (out / "errors.csv").unlink(missing_ok=True)  # this run's failures only (earlier ones are retried)
-    errors = CsvLog(out / "errors.csv", ["image_path", "error"])
-    failed: list[str] = []
+    folder = DetectFolder(job.out, key, "detect")
+    folder.resuming(len(ds))
+    todo = sum(str(s.image_path) not in folder.done for s in ds.samples)
 
     def on_error(err: dict[str, Any]) -> None:
-        say.message(f"skipped: {err['error']}", "note")
-        errors.append([err])
-        failed.append(err["image_path"])
+        folder.fail(str(err["image_path"]), str(err["error"]))
 
     scored = 0
-    with say.task(f"{method.name}: scoring", todo) as task, kept_on_failure(log, out):
-        batches = score_dataset(method, ds, job.batch_size, skip_paths=done, skip_bad=job.skip_bad, on_error=on_error)
+    with say.task(f"{method.name}: scoring", todo) as task, kept_on_failure(folder.log, job.out):
+        batches = score_dataset(
+            method, ds, job.batch_size, skip_paths=folder.done, skip_bad=job.skip_bad, on_error=on_error
+        )
         for sb in batches:
             hs, ws = sb.batch["original_size"]
             rows = []
             for i, p in enumerate(sb.paths):
                 h, w = int(hs[i]), int(ws[i])
-                mh, mw = map_size(h, w, job.max_map_size)
-                rel = Path("maps") / f"{names.name(p)}.npy"
-                try:
-                    full = resize_map(sb.maps[i], (mh, mw))
-                    save_npy(out / rel, full)
-                except OSError as e:
-                    if not job.skip_bad:
-                        raise
-                    on_error({"image_path": p, "error": f"{p}: cannot write {rel}: {e.strerror or e}"})
-                    continue
-                rows.append(detect_row(p, sb.scores[i], rel, full, (h, w), parts_json(sb.parts, i)))
-            log.append(rows)
+                full = resize_map(sb.maps[i], map_size(h, w, job.max_map_size))
+                row = folder.write_map(p, sb.scores[i], full, (h, w), parts_json(sb.parts, i), job.skip_bad)
+                if row is not None:
+                    rows.append(row)
+            folder.log.append(rows)
             scored += len(rows)
-            task.update(completed=scored + len(failed))
-        task.update(completed=scored + len(failed))  # files skipped in the last batch count as done
+            task.update(completed=scored + len(folder.failed))
+        task.update(completed=scored + len(folder.failed))  # files skipped in the last batch count as done
 
-    mark_missing(log.rows, {str(s.image_path) for s in ds.samples})  # inputs that vanished keep their row, marked
-    current = [r for r in log.rows if r["input_missing"] == "0"]
     base = {
         **method.describe(),
         "command": "detect",
@@ -357,51 +380,28 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
         "inputs_skipped": job.skipped.counts() if job.skipped else {},
         "normalize": job.normalize,
         "max_map_size": job.max_map_size,
-        "num_failed": len(failed),
+        "num_failed": len(folder.failed),
         "transductive": method.is_transductive,
         "notes": list(method.set_notes),
     }
-    if not current:
-        write_json(out / "manifest.json", {**base, "num_images": len(log.rows), "environment": environment()})
-        raise nothing_scored(out, len(failed), len(log.rows))
     if method.set_level and method.is_transductive:
         say.message(f"{method.name}: TRANSDUCTIVE: {method.transductive_note}", "warning")
-    parts = decode_parts(current)
-    final = method.finalize_scores(parts) if parts else None
-    if final is not None:  # transductive: scores re-scaled over every image of this run
-        say.message(f"{method.name}: TRANSDUCTIVE scores (re-scaled over all {len(final)} images)", "warning")
-        for r, v in zip(current, final, strict=True):
-            r["pred_score"] = f"{float(v):.8g}"
-    fit_scores = np.array([float(r["pred_score"]) for r in current])
-    maxima = np.array([float(r["map_max"]) for r in current])
-    calib_scores, calib_max = calibrate(method, calib, parts if final is not None else None)
-    thr = choose_threshold(fit_scores, normal_scores=calib_scores, manual=job.threshold, unlabelled=job.threshold_rule)
-    # Pixel decisions: the same rule applied to per-image map maxima (map values need not share the score scale).
-    pthr = choose_threshold(maxima, normal_scores=calib_max, unlabelled=job.threshold_rule)
-    if thr.note:
-        say.message(f"no decision: {thr.note}", "warning")
-    labels = label_rows(log.rows, thr, pthr, np.array([float(r["pred_score"]) for r in log.rows]))
-    log.rewrite()  # the labels are on disk before the overlays are drawn
+    decision = folder.decide(
+        {str(s.image_path) for s in ds.samples},
+        job.policy(),
+        base,
+        finalize=method.finalize_scores if method.is_transductive else None,
+        normals=lambda parts: normals_of(method, calib, parts),
+    )
+    if decision.rescaled:
+        n = len(decision.scores) - decision.num_missing
+        say.message(f"{method.name}: TRANSDUCTIVE scores (re-scaled over all {n} images)", "warning")
     overlay_errors: list[dict[str, str]] = []
     if job.overlays:
         random_weights = bool(getattr(method.backbone, "random_init", False))
-        overlay_errors = _write_overlays(log.rows, out, job, pthr, random_weights)
-        log.rewrite()
-    missing = len(log.rows) - len(current)
-    manifest = {
-        **base,
-        "threshold": vars(thr),
-        "pixel_threshold": vars(pthr),
-        "num_images": len(log.rows),
-        "num_missing_inputs": missing,
-        "overlay_errors": overlay_errors,
-    }
-    write_json(out / "manifest.json", {**manifest, "environment": environment()})
-    flagged = int(labels.sum()) if labels is not None else None
+        overlay_errors = _write_overlays(folder.log.rows, job.out, job, decision.pixel_threshold, random_weights)
     skipped = job.skipped.summary() if job.skipped else ""
-    result = DetectResult(out, len(log.rows), flagged, thr, len(failed), missing, len(overlay_errors), skipped)
-    say.message(result.summary())
-    return result
+    return folder.close(decision, base, skipped, overlay_errors)
 
 
 def _write_overlays(
