@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 $(BIN)/zsad: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,ray,export,datasets]'
+	$(BIN)/pip install -q -e '.[full,export,ray,datasets,dev]'  # everything the test suite needs
 	touch $@
 
 .PHONY: install demo serve test lint

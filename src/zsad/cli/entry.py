@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sys
 
-# What the full command line needs beyond the torch-free runtime (the base install brings them all).
+# What the full command line needs beyond the torch-free runtime (``zsad[full]`` brings them all).
+FULL_INSTALL = "pip install 'zsad[full]'"
 FULL_CLI_MODULES = ("torch", "torchvision", "open_clip", "timm", "typer", "rich", "scipy", "sklearn", "safetensors")
 
 RUNTIME_HELP = """\
@@ -24,7 +25,7 @@ This environment has the runtime only ({missing} is not installed), which runs m
   zsad detect --model DIR --help                   its options
 
 Every other command (eval, train, export, serve, benchmark, detect --method ...) needs the full install, with
-torch: pip install zsad
+torch: {full}
 """
 
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     """Route ``detect --model`` to the torch-free runner, the rest to the full CLI (or say what it needs)."""
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["detect"] and any(a == "--model" or a.startswith("--model=") for a in args[1:]):
-        from zsad.cli.runtime_detect import run
+        from zsad.runtime.detect import run
 
         sys.exit(run(args[1:]))
     try:
@@ -48,11 +49,11 @@ def main(argv: list[str] | None = None) -> None:
 def runtime_only(args: list[str], missing: str) -> int:
     """Help or a one-line refusal where the full CLI's ``missing`` module is not installed; returns the exit code."""
     if not args or args[0] in ("--help", "-h", "help"):
-        print(RUNTIME_HELP.format(missing=missing))
+        print(RUNTIME_HELP.format(missing=missing, full=FULL_INSTALL))
         return 0
     command = args[0] if not args[0].startswith("-") else " ".join(args)
     print(
-        f"error: zsad {command} needs the full install ({missing} is not installed here): pip install zsad; this "
+        f"error: zsad {command} needs the full install ({missing} is not installed here): {FULL_INSTALL}; this "
         "torch-free runtime runs only `zsad detect PATHS... --model DIR` (models made by zsad export)"
     )
     return 2
