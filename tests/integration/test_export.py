@@ -103,6 +103,23 @@ def test_export_refusals(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "--format 'tflite'" in res.output
 
 
+def test_export_reads_the_refusal_from_the_method_class() -> None:
+    """The reason is the class's ``export_refusal``; export keeps no list of names."""
+    from zsad.errors import ZsadInputError
+    from zsad.export import check_exportable, refused
+    from zsad.methods import get_method_class
+
+    assert set(refused()) == {"adaclip", "dual-image", "musc"}
+    assert refused()["musc"] == get_method_class("musc").export_refusal
+    check_exportable(get_method_class("sdp"))  # exportable: no error
+
+    class Refused(get_method_class("sdp")):
+        export_refusal = "a reason only this class gives"
+
+    with pytest.raises(ZsadInputError, match="method sdp cannot be exported yet: a reason only this class gives"):
+        check_exportable(Refused)
+
+
 @pytest.mark.parametrize("method", ["sdp+", "anomalyclip"])
 def test_trained_methods_export_with_their_parts(method: str, tmp_path: Path, assets_dir: Path) -> None:
     """Trained parts (random here) through a real checkpoint become constants of the graph."""
@@ -189,7 +206,7 @@ def test_detect_model_without_torch_matches_torch_detect(tmp_path: Path, assets_
     import subprocess
     import sys
 
-    import zsad.cli.runtime_detect as rd
+    import zsad.runtime.detect as rd
 
     imgs = tmp_path / "imgs"
     imgs.mkdir()

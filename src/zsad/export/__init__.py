@@ -40,16 +40,6 @@ OPSET = 18
 # bf16 graphs are not offered: onnxruntime's CPU and CUDA providers lack bf16 kernels for most ops.
 EXPORT_PRECISIONS = ("fp32", "fp16")
 
-# Methods whose forward cannot be one static graph, with the reason and the plan (docs/export.md).
-REFUSED = {
-    "adaclip": "its image score clusters each image's patches with k-means (data-dependent iterations); planned: "
-    "export the maps and the global feature, with the k-means fusion done by the runtime in numpy",
-    "musc": "it scores a whole set of images against each other (set-level); planned: export the backbone taps and "
-    "run the mutual scoring in the runtime",
-    "dual-image": "it scores each image against partner images of its set (set-level); planned: export the "
-    "per-image features and pair them in the runtime",
-}
-
 
 class ExportedForward(nn.Module):
     """images (B, 3, S, S) normalised -> (pred_score (B,), anomaly_map (B, S, S)) through the method's ``predict``."""
@@ -74,16 +64,28 @@ class ExportResult:
 
 
 def check_exportable(cls: type[Method], config: Any = None) -> None:
-    """One line for a method (or configuration) whose forward is not one per-image graph (see ``REFUSED``)."""
-    if cls.name in REFUSED:
-        raise ZsadInputError(f"zsad export: method {cls.name} cannot be exported yet: {REFUSED[cls.name]}")
-    if cls.set_level:
-        raise ZsadInputError(f"zsad export: method {cls.name} scores sets of images, not one image at a time")
+    """One line for a method (its ``export_refusal``) or configuration whose forward is not one per-image graph."""
+    if cls.export_refusal is not None:
+        raise ZsadInputError(f"zsad export: method {cls.name} cannot be exported yet: {cls.export_refusal}")
     if config is not None and cls.transductive_for(config):
         raise ZsadInputError(
             f"zsad export: method {cls.name} with these options re-scales scores over the whole test set "
             "(transductive), which a per-image graph cannot do; export it without that option"
         )
+
+
+def refused() -> dict[str, str]:
+    """{method: why} for every registered method ``zsad export`` refuses (its class's ``export_refusal``)."""
+    from zsad.methods import get_method_class, list_methods
+
+    return {n: why for n in list_methods() if (why := get_method_class(n).export_refusal) is not None}
+
+
+def __getattr__(name: str) -> Any:
+    """``REFUSED`` (read by benchmarks/bench_export.py) is ``refused()``: built from the classes when asked."""
+    if name == "REFUSED":
+        return refused()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def export_method(

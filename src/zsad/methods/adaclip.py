@@ -38,7 +38,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -115,6 +115,10 @@ class AdaClip(TrainableMethod):
     name = "adaclip"
     config_cls = AdaClipConfig
     config: AdaClipConfig
+    export_refusal: ClassVar[str | None] = (
+        "its image score clusters each image's patches with k-means (data-dependent iterations); planned: export the "
+        "maps and the global feature, with the k-means fusion done by the runtime in numpy"
+    )
     backbone: ClipBackbone  # reads text and CLIP-only paths: a vision-only backbone is refused by zsad.runs
     arch_fields = ("layers", "prompt_depth", "prompt_length", "prompting", "branches", "text_placeholders")
     official_checkpoint = "a checkpoint saved by the official AdaCLIP trainer (clip_model.* tensors)"

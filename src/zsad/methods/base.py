@@ -63,6 +63,9 @@ class Method(ABC):
     # {precision: why} for the precisions under which the method keeps its backbone in fp32, because measured drift
     # changed decisions (benchmarks/bench_export.py, RESULTS.md); absent: that precision is allowed.
     full_precision: ClassVar[dict[str, str]] = {}
+    # Why ``zsad export`` cannot make this method one static per-image graph, with the plan (docs/export.md);
+    # None: exportable.
+    export_refusal: ClassVar[str | None] = None
 
     def __init__(self, backbone: Backbone, config: MethodConfig | None = None, **overrides: Any) -> None:
         cfg = make_config(self.config_cls, overrides, self.name, base=config)
@@ -165,6 +168,7 @@ class SetLevelMethod(Method):
     """
 
     set_level: ClassVar[bool] = True
+    export_refusal: ClassVar[str | None] = "it scores each image against the other images of its set (set-level)"
 
     @abstractmethod
     def new_bank(self) -> FeatureBank:

@@ -174,6 +174,10 @@ class DualImage(SetLevelMethod):
     name = "dual-image"
     config_cls = DualImageConfig
     config: DualImageConfig
+    export_refusal: ClassVar[str | None] = (
+        "it scores each image against partner images of its set (set-level); planned: export the per-image features "
+        "and pair them in the runtime"
+    )
     backbone: ClipBackbone  # reads text and CLIP-only paths: a vision-only backbone is refused by zsad.runs
 
     def __init__(self, backbone: ClipBackbone, config: DualImageConfig | None = None, **overrides: Any) -> None:

@@ -88,6 +88,10 @@ class MuSc(SetLevelMethod):
     config: MuScConfig
     needs_class_name: ClassVar[bool] = False
     transductive: ClassVar[bool] = True
+    export_refusal: ClassVar[str | None] = (
+        "it scores a whole set of images against each other (set-level); planned: export the backbone taps and run "
+        "the mutual scoring in the runtime"
+    )
 
     def __init__(self, backbone: Backbone, config: MethodConfig | None = None, **overrides: Any) -> None:
         super().__init__(backbone, config, **overrides)
