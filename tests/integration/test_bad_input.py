@@ -513,7 +513,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _runtime(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
     """``zsad detect --model ...`` in this process: (exit code, what it printed)."""
-    from zsad.cli.runtime_detect import run
+    from zsad.runtime.detect import run
 
     assert args[0] == "detect"
     code = run([str(a) for a in args[1:]])  # the entry point passes what follows `detect`

@@ -1,38 +1,104 @@
-"""Where runs happen: every front end (CLI, service, engines) and Python users call these.
+"""Where runs happen: every front end (CLI, service, engines, the runtime) and Python users call these.
 
-- ``detect(paths, out, method=..., ...)``: unlabeled images -> predictions.csv, maps, overlays (resumable).
+- ``detect(paths, out, method=..., ...)``: unlabeled images -> predictions.csv, maps, overlays (resumable);
+  ``detect_job(spec, DetectJob(...))`` is the same run from a typed job (the CLI's entry).
 - ``evaluate(DatasetSpec(...), out, methods=[...])``: labelled data -> per-category metrics (resumable).
 - ``train(method, [DatasetSpec(...)], out)``: a trainable method's parts -> checkpoint folder (resumable).
 - ``import_checkpoint(file, method, out, trained_on)``: an official release -> checkpoint folder.
 - ``predict_set(method, images)``: one set of images scored with the set-level re-scoring ``evaluate`` applies.
 - ``read_predictions(out)`` / ``load_map(out, row)``: a detect folder read back, from either engine.
 
-Each takes ``reporter=`` (``zsad.progress``): silent by default, ``LoggingReporter()`` for logging. Every input is
-checked before any model loads; output folders are locked for the run and resume only the same settings.
+The stages a front end composes: scoring (``score_dataset``, ``score_images``), references (``load_references``,
+``split_references``, ``normals_of``), decisions (``decide``, ``Policy``, ``Normals``: ``zsad.runs.decide``) and
+output folders (``DetectFolder``). Front ends import only these names, never the modules behind them
+(docs/architecture.md). Names load on first use: the decision and folder stages need no torch, so the torch-free
+runtime imports them as they are.
+
+Each run takes ``reporter=`` (``zsad.progress``): silent by default, ``LoggingReporter()`` for logging. Every
+input is checked before any model loads; output folders are locked for the run and resume only the same settings.
 """
 
-from zsad.data.spec import DatasetSpec
-from zsad.runs.build import BackboneSpec, MethodSpec
-from zsad.runs.detect import DetectJob, DetectResult, detect
-from zsad.runs.evaluate import evaluate
-from zsad.runs.readback import load_map, read_predictions
-from zsad.runs.report import EvalResult
-from zsad.runs.sets import import_checkpoint, predict_set
-from zsad.runs.train import prepare_method, train
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "BackboneSpec",
-    "DatasetSpec",
-    "DetectJob",
-    "DetectResult",
-    "EvalResult",
-    "MethodSpec",
-    "detect",
-    "evaluate",
-    "import_checkpoint",
-    "load_map",
-    "predict_set",
-    "read_predictions",
-    "prepare_method",
-    "train",
-]
+if TYPE_CHECKING:
+    from zsad.data.spec import DatasetSpec
+    from zsad.runs.build import RANDOM_WEIGHTS_WARNING, BackboneSpec, MethodSpec, method_key, route_checkpoints
+    from zsad.runs.decide import REFERENCE_SPLIT, Decision, Normals, Policy, decide, memorised
+    from zsad.runs.detect import (
+        DetectJob,
+        DetectResult,
+        as_backbone,
+        check_k_shot,
+        detect,
+        detect_job,
+        load_references,
+        normals_of,
+        overlay_panel,
+        split_references,
+    )
+    from zsad.runs.evaluate import evaluate
+    from zsad.runs.folder import DetectFolder, write_manifest
+    from zsad.runs.readback import load_map, read_predictions
+    from zsad.runs.report import EvalResult
+    from zsad.runs.scoring import ScoredBatch, parts_json, resize_map, score_dataset, score_images
+    from zsad.runs.sets import import_checkpoint, predict_set
+    from zsad.runs.train import prepare_method, train
+
+_WHERE = {
+    "DatasetSpec": "zsad.data.spec",
+    **dict.fromkeys(
+        ["RANDOM_WEIGHTS_WARNING", "BackboneSpec", "MethodSpec", "method_key", "route_checkpoints"], "zsad.runs.build"
+    ),
+    **dict.fromkeys(["REFERENCE_SPLIT", "Decision", "Normals", "Policy", "decide", "memorised"], "zsad.runs.decide"),
+    **dict.fromkeys(
+        [
+            "DetectJob",
+            "DetectResult",
+            "as_backbone",
+            "check_k_shot",
+            "detect",
+            "detect_job",
+            "load_references",
+            "normals_of",
+            "overlay_panel",
+            "split_references",
+        ],
+        "zsad.runs.detect",
+    ),
+    "evaluate": "zsad.runs.evaluate",
+    **dict.fromkeys(["DetectFolder", "write_manifest"], "zsad.runs.folder"),
+    **dict.fromkeys(["load_map", "read_predictions"], "zsad.runs.readback"),
+    "EvalResult": "zsad.runs.report",
+    **dict.fromkeys(["ScoredBatch", "parts_json", "resize_map", "score_dataset", "score_images"], "zsad.runs.scoring"),
+    **dict.fromkeys(["import_checkpoint", "predict_set"], "zsad.runs.sets"),
+    **dict.fromkeys(["prepare_method", "train"], "zsad.runs.train"),
+}
+
+__all__ = sorted(_WHERE)
+
+
+class _Face(types.ModuleType):
+    """The package keeps its run functions when a submodule of the same name loads (``detect``, ``train``...).
+
+    Importing ``zsad.runs.detect`` makes Python set the package attribute ``detect`` to that module; the functions
+    are the public face, so such an assignment is dropped (the module stays reachable as ``sys.modules`` holds it,
+    and ``from zsad.runs.detect import X`` works as ever).
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _WHERE.get(name) == value.__name__:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Face
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported from its module on first use (torch only when the name needs it)."""
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'zsad.runs' has no attribute {name!r}")
