@@ -77,7 +77,45 @@ _WHERE = {
     **dict.fromkeys(["prepare_method", "train"], "zsad.runs.train"),
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "BackboneSpec",
+    "DatasetSpec",
+    "Decision",
+    "DetectFolder",
+    "DetectJob",
+    "DetectResult",
+    "EvalResult",
+    "MethodSpec",
+    "Normals",
+    "Policy",
+    "RANDOM_WEIGHTS_WARNING",
+    "REFERENCE_SPLIT",
+    "ScoredBatch",
+    "as_backbone",
+    "check_k_shot",
+    "decide",
+    "detect",
+    "detect_job",
+    "evaluate",
+    "import_checkpoint",
+    "load_map",
+    "load_references",
+    "memorised",
+    "method_key",
+    "normals_of",
+    "overlay_panel",
+    "parts_json",
+    "predict_set",
+    "prepare_method",
+    "read_predictions",
+    "resize_map",
+    "route_checkpoints",
+    "score_dataset",
+    "score_images",
+    "split_references",
+    "train",
+    "write_manifest",
+]
 
 
 class _Face(types.ModuleType):
