@@ -3,10 +3,11 @@ VENV ?= .venv
 PRETRAINED ?= laion400m_e31
 BIN := $(VENV)/bin
 
+# Everything the test suite needs: the full library, export, Ray, ELPV's package and the dev tools (docs/install.md).
 $(BIN)/zsad: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[full,export,ray,datasets,dev]'  # everything the test suite needs
+	$(BIN)/pip install -q -e '.[full,export,ray,datasets,dev]'
 	touch $@
 
 .PHONY: install demo serve test lint
