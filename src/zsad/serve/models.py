@@ -14,7 +14,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,9 @@ from zsad.errors import ZsadInputError
 from zsad.methods import get_method_class, list_methods
 from zsad.methods.base import Method
 from zsad.methods.options import BACKBONE_FIELDS
-from zsad.runs.build import BackboneSpec, MethodSpec
-from zsad.runs.detect import calibrate, split_references
-from zsad.runs.train import prepare_method
-from zsad.thresholds import Threshold, choose_threshold
+from zsad.runs import BackboneSpec, MethodSpec, Normals, Policy, normals_of, prepare_method, split_references
+from zsad.runs.decide import thresholds
+from zsad.thresholds import Threshold
 
 # Options a client may not set: they choose files or weights on the server (set them when starting it).
 SERVER_ONLY = frozenset({*BACKBONE_FIELDS, "checkpoint", "cache_dir"})
@@ -55,8 +54,23 @@ class Reference:
     num_images: int
     references: torch.Tensor | None  # memorised by a few-shot method
     calibration: torch.Tensor | None  # scored for the normal-quantile thresholds
-    threshold: Threshold = field(default_factory=lambda: Threshold(float("nan"), "none"))
-    pixel_threshold: Threshold = field(default_factory=lambda: Threshold(float("nan"), "none"))
+    normals: Normals | None = None  # their scores and map maxima (``calibrate``)
+
+    @property
+    def thresholds(self) -> tuple[Threshold, Threshold]:
+        """The image and pixel thresholds these normals give alone (``zsad.runs.decide``'s normal quantile)."""
+        empty = np.array([])
+        return thresholds(empty, empty, self.normals, Policy())
+
+    @property
+    def threshold(self) -> Threshold:
+        """The image threshold of the references alone (a request re-scaled set-wide recalibrates)."""
+        return self.thresholds[0]
+
+    @property
+    def pixel_threshold(self) -> Threshold:
+        """The pixel threshold of the references alone."""
+        return self.thresholds[1]
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON answer of ``POST /v1/references``."""
@@ -210,18 +224,12 @@ class ModelPool:
             raise ZsadInputError(f"k_shot {k_shot}: must be >= 0 (0 = every image)")
         if k_shot and not cls.supports_few_shot:
             raise ZsadInputError(f"k_shot: method {method} takes no reference images (they only calibrate)")
-        n = len(images)
-        if k_shot is None:  # half memorised, half calibrating, so the threshold comes from unseen images
-            k_shot = (n + 1) // 2 if cls.supports_few_shot and n >= 2 else 0
-        refs, calib = split_references(cls.supports_few_shot, images, min(k_shot, n))
-        return Reference(uuid.uuid4().hex, method, options, class_name, n, refs, calib)
+        refs, calib = split_references(cls.supports_few_shot, images, k_shot)  # decide.REFERENCE_SPLIT when None
+        return Reference(uuid.uuid4().hex, method, options, class_name, len(images), refs, calib)
 
     def calibrate(self, ref: Reference, served: Served) -> Reference:
         """Score the calibration images (worker thread) and keep the reference (bounded, oldest dropped)."""
-        scores, maxima = calibrate(served.method, ref.calibration)
-        if scores is not None and maxima is not None:
-            ref.threshold = choose_threshold(np.array([]), normal_scores=scores)
-            ref.pixel_threshold = choose_threshold(np.array([]), normal_scores=maxima)
+        ref.normals = normals_of(served.method, ref.calibration)
         return ref
 
     def keep_reference(self, ref: Reference) -> None:

@@ -24,18 +24,30 @@ from PIL import Image
 
 from zsad.errors import ZsadInputError
 from zsad.methods import get_method_class, list_methods
-from zsad.outputs import abs_path
+from zsad.outputs import abs_path, detect_row, map_size
 from zsad.progress import reporter
-from zsad.runs.build import RANDOM_WEIGHTS_WARNING, BackboneSpec, MethodSpec, route_checkpoints
-from zsad.runs.detect import calibrate, map_size, overlay_panel
-from zsad.runs.scoring import ScoredBatch, parts_json, resize_map, score_images
+from zsad.runs import (
+    RANDOM_WEIGHTS_WARNING,
+    BackboneSpec,
+    Decision,
+    MethodSpec,
+    Normals,
+    Policy,
+    ScoredBatch,
+    decide,
+    normals_of,
+    overlay_panel,
+    parts_json,
+    resize_map,
+    route_checkpoints,
+    score_images,
+)
 from zsad.serve.batching import Batcher
 from zsad.serve.models import ModelPool, Reference, Served
 from zsad.serve.store import ResultStore
-from zsad.thresholds import Threshold, choose_threshold
+from zsad.thresholds import UNLABELLED_RULES
 
 T = TypeVar("T")
-NONE = Threshold(float("nan"), "none")
 # A class name goes into every prompt, and CLIP reads 77 tokens per prompt (template words included): 200
 # characters are some 40 to 60 tokens, longer than any part name, and a much longer name would be cut off anyway.
 # Each new name also builds a model, so a client must not be able to send arbitrarily long ones.
@@ -71,16 +83,29 @@ class ServeConfig:
         return json.loads(json.dumps(d, default=str))
 
     def validate(self) -> None:
-        """One line per bad setting, before anything loads."""
-        for name in ("max_batch", "max_queue", "max_images", "max_upload_bytes", "max_models", "keep_results"):
-            if getattr(self, name) < 1:
-                raise ZsadInputError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        """One line per bad setting, before anything loads: each limit within ``zsad.limits``' documented range.
+
+        A forward of ``max_batch`` images must also fit the memory of the default method's backbone
+        (``BackboneSpec.check_memory``); ``--allow-large`` lifts the upper bounds.
+        """
+        from zsad import limits
+
+        limits.SERVE_BATCH.check(self.max_batch)
+        limits.SERVE_QUEUE.check(self.max_queue)
+        limits.SERVE_IMAGES.check(self.max_images)
+        limits.SERVE_UPLOAD.check(self.max_upload_bytes)
+        limits.SERVE_MODELS.check(self.max_models)
+        limits.SERVE_KEEP.check(self.keep_results)
+        limits.MAP_SIZE.check(self.max_map_size)
         if self.max_wait_ms < 0 or not math.isfinite(self.max_wait_ms):
             raise ZsadInputError(f"--max-wait-ms {self.max_wait_ms}: must be a finite number >= 0")
-        if self.max_map_size < 0:
-            raise ZsadInputError(f"--max-map-size {self.max_map_size}: must be >= 0 (0 = no cap)")
         if self.token is not None and not self.token.strip():
             raise ZsadInputError("--token: empty; give a secret, or leave the option out to serve without one")
+        self.backbone = BackboneSpec.of(self.backbone)
+        bb = self.backbone.resolve(get_method_class(self.method).config_cls())
+        assert bb.image_size is not None
+        limits.IMAGE_SIZE.check(bb.image_size)
+        bb.check_memory(self.max_batch, "--max-batch")
 
 
 @dataclass
@@ -293,8 +318,12 @@ class Service:
         threshold: float | None = None,
         reference_id: str | None = None,
         skip_bad: bool = False,
+        threshold_rule: str = "robust_outlier",
     ) -> dict[str, Any]:
         """Score one request's images; set-level methods score them as one set. Returns the JSON answer.
+
+        Decisions are ``zsad.runs.decide``'s, as in every front end: ``threshold``, else the references' normal
+        quantile, else ``threshold_rule`` over this request's images (at least ``MIN_IMAGES`` of them), else none.
 
         ``skip_bad``: unreadable images are listed in the answer's ``errors`` and the others scored (all unreadable
         is still a 422); without it the first unreadable image refuses the whole request.
@@ -302,6 +331,8 @@ class Service:
         self.check_count(uploads)
         if threshold is not None and not math.isfinite(threshold):
             raise ZsadInputError(f"threshold {threshold}: must be a finite number")
+        if threshold_rule not in UNLABELLED_RULES:
+            raise ZsadInputError(f"threshold_rule {threshold_rule!r}: use one of {', '.join(UNLABELLED_RULES)}")
         class_name = self.check_class_name(class_name)
         ref: Reference | None = None
         cname: str | None
@@ -328,69 +359,63 @@ class Service:
             scored = await _wait(self.batcher.call(lambda: score_images(m, images, self.config.max_batch)))
         else:
             scored = await _wait(self.batcher.score(m, images))
-        final = calib = None
-        if m.is_transductive and scored.parts:  # scores re-scaled over this request's set (on the model's thread)
-            final, calib = await _wait(self.batcher.call(lambda: self._rescale(served, scored, ref)))
-        thr = self._threshold(scored.scores if final is None else final, threshold, ref, calib)
-        answer = await _in_thread(self._finish, served, decoded, scored, final, thr, ref, errors)
+        maps, rows = await _in_thread(self._rows, decoded, scored)
+        policy = Policy(threshold, threshold_rule)
+        if m.is_transductive and ref is not None and ref.calibration is not None:
+            # normal images re-scaled with this request's set statistics: the model's thread scores them
+            decision = await _wait(self.batcher.call(lambda: self._decide(served, rows, policy, ref)))
+        else:
+            decision = self._decide(served, rows, policy, ref)
+        answer = await _in_thread(self._finish, served, decoded, maps, rows, decision, scored.notes, errors)
         self.requests += 1
         self.images_scored += len(decoded)
         self.images_failed += len(errors)
         return answer
 
-    @staticmethod
-    def _rescale(
-        served: Served, scored: ScoredBatch, ref: Reference | None
-    ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        final = served.method.finalize_scores(scored.parts)
-        calib = None
-        if final is not None and ref is not None:
-            calib = calibrate(served.method, ref.calibration, scored.parts)[0]
-        return final, calib
+    def _rows(self, decoded: list[_Decoded], scored: ScoredBatch) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+        """Each image's map at its written size and its row before decisions (``detect_row``, as every front end)."""
+        maps, rows = [], []
+        for i, d in enumerate(decoded):
+            w, h = d.image.size
+            amap = resize_map(scored.maps[i], map_size(h, w, self.config.max_map_size))
+            parts = parts_json(scored.parts, i) if scored.parts else "{}"
+            maps.append(amap)
+            rows.append({**detect_row("", scored.scores[i], Path(""), amap, (h, w), parts), "input_missing": "0"})
+        return maps, rows
 
     @staticmethod
-    def _threshold(
-        scores: np.ndarray, manual: float | None, ref: Reference | None, calib: np.ndarray | None
-    ) -> Threshold:
-        """Manual, else the references' normal quantile, else robust outlier over the request's scores.
+    def _decide(served: Served, rows: list[dict[str, Any]], policy: Policy, ref: Reference | None) -> Decision:
+        """The request's decisions by ``zsad.runs.decide``: its images are the set, the references its normals."""
+        m = served.method
 
-        The last needs ``MIN_IMAGES`` images, as in every front end: fewer give source none and a note saying so.
-        """
-        if manual is not None:
-            return Threshold(float(manual), "manual")
-        if calib is not None and len(calib):
-            return choose_threshold(scores, normal_scores=calib)
-        if ref is not None and math.isfinite(ref.threshold.value):
-            return ref.threshold
-        return choose_threshold(scores)
+        def normals(parts: dict[str, np.ndarray] | None) -> Normals | None:
+            if ref is None:
+                return None
+            return normals_of(m, ref.calibration, parts) if parts else ref.normals
+
+        return decide(rows, policy, finalize=m.finalize_scores if m.is_transductive else None, normals=normals)
 
     def _finish(
         self,
         served: Served,
         decoded: list[_Decoded],
-        scored: ScoredBatch,
-        final: np.ndarray | None,
-        thr: Threshold,
-        ref: Reference | None,
+        maps: list[np.ndarray],
+        rows: list[dict[str, Any]],
+        decision: Decision,
+        notes: list[str],
         errors: list[dict[str, str]],
     ) -> dict[str, Any]:
-        scores = scored.scores if final is None else np.asarray(final, dtype=np.float64)
         m = served.method
+        thr, pthr = decision.threshold, decision.pixel_threshold
         known = math.isfinite(thr.value)
-        labels = thr.apply(scores) if known else None
-        pthr = ref.pixel_threshold if ref is not None else NONE
-        maps = []
-        for i, d in enumerate(decoded):
-            w, h = d.image.size
-            maps.append(resize_map(scored.maps[i], map_size(h, w, self.config.max_map_size)))
         lo = float(min(a.min() for a in maps))
         hi = float(max(a.max() for a in maps))
         request_id = ResultStore.new_id()
-        rows, results = [], []
-        for i, (d, amap) in enumerate(zip(decoded, maps, strict=True)):
+        results = []
+        for i, (d, amap, row) in enumerate(zip(decoded, maps, rows, strict=True)):
             image_id = ResultStore.new_id()
-            score = float(scores[i])
-            label = None if labels is None else int(labels[i])
+            score = float(decision.scores[i])
+            label = None if decision.labels is None else int(decision.labels[i])
             panel = None
             if self.config.overlays:
                 decided = None if label is None else bool(label)  # None: the panel says "no label"
@@ -401,29 +426,17 @@ class Service:
             upload = self.store.save_image(image_id, d.upload.data, d.fmt)
             name = client_name(d.upload.name)
             w, h = d.image.size
-            row = {
-                "image_path": abs_path(upload) if upload is not None else "",
-                "pred_score": score,
-                "pred_label": "" if label is None else label,
-                "threshold": thr.value if known else "",
-                "threshold_source": thr.source,
-                "pixel_threshold": pthr.value if math.isfinite(pthr.value) else "",
-                "pixel_threshold_source": pthr.source,
-                "map_min": float(amap.min()),
-                "map_max": float(amap.max()),
-                "image_size": f"{w}x{h}",
-                "map_size": f"{amap.shape[1]}x{amap.shape[0]}",
-                "score_parts": parts_json(scored.parts, i) if scored.parts else "{}",
-                "request_id": request_id,
-                "image_id": image_id,
-                "file_name": name,
-                "method": served.key.method,
-                "class_name": served.key.class_name,
-                "reference_id": served.key.reference_id or "",
-                "model_id": served.id,
+            row.update(
+                image_path=abs_path(upload) if upload is not None else "",
+                request_id=request_id,
+                image_id=image_id,
+                file_name=name,
+                method=served.key.method,
+                class_name=served.key.class_name,
+                reference_id=served.key.reference_id or "",
+                model_id=served.id,
                 **stored,
-            }
-            rows.append(row)
+            )
             base = f"/v1/results/{image_id}"
             results.append(
                 {
@@ -460,8 +473,9 @@ class Service:
             "precision": m.backbone.precision,
             "threshold": {"value": thr.value if known else None, "source": thr.source, "note": thr.note or None},
             "pixel_threshold": pthr.value if math.isfinite(pthr.value) else None,
+            "pixel_threshold_source": pthr.source,
             "colour_range": [lo, hi],
-            "notes": list(scored.notes),  # a set-level method's fallback for a set too small (musc, dual-image)
+            "notes": list(notes),  # a set-level method's fallback for a set too small (musc, dual-image)
             "results": results,
             "errors": errors,
         }

@@ -29,11 +29,19 @@ import numpy as np
 from zsad import __version__
 from zsad.errors import ZsadInputError
 from zsad.fileio import save_npy, write_bytes, write_json
-from zsad.outputs import RUN_KEY, CsvLog, RunLock, check_output_dir, claim_output, read_csv
-from zsad.runs.detect import FIELDS
+from zsad.outputs import DETECT_FIELDS, RUN_KEY, CsvLog, RunLock, check_output_dir, claim_output, read_csv
 from zsad.sysinfo import environment
 
-SERVE_FIELDS = [*FIELDS, "request_id", "image_id", "file_name", "method", "class_name", "reference_id", "model_id"]
+SERVE_FIELDS = [
+    *DETECT_FIELDS,
+    "request_id",
+    "image_id",
+    "file_name",
+    "method",
+    "class_name",
+    "reference_id",
+    "model_id",
+]
 ERROR_FIELDS = ["request_id", "file_name", "error"]  # uploads a skip_bad request could not read
 OLD_KEY = {"command": "serve", "format": 1}  # the first serve format: its key recorded nothing that decides scores
 KINDS = {"map.png": ("maps", ".png"), "map.npy": ("maps", ".npy"), "overlay.png": ("overlays", ".png")}
