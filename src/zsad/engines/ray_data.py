@@ -32,18 +32,27 @@ from zsad.errors import ZsadInputError
 from zsad.outputs import (
     DETECT_FIELDS,
     RunLock,
+    check_out_not_input,
     check_output_dir,
     check_run_key,
     claim_output,
     csv_text,
-    label_rows,
     mark_missing,
     nothing_scored,
 )
 from zsad.progress import Reporter, reporter, using
-from zsad.runs.build import BackboneSpec, MethodSpec
-from zsad.runs.detect import DetectJob, DetectResult, calibrate, check_out_not_input, split_references
-from zsad.thresholds import Threshold, choose_threshold
+from zsad.runs import (
+    BackboneSpec,
+    DetectJob,
+    DetectResult,
+    MethodSpec,
+    conclude,
+    decide,
+    normals_of,
+    prepare_method,
+    split_references,
+    write_manifest,
+)
 
 SHARDS = "shards"
 SHARD_SCHEMA = {
@@ -241,9 +250,6 @@ class Scorer:
     """Actor: one model built once, scoring batches (or whole groups) and writing each as one Parquet shard."""
 
     def __init__(self, setup: dict[str, Any]) -> None:
-
-        from zsad.runs.train import prepare_method
-
         spec = MethodSpec(
             setup["method"], BackboneSpec(**setup["backbone"]), setup["options"],
             Path(setup["checkpoint"]) if setup["checkpoint"] else None,
@@ -263,9 +269,9 @@ class Scorer:
         The summary carries each row's group and the set's notes (a set too small for the method), so the driver
         can say them once; the shard keeps them too, for the manifest of a resumed run.
         """
-        from zsad.runs.detect import map_size
+        from zsad.outputs import detect_row, map_size
+        from zsad.runs import parts_json, resize_map, score_images
         from zsad.runs.readback import encode_map
-        from zsad.runs.scoring import parts_json, resize_map, score_images
 
         ok = np.asarray([not e for e in batch["error"]], dtype=bool)
         rows: list[dict[str, Any]] = []
@@ -284,13 +290,10 @@ class Scorer:
                 full = resize_map(amap, map_size(h, w, self.setup["max_map_size"]))
                 encoding = self.setup["map_encoding"] if np.isfinite(amap).all() else "float32"
                 blob, lo, hi = encode_map(amap, encoding)
+                parts = parts_json(scored.parts, j) if scored.parts else "{}"
+                made = detect_row(str(uri), scored.scores[j], Path(""), full, (h, w), parts)  # map_size as written
                 row.update(
-                    pred_score=float(scored.scores[j]),
-                    map_min=float(full.min()),
-                    map_max=float(full.max()),
-                    image_size=f"{w}x{h}",
-                    map_size=f"{full.shape[1]}x{full.shape[0]}",  # as detect writes it; stored at model size
-                    score_parts=parts_json(scored.parts, j) if scored.parts else "{}",
+                    {k: v for k, v in made.items() if k in SHARD_SCHEMA},  # the map itself is stored at model size
                     anomaly_map=blob,
                     map_encoding=encoding,
                     map_lo=lo,
@@ -546,36 +549,34 @@ def _finish(
     scored_now: set[str],
     elapsed: float,
 ) -> DetectResult:
-    """Second, cheap pass: thresholds over every written score, then the tables and the manifest.
+    """Second, cheap pass: decisions over every written score (``zsad.runs.decide``), the tables, the manifest.
 
     Every listed input ends as one row or one error row. Error rows are retried by every run, so those of the
     listed inputs are this run's failures; error rows of inputs no longer listed are dropped, as ``zsad detect``
     keeps only this run's ``errors.csv``. Rows of inputs no longer listed, or local files that are gone, are kept
     and marked ``input_missing``: labelled by the threshold, left out of fitting it (URIs are not checked).
     """
-    from zsad.fileio import write_json
-    from zsad.sysinfo import environment
-
     say = reporter()
     out = job.out
     references, calib = refs_calib
     cols = ["group", "pred_score", "map_min", "map_max", "image_size", "map_size", "score_parts", "notes"]
-    rows = read_shards(out, cols)
+    stored = read_shards(out, cols)
     listed = {u for u, _ in inputs}
-    held = {r["image_uri"] for r in rows}
-    good = [r for r in rows if not r["error"]]
+    held = {r["image_uri"] for r in stored}
     errors = [
-        {"image_uri": r["image_uri"], "error": r["error"]} for r in rows if r["error"] and r["image_uri"] in listed
+        {"image_path": r["image_uri"], "error": r["error"]} for r in stored if r["error"] and r["image_uri"] in listed
     ]
     # an input no shard holds (which Ray should never produce) becomes an error row rather than vanishing
     errors += [
-        {"image_uri": u, "error": f"{u}: no result came back from the Ray actors (rerun to retry)"}
+        {"image_path": u, "error": f"{u}: no result came back from the Ray actors (rerun to retry)"}
         for u in sorted(listed - held)
     ]
-    num_missing = mark_missing(good, listed, lambda u: not _is_uri(u), key="image_uri")  # URIs are not checked
-    current = [r for r in good if r["input_missing"] == "0"]
-    notes = group_notes([(r["group"], r["notes"]) for r in good if r["notes"]])
-    manifest: dict[str, Any] = {
+    rows = [_row(r, model_id) for r in stored if not r["error"]]
+    mark_missing(rows, listed, lambda u: not _is_uri(u))  # URIs are not checked
+    done_now = sum(1 for r in rows if r["image_path"] in scored_now)
+    rate = done_now / elapsed if elapsed > 0 else 0.0
+    say.message(f"{done_now} images scored this run in {elapsed:.1f} s ({rate:.2f} images/s), {len(errors)} failed")
+    base: dict[str, Any] = {
         "command": "detect",
         "engine": "ray",
         "ray": {**vars(ropts), "map_encoding": ropts.map_encoding},
@@ -586,108 +587,43 @@ def _finish(
         "inputs": job.inputs(),
         "inputs_skipped": job.skipped.counts() if job.skipped else {},
         "max_map_size": job.max_map_size,
-        "num_images": len(good),
-        "num_failed": len(errors),
-        "num_missing_inputs": num_missing,
-        "notes": notes,
+        "notes": group_notes([(r["group"], r["notes"]) for r in stored if not r["error"] and r["notes"]]),
+        "transductive": spec.cls.transductive_for(spec.config),
     }
-    failed_now = len(errors)
-    done_now = sum(1 for r in good if r["image_uri"] in scored_now)
-    rate = done_now / elapsed if elapsed > 0 else 0.0
-    say.message(f"{done_now} images scored this run in {elapsed:.1f} s ({rate:.2f} images/s), {failed_now} failed")
-    if not current:  # nothing to fit a threshold on: the files still say what happened, then one line
-        none = Threshold(float("nan"), "none", "no input of this run could be scored")
-        table = _table(good, np.array([r["pred_score"] for r in good], dtype=np.float64), model_id)
-        label_rows(table, none, none, np.zeros(len(table)))
-        _write_tables(out, table, errors)
-        manifest.update(threshold=vars(none), pixel_threshold=vars(none))
-        write_json(out / "manifest.json", {**manifest, "environment": environment()})
-        raise nothing_scored(out, len(errors), len(good))
-
-    scores = np.array([r["pred_score"] for r in good], dtype=np.float64)
-    cls = spec.cls
+    current = any(r["input_missing"] == "0" for r in rows)
     method = None
-    if cls.transductive_for(spec.config) or calib is not None:
+    if current and (spec.cls.transductive_for(spec.config) or calib is not None):
         method = spec.build()  # the driver's copy: set-level re-scaling and calibration (cheap next to the run)
-        from zsad.runs.train import prepare_method
-
         refs = normalize(references, method) if references is not None else None
         prepare_method(method, job.class_name, refs)  # as the actors: calibration scores what they would score
-    if method is not None and method.is_transductive:
-        scores = _finalize(method, good, scores, ropts.group_by is not None)
-    fit = np.array([r["input_missing"] == "0" for r in good], dtype=bool)
-    calib_scores = calib_max = None
-    if calib is not None and method is not None and len(calib):
-        calib_scores, calib_max = calibrate(method, normalize(calib.numpy(), method))
-    thr = choose_threshold(scores[fit], normal_scores=calib_scores, manual=job.threshold, unlabelled=job.threshold_rule)
-    maxima = np.array([r["map_max"] for r in current], dtype=np.float64)
-    pthr = choose_threshold(maxima, normal_scores=calib_max, unlabelled=job.threshold_rule)
-    if thr.note:
-        say.message(f"no decision: {thr.note}", "warning")
-    table = _table(good, scores, model_id)
-    labels = label_rows(table, thr, pthr, scores)
-    _write_tables(out, table, errors)
-    manifest.update(
-        threshold=vars(thr),
-        pixel_threshold=vars(pthr),
-        transductive=bool(method.is_transductive) if method is not None else cls.transductive_for(spec.config),
-    )
-    write_json(out / "manifest.json", {**manifest, "environment": environment()})
-    flagged = int(labels.sum()) if labels is not None else None
-    skipped = job.skipped.summary() if job.skipped else ""
-    result = DetectResult(out, len(table), flagged, thr, len(errors), num_missing, 0, skipped)
-    say.message(result.summary())
-    return result
+
+    def normals(parts: dict[str, np.ndarray] | None) -> Any:
+        if method is None or calib is None:
+            return None
+        return normals_of(method, normalize(calib.numpy(), method), parts)
+
+    finalize = method.finalize_scores if method is not None and method.is_transductive else None
+    group = "group" if ropts.group_by is not None else None
+    decision = decide(rows, job.policy(), finalize=finalize, normals=normals, group=group)
+    _write_tables(out, rows, errors)
+    if not current:  # nothing to fit a threshold on: the files say what happened, then one line
+        write_manifest(out, {**base, **decision.record(), "num_failed": len(errors)})
+        raise nothing_scored(out, len(errors), len(rows))
+    for note in decision.notes:
+        say.message(note, "warning")
+    return conclude(out, decision, base, len(errors), job.skipped.summary() if job.skipped else "")
 
 
-def _finalize(method: Any, good: list[dict[str, Any]], scores: np.ndarray, grouped: bool) -> np.ndarray:
-    """Set-level re-scaling per group (or over the run), fitted on the rows of current inputs only.
-
-    Rows of inputs that are gone are re-scaled with their group's current statistics (kept as they are when their
-    group has no current row left).
-    """
-    from zsad.runs.scoring import decode_parts
-
-    by_group: dict[str, list[int]] = {}
-    for i, r in enumerate(good):
-        by_group.setdefault(r["group"] if grouped else "", []).append(i)
-    final = scores.copy()
-    for idx in by_group.values():
-        cur = [i for i in idx if good[i]["input_missing"] == "0"]
-        gone = [i for i in idx if good[i]["input_missing"] == "1"]
-        parts = decode_parts([{"score_parts": good[i]["score_parts"]} for i in cur])
-        if not parts:
-            continue
-        fin = method.finalize_scores(parts)
-        if fin is not None:
-            final[cur] = fin
-        old = decode_parts([{"score_parts": good[i]["score_parts"]} for i in gone])
-        if old and set(old) == set(parts):
-            fin_old = method.finalize_scores(old, fit=parts)
-            if fin_old is not None:
-                final[gone] = fin_old
-    return final
-
-
-def _table(good: list[dict[str, Any]], scores: np.ndarray, model_id: str) -> list[dict[str, Any]]:
-    """The predictions rows (before ``label_rows``): detect's columns, the map naming its shard."""
-    return [
-        {
-            "image_path": r["image_uri"],
-            "pred_score": float(s),
-            "anomaly_map_path": f"{SHARDS}/{r['shard']}",
-            "overlay_path": "",
-            "map_min": r["map_min"],
-            "map_max": r["map_max"],
-            "image_size": r["image_size"],
-            "map_size": r["map_size"],
-            "score_parts": r["score_parts"],
-            "input_missing": r["input_missing"],
-            "group": r["group"],
-            "model_id": model_id,
-        }
-        for r, s in zip(good, scores, strict=True)
-    ]
+def _row(stored: dict[str, Any], model_id: str) -> dict[str, Any]:
+    """A predictions row from a shard row: detect's columns (the map naming its shard), then Ray's."""
+    return {
+        **{k: stored.get(k, "") for k in DETECT_FIELDS},
+        "image_path": stored["image_uri"],
+        "anomaly_map_path": f"{SHARDS}/{stored['shard']}",
+        "overlay_path": "",
+        "group": stored["group"],
+        "model_id": model_id,
+    }
 
 
 def _write_tables(out: Path, table: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
@@ -710,7 +646,7 @@ def _write_tables(out: Path, table: list[dict[str, Any]], errors: list[dict[str,
     atomic_write(out / "predictions.parquet", lambda f: f.write(buf.getvalue()))
     text = csv_text(TABLE_FIELDS, table)
     atomic_write(out / "predictions.csv", lambda f: f.write(text.encode()))
-    etext = csv_text(["image_path", "error"], [{"image_path": r["image_uri"], "error": r["error"]} for r in errors])
+    etext = csv_text(["image_path", "error"], errors)
     atomic_write(out / "errors.csv", lambda f: f.write(etext.encode()))
 
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
         split_references,
     )
     from zsad.runs.evaluate import evaluate
-    from zsad.runs.folder import DetectFolder, write_manifest
+    from zsad.runs.folder import DetectFolder, conclude, write_manifest
     from zsad.runs.readback import load_map, read_predictions
     from zsad.runs.report import EvalResult
     from zsad.runs.scoring import ScoredBatch, parts_json, resize_map, score_dataset, score_images
@@ -69,7 +69,7 @@ _WHERE = {
         "zsad.runs.detect",
     ),
     "evaluate": "zsad.runs.evaluate",
-    **dict.fromkeys(["DetectFolder", "write_manifest"], "zsad.runs.folder"),
+    **dict.fromkeys(["DetectFolder", "conclude", "write_manifest"], "zsad.runs.folder"),
     **dict.fromkeys(["load_map", "read_predictions"], "zsad.runs.readback"),
     "EvalResult": "zsad.runs.report",
     **dict.fromkeys(["ScoredBatch", "parts_json", "resize_map", "score_dataset", "score_images"], "zsad.runs.scoring"),
@@ -93,6 +93,7 @@ __all__ = [
     "ScoredBatch",
     "as_backbone",
     "check_k_shot",
+    "conclude",
     "decide",
     "detect",
     "detect_job",

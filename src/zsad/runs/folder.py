@@ -108,21 +108,27 @@ class DetectFolder:
     def close(
         self, decision: Decision, base: dict[str, Any], skipped: str = "", overlay_errors: Sequence[dict[str, str]] = ()
     ) -> DetectResult:
-        """Write the manifest and say the one-line summary; returns the run's result."""
+        """Write the rows and the manifest and say the one-line summary; returns the run's result."""
         self.log.rewrite()
-        write_manifest(self.out, {**base, **decision.record(), "overlay_errors": list(overlay_errors)})
-        result = DetectResult(
-            self.out,
-            len(self.log.rows),
-            decision.flagged,
-            decision.threshold,
-            len(self.failed),
-            decision.num_missing,
-            len(overlay_errors),
-            skipped,
-        )
-        reporter().message(result.summary())
-        return result
+        return conclude(self.out, decision, base, len(self.failed), skipped, overlay_errors)
+
+
+def conclude(
+    out: Path,
+    decision: Decision,
+    base: dict[str, Any],
+    failed: int,
+    skipped: str = "",
+    overlay_errors: Sequence[dict[str, str]] = (),
+) -> DetectResult:
+    """The end of every detect folder: ``manifest.json`` (settings, decisions, counts) and the one-line summary."""
+    write_manifest(out, {**base, **decision.record(), "num_failed": failed, "overlay_errors": list(overlay_errors)})
+    n = len(decision.scores)
+    result = DetectResult(
+        out, n, decision.flagged, decision.threshold, failed, decision.num_missing, len(overlay_errors), skipped
+    )
+    reporter().message(result.summary())
+    return result
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
