@@ -50,6 +50,7 @@ from zsad.runs import (
     decide,
     normals_of,
     prepare_method,
+    reference_order,
     split_references,
     write_manifest,
 )
@@ -525,7 +526,7 @@ def _references(spec: MethodSpec, job: DetectJob) -> tuple[np.ndarray | None, An
     import torch
 
     size = int(spec.backbone.image_size or 0)
-    order = torch.randperm(len(job.references), generator=torch.Generator().manual_seed(job.seed)).tolist()
+    order = reference_order(len(job.references), job.seed)
     pixels = np.stack([_pixels(job.references[i], size) for i in order])  # the order detect draws them in
     refs, calib = split_references(spec.cls.supports_few_shot, torch.from_numpy(pixels), job.k_shot)
     return (refs.numpy() if refs is not None else None), calib

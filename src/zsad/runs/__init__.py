@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from zsad.data.spec import DatasetSpec
     from zsad.runs.build import RANDOM_WEIGHTS_WARNING, BackboneSpec, MethodSpec, method_key, route_checkpoints
-    from zsad.runs.decide import REFERENCE_SPLIT, Decision, Normals, Policy, decide, memorised
+    from zsad.runs.decide import REFERENCE_SPLIT, Decision, Normals, Policy, decide, memorised, thresholds
     from zsad.runs.detect import (
         DetectJob,
         DetectResult,
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         load_references,
         normals_of,
         overlay_panel,
+        reference_order,
         split_references,
     )
     from zsad.runs.evaluate import evaluate
@@ -52,7 +53,9 @@ _WHERE = {
     **dict.fromkeys(
         ["RANDOM_WEIGHTS_WARNING", "BackboneSpec", "MethodSpec", "method_key", "route_checkpoints"], "zsad.runs.build"
     ),
-    **dict.fromkeys(["REFERENCE_SPLIT", "Decision", "Normals", "Policy", "decide", "memorised"], "zsad.runs.decide"),
+    **dict.fromkeys(
+        ["REFERENCE_SPLIT", "Decision", "Normals", "Policy", "decide", "memorised", "thresholds"], "zsad.runs.decide"
+    ),
     **dict.fromkeys(
         [
             "DetectJob",
@@ -64,6 +67,7 @@ _WHERE = {
             "load_references",
             "normals_of",
             "overlay_panel",
+            "reference_order",
             "split_references",
         ],
         "zsad.runs.detect",
@@ -109,11 +113,13 @@ __all__ = [
     "predict_set",
     "prepare_method",
     "read_predictions",
+    "reference_order",
     "resize_map",
     "route_checkpoints",
     "score_dataset",
     "score_images",
     "split_references",
+    "thresholds",
     "train",
     "write_manifest",
 ]

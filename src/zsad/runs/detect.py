@@ -251,9 +251,14 @@ def load_references(
         return None, None, []
     pre = method.backbone.preprocess
     ds = ImageList(files, image_size=pre.image_size, mean=pre.mean, std=pre.std)
-    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
+    order = reference_order(len(ds), seed)
     refs, calib = split_references(method.supports_few_shot, torch.stack([ds[i]["image"] for i in order]), k_shot)
     return refs, calib, order
+
+
+def reference_order(n: int, seed: int = 0) -> list[int]:
+    """The seeded order every front end draws ``n`` reference images in (the first ones are memorised)."""
+    return [int(i) for i in torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
 
 
 def split_references(

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from zsad import __version__
+from zsad._version import __version__
 from zsad.errors import ZsadInputError
 from zsad.serve.batching import QueueFull
 from zsad.serve.service import Service, Upload
@@ -171,13 +171,18 @@ def create_app(service: Service) -> FastAPI:
         skip_bad: Annotated[
             bool, Form(description="Score the readable images and list the unreadable ones in 'errors' (no 422).")
         ] = False,
+        threshold_rule: Annotated[
+            str, Form(description="With no threshold and no references: robust_outlier or two_mode (3+ images).")
+        ] = "robust_outlier",
     ) -> dict[str, Any]:
         """Score images: per image pred_score, pred_label, threshold and source, map range, map and overlay URLs.
 
         A set-level method (dual-image) scores the images of one request as one set (``transductive: true``).
         """
         uploads = [Upload(f.filename or "upload", await f.read()) for f in images]
-        return await service.detect(uploads, method, class_name, options, threshold, reference_id, skip_bad)
+        return await service.detect(
+            uploads, method, class_name, options, threshold, reference_id, skip_bad, threshold_rule
+        )
 
     @v1.post("/references", tags=["scoring"])
     async def references(

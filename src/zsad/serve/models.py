@@ -25,8 +25,17 @@ from zsad.errors import ZsadInputError
 from zsad.methods import get_method_class, list_methods
 from zsad.methods.base import Method
 from zsad.methods.options import BACKBONE_FIELDS
-from zsad.runs import BackboneSpec, MethodSpec, Normals, Policy, normals_of, prepare_method, split_references
-from zsad.runs.decide import thresholds
+from zsad.runs import (
+    BackboneSpec,
+    MethodSpec,
+    Normals,
+    Policy,
+    normals_of,
+    prepare_method,
+    reference_order,
+    split_references,
+    thresholds,
+)
 from zsad.thresholds import Threshold
 
 # Options a client may not set: they choose files or weights on the server (set them when starting it).
@@ -224,7 +233,9 @@ class ModelPool:
             raise ZsadInputError(f"k_shot {k_shot}: must be >= 0 (0 = every image)")
         if k_shot and not cls.supports_few_shot:
             raise ZsadInputError(f"k_shot: method {method} takes no reference images (they only calibrate)")
-        refs, calib = split_references(cls.supports_few_shot, images, k_shot)  # decide.REFERENCE_SPLIT when None
+        # the seeded order and split of every front end (decide.REFERENCE_SPLIT when k_shot is None)
+        images = images[reference_order(len(images))]
+        refs, calib = split_references(cls.supports_few_shot, images, k_shot)
         return Reference(uuid.uuid4().hex, method, options, class_name, len(images), refs, calib)
 
     def calibrate(self, ref: Reference, served: Served) -> Reference:
