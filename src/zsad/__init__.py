@@ -13,7 +13,7 @@ The public API:
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from zsad._version import __version__
 
 if TYPE_CHECKING:
     from zsad.backbone import ClipBackbone

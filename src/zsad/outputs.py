@@ -584,13 +584,12 @@ def label_rows(rows: list[dict[str, Any]], thr: Threshold, pthr: Threshold, scor
 # ---------------------------------------------------------------------------------------------- the end of a run
 # Shared by every detect front end (torch, the torch-free runtime, Ray), so that they count, word and refuse alike.
 def check_detect_numbers(batch_size: int, max_map_size: int, threshold: float | None, threshold_rule: str) -> None:
-    """The numbers and choices of a detect run, each refused in one line."""
+    """The numbers and choices of a detect run, each refused in one line (sizes within ``zsad.limits``)."""
+    from zsad import limits
     from zsad.thresholds import UNLABELLED_RULES
 
-    if batch_size < 1:
-        raise ZsadInputError(f"--batch-size {batch_size}: must be >= 1")
-    if max_map_size < 0:
-        raise ZsadInputError(f"--max-map-size {max_map_size}: must be >= 0 (0 = no cap)")
+    limits.BATCH_SIZE.check(batch_size)
+    limits.MAP_SIZE.check(max_map_size)
     if threshold is not None and not math.isfinite(threshold):
         raise ZsadInputError(f"--threshold {threshold}: must be a finite number")
     if threshold_rule not in UNLABELLED_RULES:

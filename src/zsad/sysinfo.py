@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zsad import __version__
+from zsad._version import __version__
 
 
 def hardware(device: str = "cpu") -> str:

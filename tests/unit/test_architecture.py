@@ -1,6 +1,8 @@
 """The layering of docs/architecture.md, checked on the source: each layer imports only from the layers below it.
 
-Every import counts, including the ones inside functions (a lazy import is still a dependency).
+Every import counts, including the ones inside functions (a lazy import is still a dependency), and
+``from zsad import X`` counts as an import of the module X really comes from: a submodule (``zsad.runs``), or the
+module the package face takes the name from (its ``_LAZY`` table or its own imports, e.g. ``__version__``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src" / "zsad"
 BOTTOM = {
     "types", "errors", "fileio", "progress", "sysinfo", "ops", "thresholds", "synth", "bank", "mutual",
-    "backbone", "prompts", "data", "metrics", "viz", "train", "outputs",
+    "backbone", "prompts", "data", "metrics", "viz", "train", "outputs", "limits", "_version",
 }  # fmt: skip
 LAYER = {
     **dict.fromkeys(BOTTOM, 0),
@@ -38,14 +40,58 @@ def _modules() -> list[tuple[str, Path]]:
     return out
 
 
+def _face_names() -> dict[str, str]:
+    """Where each name the package face (``zsad/__init__.py``) offers comes from: its ``_LAZY`` table and imports."""
+    tree = ast.parse((SRC / "__init__.py").read_text())
+    names: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("zsad."):
+            names.update({a.asname or a.name: node.module for a in node.names})
+        elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_LAZY" for t in node.targets):
+            names.update(ast.literal_eval(node.value))
+    return names
+
+
+def _resolve(name: str) -> str:
+    """``zsad.X`` for ``from zsad import X``: the submodule X, else the module the face takes X from."""
+    if (SRC / f"{name}.py").is_file() or (SRC / name / "__init__.py").is_file():
+        return f"zsad.{name}"
+    face = _face_names()
+    assert name in face, f"from zsad import {name}: the package face offers no such name"
+    return face[name]
+
+
 def _imports(path: Path) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
+            if node.module == "zsad":
+                names |= {_resolve(a.name) for a in node.names}
+            else:
+                names.add(node.module)
     return names
+
+
+def test_from_zsad_import_resolves_to_the_real_module() -> None:
+    """The resolution the layer check relies on: submodules, lazy names and the face's own imports."""
+    assert _resolve("runs") == "zsad.runs"
+    assert _resolve("limits") == "zsad.limits"
+    assert _resolve("ClipBackbone") == "zsad.backbone"
+    assert _resolve("import_checkpoint") == "zsad.runs"
+    assert _resolve("__version__") == "zsad._version"
+    with pytest.raises(AssertionError, match="no such name"):
+        _resolve("not_a_name")
+
+
+def test_a_from_zsad_import_from_above_is_caught(tmp_path: Path) -> None:
+    """A bottom module taking ``runs`` (or a lazily exported name of it) through the face is a violation."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("from zsad import runs, import_checkpoint, __version__\n")
+    assert _imports(bad) == {"zsad.runs", "zsad._version"}
+    layers = {LAYER[n.split(".")[1]] for n in _imports(bad)}
+    assert max(layers) > LAYER["sysinfo"]
 
 
 @pytest.mark.parametrize(("part", "path"), _modules(), ids=lambda v: str(v))

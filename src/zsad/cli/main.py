@@ -18,8 +18,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from zsad import limits
 from zsad.cli.options import (
     AbnormalDir,
+    AllowLarge,
     Category,
     Checkpoint,
     Checkpoints,
@@ -36,6 +38,7 @@ from zsad.cli.options import (
 from zsad.cli.reporting import RichReporter
 from zsad.cli.tables import print_table
 from zsad.errors import ZsadInputError, one_line
+from zsad.limits import allowing_large
 from zsad.runs.build import BackboneSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Zero-/few-shot visual anomaly detection with CLIP.")
@@ -91,15 +94,20 @@ def methods_cmd() -> None:
 @app.command("samples")
 def samples_cmd(
     out: Annotated[Path, typer.Argument(help="Folder to write the generated sample images into.")],
-    n_normal: int = 4,
-    n_anomalous: int = 4,
-    size: int = 256,
+    n_normal: Annotated[int, typer.Option(help="Normal images (0 to 10000).")] = 4,
+    n_anomalous: Annotated[int, typer.Option(help="Defective images (0 to 10000).")] = 4,
+    size: Annotated[int, typer.Option(help="Side of each image in px (16 to 4096).")] = 256,
     seed: int = 0,
+    allow_large: AllowLarge = False,
 ) -> None:
     """Generate a few synthetic product images (normal + defective, with masks) for a first run."""
     from zsad.data import make_sample_images
 
-    root = make_sample_images(out, n_normal=n_normal, n_anomalous=n_anomalous, size=size, seed=seed)
+    with _one_line_errors(), allowing_large(allow_large):
+        limits.SAMPLE_COUNT.check(n_normal, "--n-normal")
+        limits.SAMPLE_COUNT.check(n_anomalous, "--n-anomalous")
+        limits.SAMPLE_SIZE.check(size)
+        root = make_sample_images(out, n_normal=n_normal, n_anomalous=n_anomalous, size=size, seed=seed)
     console.print(f"wrote samples to {root} (good/, defect/, ground_truth/)")
 
 
@@ -131,13 +139,16 @@ def detect_cmd(
         ),
     ] = "robust_outlier",
     recursive: bool = False,
-    batch_size: int = 8,
+    batch_size: Annotated[int, typer.Option(help="Images per forward (1 to 1024).")] = 8,
     overlays: Annotated[bool, typer.Option(help="Write PNG overlays.")] = True,
     normalize: Annotated[
         str, typer.Option(help="Heatmap colour scale: dataset (one scale for all) or per_image.")
     ] = "dataset",
     max_map_size: Annotated[
-        int, typer.Option(help="Long side cap (px) of written maps and overlays; larger images are scaled. 0 = none.")
+        int,
+        typer.Option(
+            help="Long side cap (px, up to 16384) of written maps and overlays; larger images are scaled. 0 = none."
+        ),
     ] = 4096,
     skip_bad: Annotated[
         bool,
@@ -293,7 +304,7 @@ def eval_cmd(
     image_glob: ImageGlob = "*",
     k_shot: Annotated[int, typer.Option(help="Few-shot: normal reference images from the train split.")] = 0,
     reference_dir: Annotated[Path | None, typer.Option(help="folder: normal reference images (few-shot).")] = None,
-    batch_size: int = 8,
+    batch_size: Annotated[int, typer.Option(help="Images per forward (1 to 1024).")] = 8,
     overlays: Annotated[int, typer.Option(help="Overlays to write per category.")] = 8,
     seed: int = 0,
     option: MethodOpt = None,
@@ -348,7 +359,7 @@ def benchmark_cmd(
     method: Annotated[list[str] | None, typer.Option(help="Method (repeatable). Default winclip.")] = None,
     dataset: Annotated[list[str] | None, typer.Option(help="Only these datasets of the suite (repeatable).")] = None,
     k_shot: Annotated[int, typer.Option(help="Few-shot: normal references from each dataset's train split.")] = 0,
-    batch_size: int = 8,
+    batch_size: Annotated[int, typer.Option(help="Images per forward (1 to 1024).")] = 8,
     seed: int = 0,
     option: MethodOpt = None,
     checkpoint: Checkpoints = None,
@@ -403,7 +414,7 @@ def train_cmd(
     labels_csv: LabelsCsv = None,
     image_glob: ImageGlob = "*",
     epochs: Annotated[int | None, typer.Option(help="Default: the method's recipe.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Default: the method's recipe.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="1 to 1024. Default: the method's recipe.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate. Default: the method's recipe.")] = None,
     train_seed: Annotated[int | None, typer.Option(help="Training seed. Default: the method's recipe.")] = None,
     option: MethodOpt = None,
@@ -414,6 +425,8 @@ def train_cmd(
 
     with _one_line_errors(out, kept="the finished epochs"):
         opts = route_options([method], parse_options(option))[method]
+        if batch_size is not None:
+            limits.BATCH_SIZE.check(batch_size)
         dataset, root = dataset or [], root or []
         if len(dataset) != len(root):
             raise ZsadInputError(f"--dataset given {len(dataset)} times but --root {len(root)} times: pair them")
@@ -467,17 +480,23 @@ def serve_cmd(
         Path | None,
         typer.Option(help="Also write every scored image here in `zsad detect`'s format (kept when the server stops)."),
     ] = None,
-    max_batch: Annotated[int, typer.Option(help="Images gathered into one forward from concurrent requests.")] = 8,
+    max_batch: Annotated[
+        int, typer.Option(help="Images gathered into one forward from concurrent requests (1 to 1024).")
+    ] = 8,
     max_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to share its forward.")] = (
         10.0
     ),
-    max_queue: Annotated[int, typer.Option(help="Requests waiting beyond this get 503 + Retry-After.")] = 64,
-    max_images: Annotated[int, typer.Option(help="Images per request.")] = 32,
-    max_upload_mb: Annotated[float, typer.Option(help="Request body limit in MiB (413 above).")] = 64.0,
-    max_models: Annotated[int, typer.Option(help="Prepared models (method, options, class) kept in memory.")] = 4,
-    max_map_size: Annotated[int, typer.Option(help="Long side cap (px) of returned maps and overlays; 0 = none.")] = (
-        1024
-    ),
+    max_queue: Annotated[
+        int, typer.Option(help="Requests waiting beyond this get 503 + Retry-After (1 to 4096).")
+    ] = 64,
+    max_images: Annotated[int, typer.Option(help="Images per request (1 to 1024).")] = 32,
+    max_upload_mb: Annotated[float, typer.Option(help="Request body limit in MiB (413 above; up to 4096).")] = 64.0,
+    max_models: Annotated[
+        int, typer.Option(help="Prepared models (method, options, class) kept in memory (1 to 64).")
+    ] = 4,
+    max_map_size: Annotated[
+        int, typer.Option(help="Long side cap (px, up to 16384) of returned maps and overlays; 0 = none.")
+    ] = 1024,
     option: MethodOpt = None,
     checkpoint: Checkpoints = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
@@ -496,6 +515,7 @@ def serve_cmd(
             raise ZsadInputError(
                 f"zsad serve needs its extra: pip install 'zsad[serve]' ({e.name} is missing)"
             ) from None
+        limits.SERVE_UPLOAD_MB.check(max_upload_mb)  # before it becomes bytes: inf or nan cannot
         parsed = [(t or method, k, v) for t, k, v in parse_options(option)]
         routed = route_options(list_methods(), parsed)
         config = ServeConfig(

@@ -2,6 +2,7 @@
 
 ``with_backbone_options`` adds the backbone options (``--backbone``, ``--model-config``, ``--pretrained``,
 ``--weights``, ``--image-size``, ``--device``, ``--seed``) to a command; they reach it as one ``BackboneSpec``.
+It also adds ``--allow-large``, which lifts the size bounds of ``zsad.limits`` for the whole command.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from zsad.limits import ALLOW_LARGE_ENV, ALLOW_LARGE_FLAG, allowing_large
 from zsad.runs.build import BackboneSpec
 
 Pretrained = Annotated[
@@ -32,7 +34,18 @@ ModelConfig = Annotated[
         "architecture without registering it in open_clip. Replaces --backbone."
     ),
 ]
-ImageSize = Annotated[int | None, typer.Option(help="Input resolution (square). Default: the method's.")]
+ImageSize = Annotated[
+    int | None,
+    typer.Option(help="Input resolution (square), 32 to 2048 px unless --allow-large. Default: the method's."),
+]
+AllowLarge = Annotated[
+    bool,
+    typer.Option(
+        ALLOW_LARGE_FLAG,
+        help=f"Lift the size bounds (--image-size, --batch-size, --max-map-size, ... and the memory estimate; "
+        f"docs/reliability.md). Also env {ALLOW_LARGE_ENV}=1.",
+    ),
+]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if available).")]
 Seed = Annotated[int, typer.Option(help="Seed of --pretrained none backbones and of reference sampling.")]
 Precision = Annotated[
@@ -78,6 +91,7 @@ _BACKBONE_PARAMS: list[tuple[str, Any, Any]] = [
     ("device", Device, ""),
     ("seed", Seed, 0),
     ("precision", Precision, "fp32"),
+    ("allow_large", AllowLarge, False),
 ]
 
 
@@ -106,7 +120,8 @@ def with_backbone_options(command: Callable[..., Any]) -> Callable[..., Any]:
         )
         if wants_seed:
             kwargs["seed"] = values["seed"]
-        return command(*args, bb=bb, **kwargs)
+        with allowing_large(values["allow_large"]):
+            return command(*args, bb=bb, **kwargs)
 
     params = [*(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own), *extra]
     wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zsad import limits
+from zsad._version import __version__
 from zsad.data.benchmarks import BENCHMARKS, SUITES, BenchmarkInfo, elpv_root
 from zsad.errors import ZsadInputError
 from zsad.fileio import write_json, write_text
@@ -87,23 +89,36 @@ def benchmark(
     data_root: str | Path,
     out: str | Path,
     *,
-    methods: Sequence[str] = ("winclip",),
+    methods: str | Sequence[str] = ("winclip",),
     options: dict[str, dict[str, Any]] | None = None,
-    backbone: BackboneSpec | None = None,
-    checkpoints: Sequence[str | Path] = (),
-    datasets: Sequence[str] = (),
+    backbone: BackboneSpec | str | dict[str, Any] | None = None,
+    checkpoints: str | Path | Sequence[str | Path] = (),
+    datasets: str | Sequence[str] = (),
     k_shot: int = 0,
     batch_size: int = 8,
     seed: int = 0,
     reporter: Reporter | None = None,
 ) -> BenchmarkResult:
-    """Evaluate ``methods`` on every dataset of ``suite`` (or only ``datasets``) found under ``data_root``."""
+    """Evaluate ``methods`` on every dataset of ``suite`` (or only ``datasets``) found under ``data_root``.
+
+    ``backbone`` is a ``BackboneSpec``, a model name or a dict of its fields (``BackboneSpec.of``).
+    """
     from zsad.data.spec import DatasetSpec
-    from zsad.runs.build import route_checkpoints, specs_for
+    from zsad.runs.build import as_int, as_names, as_options, as_path, as_paths, route_checkpoints, specs_for
     from zsad.runs.evaluate import evaluate, method_folder
 
     with using(reporter):
         say = current_reporter()
+        if not isinstance(suite, str):
+            raise TypeError(f"suite: expected a suite name (str), not {type(suite).__name__}")
+        data_root, out = as_path(data_root, "data_root"), as_path(out, "out")
+        methods = as_names(methods, "methods", "a method name (str)")
+        datasets = as_names(datasets, "datasets", "a dataset name (str)")
+        options = as_options(options, "options")
+        checkpoint_paths = as_paths(checkpoints, "checkpoints")
+        seed, k_shot = as_int(seed, "seed"), as_int(k_shot, "k_shot")
+        backbone = BackboneSpec.of(backbone, seed=seed)
+        limits.BATCH_SIZE.check(as_int(batch_size, "batch_size"))
         if suite not in SUITES:
             raise ZsadInputError(f"--suite {suite!r}: use one of {', '.join(SUITES)}")
         names = list(SUITES[suite])
@@ -111,12 +126,11 @@ def benchmark(
             if d not in names:
                 raise ZsadInputError(f"--dataset {d!r}: not in suite {suite} ({', '.join(names)})")
         names = [n for n in names if not datasets or n in datasets]
-        data_root, out = Path(data_root), Path(out)
         if not data_root.is_dir():
             raise ZsadInputError(f"--root {data_root}: folder not found")
         # every method, option and checkpoint checked before any dataset is read or any model loads
-        routed = route_checkpoints(list(methods), [Path(c) for c in checkpoints])
-        specs = specs_for(list(methods), options or {}, backbone or BackboneSpec(seed=seed), routed)
+        routed = route_checkpoints(methods, checkpoint_paths)
+        specs = specs_for(methods, options, backbone, routed, batch_size)
         check_output_dir(out, kind="benchmark")
         result = BenchmarkResult(suite, k_shot=k_shot, seed=seed)
         result.producers = {m: producer(s, k_shot) for m, s in zip(methods, specs, strict=True)}
@@ -174,8 +188,6 @@ def _backbone_text(p: dict[str, Any]) -> str:
 
 def provenance(result: BenchmarkResult) -> list[str]:
     """The lines that say what produced a table: a RANDOM WEIGHTS banner, versions, the backbone(s), each method."""
-    from zsad import __version__
-
     lines = []
     rnd = result.random_methods
     if rnd:
@@ -246,8 +258,6 @@ def write_table(result: BenchmarkResult, methods: list[str], out: Path, data_roo
         for m, msg in probs.items():
             lines.append(f"\n- {name} / {m}: {msg}")
     write_text(out / "table.md", "\n".join(lines) + "\n")
-    from zsad import __version__
-
     write_json(
         out / "table.json",
         {

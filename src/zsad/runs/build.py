@@ -8,13 +8,15 @@ second, not a model load, and the run key of an output folder can be checked bef
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from zsad import limits
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, MethodConfig
 from zsad.methods.options import config_record, make_config
@@ -39,6 +41,33 @@ class BackboneSpec:
     device: str | None = None
     seed: int = 0
     precision: str = "fp32"
+
+    @classmethod
+    def of(cls, value: Any, *, arg: str = "backbone", **defaults: Any) -> BackboneSpec:
+        """What a user types, as a spec: a spec as is; None the defaults; a name (or model-config path); a dict.
+
+        ``defaults`` (e.g. the run's ``seed``) fill the fields a name or dict leaves out. A dict with an unknown key
+        is refused in one line; any other type is a ``TypeError`` naming ``arg``.
+        """
+        if isinstance(value, BackboneSpec):
+            return value
+        if value is None:
+            return cls(**defaults)
+        if isinstance(value, str | os.PathLike):
+            return cls(**{**defaults, "model_name": os.fspath(value)})
+        if isinstance(value, Mapping):
+            known = [f.name for f in fields(cls)]
+            unknown = [str(k) for k in value if k not in known]
+            if unknown:
+                raise ZsadInputError(f"{arg}: unknown field(s) {', '.join(map(repr, unknown))}; use {', '.join(known)}")
+            given = dict(value)
+            if given.get("weights") is not None:
+                given["weights"] = as_path(given["weights"], f"{arg}['weights']")
+            return cls(**{**defaults, **given})
+        raise TypeError(
+            f"{arg}: expected a BackboneSpec, a model name (str), a dict of BackboneSpec fields or None, "
+            f"not {type(value).__name__}"
+        )
 
     def resolve(self, defaults: MethodConfig) -> BackboneSpec:
         """Defaults filled in: the method's backbone, ``ZSAD_WEIGHTS``, the best device."""
@@ -68,14 +97,21 @@ class BackboneSpec:
         """Whether the backbone gets seeded random weights: no weights file and ``--pretrained none`` (or alike)."""
         return self.weights is None and self.pretrained in _RANDOM
 
-    def validate(self) -> None:
-        """One line for an unknown model, a bad size or weights file, or named weights that cannot be fetched."""
+    def validate(self, batch_size: int = 1) -> None:
+        """One line for an unknown model, a bad size or weights file, or named weights that cannot be fetched.
+
+        ``batch_size`` images of ``image_size`` must also fit the device's memory (``check_memory``).
+        """
         from zsad.backbone.loading import _open_clip, check_pretrained, check_weights_file
         from zsad.backbone.vision import check_timm_pretrained, is_vision_only, timm_name
 
         assert self.model_name is not None and self.image_size is not None, "resolve() first"
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int):
+            raise ZsadInputError(f"--image-size {self.image_size!r}: must be a whole number of pixels")
         if self.image_size <= 0:
             raise ZsadInputError(f"--image-size {self.image_size}: must be a positive number of pixels")
+        limits.IMAGE_SIZE.check(self.image_size)
+        limits.BATCH_SIZE.check(batch_size)
         if self.device is not None:
             check_device(self.device)
         from zsad.backbone.clip import precision_dtype
@@ -83,6 +119,7 @@ class BackboneSpec:
         precision_dtype(self.precision)
         if is_vision_only(self.model_name):
             timm_name(self.model_name)
+            self.check_memory(batch_size)
             if self.weights is not None:
                 check_weights_file(self.weights)
             elif not self.random_init:
@@ -90,10 +127,55 @@ class BackboneSpec:
             return
         if self.registered_name not in _open_clip().list_models():
             raise ZsadInputError(f"--backbone {self.model_name}: unknown model; see open_clip.list_models()")
+        self.check_memory(batch_size)
         if self.weights is not None:
             check_weights_file(self.weights)
         elif not self.random_init:
             check_pretrained(self.registered_name, str(self.pretrained))
+
+    def vision_shape(self) -> tuple[int, int, int, int] | None:
+        """(patch size, width, layers, heads) of the image tower, from its config; None where it says none (a CNN)."""
+        from zsad.backbone.vision import is_vision_only
+
+        assert self.model_name is not None, "resolve() first"
+        if is_vision_only(self.model_name):
+            return _timm_vit_shape(self.model_name)
+        from zsad.backbone.loading import _open_clip
+
+        cfg = (_open_clip().get_model_config(self.registered_name) or {}).get("vision_cfg", {})
+        layers, width, patch = cfg.get("layers"), cfg.get("width"), cfg.get("patch_size")
+        if "timm_model_name" in cfg or not all(isinstance(v, int) for v in (layers, width, patch)):
+            return None
+        return int(patch), int(width), int(layers), max(1, int(width) // int(cfg.get("head_width", 64)))
+
+    def memory_estimate(self, batch_size: int = 1) -> int | None:
+        """``limits.vit_activation_bytes`` of ``batch_size`` images; None for a tower of unknown shape (a CNN)."""
+        shape = self.vision_shape()
+        if shape is None or self.image_size is None:
+            return None
+        patch, width, layers, heads = shape
+        return limits.vit_activation_bytes(self.image_size, patch, width, layers, heads, batch_size)
+
+    def check_memory(self, batch_size: int = 1, batch_option: str = "--batch-size") -> None:
+        """One line when ``batch_size`` images at ``image_size`` cannot fit the device (``--allow-large`` lifts it).
+
+        The device is this machine's RAM, or the GPU's own memory for ``cuda``: a run that cannot fit there would
+        grow until the machine swaps or the process is killed, long after the command was accepted.
+        """
+        need = self.memory_estimate(batch_size)
+        if need is None:
+            return
+        have, where = device_memory(self.device or "cpu")
+        tokens = limits.vit_tokens(self.image_size or 0, (self.vision_shape() or (1,))[0])
+        limits.check_memory(
+            need,
+            have,
+            f"--image-size {self.image_size} with {batch_option} {batch_size} ({self.model_name}, {tokens} tokens "
+            "an image)",
+            where,
+            f"lower --image-size or {batch_option}",
+            "a rough upper bound of its activations",
+        )
 
     @property
     def registered_name(self) -> str:
@@ -134,6 +216,88 @@ class BackboneSpec:
         )
 
 
+# timm ViT sizes (width, layers, heads) by the size word of their names, for the memory estimate
+_TIMM_SIZES = {
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+    "huge": (1280, 32, 16),
+    "giant": (1536, 40, 24),
+    "gigantic": (1664, 48, 16),
+}
+
+
+def _timm_vit_shape(model_name: str) -> tuple[int, int, int, int] | None:
+    """(patch, width, layers, heads) from a timm ViT's name (``timm:vit_large_patch14_dinov2``); None if not one."""
+    m = re.search(r"vit_([a-z]+)_patch(\d+)", model_name)
+    if m is None or m.group(1) not in _TIMM_SIZES:
+        return None
+    width, layers, heads = _TIMM_SIZES[m.group(1)]
+    return int(m.group(2)), width, layers, heads
+
+
+def device_memory(device: str) -> tuple[int, str]:
+    """(bytes, words) of the memory a run on ``device`` has: a CUDA GPU's own, else this machine's RAM."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        return 0, device
+    if dev.type == "cuda" and torch.cuda.is_available():
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        return int(torch.cuda.get_device_properties(index).total_memory), f"the memory of cuda:{index}"
+    return limits.physical_memory(), "this machine's memory"
+
+
+def as_path(value: Any, arg: str) -> Path:
+    """A path argument as typed (str or ``os.PathLike``); anything else a ``TypeError`` naming ``arg``."""
+    if isinstance(value, str | os.PathLike):
+        return Path(value)
+    raise TypeError(f"{arg}: expected a path (str or pathlib.Path), not {type(value).__name__}")
+
+
+def as_paths(value: Any, arg: str) -> list[Path]:
+    """One path or several (a list of str/Path); a lone str is one path, not its characters."""
+    if isinstance(value, str | os.PathLike):
+        return [Path(value)]
+    if isinstance(value, Iterable) and not isinstance(value, bytes | Mapping):
+        return [as_path(v, f"{arg}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(f"{arg}: expected a path or a list of paths (str or pathlib.Path), not {type(value).__name__}")
+
+
+def as_int(value: Any, arg: str) -> int:
+    """A whole-number argument; a bool or a float is a ``TypeError`` naming ``arg`` (3.0 images is a mistake)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{arg}: expected an int, not {type(value).__name__}")
+    return value
+
+
+def as_options(value: Any, arg: str = "options") -> dict[str, Any]:
+    """A dict argument (None = empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{arg}: expected a dict, not {type(value).__name__}")
+    return dict(value)
+
+
+def as_names(value: Any, arg: str, what: str = "a name (str)", allowed: tuple[type, ...] = (str,)) -> list[Any]:
+    """One name or a list of names: a lone name is one item, not its characters; anything else a ``TypeError``."""
+    items = [value] if isinstance(value, allowed) else value
+    if isinstance(items, Iterable) and not isinstance(items, bytes | Mapping):
+        out = list(items)
+        for i, m in enumerate(out):
+            if not isinstance(m, allowed):
+                raise TypeError(f"{arg}[{i}]: expected {what}, not {type(m).__name__}")
+        return out
+    raise TypeError(f"{arg}: expected {what} or a list of them, not {type(value).__name__}")
+
+
+def as_methods(value: Any, arg: str = "methods") -> list[str | MethodSpec]:
+    """Methods as names or ``MethodSpec``s (``evaluate``'s ``methods``)."""
+    return as_names(value, arg, "a method name (str) or a MethodSpec", (str, MethodSpec))
+
+
 def check_device(name: str) -> None:
     """One line for a device torch does not know, or one this machine does not have (before any model loads)."""
     try:
@@ -160,10 +324,28 @@ class MethodSpec:
     """A method with checked options (and checkpoint manifest) on a resolved backbone spec."""
 
     name: str
-    backbone: BackboneSpec
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)  # or a name or dict: ``BackboneSpec.of``
     options: dict[str, Any] = field(default_factory=dict)
     checkpoint: Path | None = None
     config: Any = field(default=None, init=False)  # set by validate()
+
+    def __post_init__(self) -> None:
+        """Accept what a user types: a backbone name or dict (``BackboneSpec.of``), a str checkpoint path."""
+        if not isinstance(self.name, str):
+            raise TypeError(f"method: expected a method name (str), not {type(self.name).__name__}")
+        self.backbone = BackboneSpec.of(self.backbone)
+        self.options = as_options(self.options)
+        if self.checkpoint is not None:
+            self.checkpoint = as_path(self.checkpoint, "checkpoint")
+
+    @classmethod
+    def of(cls, value: Any, *, arg: str = "method", **parts: Any) -> MethodSpec:
+        """A spec as is, or a method name with ``parts`` (``backbone``, ``options``, ``checkpoint``)."""
+        if isinstance(value, MethodSpec):
+            return value
+        if isinstance(value, str):
+            return cls(value, **parts)
+        raise TypeError(f"{arg}: expected a method name (str) or a MethodSpec, not {type(value).__name__}")
 
     @property
     def cls(self) -> type[Method]:
@@ -180,8 +362,11 @@ class MethodSpec:
             cls.trainable and cls.requires_checkpoint and self.checkpoint is None and not self.options.get("checkpoint")
         )
 
-    def validate(self, *, for_training: bool = False) -> MethodSpec:
-        """Check everything that can be checked without weights; returns the spec with its backbone resolved."""
+    def validate(self, *, for_training: bool = False, batch_size: int = 1) -> MethodSpec:
+        """Check everything that can be checked without weights; returns the spec with its backbone resolved.
+
+        ``batch_size``: the images of one forward, for the memory check of the backbone.
+        """
         cls = self.cls
         self.name = cls.name
         self.backbone = self.backbone.resolve(cls.config_cls())
@@ -202,7 +387,7 @@ class MethodSpec:
                 f"method {cls.name} needs trained parts: pass --checkpoint DIR (made by `zsad train --method "
                 f"{cls.name} ...`)"
             )
-        self.backbone.validate()
+        self.backbone.validate(batch_size)
         why = cls.full_precision.get(self.backbone.precision)
         if why:  # before the run key is made: key, manifest and model all say fp32
             reporter().message(f"--precision {self.backbone.precision}: method {cls.name} runs in fp32 ({why})", "note")
@@ -301,6 +486,7 @@ def specs_for(
     options: dict[str, dict[str, Any]],
     backbone: BackboneSpec,
     checkpoints: dict[str, Path],
+    batch_size: int = 1,
 ) -> list[MethodSpec]:
     """Checked specs for several methods: names take ``options[name]``, the shared backbone and their checkpoint."""
     out = []
@@ -308,5 +494,5 @@ def specs_for(
         spec = m if isinstance(m, MethodSpec) else MethodSpec(m, backbone, dict(options.get(m, {})))
         if spec.checkpoint is None:
             spec.checkpoint = checkpoints.get(spec.name)
-        out.append(spec.validate())
+        out.append(spec.validate(batch_size=batch_size))
     return out

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from zsad import limits
 from zsad.data.spec import DatasetSpec, gt_masks, open_datasets, reference_images
 from zsad.errors import ZsadInputError
 from zsad.fileio import save_npy, write_json
@@ -29,7 +30,18 @@ from zsad.outputs import (
     mark_folder,
 )
 from zsad.progress import Reporter, reporter, using
-from zsad.runs.build import BackboneSpec, MethodSpec, method_key, route_checkpoints, specs_for
+from zsad.runs.build import (
+    BackboneSpec,
+    MethodSpec,
+    as_int,
+    as_methods,
+    as_options,
+    as_path,
+    as_paths,
+    method_key,
+    route_checkpoints,
+    specs_for,
+)
 from zsad.runs.leakage import check_unseen, training_images
 from zsad.runs.report import EvalResult, title, write_comparison, write_metrics
 from zsad.runs.scoring import decode_parts, parts_json, score_dataset
@@ -56,25 +68,32 @@ def evaluate(
     *,
     methods: Sequence[str | MethodSpec] = ("winclip",),
     options: dict[str, dict[str, Any]] | None = None,
-    backbone: BackboneSpec | None = None,
-    checkpoints: Sequence[str | Path] = (),
+    backbone: BackboneSpec | str | dict[str, Any] | None = None,
+    checkpoints: str | Path | Sequence[str | Path] = (),
     batch_size: int = 8,
     overlays: int = 8,
     reporter: Reporter | None = None,
 ) -> dict[str, EvalResult]:
     """Evaluate one or several methods on ``data``; one folder per method under ``out`` when there are several.
 
-    ``options`` maps a method name to its options; ``checkpoints`` go to the methods their manifests name. Every
-    input is checked before any model loads; each output folder is locked for the run and resumes only the same
-    settings. Several methods also get ``comparison.md`` / ``comparison.json`` side by side in ``out``.
+    ``options`` maps a method name to its options; ``checkpoints`` go to the methods their manifests name.
+    ``backbone`` is a ``BackboneSpec``, a model name or a dict of its fields (``BackboneSpec.of``). Every input is
+    checked before any model loads; each output folder is locked for the run and resumes only the same settings.
+    Several methods also get ``comparison.md`` / ``comparison.json`` side by side in ``out``.
     """
     with using(reporter):
-        out = Path(out)
-        if batch_size < 1:
-            raise ZsadInputError(f"--batch-size {batch_size}: must be >= 1")
+        if not isinstance(data, DatasetSpec):
+            raise TypeError(f"data: expected a DatasetSpec, not {type(data).__name__}")
+        out = as_path(out, "out")
+        methods = as_methods(methods, "methods")
+        options = as_options(options, "options")
+        bb = BackboneSpec.of(backbone, seed=data.seed)
+        limits.BATCH_SIZE.check(as_int(batch_size, "batch_size"))
+        if as_int(overlays, "overlays") < 0:
+            raise ZsadInputError(f"--overlays {overlays}: must be >= 0")
         names = [m.name if isinstance(m, MethodSpec) else m for m in methods]
-        routed = route_checkpoints(names, [Path(c) for c in checkpoints])
-        specs = specs_for(methods, options or {}, backbone or BackboneSpec(seed=data.seed), routed)
+        routed = route_checkpoints(names, as_paths(checkpoints, "checkpoints"))
+        specs = specs_for(methods, options, bb, routed, batch_size)
         sets = open_datasets(data)  # every folder and file checked before any model loads
         where = {s.name: out if len(specs) == 1 else out / method_folder(s.name) for s in specs}
         check_output_dir(out, kind="eval" if len(specs) == 1 else "comparison")

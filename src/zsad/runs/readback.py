@@ -11,6 +11,7 @@ Shard maps are stored in one of ``MAP_ENCODINGS``. Shards written before issue 2
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from pathlib import Path
 from typing import Any
@@ -64,18 +65,26 @@ def decode_map(blob: bytes, encoding: str = "float16", lo: float | None = None, 
 def read_predictions(out: str | Path) -> list[dict[str, str]]:
     """The rows of ``out/predictions.csv`` (the same columns from either engine; Ray adds ``group``, ``model_id``)."""
     from zsad.outputs import read_csv
+    from zsad.runs.build import as_path
 
-    path = Path(out) / "predictions.csv"
+    path = as_path(out, "out") / "predictions.csv"
     if not path.is_file():
         raise ZsadInputError(f"{out}: no predictions.csv (not a finished detect output folder)")
     return read_csv(path)
 
 
-def load_map(out: str | Path, row: dict[str, str] | str) -> np.ndarray:
+def load_map(out: str | Path, row: dict[str, str] | str | Path) -> np.ndarray:
     """One image's anomaly map (float32, ``map_size``), from a row of ``read_predictions`` or its ``image_path``."""
+    from zsad.runs.build import as_path
     from zsad.runs.scoring import resize_map
 
-    out = Path(out)
+    out = as_path(out, "out")
+    if isinstance(row, os.PathLike):
+        row = os.fspath(row)
+    if not isinstance(row, str | dict):
+        raise TypeError(
+            f"row: expected a row of read_predictions (dict) or an image_path (str), not {type(row).__name__}"
+        )
     if isinstance(row, str):
         found = [r for r in read_predictions(out) if r["image_path"] == row]
         if not found:
