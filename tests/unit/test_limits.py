@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -139,3 +140,22 @@ def test_a_memory_budget_option_is_bounded_by_its_range_and_the_machine(monkeypa
 
 def test_physical_memory_is_what_the_system_says() -> None:
     assert limits.physical_memory() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") > 0
+
+
+def test_a_cuda_run_is_compared_with_the_gpu_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU's own memory decides for ``cuda`` (faked here: the check needs no GPU to be tested)."""
+    import torch
+
+    from zsad.runs.build import device_memory
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(total_memory=(i + 1) * 2**30))
+    monkeypatch.setattr(limits, "physical_memory", lambda: 2**40)  # plenty of RAM: not what decides
+    assert device_memory("cuda") == (2**30, "the memory of cuda:0")
+    assert device_memory("cuda:1") == (2 * 2**30, "the memory of cuda:1")
+    assert device_memory("cpu") == (2**40, "this machine's memory")
+    spec = BackboneSpec("zsad-tiny", "none", None, 1024, "cuda:0", 0)
+    with pytest.raises(ZsadInputError, match=r"needs about 2.1 GiB .*, more than the memory of cuda:0 \(1.0 GiB\)"):
+        spec.check_memory(8)
+    BackboneSpec("zsad-tiny", "none", None, 1024, "cpu", 0).check_memory(8)
