@@ -422,3 +422,31 @@ def test_state_file_is_json_free_of_surprises(tmp_path: Path) -> None:
     assert state["epoch"] == 1 and "frozen" not in state["module"] and "net.0.weight" in state["module"]
     assert json.loads(json.dumps(state["config"]))["betas"] == [0.9, 0.999]
     assert not (tmp_path / "train_state.pt.tmp").exists()
+
+
+def test_fit_says_what_to_train_and_writes_nothing(tmp_path: Path, tiny_backbone, monkeypatch) -> None:  # noqa: ANN001
+    """A method's ``fit`` returns a ``Training``; the folder, image lists and manifest are ``zsad.runs.train``'s."""
+    from zsad.data import make_sample_images
+    from zsad.data.spec import DatasetSpec
+    from zsad.methods import create_method, get_method_class
+    from zsad.runs.train import list_training_data
+    from zsad.train import Training
+
+    root = make_sample_images(tmp_path / "data", n_normal=2, n_anomalous=3, size=96, seed=1)
+    spec = DatasetSpec("folder", root, normal_dir="good", abnormal_dir="defect", mask_dir="ground_truth")
+    listed = list_training_data(get_method_class("anomalyclip"), [spec])
+    pairs = [(key, ds.with_preprocessing(tiny_backbone.preprocess)) for key, ds, _ in listed]
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    m = create_method("anomalyclip", tiny_backbone)
+    t = m.fit(pairs, m.default_train_config())
+    try:
+        assert isinstance(t, Training) and t.resumable and t.record is None and t.module is m.parts
+        assert len(t.images) == len(t.data) == 5 and t.summary == "CLIP frozen, prompts only"
+        assert torch.isfinite(t.step(t.module, [0, 1])["loss"])
+    finally:
+        t.close()
+    assert sorted(tmp_path.rglob("*")) == before
+    rwda = create_method("rwda", tiny_backbone, n_pairs=50, epochs=1)
+    t = rwda.fit([], rwda.default_train_config())
+    assert not t.resumable and t.record is not None and t.images == [] and t.description == "rwda (text only)"

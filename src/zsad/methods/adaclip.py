@@ -51,7 +51,7 @@ from zsad.methods.options import check_range
 from zsad.methods.trainable import TrainableMethod, load_tensors, mask_items, read_official
 from zsad.ops import gaussian_blur, grid_to_map, kmeans, upsample
 from zsad.prompts import build_prompts, get_prompt_set, list_prompt_sets
-from zsad.train.loop import TrainConfig
+from zsad.train.loop import TrainConfig, Training
 from zsad.types import Prediction
 
 
@@ -261,16 +261,9 @@ class AdaClip(TrainableMethod):
         )
 
     def fit(
-        self,
-        datasets: Sequence[tuple[str, Any]],
-        train_cfg: TrainConfig,
-        out: Path,
-        *,
-        data_info: dict[str, Any],
-        progress: bool = True,
-        class_names: dict[str, str] | None = None,
-    ) -> Path:
-        """Train every prompt and projection on (category, dataset) pairs with masks; CLIP stays frozen."""
+        self, datasets: Sequence[tuple[str, Any]], train_cfg: TrainConfig, *, class_names: dict[str, str] | None = None
+    ) -> Training:
+        """Every prompt and projection trains on (category, dataset) pairs with masks; CLIP stays frozen."""
         from zsad.train import dice_loss, focal_loss
 
         items = mask_items(self.name, datasets)
@@ -301,8 +294,7 @@ class AdaClip(TrainableMethod):
             total["loss"] = total["image"] + total["focal"] + total["dice"]
             return total
 
-        what = "CLIP frozen, prompts + projections"
-        return self.fit_and_save(items, step, train_cfg, out, data_info=data_info, progress=progress, what=what)
+        return self.image_training(items, step, train_cfg, summary="CLIP frozen, prompts + projections")
 
 
 # official parameter name (after the "clip_model." prefix) -> ours; {i} is a head / layer / prompt-depth index

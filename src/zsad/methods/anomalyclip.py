@@ -42,7 +42,7 @@ from zsad.methods.options import check_range
 from zsad.methods.trainable import TrainableMethod, load_tensors, mask_items, read_official
 from zsad.ops import gaussian_blur, grid_to_map, upsample
 from zsad.progress import reporter
-from zsad.train.loop import TrainConfig
+from zsad.train.loop import TrainConfig, Training
 from zsad.types import Prediction
 
 
@@ -231,16 +231,9 @@ class AnomalyClip(TrainableMethod):
         return {"image": image, "focal": focal, "dice": dice, "loss": w * (focal + dice) + image}
 
     def fit(
-        self,
-        datasets: Sequence[tuple[str, Any]],
-        train_cfg: TrainConfig,
-        out: Path,
-        *,
-        data_info: dict[str, Any],
-        progress: bool = True,
-        class_names: dict[str, str] | None = None,
-    ) -> Path:
-        """Train the prompts on (category, dataset) pairs with masks; no class name is used, CLIP stays frozen."""
+        self, datasets: Sequence[tuple[str, Any]], train_cfg: TrainConfig, *, class_names: dict[str, str] | None = None
+    ) -> Training:
+        """The prompts train on (category, dataset) pairs with masks; no class name is used, CLIP stays frozen."""
         items = mask_items(self.name, datasets)
         self.build_parts(seed=train_cfg.seed)
         dev = self.backbone.device
@@ -267,11 +260,7 @@ class AnomalyClip(TrainableMethod):
             label = torch.tensor([labels[i] for i in batch], device=dev)
             return self.loss_from(feats, gt, label)
 
-        what = "CLIP frozen, prompts only"
-        try:
-            return self.fit_and_save(items, step, train_cfg, out, data_info=data_info, progress=progress, what=what)
-        finally:
-            bank.close()
+        return self.image_training(items, step, train_cfg, summary="CLIP frozen, prompts only", close=bank.close)
 
 
 def import_official_checkpoint(path: Path, backbone: ClipBackbone, out: Path, trained_on: str) -> Path:

@@ -29,7 +29,6 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -42,7 +41,7 @@ from zsad.methods.trainable import TrainableMethod
 from zsad.methods.winclip import WinClip, WinClipConfig, class_scores
 from zsad.progress import SilentReporter, reporter
 from zsad.prompts.random_words import GENERIC_OBJECTS, RandomWordOptions, random_word_prompts
-from zsad.train.loop import TrainConfig
+from zsad.train.loop import TrainConfig, Training, TrainResult
 
 _EMBED_CHUNK = 2048  # sentences per progress step (each still length-grouped in batches of 512)
 _GENERATOR_FIELDS = ("n_pairs", "min_words", "max_words", "word_source", "positions", "random_object_rate")
@@ -202,17 +201,13 @@ class Rwda(WinClip, TrainableMethod):
     def _prepare(self, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         return F.normalize(x - mean, dim=-1) if self.config.modality_gap == "center" else F.normalize(x, dim=-1)
 
-    def train_classifier(
-        self, class_name: str | None, *, progress: bool = False, epoch_lines: bool | None = None
-    ) -> dict[str, Any]:
-        """Generate, encode and fit; returns the training record (held-out accuracy on prompts never seen).
+    def classifier_training(self, class_name: str | None, *, progress: bool = False, report: bool = False) -> Training:
+        """Generate and encode the prompts, start a seeded classifier: the ``Training`` of the text-only classifier.
 
-        ``epoch_lines`` (default: ``progress``) prints the per-epoch losses; on-the-fly training inside
-        ``detect`` shows only the encoding bars and one summary line.
+        Its ``record`` measures the held-out accuracy (prompts never seen) and returns the training record; with
+        ``report`` it also says the one summary line. Nothing to resume: text-only training is cheap and seeded.
         """
         import time
-
-        from zsad.train import fit
 
         t0 = time.perf_counter()
         cfg = self.config
@@ -231,22 +226,44 @@ class Rwda(WinClip, TrainableMethod):
             return F.cross_entropy(module(x[idx]), labels[idx])
 
         train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.train_seed)
+
+        def record(result: TrainResult) -> dict[str, Any]:
+            clf.eval()
+            with torch.no_grad():
+                acc = float((clf(self._prepare(h_emb, clf.text_mean)).argmax(-1) == h_labels).float().mean())
+            self.trained_for = (class_name,)
+            done = {
+                "data": "text only: random-word prompts (no images)",
+                "generator": dataclasses.asdict(opts),
+                "num_sentences": len(x),
+                "heldout_sentences": len(h_emb),
+                "heldout_accuracy": acc,
+                "train_config": dataclasses.asdict(train_cfg),
+                "history": result.history,
+                "seconds": time.perf_counter() - t0,
+            }
+            if report:
+                _report(done)
+            return done
+
+        data = list(range(len(x)))
+        return Training(clf, data, step, train_cfg, "rwda (text only)", resumable=False, record=record)
+
+    def train_classifier(
+        self, class_name: str | None, *, progress: bool = False, epoch_lines: bool | None = None
+    ) -> dict[str, Any]:
+        """Train the classifier in memory now (``setup``'s on-the-fly training); returns the training record.
+
+        ``epoch_lines`` (default: ``progress``) prints the per-epoch losses; on-the-fly training inside
+        ``detect`` shows only the encoding bars and one summary line.
+        """
+        from zsad.train import fit
+
+        t = self.classifier_training(class_name, progress=progress)
         lines = progress if epoch_lines is None else epoch_lines
-        result = fit(clf, list(range(len(x))), step, train_cfg, progress=lines, description="rwda (text only)")
-        clf.eval()
-        with torch.no_grad():
-            acc = float((clf(self._prepare(h_emb, clf.text_mean)).argmax(-1) == h_labels).float().mean())
-        self.trained_for = (class_name,)
-        return {
-            "data": "text only: random-word prompts (no images)",
-            "generator": dataclasses.asdict(opts),
-            "num_sentences": len(x),
-            "heldout_sentences": len(h_emb),
-            "heldout_accuracy": acc,
-            "train_config": dataclasses.asdict(train_cfg),
-            "history": result.history,
-            "seconds": time.perf_counter() - t0,
-        }
+        result = fit(t.module, t.data, t.step, t.cfg, progress=lines, description=t.description)
+        assert t.record is not None
+        return t.record(result)
 
     def default_train_config(self) -> TrainConfig:
         """The training fields of the config, so ``zsad train`` and on-the-fly training use the same recipe."""
@@ -254,15 +271,8 @@ class Rwda(WinClip, TrainableMethod):
         return TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.train_seed)
 
     def fit(
-        self,
-        datasets: Sequence[tuple[str, Any]],
-        train_cfg: TrainConfig,
-        out: Path,
-        *,
-        data_info: dict[str, Any],
-        progress: bool = True,
-        class_names: dict[str, str] | None = None,
-    ) -> Path:
+        self, datasets: Sequence[tuple[str, Any]], train_cfg: TrainConfig, *, class_names: dict[str, str] | None = None
+    ) -> Training:
         """``zsad train --method rwda``: text only; the recipe overrides become the config's training fields."""
         self.config = dataclasses.replace(
             self.config,
@@ -274,9 +284,7 @@ class Rwda(WinClip, TrainableMethod):
         class_name = (class_names or {}).get("*") if self.config.object_mode == "known" else None
         if self.config.object_mode == "known" and not class_name:
             raise ZsadInputError("rwda: object_mode=known trains one classifier per object: pass --class-name")
-        record = self.train_classifier(class_name, progress=progress)
-        _report(record)
-        return self.save(out, record)
+        return self.classifier_training(class_name, progress=True, report=True)
 
     def describe(self) -> dict[str, Any]:
         """Adds a summary of how the classifier was trained (held-out accuracy, sentences, seconds, data)."""

@@ -33,9 +33,9 @@ from zsad.methods.options import config_record
 from zsad.methods.sdp import Sdp, SdpConfig
 from zsad.methods.trainable import TrainableMethod, mask_items, read_official
 from zsad.ops import grid_to_map, upsample
-from zsad.progress import SilentReporter, reporter
+from zsad.progress import reporter
 from zsad.prompts import state_text
-from zsad.train.loop import TrainConfig
+from zsad.train.loop import TrainConfig, Training
 from zsad.types import Prediction
 
 CACHE_LIMIT_BYTES = 4 << 30  # cache frozen features in RAM up to this size, else recompute them every epoch
@@ -133,16 +133,9 @@ class SdpPlus(Sdp, TrainableMethod):
         return torch.stack([feats.tokens[lyr][:, 1:] for lyr in stages], dim=1)
 
     def fit(
-        self,
-        datasets: Sequence[tuple[str, Any]],
-        train_cfg: TrainConfig,
-        out: Path,
-        *,
-        data_info: dict[str, Any],
-        progress: bool = True,
-        class_names: dict[str, str] | None = None,
-    ) -> Path:
-        """Train the stage layers on (category, dataset) pairs with masks; write a checkpoint folder to ``out``."""
+        self, datasets: Sequence[tuple[str, Any]], train_cfg: TrainConfig, *, class_names: dict[str, str] | None = None
+    ) -> Training:
+        """The stage layers train on (category, dataset) pairs with masks (frozen features cached when they fit)."""
         from zsad.train import dice_loss, focal_loss
 
         bb = self.backbone
@@ -154,7 +147,7 @@ class SdpPlus(Sdp, TrainableMethod):
         size = len(items) * n_stage * n_tok * bb.width * 4
         cache: torch.Tensor | None = None
         masks = torch.zeros(len(items), self.image_size, self.image_size)
-        rep = reporter() if progress else SilentReporter()
+        rep = reporter()
         if size <= CACHE_LIMIT_BYTES:
             cache = torch.zeros(len(items), n_stage, n_tok, bb.width)
         with rep.task("frozen CLIP features" if cache is not None else "reading masks", len(items)) as task:
@@ -185,7 +178,7 @@ class SdpPlus(Sdp, TrainableMethod):
             assert isinstance(focal, torch.Tensor) and isinstance(dice, torch.Tensor)
             return {"loss": focal + dice, "focal": focal, "dice": dice}
 
-        return self.fit_and_save(items, step, train_cfg, out, data_info=data_info, progress=progress)
+        return self.image_training(items, step, train_cfg)
 
     @classmethod
     def import_official(cls, path: Path, backbone: ClipBackbone, out: Path, trained_on: str) -> Path:

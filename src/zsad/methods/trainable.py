@@ -3,8 +3,9 @@
 A trainable method owns a small ``nn.Module`` of learnable ``parts`` on the frozen backbone. The base class saves
 and loads them in the one checkpoint format (``zsad.train.checkpoint``: safetensors + manifest.json), adopts the
 architecture fields the checkpoint was trained with, refuses an option that contradicts them, refuses to run
-untrained, and converts officially released checkpoints (``import_official``). Training itself is each method's
-``fit`` on the shared ``zsad.train.fit`` loop.
+untrained, and converts officially released checkpoints (``import_official``). Each method's ``fit`` says what
+training takes (a ``zsad.train.Training``: parts, data, loss); ``zsad.runs.train`` runs it on the shared loop into
+the checkpoint folder.
 """
 
 from __future__ import annotations
@@ -23,11 +24,7 @@ from zsad.methods.base import Method, MethodConfig
 from zsad.methods.options import config_record
 
 if TYPE_CHECKING:
-    from zsad.train import TrainConfig
-
-IMAGES_LIST = "training_images.txt"
-# sha256, byte size and path of each training image: the leakage guard compares content, so a copy is still seen
-IMAGES_HASHES = "training_images.sha256.tsv"
+    from zsad.train import TrainConfig, Training
 
 
 class TrainableMethod(Method):
@@ -89,52 +86,24 @@ class TrainableMethod(Method):
         raise NotImplementedError
 
     def fit(
-        self,
-        datasets: Sequence[tuple[str, Any]],
-        train_cfg: TrainConfig,
-        out: Path,
-        *,
-        data_info: dict[str, Any],
-        progress: bool = True,
-        class_names: dict[str, str] | None = None,
-    ) -> Path:
-        """Train the parts on (category, dataset) pairs (none for text-only methods) into the checkpoint ``out``.
+        self, datasets: Sequence[tuple[str, Any]], train_cfg: TrainConfig, *, class_names: dict[str, str] | None = None
+    ) -> Training:
+        """What training the parts on (category, dataset) pairs (none for text-only methods) takes.
 
-        ``class_names`` maps a category to the name its prompts use; ``data_info`` is recorded in the manifest.
+        ``class_names`` maps a category to the name its prompts use. The run layer (``zsad.runs.train``) runs the
+        returned ``Training`` into its checkpoint folder and calls ``save``: a method never chooses where.
         """
         raise NotImplementedError
 
-    def fit_and_save(
-        self,
-        items: Sequence[tuple[str, Any, int]],
-        step: Any,
-        train_cfg: TrainConfig,
-        out: Path,
-        *,
-        data_info: dict[str, Any],
-        progress: bool,
-        what: str = "",
-    ) -> Path:
-        """The end every image-trained method shares: list the images, run ``zsad.train.fit``, save the parts."""
-        from zsad.progress import reporter
-        from zsad.train import fit
+    def image_training(
+        self, items: list[tuple[str, Any, int]], step: Any, train_cfg: TrainConfig, **extra: Any
+    ) -> Training:
+        """The ``Training`` every image-trained method returns: its parts on ``items`` (indices into them)."""
+        from zsad.train import Training
 
         parts = self.parts
         assert parts is not None
-        out = start_run(out, items)
-        if progress and what:
-            reporter().message(f"{self.name}: {len(items)} training images, {what}")
-        result = fit(
-            parts,
-            list(range(len(items))),
-            step,
-            train_cfg,
-            state_dir=out,
-            progress=progress,
-            description=self.name,
-        )
-        parts.eval()
-        return self.save(out, training_record(data_info, items, train_cfg, result.history))
+        return Training(parts, list(range(len(items))), step, train_cfg, self.name, images=items, **extra)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, out: Path, training: dict[str, Any]) -> Path:
@@ -251,39 +220,6 @@ def mask_items(method: str, datasets: Sequence[tuple[str, Any]]) -> list[tuple[s
                 f"{cat} have none (pass --mask-dir)"
             )
     return items
-
-
-def start_run(out: Path, items: Sequence[tuple[str, Any, int]]) -> Path:
-    """Create the checkpoint folder and list the exact training images, by path and by content (the leakage guard).
-
-    ``training_images.txt`` keeps its one-path-a-line format (older zsad versions read it);
-    ``training_images.sha256.tsv`` adds each file's sha256 and byte size, so a copy of the training data at
-    another path is still recognised, and an evaluation hashes only files of a size some training file has.
-    """
-    from zsad.fileio import sha256_file, write_text
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [Path(ds.samples[i].image_path).resolve() for _, ds, i in items]
-    write_text(out / IMAGES_LIST, "".join(f"{p}\n" for p in paths))
-    rows = "".join(f"{sha256_file(p)}\t{p.stat().st_size}\t{p}\n" for p in dict.fromkeys(paths))
-    write_text(out / IMAGES_HASHES, "sha256\tbytes\tpath\n" + rows)
-    return out
-
-
-def training_record(
-    data_info: dict[str, Any], items: Sequence[tuple[str, Any, int]], train_cfg: Any, history: list[dict[str, float]]
-) -> dict[str, Any]:
-    """The manifest's ``training`` section: data, recipe and loss history."""
-    return {
-        **data_info,
-        "num_images": len(items),
-        "categories": sorted({c for c, _, _ in items}),
-        "train_config": dataclasses.asdict(train_cfg),
-        "history": history,
-        "images_list": IMAGES_LIST,
-        "images_hashes": IMAGES_HASHES,
-    }
 
 
 def load_tensors(module: nn.Module, tensors: dict[str, Any], path: str | Path) -> None:

@@ -23,6 +23,8 @@ from zsad.methods.trainable import TrainableMethod
 from zsad.outputs import RunLock, check_output_dir, mark_folder
 from zsad.progress import Reporter, reporter, using
 from zsad.runs.build import BackboneSpec, MethodSpec
+from zsad.train import Training, fit
+from zsad.train.checkpoint import list_training_images, training_record
 
 Listed = list[tuple[str, Any, str]]  # (category key, dataset, prompt name)
 
@@ -54,7 +56,9 @@ def train(
         _check_resumable(out, spec.cls)
         with RunLock(out):
             mark_folder(out, "checkpoint", "train")
-            return fit_method(spec.build(), list(data), listed, out, recipe or {}, class_name)
+            built = spec.build()
+            assert isinstance(built, TrainableMethod)  # list_training_data refused the others
+            return fit_method(built, list(data), listed, out, recipe or {}, class_name)
 
 
 def _check_resumable(out: Path, cls: type[Method]) -> None:
@@ -137,9 +141,14 @@ def data_record(specs: Sequence[DatasetSpec]) -> dict[str, Any]:
 
 
 def fit_method(
-    method: Any, specs: list[DatasetSpec], listed: Listed, out: Path, recipe: dict[str, Any], class_name: str | None
+    method: TrainableMethod,
+    specs: list[DatasetSpec],
+    listed: Listed,
+    out: Path,
+    recipe: dict[str, Any],
+    class_name: str | None,
 ) -> Path:
-    """Recipe, data record and the method's own ``fit`` (the caller holds ``out``'s lock)."""
+    """Recipe, data record, the method's ``fit``, and its ``Training`` run into ``out`` (the caller holds its lock)."""
     say = reporter()
     pre = method.backbone.preprocess
     pairs = [(key, ds.with_preprocessing(pre)) for key, ds, _ in listed]
@@ -150,12 +159,36 @@ def fit_method(
         say.message("training on a SEEDED RANDOM backbone: plumbing only, not a usable detector", "alert")
     if not method.needs_training_data:
         say.message(f"{method.name}: training on text only, {cfg.epochs} epochs, batch {cfg.batch_size}")
-        return Path(method.fit([], cfg, out, data_info=info, class_names={"*": class_name} if class_name else {}))
+        return run_training(method, method.fit([], cfg, class_names={"*": class_name} if class_name else {}), out, info)
     say.message(
         f"{method.name}: training on {sum(len(d) for _, d in pairs)} images from {info['dataset']} "
         f"({len(pairs)} categories), {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, seed {cfg.seed}"
     )
-    return Path(method.fit(pairs, cfg, out, data_info=info, class_names=names))
+    return run_training(method, method.fit(pairs, cfg, class_names=names), out, info)
+
+
+def run_training(method: TrainableMethod, training: Training, out: Path, data_info: dict[str, Any]) -> Path:
+    """Run a method's ``Training`` with the bookkeeping methods never do, all in the checkpoint folder ``out``.
+
+    It lists the training images, holds the loop's resume state, and gets the parts with a manifest recording
+    ``data_info``, the images and the loss history (or the method's own record).
+    """
+    try:
+        if training.images:
+            list_training_images(out, training.images)
+            if training.summary:
+                reporter().message(f"{method.name}: {len(training.images)} training images, {training.summary}")
+        state = out if training.resumable else None
+        result = fit(training.module, training.data, training.step, training.cfg, state_dir=state,
+                     description=training.description)  # fmt: skip
+        training.module.eval()
+        if training.record is not None:
+            record = training.record(result)
+        else:
+            record = training_record(data_info, training.images, training.cfg, result.history)
+        return method.save(out, record)
+    finally:
+        training.close()
 
 
 # ---------------------------------------------------------------------------------------------- self-training

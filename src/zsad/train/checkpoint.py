@@ -1,5 +1,7 @@
 """One checkpoint format for every trainable method: a folder with ``model.safetensors`` + ``manifest.json``.
 
+Image-trained checkpoints also list their training images (``list_training_images``) for the leakage guard.
+
 Only the trained tensors are stored (CLIP stays frozen and is rebuilt from its name), so the manifest must say
 which CLIP they were trained on; loading refuses a checkpoint whose backbone, method or bytes do not match,
 because such tensors load without error yet give meaningless maps.
@@ -7,8 +9,10 @@ because such tensors load without error yet give meaningless maps.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,11 +21,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from zsad.errors import ZsadInputError
-from zsad.fileio import default_mode, write_bytes
+from zsad.fileio import default_mode, sha256_file, write_bytes, write_text
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
+IMAGES_LIST = "training_images.txt"
+# sha256, byte size and path of each training image: the leakage guard compares content, so a copy is still seen
+IMAGES_HASHES = "training_images.sha256.tsv"
 
 
 def _sha256(path: Path) -> str:
@@ -172,3 +179,34 @@ def load_checkpoint(
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad header
         raise ZsadInputError(f"{model}: cannot read tensors ({_first_line(e)}); re-run `zsad train`") from e
     return tensors, manifest
+
+
+def list_training_images(out: Path, items: Sequence[tuple[str, Any, int]]) -> Path:
+    """Create the checkpoint folder and list the exact training images, by path and by content (the leakage guard).
+
+    ``training_images.txt`` keeps its one-path-a-line format (older zsad versions read it);
+    ``training_images.sha256.tsv`` adds each file's sha256 and byte size, so a copy of the training data at
+    another path is still recognised, and an evaluation hashes only files of a size some training file has.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [Path(ds.samples[i].image_path).resolve() for _, ds, i in items]
+    write_text(out / IMAGES_LIST, "".join(f"{p}\n" for p in paths))
+    rows = "".join(f"{sha256_file(p)}\t{p.stat().st_size}\t{p}\n" for p in dict.fromkeys(paths))
+    write_text(out / IMAGES_HASHES, "sha256\tbytes\tpath\n" + rows)
+    return out
+
+
+def training_record(
+    data_info: dict[str, Any], items: Sequence[tuple[str, Any, int]], train_cfg: Any, history: list[dict[str, float]]
+) -> dict[str, Any]:
+    """The manifest's ``training`` section: data, recipe and loss history."""
+    return {
+        **data_info,
+        "num_images": len(items),
+        "categories": sorted({c for c, _, _ in items}),
+        "train_config": dataclasses.asdict(train_cfg),
+        "history": history,
+        "images_list": IMAGES_LIST,
+        "images_hashes": IMAGES_HASHES,
+    }

@@ -55,6 +55,31 @@ class TrainResult:
     resumed_from: int = 0  # last epoch already done before this call (0 = fresh)
 
 
+def _nothing() -> None:
+    return None
+
+
+@dataclass
+class Training:
+    """What a method's ``fit`` hands the run layer: what to train and how, never where or for whom.
+
+    ``zsad.runs.train`` runs it through ``fit``: it lists ``images`` in the checkpoint folder, keeps the loop's
+    resume state there (when ``resumable``), reports progress, and writes the manifest's training section (the
+    method's own ``record`` of the result, else the data record, the images and the loss history).
+    """
+
+    module: nn.Module  # the learnable parts
+    data: Sequence[Any]  # the loop's items: indices into ``images``, or the method's own
+    step: Callable[[nn.Module, Any], StepOutput]
+    cfg: TrainConfig
+    description: str  # the loop's name in progress lines
+    images: list[tuple[str, Any, int]] = field(default_factory=list)  # (category, dataset, index); [] for text
+    summary: str = ""  # what trains, said before the loop ("CLIP frozen, prompts only")
+    resumable: bool = True  # False: cheap and seeded (text only), so run again rather than resumed
+    record: Callable[[TrainResult], dict[str, Any]] | None = None
+    close: Callable[[], None] = _nothing  # frees what ``step`` reads (a feature bank), however the run ends
+
+
 def _plain(cfg: TrainConfig) -> dict[str, Any]:
     """The config as JSON types (tuples -> lists), so a saved one compares equal to a live one."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
