@@ -42,8 +42,22 @@ def main(argv: list[str] | None = None) -> None:
         top = (e.name or "").split(".")[0]
         if top not in FULL_CLI_MODULES:
             raise  # a broken install of something else: the traceback is the report
-        sys.exit(runtime_only(args, top))
+        sys.exit(runtime_only(args, "torch" if not _importable("torch") else top))
     app(args=args)
+
+
+def _importable(name: str) -> bool:
+    """Whether ``name`` could be imported, without importing it.
+
+    The runtime-only install lacks torch first of all, though the full CLI's first import to fail there is typer:
+    the messages then name torch, which is what the user misses.
+    """
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def runtime_only(args: list[str], missing: str) -> int:
