@@ -60,6 +60,19 @@ def test_mvtec_like(name: str, suffix: str, tmp_path: Path) -> None:
     assert len(lay.references[cat]) == 3 and all(s.label == 0 for s in lay.references[cat])
 
 
+@pytest.mark.parametrize("name", ["mvtec", "mpdd", "btad"])
+def test_a_missing_mask_is_one_error_for_every_mvtec_layout_reader(name: str, tmp_path: Path) -> None:
+    """One reader of the MVTec layout: an anomalous image without its mask stops the listing, naming both."""
+    root = tmp_path / "BTech_Dataset_transformed" if name == "btad" else tmp_path
+    normal, bad = ("ok", "ko") if name == "btad" else ("good", "crack")
+    _mvtec_tree(root, "01", normal=normal, bad=bad)
+    (root / "01" / "ground_truth" / bad / "001_mask.png").unlink()
+    with pytest.raises(ZsadInputError, match=f"001.png: anomalous image without a mask in .*{bad}"):
+        read_benchmark(name, tmp_path)
+    _mask(root / "01" / "ground_truth" / bad / "001_mask.png")
+    _check(read_benchmark(name, tmp_path), "01", 5, 3, pixel=True)
+
+
 def test_btad_ok_ko_with_bmp_masks_and_archive_folder(tmp_path: Path) -> None:
     base = tmp_path / "BTech_Dataset_transformed"
     _mvtec_tree(base, "01", normal="ok", bad="ko", suffix="", img_ext=".bmp", mask_ext=".png")

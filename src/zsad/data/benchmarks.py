@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zsad.data.datasets import AnomalyDataset, MVTecAD, Sample, Visa
+from zsad.data.datasets import AnomalyDataset, Sample, Visa
 from zsad.data.files import MaskIndex, list_images
 from zsad.data.io import load_mask
 from zsad.errors import ZsadInputError
@@ -103,7 +103,11 @@ def mvtec_style(
 ) -> Layout:
     """``<cat>/{train,test}/<type>/*`` + ``<cat>/ground_truth/<type>/<stem>[suffix].*``; ``normal`` types are good.
 
-    ``pixel=False`` (image-level sets re-packed this way) reads no masks.
+    The one reader of this layout (MVTec AD, VisA re-organised, MPDD, BTAD, DTD-Synthetic, the re-packs). An
+    anomalous image without its mask stops the listing with one line naming the image and the mask folder: every
+    pixel-labelled set of this layout ships a mask for each anomalous image, so a missing one is a broken copy,
+    and scoring on would silently drop or mis-score it. ``pixel=False`` (image-level sets re-packed this way) reads
+    no masks. References are the ``normal`` images of ``train/``.
     """
     cats = _filter([c.name for c in _dirs(root) if (c / "test").is_dir()], wanted, root, what)
     if not cats:
@@ -146,11 +150,8 @@ def _single(root: Path, wanted: Sequence[str], cat: str, what: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ readers
 def read_mvtec(root: Path, wanted: Sequence[str]) -> Layout:
-    """MVTec AD as published (``MVTecAD``, which names an unknown category with the available ones)."""
-    cats = list(wanted) or MVTecAD.list_categories(root)
-    test = {c: MVTecAD(root, c, "test").samples for c in cats}
-    refs = {c: MVTecAD(root, c, "train").samples if (root / c / "train").is_dir() else [] for c in cats}
-    return Layout("mvtec", test, refs)
+    """MVTec AD as published: the one MVTec-layout reader (``mvtec_style``), so a missing mask is the same error."""
+    return mvtec_style(root, wanted, "MVTec AD", layout="mvtec")
 
 
 def read_visa(root: Path, wanted: Sequence[str]) -> Layout:
