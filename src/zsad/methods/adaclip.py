@@ -321,8 +321,6 @@ def import_official_checkpoint(path: Path, backbone: ClipBackbone, out: Path, tr
     """
     import re
 
-    from zsad.backbone.loading import file_digest
-
     path = Path(path)
     raw = read_official(path)
     if not any("prompter" in k for k in raw):
@@ -343,9 +341,4 @@ def import_official_checkpoint(path: Path, backbone: ClipBackbone, out: Path, tr
         tensors[name] = torch.stack([flat[f"{name}.{j}"] for j in range(depth)])
     method = AdaClip(backbone, text_placeholders=False, prompt_depth=depth, prompt_length=length)
     load_tensors(method.params, tensors, path)
-    source = {
-        "source": "official AdaCLIP checkpoint",
-        "file": str(path.resolve()),
-        "sha256": file_digest(path)["sha256"],
-    }
-    return method.save(out, {**source, "dataset": trained_on})
+    return method.save_imported(path, out, trained_on, "official AdaCLIP checkpoint")

@@ -270,8 +270,6 @@ def import_official_checkpoint(path: Path, backbone: ClipBackbone, out: Path, tr
     ((length, width) each) are read; the frozen token buffers and the unused projections are ignored. Read with
     ``weights_only=True`` (or as safetensors); anything else is refused in one line.
     """
-    from zsad.backbone.loading import file_digest
-
     path = Path(path)
     raw = read_official(path)
     state = raw.get("prompt_learner", raw)
@@ -297,9 +295,4 @@ def import_official_checkpoint(path: Path, backbone: ClipBackbone, out: Path, tr
         "deep": torch.stack(deep) if deep else torch.zeros(0, length, width),
     }
     load_tensors(method.params, tensors, path)
-    source = {
-        "source": "official AnomalyCLIP checkpoint",
-        "file": str(path.resolve()),
-        "sha256": file_digest(path)["sha256"],
-    }
-    return method.save(out, {**source, "dataset": trained_on})
+    return method.save_imported(path, out, trained_on, "official AnomalyCLIP checkpoint")

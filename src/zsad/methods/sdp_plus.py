@@ -187,8 +187,6 @@ class SdpPlus(Sdp, TrainableMethod):
         Those layers were trained on taps with the official in-place update, so the result runs with
         ``compat="official"``. A torch file is read with ``weights_only=True`` (no code from it is executed).
         """
-        from zsad.backbone.loading import file_digest
-
         path = Path(path)
         raw = read_official(path)
         state = raw.get("linear_layers", raw)
@@ -202,6 +200,4 @@ class SdpPlus(Sdp, TrainableMethod):
             method.heads.load_state_dict({k.removeprefix("fc."): v.float() for k, v in state.items()})
         except RuntimeError as e:
             raise ZsadInputError(f"{path}: layers do not fit {backbone.model_name}: {str(e).splitlines()[0]}") from e
-        digest = file_digest(path)["sha256"]
-        source = {"source": "official CLIP-AD release", "file": str(path.resolve()), "sha256": digest}
-        return method.save(out, {**source, "dataset": trained_on})
+        return method.save_imported(path, out, trained_on, "official CLIP-AD release")

@@ -120,6 +120,13 @@ class TrainableMethod(Method):
         self.training_manifest = manifest
         return Path(out)
 
+    def save_imported(self, path: Path, out: Path, trained_on: str, source: str) -> Path:
+        """Save parts converted from the released checkpoint ``path``, recording that file by path and sha256."""
+        from zsad.backbone.loading import file_digest
+
+        record = {"source": source, "file": str(Path(path).resolve()), "sha256": file_digest(path)["sha256"]}
+        return self.save(out, {**record, "dataset": trained_on})
+
     def load(self, path: str | Path) -> None:
         """Load a checkpoint folder made for this method and backbone; its architecture fields are adopted."""
         from zsad.train import load_checkpoint
