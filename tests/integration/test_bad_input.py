@@ -2,7 +2,7 @@
 overlay per input (each holding its own input's heatmap), or nothing at all when the input was refused.
 
 Everything here runs in this process: the CLI (``CliRunner``), the service (``Service`` and the app's
-``TestClient``), the export and the torch-free runtime (``runtime_detect.run``, whose stdout is the user's screen).
+``TestClient``), the export and the torch-free runtime (``zsad.runtime.detect.run``, whose stdout is the user's screen).
 The second part holds issue 25's cases, one section per numbered item of the issue: folders zsad did not make,
 all-bad batches, serve restarts, inputs that vanished, no decision below three images, tables and overlays that say
 what produced them, the export's pixel threshold, one-line errors, silent ignores, spreadsheet-safe CSVs, the

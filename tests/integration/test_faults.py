@@ -311,7 +311,7 @@ def test_hand_edited_manifest_and_torch_free_help_in_one_line(sdp_model: Path, t
         [sys.executable, "-c", NO_TORCH_CLI, "eval", "--dataset", "x"], capture_output=True, text=True
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    error_line(done.stdout, "zsad eval needs the full install (torch is not installed here): pip install zsad")
+    error_line(done.stdout, "zsad eval needs the full install (torch is not installed here): pip install 'zsad[full]'")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")

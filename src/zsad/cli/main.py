@@ -130,7 +130,10 @@ def detect_cmd(
     reference_dir: Annotated[
         Path | None, typer.Option(help="Folder of NORMAL images: few-shot references and threshold calibration.")
     ] = None,
-    k_shot: Annotated[int, typer.Option(help="Number of reference images to use (0 = all in --reference-dir).")] = 0,
+    k_shot: Annotated[
+        int | None,
+        typer.Option(help="Reference images a few-shot method memorises (0 = all); default: half, the rest calibrate."),
+    ] = None,
     threshold: Annotated[float | None, typer.Option(help="Manual image threshold (skips calibration).")] = None,
     threshold_rule: Annotated[
         str,
@@ -170,6 +173,13 @@ def detect_cmd(
         str | None,
         typer.Option(help="ray: sets of a set-level method: 'parent' (folder) or 'csv:COLUMN' of a --list CSV."),
     ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder written by `zsad export`: score with it, torch-free (ONNX/OpenVINO; runs with only "
+            "pip install 'zsad[runtime]'). Its options: zsad detect --model DIR --help."
+        ),
+    ] = None,
 ) -> None:
     """Score images with no labels: predictions.csv, .npy maps and overlays, written incrementally.
 
@@ -180,6 +190,10 @@ def detect_cmd(
     from zsad import runs
     from zsad.methods.options import route_options
 
+    if model is not None:  # `zsad` routes this before torch loads; here for `app` called directly
+        from zsad.runtime.detect import run
+
+        raise typer.Exit(run(_runtime_args(locals())))
     with _one_line_errors(out):
         opts = route_options([method], parse_options(option, tta))[method]
         if engine not in ("local", "ray"):
@@ -188,33 +202,42 @@ def detect_cmd(
         given = [k for k, v in ray_only.items() if v is not None] + (["--actors"] if actors != 1 else [])
         if engine == "local" and (given or gpus_per_actor):
             raise ZsadInputError(f"{(given or ['--gpus-per-actor'])[0]}: only with --engine ray")
-        common: dict[str, Any] = {
-            "method": method,
-            "options": opts,
-            "backbone": bb,
-            "checkpoint": checkpoint,
-            "reporter": _reporter(),
-            "class_name": class_name,
-            "image_glob": image_glob,
-            "list_file": list_file,
-            "reference_dir": reference_dir,
-            "k_shot": k_shot,
-            "threshold": threshold,
-            "threshold_rule": threshold_rule,
-            "recursive": recursive,
-            "batch_size": batch_size,
-            "seed": seed,
-            "max_map_size": max_map_size,
-        }
+        job = runs.DetectJob(
+            list(path or []),
+            out,
+            list_file=list_file,
+            image_glob=image_glob,
+            recursive=recursive,
+            class_name=class_name,
+            reference_dir=reference_dir,
+            k_shot=k_shot,
+            threshold=threshold,
+            threshold_rule=threshold_rule,
+            batch_size=batch_size,
+            overlays=overlays,
+            normalize=normalize,
+            skip_bad=skip_bad,
+            seed=seed,
+            max_map_size=max_map_size,
+        )
+        spec = runs.MethodSpec(method, bb, opts, checkpoint)
         if engine == "ray":  # bad files always become error rows there; no overlays
             from zsad.engines.ray_data import RayOptions, detect_ray
 
             ropts = RayOptions(ray_address, actors, gpus_per_actor, group_by=group_by)
-            result = detect_ray(list(path or []), out, ray_options=ropts, **common)
+            result = detect_ray(spec, job, ropts, reporter=_reporter())
         else:
-            opts_local: dict[str, Any] = {"overlays": overlays, "normalize": normalize, "skip_bad": skip_bad}
-            result = runs.detect(list(path or []), out, **common, **opts_local)
+            result = runs.detect_job(spec, job, reporter=_reporter())
     raise typer.Exit(result.exit_code)
+
+
+def _runtime_args(given: dict[str, Any]) -> list[str]:
+    """``detect --model``'s arguments from the options typer parsed (the runtime reads a subset)."""
+    args = [*(given["path"] or []), "--model", str(given["model"]), "--out", str(given["out"])]
+    for name in ("list_file", "image_glob", "threshold", "threshold_rule", "batch_size", "max_map_size"):
+        if given[name] is not None:
+            args += ["--list" if name == "list_file" else "--" + name.replace("_", "-"), str(given[name])]
+    return args + (["--recursive"] if given["recursive"] else []) + (["--skip-bad"] if given["skip_bad"] else [])
 
 
 @app.command("export")

@@ -89,8 +89,9 @@ class RayOptions:
 
     def validate(self) -> None:
         """One line per bad setting."""
-        if self.actors < 1:
-            raise ZsadInputError(f"--actors {self.actors}: must be >= 1")
+        from zsad.limits import ACTORS
+
+        ACTORS.check(self.actors)
         if self.gpus_per_actor < 0 or (self.cpus_per_actor is not None and self.cpus_per_actor <= 0):
             raise ZsadInputError("--gpus-per-actor must be >= 0 and --cpus-per-actor > 0")
         if self.group_by is not None and self.group_by != "parent" and not self.group_by.startswith("csv:"):
@@ -251,10 +252,13 @@ class Scorer:
     """Actor: one model built once, scoring batches (or whole groups) and writing each as one Parquet shard."""
 
     def __init__(self, setup: dict[str, Any]) -> None:
-        spec = MethodSpec(
-            setup["method"], BackboneSpec(**setup["backbone"]), setup["options"],
-            Path(setup["checkpoint"]) if setup["checkpoint"] else None,
-        ).validate()  # fmt: skip
+        from zsad.limits import allowing_large
+
+        with allowing_large(bool(setup.get("allow_large"))):
+            spec = MethodSpec(
+                setup["method"], BackboneSpec(**setup["backbone"]), setup["options"],
+                Path(setup["checkpoint"]) if setup["checkpoint"] else None,
+            ).validate()  # fmt: skip
         import torch
 
         if setup.get("torch_threads"):  # Ray sets OMP threads to the reserved CPUs (1 here); use the node's share
@@ -365,39 +369,34 @@ def done_uris(out: Path) -> set[str]:
 
 # ---------------------------------------------------------------------------------------------- the run
 def detect_ray(
-    paths: str | Path | Sequence[str | Path] = (),
-    out: str | Path = "results",
-    *,
-    method: str = "winclip",
-    options: dict[str, Any] | None = None,
-    backbone: BackboneSpec | None = None,
-    checkpoint: str | Path | None = None,
-    reporter: Reporter | None = None,
+    spec: MethodSpec,
+    job: DetectJob,
     ray_options: RayOptions | None = None,
-    **job: Any,
+    *,
+    reporter: Reporter | None = None,
 ) -> DetectResult:
-    """``zsad.runs.detect`` on Ray Data: the same inputs, options and per-image results, in Parquet shards."""
+    """``zsad.runs.detect_job`` on Ray Data: the same typed job, options and per-image results, in Parquet shards."""
     from zsad.data.files import Skipped
+    from zsad.limits import allow_large
 
+    if not isinstance(spec, MethodSpec) or not isinstance(job, DetectJob):
+        raise TypeError("detect_ray(spec, job): expected a MethodSpec and a DetectJob (see zsad.runs.detect_job)")
     with using(reporter):
         ropts = ray_options or RayOptions()
         ropts.validate()
         ray = import_ray()
-        items = [paths] if isinstance(paths, str | Path) else list(paths)
-        work = DetectJob([str(p) for p in items], Path(out), **job)
-        ckpt = Path(checkpoint) if checkpoint is not None else None
-        spec = MethodSpec(method, backbone or BackboneSpec(seed=work.seed), dict(options or {}), ckpt).validate()
-        work.check_settings()  # as detect, but the inputs may be URIs: listed below
-        work.check_references(spec.cls)
-        work.skipped = Skipped()
-        inputs = list_inputs(work, ropts.group_by, work.skipped)  # refuses an --out that is an input folder
-        check_output_dir(work.out, kind="detect")
-        with RunLock(work.out):
-            key = {**work.key(spec), "engine": "ray", "group_by": ropts.group_by, "map_dtype": ropts.map_dtype}
-            check_run_key(work.out, key)
-            claim_output(work.out, key, "detect", "detect --engine ray")
-            device_given = backbone is not None and backbone.device is not None
-            return _run(ray, spec, work, ropts, inputs, device_given)
+        device_given = spec.backbone.device is not None
+        spec.validate(batch_size=job.batch_size)
+        job.check_settings()  # as detect, but the inputs may be URIs: listed below
+        job.check_references(spec.cls)
+        job.skipped = Skipped()
+        inputs = list_inputs(job, ropts.group_by, job.skipped)  # refuses an --out that is an input folder
+        check_output_dir(job.out, kind="detect")
+        with RunLock(job.out):
+            key = {**job.key(spec), "engine": "ray", "group_by": ropts.group_by, "map_dtype": ropts.map_dtype}
+            check_run_key(job.out, key)
+            claim_output(job.out, key, "detect", "detect --engine ray")
+            return _run(ray, spec, job, ropts, inputs, device_given, allow_large())
 
 
 def _actor_backbone(bb: BackboneSpec, ropts: RayOptions, device_given: bool) -> dict[str, Any]:
@@ -412,7 +411,13 @@ def _actor_backbone(bb: BackboneSpec, ropts: RayOptions, device_given: bool) -> 
 
 
 def _run(
-    ray: Any, spec: MethodSpec, job: DetectJob, ropts: RayOptions, inputs: list[tuple[str, str]], device_given: bool
+    ray: Any,
+    spec: MethodSpec,
+    job: DetectJob,
+    ropts: RayOptions,
+    inputs: list[tuple[str, str]],
+    device_given: bool,
+    large: bool,
 ) -> DetectResult:
     import hashlib
 
@@ -448,6 +453,7 @@ def _run(
         "map_encoding": ropts.map_encoding,
         "out": str(out.resolve()),
         "model_id": model_id,
+        "allow_large": large,  # the driver's --allow-large, for actors on other machines
     }
     size = int(spec.backbone.image_size or 0)
     if not ray.is_initialized():

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from zsad.runs.detect import (
         DetectJob,
         DetectResult,
-        as_backbone,
         check_k_shot,
         detect,
         detect_job,
@@ -60,7 +59,6 @@ _WHERE = {
         [
             "DetectJob",
             "DetectResult",
-            "as_backbone",
             "check_k_shot",
             "detect",
             "detect_job",
@@ -95,7 +93,6 @@ __all__ = [
     "RANDOM_WEIGHTS_WARNING",
     "REFERENCE_SPLIT",
     "ScoredBatch",
-    "as_backbone",
     "check_k_shot",
     "conclude",
     "decide",

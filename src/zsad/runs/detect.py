@@ -31,7 +31,7 @@ from zsad.outputs import (
     map_size,
 )
 from zsad.progress import Reporter, reporter, using
-from zsad.runs.build import BackboneSpec, MethodSpec, method_key
+from zsad.runs.build import BackboneSpec, MethodSpec, as_options, as_path, as_paths, method_key
 from zsad.runs.decide import Normals, Policy, memorised
 from zsad.runs.folder import DetectFolder
 from zsad.runs.scoring import parts_json, resize_map, score_dataset
@@ -159,20 +159,19 @@ def detect(
 ) -> DetectResult:
     """Score images with no labels into ``out``: ``predictions.csv``, ``.npy`` maps, overlays, ``manifest.json``.
 
-    ``method`` is a registered name (built from ``options``, ``backbone`` — a ``BackboneSpec`` or an open_clip
-    model name — and ``checkpoint``), a ``MethodSpec``, or an already built ``Method`` (kept, e.g. by a service).
-    The other arguments are ``DetectJob``'s fields. Every input is checked before any model loads; the folder is
-    locked for the run and resumes only the same settings.
+    ``method`` is a registered name (built from ``options``, ``backbone`` — a ``BackboneSpec``, an open_clip
+    model name or a dict of its fields, see ``BackboneSpec.of`` — and ``checkpoint``), a ``MethodSpec``, or an
+    already built ``Method`` (kept, e.g. by a service). The other arguments are ``DetectJob``'s fields. Every
+    input is checked before any model loads; the folder is locked for the run and resumes only the same settings.
     """
-    items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
     job = DetectJob(
-        [str(p) for p in items],
-        Path(out),
-        list_file=Path(list_file) if list_file is not None else None,
+        [str(p) for p in as_paths(paths, "paths")],
+        as_path(out, "out"),
+        list_file=as_path(list_file, "list_file") if list_file is not None else None,
         image_glob=image_glob,
         recursive=recursive,
         class_name=class_name,
-        reference_dir=Path(reference_dir) if reference_dir is not None else None,
+        reference_dir=as_path(reference_dir, "reference_dir") if reference_dir is not None else None,
         k_shot=k_shot,
         threshold=threshold,
         threshold_rule=threshold_rule,
@@ -184,20 +183,9 @@ def detect(
         max_map_size=max_map_size,
     )
     if isinstance(method, str):
-        ckpt = Path(checkpoint) if checkpoint is not None else None
-        method = MethodSpec(method, as_backbone(backbone, seed), dict(options or {}), ckpt)
+        ckpt = as_path(checkpoint, "checkpoint") if checkpoint is not None else None
+        method = MethodSpec(method, BackboneSpec.of(backbone, seed=seed), as_options(options), ckpt)
     return detect_job(method, job, reporter=reporter)
-
-
-def as_backbone(backbone: BackboneSpec | str | None, seed: int = 0) -> BackboneSpec:
-    """A ``BackboneSpec`` from what a user passes: one, an open_clip model name, or None (each method's default)."""
-    if backbone is None:
-        return BackboneSpec(seed=seed)
-    if isinstance(backbone, str):
-        return BackboneSpec(model_name=backbone, seed=seed)
-    if isinstance(backbone, BackboneSpec):
-        return backbone
-    raise TypeError(f"backbone: expected a BackboneSpec or a model name (str), not {type(backbone).__name__}")
 
 
 def detect_job(method: MethodSpec | Method, job: DetectJob, *, reporter: Reporter | None = None) -> DetectResult:
@@ -205,7 +193,7 @@ def detect_job(method: MethodSpec | Method, job: DetectJob, *, reporter: Reporte
     if not isinstance(method, MethodSpec | Method):
         raise TypeError(f"method: expected a method name, MethodSpec or Method, not {type(method).__name__}")
     with using(reporter):
-        spec = method.validate() if isinstance(method, MethodSpec) else None
+        spec = method.validate(batch_size=job.batch_size) if isinstance(method, MethodSpec) else None
         job.validate(method.cls if isinstance(method, MethodSpec) else type(method))
         with RunLock(job.out):
             if spec is not None:

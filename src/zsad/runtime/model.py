@@ -128,7 +128,7 @@ def open_graph(model: Path, runtime: str, providers: list[str] | None = None) ->
         try:
             import openvino as ov
         except ImportError as e:
-            raise ZsadInputError("OpenVINO is not installed: pip install 'zsad[runtime]'") from e
+            raise ZsadInputError("OpenVINO is not installed: pip install 'zsad[openvino]'") from e
         try:
             compiled = ov.Core().compile_model(str(model), "CPU", OPENVINO_CONFIG)
         except Exception as e:  # noqa: BLE001 - OpenVINO raises its own types for a bad file
