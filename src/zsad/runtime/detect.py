@@ -48,25 +48,34 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="zsad detect --model", description=__doc__)
     ap.add_argument("path", nargs="*", help="image files, folders or glob patterns")
     ap.add_argument("--model", required=True, type=Path, help="folder written by `zsad export`")
-    ap.add_argument("--out", type=Path, default=Path("results"))
-    ap.add_argument("--list", dest="list_file", type=Path, default=None)
-    ap.add_argument("--recursive", action="store_true")
-    ap.add_argument("--image-glob", default=None)
-    ap.add_argument("--threshold", type=float, default=None)
-    ap.add_argument("--threshold-rule", default="robust_outlier")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--max-map-size", type=int, default=4096)
-    ap.add_argument("--skip-bad", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("results"), help="output folder (resumes an earlier run)")
+    ap.add_argument("--list", dest="list_file", type=Path, default=None, help="text file of image paths")
+    ap.add_argument("--recursive", action="store_true", help="look into sub-folders")
+    ap.add_argument("--image-glob", default=None, help="which files of the folders to score, e.g. '*.png'")
+    ap.add_argument("--threshold", type=float, default=None, help="manual image threshold")
+    ap.add_argument(
+        "--threshold-rule",
+        default="robust_outlier",
+        help="with no threshold given or recorded at export: robust_outlier or two_mode",
+    )
+    ap.add_argument("--batch-size", type=int, default=8, help="images per forward (1 to 1024)")
+    ap.add_argument("--max-map-size", type=int, default=4096, help="long side cap (px) of written maps; 0 = none")
+    ap.add_argument("--skip-bad", action="store_true", help="unreadable files become error rows (exit code 1)")
     ap.add_argument(
         "--runtime", default="auto", help="auto (the export's own), onnxruntime or openvino (reads ONNX exports too)"
     )
+    ap.add_argument("--allow-large", action="store_true", help="lift the size bounds (docs/reliability.md)")
     return ap.parse_args(argv)
 
 
 def run(argv: list[str]) -> int:
     """The command; returns the exit code (0 done, 1 some files skipped, 2 bad input, 130 interrupted)."""
+    from zsad.limits import allowing_large
+
     try:
-        return _run(_parse(argv))
+        args = _parse(argv)
+        with allowing_large(args.allow_large):
+            return _run(args)
     except (ZsadInputError, OSError) as e:  # bad input, a full disk, an unwritable file: the torch path's line
         print(f"error: {one_line(e)}")
         return 2

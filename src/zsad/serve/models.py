@@ -122,10 +122,12 @@ class ModelPool:
         run_on_worker: Callable[[Callable[[], Any]], Future[Any]],
         max_models: int = 4,
         max_references: int = 16,
+        max_batch: int = 1,
     ) -> None:
         self.backbone, self.server_options, self.checkpoints = backbone, server_options, checkpoints
         self._run = run_on_worker
         self.max_models, self.max_references = max(1, max_models), max(1, max_references)
+        self.max_batch = max_batch  # images of one forward: a spec's memory check covers them
         self._specs: dict[tuple[str, str], MethodSpec] = {}
         self._models: OrderedDict[ModelKey, Served] = OrderedDict()
         self._building: dict[ModelKey, Future[Served]] = {}
@@ -159,7 +161,8 @@ class ModelPool:
         if cached is not None:
             return cached
         merged = {**self.server_options.get(method, {}), **options}
-        spec = MethodSpec(method, self.backbone, merged, self.checkpoints.get(method)).validate()
+        spec = MethodSpec(method, self.backbone, merged, self.checkpoints.get(method))
+        spec.validate(batch_size=self.max_batch)
         with self._lock:
             self._specs[(method, canon)] = spec
         return spec

@@ -153,10 +153,18 @@ class Service:
         checkpoints = route_checkpoints(trainable, list(config.checkpoints)) if config.checkpoints else {}
         typed: dict[str, dict[str, Any]] = {}
         for name, opts in config.options.items():  # typed and range-checked now, not at the first request
-            spec = MethodSpec(name, config.backbone, dict(opts), checkpoints.get(name)).validate()
+            spec = MethodSpec(name, config.backbone, dict(opts), checkpoints.get(name))
+            spec.validate(batch_size=config.max_batch)
             typed[spec.name] = {k: getattr(spec.config, k, v) for k, v in opts.items()}
         self.batcher = Batcher(config.max_batch, config.max_wait_ms, config.max_queue)
-        self.pool = ModelPool(config.backbone, config.options, checkpoints, self.batcher.call, config.max_models)
+        self.pool = ModelPool(
+            config.backbone,
+            config.options,
+            checkpoints,
+            self.batcher.call,
+            config.max_models,
+            max_batch=config.max_batch,
+        )
         self.started = time.time()
         self.requests = 0
         self.images_scored = 0

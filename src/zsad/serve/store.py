@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from zsad import __version__
+from zsad._version import __version__
 from zsad.errors import ZsadInputError
 from zsad.fileio import save_npy, write_bytes, write_json
 from zsad.outputs import DETECT_FIELDS, RUN_KEY, CsvLog, RunLock, check_output_dir, claim_output, read_csv
