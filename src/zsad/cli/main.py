@@ -250,7 +250,9 @@ def export_cmd(
     reference_dir: Annotated[
         Path | None, typer.Option(help="NORMAL images: few-shot references (baked in) and threshold calibration.")
     ] = None,
-    k_shot: Annotated[int, typer.Option(help="Reference images to memorise (0 = all in --reference-dir).")] = 0,
+    k_shot: Annotated[
+        int | None, typer.Option(help="Reference images to memorise (0 = all); default: half, the rest calibrate.")
+    ] = None,
     threshold: Annotated[float | None, typer.Option(help="Image threshold to record (changeable later).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="onnx or openvino (IR: model.xml + model.bin).")] = "onnx",
     option: MethodOpt = None,

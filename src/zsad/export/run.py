@@ -169,7 +169,7 @@ def export_run(
     checkpoint: Path | None = None,
     class_name: str | None = None,
     reference_dir: Path | None = None,
-    k_shot: int = 0,
+    k_shot: int | None = None,
     threshold: float | None = None,
     fmt: str = "onnx",
     seed: int = 0,
@@ -183,16 +183,24 @@ def export_run(
     (the runtime fits its rule to each run's map maxima). Every argument is checked before the model is built.
     """
     from zsad.methods import get_method_class
-    from zsad.runs.build import BackboneSpec, MethodSpec
-    from zsad.runs.detect import calibrate, check_k_shot, load_references, reference_files
-    from zsad.runs.train import prepare_method
-    from zsad.thresholds import choose_threshold
+    from zsad.runs import (
+        BackboneSpec,
+        MethodSpec,
+        Policy,
+        check_k_shot,
+        load_references,
+        normals_of,
+        prepare_method,
+        thresholds,
+    )
+    from zsad.runs.detect import reference_files
 
-    check_format(fmt, (backbone or BackboneSpec()).precision)
+    bb = BackboneSpec.of(backbone, seed=seed)
+    check_format(fmt, bb.precision)
     cls = get_method_class(method_name)
     check_k_shot(k_shot, reference_dir, cls)
     check_exportable(cls)  # before anything else: no point asking for a checkpoint
-    spec = MethodSpec(method_name, backbone or BackboneSpec(seed=seed), dict(options or {}), checkpoint).validate()
+    spec = MethodSpec(method_name, bb, dict(options or {}), checkpoint).validate()
     check_exportable(cls, spec.config)
     check_output_dir(Path(out), kind="export")
     ref_files = reference_files(Path(reference_dir)) if reference_dir is not None else []
@@ -200,9 +208,8 @@ def export_run(
     refs, calib, order = load_references(method, ref_files, k_shot, seed)
     used = [str(ref_files[i]) for i in order[: len(refs)]] if refs is not None else []
     prepare_method(method, class_name, refs)
-    calib_scores, calib_max = calibrate(method, calib)
-    thr = choose_threshold(np.array([]), normal_scores=calib_scores, manual=threshold)
-    pthr = choose_threshold(np.array([]), normal_scores=calib_max)
+    none = np.array([])  # no scored set at export: manual, else the references' normal quantile, else none
+    thr, pthr = thresholds(none, none, normals_of(method, calib), Policy(threshold))
 
     def record(t: Any, what: str) -> dict[str, Any]:
         if t.source == "none":

@@ -40,6 +40,7 @@ from torch import nn
 from zsad.backbone import ClipBackbone, ImageFeatures
 from zsad.bank import FeatureBank
 from zsad.errors import ZsadInputError
+from zsad.limits import check_budget_mb
 from zsad.methods.base import SetLevelMethod, TextPromptConfig
 from zsad.methods.options import check_range, check_rscin_k
 from zsad.methods.sdp import stage_layers, surgery_config
@@ -104,7 +105,6 @@ class DualImageConfig(TextPromptConfig):
             logit_scale=(self.logit_scale, self.logit_scale > 0, "> 0"),
             smoothing_sigma=(self.smoothing_sigma, self.smoothing_sigma >= 0, ">= 0 (0 disables smoothing)"),
             lam=(self.lam, self.lam >= 0, ">= 0"),
-            chunk_mb=(self.chunk_mb, self.chunk_mb >= 1, ">= 1"),
             tta_images=(self.tta_images, self.tta_images >= 1, ">= 1"),
             tta_samples=(self.tta_samples, self.tta_samples >= 1, ">= 1"),
             tta_area=(list(self.tta_area), 0 < lo <= hi < 1, "two fractions 0 < low <= high < 1"),
@@ -112,6 +112,7 @@ class DualImageConfig(TextPromptConfig):
             tta_batch=(self.tta_batch, self.tta_batch >= 1, ">= 1"),
             tta_lr=(self.tta_lr, self.tta_lr > 0, "> 0"),
         )
+        check_budget_mb("chunk_mb", self.chunk_mb, "dual-image")  # in range and within this machine's memory
         super().__post_init__()
         if self.mode == "visual" and self.pairing == "none":
             raise ZsadInputError("dual-image: mode 'visual' needs a pairing (random, nearest or all)")

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from zsad.backbone import Backbone
 from zsad.bank import FeatureBank
 from zsad.errors import ZsadInputError
+from zsad.limits import check_budget_mb
 from zsad.methods.base import Method, MethodConfig, SetLevelMethod
 from zsad.methods.options import check_range, check_rscin_k
 from zsad.mutual import lnamd, mutual_scores, rscin
@@ -75,9 +76,9 @@ class MuScConfig(MethodConfig):
             raise ZsadInputError(f"musc: language {self.language!r}: use one of {', '.join(LANGUAGES)}")
         check_range(
             "musc",
-            block_mb=(self.block_mb, self.block_mb >= 1, ">= 1"),
             language_weight=(self.language_weight, 0 <= self.language_weight <= 1, "in [0, 1]"),
         )
+        check_budget_mb("block_mb", self.block_mb, "musc")  # in range and within this machine's memory
 
 
 class MuSc(SetLevelMethod):

@@ -9,11 +9,12 @@ import numpy as np
 import torch
 
 from zsad.errors import ZsadInputError
+from zsad.limits import BATCH_SIZE
 from zsad.methods.base import Method, SetLevelMethod
 from zsad.methods.trainable import TrainableMethod
 from zsad.outputs import RunLock, check_output_dir, mark_folder
 from zsad.progress import Reporter, using
-from zsad.runs.build import BackboneSpec, MethodSpec
+from zsad.runs.build import BackboneSpec, MethodSpec, as_int, as_path
 from zsad.types import Prediction
 
 
@@ -24,6 +25,9 @@ def predict_set(method: Method, images: torch.Tensor, batch_size: int = 8) -> Pr
     re-scoring (``finalize_scores``: SDP's transductive min-max) get it applied over the whole set. For other methods
     this equals ``method.predict`` batch by batch.
     """
+    BATCH_SIZE.check(as_int(batch_size, "batch_size"))
+    if not isinstance(method, Method):
+        raise TypeError(f"method: expected a built Method (zsad.create_method), not {type(method).__name__}")
     if method.class_name is None:
         method.setup(None)
     if isinstance(method, SetLevelMethod):
@@ -57,7 +61,8 @@ def import_checkpoint(
     The released file is read as safetensors, or with ``torch.load(weights_only=True)``: no code in it runs.
     """
     with using(reporter):
-        spec = MethodSpec(method, backbone or BackboneSpec(), {"checkpoint": ""})
+        file, out = as_path(file, "file"), as_path(out, "out")
+        spec = MethodSpec(method, BackboneSpec.of(backbone), {"checkpoint": ""})
         cls = spec.cls
         if not issubclass(cls, TrainableMethod) or not cls.official_checkpoint:
             raise ZsadInputError(

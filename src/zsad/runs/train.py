@@ -18,11 +18,12 @@ import torch
 
 from zsad.data.spec import DatasetSpec, open_datasets
 from zsad.errors import ZsadInputError
+from zsad.limits import BATCH_SIZE
 from zsad.methods.base import Method
 from zsad.methods.trainable import TrainableMethod
 from zsad.outputs import RunLock, check_output_dir, mark_folder
 from zsad.progress import Reporter, reporter, using
-from zsad.runs.build import BackboneSpec, MethodSpec
+from zsad.runs.build import BackboneSpec, MethodSpec, as_options, as_path
 from zsad.train import Training, fit
 from zsad.train.checkpoint import list_training_images, training_record
 
@@ -46,11 +47,12 @@ def train(
     An interrupted run resumes from its last finished epoch when given the same ``out`` and settings.
     """
     with using(reporter):
-        out = Path(out)
-        spec = method if isinstance(method, MethodSpec) else MethodSpec(method, backbone or BackboneSpec())
-        spec.options = {**(options or {}), **spec.options, "checkpoint": ""}
-        spec.validate(for_training=True)
+        out = as_path(out, "out")
+        spec = MethodSpec.of(method, backbone=BackboneSpec.of(backbone))
+        spec.options = {**as_options(options), **spec.options, "checkpoint": ""}
         _check_recipe(recipe or {})
+        batch = (recipe or {}).get("batch_size")
+        spec.validate(for_training=True, batch_size=int(batch) if batch is not None else 1)
         listed = list_training_data(spec.cls, list(data))
         check_output_dir(out, kind="checkpoint")
         _check_resumable(out, spec.cls)
@@ -96,9 +98,10 @@ def _check_recipe(recipe: dict[str, Any]) -> None:
         raise ZsadInputError(
             f"training recipe: unknown field(s) {', '.join(unknown)}; use epochs, batch_size, lr, seed"
         )
-    for key in ("epochs", "batch_size"):
-        if key in recipe and int(recipe[key]) < 1:
-            raise ZsadInputError(f"--{key.replace('_', '-')} {recipe[key]}: must be >= 1")
+    if "epochs" in recipe and int(recipe["epochs"]) < 1:
+        raise ZsadInputError(f"--epochs {recipe['epochs']}: must be >= 1")
+    if "batch_size" in recipe:
+        BATCH_SIZE.check(recipe["batch_size"])
     lr = recipe.get("lr")
     if lr is not None and not (float(lr) > 0 and float(lr) != float("inf")):
         raise ZsadInputError(f"--lr {lr}: must be a finite number > 0")
