@@ -68,7 +68,8 @@ def main() -> None:
     results.append(("local (`zsad detect`, overlays off)", time.perf_counter() - t0))
     for n in [int(a) for a in args.actors.split(",")]:
         t0 = time.perf_counter()
-        detect_ray([], tmp / f"ray{n}", method=args.method, backbone=bb, ray_options=RayOptions(actors=n), **job)
+        spec = runs.MethodSpec(args.method, bb)
+        detect_ray(spec, runs.DetectJob([], tmp / f"ray{n}", **job), RayOptions(actors=n))
         results.append((f"ray, {n} actor(s)", time.perf_counter() - t0))
         print(results[-1], flush=True)
     ray.shutdown()

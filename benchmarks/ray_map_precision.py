@@ -34,8 +34,8 @@ def main() -> None:
     from zsad import runs
     from zsad.engines.ray_data import RayOptions, detect_ray
     from zsad.runs.build import BackboneSpec
-    from zsad.runs.readback import decode_map, shard_rows
     from zsad.runs.scoring import resize_map
+    from zsad.runs.shards import decode_map, shard_rows
 
     tiles = args.assets / "magnetic_tile"
     files = sorted((tiles / "MT_Free" / "Imgs").glob("*.jpg"))[: args.free]
@@ -43,13 +43,17 @@ def main() -> None:
     if not files:
         raise SystemExit(f"no Magnetic Tile images under {tiles}")
     bb = BackboneSpec("zsad-tiny", "none", None, 96, "cpu", 0)
-    common = {"method": "winclip", "backbone": bb, "class_name": "tile", "batch_size": args.batch_size}
+    spec = runs.MethodSpec("winclip", bb)
+    paths = [str(f) for f in files]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        runs.detect(files, d / "local", overlays=False, **common)
-        detect_ray(files, d / "range16", ray_options=RayOptions(actors=args.actors), **common)
-        detect_ray(files, d / "float32", ray_options=RayOptions(actors=args.actors, map_dtype="float32"), **common)
+        job = {"class_name": "tile", "batch_size": args.batch_size}
+        runs.detect(files, d / "local", method="winclip", backbone=bb, overlays=False, **job)
+        detect_ray(spec, runs.DetectJob(paths, d / "range16", **job), RayOptions(actors=args.actors))
+        detect_ray(
+            spec, runs.DetectJob(paths, d / "float32", **job), RayOptions(actors=args.actors, map_dtype="float32")
+        )
         local = {r["image_path"]: r for r in runs.read_predictions(d / "local")}
         exact = {r["image_path"]: r for r in runs.read_predictions(d / "float32")}
         errors: dict[str, list[float]] = {"range16 (default)": [], "float32": [], "absolute float16 (before)": []}

@@ -200,7 +200,7 @@ def test_gpu_actors_choose_their_own_device() -> None:
 
 
 def test_range16_maps_keep_narrow_maps_to_their_range() -> None:
-    from zsad.runs.readback import decode_map, encode_map
+    from zsad.runs.shards import decode_map, encode_map
 
     rng = np.random.default_rng(0)
     amap = (0.55 + 0.02 * rng.random((24, 24))).astype(np.float32)  # a narrow map, as the tiny model makes them
@@ -225,7 +225,8 @@ def test_maps_of_shards_written_before_issue_25_still_read(tmp_path: Path) -> No
     import pyarrow.parquet as pq
     import torch
 
-    from zsad.runs.readback import encode_map, load_map
+    from zsad.runs.readback import load_map
+    from zsad.runs.shards import encode_map
 
     out = tmp_path / "old"
     (out / "shards").mkdir(parents=True)
