@@ -39,7 +39,7 @@ from zsad.cli.reporting import RichReporter
 from zsad.cli.tables import print_table
 from zsad.errors import ZsadInputError, one_line
 from zsad.limits import allowing_large
-from zsad.runs.build import BackboneSpec
+from zsad.runs import BackboneSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Zero-/few-shot visual anomaly detection with CLIP.")
 console = Console(stderr=True, soft_wrap=True)
@@ -345,7 +345,7 @@ def eval_cmd(
     """
     from zsad import runs
     from zsad.methods.options import route_options
-    from zsad.runs.report import METRIC_KEYS, pct
+    from zsad.runs import METRIC_KEYS, pct
 
     with _one_line_errors(out):
         methods = method or ["winclip"]
@@ -391,7 +391,7 @@ def benchmark_cmd(
 ) -> None:
     """Every dataset of a suite found under --root, every method: one table (table.md, table.json, table.svg)."""
     from zsad.methods.options import route_options
-    from zsad.runs.benchmark import benchmark
+    from zsad.runs import benchmark
 
     with _one_line_errors(out):
         methods = method or ["winclip"]

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from zsad.limits import ALLOW_LARGE_ENV, ALLOW_LARGE_FLAG, allowing_large
-from zsad.runs.build import BackboneSpec
+from zsad.runs import BackboneSpec
 
 Pretrained = Annotated[
     str | None,

@@ -191,9 +191,9 @@ def export_run(
         load_references,
         normals_of,
         prepare_method,
+        reference_files,
         thresholds,
     )
-    from zsad.runs.detect import reference_files
 
     bb = BackboneSpec.of(backbone, seed=seed)
     check_format(fmt, bb.precision)

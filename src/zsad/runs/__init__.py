@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from zsad.data.spec import DatasetSpec
+    from zsad.runs.benchmark import benchmark
     from zsad.runs.build import RANDOM_WEIGHTS_WARNING, BackboneSpec, MethodSpec, method_key, route_checkpoints
     from zsad.runs.decide import REFERENCE_SPLIT, Decision, Normals, Policy, decide, memorised, thresholds
     from zsad.runs.detect import (
@@ -36,15 +37,17 @@ if TYPE_CHECKING:
         load_references,
         normals_of,
         overlay_panel,
+        reference_files,
         reference_order,
         split_references,
     )
     from zsad.runs.evaluate import evaluate
     from zsad.runs.folder import DetectFolder, conclude, write_manifest
     from zsad.runs.readback import load_map, read_predictions
-    from zsad.runs.report import EvalResult
+    from zsad.runs.report import METRIC_KEYS, EvalResult, pct
     from zsad.runs.scoring import ScoredBatch, parts_json, resize_map, score_dataset, score_images
     from zsad.runs.sets import import_checkpoint, predict_set
+    from zsad.runs.shards import SHARD_SCHEMA, SHARDS, done_uris, encode_map, read_shards, write_shard
     from zsad.runs.train import prepare_method, train
 
 _WHERE = {
@@ -65,17 +68,22 @@ _WHERE = {
             "load_references",
             "normals_of",
             "overlay_panel",
+            "reference_files",
             "reference_order",
             "split_references",
         ],
         "zsad.runs.detect",
     ),
+    "benchmark": "zsad.runs.benchmark",
     "evaluate": "zsad.runs.evaluate",
     **dict.fromkeys(["DetectFolder", "conclude", "write_manifest"], "zsad.runs.folder"),
     **dict.fromkeys(["load_map", "read_predictions"], "zsad.runs.readback"),
-    "EvalResult": "zsad.runs.report",
+    **dict.fromkeys(["METRIC_KEYS", "EvalResult", "pct"], "zsad.runs.report"),
     **dict.fromkeys(["ScoredBatch", "parts_json", "resize_map", "score_dataset", "score_images"], "zsad.runs.scoring"),
     **dict.fromkeys(["import_checkpoint", "predict_set"], "zsad.runs.sets"),
+    **dict.fromkeys(
+        ["SHARD_SCHEMA", "SHARDS", "done_uris", "encode_map", "read_shards", "write_shard"], "zsad.runs.shards"
+    ),
     **dict.fromkeys(["prepare_method", "train"], "zsad.runs.train"),
 }
 
@@ -87,17 +95,23 @@ __all__ = [
     "DetectJob",
     "DetectResult",
     "EvalResult",
+    "METRIC_KEYS",
     "MethodSpec",
     "Normals",
     "Policy",
     "RANDOM_WEIGHTS_WARNING",
     "REFERENCE_SPLIT",
+    "SHARDS",
+    "SHARD_SCHEMA",
     "ScoredBatch",
+    "benchmark",
     "check_k_shot",
     "conclude",
     "decide",
     "detect",
     "detect_job",
+    "done_uris",
+    "encode_map",
     "evaluate",
     "import_checkpoint",
     "load_map",
@@ -107,9 +121,12 @@ __all__ = [
     "normals_of",
     "overlay_panel",
     "parts_json",
+    "pct",
     "predict_set",
     "prepare_method",
     "read_predictions",
+    "read_shards",
+    "reference_files",
     "reference_order",
     "resize_map",
     "route_checkpoints",
@@ -119,6 +136,7 @@ __all__ = [
     "thresholds",
     "train",
     "write_manifest",
+    "write_shard",
 ]
 
 

@@ -115,7 +115,7 @@ def detect_files(model: ExportedModel, files: list[Path], out: Path, args: argpa
     """Score what the folder does not hold yet, then decisions and the manifest over every row (under the lock)."""
     from zsad.data.io import load_image
     from zsad.outputs import kept_on_failure, map_size
-    from zsad.runs.folder import DetectFolder
+    from zsad.runs import DetectFolder
 
     if skipped:
         reporter().message(f"passed over in the input folders: {skipped.summary()}", "note")
@@ -171,7 +171,7 @@ def policy(args: argparse.Namespace, model: ExportedModel) -> Any:
     rule fitted to this run's map maxima. Rows of inputs that are gone are left out of the fits; fewer than
     ``MIN_IMAGES`` images give no threshold (``Threshold.note``).
     """
-    from zsad.runs.decide import Policy
+    from zsad.runs import Policy
     from zsad.thresholds import Threshold
 
     recorded = Threshold(model.threshold, model.threshold_source) if model.threshold is not None else None

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from zsad.methods.base import Method
-from zsad.runs.scoring import ScoredBatch, score_images
+from zsad.runs import ScoredBatch, score_images
 
 
 class QueueFull(Exception):

@@ -15,7 +15,7 @@ only local paths are tested here).
 
 from zsad.engines.ray_data.driver import TABLE_FIELDS, _actor_backbone, detect_ray, group_notes
 from zsad.engines.ray_data.options import INSTALL, RayOptions, import_ray
-from zsad.runs.readback import load_map
+from zsad.runs import load_map
 
 __all__ = [
     "INSTALL",

@@ -14,8 +14,7 @@ import numpy as np
 
 from zsad.engines.ray_data.inputs import read_bytes
 from zsad.errors import ZsadInputError
-from zsad.runs import BackboneSpec, MethodSpec, prepare_method
-from zsad.runs.shards import SHARD_SCHEMA, encode_map, write_shard
+from zsad.runs import SHARD_SCHEMA, BackboneSpec, MethodSpec, encode_map, prepare_method, write_shard
 
 SUMMARY = ("image_uri", "group", "error", "notes")  # the columns an actor returns to the driver
 

@@ -31,19 +31,21 @@ from zsad.outputs import (
 )
 from zsad.progress import Reporter, reporter, using
 from zsad.runs import (
+    SHARDS,
     BackboneSpec,
     DetectJob,
     DetectResult,
     MethodSpec,
     conclude,
     decide,
+    done_uris,
     normals_of,
     prepare_method,
+    read_shards,
     reference_order,
     split_references,
     write_manifest,
 )
-from zsad.runs.shards import SHARDS, done_uris, read_shards
 
 TABLE_FIELDS = [*DETECT_FIELDS, "group", "model_id"]  # predictions.csv / .parquet: detect's columns, then Ray's
 
