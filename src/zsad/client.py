@@ -79,12 +79,15 @@ def detect(
     threshold: float | None = None,
     reference_id: str | None = None,
     skip_bad: bool = False,
+    threshold_rule: str | None = None,
     token: str | None = None,
     timeout: float = 300.0,
 ) -> dict[str, Any]:
     """POST ``/v1/detect``: paths, or ``(name, bytes)`` pairs. Returns the JSON answer (``results`` per image).
 
     ``skip_bad``: unreadable images are listed in the answer's ``errors`` instead of refusing the request.
+    ``threshold_rule``: with no threshold and no references, ``robust_outlier`` (the server's default) or
+    ``two_mode``, fitted to this request's images.
     """
     with httpx.Client(base_url=url, headers=_headers(token), timeout=timeout) as c:
         data = _form(
@@ -94,6 +97,7 @@ def detect(
             threshold=threshold,
             reference_id=reference_id,
             skip_bad="true" if skip_bad else None,
+            threshold_rule=threshold_rule,
         )
         return dict(_answer(c.post("/v1/detect", files=_files(images), data=data)))
 

@@ -161,7 +161,7 @@ def detect_cmd(
     option: MethodOpt = None,
     checkpoint: Checkpoint = None,
     tta: Tta = False,
-    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data; pip install 'zsad[ray]').")] = (
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data; pip install 'zsad\\[ray]').")] = (
         "local"
     ),
     ray_address: Annotated[
@@ -177,7 +177,7 @@ def detect_cmd(
         Path | None,
         typer.Option(
             help="A folder written by `zsad export`: score with it, torch-free (ONNX/OpenVINO; runs with only "
-            "pip install 'zsad[runtime]'). Its options: zsad detect --model DIR --help."
+            "pip install 'zsad\\[runtime]'). Its options: zsad detect --model DIR --help."
         ),
     ] = None,
 ) -> None:
