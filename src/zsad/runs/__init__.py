@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from zsad.data.spec import DatasetSpec
     from zsad.runs.benchmark import benchmark
     from zsad.runs.build import RANDOM_WEIGHTS_WARNING, BackboneSpec, MethodSpec, method_key, route_checkpoints
-    from zsad.runs.decide import REFERENCE_SPLIT, Decision, Normals, Policy, decide, memorised, thresholds
+    from zsad.runs.decide import REFERENCE_SPLIT, Decision, Normals, Policy, decide, memorised, parts_json, thresholds
     from zsad.runs.detect import (
         DetectJob,
         DetectResult,
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from zsad.runs.folder import DetectFolder, conclude, write_manifest
     from zsad.runs.readback import load_map, read_predictions
     from zsad.runs.report import METRIC_KEYS, EvalResult, pct
-    from zsad.runs.scoring import ScoredBatch, parts_json, resize_map, score_dataset, score_images
+    from zsad.runs.scoring import ScoredBatch, resize_map, score_dataset, score_images
     from zsad.runs.sets import import_checkpoint, predict_set
     from zsad.runs.shards import SHARD_SCHEMA, SHARDS, done_uris, encode_map, read_shards, write_shard
     from zsad.runs.train import prepare_method, train
@@ -56,7 +56,8 @@ _WHERE = {
         ["RANDOM_WEIGHTS_WARNING", "BackboneSpec", "MethodSpec", "method_key", "route_checkpoints"], "zsad.runs.build"
     ),
     **dict.fromkeys(
-        ["REFERENCE_SPLIT", "Decision", "Normals", "Policy", "decide", "memorised", "thresholds"], "zsad.runs.decide"
+        ["REFERENCE_SPLIT", "Decision", "Normals", "Policy", "decide", "memorised", "parts_json", "thresholds"],
+        "zsad.runs.decide",
     ),
     **dict.fromkeys(
         [
@@ -79,7 +80,7 @@ _WHERE = {
     **dict.fromkeys(["DetectFolder", "conclude", "write_manifest"], "zsad.runs.folder"),
     **dict.fromkeys(["load_map", "read_predictions"], "zsad.runs.readback"),
     **dict.fromkeys(["METRIC_KEYS", "EvalResult", "pct"], "zsad.runs.report"),
-    **dict.fromkeys(["ScoredBatch", "parts_json", "resize_map", "score_dataset", "score_images"], "zsad.runs.scoring"),
+    **dict.fromkeys(["ScoredBatch", "resize_map", "score_dataset", "score_images"], "zsad.runs.scoring"),
     **dict.fromkeys(["import_checkpoint", "predict_set"], "zsad.runs.sets"),
     **dict.fromkeys(
         ["SHARD_SCHEMA", "SHARDS", "done_uris", "encode_map", "read_shards", "write_shard"], "zsad.runs.shards"

@@ -32,9 +32,9 @@ from zsad.outputs import (
 )
 from zsad.progress import Reporter, reporter, using
 from zsad.runs.build import BackboneSpec, MethodSpec, as_options, as_path, as_paths, method_key
-from zsad.runs.decide import Normals, Policy, memorised
+from zsad.runs.decide import Normals, Policy, memorised, parts_json
 from zsad.runs.folder import DetectFolder
-from zsad.runs.scoring import parts_json, resize_map, score_dataset
+from zsad.runs.scoring import resize_map, score_dataset
 from zsad.runs.train import prepare_method
 from zsad.thresholds import Threshold
 

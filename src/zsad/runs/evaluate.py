@@ -42,9 +42,10 @@ from zsad.runs.build import (
     route_checkpoints,
     specs_for,
 )
+from zsad.runs.decide import decode_parts, parts_json
 from zsad.runs.leakage import check_unseen, training_images
 from zsad.runs.report import EvalResult, title, write_comparison, write_metrics
-from zsad.runs.scoring import decode_parts, parts_json, score_dataset
+from zsad.runs.scoring import score_dataset
 from zsad.runs.train import prepare_method
 from zsad.sysinfo import environment
 from zsad.thresholds import choose_threshold

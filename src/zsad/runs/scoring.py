@@ -6,7 +6,6 @@ batch in flight); thresholds and set-level re-scoring, which need every score, c
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -197,20 +196,6 @@ def _scored(batch: dict[str, Any], pred: Any) -> ScoredBatch:
         batch=batch,
         parts={k: v.detach().cpu().numpy().astype(np.float64) for k, v in pred.score_parts.items()},
     )
-
-
-def parts_json(parts: dict[str, np.ndarray], i: int) -> str:
-    """Image ``i``'s score parts as the JSON cell of predictions.csv."""
-    return json.dumps({k: float(v[i]) for k, v in parts.items()})
-
-
-def decode_parts(rows: Sequence[dict[str, str]]) -> dict[str, np.ndarray]:
-    """The ``score_parts`` column of logged rows as arrays; empty unless every row has the same parts."""
-    decoded = [json.loads(r.get("score_parts") or "{}") for r in rows]
-    keys = set(decoded[0]) if decoded else set()
-    if not keys or any(set(d) != keys for d in decoded):
-        return {}
-    return {k: np.array([d[k] for d in decoded], dtype=np.float64) for k in keys}
 
 
 def resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
