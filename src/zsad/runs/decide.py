@@ -171,23 +171,22 @@ def thresholds(
 ) -> tuple[Threshold, Threshold]:
     """The image and pixel thresholds by the precedence of the module notes (``scores``/``maxima``: current rows)."""
     have = normals is not None and len(normals.scores) > 0
-    if policy.threshold is not None:
-        thr = Threshold(float(policy.threshold), "manual")
-    elif have:
-        assert normals is not None
-        thr = choose_threshold(scores, normal_scores=normals.scores)
-    elif policy.recorded is not None and math.isfinite(policy.recorded.value):
-        thr = policy.recorded
-    else:
-        thr = choose_threshold(scores, unlabelled=policy.rule)
-    if have:
-        assert normals is not None
-        pthr = choose_threshold(maxima, normal_scores=normals.maxima)
-    elif policy.recorded_pixel is not None and math.isfinite(policy.recorded_pixel.value):
-        pthr = policy.recorded_pixel
-    else:
-        pthr = choose_threshold(maxima, unlabelled=policy.rule)
+    thr = _choose(scores, normals.scores if have and normals else None, policy.recorded, policy.rule, policy.threshold)
+    pthr = _choose(maxima, normals.maxima if have and normals else None, policy.recorded_pixel, policy.rule)
     return thr, pthr
+
+
+def _choose(
+    values: np.ndarray, normal: np.ndarray | None, recorded: Threshold | None, rule: str, manual: float | None = None
+) -> Threshold:
+    """Manual, else the normals' quantile, else a threshold recorded from references, else the rule on ``values``."""
+    if manual is not None:
+        return Threshold(float(manual), "manual")
+    if normal is not None:
+        return choose_threshold(values, normal_scores=normal)
+    if recorded is not None and math.isfinite(recorded.value):
+        return recorded
+    return choose_threshold(values, unlabelled=rule)
 
 
 def decide(
