@@ -96,7 +96,7 @@ def test_reference_split_and_bad_policy() -> None:
     assert memorised(10, None, False) == 0
     with pytest.raises(ZsadInputError, match="--k-shot -1"):
         memorised(10, -1, True)
-    with pytest.raises(ZsadInputError, match="--threshold-rule"):
+    with pytest.raises(ZsadInputError, match="threshold_rule"):
         Policy(rule="median")
     with pytest.raises(ZsadInputError, match="finite"):
         Policy(threshold=math.inf)

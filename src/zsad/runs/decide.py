@@ -61,9 +61,9 @@ class Policy:
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not math.isfinite(self.threshold):
-            raise ZsadInputError(f"--threshold {self.threshold}: must be a finite number")
+            raise ZsadInputError(f"threshold {self.threshold}: must be a finite number")
         if self.rule not in UNLABELLED_RULES:
-            raise ZsadInputError(f"--threshold-rule {self.rule!r}: use one of {', '.join(UNLABELLED_RULES)}")
+            raise ZsadInputError(f"threshold_rule {self.rule!r}: use one of {', '.join(UNLABELLED_RULES)}")
 
 
 @dataclass(frozen=True)

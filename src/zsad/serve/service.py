@@ -45,7 +45,6 @@ from zsad.runs import (
 from zsad.serve.batching import Batcher
 from zsad.serve.models import ModelPool, Reference, Served
 from zsad.serve.store import ResultStore
-from zsad.thresholds import UNLABELLED_RULES
 
 T = TypeVar("T")
 # A class name goes into every prompt, and CLIP reads 77 tokens per prompt (template words included): 200
@@ -337,10 +336,7 @@ class Service:
         is still a 422); without it the first unreadable image refuses the whole request.
         """
         self.check_count(uploads)
-        if threshold is not None and not math.isfinite(threshold):
-            raise ZsadInputError(f"threshold {threshold}: must be a finite number")
-        if threshold_rule not in UNLABELLED_RULES:
-            raise ZsadInputError(f"threshold_rule {threshold_rule!r}: use one of {', '.join(UNLABELLED_RULES)}")
+        policy = Policy(threshold, threshold_rule)  # checked before any work
         class_name = self.check_class_name(class_name)
         ref: Reference | None = None
         cname: str | None
@@ -368,7 +364,6 @@ class Service:
         else:
             scored = await _wait(self.batcher.score(m, images))
         maps, rows = await _in_thread(self._rows, decoded, scored)
-        policy = Policy(threshold, threshold_rule)
         if m.is_transductive and ref is not None and ref.calibration is not None:
             # normal images re-scaled with this request's set statistics: the model's thread scores them
             decision = await _wait(self.batcher.call(lambda: self._decide(served, rows, policy, ref)))
