@@ -2,7 +2,9 @@
 --model`` (an ONNX export) on the same real images and settings give the same scores, thresholds, labels and rows.
 
 Each threshold source is covered (manual, normal references, robust_outlier, two_mode), for a per-image method
-(SDP, exportable) and a set-level one (MuSc: local, Ray and the service; it cannot be exported). Before issue 26
+(SDP, exportable) and a set-level one (MuSc: local, Ray and the service; it cannot be exported), and SDP with the
+paper's transductive min-max (scores re-scaled over the set, normal references re-scaled with the set's
+statistics: the path where the front ends had drifted furthest apart). Before issue 26
 each front end decided by its own code; the service, for one, left the pixel threshold empty without references
 where the others fitted the rule, and split posted references in another order.
 """
@@ -33,6 +35,13 @@ pytestmark = [pytest.mark.assets, pytest.mark.usefixtures("local_ray")]
 BB = BackboneSpec("zsad-tiny", "none", None, 96, "cpu", 0)
 TINY = ["--backbone", "zsad-tiny", "--pretrained", "none", "--image-size", "96", "--device", "cpu"]
 SOURCES = ["manual", "references", "robust_outlier", "two_mode"]
+MINMAX = {"transductive_minmax": True}  # SDP's set-level re-scoring
+CASES = [
+    *[("sdp", s) for s in SOURCES],
+    *[("musc", s) for s in SOURCES],
+    ("sdp-minmax", "references"),
+    ("sdp-minmax", "robust_outlier"),
+]
 # the columns every front end writes with the same meaning (paths differ: uploads, shards, .npy files)
 NUMBERS = ["pred_score", "map_min", "map_max"]
 SAME = ["image_size", "map_size", "input_missing"]
@@ -66,9 +75,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClie
 def manual(data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
     """A manual threshold per method that splits its scores (the median of a first local run)."""
     out = {}
-    for method in ("sdp", "musc"):
+    for method in ("sdp", "musc", "sdp-minmax"):
         folder = tmp_path_factory.mktemp(f"probe_{method}")
-        runs.detect(data[0], folder, method=method, backbone=BB, class_name="tile", overlays=False)
+        name, options = ("sdp", MINMAX) if method == "sdp-minmax" else (method, {})
+        runs.detect(data[0], folder, method=name, options=options, backbone=BB, class_name="tile", overlays=False)
         scores = sorted(float(r["pred_score"]) for r in _csv(folder / "predictions.csv").values())
         out[method] = (scores[len(scores) // 2] + scores[len(scores) // 2 - 1]) / 2
     return out
@@ -103,15 +113,19 @@ def _settings(source: str, refs: Path, manual: float) -> list[str]:
     return ["--threshold-rule", source]
 
 
+def _method(case: str) -> list[str]:
+    return ["--method", "sdp", "-o", "transductive_minmax=true"] if case == "sdp-minmax" else ["--method", case]
+
+
 def _local(method: str, source: str, data: tuple[Path, Path], manual: float, out: Path) -> dict[str, dict[str, str]]:
-    args = ["detect", str(data[0]), "--method", method, "--class-name", "tile", "--out", str(out), "--no-overlays"]
+    args = ["detect", str(data[0]), *_method(method), "--class-name", "tile", "--out", str(out), "--no-overlays"]
     res = _cli(*args, *_settings(source, data[1], manual), *TINY)
     assert res.exit_code == 0, res.output
     return _csv(out / "predictions.csv")
 
 
 def _ray(method: str, source: str, data: tuple[Path, Path], manual: float, out: Path) -> dict[str, dict[str, str]]:
-    args = ["detect", str(data[0]), "--method", method, "--class-name", "tile", "--out", str(out), "--engine", "ray"]
+    args = ["detect", str(data[0]), *_method(method), "--class-name", "tile", "--out", str(out), "--engine", "ray"]
     group = ["--group-by", "parent"] if method == "musc" else []  # the folder is the set, as locally
     res = _cli(*args, *group, *_settings(source, data[1], manual), *TINY)
     assert res.exit_code == 0, res.output
@@ -122,7 +136,9 @@ def _serve(
     service: tuple[TestClient, Service], method: str, source: str, data: tuple[Path, Path], manual: float
 ) -> dict[str, dict[str, str]]:
     client, svc = service
-    form: dict[str, str] = {"method": method, "class_name": "tile"}
+    form: dict[str, str] = {"method": "sdp" if method == "sdp-minmax" else method, "class_name": "tile"}
+    if method == "sdp-minmax":
+        form["options"] = json.dumps(MINMAX)
     if source == "manual":
         form["threshold"] = repr(manual)
     elif source == "references":
@@ -179,8 +195,7 @@ def _agree(
         assert set(wp) == set(gp) and all(math.isclose(wp[k], gp[k], rel_tol=rel, abs_tol=rel) for k in wp), who
 
 
-@pytest.mark.parametrize("source", SOURCES)
-@pytest.mark.parametrize("method", ["sdp", "musc"])
+@pytest.mark.parametrize(("method", "source"), CASES)
 def test_front_ends_decide_alike(
     method: str,
     source: str,
@@ -199,5 +214,5 @@ def test_front_ends_decide_alike(
         assert set(labels) == {"0", "1"}  # the manual threshold splits the scores
     _agree(local, _ray(method, source, data, manual[method], tmp_path / "ray"), 1e-6, "ray")
     _agree(local, _serve(service, method, source, data, manual[method]), 1e-6, "serve")
-    if method == "sdp":  # set-level methods cannot be exported (their export_refusal)
+    if method == "sdp":  # set-level and transductive methods cannot be exported (their export_refusal)
         _agree(local, _onnx(source, data, manual[method], exports, tmp_path / "onnx"), 1e-4, "onnx", parts=False)

@@ -21,6 +21,9 @@ from zsad.errors import ZsadInputError, one_line
 from zsad.progress import Level, SilentReporter, reporter, using
 
 if TYPE_CHECKING:
+    from zsad.data.files import Skipped
+    from zsad.outputs import DetectResult
+    from zsad.runs import Policy
     from zsad.runtime.model import ExportedModel
 
 
@@ -111,7 +114,9 @@ def _run(args: argparse.Namespace) -> int:
         return detect_files(model, files, out, args, skipped).exit_code
 
 
-def detect_files(model: ExportedModel, files: list[Path], out: Path, args: argparse.Namespace, skipped: Any) -> Any:
+def detect_files(
+    model: ExportedModel, files: list[Path], out: Path, args: argparse.Namespace, skipped: Skipped
+) -> DetectResult:
     """Score what the folder does not hold yet, then decisions and the manifest over every row (under the lock)."""
     from zsad.data.io import load_image
     from zsad.outputs import kept_on_failure, map_size
@@ -163,7 +168,7 @@ def detect_files(model: ExportedModel, files: list[Path], out: Path, args: argpa
     return folder.close(decision, base, skipped.summary())
 
 
-def policy(args: argparse.Namespace, model: ExportedModel) -> Any:
+def policy(args: argparse.Namespace, model: ExportedModel) -> Policy:
     """How the run decides, as the torch path decides for the same export (``zsad.runs.decide``).
 
     Image: ``--threshold``, else the threshold recorded at export (from its reference images, or set by hand; its
