@@ -67,22 +67,13 @@ class Reference:
 
     @property
     def thresholds(self) -> tuple[Threshold, Threshold]:
-        """The image and pixel thresholds these normals give alone (``zsad.runs.decide``'s normal quantile)."""
+        """The image and pixel thresholds of these normals alone (a request re-scaled set-wide recalibrates)."""
         empty = np.array([])
         return thresholds(empty, empty, self.normals, Policy())
 
-    @property
-    def threshold(self) -> Threshold:
-        """The image threshold of the references alone (a request re-scaled set-wide recalibrates)."""
-        return self.thresholds[0]
-
-    @property
-    def pixel_threshold(self) -> Threshold:
-        """The pixel threshold of the references alone."""
-        return self.thresholds[1]
-
     def as_dict(self) -> dict[str, Any]:
         """The JSON answer of ``POST /v1/references``."""
+        thr, pthr = self.thresholds
         return {
             "reference_id": self.id,
             "method": self.method,
@@ -91,9 +82,9 @@ class Reference:
             "num_images": self.num_images,
             "k_shot": 0 if self.references is None else len(self.references),
             "num_calibration": 0 if self.calibration is None else len(self.calibration),
-            "threshold": _finite(self.threshold.value),
-            "threshold_source": self.threshold.source,
-            "pixel_threshold": _finite(self.pixel_threshold.value),
+            "threshold": _finite(thr.value),
+            "threshold_source": thr.source,
+            "pixel_threshold": _finite(pthr.value),
         }
 
 
