@@ -82,6 +82,24 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
         raise
 
 
+def read_json_object(path: Path, missing: str, what: str, fix: str = "") -> dict[str, Any]:
+    """A JSON object file zsad wrote (a manifest), each failure one line naming the file and, with ``fix``, the cure.
+
+    ``missing`` says what an absent file means; ``what`` names the object a non-object file is not.
+    """
+    from zsad.errors import ZsadInputError
+
+    if not path.is_file():
+        raise ZsadInputError(f"{path}: missing{missing}{fix}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ZsadInputError(f"{path}: not valid JSON ({str(e).splitlines()[0]}){fix}") from None
+    if not isinstance(data, dict):
+        raise ZsadInputError(f"{path}: not {what} (a JSON object){fix}")
+    return data
+
+
 def write_json(path: Path, data: Any) -> None:
     """Atomically write ``data`` as indented JSON; values JSON cannot hold (paths, dates) are written as strings."""
     text = json.dumps(data, indent=2, default=str) + "\n"

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from zsad.errors import ZsadInputError
-from zsad.fileio import sha256_file
+from zsad.fileio import read_json_object, sha256_file
 
 MANIFEST = "manifest.json"
 RUNTIMES = ("auto", "onnxruntime", "openvino")
@@ -44,14 +44,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     path = Path(folder) / MANIFEST
     if not Path(folder).is_dir():
         raise ZsadInputError(f"--model {folder}: folder not found")
-    if not path.is_file():
-        raise ZsadInputError(f"{path}: missing (not a folder written by `zsad export`)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ZsadInputError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict):
-        raise ZsadInputError(f"{path}: not a `zsad export` manifest (a JSON object)")
+    manifest = read_json_object(path, " (not a folder written by `zsad export`)", "a `zsad export` manifest")
     missing = [k for k in ("model_file", "model_sha256", "preprocess", "method") if k not in manifest]
     if missing:
         raise ZsadInputError(f"{path}: lacks {', '.join(missing)} (not a `zsad export` manifest)")

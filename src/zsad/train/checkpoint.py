@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from zsad.errors import ZsadInputError
-from zsad.fileio import default_mode, sha256_file, write_bytes, write_text
+from zsad.fileio import default_mode, read_json_object, sha256_file, write_bytes, write_text
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -124,14 +124,10 @@ def read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
     """(model file, manifest) of a checkpoint folder, without reading the tensors: which method is it for?"""
     folder, model = _resolve(Path(path))
     mpath = folder / MANIFEST_FILE
-    if not mpath.is_file():
-        raise ZsadInputError(f"{mpath}: missing, the checkpoint is incomplete; re-run `zsad train`")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ZsadInputError(f"{mpath}: not valid JSON ({_first_line(e)}); re-run `zsad train`") from e
-    if not isinstance(manifest, dict) or "sha256" not in manifest:
-        raise ZsadInputError(f"{mpath}: not a zsad checkpoint manifest (no sha256 recorded); re-run `zsad train`")
+    fix = "; re-run `zsad train`"
+    manifest = read_json_object(mpath, ", the checkpoint is incomplete", "a zsad checkpoint manifest", fix)
+    if "sha256" not in manifest:
+        raise ZsadInputError(f"{mpath}: not a zsad checkpoint manifest (no sha256 recorded){fix}")
     return model, manifest
 
 
