@@ -122,7 +122,7 @@ def run_official(driver: str, python: Path, root: Path, tmp: Path) -> tuple[dict
     env["PYTHONNOUSERSITE"] = "1"
     t = time.perf_counter()
     proc = subprocess.run(
-        [str(python), str(tmp / "official_driver.py"), str(root), str(tmp)],
+        [str(Path(python).absolute()), str(tmp / "official_driver.py"), str(root), str(tmp)],  # cwd is root
         cwd=root,
         env=env,
         capture_output=True,
