@@ -35,7 +35,7 @@ import torch
 from _results import add_results_args, emit
 from zsad.backbone import ClipBackbone
 from zsad.data import load_image, squash_image
-from zsad.export import REFUSED, export_method
+from zsad.export import export_method, refused
 from zsad.methods import create_method, get_method_class
 from zsad.metrics.classification import f1_max, image_auroc
 from zsad.metrics.pixels import pixel_auroc, pixel_f1_max
@@ -171,7 +171,7 @@ def main() -> None:
         mbf = build(name, backbone("bf16"), work, data["refs"])
         got, row["torch_bf16_s"] = timed(lambda m=mbf: torch_run(m, x, bs), args.reps)
         row["bf16"] = compare(ref, got, data)
-        if method not in REFUSED:
+        if method not in refused():
             folder = work / f"{name}_fp32"
             t0 = time.perf_counter()
             export_method(m32, folder)

@@ -11,8 +11,6 @@ explicit, so the graph holds them) while the residual stream, layer norms and th
 
 from __future__ import annotations
 
-from typing import Any
-
 from zsad.export.graph import (
     FORMATS,
     MODEL_FILES,
@@ -56,10 +54,3 @@ __all__ = [
     "share_repeated_weights",
     "write_graph",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    """``REFUSED`` (read by benchmarks/bench_export.py) is ``refused()``: built from the classes when asked."""
-    if name == "REFUSED":
-        return refused()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,6 @@ import torch
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method
 from zsad.outputs import (
-    DETECT_FIELDS,
     DetectResult,
     RunLock,
     check_detect_numbers,
@@ -38,7 +37,6 @@ from zsad.runs.scoring import resize_map, score_dataset
 from zsad.runs.train import prepare_method
 from zsad.thresholds import Threshold
 
-FIELDS = DETECT_FIELDS  # the predictions.csv columns (zsad.outputs, shared with the torch-free runtime)
 NORMALIZE = ("dataset", "per_image")
 
 
@@ -261,14 +259,6 @@ def split_references(
     return (references[:k] if few_shot else None), references[k:]
 
 
-def calibrate(
-    method: Method, calib: torch.Tensor | None, set_parts: dict[str, np.ndarray] | None = None
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """``normals_of`` as (scores, maxima): the export's calibration."""
-    normals = normals_of(method, calib, set_parts)
-    return (normals.scores, normals.maxima) if normals is not None else (None, None)
-
-
 def normals_of(
     method: Method, calib: torch.Tensor | None, set_parts: dict[str, np.ndarray] | None = None
 ) -> Normals | None:
@@ -341,8 +331,7 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
         say.message(f"passed over in the input folders: {job.skipped.summary()}", "note")
     key = {**method_key(method), "class_name": method.class_name, "k_shot": method.k_shot, "inputs": job.inputs()}
     folder = DetectFolder(job.out, key, "detect")
-    folder.resuming(len(ds))
-    todo = sum(str(s.image_path) not in folder.done for s in ds.samples)
+    todo = len(folder.pending([s.image_path for s in ds.samples]))
 
     def on_error(err: dict[str, Any]) -> None:
         folder.fail(str(err["image_path"]), str(err["error"]))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,8 @@ from zsad.outputs import (
 )
 from zsad.progress import reporter
 from zsad.runs.decide import Calibrate, Decision, Finalize, Normals, Policy, decide, is_current
+
+T = TypeVar("T")
 
 
 class DetectFolder:
@@ -58,11 +60,13 @@ class DetectFolder:
         self.errors = CsvLog(out / "errors.csv", ["image_path", "error"])
         self.failed: list[str] = []
 
-    def resuming(self, total: int) -> None:
-        """Say how much of ``total`` inputs an earlier run already scored."""
-        todo = total - len(self.done)
+    def pending(self, inputs: Sequence[T]) -> list[T]:
+        """The inputs an earlier run has not scored yet (saying how many of them it had)."""
+        left = [p for p in inputs if str(p) not in self.done]
         if self.done:
-            reporter().message(f"resuming: {total - todo} of {total} images already scored in {self.out}")
+            n = len(inputs)
+            reporter().message(f"resuming: {n - len(left)} of {n} images already scored in {self.out}")
+        return left
 
     def fail(self, path: str, error: str) -> None:
         """One input that ends as an error row (``--skip-bad``)."""

@@ -131,8 +131,7 @@ def detect_files(
         "method": model.manifest["method"],
     }
     folder = DetectFolder(out, key, "detect --model")
-    folder.resuming(len(files))
-    todo = [f for f in files if str(f) not in folder.done]
+    todo = folder.pending(files)
     with kept_on_failure(folder.log, out):
         for start in range(0, len(todo), args.batch_size):
             batch: list[tuple[Path, Any, np.ndarray]] = []
