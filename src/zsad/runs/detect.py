@@ -362,7 +362,6 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
         "inputs_skipped": job.skipped.counts() if job.skipped else {},
         "normalize": job.normalize,
         "max_map_size": job.max_map_size,
-        "num_failed": len(folder.failed),
         "transductive": method.is_transductive,
         "notes": list(method.set_notes),
     }

@@ -100,7 +100,8 @@ class DetectFolder:
         """Mark vanished inputs, refuse a run with no current row (manifest written first), decide, rewrite."""
         mark_missing(self.log.rows, listed)  # inputs that vanished keep their row, marked
         if not any(is_current(r) for r in self.log.rows):
-            manifest = {**base, "num_images": len(self.log.rows), "num_missing_inputs": len(self.log.rows)}
+            n = len(self.log.rows)
+            manifest = {**base, "num_images": n, "num_missing_inputs": n, "num_failed": len(self.failed)}
             write_manifest(self.out, manifest)
             raise nothing_scored(self.out, len(self.failed), len(self.log.rows))
         decision = decide(self.log.rows, policy, finalize=finalize, normals=normals)

@@ -161,7 +161,6 @@ def detect_files(
         "runtime": model.runtime,
         "export_manifest": model.manifest,
         "inputs_skipped": skipped.counts(),
-        "num_failed": len(folder.failed),
     }
     decision = folder.decide({str(f) for f in files}, policy(args, model), base)
     return folder.close(decision, base, skipped.summary())
