@@ -15,7 +15,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src" / "zsad"
 BOTTOM = {
     "types", "errors", "fileio", "progress", "sysinfo", "ops", "thresholds", "synth", "bank", "mutual",
-    "backbone", "prompts", "data", "metrics", "viz", "train", "outputs", "limits", "_version",
+    "backbone", "prompts", "data", "metrics", "viz", "train", "outputs", "limits", "_version", "store", "feedback",
 }  # fmt: skip
 LAYER = {
     **dict.fromkeys(BOTTOM, 0),

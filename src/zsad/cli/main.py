@@ -43,6 +43,52 @@ from zsad.runs import BackboneSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Zero-/few-shot visual anomaly detection with CLIP.")
 console = Console(stderr=True, soft_wrap=True)
+ProfileName = Annotated[
+    str | None,
+    typer.Option(
+        help="A station profile (zsad profile list): it decides method, options, backbone, class name, references "
+        "and threshold; needs --db."
+    ),
+]
+ProfileDb = Annotated[
+    str | None,
+    typer.Option(envvar="ZSAD_DB", help="The station's database of --profile (sqlite:///... or postgresql://...)."),
+]
+ProfileRevision = Annotated[int | None, typer.Option(help="--profile: a revision (default: the current one).")]
+
+
+def _profile_app() -> None:
+    from zsad.cli.profile import app as profile_app
+
+    app.add_typer(profile_app, name="profile")
+
+
+@contextmanager
+def _profile_run(profile: str | None, db: str | None, revision: int | None, given: dict[str, Any]) -> Iterator[Any]:
+    """A profile's settings for a detect or export run (None without ``--profile``), its references in a temp dir.
+
+    The options the profile decides must be left out, so a command never silently mixes two setups.
+    """
+    if profile is None:
+        if db is not None or revision is not None:
+            raise ZsadInputError("--db/--profile-revision: only with --profile NAME")
+        yield None
+        return
+    if db is None:
+        raise ZsadInputError("--profile: give the station's database with --db URL (or env ZSAD_DB)")
+    clash = [k for k, v in given.items() if v not in (None, [], False)]
+    if clash:
+        raise ZsadInputError(f"--profile {profile} decides {', '.join(clash)}: leave them out")
+    import tempfile
+
+    from zsad.cli.profile import load
+    from zsad.runs import profile_settings
+
+    with tempfile.TemporaryDirectory(prefix="zsad-profile-") as tmp:
+        p = load(db, profile, revision, Path(tmp) / "references")
+        settings = profile_settings(p["setup"])
+        settings.update(reference_dir=p["reference_dir"], profile=p)
+        yield settings
 
 
 def _fail(e: BaseException) -> NoReturn:
@@ -180,6 +226,9 @@ def detect_cmd(
             "pip install 'zsad\\[runtime]'). Its options: zsad detect --model DIR --help."
         ),
     ] = None,
+    profile: ProfileName = None,
+    db: ProfileDb = None,
+    profile_revision: ProfileRevision = None,
 ) -> None:
     """Score images with no labels: predictions.csv, .npy maps and overlays, written incrementally.
 
@@ -194,8 +243,18 @@ def detect_cmd(
         from zsad.runtime.detect import run
 
         raise typer.Exit(run(_runtime_args(locals())))
-    with _one_line_errors(out):
-        opts = route_options([method], parse_options(option, tta))[method]
+    decided = {"--class-name": class_name, "--reference-dir": reference_dir, "--k-shot": k_shot}
+    decided |= {"--threshold": threshold, "--option": option, "--checkpoint": checkpoint}
+    with _one_line_errors(out), _profile_run(profile, db, profile_revision, decided) as prof:
+        if prof is not None:
+            method, bb, class_name, reference_dir = (
+                prof["method"],
+                prof["backbone"],
+                prof["class_name"],
+                prof["reference_dir"],
+            )
+            k_shot, threshold, threshold_rule = prof["k_shot"], prof["threshold"], prof["threshold_rule"]
+        opts = route_options([method], parse_options(option, tta))[method] if prof is None else prof["options"]
         if engine not in ("local", "ray"):
             raise ZsadInputError(f"--engine {engine}: use local or ray")
         ray_only = {"--ray-address": ray_address, "--group-by": group_by}
@@ -245,7 +304,9 @@ def _runtime_args(given: dict[str, Any]) -> list[str]:
 def export_cmd(
     bb: BackboneSpec,
     out: Annotated[Path, typer.Option(help="Folder for the model file(s) and manifest.json.")],
-    method: Annotated[str, typer.Option(help="winclip, sdp, sdp+, rwda or anomalyclip (see docs/export.md).")],
+    method: Annotated[
+        str | None, typer.Option(help="winclip, sdp, sdp+, rwda or anomalyclip (see docs/export.md).")
+    ] = None,
     class_name: Annotated[str | None, typer.Option(help="Object name baked into the prompts.")] = None,
     reference_dir: Annotated[
         Path | None, typer.Option(help="NORMAL images: few-shot references (baked in) and threshold calibration.")
@@ -258,13 +319,32 @@ def export_cmd(
     option: MethodOpt = None,
     checkpoint: Checkpoint = None,
     seed: int = 0,
+    profile: ProfileName = None,
+    db: ProfileDb = None,
+    profile_revision: ProfileRevision = None,
 ) -> None:
-    """Export a method as one graph (normalised images -> pred_score, anomaly_map) plus a manifest."""
+    """Export a method as one graph (normalised images -> pred_score, anomaly_map) plus a manifest.
+
+    ``--profile NAME --db URL`` exports exactly that station profile's setup (method, options, backbone, class
+    name, references, threshold).
+    """
     from zsad.export import export_run
     from zsad.methods.options import route_options
 
-    with _one_line_errors():
-        opts = route_options([method], parse_options(option))[method]
+    decided = {"--class-name": class_name, "--reference-dir": reference_dir, "--k-shot": k_shot}
+    decided |= {"--threshold": threshold, "--option": option}
+    with _one_line_errors(), _profile_run(profile, db, profile_revision, decided) as prof:
+        if prof is not None:
+            method, bb, class_name, reference_dir = (
+                prof["method"],
+                prof["backbone"],
+                prof["class_name"],
+                prof["reference_dir"],
+            )
+            k_shot, threshold = prof["k_shot"], prof["threshold"]
+        if method is None:
+            raise ZsadInputError("--method: missing; name a method, or export a station profile with --profile")
+        opts = route_options([method], parse_options(option))[method] if prof is None else prof["options"]
         result = export_run(
             method,
             out,
@@ -525,6 +605,28 @@ def serve_cmd(
     option: MethodOpt = None,
     checkpoint: Checkpoints = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    station: Annotated[
+        bool,
+        typer.Option(
+            help="Keep profiles, history and reviews (needs --out): SQLite in OUT/station.db unless --db; the "
+            "database replaces predictions.csv."
+        ),
+    ] = False,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ZSAD_DB",
+            help="The station's database (implies --station): sqlite:///path.db, or postgresql://user@host/db "
+            "for several servers sharing one history (pip install 'zsad\\[postgres]').",
+        ),
+    ] = None,
+    keep_days: Annotated[int, typer.Option(help="Station: delete inspections older than this (0 = keep all).")] = 0,
+    keep_images: Annotated[
+        int, typer.Option(help="Station: only the newest N inspections keep image, map and overlay (0 = all).")
+    ] = 0,
+    station_name: Annotated[
+        str | None, typer.Option(help="Station: how this server's rows name it (default: the host name).")
+    ] = None,
 ) -> None:
     """Serve the methods over HTTP, with a web page at / and the API docs at /docs."""
     import socket
@@ -557,6 +659,11 @@ def serve_cmd(
             max_upload_bytes=max(1, int(max_upload_mb * 2**20)),
             max_models=max_models,
             max_map_size=max_map_size,
+            station=station,
+            db=db,
+            keep_days=keep_days,
+            keep_images=keep_images,
+            station_name=station_name,
         )
         config.validate()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -576,3 +683,6 @@ def serve_cmd(
             st = serve(config, host=host, port=port, log_level=log_level).stats()
     where = f"; results in {out}" if out else ""
     console.print(f"stopped: {st['requests']} requests, {st['images_scored']} images scored{where}", highlight=False)
+
+
+_profile_app()

@@ -43,6 +43,20 @@ if TYPE_CHECKING:
     )
     from zsad.runs.evaluate import evaluate
     from zsad.runs.folder import DetectFolder, conclude, write_manifest
+    from zsad.runs.profiles import (
+        THRESHOLD_RULES,
+        backbone_record,
+        check_profile_name,
+        make_setup,
+        profile_backbone,
+        profile_method,
+        profile_policy,
+        profile_settings,
+        profile_source,
+        profile_uses_normals,
+        revise_setup,
+        write_profile_references,
+    )
     from zsad.runs.readback import load_map, read_predictions
     from zsad.runs.report import METRIC_KEYS, EvalResult, pct
     from zsad.runs.scoring import ScoredBatch, resize_map, score_dataset, score_images
@@ -78,6 +92,23 @@ _WHERE = {
     "benchmark": "zsad.runs.benchmark",
     "evaluate": "zsad.runs.evaluate",
     **dict.fromkeys(["DetectFolder", "conclude", "write_manifest"], "zsad.runs.folder"),
+    **dict.fromkeys(
+        [
+            "THRESHOLD_RULES",
+            "backbone_record",
+            "check_profile_name",
+            "make_setup",
+            "profile_backbone",
+            "profile_method",
+            "profile_policy",
+            "profile_source",
+            "profile_settings",
+            "profile_uses_normals",
+            "revise_setup",
+            "write_profile_references",
+        ],
+        "zsad.runs.profiles",
+    ),
     **dict.fromkeys(["load_map", "read_predictions"], "zsad.runs.readback"),
     **dict.fromkeys(["METRIC_KEYS", "EvalResult", "pct"], "zsad.runs.report"),
     **dict.fromkeys(["ScoredBatch", "resize_map", "score_dataset", "score_images"], "zsad.runs.scoring"),
@@ -105,8 +136,11 @@ __all__ = [
     "SHARDS",
     "SHARD_SCHEMA",
     "ScoredBatch",
+    "THRESHOLD_RULES",
+    "backbone_record",
     "benchmark",
     "check_k_shot",
+    "check_profile_name",
     "conclude",
     "decide",
     "detect",
@@ -117,6 +151,7 @@ __all__ = [
     "import_checkpoint",
     "load_map",
     "load_references",
+    "make_setup",
     "memorised",
     "method_key",
     "normals_of",
@@ -125,11 +160,18 @@ __all__ = [
     "pct",
     "predict_set",
     "prepare_method",
+    "profile_backbone",
+    "profile_method",
+    "profile_policy",
+    "profile_source",
+    "profile_settings",
+    "profile_uses_normals",
     "read_predictions",
     "read_shards",
     "reference_files",
     "reference_order",
     "resize_map",
+    "revise_setup",
     "route_checkpoints",
     "score_dataset",
     "score_images",
@@ -137,6 +179,7 @@ __all__ = [
     "thresholds",
     "train",
     "write_manifest",
+    "write_profile_references",
     "write_shard",
 ]
 

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Body, Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -23,6 +23,7 @@ from zsad._version import __version__
 from zsad.errors import ZsadInputError
 from zsad.serve.batching import QueueFull
 from zsad.serve.service import Service, Upload
+from zsad.serve.station import NoStation
 
 STATIC = Path(__file__).parent / "static"
 MEDIA = {"map.png": "image/png", "overlay.png": "image/png", "map.npy": "application/octet-stream"}
@@ -119,6 +120,10 @@ def create_app(service: Service) -> FastAPI:
     async def bad_input(_: Request, e: ZsadInputError) -> JSONResponse:
         return JSONResponse({"detail": _one_line(str(e))}, status_code=422)
 
+    @app.exception_handler(NoStation)
+    async def no_station(_: Request, e: NoStation) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(str(e))}, status_code=409)
+
     @app.exception_handler(QueueFull)
     async def queue_full(_: Request, e: QueueFull) -> JSONResponse:
         return JSONResponse({"detail": _one_line(str(e))}, status_code=503, headers={"Retry-After": "1"})
@@ -168,6 +173,12 @@ def create_app(service: Service) -> FastAPI:
         options: Annotated[str | None, Form(description='Method options as a JSON object, e.g. {"k": 1}.')] = None,
         threshold: Annotated[float | None, Form(description="Manual image threshold.")] = None,
         reference_id: Annotated[str | None, Form(description="Id from POST /v1/references.")] = None,
+        profile: Annotated[
+            str | None, Form(description="A station profile: it decides method, options, references, threshold.")
+        ] = None,
+        source: Annotated[str, Form(description="Where the images come from: api, upload (the page), folder.")] = (
+            "api"
+        ),
         skip_bad: Annotated[
             bool, Form(description="Score the readable images and list the unreadable ones in 'errors' (no 422).")
         ] = False,
@@ -181,7 +192,7 @@ def create_app(service: Service) -> FastAPI:
         """
         uploads = [Upload(f.filename or "upload", await f.read()) for f in images]
         return await service.detect(
-            uploads, method, class_name, options, threshold, reference_id, skip_bad, threshold_rule
+            uploads, method, class_name, options, threshold, reference_id, skip_bad, threshold_rule, profile, source
         )
 
     @v1.post("/references", tags=["scoring"])
@@ -204,6 +215,115 @@ def create_app(service: Service) -> FastAPI:
             raise HTTPException(404, f"no {kind} for result {image_id[:40]!r}")
         return FileResponse(path, media_type=MEDIA[kind], filename=f"{image_id}_{kind}")
 
+    _station_routes(v1, service)
     app.include_router(v1)
     app.add_middleware(BodyLimit, limit=service.config.max_upload_bytes)
     return app
+
+
+def _station_routes(v1: APIRouter, service: Service) -> None:
+    """Profiles, history, review and feedback (409 on a server started without ``--station``/``--db``)."""
+    profiles = service.profiles
+
+    def missing(uid: str) -> HTTPException:
+        return HTTPException(404, f"no inspection {uid[:40]!r}")
+
+    @v1.get("/station", tags=["station"])
+    def station() -> dict[str, Any]:
+        """Whether this server keeps history, in which database (password hidden), and its retention."""
+        return profiles.info()
+
+    @v1.get("/profiles", tags=["station"])
+    def list_profiles() -> dict[str, Any]:
+        """Every profile at its current revision."""
+        return profiles.summaries()
+
+    @v1.post("/profiles", tags=["station"])
+    async def create_profile(
+        name: Annotated[str, Form(description="1-100 letters, digits, spaces, '_.-'.")],
+        references: Annotated[
+            list[UploadFile] | None, Form(description="NORMAL images of the part (field repeated).")
+        ] = None,
+        method: Annotated[str | None, Form()] = None,
+        class_name: Annotated[str | None, Form()] = None,
+        options: Annotated[str | None, Form(description="Method options as a JSON object.")] = None,
+        threshold: Annotated[float | None, Form(description="A fixed image threshold (rule manual).")] = None,
+        threshold_rule: Annotated[
+            str | None, Form(description="normal_quantile (default with references), robust_outlier, two_mode, manual.")
+        ] = None,
+        k_shot: Annotated[int | None, Form(description="References a few-shot method memorises (default: half).")] = (
+            None
+        ),
+    ) -> dict[str, Any]:
+        """A new profile on this server's backbone; its reference images are stored in the database by hash."""
+        uploads = [Upload(f.filename or "reference", await f.read()) for f in references or []]
+        return await profiles.create(name, uploads, method, class_name, options, threshold, threshold_rule, k_shot)
+
+    @v1.get("/profiles/{name}", tags=["station"])
+    def get_profile(name: str) -> dict[str, Any]:
+        """The current revision with every revision's summary."""
+        return profiles.profile(name)
+
+    @v1.patch("/profiles/{name}", tags=["station"])
+    async def patch_profile(name: str, changes: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        """Change threshold, rule, class name or options: a new revision."""
+        return await profiles.patch(name, changes)
+
+    @v1.post("/profiles/{name}/references", tags=["station"])
+    async def profile_references(
+        name: str, images: Annotated[list[UploadFile], File(description="NORMAL images (field repeated).")]
+    ) -> dict[str, Any]:
+        """Add normal images to the profile's references: a new revision."""
+        uploads = [Upload(f.filename or "reference", await f.read()) for f in images]
+        return await profiles.add_references(name, uploads)
+
+    @v1.post("/profiles/{name}/rollback", tags=["station"])
+    async def rollback(name: str, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        """A new revision equal to an earlier one."""
+        if not isinstance(body.get("revision"), int):
+            raise ZsadInputError('rollback: send {"revision": N}')
+        return await profiles.rollback(name, body["revision"])
+
+    @v1.get("/profiles/{name}/dashboard", tags=["station"])
+    def dashboard(name: str, days: int = 7, bucket: str = "hour") -> dict[str, Any]:
+        """Inspections and flags per hour or day, the score histogram, review-measured error rates."""
+        return profiles.dashboard(name, days, bucket)
+
+    @v1.get("/profiles/{name}/feedback", tags=["station"])
+    def feedback(name: str) -> dict[str, Any]:
+        """What the re-fit and adding confirmed normals would do, before either is applied."""
+        return profiles.proposal(name)
+
+    @v1.post("/profiles/{name}/feedback", tags=["station"])
+    async def apply_feedback(name: str, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        """Apply one feedback action (refit or add_normals): a new revision."""
+        return await profiles.apply(name, str(body.get("action", "")))
+
+    @v1.get("/inspections", tags=["station"])
+    def inspections(request: Request) -> dict[str, Any]:
+        """History, one page (filters, sort time|score, order, cursor, limit up to 500: see docs/station.md)."""
+        return profiles.history(dict(request.query_params))
+
+    @v1.get("/inspections/{uid}", tags=["station"])
+    def inspection(uid: str) -> dict[str, Any]:
+        """One inspection with its review."""
+        try:
+            return profiles.inspection(uid)
+        except KeyError:
+            raise missing(uid) from None
+
+    @v1.get("/inspections/{uid}/image", tags=["station"])
+    def inspection_image(uid: str) -> FileResponse:
+        """The uploaded image of an inspection (404 when retention removed it or another station holds it)."""
+        path = profiles.image(uid)
+        if path is None:
+            raise HTTPException(404, f"no image for inspection {uid[:40]!r} on this server")
+        return FileResponse(path)
+
+    @v1.post("/inspections/{uid}/review", tags=["station"])
+    def review(uid: str, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        """A reviewer's verdict: normal, defect or skip, with an optional note."""
+        try:
+            return profiles.review(uid, str(body.get("label", "")), body.get("note"))
+        except KeyError:
+            raise missing(uid) from None

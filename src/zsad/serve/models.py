@@ -14,7 +14,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class ModelKey:
     options: str  # canonical JSON of the client's options
     class_name: str
     reference_id: str | None = None
+    backbone: str = ""  # canonical JSON of a profile's backbone when it is not the server's; "" = the server's
 
 
 @dataclass
@@ -138,8 +139,20 @@ class ModelPool:
         except (KeyError, ValueError, ZsadInputError):
             raise ZsadInputError(f"method {wanted!r}: unknown; available: {', '.join(list_methods())}") from None
 
-    def spec(self, method: str, options: dict[str, Any]) -> MethodSpec:
-        """The checked spec of ``method`` with the server's options and the client's on top (cached)."""
+    def backbone_key(self, backbone: BackboneSpec | None) -> str:
+        """The empty string for the server's backbone, else the canonical JSON of ``backbone`` (a profile's own)."""
+        if backbone is None or backbone == self.backbone:
+            return ""
+        return json.dumps(asdict(backbone), sort_keys=True, default=str)
+
+    def spec(
+        self, method: str, options: dict[str, Any], backbone: BackboneSpec | None = None, *, server: bool = True
+    ) -> MethodSpec:
+        """The checked spec of ``method`` with the server's options and the client's on top (cached).
+
+        A profile brings its own backbone and its complete options (``server=False``: the server's ``-o`` options
+        do not apply, so the profile scores the same on every server).
+        """
         refused = sorted(set(options) & SERVER_ONLY)
         if refused:
             raise ZsadInputError(
@@ -147,23 +160,34 @@ class ModelPool:
                 "--checkpoint), not per request"
             )
         canon = _canonical(options)
+        memo = (method, canon, self.backbone_key(backbone), server)
         with self._lock:
-            cached = self._specs.get((method, canon))
+            cached = self._specs.get(memo)
         if cached is not None:
             return cached
-        merged = {**self.server_options.get(method, {}), **options}
-        spec = MethodSpec(method, self.backbone, merged, self.checkpoints.get(method))
+        merged = {**(self.server_options.get(method, {}) if server else {}), **options}
+        spec = MethodSpec(method, backbone or self.backbone, merged, self.checkpoints.get(method))
         spec.validate(batch_size=self.max_batch)
         with self._lock:
-            self._specs[(method, canon)] = spec
+            self._specs[memo] = spec
         return spec
 
-    def key(self, method: str, options: dict[str, Any], class_name: str | None, reference: str | None) -> ModelKey:
+    def key(
+        self,
+        method: str,
+        options: dict[str, Any],
+        class_name: str | None,
+        reference: str | None,
+        backbone: BackboneSpec | None = None,
+        *,
+        server: bool = True,
+    ) -> ModelKey:
         """The model identity; a method that ignores class names gets one model for every name."""
         cls = get_method_class(method)
         name = (class_name or "object").strip() or "object"
-        used = cls.uses_class_name(self.spec(method, options).config)
-        return ModelKey(method, _canonical(options), name if used else "object", reference)
+        used = cls.uses_class_name(self.spec(method, options, backbone, server=server).config)
+        canon = _canonical(options) if server else "profile:" + _canonical(options)
+        return ModelKey(method, canon, name if used else "object", reference, self.backbone_key(backbone))
 
     def availability(self, method: str) -> str | None:
         """Why ``method`` cannot run on this server, or None."""
@@ -219,7 +243,13 @@ class ModelPool:
 
     # ------------------------------------------------------------------------------------------ references
     def new_reference(
-        self, method: str, options: dict[str, Any], class_name: str, images: torch.Tensor, k_shot: int | None
+        self,
+        method: str,
+        options: dict[str, Any],
+        class_name: str,
+        images: torch.Tensor,
+        k_shot: int | None,
+        ref_id: str | None = None,
     ) -> Reference:
         """Split normal images into few-shot references and calibration images (scored later, on the worker)."""
         cls = get_method_class(method)
@@ -230,7 +260,7 @@ class ModelPool:
         # the seeded order and split of every front end (decide.REFERENCE_SPLIT when k_shot is None)
         images = images[reference_order(len(images))]
         refs, calib = split_references(cls.supports_few_shot, images, k_shot)
-        return Reference(uuid.uuid4().hex, method, options, class_name, len(images), refs, calib)
+        return Reference(ref_id or uuid.uuid4().hex, method, options, class_name, len(images), refs, calib)
 
     def calibrate(self, ref: Reference, served: Served) -> Reference:
         """Score the calibration images (worker thread) and keep the reference (bounded, oldest dropped)."""

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,12 +39,14 @@ from zsad.runs import (
     normals_of,
     overlay_panel,
     parts_json,
+    profile_source,
     resize_map,
     route_checkpoints,
     score_images,
 )
 from zsad.serve.batching import Batcher
 from zsad.serve.models import ModelPool, Reference, Served
+from zsad.serve.station import Profiles, Station, open_station, redact
 from zsad.serve.store import ResultStore
 
 T = TypeVar("T")
@@ -51,6 +54,7 @@ T = TypeVar("T")
 # characters are some 40 to 60 tokens, longer than any part name, and a much longer name would be cut off anyway.
 # Each new name also builds a model, so a client must not be able to send arbitrarily long ones.
 MAX_CLASS_NAME = 200
+SOURCES = ("api", "upload", "folder")  # where a station's inspection came from: a client, the page, a watched folder
 DEFAULT = "(each method's default)"  # a backbone setting left to the method, in the run key
 
 
@@ -73,12 +77,18 @@ class ServeConfig:
     max_map_size: int = 1024
     keep_results: int = 2000
     overlays: bool = True
+    station: bool = False  # keep profiles, history and reviews in a database (``--station``; implied by ``db``)
+    db: str | None = None  # the station's database URL; default sqlite:///OUT/station.db
+    keep_days: int = 0  # the station's retention: rows older than this deleted (0 = kept)
+    keep_images: int = 0  # the station's retention: only the newest N inspections keep their files (0 = all)
+    station_name: str | None = None  # how this server's rows name it (default: the host name)
 
     def record(self) -> dict[str, Any]:
         """The settings for the manifest and ``/v1/methods`` (never the token)."""
         d = asdict(self)
         d.pop("token")
         d["auth"] = self.token is not None
+        d["db"] = redact(self.db) if self.db else None
         return json.loads(json.dumps(d, default=str))
 
     def validate(self) -> None:
@@ -100,6 +110,13 @@ class ServeConfig:
             raise ZsadInputError(f"--max-wait-ms {self.max_wait_ms}: must be a finite number >= 0")
         if self.token is not None and not self.token.strip():
             raise ZsadInputError("--token: empty; give a secret, or leave the option out to serve without one")
+        if self.db is not None:
+            self.station = True
+        if self.station and self.out is None:
+            raise ZsadInputError("--station/--db: the station keeps images and maps as files; give --out DIR too")
+        for flag, value in (("--keep-days", self.keep_days), ("--keep-images", self.keep_images)):
+            if value < 0:
+                raise ZsadInputError(f"{flag} {value}: must be >= 0 (0 = keep everything)")
         self.backbone = BackboneSpec.of(self.backbone)
         bb = self.backbone.resolve(get_method_class(self.method).config_cls())
         assert bb.image_size is not None
@@ -173,10 +190,22 @@ class Service:
         try:
             default = self.pool.spec(self.default_method, {})  # the default method's backbone and weights checked
             key = run_key(config.backbone, default.backbone, typed, checkpoints) if config.out is not None else None
-            self.store = ResultStore(config.out, config.keep_results, config.record(), key)
+            if key is not None and config.station:
+                key["station"] = True  # a station's folder holds no predictions.csv: never mixed with one that does
+            self.store = ResultStore(config.out, config.keep_results, config.record(), key, station=config.station)
         except BaseException:
             self.batcher.stop()
             raise
+        self.station: Station | None = None
+        try:
+            if config.station:
+                assert config.out is not None
+                self.station = open_station(config, config.out)
+        except BaseException:
+            self.batcher.stop()
+            self.store.close()
+            raise
+        self.profiles = Profiles(self)
         self.random_weights = default.backbone.random_init
         if self.random_weights:  # every check passed: said once, on the console, before the server listens
             reporter().message(RANDOM_WEIGHTS_WARNING, "alert")
@@ -238,7 +267,7 @@ class Service:
             "models_built": self.pool.built,
             "models_evicted": self.pool.evicted,
             "references_kept": len(self.pool.references),
-            "rows_written": self.store.rows_written,
+            "rows_written": self.store.rows_written if self.station is None else self.profiles.recorded,
             "batching": self.batcher.stats.as_dict(),
         }
 
@@ -248,7 +277,10 @@ class Service:
             return
         self._closed = True
         self.batcher.stop()
+        self.profiles.stop()
         self.store.write_manifest(dict(self.pool.described), self.stats(), stopped=True)
+        if self.station is not None:
+            self.station.close()
         self.store.close()
 
     # ------------------------------------------------------------------------------------------ requests
@@ -311,9 +343,19 @@ class Service:
         pre = served.method.backbone.preprocess
         return torch.stack([squash_image(d.image, pre.image_size, pre.mean, pre.std) for d in decoded])
 
-    async def _model(self, name: str, options: dict[str, Any], class_name: str | None, ref: str | None) -> Served:
-        spec: MethodSpec = await _in_thread(self.pool.spec, name, options)
-        served: Served = await _wait(self.pool.get(self.pool.key(name, options, class_name, ref), spec))
+    async def _model(
+        self,
+        name: str,
+        options: dict[str, Any],
+        class_name: str | None,
+        ref: str | None,
+        backbone: BackboneSpec | None = None,
+        *,
+        server: bool = True,
+    ) -> Served:
+        spec: MethodSpec = await _in_thread(partial(self.pool.spec, name, options, backbone, server=server))
+        key = self.pool.key(name, options, class_name, ref, backbone, server=server)
+        served: Served = await _wait(self.pool.get(key, spec))
         return served
 
     async def detect(
@@ -326,6 +368,8 @@ class Service:
         reference_id: str | None = None,
         skip_bad: bool = False,
         threshold_rule: str = "robust_outlier",
+        profile: str | None = None,
+        source: str = "api",
     ) -> dict[str, Any]:
         """Score one request's images; set-level methods score them as one set. Returns the JSON answer.
 
@@ -336,6 +380,17 @@ class Service:
         is still a 422); without it the first unreadable image refuses the whole request.
         """
         self.check_count(uploads)
+        if source not in SOURCES:
+            raise ZsadInputError(f"source {source!r}: use one of {', '.join(SOURCES)}")
+        if profile:
+            given = [k for k, v in (("method", method), ("class_name", class_name), ("options", options),
+                     ("threshold", threshold), ("reference_id", reference_id)) if v not in (None, "")]  # fmt: skip
+            if given:
+                raise ZsadInputError(
+                    f"profile {profile}: the profile decides method, class name, options, references and threshold; "
+                    f"leave out {', '.join(given)}"
+                )
+            return await self._detect(uploads, skip_bad, *await self.profiles.prepare(profile), source)
         policy = Policy(threshold, threshold_rule)  # checked before any work
         class_name = self.check_class_name(class_name)
         ref: Reference | None = None
@@ -355,8 +410,21 @@ class Service:
         else:
             name, opts = self._resolve(method, options)
             cname = class_name
-        decoded, errors = await _in_thread(self._decode, uploads, skip_bad)
         served = await self._model(name, opts, cname, reference_id or None)
+        return await self._detect(uploads, skip_bad, served, policy, ref, None, source)
+
+    async def _detect(
+        self,
+        uploads: list[Upload],
+        skip_bad: bool,
+        served: Served,
+        policy: Policy,
+        ref: Reference | None,
+        profile: dict[str, Any] | None,
+        source: str,
+    ) -> dict[str, Any]:
+        """Score, decide, store and answer: the same for a profile's request and an ad hoc one."""
+        decoded, errors = await _in_thread(self._decode, uploads, skip_bad)
         images = await _in_thread(self._tensors, decoded, served)
         m = served.method
         if m.set_level:
@@ -369,7 +437,8 @@ class Service:
             decision = await _wait(self.batcher.call(lambda: self._decide(served, rows, policy, ref)))
         else:
             decision = self._decide(served, rows, policy, ref)
-        answer = await _in_thread(self._finish, served, decoded, maps, rows, decision, scored.notes, errors)
+        context = {"profile": profile, "source": source}
+        answer = await _in_thread(self._finish, served, decoded, maps, rows, decision, scored.notes, errors, context)
         self.requests += 1
         self.images_scored += len(decoded)
         self.images_failed += len(errors)
@@ -407,10 +476,14 @@ class Service:
         decision: Decision,
         notes: list[str],
         errors: list[dict[str, str]],
+        context: dict[str, Any],
     ) -> dict[str, Any]:
         m = served.method
         thr, pthr = decision.threshold, decision.pixel_threshold
         known = math.isfinite(thr.value)
+        profile = context["profile"]
+        thr_source = profile_source(profile["setup"], thr.source) if profile else thr.source
+        recorded: list[dict[str, Any]] = []
         lo = float(min(a.min() for a in maps))
         hi = float(max(a.max() for a in maps))
         request_id = ResultStore.new_id()
@@ -426,9 +499,35 @@ class Service:
                     d.image, amap, (lo, hi), pthr, score, decided, "request", random_weights=m.backbone.random_init
                 )
             stored = self.store.save_result(image_id, amap, panel)
-            upload = self.store.save_image(image_id, d.upload.data, d.fmt)
+            upload, sha = self.store.save_image(image_id, d.upload.data, d.fmt)
             name = client_name(d.upload.name)
             w, h = d.image.size
+            if self.station is not None:
+                recorded.append(
+                    {
+                        "uid": image_id,
+                        "source": context["source"],
+                        "request_id": request_id,
+                        "profile": profile["name"] if profile else None,
+                        "revision": profile["revision"] if profile else None,
+                        "scoring_key": profile["scoring_key"] if profile else None,
+                        "file_sha256": sha,
+                        "file_name": name,
+                        "width": w,
+                        "height": h,
+                        "score": score,
+                        "label": label,
+                        "threshold": thr.value if known else None,
+                        "threshold_source": thr_source,
+                        "pixel_threshold": pthr.value if math.isfinite(pthr.value) else None,
+                        "method": served.key.method,
+                        "class_name": served.key.class_name,
+                        "model_id": served.id,
+                        "image_path": self.store.relative(upload),
+                        "map_path": stored["anomaly_map_path"],
+                        "overlay_path": stored.get("overlay_path"),
+                    }
+                )
             row.update(
                 image_path=abs_path(upload) if upload is not None else "",
                 request_id=request_id,
@@ -444,11 +543,12 @@ class Service:
             results.append(
                 {
                     "image_id": image_id,
+                    "uid": image_id,
                     "file_name": name,
                     "pred_score": score,
                     "pred_label": label,
                     "threshold": thr.value if known else None,
-                    "threshold_source": thr.source,
+                    "threshold_source": thr_source,
                     "map_min": row["map_min"],
                     "map_max": row["map_max"],
                     "image_size": [w, h],
@@ -461,10 +561,16 @@ class Service:
         if self.store.persistent and served.id not in self._manifested:  # described before any row names it
             self._manifested.add(served.id)
             self.store.write_manifest(dict(self.pool.described), self.stats())
-        self.store.append_rows(rows)  # fsync'd before the client hears of the results
+        if self.station is not None:
+            self.station.record(recorded)  # one transaction, committed before the client hears of the results
+            self.profiles.recorded += len(recorded)
+        else:
+            self.store.append_rows(rows)  # fsync'd before the client hears of the results
         self.store.append_errors([{"request_id": request_id, **e} for e in errors])
         return {
             "request_id": request_id,
+            "profile": profile["name"] if profile else None,
+            "revision": profile["revision"] if profile else None,
             "method": served.key.method,
             "class_name": served.key.class_name,
             "reference_id": served.key.reference_id,
@@ -474,7 +580,7 @@ class Service:
             "set_level": m.set_level,
             "random_weights": bool(m.backbone.random_init),
             "precision": m.backbone.precision,
-            "threshold": {"value": thr.value if known else None, "source": thr.source, "note": thr.note or None},
+            "threshold": {"value": thr.value if known else None, "source": thr_source, "note": thr.note or None},
             "pixel_threshold": pthr.value if math.isfinite(pthr.value) else None,
             "pixel_threshold_source": pthr.source,
             "colour_range": [lo, hi],

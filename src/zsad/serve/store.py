@@ -14,6 +14,7 @@ nothing) is adopted: its key is upgraded and its manifest's models are kept.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -66,8 +67,10 @@ class ResultStore:
         keep: int = 2000,
         config: dict[str, Any] | None = None,
         key: dict[str, Any] | None = None,
+        station: bool = False,
     ) -> None:
         self.persistent = out is not None
+        self.station = station  # rows go to the station's database; uploads are named by content
         self.config = config or {}
         self.key = key or {"command": "serve"}
         self._lock = threading.Lock()
@@ -91,7 +94,10 @@ class ResultStore:
                 if self.adopted:  # under the lock: nobody else upgrades it meanwhile
                     write_json(out / RUN_KEY, json.loads(json.dumps(self.key, default=str)))
                 claim_output(out, self.key, "serve", "serve")
-                self.log = CsvLog(out / "predictions.csv", SERVE_FIELDS, key=lambda r: r["image_id"], remember=False)
+                if not station:
+                    self.log = CsvLog(
+                        out / "predictions.csv", SERVE_FIELDS, key=lambda r: r["image_id"], remember=False
+                    )
                 self.errors = CsvLog(out / "errors.csv", ERROR_FIELDS, remember=False)
                 self._resume(out)
             except BaseException:
@@ -149,13 +155,24 @@ class ResultStore:
         p = self.root / folder / f"{image_id}{ext}"
         return p if p.is_file() else None
 
-    def save_image(self, image_id: str, data: bytes, fmt: str) -> Path | None:
-        """Keep the uploaded bytes (with ``--out``), named by id and the decoded format, never the client's name."""
+    def save_image(self, image_id: str, data: bytes, fmt: str) -> tuple[Path | None, str]:
+        """Keep the uploaded bytes (with ``--out``), never under the client's name; returns the path and sha256.
+
+        For a station the file is named by its sha256 (the same part sent twice is one file, and a confirmed
+        normal becomes a reference by that hash); otherwise by the result's id, as ``zsad detect`` folders are.
+        """
+        sha = hashlib.sha256(data).hexdigest()
         if not self.persistent:
-            return None
-        path = self.root / "images" / f"{image_id}{_EXT.get(fmt.upper(), '.img')}"
-        write_bytes(path, data)
-        return path
+            return None, sha
+        ext = _EXT.get(fmt.upper(), ".img")
+        path = self.root / "images" / f"{sha if self.station else image_id}{ext}"
+        if not (self.station and path.is_file()):
+            write_bytes(path, data)
+        return path, sha
+
+    def relative(self, path: Path | None) -> str | None:
+        """``path`` relative to the results folder (how the station's rows name files), or None."""
+        return None if path is None else path.relative_to(self.root).as_posix()
 
     def save_result(self, image_id: str, amap: np.ndarray, overlay: np.ndarray | None) -> dict[str, str]:
         """Write the map (.npy float32, 16-bit PNG) and the overlay; returns their paths relative to the root."""
