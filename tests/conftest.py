@@ -48,3 +48,18 @@ def assets_dir() -> Path:
 @pytest.fixture
 def images96() -> torch.Tensor:
     return torch.randn(3, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throw-away PostgreSQL cluster for the session (Debian's postgresql: initdb + pg_ctl on a free port).
+
+    Skipped, with the reason, only where the PostgreSQL binaries (or a user to run them as) are missing.
+    """
+    from zsad.store.throwaway import postgres_available, throwaway_postgres
+
+    reason = postgres_available()
+    if reason:
+        pytest.skip(reason)
+    with throwaway_postgres() as url:
+        yield url

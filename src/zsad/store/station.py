@@ -696,6 +696,7 @@ class Station:
                         )
                     cleared += len(batch)
                     candidates.update(p for r in batch for p in r[1:] if p is not None)
+        candidates |= {m for p in candidates for m in _companions(p)}
         files = self._unlink_unnamed(sorted(candidates), time.time() - grace_s)
         return {"rows_deleted": deleted, "rows_cleared": cleared, "files_deleted": files}
 
@@ -748,11 +749,22 @@ class Station:
         return gone
 
     def _named(self, conn: Connection, paths: list[str]) -> set[str]:
-        """Which of ``paths`` some row (of any station) names."""
+        """Which of ``paths`` some row (of any station) names, itself or as the companion of a file it names."""
         c = inspections.c
-        want = set(paths)
-        q = sa.select(*(c[k] for k in PATHS)).where(sa.or_(*(c[k].in_(paths) for k in PATHS)))
-        return {p for r in conn.execute(q) for p in r if p in want}
+        asked = sorted({*paths, *(o for p in paths if (o := _owner(p)) is not None)})
+        q = sa.select(*(c[k] for k in PATHS)).where(sa.or_(*(c[k].in_(asked) for k in PATHS)))
+        hits = {p for r in conn.execute(q) for p in r if p is not None}
+        return {p for p in paths if p in hits or _owner(p) in hits}
+
+
+def _companions(rel: str) -> list[str]:
+    """Files that live and die with ``rel`` without a column of their own: a map's 16-bit PNG beside its .npy."""
+    return [rel[: -len(".npy")] + ".png"] if rel.startswith("maps/") and rel.endswith(".npy") else []
+
+
+def _owner(rel: str) -> str | None:
+    """The file whose companion ``rel`` is (see ``_companions``), or None."""
+    return rel[: -len(".png")] + ".npy" if rel.startswith("maps/") and rel.endswith(".png") else None
 
 
 def _profile_dict(name: str, r: Any) -> dict[str, Any]:
@@ -797,18 +809,22 @@ def encode_cursor(sort: str, order: str, key: Any, row_id: int) -> str:
 def decode_cursor(cursor: str, sort: str, order: str) -> tuple[Any, int]:
     """(sort key, id) of ``cursor``; refused if it is damaged or was made for another sort or order."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        s, o, value, row_id = json.loads(raw)
+        s, o, value, row_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        s = o = value = row_id = None
+    if s in ("time", "score") and o in ("desc", "asc") and (s, o) != (sort, order):
+        raise ZsadInputError(f"cursor {cursor[:40]!r}: made for sort={s} order={o}, not sort={sort} order={order}")
+    try:
+        if (s, o) != (sort, order) or not isinstance(row_id, int) or isinstance(row_id, bool):
+            raise ValueError
         if sort == "time":
             value = datetime.fromisoformat(value)
             if value.tzinfo is None:
                 raise ValueError
         else:
             value = float(value)
-        if not isinstance(row_id, int):
-            raise ValueError
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+            if not math.isfinite(value):
+                raise ValueError
+    except (ValueError, TypeError):
         raise ZsadInputError(f"cursor {cursor[:40]!r}: not a cursor of this history") from None
-    if (s, o) != (sort, order):
-        raise ZsadInputError(f"cursor {cursor[:40]!r}: made for sort={s} order={o}, not sort={sort} order={order}")
     return value, row_id
