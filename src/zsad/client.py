@@ -80,6 +80,7 @@ def detect(
     reference_id: str | None = None,
     skip_bad: bool = False,
     threshold_rule: str | None = None,
+    profile: str | None = None,
     token: str | None = None,
     timeout: float = 300.0,
 ) -> dict[str, Any]:
@@ -87,7 +88,8 @@ def detect(
 
     ``skip_bad``: unreadable images are listed in the answer's ``errors`` instead of refusing the request.
     ``threshold_rule``: with no threshold and no references, ``robust_outlier`` (the server's default) or
-    ``two_mode``, fitted to this request's images.
+    ``two_mode``, fitted to this request's images. ``profile``: a station profile decides method, options,
+    references and threshold (leave those out); the answer then names its revision.
     """
     with httpx.Client(base_url=url, headers=_headers(token), timeout=timeout) as c:
         data = _form(
@@ -98,6 +100,7 @@ def detect(
             reference_id=reference_id,
             skip_bad="true" if skip_bad else None,
             threshold_rule=threshold_rule,
+            profile=profile,
         )
         return dict(_answer(c.post("/v1/detect", files=_files(images), data=data)))
 

@@ -243,7 +243,7 @@ def detect_cmd(
         from zsad.runtime.detect import run
 
         raise typer.Exit(run(_runtime_args(locals())))
-    decided = {"--class-name": class_name, "--reference-dir": reference_dir, "--k-shot": k_shot}
+    decided: dict[str, Any] = {"--class-name": class_name, "--reference-dir": reference_dir, "--k-shot": k_shot}
     decided |= {"--threshold": threshold, "--option": option, "--checkpoint": checkpoint}
     with _one_line_errors(out), _profile_run(profile, db, profile_revision, decided) as prof:
         if prof is not None:
@@ -331,7 +331,7 @@ def export_cmd(
     from zsad.export import export_run
     from zsad.methods.options import route_options
 
-    decided = {"--class-name": class_name, "--reference-dir": reference_dir, "--k-shot": k_shot}
+    decided: dict[str, Any] = {"--class-name": class_name, "--reference-dir": reference_dir, "--k-shot": k_shot}
     decided |= {"--threshold": threshold, "--option": option}
     with _one_line_errors(), _profile_run(profile, db, profile_revision, decided) as prof:
         if prof is not None:

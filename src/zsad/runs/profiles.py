@@ -144,7 +144,7 @@ def profile_policy(setup: dict[str, Any]) -> Policy:
     """How a run decides for this profile: a fixed value, or a rule (its references' normals win, as in detect)."""
     t = setup.get("threshold") or {}
     rule, value = t.get("rule", "robust_outlier"), t.get("value")
-    if rule in FIXED_RULES:
+    if rule in FIXED_RULES and value is not None:
         return Policy(threshold=float(value))
     return Policy(None, rule if rule in UNLABELLED_RULES else "robust_outlier")
 

@@ -120,7 +120,7 @@ class ModelPool:
         self._run = run_on_worker
         self.max_models, self.max_references = max(1, max_models), max(1, max_references)
         self.max_batch = max_batch  # images of one forward: a spec's memory check covers them
-        self._specs: dict[tuple[str, str], MethodSpec] = {}
+        self._specs: dict[tuple[str, str, str, bool], MethodSpec] = {}
         self._models: OrderedDict[ModelKey, Served] = OrderedDict()
         self._building: dict[ModelKey, Future[Served]] = {}
         self._backbones: dict[tuple[Any, ...], Any] = {}

@@ -383,12 +383,12 @@ class Service:
         if source not in SOURCES:
             raise ZsadInputError(f"source {source!r}: use one of {', '.join(SOURCES)}")
         if profile:
-            given = [k for k, v in (("method", method), ("class_name", class_name), ("options", options),
+            named = [k for k, v in (("method", method), ("class_name", class_name), ("options", options),
                      ("threshold", threshold), ("reference_id", reference_id)) if v not in (None, "")]  # fmt: skip
-            if given:
+            if named:
                 raise ZsadInputError(
                     f"profile {profile}: the profile decides method, class name, options, references and threshold; "
-                    f"leave out {', '.join(given)}"
+                    f"leave out {', '.join(named)}"
                 )
             return await self._detect(uploads, skip_bad, *await self.profiles.prepare(profile), source)
         policy = Policy(threshold, threshold_rule)  # checked before any work

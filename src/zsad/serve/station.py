@@ -18,7 +18,7 @@ import socket
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from zsad.errors import ZsadInputError
 from zsad.feedback import refit_threshold
@@ -132,7 +132,7 @@ class Profiles:
             except Exception as e:  # a failed pass is retried in an hour; scoring goes on
                 from zsad.progress import reporter
 
-                reporter().message(f"retention: {' '.join(str(e).split())}", "warn")
+                reporter().message(f"retention: {' '.join(str(e).split())}", "warning")
 
     def stop(self) -> None:
         """End the retention thread (the server is stopping)."""
@@ -383,7 +383,7 @@ class Profiles:
     def history(self, q: dict[str, str | None]) -> dict[str, Any]:
         """``GET /v1/inspections``: one page, newest first by default, with the files' URLs."""
         label_text = (q.get("label") or "").strip().lower()
-        label: int | str | None = None
+        label: int | Literal["none"] | None = None
         if label_text in ("0", "1"):
             label = int(label_text)
         elif label_text == "none":
@@ -450,7 +450,10 @@ class Profiles:
         if bucket not in ("hour", "day"):
             raise ZsadInputError(f"bucket {bucket!r}: use hour or day")
         p = self.st.profile(name)
-        return {**self.st.dashboard(name, days=days, bucket=bucket), "threshold": p["setup"]["threshold"]["value"]}
+        return {
+            **self.st.dashboard(name, days=days, bucket=cast(Literal["hour", "day"], bucket)),
+            "threshold": p["setup"]["threshold"]["value"],
+        }
 
     # ------------------------------------------------------------------------------------------ feedback
     def proposal(self, name: str) -> dict[str, Any]:
