@@ -4,6 +4,7 @@
 
 const TOKEN_KEY = "zsad.token";
 const HIST_BINS = 20;
+const PROFILE_REF_NOTE = "A profile is chosen: its own reference images are used, not these.";
 const CSV_HEADER = ["file_name", "pred_score", "pred_label", "threshold", "threshold_source", "map_min", "map_max", "image_id"];
 
 const state = {
@@ -18,6 +19,9 @@ const state = {
   thresholdNote: "", // why the server made no decision (e.g. too few images for its rule)
   objectUrls: [], // blob URLs of the current results; revoked when results are replaced
   generation: 0, // bumped on every new result set so late image fetches of an old one are dropped
+  station: { enabled: false, reason: "" }, // GET /v1/station
+  profiles: [], // GET /v1/profiles summaries, by name
+  view: "score", // "score" | "history"
 };
 
 const $ = (id) => document.getElementById(id);
@@ -101,32 +105,39 @@ function saveObjectUrl(objectUrl, fileName) {
 
 // ---------- status, errors, busy ----------
 
+// Each view has its own message area, so an error is shown where the user is looking.
 function showError(err) {
-  const box = $("error");
+  const box = state.view === "history" ? $("history-error") : $("error");
   box.textContent = err instanceof Error ? err.message : String(err);
   box.hidden = false;
   box.scrollIntoView({ behavior: "smooth", block: "nearest" });
 }
 
 function clearError() {
-  $("error").hidden = true;
-  $("error").textContent = "";
+  for (const id of ["error", "history-error"]) {
+    $(id).hidden = true;
+    $(id).textContent = "";
+  }
 }
 
 let busy = false;
 function setBusy(message) {
   busy = Boolean(message);
-  $("busy").hidden = !busy;
-  $("busy").textContent = message || "";
+  for (const id of ["busy", "history-busy"]) {
+    $(id).hidden = !busy;
+    $(id).textContent = message || "";
+  }
   document.body.classList.toggle("is-busy", busy);
   updateButtons();
 }
 
 function updateButtons() {
   const method = currentMethod();
-  const usable = Boolean(method && method.available);
+  const profile = currentProfile();
+  const usable = Boolean(profile || (method && method.available));
   $("score-btn").disabled = busy || !usable || state.files.length === 0;
-  $("ref-btn").disabled = busy || !usable || $("ref-input").files.length === 0;
+  $("ref-btn").disabled = busy || Boolean(profile) || !usable || $("ref-input").files.length === 0;
+  $("np-create").disabled = busy || state.methods.length === 0;
 }
 
 // ---------- health, token, methods ----------
@@ -150,6 +161,7 @@ async function loadMethods() {
     state.methods = data.methods || [];
     if (data.limits) state.limits = { ...state.limits, ...data.limits };
     renderMethodOptions(data.default_method);
+    renderProfileMethodOptions();
   } catch (err) {
     const select = $("method");
     select.replaceChildren(el("option", { text: "Methods not loaded" }));
@@ -276,10 +288,20 @@ function classNameMissing() {
 
 async function scoreImages() {
   clearError();
-  const problem = checkLimits(state.files) || (classNameMissing() ? "Please enter the object class (e.g. screw)." : null);
+  const profile = currentProfile();
+  const problem = checkLimits(state.files) || (!profile && classNameMissing() ? "Please enter the object class (e.g. screw)." : null);
   if (problem) return showError(problem);
-  const form = buildForm(state.files);
-  if (state.reference) form.append("reference_id", state.reference.reference_id);
+  let form;
+  if (profile) { // the profile decides method, class, options, references and threshold
+    form = new FormData();
+    for (const f of state.files) form.append("images", f, f.name);
+    form.append("profile", profile.name);
+    form.append("source", "upload");
+  } else {
+    form = buildForm(state.files);
+    if (state.reference) form.append("reference_id", state.reference.reference_id);
+    if (state.station.enabled) form.append("source", "upload");
+  }
   setBusy(`Scoring ${state.files.length} image(s)…`);
   try {
     renderResults(await apiJson("/v1/detect", { method: "POST", body: form }));
@@ -348,7 +370,12 @@ function renderResults(resp) {
   const notes = [...(resp.notes || []), ...(resp.errors || []).map((e) => `${e.file_name}: not scored (${e.error})`)];
   $("set-notes").replaceChildren(...notes.map((n) => el("li", { text: n })));
   $("set-notes").hidden = notes.length === 0;
-  const refText = resp.reference_id ? `reference ${resp.reference_id}` : "no reference images";
+  const first = resp.results[0] || {};
+  const profileName = resp.profile || first.profile;
+  const revision = resp.revision !== undefined && resp.revision !== null ? resp.revision : first.revision;
+  const refText = profileName
+    ? `profile ${profileName}${revision !== undefined && revision !== null ? ` @ revision ${revision}` : ""}`
+    : resp.reference_id ? `reference ${resp.reference_id}` : "no reference images";
   $("results-meta").textContent = `${resp.method} · class "${resp.class_name}" · ${refText} · ${scores.length} image(s) · request ${resp.request_id}`;
   updateRandomWarning();
 
@@ -635,9 +662,185 @@ function onClassNameInput() {
   if (ref && ref.sentClassName !== $("class-name").value.trim()) clearReference("class name changed");
 }
 
-function onTokenChange() {
+async function onTokenChange() {
   sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
-  loadMethods();
+  await loadMethods();
+  await loadStation();
+}
+
+// ---------- views (Score / History) ----------
+
+function viewFromHash() {
+  return location.hash === "#history" ? "history" : "score";
+}
+
+function selectView(view, fromClick) {
+  if (view === "history" && !state.station.enabled) view = "score";
+  const changed = state.view !== view;
+  state.view = view;
+  for (const name of ["score", "history"]) {
+    const active = name === view;
+    $(`view-${name}`).hidden = !active;
+    $(`tab-${name}`).setAttribute("aria-selected", String(active));
+    $(`tab-${name}`).classList.toggle("is-active", active);
+  }
+  if (fromClick) {
+    const hash = view === "history" ? "#history" : "#score";
+    if (location.hash !== hash) history.replaceState(null, "", hash);
+  }
+  if (changed || fromClick) clearError();
+  if (view === "history") onHistoryShown(); // history.js
+}
+
+// Arrow keys move between the tabs (the tab pattern); handled here, they never reach the review shortcuts.
+function onTabKey(e) {
+  if (e.key !== "ArrowLeft" && e.key !== "ArrowRight") return;
+  e.preventDefault();
+  const tabs = Array.from(document.querySelectorAll(".tab")).filter((t) => !t.disabled);
+  const i = tabs.indexOf(e.currentTarget);
+  const next = tabs[(i + (e.key === "ArrowRight" ? 1 : tabs.length - 1)) % tabs.length];
+  next.focus();
+  selectView(next.id.replace("tab-", ""), true);
+}
+
+// ---------- station and profiles ----------
+
+async function loadStation() {
+  try {
+    const st = await apiJson("/v1/station");
+    state.station = { ...st, enabled: Boolean(st.enabled), reason: st.reason || "" };
+  } catch (err) {
+    // An older server has no /v1/station (404): the page works as before, without history.
+    const reasons = { 404: "this server has no inspection station", 401: "enter the access token first" };
+    state.station = { enabled: false, reason: reasons[err.status] || err.message };
+    if (!reasons[err.status]) showError(err); // a 401 was already explained by the methods' request
+  }
+  const on = state.station.enabled;
+  $("tab-history").disabled = !on;
+  $("tab-history").title = on ? "Inspection history, review and feedback" : `History unavailable: ${state.station.reason}`;
+  $("station-note").textContent = on ? "" : `History unavailable: ${state.station.reason}`;
+  $("profile-row").hidden = !on;
+  stationInfoChanged(); // history.js
+  if (on) await loadProfiles();
+  else if (state.view === "history") selectView("score", true);
+}
+
+async function loadProfiles(selectName) {
+  try {
+    const data = await apiJson("/v1/profiles");
+    state.profiles = (data.profiles || []).slice().sort((a, b) => a.name.localeCompare(b.name));
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  const select = $("profile");
+  const keep = selectName !== undefined ? selectName : select.value;
+  select.replaceChildren(el("option", { value: "", text: "None — ad hoc (method and class below)" }));
+  for (const p of state.profiles) select.append(el("option", { value: p.name, text: `${p.name} (rev. ${p.revision})` }));
+  select.value = state.profiles.some((p) => p.name === keep) ? keep : "";
+  profilesChanged(); // history.js: the filter's list
+  onProfileChange();
+}
+
+function currentProfile() {
+  const name = $("profile").value;
+  return (name && state.profiles.find((p) => p.name === name)) || null;
+}
+
+function describeProfile(p) {
+  const thr = p.threshold || {};
+  const thrText = isFiniteNumber(thr.value) ? `threshold ${formatNumber(thr.value)}` : "no threshold yet";
+  const rule = thr.rule || thr.source;
+  const refs = p.num_references ? `${p.num_references} reference image${p.num_references === 1 ? "" : "s"}` : "no reference images";
+  const cls = p.class_name ? `class "${p.class_name}"` : "no class name";
+  return `Revision ${p.revision} · ${p.method} · ${cls} · ${refs} · ${thrText}${rule ? ` (${rule})` : ""}`;
+}
+
+// With a profile the method and class fields show the profile's (disabled: the profile decides them); the ad hoc
+// choice is kept and comes back when "None" is chosen again.
+function onProfileChange() {
+  const p = currentProfile();
+  const before = state.appliedProfile || null;
+  if (p && state.reference) clearReference(null);
+  if (p && !before) state.adhoc = { method: $("method").value, className: $("class-name").value };
+  if (p) {
+    if (state.methods.some((m) => m.name === p.method)) $("method").value = p.method;
+    $("class-name").value = p.class_name || "";
+  } else if (before && state.adhoc) {
+    $("method").value = state.adhoc.method;
+    $("class-name").value = state.adhoc.className;
+    state.adhoc = null;
+  }
+  state.appliedProfile = p ? p.name : null;
+  if (p || before) onMethodChange(); // the method's description follows what the field shows
+  for (const id of ["method", "class-name", "ref-input"]) $(id).disabled = Boolean(p) || (id === "method" && state.methods.length === 0);
+  $("profile-info").textContent = p
+    ? describeProfile(p)
+    : state.station.enabled ? "Ad hoc: choose the method and class below. Scores are kept in the station's history." : "";
+  $("profile-info").classList.toggle("is-set", Boolean(p));
+  if (p) {
+    $("ref-note").textContent = PROFILE_REF_NOTE;
+    $("ref-note").hidden = false;
+  } else if ($("ref-note").textContent === PROFILE_REF_NOTE) {
+    $("ref-note").hidden = true;
+  }
+  updateButtons();
+}
+
+function renderProfileMethodOptions() {
+  const select = $("np-method");
+  const keep = select.value;
+  select.replaceChildren();
+  for (const m of state.methods) {
+    const option = el("option", { value: m.name, text: `${m.name}${m.few_shot ? " (few-shot)" : ""}${m.available ? "" : " (unavailable)"}` });
+    option.disabled = !m.available;
+    select.append(option);
+  }
+  const chosen = state.methods.find((m) => m.name === keep && m.available) || state.methods.find((m) => m.name === $("method").value);
+  if (chosen) select.value = chosen.name;
+  describeProfileMethod();
+}
+
+function describeProfileMethod() {
+  const m = state.methods.find((x) => x.name === $("np-method").value);
+  $("np-hint").textContent = m
+    ? `${m.name}: ${m.few_shot ? "memorises the reference images (few-shot) and calibrates its threshold on them" : "zero-shot; reference images only calibrate the threshold"}${m.needs_class_name ? "; needs an object class" : ""}.`
+    : "";
+}
+
+async function createProfile() {
+  clearError();
+  const name = $("np-name").value.trim();
+  const m = state.methods.find((x) => x.name === $("np-method").value);
+  const className = $("np-class").value.trim();
+  const refs = Array.from($("np-refs").files);
+  const thrText = $("np-threshold").value.trim();
+  let problem = null;
+  if (!name) problem = "Please give the new profile a name.";
+  else if (!m) problem = "Please choose a method for the new profile.";
+  else if (m.needs_class_name && !className) problem = `Please enter the object class: ${m.name} needs it.`;
+  else if (thrText && !Number.isFinite(Number(thrText))) problem = `Threshold ${thrText}: not a number.`;
+  else problem = checkLimits(refs);
+  if (problem) return showError(problem);
+  const form = new FormData();
+  form.append("name", name);
+  form.append("method", m.name);
+  if (className) form.append("class_name", className);
+  if (thrText) form.append("threshold", String(Number(thrText)));
+  for (const f of refs) form.append("references", f, f.name);
+  setBusy(`Creating profile ${name}${refs.length ? ` with ${refs.length} reference image(s)` : ""}…`);
+  try {
+    const created = await apiJson("/v1/profiles", { method: "POST", body: form });
+    $("profile-form").reset();
+    renderProfileMethodOptions();
+    $("new-profile").open = false;
+    await loadProfiles(created.name);
+    $("profile").focus();
+  } catch (err) {
+    showError(err);
+  } finally {
+    setBusy(null);
+  }
 }
 
 async function init() {
@@ -658,10 +861,21 @@ async function init() {
   $("threshold").addEventListener("input", onSliderInput);
   $("csv-btn").addEventListener("click", downloadCsv);
   window.addEventListener("resize", () => { if (state.rows.length) drawHistogram(); });
+  $("profile").addEventListener("change", onProfileChange);
+  $("profile-form").addEventListener("submit", (e) => { e.preventDefault(); createProfile(); });
+  $("np-method").addEventListener("change", describeProfileMethod);
+  for (const tab of document.querySelectorAll(".tab")) {
+    tab.addEventListener("click", () => selectView(tab.id.replace("tab-", ""), true));
+    tab.addEventListener("keydown", onTabKey);
+  }
+  window.addEventListener("hashchange", () => selectView(viewFromHash(), false));
   setupDropzone();
   renderFileList();
+  initHistory(); // history.js
   await loadHealth();
   await loadMethods();
+  await loadStation();
+  selectView(viewFromHash(), false);
 }
 
 document.addEventListener("DOMContentLoaded", init);
