@@ -329,6 +329,7 @@ async function showReviewImage(id, url, alt, gen) {
 }
 
 function moveReview(step) {
+  if (H.reviewBusy) return; // a verdict on its way moves on by itself
   const to = H.qIndex + step;
   if (to < 0 || to >= H.queue.length) return;
   H.qIndex = to;
