@@ -87,7 +87,7 @@ def load(db: str, name: str, revision: int | None, folder: Path) -> dict[str, An
 @with_backbone_options
 def create_cmd(
     bb: BackboneSpec,
-    name: Annotated[str, typer.Argument(help="Profile name (letters, digits, spaces, '_.-').")],
+    name: Annotated[str, typer.Argument(help="Profile name (1-64 letters, digits, '_.-').")],
     db: Db,
     method: Annotated[str, typer.Option(help="Method name (see `zsad methods`).")] = "winclip",
     class_name: Annotated[str | None, typer.Option(help="Object name used in prompts.")] = None,

@@ -240,7 +240,7 @@ def _station_routes(v1: APIRouter, service: Service) -> None:
 
     @v1.post("/profiles", tags=["station"])
     async def create_profile(
-        name: Annotated[str, Form(description="1-100 letters, digits, spaces, '_.-'.")],
+        name: Annotated[str, Form(description="1-64 letters, digits, '_.-' (a url-safe word).")],
         references: Annotated[
             list[UploadFile] | None, Form(description="NORMAL images of the part (field repeated).")
         ] = None,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from zsad.errors import ZsadInputError
-from zsad.feedback import refit_threshold
+from zsad.feedback import decide, refit_threshold
 from zsad.runs import (
     Policy,
     check_profile_name,
@@ -462,7 +462,7 @@ class Profiles:
         setup = p["setup"]
         _, scores, labels, review = self.st.scores_for_refit(name, p["scoring_key"])
         current = setup["threshold"]["value"]
-        flags = int((scores >= current).sum()) if current is not None else int((labels == 1).sum())
+        flags = int(decide(scores, current).sum()) if current is not None else int((labels == 1).sum())
         refit = None
         if (review >= 0).any():
             refit = refit_threshold(scores, review, current).as_dict()
