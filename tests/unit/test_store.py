@@ -470,6 +470,30 @@ def test_dashboard_matches_hand_counts(st: Station) -> None:
         st.dashboard("nope")
 
 
+def test_dashboard_histogram_is_numpys(st: Station) -> None:
+    st.create_profile("p", SETUP)
+    now = datetime.now(UTC)
+    rng = np.random.default_rng(2)
+    scores = np.concatenate([rng.random(150), [0.25, 0.5, 0.75, 1.0, 0.0]])  # scores on the edges of 4 bins
+    labels = rng.random(len(scores)) < 0.3
+    st.record(
+        [
+            row(i, profile="p", created_at=now, score=float(x), label=int(f))
+            for i, (x, f) in enumerate(zip(scores, labels, strict=True))
+        ]
+    )
+    for bins in (1, 4, 7):
+        h = st.dashboard("p", days=1, bins=bins)["histogram"]
+        counts, edges = np.histogram(scores, bins=bins)
+        assert h["edges"] == edges.tolist() and h["counts"] == counts.tolist()
+        assert h["flagged"] == np.histogram(scores[labels], bins=edges)[0].tolist()
+    st.create_profile("q", SETUP)
+    st.record([row(1000 + i, profile="q", created_at=now, score=0.3, label=0) for i in range(3)])
+    h = st.dashboard("q", days=1, bins=2)["histogram"]  # one value: numpy's range of +-0.5 around it
+    counts, edges = np.histogram([0.3] * 3, bins=2)
+    assert (h["edges"], h["counts"], h["flagged"]) == (edges.tolist(), counts.tolist(), [0, 0])
+
+
 def test_dashboard_of_an_empty_window(st: Station) -> None:
     st.create_profile("p", SETUP)
     st.record([row(1, profile="p", created_at=datetime.now(UTC) - timedelta(days=30))])

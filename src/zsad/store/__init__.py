@@ -12,12 +12,14 @@ from zsad.store.station import (
     Filters,
     Page,
     Station,
+    check_profile_name,
     decode_cursor,
     encode_cursor,
     scoring_key,
 )
 
 __all__ = [
+    "check_profile_name",
     "MAX_LIMIT",
     "REVIEW_LABELS",
     "SCHEMA_VERSION",

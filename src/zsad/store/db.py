@@ -30,6 +30,9 @@ from zsad.store.schema import MIGRATIONS, SCHEMA_VERSION, schema_info, stamp
 MIGRATION_LOCK = zlib.crc32(b"zsad.store.migrate")
 FILES_LOCK = zlib.crc32(b"zsad.store.files")
 BUSY_TIMEOUT_MS = 30_000
+# FULL: the WAL is fsynced at every commit, so a commit that returned survives a power cut (NORMAL may lose the
+# last commits, though never corrupts). benchmarks/station_scale.py measures what it costs a one-image request.
+SQLITE_SYNCHRONOUS = "FULL"
 
 
 @dataclass
@@ -143,7 +146,7 @@ def _sqlite_connect(memory: bool) -> Any:
         cur = dbapi_connection.cursor()
         if not memory:
             cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cur.close()

@@ -210,17 +210,13 @@ class Station:
 
     def create_profile(self, name: str, setup: dict[str, Any], reason: str = "created") -> dict[str, Any]:
         """A new profile at revision 1; refused if the name is taken or not a short url-safe word."""
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ZsadInputError(
-                f"profile name {str(name)[:80]!r}: use 1-64 letters, digits, '.', '_' or '-' (first a letter or digit)"
-            )
+        check_profile_name(name)
         text, key = self._setup(setup)
         now = utcnow()
         try:
             with self._begin(write=True) as conn:
-                pid = conn.execute(
-                    profiles.insert().values(name=name, current=1, created_at=now).returning(profiles.c.id)
-                ).scalar_one()
+                conn.execute(profiles.insert().values(name=name, current=1, created_at=now))
+                pid = conn.execute(sa.select(profiles.c.id).where(profiles.c.name == name)).scalar_one()
                 self._add_revision(conn, pid, 1, now, reason, text, key)
         except sa.exc.IntegrityError:
             raise ZsadInputError(f"profile {name!r}: already exists") from None
@@ -601,18 +597,8 @@ class Station:
             for r in counts:
                 start = r["hour"] if bucket == "hour" else r["hour"].replace(hour=0)
                 per_bucket[start] += [r[k] for k in COUNTS]
-            sl = conn.execute(
-                sa.select(c.score, c.label).where(c.profile_id == pid, c.created_at >= since, c.created_at < end)
-            ).all()
+            histogram = self._histogram(conn, (c.profile_id == pid, c.created_at >= since, c.created_at < end), bins)
         total = dict(zip(COUNTS, map(int, sum(per_bucket.values(), np.zeros(len(COUNTS), np.int64))), strict=True))
-        scores = np.array([r[0] for r in sl], dtype=np.float64)
-        flagged = np.array([r[1] == 1 for r in sl], dtype=bool)
-        if len(scores):
-            counts_h, edges = np.histogram(scores, bins=bins, range=(float(scores.min()), float(scores.max())))
-            flagged_h, _ = np.histogram(scores[flagged], bins=edges)
-            histogram = {"edges": edges.tolist(), "counts": counts_h.tolist(), "flagged": flagged_h.tolist()}
-        else:
-            histogram = {"edges": [], "counts": [], "flagged": []}
         return {
             "since": since.isoformat(),
             "until": end.isoformat(),
@@ -625,6 +611,32 @@ class Station:
             "false_alarm_rate": _rate(total["false_alarms"], total["reviewed_flagged"]),
             "missed_defect_rate": _rate(total["missed_defects"], total["reviewed_unflagged"]),
         }
+
+    def _histogram(self, conn: Connection, where: tuple[Any, ...], bins: int) -> dict[str, list[Any]]:
+        """Score histogram of the rows ``where`` selects, counted in the database (no rows cross the wire).
+
+        The edges are numpy's (``np.linspace`` from the lowest to the highest score, or +-0.5 around a single
+        value) and a score falls in bin k when edges[k] <= score < edges[k+1], the last bin closed: the bins of
+        ``np.histogram``. Two passes over the profile's time index, which holds score and label.
+        """
+        c = inspections.c
+        lo, hi = conn.execute(sa.select(sa.func.min(c.score), sa.func.max(c.score)).where(*where)).one()
+        if lo is None:
+            return {"edges": [], "counts": [], "flagged": []}
+        if lo == hi:
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = np.linspace(lo, hi, bins + 1)
+        flagged = sa.func.sum(sa.case((c.label == 1, 1), else_=0))
+        counts, flags = [0] * bins, [0] * bins
+        if bins == 1:
+            n, f = conn.execute(sa.select(sa.func.count(), flagged).where(*where)).one()
+            found: list[Any] = [(0, n, f)]
+        else:
+            k = sa.case(*((c.score < float(e), i) for i, e in enumerate(edges[1:-1])), else_=bins - 1)
+            found = list(conn.execute(sa.select(k, sa.func.count(), flagged).where(*where).group_by(k)))
+        for i, n, f in found:
+            counts[int(i)], flags[int(i)] = int(n), int(f or 0)
+        return {"edges": edges.tolist(), "counts": counts, "flagged": flags}
 
     # -- retention ------------------------------------------------------------------------------------------------
 
@@ -648,26 +660,28 @@ class Station:
         if keep_days:
             cutoff = utcnow() - timedelta(days=keep_days)
             while True:
-                with self._begin(write=True) as conn:
+                with self._begin(write=True) as conn:  # the oldest first: found at the start of the time index
                     batch = conn.execute(
                         sa.select(c.id, c.profile_id, c.created_at, c.label, c.review_label, *(c[k] for k in PATHS))
                         .where(mine, c.created_at < cutoff)
                         .order_by(c.created_at, c.id)
                         .limit(BATCH)
+                        .with_for_update()
                     ).all()
-                    if not batch:
-                        break
-                    conn.execute(inspections.delete().where(c.id.in_([r.id for r in batch])))
-                    deltas: dict[tuple[int, datetime], np.ndarray] = {}
-                    for r in batch:
-                        if r.profile_id is not None:
-                            key = (r.profile_id, _hour(r.created_at))
-                            sub = -np.asarray(_contribution(r.label, r.review_label))
-                            deltas[key] = deltas[key] + sub if key in deltas else sub
-                    self._bump(conn, deltas)
-                    conn.execute(hourly.delete().where(hourly.c.inspections <= 0))
+                    if batch:
+                        conn.execute(inspections.delete().where(c.id.in_([r.id for r in batch])))
+                        deltas: dict[tuple[int, datetime], np.ndarray] = {}
+                        for r in batch:
+                            if r.profile_id is not None:
+                                key = (r.profile_id, _hour(r.created_at))
+                                sub = -np.asarray(_contribution(r.label, r.review_label))
+                                deltas[key] = deltas[key] + sub if key in deltas else sub
+                        self._bump(conn, deltas)
+                        conn.execute(hourly.delete().where(hourly.c.inspections <= 0))
                 deleted += len(batch)
                 candidates.update(p for r in batch for p in r[5:] if p is not None)
+                if len(batch) < BATCH:
+                    break
         if keep_images:
             with self._begin() as conn:
                 edge = conn.execute(
@@ -683,12 +697,18 @@ class Station:
                 )
                 has_files = sa.or_(*(c[k].is_not(None) for k in PATHS))
                 while True:
+                    # Finding them may read every older row: a read, so requests are not held up meanwhile.
+                    with self._begin() as conn:
+                        ids = conn.scalars(
+                            sa.select(c.id)
+                            .where(mine, older, has_files)
+                            .order_by(c.created_at.desc(), c.id.desc())
+                            .limit(BATCH)
+                        ).all()
                     with self._begin(write=True) as conn:
                         batch = conn.execute(
-                            sa.select(c.id, *(c[k] for k in PATHS)).where(mine, older, has_files).limit(BATCH)
+                            sa.select(c.id, *(c[k] for k in PATHS)).where(c.id.in_(ids), has_files).with_for_update()
                         ).all()
-                        if not batch:
-                            break
                         conn.execute(
                             inspections.update()
                             .where(c.id.in_([r.id for r in batch]))
@@ -696,7 +716,8 @@ class Station:
                         )
                     cleared += len(batch)
                     candidates.update(p for r in batch for p in r[1:] if p is not None)
-        candidates |= {m for p in candidates for m in _companions(p)}
+                    if len(ids) < BATCH:
+                        break
         files = self._unlink_unnamed(sorted(candidates), time.time() - grace_s)
         return {"rows_deleted": deleted, "rows_cleared": cleared, "files_deleted": files}
 
@@ -765,6 +786,15 @@ def _companions(rel: str) -> list[str]:
 def _owner(rel: str) -> str | None:
     """The file whose companion ``rel`` is (see ``_companions``), or None."""
     return rel[: -len(".png")] + ".npy" if rel.startswith("maps/") and rel.endswith(".png") else None
+
+
+def check_profile_name(name: object) -> str:
+    """A profile name: a short url-safe word, since it appears in URLs, file names and tables."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ZsadInputError(
+            f"profile name {str(name)[:80]!r}: use 1-64 letters, digits, '.', '_' or '-' (first a letter or digit)"
+        )
+    return name
 
 
 def _profile_dict(name: str, r: Any) -> dict[str, Any]:
