@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,18 +25,13 @@ from zsad.thresholds import UNLABELLED_RULES
 
 THRESHOLD_RULES = ("normal_quantile", *UNLABELLED_RULES, "manual", "refit")
 FIXED_RULES = ("manual", "refit")  # a value, not a rule: it decides alone
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$")
 
 
 def check_profile_name(name: str) -> str:
-    """A profile name: 1-100 letters, digits, spaces, ``_.-``; it appears in URLs, tables and file names."""
-    text = (name or "").strip()
-    if not _NAME.match(text):
-        raise ZsadInputError(
-            f"profile name {text[:40]!r}: use 1-100 letters, digits, spaces, '_', '.' or '-', starting with a "
-            "letter or digit"
-        )
-    return text
+    """A profile name by the store's rule (a short url-safe word: it appears in URLs, file names and tables)."""
+    from zsad.store import check_profile_name as check
+
+    return check((name or "").strip())
 
 
 def backbone_record(spec: BackboneSpec) -> dict[str, Any]:
