@@ -40,7 +40,10 @@ def _service(out: Path, **cfg: object) -> Service:
     return Service(ServeConfig(backbone=BB, out=out, station=True, max_images=16, **cfg))  # type: ignore[arg-type]
 
 
-def test_station_loop_and_restart(samples: tuple[list[Path], list[Path]], tmp_path: Path) -> None:
+def test_station_loop_and_restart(
+    samples: tuple[list[Path], list[Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ZSAD_CACHE", str(tmp_path / "cache"))  # detect --profile writes the references there
     refs, parts = samples
     out = tmp_path / "station"
     svc = _service(out)

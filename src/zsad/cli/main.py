@@ -63,9 +63,17 @@ def _profile_app() -> None:
     app.add_typer(profile_app, name="profile")
 
 
+def _decided_by(prof: dict[str, Any]) -> tuple[Any, ...]:
+    """What a profile decides for detect and export: method, backbone, class name, references, k-shot, threshold."""
+    return tuple(prof[k] for k in ("method", "backbone", "class_name", "reference_dir", "k_shot", "threshold"))
+
+
 @contextmanager
 def _profile_run(profile: str | None, db: str | None, revision: int | None, given: dict[str, Any]) -> Iterator[Any]:
-    """A profile's settings for a detect or export run (None without ``--profile``), its references in a temp dir.
+    """A profile's settings for a detect or export run (None without ``--profile``).
+
+    Its references are written under the cache, in a folder named by the revision's scoring key: the same
+    revision always reads the same folder, so a detect run with ``--profile`` resumes like any other.
 
     The options the profile decides must be left out, so a command never silently mixes two setups.
     """
@@ -79,16 +87,13 @@ def _profile_run(profile: str | None, db: str | None, revision: int | None, give
     clash = [k for k, v in given.items() if v not in (None, [], False)]
     if clash:
         raise ZsadInputError(f"--profile {profile} decides {', '.join(clash)}: leave them out")
-    import tempfile
-
-    from zsad.cli.profile import load
+    from zsad.cli.profile import load, references_cache
     from zsad.runs import profile_settings
 
-    with tempfile.TemporaryDirectory(prefix="zsad-profile-") as tmp:
-        p = load(db, profile, revision, Path(tmp) / "references")
-        settings = profile_settings(p["setup"])
-        settings.update(reference_dir=p["reference_dir"], profile=p)
-        yield settings
+    p = load(db, profile, revision, references_cache)
+    settings = profile_settings(p["setup"])
+    settings.update(reference_dir=p["reference_dir"], profile=p)
+    yield settings
 
 
 def _fail(e: BaseException) -> NoReturn:
@@ -247,13 +252,8 @@ def detect_cmd(
     decided |= {"--threshold": threshold, "--option": option, "--checkpoint": checkpoint}
     with _one_line_errors(out), _profile_run(profile, db, profile_revision, decided) as prof:
         if prof is not None:
-            method, bb, class_name, reference_dir = (
-                prof["method"],
-                prof["backbone"],
-                prof["class_name"],
-                prof["reference_dir"],
-            )
-            k_shot, threshold, threshold_rule = prof["k_shot"], prof["threshold"], prof["threshold_rule"]
+            method, bb, class_name, reference_dir, k_shot, threshold = _decided_by(prof)
+            threshold_rule = prof["threshold_rule"]
         opts = route_options([method], parse_options(option, tta))[method] if prof is None else prof["options"]
         if engine not in ("local", "ray"):
             raise ZsadInputError(f"--engine {engine}: use local or ray")
@@ -335,13 +335,7 @@ def export_cmd(
     decided |= {"--threshold": threshold, "--option": option}
     with _one_line_errors(), _profile_run(profile, db, profile_revision, decided) as prof:
         if prof is not None:
-            method, bb, class_name, reference_dir = (
-                prof["method"],
-                prof["backbone"],
-                prof["class_name"],
-                prof["reference_dir"],
-            )
-            k_shot, threshold = prof["k_shot"], prof["threshold"]
+            method, bb, class_name, reference_dir, k_shot, threshold = _decided_by(prof)
         if method is None:
             raise ZsadInputError("--method: missing; name a method, or export a station profile with --profile")
         opts = route_options([method], parse_options(option))[method] if prof is None else prof["options"]

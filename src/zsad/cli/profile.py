@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -73,13 +73,22 @@ def blob_reader(st: Station) -> Any:
     return lambda sha: (st.blob_name(sha), st.blob(sha))
 
 
-def load(db: str, name: str, revision: int | None, folder: Path) -> dict[str, Any]:
-    """A profile revision, its references written into ``folder``: what ``detect``/``export --profile`` run on."""
+def references_cache(p: dict[str, Any]) -> Path:
+    """Where a revision's references are written for a run: ``$ZSAD_CACHE`` (or ~/.cache/zsad), by scoring key."""
+    import os
+
+    base = Path(os.environ.get("ZSAD_CACHE") or Path.home() / ".cache" / "zsad")
+    return base / "profile-references" / p["scoring_key"][:32]
+
+
+def load(db: str, name: str, revision: int | None, folder: Path | Callable[[dict[str, Any]], Path]) -> dict[str, Any]:
+    """A profile revision, its references written into ``folder`` (or the folder a function of it names)."""
     from zsad.runs import write_profile_references
 
     with station(db) as st:
         p = st.profile(name, revision)
-        p["reference_dir"] = write_profile_references(p["setup"], blob_reader(st), folder)
+        where = folder(p) if callable(folder) else folder
+        p["reference_dir"] = write_profile_references(p["setup"], blob_reader(st), where)
     return p
 
 
