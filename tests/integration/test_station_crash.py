@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sized
 from pathlib import Path
 
 import httpx
@@ -41,11 +42,22 @@ def _start(out: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def _kill_during(
-    proc: subprocess.Popen[bytes], threads: list[threading.Thread], stop: threading.Event, after: float
+    proc: subprocess.Popen[bytes],
+    threads: list[threading.Thread],
+    stop: threading.Event,
+    after: float,
+    done: Sized,
 ) -> None:
-    """Start the client threads, kill -9 the server ``after`` seconds later, then let the clients end."""
+    """Start the client threads, kill -9 the server ``after`` seconds after a first new answer, let the clients end.
+
+    Waiting for an answer first keeps the kill inside the traffic however slow a loaded machine is.
+    """
+    before = len(done)
     for t in threads:
         t.start()
+    deadline = time.monotonic() + 120
+    while len(done) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
     time.sleep(after)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -103,7 +115,7 @@ def test_kill_during_scoring_and_review(assets_dir: Path, tmp_path: Path) -> Non
                         answered[resp.json()["request_id"]] = IMAGES
 
         threads = [threading.Thread(target=send, args=(cycle * 10 + i,)) for i in range(3)]
-        _kill_during(proc, threads, stop, 2.0 + rng.random() * 2.0)
+        _kill_during(proc, threads, stop, 0.5 + rng.random() * 2.0, answered)
     proc, url = _start(out, log)
     try:
         rows = _rows(url)
@@ -140,7 +152,7 @@ def test_kill_during_scoring_and_review(assets_dir: Path, tmp_path: Path) -> Non
                         reviewed[uid] = label
 
         threads = [threading.Thread(target=review, args=(uids[i::3], 100 + i)) for i in range(3)]
-        _kill_during(proc, threads, stop, 1.0 + rng.random())
+        _kill_during(proc, threads, stop, 0.5 + rng.random(), reviewed)
         proc, url = _start(out, log)
         after = {r["uid"]: r for r in _rows(url)}
         assert reviewed and set(after) == set(uids)
