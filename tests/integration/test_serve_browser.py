@@ -11,6 +11,7 @@ import io
 import math
 from pathlib import Path
 
+import httpx
 import pytest
 from serve_helpers import TINY, serving
 
@@ -32,8 +33,13 @@ def test_page_scores_two_images_end_to_end(browser, assets_dir: Path, tmp_path: 
         page = browser.new_page(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(url + "/")
+        page.goto(url + "/#history")  # asked for History without a station: the page stays on Score and says why
         page.wait_for_function("document.querySelector('#method').options.length > 1")
+        page.wait_for_function("document.querySelector('#station-note').textContent.length > 0")
+        reason = httpx.get(url + "/v1/station").json()["reason"]
+        assert page.locator("#tab-history").is_disabled() and reason
+        assert page.inner_text("#station-note") == f"History unavailable: {reason}"
+        assert page.locator("#view-history").is_hidden() and page.locator("#profile-row").is_hidden()
         assert page.locator("#random-warning").is_visible()  # --pretrained none is said plainly
         page.fill("#class-name", "magnetic tile")
         page.set_input_files("#file-input", [str(p) for p in images])

@@ -243,20 +243,3 @@ def test_station_loop_in_the_browser(browser, assets_dir: Path, tmp_path: Path) 
         assert page.locator("#history-error").is_hidden(), page.inner_text("#history-error")
     assert not errors, errors
     page.close()
-
-
-def test_history_is_off_with_the_servers_reason_without_a_station(browser, tmp_path: Path) -> None:
-    with serving(*TINY, log=tmp_path / "serve.log") as url, _api(url) as api:
-        station = api.get("/v1/station").json()
-        assert station["enabled"] is False and station["reason"]
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(url + "/#history")  # asked for History: the page stays on Score and says why
-        _until(page, "document.querySelector('#station-note').textContent.length > 0")
-        assert page.locator("#tab-history").is_disabled()
-        assert page.inner_text("#station-note") == f"History unavailable: {station['reason']}"
-        assert page.locator("#view-score").is_visible() and page.locator("#view-history").is_hidden()
-        assert page.locator("#profile-row").is_hidden()  # no profiles without a station
-        assert not errors, errors
-        page.close()
