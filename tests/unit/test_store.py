@@ -575,6 +575,22 @@ def test_prune_touches_only_its_own_station(postgres_url: str, files: Path, tmp_
         assert a.inspection(uid(1)) is None and a.inspection(uid(2)) is not None
 
 
+def test_a_maps_png_lives_and_dies_with_its_npy(st: Station, files: Path) -> None:
+    """maps/<uid>.png has no column: it is named through its .npy (kept while that is, pruned and swept with it)."""
+    old = datetime.now(UTC) - timedelta(days=3)
+    rows = [_with_files(files, i, f"{i}.png", created_at=old + timedelta(hours=i)) for i in (1, 2)]
+    for r in rows:
+        (files / r["map_path"]).with_suffix(".png").write_bytes(b"p")
+    st.record(rows)
+    past = time.time() - 3600
+    for p in files.rglob("*"):
+        os.utime(p, (past, past))
+    assert st.sweep(grace_s=0) == 0  # every file is named, the PNGs through their .npy
+    assert st.prune(keep_images=1)["files_deleted"] == 4  # row 1: image, map, its PNG, overlay
+    assert _files_on_disk(files) == _named(st) | {f"maps/{uid(2)}.png"}
+    assert st.sweep(grace_s=0) == 0
+
+
 def test_sweep_deletes_old_orphans_only(st: Station, files: Path) -> None:
     named = _with_files(files, 1, "a.png")
     st.record([named])

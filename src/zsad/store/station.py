@@ -14,6 +14,7 @@ import math
 import os
 import re
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,7 +41,7 @@ REVIEW_NAMES: dict[int, str] = {v: k for k, v in REVIEW_LABELS.items()}
 SCORING_FIELDS = ("method", "options", "backbone", "class_name", "references", "k_shot")
 MAX_LIMIT = 500
 BATCH = 5_000  # rows per prune transaction: short transactions, so requests are not held up behind a big prune
-IN_CHUNK = 8_000  # paths per "still named?" query (x3 columns: under SQLite's 32766 bound parameters)
+IN_CHUNK = 8_000  # paths per "still named?" query (with their owners, under SQLite's 32766 bound parameters)
 FILE_DIRS = ("images", "maps", "overlays")
 
 Sort = Literal["time", "score"]
@@ -718,29 +719,42 @@ class Station:
                     candidates.update(p for r in batch for p in r[1:] if p is not None)
                     if len(ids) < BATCH:
                         break
+        candidates.update([o for p in candidates for o in _companions(p)])
         files = self._unlink_unnamed(sorted(candidates), time.time() - grace_s)
         return {"rows_deleted": deleted, "rows_cleared": cleared, "files_deleted": files}
 
     def sweep(self, grace_s: float) -> int:
         """Delete the files under images/, maps/ and overlays/ no row names, untouched for ``grace_s`` seconds.
 
-        Those are what a crash between writing a request's files and committing its rows leaves behind.
+        Those are what a crash between writing a request's files and committing its rows leaves behind. Every
+        named path is read once (streamed, beside the list of files), without blocking writers; the few files left
+        are then checked again, and unlinked, under the files lock (``_unlink_unnamed``).
         """
         before = time.time() - float(grace_s)
-        found = []
+        found: set[str] = set()
         for d in FILE_DIRS:
             top = self.files / d
             if not top.is_dir():
                 continue
             for dirpath, _dirs, names in os.walk(top):
+                rel = Path(dirpath).relative_to(self.files).as_posix()
                 for n in names:
-                    p = Path(dirpath) / n
                     try:
-                        if p.is_file() and p.stat().st_mtime < before:
-                            found.append(p.relative_to(self.files).as_posix())
+                        st = os.stat(os.path.join(dirpath, n), follow_symlinks=False)
                     except OSError:
                         continue
-        return self._unlink_unnamed(found, before)
+                    if stat.S_ISREG(st.st_mode) and st.st_mtime < before:
+                        found.add(f"{rel}/{n}")
+        if found:
+            c = inspections.c
+            with self._begin() as conn:
+                for k in PATHS:
+                    q = sa.select(c[k]).where(c[k].is_not(None))
+                    for (p,) in conn.execution_options(yield_per=20_000).execute(q):
+                        found.discard(p)
+                        for other in _companions(p):
+                            found.discard(other)
+        return self._unlink_unnamed(sorted(found), before)
 
     def _unlink_unnamed(self, paths: Iterable[str], before: float) -> int:
         """Unlink those of ``paths`` (relative) that no row names and untouched since ``before`` (epoch seconds).
@@ -773,8 +787,9 @@ class Station:
         """Which of ``paths`` some row (of any station) names, itself or as the companion of a file it names."""
         c = inspections.c
         asked = sorted({*paths, *(o for p in paths if (o := _owner(p)) is not None)})
-        q = sa.select(*(c[k] for k in PATHS)).where(sa.or_(*(c[k].in_(asked) for k in PATHS)))
-        hits = {p for r in conn.execute(q) for p in r if p is not None}
+        hits: set[str] = set()
+        for k in PATHS:  # a query per column, each an index lookup (PostgreSQL scans the table for an OR of them)
+            hits.update(conn.scalars(sa.select(c[k]).where(c[k].in_(asked))))
         return {p for p in paths if p in hits or _owner(p) in hits}
 
 
