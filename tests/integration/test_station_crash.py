@@ -38,6 +38,10 @@ def _start(out: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     except (RuntimeError, TimeoutError) as e:
         proc.kill()
         raise RuntimeError(f"{e}: {log.read_text()[-2000:]}") from None
+    deadline = time.monotonic() + 60
+    while httpx.get(url + "/v1/station", timeout=30).json()["swept"] is None:  # the start-up sweep runs beside
+        assert time.monotonic() < deadline, "the start-up sweep did not finish"
+        time.sleep(0.1)
     return proc, url
 
 

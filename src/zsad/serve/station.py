@@ -16,6 +16,7 @@ import asyncio
 import math
 import socket
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -62,19 +63,8 @@ def default_db(out: Path) -> str:
 
 
 def open_station(config: ServeConfig, out: Path) -> Station:
-    """The store, with retention applied and crash orphans swept before the first request.
-
-    On SQLite this server holds the database alone, so every unreferenced file is an orphan; on PostgreSQL other
-    servers may be between writing a file and committing its row, so only files older than ten minutes are.
-    """
-    st = Station(config.db or default_db(out), out, station_name=config.station_name or socket.gethostname())
-    try:
-        st.prune(config.keep_days, config.keep_images)
-        st.sweep(0.0 if st.dialect == "sqlite" else 600.0)
-    except BaseException:
-        st.close()
-        raise
-    return st
+    """The store, opened (schema checked or migrated); retention and the crash sweep run beside the server."""
+    return Station(config.db or default_db(out), out, station_name=config.station_name or socket.gethostname())
 
 
 def _now() -> datetime:
@@ -112,9 +102,10 @@ class Profiles:
         self._building: dict[str, asyncio.Lock] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        cfg = service.config
-        if service.station is not None and (cfg.keep_days or cfg.keep_images):
-            self._thread = threading.Thread(target=self._retention, name="zsad-retention", daemon=True)
+        self.swept: int | None = None  # orphan files the start-up sweep deleted (None: still running)
+        self._started = time.time()
+        if service.station is not None:
+            self._thread = threading.Thread(target=self._housekeeping, name="zsad-station", daemon=True)
             self._thread.start()
 
     @property
@@ -124,19 +115,36 @@ class Profiles:
             raise _no_station()
         return self.service.station
 
-    def _retention(self) -> None:
+    def _housekeeping(self) -> None:
+        """Retention now and every hour; once, the sweep of files a crash left without rows.
+
+        Both walk the whole history or folder (a minute at millions of files), so they run beside the server,
+        never before it answers. The sweep only looks at files older than this server's start (on SQLite no other
+        server writes there, so all of those are orphans) or, on PostgreSQL, older than ten minutes (other servers
+        may be between writing a file and committing its row).
+        """
         cfg = self.service.config
-        while not self._stop.wait(RETENTION_EVERY_S):
+        first = True
+        while first or not self._stop.wait(RETENTION_EVERY_S):
             try:
-                self.st.prune(cfg.keep_days, cfg.keep_images)
-            except Exception as e:  # a failed pass is retried in an hour; scoring goes on
+                if cfg.keep_days or cfg.keep_images:
+                    self.st.prune(cfg.keep_days, cfg.keep_images)
+                if first:
+                    grace = time.time() - self._started if self.st.dialect == "sqlite" else 600.0
+                    self.swept = self.st.sweep(max(0.0, grace))
+            except Exception as e:  # retried in an hour; scoring goes on
+                if self._stop.is_set():
+                    return  # the server closed the store under us
                 from zsad.progress import reporter
 
-                reporter().message(f"retention: {' '.join(str(e).split())}", "warning")
+                reporter().message(f"station housekeeping: {' '.join(str(e).split())}", "warning")
+            first = False
 
     def stop(self) -> None:
-        """End the retention thread (the server is stopping)."""
+        """End the housekeeping thread (the server is stopping; a sweep in progress gets a few seconds)."""
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
 
     def info(self) -> dict[str, Any]:
         """``GET /v1/station``."""
@@ -152,6 +160,7 @@ class Profiles:
             "station": st.station_name,
             "keep_days": cfg.keep_days,
             "keep_images": cfg.keep_images,
+            "swept": self.swept,
         }
 
     # ------------------------------------------------------------------------------------------ models
