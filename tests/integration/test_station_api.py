@@ -161,6 +161,15 @@ def test_station_loop_and_restart(
     after = c.post("/v1/detect", data={"profile": "plate"}, files=_files("images", parts[:2])).json()
     for a, b in zip(again["results"], after["results"], strict=True):
         assert a["pred_score"] == pytest.approx(b["pred_score"], rel=1e-6) and a["pred_label"] == b["pred_label"]
+    r = c.patch("/v1/profiles/plate", json={"threshold": 0.25, "reason": "line lead's call"})
+    assert r.status_code == 200, r.text
+    p5 = r.json()
+    assert p5["revision"] == 5 and p5["setup"]["threshold"] == {"rule": "manual", "value": 0.25}
+    assert p5["reason"] == "line lead's call" and p5["scoring_key"] == p1["scoring_key"]
+    assert c.patch("/v1/profiles/plate", json={"colour": "red"}).status_code == 422
+    manual = c.post("/v1/detect", data={"profile": "plate"}, files=_files("images", parts[:2])).json()
+    assert manual["revision"] == 5 and manual["threshold"]["source"] == "manual"
+    assert [x["pred_label"] for x in manual["results"]] == [int(x["pred_score"] > 0.25) for x in manual["results"]]
     svc.close()
 
 
