@@ -190,3 +190,41 @@ def test_no_station_and_one_sqlite_writer(tmp_path: Path) -> None:
         first.close()
     with pytest.raises(Exception, match="give --out"):
         ServeConfig(backbone=BB, station=True).validate()
+
+
+def test_profile_cli(samples: tuple[list[Path], list[Path]], tmp_path: Path) -> None:
+    """zsad profile create/list/show/export on a SQLite file, read back through the store."""
+    import json
+
+    from zsad.cli.main import app
+    from zsad.store import Station
+
+    refs, _ = samples
+    (tmp_path / "good").mkdir()
+    for p in refs:
+        (tmp_path / "good" / p.name).write_bytes(p.read_bytes())
+    db = f"sqlite:///{tmp_path / 'st.db'}"
+    tiny = ["--backbone", "zsad-tiny", "--pretrained", "none", "--image-size", "96", "--device", "cpu"]
+    run = CliRunner().invoke
+    made = run(app, ["profile", "create", "cap-1", "--db", db, "--method", "winclip", "--class-name", "cap",
+                     "--reference-dir", str(tmp_path / "good"), "-o", "temperature=0.05", *tiny])  # fmt: skip
+    assert made.exit_code == 0, made.output
+    again = run(app, ["profile", "create", "cap-1", "--db", db, *tiny])
+    assert again.exit_code == 2 and "exists" in again.output
+    bad = run(app, ["profile", "create", "no spaces", "--db", db, *tiny])
+    assert bad.exit_code == 2 and "profile name" in bad.output
+    listed = run(app, ["profile", "list", "--db", str(tmp_path / "st.db")])
+    assert listed.exit_code == 0 and "cap-1" in listed.output
+    shown = run(app, ["profile", "show", "cap-1", "--db", db])
+    setup = json.loads(shown.output)["setup"]
+    assert setup["options"] == {"temperature": 0.05} and setup["class_name"] == "cap" and len(setup["references"]) == len(refs)
+    assert setup["threshold"] == {"rule": "normal_quantile", "value": None}  # computed by the first run that uses it
+    out = run(app, ["profile", "export", "cap-1", "--db", db, "--to", str(tmp_path / "exported")])
+    assert out.exit_code == 0, out.output
+    written = sorted((tmp_path / "exported" / "references").iterdir())
+    st = Station(db, tmp_path, lock=False)
+    try:
+        assert [f.read_bytes() for f in written] == [st.blob(s) for s in setup["references"]]
+    finally:
+        st.close()
+    assert json.loads((tmp_path / "exported" / "profile.json").read_text())["setup"] == setup

@@ -109,7 +109,8 @@ def make_setup(
         raise ZsadInputError(f"k_shot: method {spec.name} takes no reference images (they only calibrate)")
     return {
         "method": spec.name,
-        "options": {k: v for k, v in sorted(dict(options or {}).items())},
+        # typed as the method reads them (a CLI's "0.05" is 0.05), so a profile means the same on every front end
+        "options": {k: _plain(getattr(spec.config, k, v)) for k, v in sorted(dict(options or {}).items())},
         "backbone": backbone_record(backbone),
         "class_name": (class_name or "").strip() or None,
         "references": refs,
@@ -206,6 +207,11 @@ def write_profile_references(
         ext = Path(name).suffix.lower()
         write_bytes(folder / f"{i:05d}-{sha[:16]}{ext if ext in _IMAGE_EXT else '.png'}", data)
     return folder
+
+
+def _plain(value: Any) -> Any:
+    """An option value as JSON keeps it (tuples become lists, which the option parser takes back)."""
+    return [_plain(v) for v in value] if isinstance(value, tuple | list) else value
 
 
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
