@@ -217,7 +217,8 @@ def test_profile_cli(samples: tuple[list[Path], list[Path]], tmp_path: Path) -> 
     assert listed.exit_code == 0 and "cap-1" in listed.output
     shown = run(app, ["profile", "show", "cap-1", "--db", db])
     setup = json.loads(shown.output)["setup"]
-    assert setup["options"] == {"temperature": 0.05} and setup["class_name"] == "cap" and len(setup["references"]) == len(refs)
+    assert setup["options"] == {"temperature": 0.05} and setup["class_name"] == "cap"
+    assert len(setup["references"]) == len(refs)
     assert setup["threshold"] == {"rule": "normal_quantile", "value": None}  # computed by the first run that uses it
     out = run(app, ["profile", "export", "cap-1", "--db", db, "--to", str(tmp_path / "exported")])
     assert out.exit_code == 0, out.output
