@@ -631,6 +631,33 @@ def test_a_second_sqlite_station_is_refused(tmp_path: Path, files: Path) -> None
         Station("mysql://u@h/db", files)
 
 
+def test_a_second_writer_without_the_lock_waits_its_turn(tmp_path: Path, files: Path) -> None:
+    """lock=False (a CLI command beside a running server): both write, SQLite's busy wait orders them."""
+    url = f"sqlite:///{tmp_path / 'station.db'}"
+    with Station(url, files) as server, Station(url, files, lock=False) as cli:
+        errors: list[BaseException] = []
+
+        server.create_profile("p", SETUP)
+
+        def write(st: Station, base: int) -> None:  # each transaction reads before it writes
+            try:
+                for i in range(40):
+                    st.record([row(base + i, profile="p", created_at=datetime.now(UTC))])
+                    st.review(uid(base + i), "defect")
+                    st.revise("p", {**SETUP, "k_shot": base + i}, "tuning")
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=write, args=(st, b)) for st, b in ((server, 0), (cli, 1000))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[0]
+        assert len(_walk(server, Filters(reviewed=True), "time", "desc", 500)) == 80
+        assert cli.profile("p")["revision"] == 81 and server.dashboard("p", days=1)["missed_defects"] == 80
+
+
 def test_in_memory_sqlite_across_threads(files: Path) -> None:
     with Station("sqlite://", files) as st:
         st.create_profile("p", SETUP)

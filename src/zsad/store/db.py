@@ -30,6 +30,7 @@ from zsad.store.schema import MIGRATIONS, SCHEMA_VERSION, schema_info, stamp
 MIGRATION_LOCK = zlib.crc32(b"zsad.store.migrate")
 FILES_LOCK = zlib.crc32(b"zsad.store.files")
 BUSY_TIMEOUT_MS = 30_000
+WRITE_OPTION = "zsad_write"  # execution option of a connection whose transaction writes (BEGIN IMMEDIATE on SQLite)
 # FULL: the WAL is fsynced at every commit, so a commit that returned survives a power cut (NORMAL may lose the
 # last commits, though never corrupts). benchmarks/station_scale.py measures what it costs a one-image request.
 SQLITE_SYNCHRONOUS = "FULL"
@@ -155,7 +156,10 @@ def _sqlite_connect(memory: bool) -> Any:
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN")
+    # A writer takes SQLite's write lock at once (IMMEDIATE), waiting up to busy_timeout for another process (a
+    # lock=False reader that writes); a deferred one that reads first would fail at once when it tries to write.
+    write = conn.get_execution_options().get(WRITE_OPTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def _open_postgresql(url: sa.URL, safe: str) -> Opened:
@@ -184,36 +188,51 @@ def _first_line(e: BaseException | None) -> str:
 def migrate(engine: Engine, safe: str) -> int:
     """Bring the schema to ``SCHEMA_VERSION`` in one transaction; refuse a database a newer zsad wrote.
 
+    A current database is only read. Otherwise the version is read again under the writers' lock (PostgreSQL: an
+    advisory lock, so that of two servers starting at once one migrates and the other then finds it done).
     Returns the version found (0 for a database without the station's tables).
     """
     with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK)))
-        found = 0
-        if sa.inspect(conn).has_table(schema_info.name):
-            found = conn.scalar(sa.select(schema_info.c.version).where(schema_info.c.id == 1)) or 0
-        else:
-            schema_info.create(conn)
-        if found > SCHEMA_VERSION:
-            raise ZsadInputError(
-                f"{safe}: station schema version {found} was written by a newer zsad (this one, {__version__}, "
-                f"knows up to {SCHEMA_VERSION}): upgrade zsad"
-            )
-        if found == SCHEMA_VERSION:
+        if _version(conn, safe) == SCHEMA_VERSION:
+            return SCHEMA_VERSION
+    with engine.connect() as conn:
+        conn = conn.execution_options(**{WRITE_OPTION: True})
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+            found = _version(conn, safe)
+            if found == SCHEMA_VERSION:
+                return found
+            if not found:
+                schema_info.create(conn, checkfirst=True)
+            for version, step in MIGRATIONS:
+                if version > found:
+                    try:
+                        step(conn)
+                    except (sa.exc.ProgrammingError, sa.exc.OperationalError) as e:
+                        # a table of that name already there, not made by zsad (PostgreSQL reports a lost
+                        # connection as an OperationalError too: that one is no schema problem)
+                        if isinstance(e, sa.exc.OperationalError) and conn.dialect.name != "sqlite":
+                            raise
+                        why = _first_line(e.orig)
+                        raise ZsadInputError(f"{safe}: cannot create the station's tables: {why}") from None
+            row = stamp(SCHEMA_VERSION, __version__)
+            if found:
+                conn.execute(schema_info.update().where(schema_info.c.id == 1).values(row))
+            else:
+                conn.execute(schema_info.delete())
+                conn.execute(schema_info.insert().values(row))
             return found
-        for version, step in MIGRATIONS:
-            if version > found:
-                try:
-                    step(conn)
-                except (sa.exc.ProgrammingError, sa.exc.OperationalError) as e:
-                    # a table of that name already there, not made by zsad (PostgreSQL reports a lost connection
-                    # as an OperationalError too: that one is no schema problem)
-                    if isinstance(e, sa.exc.OperationalError) and conn.dialect.name != "sqlite":
-                        raise
-                    raise ZsadInputError(f"{safe}: cannot create the station's tables: {_first_line(e.orig)}") from None
-        row = stamp(SCHEMA_VERSION, __version__)
-        if found:
-            conn.execute(schema_info.update().where(schema_info.c.id == 1).values(row))
-        else:
-            conn.execute(schema_info.insert().values(row))
-        return found
+
+
+def _version(conn: Connection, safe: str) -> int:
+    """The schema version of the database (0: none yet); refused when a newer zsad wrote it."""
+    if not sa.inspect(conn).has_table(schema_info.name):
+        return 0
+    found = conn.scalar(sa.select(schema_info.c.version).where(schema_info.c.id == 1)) or 0
+    if found > SCHEMA_VERSION:
+        raise ZsadInputError(
+            f"{safe}: station schema version {found} was written by a newer zsad (this one, {__version__}, "
+            f"knows up to {SCHEMA_VERSION}): upgrade zsad"
+        )
+    return int(found)

@@ -31,7 +31,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
 
 from zsad.errors import ZsadInputError
-from zsad.store.db import FILES_LOCK, open_database
+from zsad.store.db import FILES_LOCK, WRITE_OPTION, open_database
 from zsad.store.schema import COUNTS, blobs, hourly, inspections, profiles, revisions, utcnow
 
 REVIEW_LABELS: dict[str, int] = {"normal": 0, "defect": 1, "skip": -1}
@@ -183,6 +183,8 @@ class Station:
         with serial, self._engine.connect() as conn:
             if snapshot and self.dialect == "postgresql":
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            if write:
+                conn = conn.execution_options(**{WRITE_OPTION: True})
             with conn.begin():
                 yield conn
 
