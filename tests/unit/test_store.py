@@ -297,6 +297,7 @@ def test_pagination_visits_every_row_once_in_order(st: Station) -> None:
         Filters(reviewed=True),
         Filters(review_label="skip"),
         Filters(since=t0 + timedelta(seconds=200), until=t0 + timedelta(seconds=500)),
+        Filters(since=(t0 + timedelta(seconds=300)).astimezone(timezone(timedelta(hours=-7)))),  # any zone
         Filters(score_min=0.3, score_max=0.7, source="upload"),
         Filters(profile="p", scoring_key="b" * 64, label=0),
     ]
