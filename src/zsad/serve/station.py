@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 RETENTION_EVERY_S = 3600.0
 PATCHABLE = ("threshold", "threshold_rule", "class_name", "options", "reason")
 ACTIONS = ("refit", "add_normals")
+# The re-fit reads the newest inspections under the current scoring (their reviews, and the flags a threshold would
+# make): 50,000 are read in about a tenth of a second at a million rows (benchmarks/RESULTS.md), and cover weeks.
+REFIT_WINDOW = 50_000
 
 
 class NoStation(Exception):
@@ -469,7 +472,7 @@ class Profiles:
         """``GET /v1/profiles/{name}/feedback``: what each feedback action would do, before it is applied."""
         p = self.st.profile(name)
         setup = p["setup"]
-        _, scores, labels, review = self.st.scores_for_refit(name, p["scoring_key"])
+        _, scores, labels, review = self.st.scores_for_refit(name, p["scoring_key"], REFIT_WINDOW)
         current = setup["threshold"]["value"]
         flags = int(decide(scores, current).sum()) if current is not None else int((labels == 1).sum())
         refit = None
@@ -508,7 +511,7 @@ class Profiles:
         p = await _in_thread(st.profile, name)
         setup = p["setup"]
         if action == "refit":
-            _, scores, _, review = await _in_thread(st.scores_for_refit, name, p["scoring_key"])
+            _, scores, _, review = await _in_thread(st.scores_for_refit, name, p["scoring_key"], REFIT_WINDOW)
             if not (review >= 0).any():
                 raise ZsadInputError(f"profile {name}: no reviewed inspection under its current scoring to fit on")
             fit = refit_threshold(scores, review, setup["threshold"]["value"])
