@@ -158,6 +158,9 @@ def _listing(names: list[str], limit: int = 3) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+STATION_DB = "station.db"  # a station's SQLite file (and its -wal, -shm, .lock) in a serve folder
+
+
 def check_folder(out: Path, kind: str, flag: str = "--out") -> None:
     """Refuse, in one line naming what it holds, a folder that is neither new, empty nor one of ``kind``."""
     assert kind in KINDS, kind
@@ -167,6 +170,8 @@ def check_folder(out: Path, kind: str, flag: str = "--out") -> None:
     if found == kind:
         return
     names = [p.name for p in out.iterdir() if p.name not in _IGNORED]
+    if kind == "serve" and found is None:  # `zsad profile create --db OUT/station.db` may come before the server
+        names = [n for n in names if not n.startswith(STATION_DB)]
     if found is not None:
         raise ZsadInputError(
             f"{flag} {out}: holds {KINDS[found]} ({_listing(names)}), which this command must not overwrite; "

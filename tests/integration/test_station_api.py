@@ -229,3 +229,36 @@ def test_profile_cli(samples: tuple[list[Path], list[Path]], tmp_path: Path) -> 
     finally:
         st.close()
     assert json.loads((tmp_path / "exported" / "profile.json").read_text())["setup"] == setup
+
+
+def test_profile_with_its_own_backbone(
+    samples: tuple[list[Path], list[Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A profile made on another backbone (here 64 px, the server runs 96): the server builds that one for it, and
+    zsad detect --profile scores alike."""
+    from zsad.cli.main import app
+
+    monkeypatch.setenv("ZSAD_CACHE", str(tmp_path / "cache"))
+    refs, parts = samples
+    out = tmp_path / "station"
+    out.mkdir()
+    db = f"sqlite:///{out / 'station.db'}"
+    tiny64 = ["--backbone", "zsad-tiny", "--pretrained", "none", "--image-size", "64", "--device", "cpu"]
+    made = CliRunner().invoke(app, ["profile", "create", "small", "--db", db, "--method", "sdp", *tiny64])
+    assert made.exit_code == 0, made.output
+    svc = _service(out)
+    try:
+        c = TestClient(create_app(svc))
+        answer = c.post("/v1/detect", data={"profile": "small"}, files=_files("images", parts[:3])).json()
+        sizes = {m.method.backbone.preprocess.image_size for m in svc.pool._models.values()}
+        assert 64 in sizes and answer["revision"] == 1 and answer["threshold"]["source"] == "robust_outlier"
+    finally:
+        svc.close()
+    res = CliRunner().invoke(
+        app, ["detect", *map(str, parts[:3]), "--profile", "small", "--db", db, "--out", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 0, res.output
+    with (tmp_path / "o" / "predictions.csv").open(newline="") as f:
+        offline = {Path(r["image_path"]).name: float(r["pred_score"]) for r in csv.DictReader(f)}
+    for r in answer["results"]:
+        assert offline[r["file_name"]] == pytest.approx(r["pred_score"], rel=1e-5, abs=1e-7)

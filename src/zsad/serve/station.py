@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from zsad.errors import ZsadInputError
 from zsad.feedback import decide, refit_threshold
+from zsad.outputs import STATION_DB
 from zsad.runs import (
     Policy,
     check_profile_name,
@@ -62,7 +63,7 @@ def redact(url: str) -> str:
 
 def default_db(out: Path) -> str:
     """The embedded default: a SQLite file in the results folder."""
-    return f"sqlite:///{(out / 'station.db').resolve()}"
+    return f"sqlite:///{(out / STATION_DB).resolve()}"
 
 
 def open_station(config: ServeConfig, out: Path) -> Station:
