@@ -262,3 +262,33 @@ def test_profile_with_its_own_backbone(
         offline = {Path(r["image_path"]).name: float(r["pred_score"]) for r in csv.DictReader(f)}
     for r in answer["results"]:
         assert offline[r["file_name"]] == pytest.approx(r["pred_score"], rel=1e-5, abs=1e-7)
+
+
+def test_two_servers_share_one_postgresql(
+    samples: tuple[list[Path], list[Path]], postgres_url: str, tmp_path: Path
+) -> None:
+    """Two servers (own --out each) on one PostgreSQL database: a profile made on one scores on the other (its
+    references rebuilt from the database), and each server's history lists both servers' rows."""
+    import uuid
+
+    from zsad.store.throwaway import create_database
+
+    refs, parts = samples
+    db = create_database(postgres_url, f"s_{uuid.uuid4().hex[:12]}")
+    a = _service(tmp_path / "a", db=db, station_name="line-a")
+    b = _service(tmp_path / "b", db=db, station_name="line-b")
+    try:
+        ca, cb = TestClient(create_app(a)), TestClient(create_app(b))
+        made = ca.post("/v1/profiles", data={"name": "shared", "method": "winclip"}, files=_files("references", refs))
+        assert made.status_code == 200, made.text
+        ra = ca.post("/v1/detect", data={"profile": "shared"}, files=_files("images", parts[:2])).json()
+        rb = cb.post("/v1/detect", data={"profile": "shared"}, files=_files("images", parts[:2])).json()
+        for x, y in zip(ra["results"], rb["results"], strict=True):  # the same revision scores alike on both
+            assert x["pred_score"] == pytest.approx(y["pred_score"], rel=1e-6) and x["pred_label"] == y["pred_label"]
+        for c in (ca, cb):
+            rows = c.get("/v1/inspections", params={"profile": "shared"}).json()["inspections"]
+            assert sorted(r["station"] for r in rows) == ["line-a", "line-a", "line-b", "line-b"]
+        assert cb.get("/v1/station").json()["db"] == "postgresql"
+    finally:
+        a.close()
+        b.close()
