@@ -16,12 +16,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from zsad._version import __version__
 from zsad.errors import ZsadInputError
 from zsad.serve.batching import QueueFull
+from zsad.serve.metrics import CONTENT_TYPE
 from zsad.serve.service import Service, Upload
 from zsad.serve.station import NoStation
 
@@ -152,6 +153,17 @@ def create_app(service: Service) -> FastAPI:
             "queue_depth": service.batcher.depth,
             "worker_busy": service.batcher.busy,
         }
+
+    @app.get("/readyz", tags=["service"])
+    def readyz() -> JSONResponse:
+        """Readiness: 503 with the reasons while a model loads or the station's database is unreachable."""
+        reasons = service.readiness()
+        return JSONResponse({"ready": not reasons, "reasons": reasons}, status_code=503 if reasons else 200)
+
+    @app.get("/metrics", tags=["service"], dependencies=[Depends(require_token)])
+    def metrics() -> Response:
+        """Prometheus metrics (text format; docs/serve.md lists them). Needs the token when the server has one."""
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
 

@@ -45,6 +45,7 @@ from zsad.runs import (
     score_images,
 )
 from zsad.serve.batching import Batcher
+from zsad.serve.metrics import Metrics
 from zsad.serve.models import ModelPool, Reference, Served
 from zsad.serve.station import Profiles, Station, open_station, redact
 from zsad.serve.store import ResultStore
@@ -206,6 +207,7 @@ class Service:
             self.store.close()
             raise
         self.profiles = Profiles(self)
+        self.metrics = Metrics(self.stats)
         self.random_weights = default.backbone.random_init
         if self.random_weights:  # every check passed: said once, on the console, before the server listens
             reporter().message(RANDOM_WEIGHTS_WARNING, "alert")
@@ -270,6 +272,16 @@ class Service:
             "rows_written": self.store.rows_written if self.station is None else self.profiles.recorded,
             "batching": self.batcher.stats.as_dict(),
         }
+
+    def readiness(self) -> list[str]:
+        """Why this server should not get traffic now (``/readyz``): a model loading, the database unreachable."""
+        reasons = [f"loading the model of {k.method} for class {k.class_name!r}" for k in list(self.pool._building)]
+        if self.station is not None:
+            try:
+                self.station.ping()
+            except Exception as e:
+                reasons.append(f"the station's database is unreachable: {' '.join(str(e).split())[:200]}")
+        return reasons
 
     def close(self) -> None:
         """Finish queued work, write the manifest, release the output folder (once; later calls do nothing)."""
@@ -379,6 +391,27 @@ class Service:
         ``skip_bad``: unreadable images are listed in the answer's ``errors`` and the others scored (all unreadable
         is still a 422); without it the first unreadable image refuses the whole request.
         """
+        started = time.perf_counter()
+        try:
+            return await self._answer(
+                uploads, method, class_name, options, threshold, reference_id, skip_bad, threshold_rule, profile, source
+            )
+        finally:
+            self.metrics.latency.observe(time.perf_counter() - started)
+
+    async def _answer(
+        self,
+        uploads: list[Upload],
+        method: str | None,
+        class_name: str | None,
+        options: str | dict[str, Any] | None,
+        threshold: float | None,
+        reference_id: str | None,
+        skip_bad: bool,
+        threshold_rule: str,
+        profile: str | None,
+        source: str,
+    ) -> dict[str, Any]:
         self.check_count(uploads)
         if source not in SOURCES:
             raise ZsadInputError(f"source {source!r}: use one of {', '.join(SOURCES)}")
@@ -564,9 +597,11 @@ class Service:
         if self.station is not None:
             self.station.record(recorded)  # one transaction, committed before the client hears of the results
             self.profiles.recorded += len(recorded)
+            self.metrics.recorded.inc(len(recorded))
         else:
             self.store.append_rows(rows)  # fsync'd before the client hears of the results
         self.store.append_errors([{"request_id": request_id, **e} for e in errors])
+        self.metrics.decided(profile["name"] if profile else None, [r["pred_label"] for r in results])
         return {
             "request_id": request_id,
             "profile": profile["name"] if profile else None,

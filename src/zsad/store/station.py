@@ -310,6 +310,11 @@ class Station:
             conn.execute(stmt)
         return sha
 
+    def ping(self) -> None:
+        """One round trip to the database (readiness): raises what the driver raises when it cannot be reached."""
+        with self._begin() as conn:
+            conn.execute(sa.select(1))
+
     def blob(self, sha: str) -> bytes:
         """The bytes of blob ``sha``."""
         with self._begin() as conn:
