@@ -130,11 +130,6 @@ def check_threshold(rule: str, value: float | None, references: list[str]) -> No
         raise ZsadInputError("threshold_rule normal_quantile: needs reference images of normal parts")
 
 
-def profile_method(setup: dict[str, Any], checkpoint: Path | None = None, device: str | None = None) -> MethodSpec:
-    """The profile's method, options and backbone as a (not yet validated) spec."""
-    return MethodSpec(setup["method"], profile_backbone(setup, device), dict(setup.get("options") or {}), checkpoint)
-
-
 def profile_policy(setup: dict[str, Any]) -> Policy:
     """How a run decides for this profile: a fixed value, or a rule (its references' normals win, as in detect)."""
     t = setup.get("threshold") or {}

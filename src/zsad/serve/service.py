@@ -423,7 +423,8 @@ class Service:
                     f"profile {profile}: the profile decides method, class name, options, references and threshold; "
                     f"leave out {', '.join(named)}"
                 )
-            return await self._detect(uploads, skip_bad, *await self.profiles.prepare(profile), source)
+            decoded, errors = await _in_thread(self._decode, uploads, skip_bad)  # bad input before any model work
+            return await self._detect(decoded, errors, *await self.profiles.prepare(profile), source)
         policy = Policy(threshold, threshold_rule)  # checked before any work
         class_name = self.check_class_name(class_name)
         ref: Reference | None = None
@@ -443,13 +444,14 @@ class Service:
         else:
             name, opts = self._resolve(method, options)
             cname = class_name
+        decoded, errors = await _in_thread(self._decode, uploads, skip_bad)
         served = await self._model(name, opts, cname, reference_id or None)
-        return await self._detect(uploads, skip_bad, served, policy, ref, None, source)
+        return await self._detect(decoded, errors, served, policy, ref, None, source)
 
     async def _detect(
         self,
-        uploads: list[Upload],
-        skip_bad: bool,
+        decoded: list[_Decoded],
+        errors: list[dict[str, str]],
         served: Served,
         policy: Policy,
         ref: Reference | None,
@@ -457,7 +459,6 @@ class Service:
         source: str,
     ) -> dict[str, Any]:
         """Score, decide, store and answer: the same for a profile's request and an ad hoc one."""
-        decoded, errors = await _in_thread(self._decode, uploads, skip_bad)
         images = await _in_thread(self._tensors, decoded, served)
         m = served.method
         if m.set_level:

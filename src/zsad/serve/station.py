@@ -25,6 +25,7 @@ from zsad.errors import ZsadInputError
 from zsad.feedback import decide, refit_threshold
 from zsad.outputs import STATION_DB
 from zsad.runs import (
+    BackboneSpec,
     Policy,
     check_profile_name,
     make_setup,
@@ -194,17 +195,16 @@ class Profiles:
         async with lock:  # one build per reference set, however many requests arrive at once
             ref = svc.pool.references.get(ref_id)
             if ref is None:
-                ref = await self._build_reference(setup, ref_id)
+                ref = await self._build_reference(setup, bb, ref_id)
         served = await svc._model(method, opts, cname, ref_id, bb, server=False)
         return served, ref
 
-    async def _build_reference(self, setup: dict[str, Any], ref_id: str) -> Reference:
+    async def _build_reference(self, setup: dict[str, Any], bb: BackboneSpec, ref_id: str) -> Reference:
         from zsad.serve.service import Upload, _in_thread, _wait
 
         svc = self.service
         st = self.st
         method, opts, cname = setup["method"], dict(setup["options"]), setup["class_name"]
-        bb = await _in_thread(profile_backbone, setup, svc.config.backbone.device)
         uploads = await _in_thread(lambda: [Upload(st.blob_name(s), st.blob(s)) for s in setup["references"]])
         decoded, _ = await _in_thread(svc._decode, uploads)
         plain = await svc._model(method, opts, cname, None, bb, server=False)  # its backbone gives the preprocessing
