@@ -317,19 +317,18 @@ class Station:
 
     def blob(self, sha: str) -> bytes:
         """The bytes of blob ``sha``."""
-        with self._begin() as conn:
-            data = conn.scalar(sa.select(blobs.c.data).where(blobs.c.sha256 == sha))
-        if data is None:
-            raise ZsadInputError(f"blob {str(sha)[:80]}: not in the database")
-        return bytes(data)
+        return bytes(self._blob_field(sha, blobs.c.data))
 
     def blob_name(self, sha: str) -> str:
         """The file name blob ``sha`` was first stored under."""
+        return str(self._blob_field(sha, blobs.c.name))
+
+    def _blob_field(self, sha: str, column: Any) -> Any:
         with self._begin() as conn:
-            name = conn.scalar(sa.select(blobs.c.name).where(blobs.c.sha256 == sha))
-        if name is None:
+            value = conn.scalar(sa.select(column).where(blobs.c.sha256 == sha))
+        if value is None:
             raise ZsadInputError(f"blob {str(sha)[:80]}: not in the database")
-        return str(name)
+        return value
 
     # -- inspections ----------------------------------------------------------------------------------------------
 

@@ -496,12 +496,14 @@ function renderRevisions(p) {
   }
 }
 
-async function rollback(name, revision) {
+// A change that makes a new revision (roll back, a feedback action): busy, then its result and both views reloaded.
+async function reviseProfile(busy, send, done) {
   clearError();
-  setBusy(`Rolling ${name} back to revision ${revision}…`);
+  setBusy(busy);
   try {
-    const p = await postJson(`/v1/profiles/${encodeURIComponent(name)}/rollback`, { revision });
-    showFeedbackResult(`Rolled back to revision ${revision}: now revision ${p.revision}, threshold ${formatNumber(thresholdValue(p.threshold))}.`);
+    const p = await send();
+    const what = typeof done === "function" ? done() : done; // a feedback action says what changed in its answer
+    showFeedbackResult(`${what} — now revision ${p.revision}, threshold ${formatNumber(thresholdValue(p.threshold))}.`);
     await loadProfiles(); // app.js: the Score view's profile list and info
     await loadProfilePanel();
   } catch (err) {
@@ -509,6 +511,12 @@ async function rollback(name, revision) {
   } finally {
     setBusy(null);
   }
+}
+
+async function rollback(name, revision) {
+  await reviseProfile(`Rolling ${name} back to revision ${revision}…`,
+    () => postJson(`/v1/profiles/${encodeURIComponent(name)}/rollback`, { revision }),
+    `Rolled back to revision ${revision}`);
 }
 
 function showFeedbackResult(text) {
@@ -708,19 +716,15 @@ function renderFeedback(fb) {
 async function feedbackAction(action) {
   const name = $("f-profile").value;
   if (!name) return;
-  clearError();
-  setBusy(action === "refit" ? "Applying the re-fit threshold…" : "Adding the confirmed normals to the references…");
-  try {
-    const res = await postJson(`/v1/profiles/${encodeURIComponent(name)}/feedback`, { action });
-    const p = res.profile || {};
-    showFeedbackResult(`${res.changed || "Done"} — now revision ${p.revision}, threshold ${formatNumber(thresholdValue(p.threshold))}.`);
-    await loadProfiles(); // app.js: the Score view's profile list and info
-    await loadProfilePanel();
-  } catch (err) {
-    showError(err);
-  } finally {
-    setBusy(null);
-  }
+  let changed = "Done";
+  await reviseProfile(
+    action === "refit" ? "Applying the re-fit threshold…" : "Adding the confirmed normals to the references…",
+    async () => {
+      const res = await postJson(`/v1/profiles/${encodeURIComponent(name)}/feedback`, { action });
+      changed = res.changed || changed;
+      return res.profile || {};
+    },
+    () => changed);
 }
 
 // ---------- wiring ----------
