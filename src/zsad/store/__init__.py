@@ -9,6 +9,7 @@ from zsad.store.station import (
     MAX_LIMIT,
     REVIEW_LABELS,
     SCORING_FIELDS,
+    AlreadyFinished,
     Filters,
     Page,
     Station,
@@ -19,6 +20,7 @@ from zsad.store.station import (
 )
 
 __all__ = [
+    "AlreadyFinished",
     "check_profile_name",
     "MAX_LIMIT",
     "REVIEW_LABELS",

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 
 # The highest version this zsad knows; a database at a higher one was written by a newer zsad and is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class UtcDateTime(sa.TypeDecorator[datetime]):
@@ -166,14 +166,71 @@ hourly = sa.Table(
 
 COUNTS = tuple(c.name for c in hourly.columns if c.name not in ("profile_id", "hour"))
 
+# Version 2: the folder watcher's memory and the sinks' outbox.
+#
+# One row per file a watcher finished (scored, or refused as unreadable), keyed by what identifies that content at
+# that place: path, size, mtime and sha256. It is written in the transaction of the file's inspection, so a file is
+# either scored and remembered or neither: a restart scores exactly what had not been finished, and a camera that
+# rewrites a name with new content gets that content scored.
+intake = sa.Table(
+    "intake",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("station", sa.String(255), nullable=False),
+    sa.Column("folder", sa.String(1024), nullable=False),  # the watched folder, absolute
+    sa.Column("path", sa.String(1024), nullable=False),  # the file where it was found, absolute
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.CHAR(64), nullable=False),
+    sa.Column("profile_id", sa.Integer, sa.ForeignKey("profiles.id")),
+    sa.Column("state", sa.String(16), nullable=False),  # done (scored) or error (refused, see error)
+    sa.Column("uid", sa.CHAR(32)),  # the inspection, when scored
+    sa.Column("error", sa.Text),
+    sa.Column("routed_to", sa.String(1024)),  # where routing moved or copied it (NULL: not routed)
+    sa.UniqueConstraint("path", "size", "mtime_ns", "sha256", name="uq_intake_file"),
+    sa.Index("ix_intake_folder_time", "folder", "created_at", "id"),
+)
+
+# One row per (decision, sink): written in the transaction of the decision, so an event exists exactly when its
+# decision does; the delivery thread sends the due ones in id order and marks them delivered, or retries later.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("sink", sa.String(255), nullable=False),  # the sink's name (its URL without secrets)
+    sa.Column("uid", sa.CHAR(32)),  # the inspection the event is about
+    sa.Column("payload", sa.Text, nullable=False),  # the event, JSON
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_at", UtcDateTime, nullable=False),  # not tried again before this
+    sa.Column("last_error", sa.Text),
+    sa.Column("delivered_at", UtcDateTime),  # NULL: not yet acknowledged
+    # The due query walks the undelivered rows of one sink in id order: a partial index holds only those, so it
+    # stays as small as the backlog however many events were delivered.
+    sa.Index(
+        "ix_outbox_pending",
+        "sink",
+        "id",
+        sqlite_where=sa.column("delivered_at").is_(None),
+        postgresql_where=sa.column("delivered_at").is_(None),
+    ),
+    sa.Index("ix_outbox_delivered", "delivered_at"),
+)
+
 
 def _version_1(conn: Connection) -> None:
     """Everything, as of version 1."""
     metadata.create_all(conn, tables=[profiles, revisions, blobs, inspections, hourly])
 
 
+def _version_2(conn: Connection) -> None:
+    """The watcher's intake memory and the sinks' outbox."""
+    metadata.create_all(conn, tables=[intake, outbox])
+
+
 # (version reached, step): applied in order to a database below that version, each in the migration transaction.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _version_1)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _version_1), (2, _version_2)]
 assert [v for v, _ in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
 
 

@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection
 
 from zsad.errors import ZsadInputError
 from zsad.store.db import FILES_LOCK, WRITE_OPTION, open_database
-from zsad.store.schema import COUNTS, blobs, hourly, inspections, profiles, revisions, utcnow
+from zsad.store.schema import COUNTS, blobs, hourly, inspections, intake, outbox, profiles, revisions, utcnow
 
 REVIEW_LABELS: dict[str, int] = {"normal": 0, "defect": 1, "skip": -1}
 REVIEW_NAMES: dict[int, str] = {v: k for k, v in REVIEW_LABELS.items()}
@@ -72,6 +72,12 @@ ROW_KEYS = (
     "model_id", "image_path", "map_path", "overlay_path",
 )  # fmt: skip
 _COLUMNS = [c for c in inspections.columns if c.name != "profile_id"]
+INTAKE_KEYS = ("folder", "path", "size", "mtime_ns", "sha256", "profile", "state", "uid", "error", "routed_to")
+INTAKE_STATES = ("done", "error")
+
+
+class AlreadyFinished(ZsadInputError):
+    """A watched file another transaction (another watcher of the same folder) finished first."""
 
 
 def scoring_key(setup: dict[str, Any]) -> str:
@@ -332,16 +338,28 @@ class Station:
 
     # -- inspections ----------------------------------------------------------------------------------------------
 
-    def record(self, rows: Sequence[dict[str, Any]]) -> None:
+    def record(
+        self,
+        rows: Sequence[dict[str, Any]],
+        *,
+        finished: Sequence[dict[str, Any]] = (),
+        events: Sequence[dict[str, Any]] = (),
+    ) -> None:
         """Keep one request's rows, all or none (one transaction); a uid already recorded writes nothing.
 
         Every file a row names must exist under ``files`` (written before the call): checked inside the
         transaction, under the lock prune and sweep unlink under, so no committed row names a missing file.
+        ``finished``: the watched files these rows (or refusals) finish (``intake`` rows: ``INTAKE_KEYS``);
+        a file another transaction finished first refuses the whole call (``AlreadyFinished``), so two watchers of
+        one folder never both keep it. ``events``: the sinks' events of these decisions (``{"sink", "uid",
+        "payload"}``), queued in the same transaction: an event exists exactly when its decision does.
         """
-        if not rows:
+        if not rows and not finished and not events:
             return
         now = utcnow()
         prepared = [self._prepare(r, now) for r in rows]
+        files = [self._prepare_intake(f, now) for f in finished]
+        queued = [self._prepare_event(e, now) for e in events]
         seen: set[str] = set()
         for p in prepared:
             if p["uid"] in seen:
@@ -357,7 +375,15 @@ class Station:
                             raise ZsadInputError(f"inspection {p['uid']}: {k} {p[k]}: no such file under {self.files}")
                     name = p.pop("profile")
                     p["profile_id"] = None if name is None else self._profile_id(conn, name)
-                conn.execute(inspections.insert(), prepared)
+                if prepared:
+                    conn.execute(inspections.insert(), prepared)
+                for f in files:
+                    name = f.pop("profile")
+                    f["profile_id"] = None if name is None else self._profile_id(conn, name)
+                if files:
+                    conn.execute(intake.insert(), files)
+                if queued:
+                    conn.execute(outbox.insert(), queued)
                 deltas: dict[tuple[int, datetime], np.ndarray] = {}
                 for p in prepared:
                     if p["profile_id"] is not None:
@@ -366,10 +392,176 @@ class Station:
                         deltas[key] = deltas[key] + add if key in deltas else add
                 self._bump(conn, deltas)
         except sa.exc.IntegrityError as e:
-            taken = self._existing_uid(list(seen))
+            taken = self._existing_uid(list(seen)) if seen else None
+            if taken is None and files:
+                done = self.intake_known([(f["path"], f["size"], f["mtime_ns"], f["sha256"]) for f in files])
+                if done:
+                    raise AlreadyFinished(
+                        f"{next(iter(done))[0]}: already finished (nothing of this request kept)"
+                    ) from None
             if taken is None:
                 raise ZsadInputError(f"inspections: not recorded ({' '.join(str(e.orig).split())[:200]})") from None
             raise ZsadInputError(f"inspection {taken}: already recorded (nothing of this request kept)") from None
+
+    def _prepare_intake(self, f: dict[str, Any], now: datetime) -> dict[str, Any]:
+        """An intake row checked (the watcher builds them; a bad one is a programming error, said in one line)."""
+        extra = set(f) - set(INTAKE_KEYS)
+        if extra:
+            raise ZsadInputError(f"intake {f.get('path')!r}: unknown key {sorted(extra)[0]!r}")
+        state = f.get("state")
+        if state not in INTAKE_STATES:
+            raise ZsadInputError(f"intake {f.get('path')!r}: state must be one of {', '.join(INTAKE_STATES)}")
+        sha = f.get("sha256")
+        if not isinstance(sha, str) or not _SHA.fullmatch(sha):
+            raise ZsadInputError(f"intake {f.get('path')!r}: sha256 must be 64 lowercase hex digits")
+        out = {k: f.get(k) for k in INTAKE_KEYS}
+        for k in ("folder", "path", "routed_to"):
+            if out[k] is not None and len(str(out[k])) > 1024:
+                raise ZsadInputError(f"intake {str(f.get('path'))[:80]!r}: {k} longer than 1024 characters")
+        out["size"], out["mtime_ns"] = int(f["size"]), int(f["mtime_ns"])
+        out["error"] = None if f.get("error") is None else str(f["error"])[:2000]
+        return {**out, "created_at": now, "station": self.station_name}
+
+    def _prepare_event(self, e: dict[str, Any], now: datetime) -> dict[str, Any]:
+        sink = str(e["sink"])
+        if not sink or len(sink) > 255:
+            raise ZsadInputError(f"event sink {sink[:60]!r}: must be 1 to 255 characters")
+        return {
+            "created_at": now,
+            "sink": sink,
+            "uid": e.get("uid"),
+            "payload": _canonical(e["payload"], "event"),
+            "attempts": 0,
+            "next_at": now,
+            "last_error": None,
+            "delivered_at": None,
+        }
+
+    # -- intake (the folder watcher's memory) ---------------------------------------------------------------------
+
+    def intake_known(
+        self, keys: Sequence[tuple[str, int, int, str]]
+    ) -> dict[tuple[str, int, int, str], dict[str, Any]]:
+        """Which of these files (path, size, mtime_ns, sha256) some watcher finished: state, uid, error, routed_to."""
+        found: dict[tuple[str, int, int, str], dict[str, Any]] = {}
+        t = intake.c
+        with self._begin() as conn:
+            for i in range(0, len(keys), 500):
+                chunk = list(keys[i : i + 500])
+                q = sa.select(t.id, t.path, t.size, t.mtime_ns, t.sha256, t.state, t.uid, t.error, t.routed_to).where(
+                    t.path.in_({k[0] for k in chunk})
+                )
+                wanted = set(chunk)
+                for r in conn.execute(q):
+                    key = (r.path, int(r.size), int(r.mtime_ns), r.sha256)
+                    if key in wanted:
+                        found[key] = {"id": r.id, "state": r.state, "uid": r.uid, "error": r.error,
+                                      "routed_to": r.routed_to}  # fmt: skip
+        return found
+
+    def intake_routed(self, row_id: int, routed_to: str) -> None:
+        """Where routing put a finished file (shown in the history; the key stays the file's original place)."""
+        with self._begin(write=True) as conn:
+            conn.execute(intake.update().where(intake.c.id == row_id).values(routed_to=str(routed_to)[:1024]))
+
+    def intake_counts(self) -> dict[str, dict[str, int]]:
+        """Per watched folder: files finished as done and as error (``/v1/stats``)."""
+        t = intake.c
+        out: dict[str, dict[str, int]] = {}
+        with self._begin() as conn:
+            q = sa.select(t.folder, t.state, sa.func.count()).where(t.station == self.station_name)
+            for folder, state, n in conn.execute(q.group_by(t.folder, t.state)):
+                out.setdefault(folder, {"done": 0, "error": 0})[state] = int(n)
+        return out
+
+    def intake_errors(self, folder: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest files refused as unreadable, with their one-line reasons."""
+        t = intake.c
+        q = sa.select(t.created_at, t.folder, t.path, t.error, t.routed_to).where(t.state == "error")
+        if folder is not None:
+            q = q.where(t.folder == folder)
+        with self._begin() as conn:
+            rows = conn.execute(q.order_by(t.created_at.desc(), t.id.desc()).limit(limit)).mappings().all()
+        return [{**r, "created_at": r["created_at"].isoformat()} for r in rows]
+
+    # -- outbox (the sinks' queue) --------------------------------------------------------------------------------
+
+    def outbox_due(self, sink: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The oldest undelivered events of ``sink``, in id order, up to the first one not yet due again.
+
+        Stopping at a row that waits for its back-off keeps a sink's events in order: nothing overtakes an event
+        that is being retried.
+        """
+        o = outbox.c
+        now = utcnow()
+        q = (
+            sa.select(o.id, o.uid, o.payload, o.attempts, o.created_at, o.next_at)
+            .where(o.sink == sink, o.delivered_at.is_(None))
+            .order_by(o.id)
+            .limit(limit)
+        )
+        with self._begin() as conn:
+            rows = conn.execute(q).all()
+        due = []
+        for r in rows:
+            if r.next_at > now:
+                break
+            due.append({"id": r.id, "uid": r.uid, "payload": json.loads(r.payload), "attempts": r.attempts,
+                        "created_at": r.created_at})  # fmt: skip
+        return due
+
+    def outbox_delivered(self, ids: Sequence[int]) -> None:
+        """Mark events acknowledged by their sink."""
+        if not ids:
+            return
+        now = utcnow()
+        with self._begin(write=True) as conn:
+            conn.execute(outbox.update().where(outbox.c.id.in_(list(ids))).values(delivered_at=now, last_error=None))
+
+    def outbox_failed(self, row_id: int, error: str, retry_in_s: float) -> None:
+        """Count a failed attempt; the event is due again after ``retry_in_s`` seconds."""
+        o = outbox.c
+        at = utcnow() + timedelta(seconds=max(0.0, float(retry_in_s)))
+        with self._begin(write=True) as conn:
+            conn.execute(
+                outbox.update()
+                .where(o.id == row_id)
+                .values(attempts=o.attempts + 1, next_at=at, last_error=" ".join(str(error).split())[:500])
+            )
+
+    def outbox_stats(self) -> dict[str, dict[str, Any]]:
+        """Per sink: delivered and pending events, the oldest pending one's age, failed attempts, the last error."""
+        o = outbox.c
+        now = utcnow()
+        out: dict[str, dict[str, Any]] = {}
+        with self._begin(snapshot=True) as conn:
+            for sink, n in conn.execute(
+                sa.select(o.sink, sa.func.count()).where(o.delivered_at.is_not(None)).group_by(o.sink)
+            ):
+                out.setdefault(sink, _sink_stats())["delivered"] = int(n)
+            q = sa.select(o.sink, sa.func.count(), sa.func.min(o.created_at), sa.func.sum(o.attempts))
+            for sink, n, oldest, tries in conn.execute(q.where(o.delivered_at.is_(None)).group_by(o.sink)):
+                s = out.setdefault(sink, _sink_stats())
+                s.update(pending=int(n), oldest_pending_s=round((now - oldest).total_seconds(), 3))
+                s["failed_attempts_pending"] = int(tries or 0)
+            for sink in list(out):
+                err = conn.execute(
+                    sa.select(o.last_error)
+                    .where(o.sink == sink, o.delivered_at.is_(None), o.last_error.is_not(None))
+                    .order_by(o.id)
+                    .limit(1)
+                ).scalar()
+                out[sink]["last_error"] = err
+        return out
+
+    def outbox_prune(self, older_than_s: float) -> int:
+        """Delete delivered events older than ``older_than_s`` seconds (the undelivered always stay)."""
+        cutoff = utcnow() - timedelta(seconds=float(older_than_s))
+        with self._begin(write=True) as conn:
+            res = conn.execute(
+                outbox.delete().where(outbox.c.delivered_at.is_not(None), outbox.c.delivered_at < cutoff)
+            )
+        return int(res.rowcount or 0)
 
     def _existing_uid(self, uids: list[str]) -> str | None:
         with self._begin() as conn:
@@ -828,6 +1020,10 @@ def _profile_dict(name: str, r: Any) -> dict[str, Any]:
         "scoring_key": r["scoring_key"],
         "station": r["station"],
     }
+
+
+def _sink_stats() -> dict[str, Any]:
+    return {"delivered": 0, "pending": 0, "oldest_pending_s": None, "failed_attempts_pending": 0, "last_error": None}
 
 
 def _rate(n: int, d: int) -> float | None:
