@@ -59,8 +59,10 @@ ProfileRevision = Annotated[int | None, typer.Option(help="--profile: a revision
 
 def _profile_app() -> None:
     from zsad.cli.profile import app as profile_app
+    from zsad.cli.watch import watch_cmd
 
     app.add_typer(profile_app, name="profile")
+    app.command("watch")(watch_cmd)
 
 
 def _decided_by(prof: dict[str, Any]) -> tuple[Any, ...]:

@@ -134,3 +134,31 @@ def parse_options(opts: list[str] | None, tta: bool = False) -> list[tuple[str |
     from zsad.methods.options import parse_option
 
     return [parse_option(o) for o in opts or []] + ([(None, "tta", "true")] if tta else [])
+
+
+# Watched folders and sinks: `zsad watch` and `zsad serve --watch` take them alike.
+Recursive = Annotated[bool, typer.Option(help="Watch subfolders too (routing's ok/ ng/ error/ are never watched).")]
+Complete = Annotated[
+    str,
+    typer.Option(
+        help="When a file is complete: stable (size and mtime unchanged for --settle), rename (the writer renames "
+        "a finished temp file into place), marker (NAME.done appears beside it). docs/station.md says which "
+        "cameras do what."
+    ),
+]
+Settle = Annotated[float, typer.Option(help="Seconds a file must stay unchanged (--complete stable).")]
+RouteOpt = Annotated[
+    str, typer.Option("--route", help="After scoring: none, move or copy each file into ok/, ng/, unlabelled/, error/.")
+]
+Rescan = Annotated[float, typer.Option(help="Seconds between full rescans (the safety net under OS file events).")]
+SinkOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--sink",
+        help="Where each decision's event goes (repeatable): mqtt://HOST[:PORT]/TOPIC, mqtts://..., "
+        "https://HOOK, file:PATH.jsonl; options after '#', e.g. '#only=anomalous&min_score=0.8'.",
+    ),
+]
+PublicUrl = Annotated[
+    str | None, typer.Option(help="How clients reach this server (https://host:port): events carry absolute links.")
+]

@@ -97,8 +97,12 @@ def create_app(service: Service) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        service.close()
+        await service.watchers.start()  # watched folders are scored on the server's loop, like requests
+        try:
+            yield
+        finally:
+            await service.watchers.stop()
+            service.close()
 
     app = FastAPI(
         title="zsad",
@@ -107,6 +111,7 @@ def create_app(service: Service) -> FastAPI:
         lifespan=lifespan,
     )
     token = service.config.token
+    service.http = True
 
     def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
         if token is None:

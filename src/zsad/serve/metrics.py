@@ -9,6 +9,12 @@ Metric names (all prefixed ``zsad_``): ``decisions_total{profile,label}``, ``req
 ``/v1/detect`` latency), ``requests_total``, ``images_scored_total``, ``images_failed_total``, ``queue_depth``,
 ``worker_busy``, ``batches_total``, ``batch_images`` (histogram of the batch sizes the worker formed),
 ``models_kept``, ``models_built_total``, ``models_evicted_total``, ``station_inspections_recorded_total``.
+
+Watched folders and sinks: ``watch_files_total{folder,outcome}`` (scored, error), ``watch_lag_seconds`` (histogram:
+a file first seen -> its decision committed), ``watch_pending{folder}``, ``watch_folder_missing{folder}``,
+``sink_deliveries_total{sink}``, ``sink_failures_total{sink}`` (failed attempts), ``sink_delivery_seconds{sink}``
+(histogram: decision committed -> its sink acknowledged), ``sink_pending{sink}`` and
+``sink_oldest_pending_seconds{sink}`` (from the outbox at scrape time).
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 class _FromStats(Collector):
     """What ``Service.stats()`` already counts, as metric families at scrape time."""
 
-    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, stats: Callable[[], dict[str, Any]], sinks: Callable[[], dict[str, Any]]) -> None:
         self.stats = stats
+        self.sinks = sinks
 
     def collect(self) -> Iterator[Any]:
         """One scrape: counters, gauges and the batch-size histogram from the service's own counts."""
@@ -59,12 +66,29 @@ class _FromStats(Collector):
         yield HistogramMetricFamily(
             "zsad_batch_images", "Images per forward the worker formed.", buckets=buckets, sum_value=b["images"]
         )
+        pending = GaugeMetricFamily("zsad_watch_pending", "Files seen, not yet scored.", labels=["folder"])
+        missing = GaugeMetricFamily("zsad_watch_folder_missing", "1 while a watched folder is gone.", labels=["folder"])
+        for w in s.get("watch", []):
+            pending.add_metric([w["folder"]], w["pending"])
+            missing.add_metric([w["folder"]], int(w["missing"]))
+        yield pending
+        yield missing
+        queued = GaugeMetricFamily("zsad_sink_pending", "Events not yet acknowledged.", labels=["sink"])
+        oldest = GaugeMetricFamily(
+            "zsad_sink_oldest_pending_seconds", "Age of the oldest unacknowledged event.", labels=["sink"]
+        )
+        for name, st in self.sinks().items():
+            if "pending" in st:
+                queued.add_metric([name], st["pending"])
+                oldest.add_metric([name], st.get("oldest_pending_s") or 0.0)
+        yield queued
+        yield oldest
 
 
 class Metrics:
     """One server's registry: instrumented counters plus the service's stats read at scrape time."""
 
-    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, stats: Callable[[], dict[str, Any]], sinks: Callable[[], dict[str, Any]] = dict) -> None:
         self.registry = CollectorRegistry()
         self.decisions = Counter(
             "zsad_decisions",
@@ -80,13 +104,35 @@ class Metrics:
             "Inspections written to the station's database.",
             registry=self.registry,
         )
-        self.registry.register(_FromStats(stats))
+        self.watch_files = Counter(
+            "zsad_watch_files", "Watched files finished, by outcome (scored, error).", ["folder", "outcome"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.watch_lag = Histogram(
+            "zsad_watch_lag_seconds", "A watched file first seen -> its decision committed.", buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )  # fmt: skip
+        self.deliveries = Counter(
+            "zsad_sink_deliveries", "Events a sink acknowledged.", ["sink"], registry=self.registry
+        )
+        self.delivery_failures = Counter(
+            "zsad_sink_failures", "Failed delivery attempts (each retried later).", ["sink"], registry=self.registry
+        )
+        self.delivery = Histogram(
+            "zsad_sink_delivery_seconds", "A decision committed -> its sink acknowledged the event.", ["sink"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, *LATENCY_BUCKETS[3:]), registry=self.registry,
+        )  # fmt: skip
+        self.registry.register(_FromStats(stats, sinks))
 
     def decided(self, profile: str | None, labels: list[int | None]) -> None:
         """Count one request's decisions."""
         for label in labels:
             name = "none" if label is None else "anomalous" if label else "normal"
             self.decisions.labels(profile or "", name).inc()
+
+    def watched(self, folder: str, outcome: str) -> None:
+        """Count one watched file finished."""
+        self.watch_files.labels(folder, outcome).inc()
 
     def render(self) -> bytes:
         """The text exposition format of every metric."""

@@ -14,9 +14,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -48,7 +49,11 @@ from zsad.serve.batching import Batcher
 from zsad.serve.metrics import Metrics
 from zsad.serve.models import ModelPool, Reference, Served
 from zsad.serve.station import Profiles, Station, open_station, redact
+
+if TYPE_CHECKING:
+    from zsad.serve.sinks import Delivery, Sink
 from zsad.serve.store import ResultStore
+from zsad.serve.watch import Watchers, WatchSpec
 
 T = TypeVar("T")
 # A class name goes into every prompt, and CLIP reads 77 tokens per prompt (template words included): 200
@@ -83,6 +88,10 @@ class ServeConfig:
     keep_days: int = 0  # the station's retention: rows older than this deleted (0 = kept)
     keep_images: int = 0  # the station's retention: only the newest N inspections keep their files (0 = all)
     station_name: str | None = None  # how this server's rows name it (default: the host name)
+    watch: list[WatchSpec] = field(default_factory=list)  # folders scored by a profile (``--watch DIR=PROFILE``)
+    rescan_s: float = 10.0  # the watchers' full rescan, the safety net under OS file events
+    sinks: list[str] = field(default_factory=list)  # where each decision's event goes (``--sink URL``)
+    public_url: str | None = None  # how clients reach this server: events then carry absolute links
 
     def record(self) -> dict[str, Any]:
         """The settings for the manifest and ``/v1/methods`` (never the token)."""
@@ -90,6 +99,8 @@ class ServeConfig:
         d.pop("token")
         d["auth"] = self.token is not None
         d["db"] = redact(self.db) if self.db else None
+        d["sinks"] = [_sink_name(u) for u in self.sinks]
+        d["watch"] = [w.describe() for w in self.watch]
         return json.loads(json.dumps(d, default=str))
 
     def validate(self) -> None:
@@ -115,6 +126,21 @@ class ServeConfig:
             self.station = True
         if self.station and self.out is None:
             raise ZsadInputError("--station/--db: the station keeps images and maps as files; give --out DIR too")
+        if (self.watch or self.sinks) and not self.station:
+            what = "--watch" if self.watch else "--sink"
+            raise ZsadInputError(f"{what}: needs the station (--station or --db, with --out): it remembers what was "
+                                 "scored and queues the events")  # fmt: skip
+        for spec in self.watch:
+            spec.check()
+        if not (0.5 <= self.rescan_s <= 3600):
+            raise ZsadInputError(f"--rescan {self.rescan_s}: seconds from 0.5 to 3600")
+        if self.sinks:
+            from zsad.serve.sinks import parse_sinks
+
+            for sink in parse_sinks(self.sinks):  # every URL checked now, in one line each
+                sink.close()
+        if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
+            raise ZsadInputError(f"--public-url {self.public_url!r}: an http(s):// URL is needed")
         for flag, value in (("--keep-days", self.keep_days), ("--keep-images", self.keep_images)):
             if value < 0:
                 raise ZsadInputError(f"{flag} {value}: must be >= 0 (0 = keep everything)")
@@ -138,6 +164,7 @@ class _Decoded:
     upload: Upload
     image: Image.Image
     fmt: str
+    index: int  # in the request
 
 
 def client_name(name: str | None) -> str:
@@ -207,7 +234,28 @@ class Service:
             self.store.close()
             raise
         self.profiles = Profiles(self)
-        self.metrics = Metrics(self.stats)
+        self.http = False  # set by create_app: events then link to this server's routes
+        self.watchers = Watchers(self, config.watch, rescan_s=config.rescan_s)
+        self.sinks: list[Sink] = []
+        self.delivery: Delivery | None = None
+        try:
+            for watched in config.watch:  # a watched profile must exist before anything is watched
+                assert self.station is not None
+                self.station.profile(watched.profile)
+            if config.sinks:
+                from zsad.serve.sinks import Delivery, parse_sinks
+
+                assert self.station is not None
+                self.sinks = parse_sinks(config.sinks)
+                self.delivery = Delivery(
+                    self.station, self.sinks, on_delivered=self._delivered, on_failed=self._delivery_failed
+                )
+        except BaseException:
+            self.close()
+            raise
+        self.metrics = Metrics(self.stats, self.sink_state)
+        if self.delivery is not None:
+            self.delivery.start()
         self.random_weights = default.backbone.random_init
         if self.random_weights:  # every check passed: said once, on the console, before the server listens
             reporter().message(RANDOM_WEIGHTS_WARNING, "alert")
@@ -271,11 +319,31 @@ class Service:
             "references_kept": len(self.pool.references),
             "rows_written": self.store.rows_written if self.station is None else self.profiles.recorded,
             "batching": self.batcher.stats.as_dict(),
+            "watch": self.watchers.state() if hasattr(self, "watchers") else [],
+            "sinks": self.sink_state(),
         }
+
+    def sink_state(self) -> dict[str, dict[str, Any]]:
+        """Per sink: kind, filter, connection, delivered and pending events, the oldest pending one's age, errors."""
+        if self.delivery is None:
+            return {}
+        try:
+            return self.delivery.state()
+        except Exception as e:  # the database unreachable: /v1/stats still answers, /readyz says why
+            return {k.name: {**k.describe(), "error": " ".join(str(e).split())[:200]} for k in self.sinks}
+
+    def _delivered(self, sink: str, latencies: list[float]) -> None:
+        for s in latencies:
+            self.metrics.delivery.labels(sink).observe(s)
+        self.metrics.deliveries.labels(sink).inc(len(latencies))
+
+    def _delivery_failed(self, sink: str, reason: str) -> None:
+        self.metrics.delivery_failures.labels(sink).inc()
 
     def readiness(self) -> list[str]:
         """Why this server should not get traffic now (``/readyz``): a model loading, the database unreachable."""
         reasons = [f"loading the model of {k.method} for class {k.class_name!r}" for k in list(self.pool._building)]
+        reasons += self.watchers.readiness()
         if self.station is not None:
             try:
                 self.station.ping()
@@ -289,6 +357,11 @@ class Service:
             return
         self._closed = True
         self.batcher.stop()
+        if getattr(self, "delivery", None) is not None:
+            assert self.delivery is not None
+            self.delivery.stop()
+        for sink in getattr(self, "sinks", []):
+            sink.close()
         self.profiles.stop()
         self.store.write_manifest(dict(self.pool.described), self.stats(), stopped=True)
         if self.station is not None:
@@ -318,12 +391,18 @@ class Service:
         return name, dict(options or {})
 
     @staticmethod
-    def _decode(uploads: list[Upload], skip_bad: bool = False) -> tuple[list[_Decoded], list[dict[str, str]]]:
-        """The readable uploads; the first unreadable one is a 422, or with ``skip_bad`` one entry of the errors."""
+    def _decode(
+        uploads: list[Upload], skip_bad: bool = False, all_bad_ok: bool = False
+    ) -> tuple[list[_Decoded], list[dict[str, str]]]:
+        """The readable uploads; the first unreadable one is a 422, or with ``skip_bad`` one entry of the errors.
+
+        With ``skip_bad`` a request of only unreadable images is a 422 too, unless ``all_bad_ok`` (a watched
+        folder's chunk: each refusal is recorded, none is the client's mistake).
+        """
         from zsad.data import decode_image
 
         out, errors = [], []
-        for u in uploads:
+        for i, u in enumerate(uploads):
             try:
                 img, fmt = decode_image(u.data, client_name(u.name))
             except ZsadInputError as e:
@@ -331,8 +410,8 @@ class Service:
                     raise
                 errors.append({"file_name": client_name(u.name), "error": " ".join(str(e).split())})
                 continue
-            out.append(_Decoded(u, img, fmt))
-        if errors and not out:
+            out.append(_Decoded(u, img, fmt, i))
+        if errors and not out and not all_bad_ok:
             listed = "; ".join(e["error"] for e in errors)
             raise ZsadInputError(f"no readable image among the {len(errors)} sent: {listed}")
         return out, errors
@@ -382,6 +461,7 @@ class Service:
         threshold_rule: str = "robust_outlier",
         profile: str | None = None,
         source: str = "api",
+        finished: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Score one request's images; set-level methods score them as one set. Returns the JSON answer.
 
@@ -390,11 +470,27 @@ class Service:
 
         ``skip_bad``: unreadable images are listed in the answer's ``errors`` and the others scored (all unreadable
         is still a 422); without it the first unreadable image refuses the whole request.
+
+        ``finished``: a watched folder's files, one intake key per upload (``zsad.serve.watch``), committed with
+        the inspections (refusals too, with their reasons); the answer then lists each upload's outcome in
+        ``finished`` (state, uid, label, error), in upload order.
         """
         started = time.perf_counter()
+        if finished is not None and (len(finished) != len(uploads) or not profile or self.station is None):
+            raise ValueError("finished: one intake key per upload, with a profile, on a station")
         try:
             return await self._answer(
-                uploads, method, class_name, options, threshold, reference_id, skip_bad, threshold_rule, profile, source
+                uploads,
+                method,
+                class_name,
+                options,
+                threshold,
+                reference_id,
+                skip_bad,
+                threshold_rule,
+                profile,
+                source,
+                finished,
             )
         finally:
             self.metrics.latency.observe(time.perf_counter() - started)
@@ -411,6 +507,7 @@ class Service:
         threshold_rule: str,
         profile: str | None,
         source: str,
+        finished: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         self.check_count(uploads)
         if source not in SOURCES:
@@ -423,8 +520,11 @@ class Service:
                     f"profile {profile}: the profile decides method, class name, options, references and threshold; "
                     f"leave out {', '.join(named)}"
                 )
-            decoded, errors = await _in_thread(self._decode, uploads, skip_bad)  # bad input before any model work
-            return await self._detect(decoded, errors, *await self.profiles.prepare(profile), source)
+            # bad input before any model work
+            decoded, errors = await _in_thread(self._decode, uploads, skip_bad, finished is not None)
+            if not decoded:  # a watched chunk of unreadable files only: their refusals are its whole result
+                return await _in_thread(self._refuse, uploads, errors, profile, finished)
+            return await self._detect(decoded, errors, *await self.profiles.prepare(profile), source, finished)
         policy = Policy(threshold, threshold_rule)  # checked before any work
         class_name = self.check_class_name(class_name)
         ref: Reference | None = None
@@ -457,6 +557,7 @@ class Service:
         ref: Reference | None,
         profile: dict[str, Any] | None,
         source: str,
+        finished: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Score, decide, store and answer: the same for a profile's request and an ad hoc one."""
         images = await _in_thread(self._tensors, decoded, served)
@@ -471,7 +572,7 @@ class Service:
             decision = await _wait(self.batcher.call(lambda: self._decide(served, rows, policy, ref)))
         else:
             decision = self._decide(served, rows, policy, ref)
-        context = {"profile": profile, "source": source}
+        context = {"profile": profile, "source": source, "finished": finished, "uploads": len(decoded) + len(errors)}
         answer = await _in_thread(self._finish, served, decoded, maps, rows, decision, scored.notes, errors, context)
         self.requests += 1
         self.images_scored += len(decoded)
@@ -522,6 +623,8 @@ class Service:
         hi = float(max(a.max() for a in maps))
         request_id = ResultStore.new_id()
         results = []
+        events: list[dict[str, Any]] = []
+        now = datetime.now(UTC)
         for i, (d, amap, row) in enumerate(zip(decoded, maps, rows, strict=True)):
             image_id = ResultStore.new_id()
             score = float(decision.scores[i])
@@ -540,6 +643,7 @@ class Service:
                 recorded.append(
                     {
                         "uid": image_id,
+                        "created_at": now,
                         "source": context["source"],
                         "request_id": request_id,
                         "profile": profile["name"] if profile else None,
@@ -592,13 +696,30 @@ class Service:
                     "overlay_url": f"{base}/overlay.png" if panel is not None else None,
                 }
             )
+            if self.station is not None and self.sinks:
+                fin = context["finished"]
+                payload = self._event(
+                    results[-1], recorded[-1], now, fin[d.index]["path"] if fin is not None else None, panel is not None
+                )
+                events += [
+                    {"sink": k.name, "uid": image_id, "payload": payload} for k in self.sinks if k.wants(payload)
+                ]
         if self.store.persistent and served.id not in self._manifested:  # described before any row names it
             self._manifested.add(served.id)
             self.store.write_manifest(dict(self.pool.described), self.stats())
+        finished: list[dict[str, Any]] = []
+        labels: list[tuple[int | None, float | None]] = []
         if self.station is not None:
-            self.station.record(recorded)  # one transaction, committed before the client hears of the results
+            if context["finished"] is not None:
+                finished, labels = self._finished(
+                    context["finished"], profile, decoded, results, errors, context["uploads"]
+                )
+            # one transaction (files finished and events too), committed before the client hears of the results
+            self.station.record(recorded, finished=finished, events=events)
             self.profiles.recorded += len(recorded)
             self.metrics.recorded.inc(len(recorded))
+            if events and self.delivery is not None:
+                self.delivery.wake()
         else:
             self.store.append_rows(rows)  # fsync'd before the client hears of the results
         self.store.append_errors([{"request_id": request_id, **e} for e in errors])
@@ -623,6 +744,81 @@ class Service:
             "notes": list(notes),  # a set-level method's fallback for a set too small (musc, dual-image)
             "results": results,
             "errors": errors,
+            **({"finished": _outcomes(finished, labels)} if context["finished"] is not None else {}),
+        }
+
+    @staticmethod
+    def _finished(
+        keys: list[dict[str, Any]],
+        profile: dict[str, Any] | None,
+        decoded: list[_Decoded],
+        results: list[dict[str, Any]],
+        errors: list[dict[str, str]],
+        n: int,
+    ) -> tuple[list[dict[str, Any]], list[tuple[int | None, float | None]]]:
+        """A watched chunk's intake rows in upload order, and each one's label and score.
+
+        Scored files carry their inspection's uid, refusals their one-line reason.
+        """
+        name = profile["name"] if profile else None
+        rows: list[dict[str, Any]] = [{}] * n
+        scores: list[float | None] = [None] * n
+        labels: list[int | None] = [None] * n
+        for d, r in zip(decoded, results, strict=True):
+            rows[d.index] = {**keys[d.index], "profile": name, "state": "done", "uid": r["uid"]}
+            labels[d.index] = r["pred_label"]
+            scores[d.index] = r["pred_score"]
+        bad = [i for i in range(n) if not rows[i]]
+        for i, e in zip(bad, errors, strict=True):
+            rows[i] = {**keys[i], "profile": name, "state": "error", "error": e["error"]}
+        return rows, list(zip(labels, scores, strict=True))
+
+    def _refuse(
+        self, uploads: list[Upload], errors: list[dict[str, str]], profile: str, keys: list[dict[str, Any]] | None
+    ) -> dict[str, Any]:
+        """A watched chunk with no readable file: each refusal recorded with its reason, nothing scored."""
+        assert self.station is not None and keys is not None
+        rows = [
+            {**k, "profile": profile, "state": "error", "error": e["error"]} for k, e in zip(keys, errors, strict=True)
+        ]
+        self.station.record([], finished=rows)
+        self.images_failed += len(errors)
+        outcomes = _outcomes(rows, [(None, None)] * len(rows))
+        return {"request_id": None, "profile": profile, "results": [], "errors": errors, "finished": outcomes}
+
+    def _event(
+        self, result: dict[str, Any], row: dict[str, Any], at: datetime, path: str | None, overlay: bool
+    ) -> dict[str, Any]:
+        """One decision as the sinks' JSON event (docs/station.md lists its fields)."""
+        uid = result["uid"]
+        label = result["pred_label"]
+        links: dict[str, str] = {}
+        base = self.config.public_url.rstrip("/") if self.config.public_url else "" if self.http else None
+        if base is not None:
+            links = {
+                "inspection": f"{base}/v1/inspections/{uid}",
+                "image": f"{base}/v1/inspections/{uid}/image",
+                "map": f"{base}/v1/results/{uid}/map.png",
+                **({"overlay": f"{base}/v1/results/{uid}/overlay.png"} if overlay else {}),
+            }
+        return {
+            "event": "decision",
+            "event_id": uid,
+            "uid": uid,
+            "created_at": at.isoformat(),
+            "station": self.station.station_name if self.station is not None else None,
+            "source": row["source"],
+            "profile": row["profile"],
+            "revision": row["revision"],
+            "file": result["file_name"],
+            "path": path,
+            "score": result["pred_score"],
+            "label": None if label is None else "anomalous" if label else "normal",
+            "threshold": result["threshold"],
+            "threshold_source": result["threshold_source"],
+            "method": row["method"],
+            "class_name": row["class_name"],
+            "links": links,
         }
 
     async def add_references(
@@ -650,6 +846,25 @@ class Service:
             self.pool.references.pop(ref.id, None)
             raise
         return ref.as_dict()
+
+
+def _outcomes(rows: list[dict[str, Any]], decided: list[tuple[int | None, float | None]]) -> list[dict[str, Any]]:
+    """Each watched file's outcome, for the watcher."""
+    return [
+        {"state": r["state"], "uid": r.get("uid"), "label": label, "score": score, "error": r.get("error")}
+        for r, (label, score) in zip(rows, decided, strict=True)
+    ]
+
+
+def _sink_name(url: str) -> str:
+    from zsad.serve.sinks import parse_sink
+
+    try:
+        sink = parse_sink(url)
+    except ZsadInputError:
+        return redact(url)
+    sink.close()
+    return sink.name
 
 
 def run_key(

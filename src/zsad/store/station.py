@@ -459,10 +459,13 @@ class Station:
                                       "routed_to": r.routed_to}  # fmt: skip
         return found
 
-    def intake_routed(self, row_id: int, routed_to: str) -> None:
-        """Where routing put a finished file (shown in the history; the key stays the file's original place)."""
+    def intake_routed(self, key: tuple[str, int, int, str], routed_to: str) -> None:
+        """Where routing put a finished file (path, size, mtime_ns, sha256): shown in its history, never re-keyed."""
+        t = intake.c
+        path, size, mtime_ns, sha = key
+        where = (t.path == path, t.size == int(size), t.mtime_ns == int(mtime_ns), t.sha256 == sha)
         with self._begin(write=True) as conn:
-            conn.execute(intake.update().where(intake.c.id == row_id).values(routed_to=str(routed_to)[:1024]))
+            conn.execute(intake.update().where(*where).values(routed_to=str(routed_to)[:1024]))
 
     def intake_counts(self) -> dict[str, dict[str, int]]:
         """Per watched folder: files finished as done and as error (``/v1/stats``)."""
