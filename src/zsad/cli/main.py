@@ -25,12 +25,19 @@ from zsad.cli.options import (
     Category,
     Checkpoint,
     Checkpoints,
+    Complete,
     ImageDir,
     ImageGlob,
     LabelsCsv,
     MaskDir,
     MethodOpt,
     NormalDir,
+    PublicUrl,
+    Recursive,
+    Rescan,
+    RouteOpt,
+    Settle,
+    SinkOpt,
     Tta,
     parse_options,
     with_backbone_options,
@@ -623,6 +630,19 @@ def serve_cmd(
     station_name: Annotated[
         str | None, typer.Option(help="Station: how this server's rows name it (default: the host name).")
     ] = None,
+    watch: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Station: score every image written into DIR with profile PROFILE (DIR=PROFILE, repeatable)."
+        ),
+    ] = None,
+    recursive: Recursive = False,
+    complete: Complete = "stable",
+    settle: Settle = 1.0,
+    route: RouteOpt = "none",
+    rescan: Rescan = 10.0,
+    sink: SinkOpt = None,
+    public_url: PublicUrl = None,
 ) -> None:
     """Serve the methods over HTTP, with a web page at / and the API docs at /docs."""
     import socket
@@ -639,8 +659,13 @@ def serve_cmd(
                 f"zsad serve needs its extra: pip install 'zsad[serve]' ({e.name} is missing)"
             ) from None
         limits.SERVE_UPLOAD_MB.check(max_upload_mb)  # before it becomes bytes: inf or nan cannot
+        from zsad.serve.watch import parse_watch
+
         parsed = [(t or method, k, v) for t, k, v in parse_options(option)]
         routed = route_options(list_methods(), parsed)
+        watched = [
+            parse_watch(w, recursive=recursive, complete=complete, settle_s=settle, route=route) for w in watch or []
+        ]
         config = ServeConfig(
             method=method,
             backbone=bb,
@@ -660,6 +685,10 @@ def serve_cmd(
             keep_days=keep_days,
             keep_images=keep_images,
             station_name=station_name,
+            watch=watched,
+            rescan_s=rescan,
+            sinks=list(sink or []),
+            public_url=public_url,
         )
         config.validate()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
