@@ -734,3 +734,94 @@ def test_the_url_hides_its_password(postgres_url: str, files: Path) -> None:
     with pytest.raises(ZsadInputError, match="cannot connect") as e:
         Station(url.replace("/zsad", "/no_such_db"), files)
     assert "s3cret" not in one_line(e)
+
+
+# -- schema version 2: the watcher's intake memory and the sinks' outbox ----------------------------------------------
+
+
+def _key(i: int, size: int = 10) -> dict:
+    return {"folder": "/in", "path": f"/in/f{i}.png", "size": size, "mtime_ns": 1_000 + i, "sha256": f"{i:064x}"}
+
+
+def test_intake_and_events_commit_with_their_decisions(st: Station) -> None:
+    st.create_profile("p", SETUP)
+    done = {**_key(1), "profile": "p", "state": "done", "uid": uid(1)}
+    refused = {**_key(2), "profile": "p", "state": "error", "error": "f2.png: cannot read image"}
+    event = {"sink": "file:/x", "uid": uid(1), "payload": {"uid": uid(1), "label": "anomalous"}}
+    st.record([row(1, profile="p")], finished=[done, refused], events=[event])
+    k1, k2 = (tuple(_key(i).values())[1:] for i in (1, 2))
+    known = st.intake_known([k1, k2, ("/in/f1.png", 10, 1001, "f" * 64)])  # the third: same place, other content
+    assert set(known) == {k1, k2}
+    assert (known[k1]["state"], known[k1]["uid"], known[k2]["state"]) == ("done", uid(1), "error")
+    assert known[k2]["error"] == "f2.png: cannot read image" and known[k1]["routed_to"] is None
+    st.intake_routed(k1, "/in/ng/f1.png")  # type: ignore[arg-type]
+    assert st.intake_known([k1])[k1]["routed_to"] == "/in/ng/f1.png"  # type: ignore[index]
+    assert st.intake_counts() == {"/in": {"done": 1, "error": 1}}
+    assert [e["path"] for e in st.intake_errors()] == ["/in/f2.png"]
+    # the same file finished again (another watcher of the folder): nothing of that request is kept
+    with pytest.raises(ZsadInputError, match="already finished") as e:
+        st.record([row(3, profile="p")], finished=[{**_key(1), "profile": "p", "state": "done", "uid": uid(3)}])
+    assert type(e.value).__name__ == "AlreadyFinished"
+    assert st.inspection(uid(3)) is None
+    # a rejected row takes its events and intake keys with it
+    with pytest.raises(ZsadInputError, match="already recorded"):
+        st.record([row(1)], finished=[{**_key(4), "state": "done", "uid": uid(1)}], events=[event])
+    assert st.intake_known([tuple(_key(4).values())[1:]]) == {}  # type: ignore[list-item]
+    assert st.outbox_stats()["file:/x"]["pending"] == 1
+    with pytest.raises(ZsadInputError, match="unknown key 'colour'"):
+        st.record([], finished=[{**_key(5), "state": "done", "colour": 1}])
+    with pytest.raises(ZsadInputError, match="state must be one of done, error"):
+        st.record([], finished=[{**_key(5), "state": "maybe"}])
+
+
+def test_outbox_order_backoff_and_stats(st: Station) -> None:
+    events = [{"sink": s, "uid": uid(i), "payload": {"n": i}} for i in range(6) for s in ("a", "b")]
+    st.record([], events=events)
+    due = st.outbox_due("a", limit=4)
+    assert [d["payload"]["n"] for d in due] == [0, 1, 2, 3] and all(d["attempts"] == 0 for d in due)
+    st.outbox_delivered([due[0]["id"], due[1]["id"]])
+    st.outbox_failed(due[2]["id"], "HTTP 500\n  from the hook", retry_in_s=60)
+    # the retried event holds the sink's queue: nothing overtakes it
+    assert st.outbox_due("a") == []
+    assert [d["payload"]["n"] for d in st.outbox_due("b")] == list(range(6))
+    stats = st.outbox_stats()
+    assert (stats["a"]["delivered"], stats["a"]["pending"], stats["a"]["failed_attempts_pending"]) == (2, 4, 1)
+    assert stats["a"]["last_error"] == "HTTP 500 from the hook" and stats["a"]["oldest_pending_s"] >= 0
+    assert (stats["b"]["delivered"], stats["b"]["pending"], stats["b"]["last_error"]) == (0, 6, None)
+    st.outbox_failed(due[2]["id"], "again", retry_in_s=0)
+    again = st.outbox_due("a")
+    assert [d["payload"]["n"] for d in again] == [2, 3, 4, 5] and again[0]["attempts"] == 2
+    st.outbox_delivered([d["id"] for d in again])
+    assert st.outbox_stats()["a"]["pending"] == 0 and st.outbox_stats()["a"]["last_error"] is None
+    assert st.outbox_prune(older_than_s=3600) == 0  # delivered just now: kept for the page
+    assert st.outbox_prune(older_than_s=0) == 6  # only the delivered go; b's six stay
+    assert st.outbox_stats()["b"]["pending"] == 6 and "a" not in st.outbox_stats()
+
+
+def test_a_version_1_database_is_migrated_with_its_rows(tmp_path: Path, files: Path) -> None:
+    """A station written by the zsad before the watcher: its rows stay, the new tables appear, the version is 2."""
+    from zsad.store import schema
+
+    url = f"sqlite:///{tmp_path / 'v1.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        schema_info.create(conn)
+        schema._version_1(conn)
+        conn.execute(schema_info.insert().values(schema.stamp(1, "0.old")))
+        at = datetime(2026, 1, 1, tzinfo=UTC)
+        conn.execute(schema.profiles.insert().values(id=1, name="old", current=1, created_at=at))
+        conn.execute(
+            schema.revisions.insert().values(
+                profile_id=1, revision=1, created_at=at, station="s", reason="created", setup="{}", scoring_key="0" * 64
+            )
+        )
+    engine.dispose()
+    with Station(url, files) as st:
+        assert [p["name"] for p in st.profiles()] == ["old"]
+        st.create_profile("p", SETUP)
+        st.record([row(1, profile="p")], finished=[{**_key(1), "profile": "p", "state": "done", "uid": uid(1)}])
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(schema_info.c.version)).scalar() == schema.SCHEMA_VERSION == 2
+        assert conn.execute(sa.text("SELECT count(*) FROM intake")).scalar() == 1
+    engine.dispose()
