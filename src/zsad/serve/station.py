@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from zsad.serve.service import ServeConfig, Service, Upload
 
 RETENTION_EVERY_S = 3600.0
+OUTBOX_KEEP_S = 7 * 86400.0  # delivered events stay a week (the page's delivery counts), then go
 PATCHABLE = ("threshold", "threshold_rule", "class_name", "options", "reason")
 ACTIONS = ("refit", "add_normals")
 # The re-fit reads the newest inspections under the current scoring (their reviews, and the flags a threshold would
@@ -134,6 +135,7 @@ class Profiles:
             try:
                 if cfg.keep_days or cfg.keep_images:
                     self.st.prune(cfg.keep_days, cfg.keep_images)
+                self.st.outbox_prune(OUTBOX_KEEP_S)  # delivered events only: the undelivered always wait
                 if first:
                     grace = time.time() - self._started if self.st.dialect == "sqlite" else 600.0
                     self.swept = self.st.sweep(max(0.0, grace))
@@ -166,6 +168,8 @@ class Profiles:
             "keep_days": cfg.keep_days,
             "keep_images": cfg.keep_images,
             "swept": self.swept,
+            "watch": [w.spec.describe() for w in self.service.watchers.folders],
+            "sinks": [k.describe() for k in self.service.sinks],
         }
 
     # ------------------------------------------------------------------------------------------ models
