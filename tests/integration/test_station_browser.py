@@ -10,11 +10,13 @@ open, at 1280 and 390 px wide, are saved under the test's tmp dir (their paths a
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 from serve_helpers import TINY, serving
+from watch_helpers import make_station, tile_images, write_files
 
 pytestmark = pytest.mark.assets  # `browser` (chromium driven by Playwright) is in conftest.py
 
@@ -243,3 +245,108 @@ def test_station_loop_in_the_browser(browser, assets_dir: Path, tmp_path: Path) 
         assert page.locator("#history-error").is_hidden(), page.inner_text("#history-error")
     assert not errors, errors
     page.close()
+
+
+# Every call of the page to /v1/stats, with the page's clock time, read back by the intake panel's test.
+COUNT_STATS = """
+window.__statsCalls = [];
+const pageFetch = window.fetch.bind(window);
+window.fetch = (input, init) => {
+  if (String(input).endsWith("/v1/stats")) window.__statsCalls.push(performance.now());
+  return pageFetch(input, init);
+};
+"""
+
+
+def _cell(row, field: str):
+    """A cell of the intake panel's row by what it counts (``data-field``; counts carry ``data-value`` exactly)."""
+    return row.locator(f'[data-field="{field}"]')
+
+
+def test_intake_and_delivery_panel(browser, assets_dir: Path, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    out, inbox = tmp_path / "out", tmp_path / "inbox"
+    make_station(out)  # profile "tile", a manual threshold
+    inbox.mkdir()
+    sink = f"file:{tmp_path}/events.jsonl"
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    context.clock.install()  # time flows as usual; run_for() below jumps ahead
+    context.add_init_script(COUNT_STATS)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    watch = ["--watch", f"{inbox}=tile", "--settle", "0.3", "--sink", sink]
+    with serving(*TINY, "--out", str(out), "--station", *watch, log=tmp_path / "serve.log") as url:
+        page.goto(url + "/#history")
+        panel = page.locator("#intake-panel")
+        expect(panel).to_be_visible(timeout=30_000)
+        folder = page.locator(f'#watch-table tbody tr[data-folder="{inbox}"]')
+        sink_row = page.locator(f'#sinks-table tbody tr[data-sink="{sink}"]')
+        expect(folder).to_have_count(1)
+        expect(sink_row).to_have_count(1)
+        assert page.locator("#watch-table tbody tr").count() == 1
+        expect(_cell(folder, "state")).to_have_text("watching")
+        expect(_cell(folder, "scored")).to_have_attribute("data-value", "0")
+        expect(_cell(sink_row, "delivered")).to_have_attribute("data-value", "0")
+        assert folder.locator("td.prof").inner_text() == "tile"
+        assert sink_row.locator("td.kind").inner_text().startswith("file")
+
+        # Switching views back and forth, or clicking History again, must leave one refresh chain, not one per click.
+        for _ in range(3):
+            page.click("#tab-score")
+            page.click("#tab-history")
+            page.click("#tab-history")  # again, while it shows
+        since = page.evaluate("window.__statsCalls[window.__statsCalls.length - 1]")  # the last visit's refresh
+
+        write_files(tile_images(assets_dir, 3), inbox)
+        expect(_cell(folder, "scored")).to_have_attribute("data-value", "3", timeout=60_000)
+        expect(_cell(folder, "scored")).to_have_text("3")
+        expect(_cell(sink_row, "delivered")).to_have_attribute("data-value", "3", timeout=30_000)
+        expect(_cell(sink_row, "pending")).to_have_attribute("data-value", "0")
+        expect(_cell(folder, "pending")).to_have_attribute("data-value", "0")
+        for field in ("errors", "routed"):
+            expect(_cell(folder, field)).to_have_attribute("data-value", "0")
+        assert _cell(sink_row, "oldest_pending_s").inner_text() == "—"
+        assert len((tmp_path / "events.jsonl").read_text().splitlines()) == 3
+
+        shutil.rmtree(inbox)
+        expect(_cell(folder, "state")).to_have_text("MISSING", timeout=30_000)
+        assert folder.get_attribute("data-state") == "missing"
+        expect(_cell(folder, "scored")).to_have_attribute("data-value", "3")  # the counts stay
+        assert page.locator("#intake-note").is_hidden()
+        shot = tmp_path / "intake_panel.png"
+        panel.screenshot(path=str(shot))
+        print(f"screenshot: {shot}")
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone: the tables scroll inside the panel
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"the page scrolls sideways at 390 px by {overflow} px"
+        page.set_viewport_size({"width": 1280, "height": 1000})
+
+        calls = page.evaluate("window.__statsCalls")
+        after = [t for t in calls if t >= since]
+        gaps = [round(b - a) for a, b in zip(after, after[1:], strict=False)]
+        assert len(after) >= 3 and all(g >= 4_500 for g in gaps), gaps  # one refresh per 5 s, never stacked
+
+        # The Score view stops the refresh: a minute of the page's time passes without a request.
+        page.click("#tab-score")
+        before = page.evaluate("window.__statsCalls.length")
+        page.clock.run_for(60_000)
+        assert page.evaluate("window.__statsCalls.length") == before
+        page.click("#tab-history")  # back: refreshed at once
+        page.wait_for_function(f"window.__statsCalls.length === {before + 1}")
+
+        # /v1/stats failing: one line in the panel, the last tables kept, the rest of the page as before.
+        page.route("**/v1/stats", lambda route: route.fulfill(status=500, json={"detail": "stats broke"}))
+        page.click("#tab-history")
+        expect(page.locator("#intake-note")).to_contain_text("Error 500: stats broke")
+        expect(_cell(folder, "scored")).to_have_attribute("data-value", "3")
+        expect(page.locator(ROWS)).to_have_count(3)  # the three watched files, in the inspection list
+        assert page.locator("#history-error").is_hidden(), page.inner_text("#history-error")
+        page.unroute("**/v1/stats")
+        page.click("#tab-history")
+        expect(page.locator("#intake-note")).to_be_hidden()
+    assert serving.returncode == 0  # type: ignore[attr-defined]
+    assert page.locator("#history-error").is_hidden(), page.inner_text("#history-error")
+    assert not errors, errors
+    context.close()

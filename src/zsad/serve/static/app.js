@@ -690,6 +690,7 @@ function selectView(view, fromClick) {
   }
   if (changed || fromClick) clearError();
   if (view === "history") onHistoryShown(); // history.js
+  else onHistoryHidden(); // history.js: stops the intake panel's refresh
 }
 
 // Arrow keys move between the tabs (the tab pattern); handled here, they never reach the review shortcuts.

@@ -1,5 +1,6 @@
 // zsad serve — the History view of the inspection station: the inspection list, the review panel and its
-// keyboard queue, a dashboard, the feedback actions and the revisions of a profile. Plain ES2020; it uses the
+// keyboard queue, a dashboard, the feedback actions and the revisions of a profile, and the intake and delivery
+// panel (watched folders and sinks, from GET /v1/stats, refreshed while the view shows). Plain ES2020; it uses the
 // helpers of app.js ($, el, apiJson, showError, clearError, setBusy, formatNumber, state, loadProfiles), which
 // is loaded first. As in app.js, text from the server or from file names goes into the page as textContent only.
 "use strict";
@@ -9,6 +10,7 @@ const QUEUE_PAGE = 200; // rows per request while a review queue is gathered
 const QUEUE_MAX = 2000; // a queue never holds more than this
 const SVG_NS = "http://www.w3.org/2000/svg";
 const REVIEW_TEXT = { normal: "normal", defect: "defect", skip: "skipped" };
+const INTAKE_EVERY_MS = 5000; // the intake and delivery panel's refresh period while the History view shows
 
 const H = {
   cursors: [null], // cursors[i] = the cursor of page i (null: the first page)
@@ -26,6 +28,9 @@ const H = {
   ppGen: 0,
   dashboard: null, // last dashboard answer, kept to redraw on resize
   profile: null, // full profile of the profile panel
+  intakeGen: 0, // bumped by every start and stop of the intake refresh, so an old chain of timers ends by itself
+  intakeTimer: null, // the one pending refresh of the intake panel (null while none is due)
+  intakeSeen: false, // an answer has shown watched folders or sinks
 };
 
 // ---------- small helpers ----------
@@ -120,6 +125,11 @@ function onHistoryShown() {
   }
   loadPage(H.page);
   loadProfilePanel();
+  startIntake();
+}
+
+function onHistoryHidden() {
+  stopIntake();
 }
 
 function updateFlaggedButton() {
@@ -727,6 +737,166 @@ async function feedbackAction(action) {
     () => changed);
 }
 
+// ---------- intake and delivery (watched folders and sinks) ----------
+
+// One chain of refreshes at a time: each answer schedules the next; a start or a stop bumps the generation, so an
+// answer of an older chain schedules nothing and timers never stack.
+function startIntake() {
+  stopIntake();
+  refreshIntake(H.intakeGen);
+}
+
+function stopIntake() {
+  H.intakeGen += 1;
+  clearTimeout(H.intakeTimer);
+  H.intakeTimer = null;
+}
+
+async function refreshIntake(gen) {
+  try {
+    const stats = await apiJson("/v1/stats");
+    if (gen !== H.intakeGen) return;
+    renderIntake(stats || {});
+  } catch (err) {
+    if (gen !== H.intakeGen) return;
+    intakeFailed(err);
+  }
+  if (gen !== H.intakeGen || document.hidden) return; // a hidden tab: visibilitychange starts it again
+  H.intakeTimer = setTimeout(() => refreshIntake(gen), INTAKE_EVERY_MS);
+}
+
+// A failed /v1/stats never touches the rest of the page: one line in the panel, the last tables kept (marked stale).
+// A server without /v1/stats (404) keeps the panel hidden, unless it showed folders or sinks before.
+function intakeFailed(err) {
+  const panel = $("intake-panel");
+  if (!H.intakeSeen && err && err.status === 404) {
+    panel.hidden = true;
+    return;
+  }
+  const note = $("intake-note");
+  note.textContent = `Status not refreshed: ${err instanceof Error ? err.message : String(err)} (retrying every ${INTAKE_EVERY_MS / 1000} s).`;
+  note.title = note.textContent;
+  note.hidden = false;
+  panel.classList.add("is-stale");
+  panel.hidden = false;
+}
+
+function renderIntake(stats) {
+  const folders = Array.isArray(stats.watch) ? stats.watch.filter((w) => w && typeof w === "object") : [];
+  const rawSinks = stats.sinks && typeof stats.sinks === "object" && !Array.isArray(stats.sinks) ? stats.sinks : {};
+  const sinks = Object.entries(rawSinks).filter(([, s]) => s && typeof s === "object");
+  const panel = $("intake-panel");
+  $("intake-note").hidden = true;
+  $("intake-note").textContent = "";
+  panel.classList.remove("is-stale");
+  if (!folders.length && !sinks.length) {
+    panel.hidden = true; // nothing watched, nothing delivered: the view stays as it was
+    return;
+  }
+  H.intakeSeen = true;
+  panel.hidden = false;
+  const now = new Date();
+  $("intake-updated").textContent = `Updated ${pad2(now.getHours())}:${pad2(now.getMinutes())}:${pad2(now.getSeconds())} · every ${INTAKE_EVERY_MS / 1000} s`;
+  $("intake-folders").hidden = !folders.length;
+  $("intake-sinks").hidden = !sinks.length;
+  $("watch-table").tBodies[0].replaceChildren(...folders.map(folderRow));
+  $("sinks-table").tBodies[0].replaceChildren(...sinks.map(([name, s]) => sinkRow(name, s)));
+}
+
+function countOf(v) {
+  return isFiniteNumber(v) ? v : null;
+}
+
+// A count cell: its text is the number ("—" when the server did not send one), data-field names it and data-value
+// holds it exactly (empty when unknown), for people and tests alike.
+function countCell(field, value, title) {
+  const n = countOf(value);
+  const td = el("td", { className: `num count`, text: n === null ? "—" : String(n), "data-field": field, "data-value": n === null ? "" : String(n) });
+  if (title) td.title = title;
+  return td;
+}
+
+function formatAge(s) {
+  if (!isFiniteNumber(s)) return "—";
+  if (s < 60) return `${Math.max(0, Math.round(s))} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+function errorCell(text, active) {
+  const td = el("td", { className: `intake-error${text && active ? " is-active" : ""}`, text: text || "—", "data-field": "last_error" });
+  if (text) td.title = text;
+  return td;
+}
+
+function folderRow(w) {
+  const missing = w.missing === true;
+  const folder = typeof w.folder === "string" ? w.folder : String(w.folder ?? "?");
+  const settings = [];
+  if (w.recursive) settings.push("recursive");
+  if (w.complete) settings.push(`complete: ${w.complete}`);
+  if (isFiniteNumber(w.settle_s)) settings.push(`settle ${w.settle_s} s`);
+  if (w.route && w.route !== "none") settings.push(`route: ${typeof w.route === "string" ? w.route : JSON.stringify(w.route)}`);
+  if (isFiniteNumber(w.skipped)) settings.push(`${w.skipped} skipped`);
+  if (isFiniteNumber(w.retries)) settings.push(`${w.retries} retries`);
+  const tr = el("tr", { className: missing ? "is-missing" : "", "data-folder": folder, "data-state": missing ? "missing" : "watching" }, [
+    el("td", { className: "folder", text: folder, title: settings.join(" · ") || folder }),
+    el("td", { className: "prof", text: w.profile ? String(w.profile) : "—" }),
+    el("td", { className: `state ${missing ? "is-missing" : "is-watching"}`, text: missing ? "MISSING" : "watching", "data-field": "state" }),
+    countCell("pending", w.pending),
+    countCell("scored", w.scored),
+    countCell("errors", w.errors),
+    countCell("routed", w.routed),
+    errorCell(w.last_error ? String(w.last_error) : "", countOf(w.errors) > 0),
+  ]);
+  return tr;
+}
+
+function describeSink(s) {
+  const parts = [];
+  const filter = s.filter && typeof s.filter === "object" ? s.filter : {};
+  const only = s.only ?? filter.only;
+  const minScore = s.min_score ?? filter.min_score;
+  const profiles = s.profiles ?? filter.profiles;
+  if (only) parts.push(`only ${only}`);
+  if (isFiniteNumber(minScore)) parts.push(`score ≥ ${formatNumber(minScore)}`);
+  if (Array.isArray(profiles) && profiles.length) parts.push(`profiles ${profiles.join(", ")}`);
+  for (const key of ["url", "path", "topic", "broker"]) if (typeof s[key] === "string" && s[key]) parts.push(`${key} ${s[key]}`);
+  return parts.join(" · ");
+}
+
+function connectionText(s) {
+  if (typeof s.connection === "string" && s.connection) return s.connection;
+  if (typeof s.connected === "boolean") return s.connected ? "connected" : "not connected";
+  return "";
+}
+
+function sinkRow(name, s) {
+  const sinkName = typeof s.name === "string" && s.name ? s.name : name;
+  const pending = countOf(s.pending);
+  const conn = connectionText(s);
+  const kindCell = el("td", { className: "kind", text: s.kind ? String(s.kind) : "—" });
+  if (conn) {
+    const ok = conn === "connected";
+    kindCell.append(el("span", { className: `cell-sub conn${ok ? "" : " is-down"}`, text: ` ${conn}`, "data-field": "connection" }));
+  }
+  const filter = describeSink(s);
+  const failed = countOf(s.failed_attempts_pending);
+  const oldest = isFiniteNumber(s.oldest_pending_s) ? s.oldest_pending_s : null;
+  const oldestCell = el("td", { className: "num", text: formatAge(oldest), "data-field": "oldest_pending_s", "data-value": oldest === null ? "" : String(oldest) });
+  const error = s.last_error ? String(s.last_error) : s.error ? String(s.error) : "";
+  const tr = el("tr", { "data-sink": sinkName, className: pending ? "has-pending" : "" }, [
+    el("td", { className: "sink-name", text: sinkName, title: filter || "every event" }),
+    kindCell,
+    countCell("delivered", s.delivered),
+    countCell("pending", s.pending, failed ? `${failed} failed attempt(s) on the pending events` : ""),
+    oldestCell,
+    errorCell(error, pending > 0 || Boolean(s.error)),
+  ]);
+  return tr;
+}
+
 // ---------- wiring ----------
 
 function initHistory() {
@@ -752,6 +922,11 @@ function initHistory() {
   $("fb-normals").addEventListener("click", () => feedbackAction("add_normals"));
   $("dash-range").addEventListener("change", () => { const name = $("f-profile").value; if (name) loadDashboard(name, H.ppGen); });
   document.addEventListener("keydown", onReviewKey);
+  // A hidden browser tab asks nothing; the refresh starts again (at once) when the History view shows again.
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) stopIntake();
+    else if (state.view === "history") startIntake();
+  });
   let resizeTimer = null;
   window.addEventListener("resize", () => {
     clearTimeout(resizeTimer);
