@@ -96,6 +96,8 @@ DEFAULT_BACKUPS = 5
 NOT_READY_RETRY_S = 1.0
 # The MQTT client's own reconnect attempts: 1 s, doubling, at most this (a returned broker is found within it).
 RECONNECT_MAX_S = 5
+# A failing database (or a sink that raises) is retried after idle_s, doubling, at most this.
+DB_RETRY_MAX_S = 10.0
 
 
 # -- filters and names ----------------------------------------------------------------------------------------------
@@ -635,9 +637,14 @@ class MqttSink(Sink):
             if not conn.connected:
                 reason = f"broker not connected ({conn.reason})"
                 break
+            try:
+                topic, body = topic_for(self.topic, p), _body(p)
+            except ValueError as e:
+                reason = f"event not publishable: {one_line(e)}"
+                break
             handed += 1
             try:
-                info = conn.client.publish(topic_for(self.topic, p), _body(p), qos=self.qos, retain=self.retain)
+                info = conn.client.publish(topic, body, qos=self.qos, retain=self.retain)
             except (ValueError, OSError) as e:
                 reason = f"publish failed: {one_line(e)}"
                 break
@@ -866,6 +873,7 @@ class Delivery:
         self._stop = threading.Event()
         self._wakes = {s.name: threading.Event() for s in self.sinks}
         self._threads: list[threading.Thread] = []
+        self._failing: dict[str, str] = {}  # sink name -> the reason of its current run of failures (for the log)
 
     def start(self) -> None:
         """Start connecting every sink and one thread each."""
@@ -937,7 +945,7 @@ class Delivery:
                 errors = 0
             except Exception as e:  # noqa: BLE001 (the database unreachable, a sink's bug: log, wait, retry)
                 errors += 1
-                delay = min(max(self.max_backoff_s, self.idle_s), self.idle_s * 2.0 ** min(errors, 10))
+                delay = max(self.idle_s, min(DB_RETRY_MAX_S, self.idle_s * 2.0 ** min(errors, 10)))
                 log.warning("sink %s: %s (retrying in %.1f s)", sink.name, one_line(e), delay)
                 self._stop.wait(delay)
                 continue
@@ -963,6 +971,8 @@ class Delivery:
         n = max(0, min(int(n), len(rows)))
         if n:
             self.station.outbox_delivered([r["id"] for r in rows[:n]])
+            if self._failing.pop(sink.name, None) is not None:
+                log.warning("sink %s: delivering again", sink.name)
             now = datetime.now(UTC)
             self._call(self.on_delivered, sink.name, [(now - r["created_at"]).total_seconds() for r in rows[:n]])
         if n < len(rows):
@@ -971,11 +981,18 @@ class Delivery:
         return len(rows) == self.batch
 
     def _failed(self, sink: Sink, row: dict[str, Any], reason: str, cap: float | None = None) -> None:
+        """Count the failed attempt and schedule the retry; the log says when a sink starts and stops failing."""
         delay = self.backoff(int(row["attempts"]))
+        if cap is None and sink.ready() is not None:
+            cap = NOT_READY_RETRY_S  # it failed because it is down: poll it cheaply (see NOT_READY_RETRY_S)
         if cap is not None:
             delay = min(delay, cap)
         self.station.outbox_failed(row["id"], reason, delay)
-        log.info("sink %s: event %s not delivered (%s); retry in %.1f s", sink.name, row["id"], reason, delay)
+        if self._failing.get(sink.name) != reason:
+            log.warning("sink %s: not delivering (%s); retrying", sink.name, reason)
+        else:
+            log.debug("sink %s: event %s not delivered (%s); retry in %.1f s", sink.name, row["id"], reason, delay)
+        self._failing[sink.name] = reason
         self._call(self.on_failed, sink.name, reason)
 
     def _call(self, callback: Callable[..., None] | None, *args: Any) -> None:
