@@ -174,6 +174,8 @@ def test_filters() -> None:
         ("http://h/x#secret_env=ZSAD_TEST_EMPTY_VAR", "ZSAD_TEST_EMPTY_VAR is empty"),
         ("http:///x", "no host"),
         ("http://h:99999/x", "bad port"),
+        ("http://[::1/x", "not a URL"),
+        ("mqtt://u:topsecret@[bad/t", "not a URL"),
         ("mqtt://u:topsecret@h/a/+/b", "wildcard '+'"),
         ("mqtt://u:topsecret@h/a/%23", "wildcard '#'"),
         ("mqtt://h/a/{camera}", "unknown placeholder {camera}"),
@@ -212,7 +214,7 @@ def test_bad_urls_are_one_line_errors(url: str, problem: str, monkeypatch: pytes
     assert "\n" not in msg and msg.startswith("sink")
     assert "topsecret" not in msg
     if "topsecret" in url:
-        assert ":***@h" in msg
+        assert ":***@" in msg
 
 
 def test_parse_sinks_refuses_one_name_twice(tmp_path: Path) -> None:
@@ -275,6 +277,17 @@ def test_file_sink_without_backups_and_its_failure(tmp_path: Path) -> None:
     (tmp_path / "e.jsonl").mkdir()  # the path turned into a folder: a one-line failure, nothing counted
     n, reason = sink.deliver([event(4)])
     assert n == 0 and reason is not None and "e.jsonl" in reason and "\n" not in reason
+
+
+def test_file_sink_failed_rotation_keeps_what_was_synced(tmp_path: Path) -> None:
+    line = len(json.dumps(event(1), separators=(",", ":"))) + 1
+    sink = parse_sink(f"file:{tmp_path}/e.jsonl#max_bytes={2 * line}&backups=1")
+    (tmp_path / "e.jsonl.1").mkdir()  # the rotation's target is a folder with something in it: rotating fails
+    (tmp_path / "e.jsonl.1" / "x").write_text("x")
+    n, reason = sink.deliver([event(1), event(2), event(3)])
+    assert n == 2 and reason is not None and "\n" not in reason
+    lines = (tmp_path / "e.jsonl").read_text().splitlines()
+    assert [json.loads(x)["event_id"] for x in lines] == ids([event(1), event(2)])  # the two delivered, intact
 
 
 # -- webhook --------------------------------------------------------------------------------------------------------

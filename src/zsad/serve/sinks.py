@@ -37,13 +37,20 @@ memory, is the state: events queued before a crash or restart are sent by the ne
 database. ``Delivery`` sends each sink's events in outbox order, a batch at a time, and marks the acknowledged
 prefix delivered; the first failed event is retried after a back-off of 0.5 s doubling per failed attempt up to
 ``max_backoff_s`` (plus up to 10 % jitter), and nothing of that sink overtakes it, so each sink sees its events in
-order. A sink that is down holds up only itself: every sink has its own thread, and scoring only writes the
+order. A sink known to be down (an MQTT broker that is not connected; its client reconnects by itself, every 1 to
+5 s) is instead retried every second, which costs no network traffic, so its events flow within seconds of its
+return. A sink that is down holds up only itself: every sink has its own thread, and scoring only writes the
 outbox. Delivery is *at-least-once*: a crash (or a lost acknowledgement) between the sink's acknowledgement and
 the outbox's commit sends that event again, so consumers that must not count twice dedupe on ``event_id``. In the
 normal path, and when an MQTT broker is down for a while and comes back, each event reaches a QoS 1 subscriber
 exactly once: while the broker is unreachable nothing is handed to paho (which would queue it and resend it after
 reconnecting, besides the outbox's own retry), and a client that was handed messages it could not confirm is
 discarded with them.
+
+Two limits follow from the outbox's design. An event a sink refuses for good (a webhook that answers 400 to it every
+time) holds back that sink's later events until the cause is fixed; the stats show it (the oldest pending event's
+age, the last error). And the outbox is kept per sink *name*, not per server: servers that share one PostgreSQL
+station must not both run a sink of the same name (each would send every event of it), so give each a ``name=``.
 """
 
 from __future__ import annotations
@@ -66,7 +73,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
-from urllib.parse import unquote, unquote_plus, urlsplit
+from urllib.parse import SplitResult, unquote, unquote_plus, urlsplit
 
 from zsad._version import __version__
 from zsad.errors import ZsadInputError, one_line
@@ -388,8 +395,8 @@ class FileSink(Sink):
             for i, line in enumerate(lines):
                 if size > 0 and size + len(line) > self.max_bytes:
                     _sync(f)
+                    synced, done = size, i
                     f.close()
-                    done = i
                     self._rotate()
                     f = open(self.path, "ab")  # noqa: SIM115
                     size = synced = 0
@@ -715,15 +722,28 @@ def parse_sinks(urls: Iterable[str]) -> list[Sink]:
     return sinks
 
 
+def _split_url(opts: _Options, base: str) -> SplitResult:
+    try:
+        return urlsplit(base)
+    except ValueError as e:
+        raise opts.error(f"not a URL ({one_line(e)})") from None
+
+
 def _webhook(url: str, base: str, fragment: str) -> WebhookSink:
     opts = _Options(url, fragment, WEBHOOK_OPTIONS)
-    parts = urlsplit(base)
+    parts = _split_url(opts, base)
     if not parts.hostname:
         raise opts.error("no host")
     try:
         parts.port  # noqa: B018 (a bad port raises here, at parse time)
     except ValueError:
         raise opts.error("bad port") from None
+    import httpx
+
+    try:
+        httpx.URL(base)
+    except httpx.InvalidURL as e:
+        raise opts.error(f"not a URL httpx can send to ({one_line(e)})") from None
     name, filt = opts.common(redact(base, ""))
     timeout = opts.number("timeout", DEFAULT_TIMEOUT_S, positive=True, high=3600)
     return WebhookSink(name, filt, base, timeout, opts.env("secret_env"))
@@ -731,7 +751,7 @@ def _webhook(url: str, base: str, fragment: str) -> WebhookSink:
 
 def _mqtt(url: str, base: str, fragment: str, scheme: str) -> MqttSink:
     opts = _Options(url, fragment, MQTT_OPTIONS)
-    parts = urlsplit(base)
+    parts = _split_url(opts, base)
     if parts.query:
         raise opts.error("an MQTT URL has no query string (zsad's options go after #)")
     host = parts.hostname
@@ -819,7 +839,7 @@ def _file(url: str, base: str, fragment: str) -> FileSink:
     opts = _Options(url, fragment, FILE_OPTIONS)
     rest = base[len("file:") :]
     if rest.startswith("//"):
-        parts = urlsplit(base)
+        parts = _split_url(opts, base)
         if parts.netloc not in ("", "localhost"):
             raise opts.error("only local files (file:PATH or file:///absolute/path)")
         raw = unquote(parts.path)
