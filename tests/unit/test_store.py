@@ -825,3 +825,13 @@ def test_a_version_1_database_is_migrated_with_its_rows(tmp_path: Path, files: P
         assert conn.execute(sa.select(schema_info.c.version)).scalar() == schema.SCHEMA_VERSION == 2
         assert conn.execute(sa.text("SELECT count(*) FROM intake")).scalar() == 1
     engine.dispose()
+
+
+def test_each_station_delivers_its_own_events(db_url: str, files: Path) -> None:
+    """Two servers sharing a database and a sink name: each sees (and so sends) only its own decisions' events."""
+    with Station(db_url, files, station_name="a", lock=False) as a, Station(db_url, files, station_name="b") as b:
+        a.record([], events=[{"sink": "hook", "uid": uid(1), "payload": {"n": 1}}])
+        b.record([], events=[{"sink": "hook", "uid": uid(2), "payload": {"n": 2}}])
+        assert [d["payload"]["n"] for d in a.outbox_due("hook")] == [1]
+        assert [d["payload"]["n"] for d in b.outbox_due("hook")] == [2]
+        assert a.outbox_stats()["hook"]["pending"] == b.outbox_stats()["hook"]["pending"] == 1

@@ -73,8 +73,8 @@ def watch_cmd(
             service.close()
     line = ", ".join(f"{v} {k}" for k, v in totals.items())
     console.print(f"stopped: {line}", highlight=False)
-    if once and totals.get("errors"):
-        raise typer.Exit(1)  # cron sees that some files were refused (each said why in the log and the store)
+    if once and (totals.get("errors") or totals.get("left")):
+        raise typer.Exit(1)  # cron sees that files were refused or left (each said why in the log and the store)
 
 
 def _service(
@@ -132,8 +132,9 @@ async def _run(service: Service, once: bool, drain_timeout: float) -> dict[str, 
     if service.delivery is not None:
         started = time.monotonic()
         drained = await asyncio.to_thread(service.delivery.drain, drain_timeout if once else 5.0)
-        if not drained:
+        if drained:
+            log.info("events delivered (%.1f s)", time.monotonic() - started)
+        else:
             pending = sum(s.get("pending", 0) for s in service.sink_state().values())
             log.warning("%d event(s) not yet acknowledged: kept in the outbox, delivered by the next run", pending)
-        totals["drain_s"] = round(time.monotonic() - started, 3)
     return dict(totals)

@@ -47,10 +47,10 @@ exactly once: while the broker is unreachable nothing is handed to paho (which w
 reconnecting, besides the outbox's own retry), and a client that was handed messages it could not confirm is
 discarded with them.
 
-Two limits follow from the outbox's design. An event a sink refuses for good (a webhook that answers 400 to it every
-time) holds back that sink's later events until the cause is fixed; the stats show it (the oldest pending event's
-age, the last error). And the outbox is kept per sink *name*, not per server: servers that share one PostgreSQL
-station must not both run a sink of the same name (each would send every event of it), so give each a ``name=``.
+An event a sink refuses for good (a webhook that answers 400 to it every time) holds back that sink's later events
+until the cause is fixed (losing it would be worse); the stats show it (the oldest pending event's age, the last
+error). Each server delivers only the events of its own decisions (the outbox row names the station), so servers
+sharing one PostgreSQL station with the same sinks never send an event twice.
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", ".swp"
 MARKER = ".done"
 TICK_S = 0.1  # how often pending files are checked for completeness
 RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # back-off after a failure that was not the files' (model, database)
+ONCE_TRIES = 3  # --once gives a file this many tries (1 + 2 s of back-off) before leaving it for the next run
 
 
 @dataclass
@@ -133,6 +134,7 @@ class FolderState:
     skipped: int = 0  # found already finished (by an earlier run, or another watcher)
     routed: int = 0
     retries: int = 0
+    left: int = 0  # --once: files given up on after ONCE_TRIES failures that were not theirs (the next run tries)
     last_error: str | None = None
     pending: dict[Path, _Pending] = field(default_factory=dict)
     known: dict[Path, tuple[int, int]] = field(default_factory=dict)  # path -> (size, mtime_ns) finished
@@ -158,6 +160,7 @@ class Watchers:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._once = False  # --once: a file that keeps failing is left for the next run instead of waited for
 
     # -- life -----------------------------------------------------------------------------------------------------
 
@@ -182,6 +185,7 @@ class Watchers:
 
     async def once(self) -> dict[str, int]:
         """Score what is in the folders now and return (``zsad watch --once``): waits for files still written."""
+        self._once = True
         for st in self.folders:
             self._scan(st)
         while any(st.pending for st in self.folders) or self._inflight:
@@ -190,8 +194,8 @@ class Watchers:
         return self.totals()
 
     def totals(self) -> dict[str, int]:
-        """Files scored, refused, skipped and routed by every folder together."""
-        keys = ("scored", "errors", "skipped", "routed")
+        """Files scored, refused, skipped and routed by every folder together (and left for later, if any)."""
+        keys = ("scored", "errors", "skipped", "routed", *(["left"] if any(st.left for st in self.folders) else []))
         return {k: sum(getattr(st, k) for st in self.folders) for k in keys}
 
     def state(self) -> list[dict[str, Any]]:
@@ -340,6 +344,9 @@ class Watchers:
             for p in chunk:
                 p.failures += 1
                 p.not_before = now + RETRY_S[min(p.failures, len(RETRY_S)) - 1]
+                if self._once and p.failures >= ONCE_TRIES:
+                    st.left += 1
+                    continue
                 st.pending.setdefault(p.path, p)
         finally:
             for p in chunk:
@@ -354,6 +361,9 @@ class Watchers:
         assert station is not None
         ready, again = await asyncio.to_thread(_read_all, chunk)
         for p in again:
+            if self._once and p.failures >= ONCE_TRIES:
+                st.left += 1
+                continue
             st.pending.setdefault(p.path, p)
         if not ready:
             return

@@ -194,11 +194,14 @@ intake = sa.Table(
 
 # One row per (decision, sink): written in the transaction of the decision, so an event exists exactly when its
 # decision does; the delivery thread sends the due ones in id order and marks them delivered, or retries later.
+# Each server delivers the events of its own decisions (column station), so servers sharing a PostgreSQL station
+# with the same sinks never send an event twice.
 outbox = sa.Table(
     "outbox",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("station", sa.String(255), nullable=False),  # the server that decided: only it delivers the event
     sa.Column("sink", sa.String(255), nullable=False),  # the sink's name (its URL without secrets)
     sa.Column("uid", sa.CHAR(32)),  # the inspection the event is about
     sa.Column("payload", sa.Text, nullable=False),  # the event, JSON
@@ -210,6 +213,7 @@ outbox = sa.Table(
     # stays as small as the backlog however many events were delivered.
     sa.Index(
         "ix_outbox_pending",
+        "station",
         "sink",
         "id",
         sqlite_where=sa.column("delivered_at").is_(None),

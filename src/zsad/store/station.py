@@ -428,6 +428,7 @@ class Station:
             raise ZsadInputError(f"event sink {sink[:60]!r}: must be 1 to 255 characters")
         return {
             "created_at": now,
+            "station": self.station_name,
             "sink": sink,
             "uid": e.get("uid"),
             "payload": _canonical(e["payload"], "event"),
@@ -490,7 +491,7 @@ class Station:
     # -- outbox (the sinks' queue) --------------------------------------------------------------------------------
 
     def outbox_due(self, sink: str, limit: int = 100) -> list[dict[str, Any]]:
-        """The oldest undelivered events of ``sink``, in id order, up to the first one not yet due again.
+        """This station's oldest undelivered events of ``sink``, in id order, up to the first one not yet due again.
 
         Stopping at a row that waits for its back-off keeps a sink's events in order: nothing overtakes an event
         that is being retried.
@@ -499,7 +500,7 @@ class Station:
         now = utcnow()
         q = (
             sa.select(o.id, o.uid, o.payload, o.attempts, o.created_at, o.next_at)
-            .where(o.sink == sink, o.delivered_at.is_(None))
+            .where(o.station == self.station_name, o.sink == sink, o.delivered_at.is_(None))
             .order_by(o.id)
             .limit(limit)
         )
@@ -533,24 +534,25 @@ class Station:
             )
 
     def outbox_stats(self) -> dict[str, dict[str, Any]]:
-        """Per sink: delivered and pending events, the oldest pending one's age, failed attempts, the last error."""
+        """Per sink, this station's events: delivered, pending, the oldest pending one's age, attempts, last error."""
         o = outbox.c
         now = utcnow()
+        mine = o.station == self.station_name
         out: dict[str, dict[str, Any]] = {}
         with self._begin(snapshot=True) as conn:
             for sink, n in conn.execute(
-                sa.select(o.sink, sa.func.count()).where(o.delivered_at.is_not(None)).group_by(o.sink)
+                sa.select(o.sink, sa.func.count()).where(mine, o.delivered_at.is_not(None)).group_by(o.sink)
             ):
                 out.setdefault(sink, _sink_stats())["delivered"] = int(n)
             q = sa.select(o.sink, sa.func.count(), sa.func.min(o.created_at), sa.func.sum(o.attempts))
-            for sink, n, oldest, tries in conn.execute(q.where(o.delivered_at.is_(None)).group_by(o.sink)):
+            for sink, n, oldest, tries in conn.execute(q.where(mine, o.delivered_at.is_(None)).group_by(o.sink)):
                 s = out.setdefault(sink, _sink_stats())
                 s.update(pending=int(n), oldest_pending_s=round((now - oldest).total_seconds(), 3))
                 s["failed_attempts_pending"] = int(tries or 0)
             for sink in list(out):
                 err = conn.execute(
                     sa.select(o.last_error)
-                    .where(o.sink == sink, o.delivered_at.is_(None), o.last_error.is_not(None))
+                    .where(mine, o.sink == sink, o.delivered_at.is_(None), o.last_error.is_not(None))
                     .order_by(o.id)
                     .limit(1)
                 ).scalar()
