@@ -624,7 +624,6 @@ class Service:
         request_id = ResultStore.new_id()
         results = []
         events: list[dict[str, Any]] = []
-        now = datetime.now(UTC)
         for i, (d, amap, row) in enumerate(zip(decoded, maps, rows, strict=True)):
             image_id = ResultStore.new_id()
             score = float(decision.scores[i])
@@ -643,7 +642,6 @@ class Service:
                 recorded.append(
                     {
                         "uid": image_id,
-                        "created_at": now,
                         "source": context["source"],
                         "request_id": request_id,
                         "profile": profile["name"] if profile else None,
@@ -699,7 +697,7 @@ class Service:
             if self.station is not None and self.sinks:
                 fin = context["finished"]
                 payload = self._event(
-                    results[-1], recorded[-1], now, fin[d.index]["path"] if fin is not None else None, panel is not None
+                    results[-1], recorded[-1], fin[d.index]["path"] if fin is not None else None, panel is not None
                 )
                 events += [
                     {"sink": k.name, "uid": image_id, "payload": payload} for k in self.sinks if k.wants(payload)
@@ -714,6 +712,11 @@ class Service:
                 finished, labels = self._finished(
                     context["finished"], profile, decoded, results, errors, context["uploads"]
                 )
+            now = datetime.now(UTC)  # the decision's time: its commit, after the files (events measure from it)
+            for r in recorded:
+                r["created_at"] = now
+            for e in events:
+                e["payload"]["created_at"] = now.isoformat()
             # one transaction (files finished and events too), committed before the client hears of the results
             self.station.record(recorded, finished=finished, events=events)
             self.profiles.recorded += len(recorded)
@@ -786,9 +789,7 @@ class Service:
         outcomes = _outcomes(rows, [(None, None)] * len(rows))
         return {"request_id": None, "profile": profile, "results": [], "errors": errors, "finished": outcomes}
 
-    def _event(
-        self, result: dict[str, Any], row: dict[str, Any], at: datetime, path: str | None, overlay: bool
-    ) -> dict[str, Any]:
+    def _event(self, result: dict[str, Any], row: dict[str, Any], path: str | None, overlay: bool) -> dict[str, Any]:
         """One decision as the sinks' JSON event (docs/station.md lists its fields)."""
         uid = result["uid"]
         label = result["pred_label"]
@@ -805,7 +806,7 @@ class Service:
             "event": "decision",
             "event_id": uid,
             "uid": uid,
-            "created_at": at.isoformat(),
+            "created_at": None,  # the commit's time, set just before it
             "station": self.station.station_name if self.station is not None else None,
             "source": row["source"],
             "profile": row["profile"],
