@@ -367,3 +367,63 @@ def test_watched_decisions_reach_every_sink_once_through_outages(assets_dir: Pat
         assert (e["profile"], e["source"], e["label"], e["file"]) == ("tile", "folder", label, r["file_name"])
         assert e["score"] == pytest.approx(r["score"]) and e["threshold"] == 0.5 and e["event_id"] == e["uid"]
         assert e["path"] == str(inbox / r["file_name"]) and e["links"]["map"] == f"/v1/results/{e['uid']}/map.png"
+
+
+def test_a_profiles_own_sinks_follow_it_to_every_front_end(assets_dir: Path, tmp_path: Path) -> None:
+    """zsad profile create --sink: zsad watch delivers there without --sink; PATCH and `profile sinks` change it."""
+    st = tmp_path / "station"
+    st.mkdir()
+    url = f"sqlite:///{st / 'station.db'}"
+    log = tmp_path / "cli.log"
+    events = tmp_path / "line.jsonl"
+    tiny = ["--backbone", "zsad-tiny", "--pretrained", "none", "--image-size", "96", "--device", "cpu"]
+    refused = zsad("profile", "create", "p", "--db", url, "--threshold", "0.5", "--sink", "mqtt://u:pw@h/t", *tiny,
+                   log=log)  # fmt: skip
+    assert refused.returncode == 2 and "a profile keeps no password" in log.read_text()
+    assert "pw" not in log.read_text().splitlines()[-1].replace("password", "")
+    made = zsad("profile", "create", "p", "--db", url, "--threshold", "0.5", "--sink", f"file:{events}", *tiny, log=log)
+    assert made.returncode == 0, log.read_text()[-2000:]
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    images = tile_images(assets_dir, 4)
+    write_files(images[:2], inbox)
+    assert zsad("watch", str(inbox), "--profile", "p", "--db", url, "--once", *WATCH_TINY, log=log).returncode == 0
+    uids = {r["uid"] for r in read_db(url, "SELECT uid FROM inspections")}
+    assert len(uids) == 2 and {json.loads(x)["uid"] for x in events.read_text().splitlines()} == uids
+
+    assert zsad("profile", "sinks", "p", "--db", url, "--clear", log=log).returncode == 0
+    assert "profile p revision 2: 0 sink(s)" in log.read_text()
+    write_files(images[2:3], inbox, names=["third.jpg"])
+    assert zsad("watch", str(inbox), "--profile", "p", "--db", url, "--once", *WATCH_TINY, log=log).returncode == 0
+    assert len(read_db(url, "SELECT uid FROM inspections")) == 3
+    assert len(events.read_text().splitlines()) == 2, "a removed sink still got the profile's decisions"
+
+    # on a server: PATCH sets them again (checked first), and an upload with the profile is delivered there
+    port = free_port()
+    slog = tmp_path / "serve.log"
+    proc = start_zsad("serve", "--port", str(port), "--out", str(st), "--station", *TINY, log=slog)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        client.wait_until_ready(base, 120, alive=lambda: proc.poll() is None)
+        bad = httpx.patch(base + "/v1/profiles/p", json={"sinks": ["https://u:secret@hook.local/x"]}, timeout=30)
+        assert bad.status_code == 422 and "no password" in bad.json()["detail"] and "secret" not in bad.json()["detail"]
+        bad = httpx.patch(base + "/v1/profiles/p", json={"sinks": ["gopher://x"]}, timeout=30)
+        assert bad.status_code == 422 and "gopher" in bad.json()["detail"]
+        ok = httpx.patch(base + "/v1/profiles/p", json={"sinks": [f"file:{events}#only=decided"]}, timeout=30)
+        assert ok.status_code == 200 and ok.json()["revision"] == 3, ok.text
+        with images[3].open("rb") as f:
+            res = httpx.post(base + "/v1/detect", data={"profile": "p"}, files={"images": f}, timeout=120).json()
+        adhoc = httpx.post(
+            base + "/v1/detect", data={"class_name": "tile"}, files={"images": images[3].read_bytes()}, timeout=120
+        )
+        assert adhoc.status_code == 200
+        uid = res["results"][0]["uid"]
+        wait_for(lambda: len(events.read_text().splitlines()) == 3, 30, "the patched sink got nothing")
+        time.sleep(0.5)
+        last = [json.loads(x) for x in events.read_text().splitlines()]
+        assert len(last) == 3 and last[-1]["uid"] == uid and last[-1]["source"] == "api", (
+            "ad hoc went to a profile sink"
+        )
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)

@@ -110,6 +110,14 @@ def create_cmd(
         typer.Option(help="normal_quantile (default with references), robust_outlier, two_mode or manual."),
     ] = None,
     option: MethodOpt = None,
+    sink: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sink",
+            help="Where this profile's decisions go, on every server and watcher (repeatable; secrets via "
+            "#password_env=VAR or #secret_env=VAR, never in the URL).",
+        ),
+    ] = None,
 ) -> None:
     """Create a profile (revision 1); its reference images are stored in the database by content hash."""
     from zsad.cli.main import _one_line_errors, console
@@ -120,6 +128,7 @@ def create_cmd(
         name = check_profile_name(name)
         opts = route_options([method], parse_options(option))[method]
         files = reference_files(reference_dir) if reference_dir is not None else []
+        sinks = _checked_sinks(sink or [])
         with station(db) as st:
             if any(p["name"] == name for p in st.profiles()):
                 raise ZsadInputError(f"profile {name!r}: exists in {st.url_safe}")
@@ -133,6 +142,7 @@ def create_cmd(
                 k_shot=k_shot,
                 threshold_rule=threshold_rule,
                 threshold=threshold,
+                sinks=sinks,
             )
             p = st.create_profile(name, setup, "created")
     t = p["setup"]["threshold"]
@@ -141,6 +151,41 @@ def create_cmd(
         f"threshold {t['rule']}" + (f" {t['value']}" if t["value"] is not None else ""),
         highlight=False,
     )
+
+
+def _checked_sinks(urls: list[str]) -> list[str]:
+    try:
+        from zsad.serve.sinks import parse_profile_sinks
+    except ImportError as e:
+        raise ZsadInputError(f"--sink needs the full install: pip install 'zsad[full]' ({e.name} is missing)") from None
+    for s in parse_profile_sinks(urls):
+        s.close()
+    return urls
+
+
+@app.command("sinks")
+def sinks_cmd(
+    name: Annotated[str, typer.Argument(help="Profile name.")],
+    db: Db,
+    sink: Annotated[list[str] | None, typer.Option("--sink", help="The profile's sinks from now on (repeatable).")] = (
+        None
+    ),
+    clear: Annotated[bool, typer.Option(help="Remove every sink.")] = False,
+) -> None:
+    """Set where a profile's decisions go (a new revision; scores and thresholds are unchanged)."""
+    from zsad.cli.main import _one_line_errors, console
+    from zsad.runs import revise_setup
+
+    with _one_line_errors():
+        if bool(sink) == clear:
+            raise ZsadInputError("give the new sinks (--sink URL, repeatable) or --clear, not both or neither")
+        urls = _checked_sinks(sink or [])
+        with station(db) as st:
+            setup = st.profile(name)["setup"]
+            if (setup.get("sinks") or []) == urls:
+                raise ZsadInputError(f"profile {name}: it has these sinks already")
+            p = st.revise(name, revise_setup(setup, sinks=urls), "changed sinks" if urls else "removed sinks")
+    console.print(f"profile {p['name']} revision {p['revision']}: {len(urls)} sink(s)", highlight=False)
 
 
 @app.command("list")

@@ -92,11 +92,13 @@ def make_setup(
     k_shot: int | None = None,
     threshold_rule: str | None = None,
     threshold: float | None = None,
+    sinks: list[str] | None = None,
 ) -> dict[str, Any]:
     """A checked setup: the method and its options typed against the backbone, the threshold rule consistent.
 
     A value without a rule is ``manual``; a rule without a value is ``normal_quantile`` when there are references
-    and ``robust_outlier`` otherwise.
+    and ``robust_outlier`` otherwise. ``sinks``: where the profile's decisions go (URLs, checked by the front end
+    that takes them: ``zsad.serve.sinks``); they never change scores, so they are no part of the scoring key.
     """
     spec = MethodSpec(method, backbone, dict(options or {}))
     spec.validate()
@@ -117,6 +119,7 @@ def make_setup(
         "k_shot": k_shot,
         "threshold": {"rule": rule, "value": None if threshold is None else float(threshold)},
         "pixel_threshold": None,  # reserved: the pixel threshold follows the image threshold's basis for now
+        "sinks": [str(u) for u in sinks or []],
     }
 
 
@@ -156,7 +159,7 @@ def profile_source(setup: dict[str, Any], source: str) -> str:
 
 def revise_setup(setup: dict[str, Any], **changes: Any) -> dict[str, Any]:
     """A copy of ``setup`` with ``changes`` (top-level keys); the original revision is never edited."""
-    unknown = sorted(set(changes) - set(setup))
+    unknown = sorted(set(changes) - set(setup) - {"sinks"})  # a setup made before sinks existed takes them too
     if unknown:
         raise ZsadInputError(f"profile setup: unknown field(s) {', '.join(unknown)}")
     new = copy.deepcopy(setup)

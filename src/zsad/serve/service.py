@@ -236,20 +236,23 @@ class Service:
         self.profiles = Profiles(self)
         self.http = False  # set by create_app: events then link to this server's routes
         self.watchers = Watchers(self, config.watch, rescan_s=config.rescan_s)
-        self.sinks: list[Sink] = []
+        self.sinks: list[Sink] = []  # the server's own (--sink): every decision it records
         self.delivery: Delivery | None = None
+        self._by_url: dict[str, Sink] = {}  # profiles' sinks, by URL
+        self._refused: set[str] = set()
         try:
             for watched in config.watch:  # a watched profile must exist before anything is watched
                 assert self.station is not None
                 self.station.profile(watched.profile)
-            if config.sinks:
+            if self.station is not None:
                 from zsad.serve.sinks import Delivery, parse_sinks
 
-                assert self.station is not None
                 self.sinks = parse_sinks(config.sinks)
                 self.delivery = Delivery(
                     self.station, self.sinks, on_delivered=self._delivered, on_failed=self._delivery_failed
                 )
+                for p in self.station.profiles():  # what their sinks still hold is delivered from the start
+                    self.profile_sinks(p["setup"])
         except BaseException:
             self.close()
             raise
@@ -323,6 +326,28 @@ class Service:
             "sinks": self.sink_state(),
         }
 
+    def profile_sinks(self, setup: dict[str, Any]) -> list[Sink]:
+        """The sinks a profile's setup names, each delivered to from its first use (one per name, kept)."""
+        urls = setup.get("sinks") or []
+        if not urls or self.delivery is None:
+            return []
+        from zsad.serve.sinks import parse_sink
+
+        out = []
+        for url in urls:
+            sink = self._by_url.get(url)
+            if sink is None:
+                try:
+                    sink = self.delivery.add(parse_sink(url))
+                except ZsadInputError as e:  # e.g. its secret's variable is not set on this machine
+                    if url not in self._refused:
+                        self._refused.add(url)
+                        reporter().message(f"profile sink not used here: {' '.join(str(e).split())}", "warning")
+                    continue
+                self._by_url[url] = sink
+            out.append(sink)
+        return out
+
     def sink_state(self) -> dict[str, dict[str, Any]]:
         """Per sink: kind, filter, connection, delivered and pending events, the oldest pending one's age, errors."""
         if self.delivery is None:
@@ -360,7 +385,8 @@ class Service:
         if getattr(self, "delivery", None) is not None:
             assert self.delivery is not None
             self.delivery.stop()
-        for sink in getattr(self, "sinks", []):
+        delivery = getattr(self, "delivery", None)
+        for sink in delivery.sinks if delivery is not None else getattr(self, "sinks", []):
             sink.close()
         self.profiles.stop()
         self.store.write_manifest(dict(self.pool.described), self.stats(), stopped=True)
@@ -624,6 +650,8 @@ class Service:
         request_id = ResultStore.new_id()
         results = []
         events: list[dict[str, Any]] = []
+        mine = self.profile_sinks(profile["setup"]) if profile else []
+        targets = list({k.name: k for k in (*self.sinks, *mine)}.values())  # a name once
         for i, (d, amap, row) in enumerate(zip(decoded, maps, rows, strict=True)):
             image_id = ResultStore.new_id()
             score = float(decision.scores[i])
@@ -694,14 +722,12 @@ class Service:
                     "overlay_url": f"{base}/overlay.png" if panel is not None else None,
                 }
             )
-            if self.station is not None and self.sinks:
+            if self.station is not None and targets:
                 fin = context["finished"]
                 payload = self._event(
                     results[-1], recorded[-1], fin[d.index]["path"] if fin is not None else None, panel is not None
                 )
-                events += [
-                    {"sink": k.name, "uid": image_id, "payload": payload} for k in self.sinks if k.wants(payload)
-                ]
+                events += [{"sink": k.name, "uid": image_id, "payload": payload} for k in targets if k.wants(payload)]
         if self.store.persistent and served.id not in self._manifested:  # described before any row names it
             self._manifested.add(served.id)
             self.store.write_manifest(dict(self.pool.described), self.stats())

@@ -709,6 +709,24 @@ def parse_sink(url: str) -> Sink:
     raise ZsadInputError(f"sink {redact(url)}: unknown kind (use http(s)://, mqtt(s)://, or file:)")
 
 
+def parse_profile_sinks(urls: Iterable[str]) -> list[Sink]:
+    """A profile's sinks: as ``parse_sinks``, but no password in a URL.
+
+    A profile is data every server and the page read: secrets go in the environment (``#password_env=VAR``,
+    ``#secret_env=VAR``).
+    """
+    urls = list(urls)
+    for url in urls:
+        if not isinstance(url, str):
+            raise ZsadInputError(f"sinks: each is a URL string, not {type(url).__name__}")
+        if redact(url, "") != url.partition("#")[0]:  # there was a password to take out
+            raise ZsadInputError(
+                f"sink {redact(url)}: a profile keeps no password (every server and the page read it); "
+                "give it with #password_env=VAR"
+            )
+    return parse_sinks(urls)
+
+
 def parse_sinks(urls: Iterable[str]) -> list[Sink]:
     """Every URL's sink; two with one name are refused (their events would be one queue)."""
     sinks: list[Sink] = []
@@ -893,21 +911,45 @@ class Delivery:
         self._stop = threading.Event()
         self._wakes = {s.name: threading.Event() for s in self.sinks}
         self._threads: list[threading.Thread] = []
+        self._started = False
+        self._adding = threading.Lock()
         self._failing: dict[str, str] = {}  # sink name -> the reason of its current run of failures (for the log)
 
     def start(self) -> None:
         """Start connecting every sink and one thread each."""
-        if self._threads:
+        if self._started:
             raise RuntimeError("Delivery: already started")
-        for i, sink in enumerate(self.sinks):
-            sink.notify = self._wakes[sink.name].set
-            try:
-                sink.open()
-            except Exception as e:  # noqa: BLE001 (its thread reports and retries)
-                log.warning("sink %s: %s", sink.name, one_line(e))
-            t = threading.Thread(target=self._run, args=(sink,), name=f"zsad-sink-{i}", daemon=True)
-            self._threads.append(t)
-            t.start()
+        self._started = True
+        for sink in self.sinks:
+            self._launch(sink)
+
+    def add(self, sink: Sink) -> Sink:
+        """Deliver to ``sink`` too (a profile's sink, met at its first decision); the one of that name if known.
+
+        Returns the sink events should name: a second sink of an existing name is closed and the first kept, so a
+        name always has one thread and one order.
+        """
+        with self._adding:
+            for known in self.sinks:
+                if known.name == sink.name:
+                    if known is not sink:
+                        sink.close()
+                    return known
+            self.sinks.append(sink)
+            self._wakes[sink.name] = threading.Event()
+            if self._started:
+                self._launch(sink)
+        return sink
+
+    def _launch(self, sink: Sink) -> None:
+        sink.notify = self._wakes[sink.name].set
+        try:
+            sink.open()
+        except Exception as e:  # noqa: BLE001 (its thread reports and retries)
+            log.warning("sink %s: %s", sink.name, one_line(e))
+        t = threading.Thread(target=self._run, args=(sink,), name=f"zsad-sink-{len(self._threads)}", daemon=True)
+        self._threads.append(t)
+        t.start()
 
     def wake(self) -> None:
         """Look for due events now (called after a ``record`` that queued some)."""
@@ -928,12 +970,13 @@ class Delivery:
 
     def drain(self, timeout: float) -> bool:
         """Wait until none of these sinks has a pending event (True), or ``timeout`` seconds passed (False)."""
+        sinks = list(self.sinks)
         end = time.monotonic() + timeout
         self.wake()
         while True:
             try:
                 stats = self.station.outbox_stats()
-                if all(stats.get(s.name, {}).get("pending", 0) == 0 for s in self.sinks):
+                if all(stats.get(s.name, {}).get("pending", 0) == 0 for s in sinks):
                     return True
             except Exception as e:  # noqa: BLE001 (an unreachable database is "not drained yet")
                 log.debug("drain: %s", one_line(e))
@@ -946,7 +989,9 @@ class Delivery:
         stats = self.station.outbox_stats()
         empty = {"delivered": 0, "pending": 0, "oldest_pending_s": None, "failed_attempts_pending": 0,
                  "last_error": None}  # fmt: skip
-        return {s.name: {**s.describe(), **stats.get(s.name, empty), "connection": s.connection()} for s in self.sinks}
+        return {
+            s.name: {**s.describe(), **stats.get(s.name, empty), "connection": s.connection()} for s in list(self.sinks)
+        }
 
     def backoff(self, attempts: int) -> float:
         """Seconds before retrying an event that has failed ``attempts`` times before this failure."""

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 RETENTION_EVERY_S = 3600.0
 OUTBOX_KEEP_S = 7 * 86400.0  # delivered events stay a week (the page's delivery counts), then go
-PATCHABLE = ("threshold", "threshold_rule", "class_name", "options", "reason")
+PATCHABLE = ("threshold", "threshold_rule", "class_name", "options", "sinks", "reason")
 ACTIONS = ("refit", "add_normals")
 # The re-fit reads the newest inspections under the current scoring (their reviews, and the flags a threshold would
 # make): 50,000 are read in about a tenth of a second at a million rows (benchmarks/RESULTS.md), and cover weeks.
@@ -71,6 +71,22 @@ def default_db(out: Path) -> str:
 def open_station(config: ServeConfig, out: Path) -> Station:
     """The store, opened (schema checked or migrated); retention and the crash sweep run beside the server."""
     return Station(config.db or default_db(out), out, station_name=config.station_name or socket.gethostname())
+
+
+def _sink_urls(sinks: Any) -> list[str]:
+    """A profile's sink URLs, each checked (one line for a bad one, or a password that would be stored)."""
+    from zsad.serve.sinks import parse_profile_sinks
+
+    if sinks is None:
+        return []
+    if not isinstance(sinks, list):
+        raise ZsadInputError("sinks: a list of sink URLs is needed (an empty list removes them)")
+    if not all(isinstance(u, str) for u in sinks):
+        raise ZsadInputError("sinks: each is a URL string")
+    urls = [u.strip() for u in sinks if u.strip()]
+    for sink in parse_profile_sinks(urls):
+        sink.close()
+    return urls
 
 
 def _now() -> datetime:
@@ -244,6 +260,7 @@ class Profiles:
         threshold: float | None = None,
         threshold_rule: str | None = None,
         k_shot: int | None = None,
+        sinks: list[str] | None = None,
     ) -> dict[str, Any]:
         """``POST /v1/profiles``: a new profile on this server's backbone, its references stored by hash."""
         from zsad.serve.service import _in_thread
@@ -256,6 +273,7 @@ class Profiles:
         method_name, opts = svc._resolve(method, options)
         full = {**svc.config.options.get(method_name, {}), **opts}  # complete: the profile scores alike anywhere
         cname = svc.check_class_name(class_name)
+        sink_urls = _sink_urls(sinks)
         shas = await self._store_references(references)
         setup = await _in_thread(
             lambda: make_setup(
@@ -267,6 +285,7 @@ class Profiles:
                 k_shot=k_shot,
                 threshold_rule=threshold_rule or None,
                 threshold=threshold,
+                sinks=sink_urls,
             )
         )
         setup = await self._with_value(setup)
@@ -332,6 +351,7 @@ class Profiles:
         if value is None and rule == setup["threshold"]["rule"]:
             value = setup["threshold"]["value"]
         cname = self.service.check_class_name(changes["class_name"]) if "class_name" in changes else None
+        sink_urls = _sink_urls(changes["sinks"]) if "sinks" in changes else list(setup.get("sinks") or [])
         candidate = await _in_thread(
             lambda: make_setup(
                 method_name,
@@ -342,9 +362,12 @@ class Profiles:
                 k_shot=setup["k_shot"],
                 threshold_rule=rule,
                 threshold=None if rule == "normal_quantile" else value,
+                sinks=sink_urls,
             )
         )
         candidate = await self._with_value(candidate)
+        if "sinks" not in setup and not sink_urls:
+            candidate.pop("sinks")  # a setup from before sinks existed: unchanged unless sinks are given
         if candidate == setup:
             raise ZsadInputError(f"profile {name}: nothing changed")
         what = ", ".join(k for k in PATCHABLE if k in changes and k != "reason")
