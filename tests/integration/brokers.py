@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from serve_helpers import free_port
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None)
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
@@ -38,12 +39,6 @@ def need_mosquitto(passwords: bool = False) -> None:
 def need_openssl() -> None:
     if OPENSSL is None:
         pytest.skip("openssl not found (apt-get install openssl)")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(check: Any, timeout: float, what: str, step: float = 0.02) -> Any:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from brokers import wait_for
 from PIL import Image
 from serve_helpers import TINY, free_port
 from watch_helpers import (
@@ -29,7 +30,6 @@ from watch_helpers import (
     spawn_writer,
     start_zsad,
     tile_images,
-    wait_for,
     write_files,
     zsad,
 )
@@ -427,3 +427,26 @@ def test_a_profiles_own_sinks_follow_it_to_every_front_end(assets_dir: Path, tmp
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("change", "expect"),
+    [
+        ({"folder": "missing"}, "missing: no such folder to watch"),
+        ({"profile": "nope"}, "profile 'nope': no such profile"),
+        ({"extra": ["--sink", "gopher://x/y"]}, "sink gopher://x/y"),
+        ({"extra": ["--complete", "soon"]}, "--complete 'soon': use one of stable, rename, marker"),
+        ({"extra": ["--rescan", "0"]}, "--rescan 0.0: seconds from 0.5 to 3600"),
+    ],
+)
+def test_bad_watch_settings_are_one_line_before_any_model(tmp_path: Path, change: dict, expect: str) -> None:
+    url = make_station(tmp_path / "station")
+    (tmp_path / "in").mkdir()
+    folder = tmp_path / change.get("folder", "in")
+    log = tmp_path / "watch.log"
+    t0 = time.monotonic()
+    done = zsad("watch", str(folder), "--profile", change.get("profile", "tile"), "--db", url, "--once",
+                *change.get("extra", []), *WATCH_TINY, log=log)  # fmt: skip
+    lines = [x for x in log.read_text().splitlines() if x.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and expect in lines[0], lines
+    assert time.monotonic() - t0 < 60

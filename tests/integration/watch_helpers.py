@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,18 +81,6 @@ def read_db(url: str, sql: str) -> list[dict[str, Any]]:
             return [dict(r) for r in conn.execute(sa.text(sql)).mappings()]
     finally:
         engine.dispose()
-
-
-def wait_for(what: Callable[[], Any], timeout: float, message: str, every: float = 0.1) -> Any:
-    """Poll ``what`` until it returns something truthy; fail with ``message`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{message} (after {timeout} s)")
-        time.sleep(every)
 
 
 def zsad(*args: str, log: Path, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
