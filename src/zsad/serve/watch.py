@@ -8,9 +8,9 @@ history and sinks of every other request.
   full rescan every ``rescan_s`` as the safety net (events are lost when a queue overflows, on network shares,
   or while the folder was gone). Temporary names are never taken: dot files, ``~`` files and ``.tmp``, ``.part``,
   ``.partial``, ``.crdownload``, ``.filepart``, ``.swp``, ``.done``.
-- **Complete files only**: ``stable`` (size and mtime unchanged for ``settle_s``), ``rename`` (the writer writes
-  under a temporary name and renames it into place, so a file is complete when its name appears), or ``marker``
-  (the writer drops ``NAME.done`` or ``STEM.done`` beside ``NAME`` when it is finished).
+- **Complete files only**: ``stable`` (size and mtime unchanged for ``settle_s`` while watched), ``rename``
+  (the writer writes under a temporary name and renames it into place, so a file is complete when its name
+  appears), or ``marker`` (the writer drops ``NAME.done`` or ``STEM.done`` beside ``NAME`` when it is finished).
 - **Exactly once**: a file is keyed by path, size, mtime and sha256 and that key is committed in the transaction
   of its inspection (``Station.record(finished=...)``): after a crash or restart, what has a key is not scored
   again (only routed, if routing had not happened yet), and what has none is. New content under an old name is a
@@ -295,9 +295,11 @@ class Watchers:
         """Start a chunk for each folder's complete files while a slot is free."""
         assert self._slots is not None
         for st in self.folders:
-            ready = self._complete(st)
-            for i in range(0, len(ready), self.chunk):
-                chunk = ready[i : i + self.chunk]
+            while not self._slots.locked():
+                # only as many as a free slot takes: a backlog of 10,000 files is not stat'ed every tick
+                chunk = self._complete(st, self.chunk)
+                if not chunk:
+                    break
                 await self._slots.acquire()
                 for p in chunk:
                     st.pending.pop(p.path, None)
@@ -306,12 +308,14 @@ class Watchers:
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
 
-    def _complete(self, st: FolderState) -> list[_Pending]:
-        """The pending files that are complete by the folder's rule (oldest first); vanished ones are dropped."""
+    def _complete(self, st: FolderState, limit: int) -> list[_Pending]:
+        """Up to ``limit`` pending files complete by the folder's rule, oldest first; vanished ones are dropped."""
         now = time.monotonic()
         spec = st.spec
-        ready = []
-        for p in list(st.pending.values()):
+        ready: list[_Pending] = []
+        for p in list(st.pending.values()):  # in the order they were seen
+            if len(ready) >= limit:
+                break
             if p.not_before > now:
                 continue
             try:
@@ -321,14 +325,13 @@ class Watchers:
                 continue
             if (s.st_size, s.st_mtime_ns) != (p.size, p.mtime_ns):
                 p.size, p.mtime_ns, p.stable_since = s.st_size, s.st_mtime_ns, now
-            # stable: unchanged while watched for settle_s, or not modified for settle_s by its mtime (a file that
-            # was there before the watcher started is taken at once)
+            # stable: unchanged while watched for settle_s, and not modified in the last settle_s by its mtime either
+            # (both: a writer on a share whose clock runs behind still has to stop writing for settle_s)
             if spec.complete == "stable" and min(now - p.stable_since, time.time() - s.st_mtime) < spec.settle_s:
                 continue
             if spec.complete == "marker" and _marker(p.path) is None:
                 continue
             ready.append(p)
-        ready.sort(key=lambda p: p.seen_wall)
         return ready
 
     async def _chunk(self, st: FolderState, chunk: list[_Pending]) -> None:
