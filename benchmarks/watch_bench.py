@@ -175,6 +175,13 @@ def _join(xs: list[float]) -> str:
     return ", ".join(f"{x:.1f}" for x in xs)
 
 
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def _rss_watch(pid: int, stop: threading.Event, peak: list[int]) -> None:
     while not stop.is_set():
         try:
@@ -214,9 +221,11 @@ def scale(args: argparse.Namespace) -> str:
             spawn_writer(files, inbox, names=names).wait()
             dropped = time.perf_counter() - t0
             print(f"{n} files dropped in {dropped:.1f} s", flush=True)
-            while _count(url, "SELECT count(*) FROM intake") < n:
+            trace: list[tuple[int, int]] = []  # (files finished, the watcher's RSS in KiB), every 2 s
+            while (done := _count(url, "SELECT count(*) FROM intake")) < n:
                 if proc.poll() is not None:
                     raise SystemExit(f"the watcher died: {log.read_text()[-2000:]}")
+                trace.append((done, _rss_kb(proc.pid)))
                 time.sleep(2)
             total = time.perf_counter() - t0
         finally:
@@ -241,6 +250,11 @@ def scale(args: argparse.Namespace) -> str:
             else [c.replace(tzinfo=None).timestamp() - m / 1e9 for m, c, _ in rows]
         )
     p50, p99 = np.percentile(lag, [50, 99])
+    marks = []
+    for frac in (0.1, 0.25, 0.5, 0.75, 0.95):
+        hit = next(((d, r) for d, r in trace if d >= frac * n), None)
+        if hit is not None:
+            marks.append(f"{hit[0]:,} files: {hit[1] / 1024:.0f} MiB")
     lines = [
         f"### Watcher at 10,000 files ({datetime.now():%Y-%m-%d})",
         "",
@@ -261,6 +275,8 @@ def scale(args: argparse.Namespace) -> str:
         f"| lag p50 | {p50:.1f} s |",
         f"| lag p99 | {p99:.1f} s |",
         f"| lag max | {lag.max():.1f} s |",
+        "",
+        f"The watcher's RSS as the burst was worked off: {'; '.join(marks)}.",
         "",
         "The lag of a burst is its queue: the last file waits for the 9,999 before it, so p50 is about half the "
         "drain time. Memory holds the pending list (paths and sizes) and two chunks of bytes, not the burst.",
