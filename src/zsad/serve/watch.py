@@ -378,9 +378,9 @@ class Watchers:
                 st.skipped += 1
                 row = known[k]
                 label: Any = "error" if row["state"] == "error" else await self._label_of(row["uid"])
+                st.known[r.pending.path] = (r.size, r.mtime_ns)
                 if row["routed_to"] is None:
                     await asyncio.to_thread(self._route, st, r, label)
-                st.known[r.pending.path] = (r.size, r.mtime_ns)
         if not new:
             return
         folder = str(st.spec.folder)
@@ -444,6 +444,7 @@ class Watchers:
             return
         st.routed += 1
         if st.spec.route == "move":
+            st.known.pop(src, None)  # gone from the folder: nothing to remember it by (memory stays bounded)
             marker = _marker(src)
             if marker is not None:
                 with contextlib.suppress(OSError):
