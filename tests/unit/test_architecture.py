@@ -16,6 +16,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "zsad"
 BOTTOM = {
     "types", "errors", "fileio", "progress", "sysinfo", "ops", "thresholds", "synth", "bank", "mutual",
     "backbone", "prompts", "data", "metrics", "viz", "train", "outputs", "limits", "_version", "store", "feedback",
+    "tiling",
 }  # fmt: skip
 LAYER = {
     **dict.fromkeys(BOTTOM, 0),

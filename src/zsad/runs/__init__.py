@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from zsad.runs.scoring import ScoredBatch, resize_map, score_dataset, score_images
     from zsad.runs.sets import import_checkpoint, predict_set
     from zsad.runs.shards import SHARD_SCHEMA, SHARDS, done_uris, encode_map, read_shards, write_shard
+    from zsad.runs.tiles import TiledScore, score_tiled
     from zsad.runs.train import prepare_method, train
 
 _WHERE = {
@@ -114,6 +115,7 @@ _WHERE = {
     **dict.fromkeys(
         ["SHARD_SCHEMA", "SHARDS", "done_uris", "encode_map", "read_shards", "write_shard"], "zsad.runs.shards"
     ),
+    **dict.fromkeys(["TiledScore", "score_tiled"], "zsad.runs.tiles"),
     **dict.fromkeys(["prepare_method", "train"], "zsad.runs.train"),
 }
 
@@ -135,6 +137,7 @@ __all__ = [
     "SHARD_SCHEMA",
     "ScoredBatch",
     "THRESHOLD_RULES",
+    "TiledScore",
     "backbone_record",
     "benchmark",
     "check_k_shot",
@@ -172,6 +175,7 @@ __all__ = [
     "route_checkpoints",
     "score_dataset",
     "score_images",
+    "score_tiled",
     "split_references",
     "thresholds",
     "train",
