@@ -172,18 +172,22 @@ def tile_tensors(
     from zsad.data.transforms import squash_image
 
     rgb = image if image.mode == "RGB" else image.convert("RGB")
-    out = []
-    for t in plan.tiles:
-        box = (t.x0, t.y0, min(rgb.width, t.x0 + t.size), min(rgb.height, t.y0 + t.size))
-        crop = rgb.crop(box)
-        if crop.size != (t.size, t.size):
-            a = np.asarray(crop)
-            a = np.pad(a, ((0, t.size - a.shape[0]), (0, t.size - a.shape[1]), (0, 0)), mode="edge")
-            crop = Image.fromarray(a)
-        out.append(squash_image(crop, size, mean, std))  # square into square: a uniform scale, no squash
+    out = [tile_tensor(rgb, t, size, mean, std) for t in plan.tiles]
     if plan.global_pass:
         out.append(squash_image(rgb, size, mean, std))
     return torch.stack(out)
+
+
+def tile_tensor(rgb: Image.Image, t: Tile, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """One tile of an RGB image as the model's input (3, S, S), padded by edge repeat past the image."""
+    from zsad.data.transforms import squash_image
+
+    crop = rgb.crop((t.x0, t.y0, min(rgb.width, t.x0 + t.size), min(rgb.height, t.y0 + t.size)))
+    if crop.size != (t.size, t.size):
+        a = np.asarray(crop)
+        a = np.pad(a, ((0, t.size - a.shape[0]), (0, t.size - a.shape[1]), (0, 0)), mode="edge")
+        crop = Image.fromarray(a)
+    return squash_image(crop, size, mean, std)  # square into square: a uniform scale, no squash
 
 
 def ramp(n: int, width: float, fade_start: bool, fade_end: bool) -> np.ndarray:

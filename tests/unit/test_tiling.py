@@ -146,3 +146,49 @@ def test_one_by_one_is_the_untiled_forward_and_tiles_are_scored_as_images() -> N
         alone = method.predict(squash_image(crop, pre.image_size, pre.mean, pre.std)[None])
     assert tiled.tile_scores[3] == pytest.approx(float(alone.pred_score[0]), rel=1e-5, abs=1e-6)
     assert tiled.anomaly_map.shape == output_size(300, 410, 256)
+
+
+def _images(n: int, h: int, w: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_a_set_level_method_is_tiled_position_by_position(tiny_backbone) -> None:
+    """Tiled MuSc: the set of tile (i, j) is that tile of every image; 1x1 is the untiled set; one size per set."""
+    from zsad.data.transforms import squash_image
+    from zsad.methods.registry import create_method
+    from zsad.runs import resize_map, score_tiled_set
+    from zsad.tiling import tile_tensor
+
+    m = create_method("musc", tiny_backbone)
+    m.setup("tile")
+    pre = m.backbone.preprocess
+    imgs = _images(3, 150, 200)
+    untiled = m.predict_as_set(torch.stack([squash_image(i, pre.image_size, pre.mean, pre.std) for i in imgs]))[0]
+    one = score_tiled_set(m, imgs, TileSpec((1, 1)), batch_size=2, max_map_size=1024)
+    assert [r.score for r in one] == untiled.pred_score.tolist()
+    assert np.array_equal(one[1].anomaly_map, resize_map(untiled.anomaly_map[1].numpy(), (150, 200)))
+    spec = TileSpec((2, 2), 0.25, global_pass=True)
+    got = score_tiled_set(m, imgs, spec, batch_size=2, max_map_size=100)
+    plan = got[0].plan
+    assert len(plan.tiles) == 4 and got[0].tile_scores.shape == (5,)
+    t = plan.tiles[2]
+    alone = m.predict_as_set(torch.stack([tile_tensor(i, t, pre.image_size, pre.mean, pre.std) for i in imgs]))[0]
+    for i in range(3):
+        assert got[i].tile_scores[2] == pytest.approx(float(alone.pred_score[i]), rel=1e-5)
+        assert got[i].score == pytest.approx(got[i].tile_scores.max())
+        assert got[i].anomaly_map.shape == output_size(150, 200, 100)
+    with pytest.raises(ZsadInputError, match="need one size"):
+        score_tiled_set(m, [*imgs, *_images(1, 151, 200)], spec, batch_size=2)
+
+
+def test_references_are_tiled_like_the_images(tiny_backbone) -> None:
+    from zsad.methods.registry import create_method
+    from zsad.runs import setup_tiled
+
+    m = create_method("winclip", tiny_backbone)
+    spec = TileSpec(None, 0.25)
+    refs = _images(2, 200, 300, seed=1)  # 96 px tiles: a 3 x 4 grid each
+    n = setup_tiled(m, "tile", refs, spec)
+    assert n == 2 * len(plan_tiles(200, 300, spec, m.backbone.preprocess.image_size).tiles) == 24
+    assert setup_tiled(m, "tile", [], spec) == 0

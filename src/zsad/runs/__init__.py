@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from zsad.runs.scoring import ScoredBatch, resize_map, score_dataset, score_images
     from zsad.runs.sets import import_checkpoint, predict_set
     from zsad.runs.shards import SHARD_SCHEMA, SHARDS, done_uris, encode_map, read_shards, write_shard
-    from zsad.runs.tiles import TiledScore, score_tiled
+    from zsad.runs.tiles import TiledScore, score_tiled, score_tiled_set, setup_tiled
     from zsad.runs.train import prepare_method, train
 
 _WHERE = {
@@ -115,7 +115,7 @@ _WHERE = {
     **dict.fromkeys(
         ["SHARD_SCHEMA", "SHARDS", "done_uris", "encode_map", "read_shards", "write_shard"], "zsad.runs.shards"
     ),
-    **dict.fromkeys(["TiledScore", "score_tiled"], "zsad.runs.tiles"),
+    **dict.fromkeys(["TiledScore", "score_tiled", "score_tiled_set", "setup_tiled"], "zsad.runs.tiles"),
     **dict.fromkeys(["prepare_method", "train"], "zsad.runs.train"),
 }
 
@@ -176,6 +176,8 @@ __all__ = [
     "score_dataset",
     "score_images",
     "score_tiled",
+    "score_tiled_set",
+    "setup_tiled",
     "split_references",
     "thresholds",
     "train",

@@ -4,8 +4,12 @@ The tiles of an image are scored in batches of ``batch_size`` (an N-tile image c
 other images), the maps are stitched in place at the output size, and the image score follows the spec's rule.
 A 1x1 grid is the untiled path itself: the same squash, the same forward, the same map resize.
 
-This first stage scores one image at a time with a method already set up (its references, if any, as they were
-given: whole images); tiled references, set-level methods and the front ends' options come next (issue 29).
+- **References** of a few-shot method are tiled the same way (``setup_tiled``) and all their tiles join the
+  memory: a tile is compared with every reference tile, not only the one at its own position (position-aware
+  scoring, for fixtured parts, is a separate option).
+- **Set-level methods** (MuSc, Dual-Image; ``score_tiled_set``) score tile position by position: the set of tile
+  (i, j) is that tile of every image, so tile (i, j) of an image is compared with tile (i, j) of the others (the
+  images of a set must then share one size, hence one grid); the ``+global`` pass is the squashed images as a set.
 """
 
 from __future__ import annotations
@@ -19,7 +23,16 @@ from PIL import Image
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, SetLevelMethod
 from zsad.runs.scoring import resize_map
-from zsad.tiling import TilePlan, TileSpec, image_score, output_size, plan_tiles, stitch, tile_tensors
+from zsad.tiling import (
+    TilePlan,
+    TileSpec,
+    image_score,
+    output_size,
+    plan_tiles,
+    stitch,
+    tile_tensor,
+    tile_tensors,
+)
 
 
 @dataclass
@@ -62,3 +75,78 @@ def _predict(method: Method, x: torch.Tensor, batch_size: int) -> tuple[np.ndarr
             scores.append(p.pred_score.detach().cpu().numpy().astype(np.float64))
             maps.append(p.anomaly_map.detach().cpu().numpy().astype(np.float32))
     return np.concatenate(scores), np.concatenate(maps)
+
+
+def setup_tiled(method: Method, class_name: str | None, references: list[Image.Image], spec: TileSpec) -> int:
+    """Set a few-shot method up with the tiles of its reference images (each cut by its own plan).
+
+    Returns the number of reference tiles; without references it is ``method.setup(class_name)``.
+    """
+    pre = method.backbone.preprocess
+    if not references:
+        method.setup(class_name)
+        return 0
+    parts = []
+    for ref in references:
+        plan = plan_tiles(ref.height, ref.width, spec, pre.image_size)
+        if plan.untiled:
+            from zsad.data.transforms import squash_image
+
+            parts.append(squash_image(ref, pre.image_size, pre.mean, pre.std)[None])
+        else:
+            parts.append(tile_tensors(ref, plan, pre.image_size, pre.mean, pre.std))
+    tiles = torch.cat(parts)
+    method.setup(class_name, tiles)
+    return len(tiles)
+
+
+def score_tiled_set(
+    method: SetLevelMethod, images: list[Image.Image], spec: TileSpec, batch_size: int, max_map_size: int = 1024
+) -> list[TiledScore]:
+    """A set-level method on a set of large images, tile position by tile position (see the module doc).
+
+    Memory holds one tile position of the set at a time (its N crops), never every tile of every image.
+    """
+    from zsad.data.transforms import squash_image
+
+    if not images:
+        return []
+    sizes = {(im.height, im.width) for im in images}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{w} x {h}" for h, w in sorted(sizes)[:3])
+        raise ZsadInputError(
+            f"--tiles with {method.name}: the images of a set are compared tile by tile, so they need one size "
+            f"(got {listed}{', ...' if len(sizes) > 3 else ''})"
+        )
+    pre = method.backbone.preprocess
+    (h, w), n = sizes.pop(), len(images)
+    plan = plan_tiles(h, w, spec, pre.image_size)
+    out_hw = output_size(h, w, max_map_size)
+    rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+
+    def as_set(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            preds = method.predict_as_set(x, batch_size)
+        return (np.concatenate([p.pred_score.detach().cpu().numpy().astype(np.float64) for p in preds]),
+                np.concatenate([p.anomaly_map.detach().cpu().numpy().astype(np.float32) for p in preds]))  # fmt: skip
+
+    squashed = [squash_image(im, pre.image_size, pre.mean, pre.std) for im in rgb] if (
+        plan.untiled or plan.global_pass
+    ) else []  # fmt: skip
+    if plan.untiled:
+        scores, maps = as_set(torch.stack(squashed))
+        return [TiledScore(float(scores[i]), resize_map(maps[i], out_hw), scores[i : i + 1], plan) for i in range(n)]
+    t_scores = np.zeros((n, plan.count), dtype=np.float64)
+    t_maps: list[np.ndarray] = []  # per position: (n, S, S)
+    for k, t in enumerate(plan.tiles):
+        s_k, m_k = as_set(torch.stack([tile_tensor(im, t, pre.image_size, pre.mean, pre.std) for im in rgb]))
+        t_scores[:, k] = s_k
+        t_maps.append(m_k)
+    g_maps = None
+    if plan.global_pass:
+        t_scores[:, -1], g_maps = as_set(torch.stack(squashed))
+    out = []
+    for i in range(n):
+        stitched = stitch(np.stack([m[i] for m in t_maps]), plan, out_hw, None if g_maps is None else g_maps[i])
+        out.append(TiledScore(image_score(t_scores[i], stitched, spec.score), stitched, t_scores[i], plan))
+    return out
