@@ -19,3 +19,21 @@ def emit(text: str, args: argparse.Namespace) -> None:
     if args.append_results:
         with args.results_file.open("a") as f:
             f.write("\n" + text)
+
+
+def assets_dir() -> Path:
+    """The real assets (``ZSAD_ASSETS``, default ``../shared/assets`` beside the repository)."""
+    import os
+
+    return Path(os.environ.get("ZSAD_ASSETS", RESULTS.parents[2] / "shared" / "assets"))
+
+
+def machine() -> str:
+    """The CPU, cores, torch and Python of this run, for a section's text."""
+    import os
+    import platform
+
+    import torch
+
+    py = platform.python_version()
+    return f"CPU: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {py}"

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -32,20 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from _results import add_results_args, emit
+from _results import add_results_args, assets_dir, emit, machine
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _assets() -> Path:
-    return Path(os.environ.get("ZSAD_ASSETS", ROOT.parent / "shared" / "assets"))
-
-
-def _machine() -> str:
-    import torch
-
-    py = platform.python_version()
-    return f"CPU: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {py}"
 
 
 def _method(name: str, backbone: str, image_size: int, **options: object):  # noqa: ANN202
@@ -62,12 +49,12 @@ def small_defect(args: argparse.Namespace) -> str:
     from zsad.runs import score_tiled_set
     from zsad.tiling import TileSpec
 
-    good = sorted((_assets() / "mpdd_metal_plate" / "good").glob("*.png"))[: args.images]
+    good = sorted((assets_dir() / "mpdd_metal_plate" / "good").glob("*.png"))[: args.images]
     if len(good) < args.images:
-        raise SystemExit(f"{_assets()}/mpdd_metal_plate/good: fewer than {args.images} images")
+        raise SystemExit(f"{assets_dir()}/mpdd_metal_plate/good: fewer than {args.images} images")
     side, k = args.side, args.patch
     images = [Image.open(p).convert("RGB").resize((side, side), Image.Resampling.BICUBIC) for p in good]
-    tex_src = sorted((_assets() / "magnetic_tile").rglob("*.jpg"))[0]
+    tex_src = sorted((assets_dir() / "magnetic_tile").rglob("*.jpg"))[0]
     tex = Image.open(tex_src).convert("RGB")
     rng = np.random.default_rng(args.seed)
     tx, ty = int(rng.integers(0, tex.width - k)), int(rng.integers(0, tex.height - k))
@@ -116,7 +103,7 @@ def small_defect(args: argparse.Namespace) -> str:
         f"`{args.backbone}` at {args.image_size} px with seeded RANDOM weights: its mutual nearest-patch scoring is "
         "a texture-difference detector here, so this shows whether the defect's pixels reach the model at all, not "
         "how well pretrained CLIP finds real defects. Pixel AUROC: the pasted square against every other pixel of "
-        f"that image, on the map at full resolution. Not tuned on this check (defaults, one run). {_machine()}.",
+        f"that image, on the map at full resolution. Not tuned on this check (defaults, one run). {machine()}.",
         "",
         "| scoring | forwards per image | pixel AUROC of the square | map maximum inside the square | image score: "
         "defective vs best normal | s |",
@@ -135,7 +122,7 @@ def one(args: argparse.Namespace) -> None:
 
     method = _method(args.method, args.backbone, args.image_size)
     method.setup("plate")
-    src = sorted((_assets() / "mpdd_metal_plate" / "good").glob("*.png"))[0]
+    src = sorted((assets_dir() / "mpdd_metal_plate" / "good").glob("*.png"))[0]
     img = Image.open(src).convert("RGB").resize((args.side, args.side), Image.Resampling.BICUBIC)
     spec = TileSpec.parse(args.grid)
     assert spec is not None
@@ -177,7 +164,7 @@ def cost(args: argparse.Namespace) -> str:
         f"seeded RANDOM weights of `{args.backbone}`, tiles in batches of {args.batch}, map capped at 1,024 px), "
         'each setting in its own process after a warm-up. "x untiled": the time over as many untiled '
         "single-image scorings (decode, squash, forward, map) of the same process: the cost of a tile beyond one "
-        f"forward (cropping, stitching). Peak RSS: the process's (model included). {_machine()}.",
+        f"forward (cropping, stitching). Peak RSS: the process's (model included). {machine()}.",
         "",
         "| image px | grid | forwards | s | tiles/s | x untiled | peak RSS MiB |",
         "|---:|---|---:|---:|---:|---:|---:|",

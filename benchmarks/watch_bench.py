@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -40,20 +39,16 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from _results import add_results_args, emit
+from _results import add_results_args, assets_dir, emit, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 
-def _assets() -> Path:
-    return Path(os.environ.get("ZSAD_ASSETS", ROOT.parent / "shared" / "assets"))
-
-
 def _images(n: int) -> list[Path]:
-    files = sorted((_assets() / "magnetic_tile").rglob("*.jpg"))[:n]
+    files = sorted((assets_dir() / "magnetic_tile").rglob("*.jpg"))[:n]
     if len(files) < n:
-        raise SystemExit(f"{_assets()}/magnetic_tile: fewer than {n} images (set ZSAD_ASSETS)")
+        raise SystemExit(f"{assets_dir()}/magnetic_tile: fewer than {n} images (set ZSAD_ASSETS)")
     return files
 
 
@@ -107,13 +102,6 @@ def _bare_forward(images: list[Path], backbone: str, image_size: int, batch: int
     return time.perf_counter() - t0
 
 
-def _machine() -> str:
-    import torch
-
-    py = platform.python_version()
-    return f"CPU: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {py}"
-
-
 def overhead(args: argparse.Namespace) -> str:
     images = _images(args.images)
     watch_s: list[float] = []
@@ -159,7 +147,7 @@ def overhead(args: argparse.Namespace) -> str:
         "(start, model build, scoring, maps, "
         "overlays; the watcher also hashes each file, copies it into the station and commits its intake key), "
         f"{args.rounds} alternating rounds, median wall time. Bare forward: the image encoder over the same images "
-        f"in batches of {args.batch}, this run. {_machine()}.",
+        f"in batches of {args.batch}, this run. {machine()}.",
         "",
         "| command | wall s (median) | images/s | x bare forward | vs detect |",
         "|---|---:|---:|---:|---:|",
@@ -265,7 +253,7 @@ def scale(args: argparse.Namespace) -> str:
         f"Tile images ({len(images)} distinct, under new names) into it in {dropped:.1f} s. Checked exactly: "
         f"{n:,} inspections with distinct uids, {n:,} intake keys with distinct paths, {n:,} files routed to ok/ or "
         f"ng/, none left. Lag: a decision's commit time minus its file's mtime (when the writer finished it), from "
-        f"the station's rows. {_machine()}.",
+        f"the station's rows. {machine()}.",
         "",
         "| | value |",
         "|---|---:|",
@@ -383,7 +371,7 @@ def delivery(args: argparse.Namespace) -> str:
         "event's arrival at the subscriber or receiver minus its decision time (the event's `created_at`, taken "
         "just before the decision's transaction commits, after the chunk's maps and overlays are written), so "
         "it includes the commit, the outbox read and the "
-        f"delivery. Every event arrived exactly once at each sink (checked). {_machine()}.",
+        f"delivery. Every event arrived exactly once at each sink (checked). {machine()}.",
         "",
         "| sink | events | p50 ms | p99 ms | max ms |",
         "|---|---:|---:|---:|---:|",
