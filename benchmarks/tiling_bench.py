@@ -26,13 +26,10 @@ import subprocess
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 
 from _results import add_results_args, assets_dir, emit, machine
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _method(name: str, backbone: str, image_size: int, **options: object):  # noqa: ANN202
