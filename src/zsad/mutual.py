@@ -58,21 +58,30 @@ def mutual_scores(
     low: float = 0.0,
     high: float = 0.3,
     block_bytes: int = 256 << 20,
+    radius: float | None = None,
+    grid: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Patch scores of ``query`` (B, N, C) unit, rows ``query_index`` of a set of ``n_set`` images -> (B, N).
 
     ``keys`` is the whole set's features (n_set, M, C), or a callable yielding ``(start, block)`` chunks of it, so
     the set can live in a feature bank. Each query patch's distance to its nearest patch in every other image is
     kept only among the ``k_max`` smallest so far, so memory stays at (B, N, k_max) plus one block of distances.
+
+    ``radius`` (position-aware scoring, for parts photographed in a fixture): a query patch is compared only with
+    the patches of the other images within that many patches of its own position on the ``grid`` (Chebyshev
+    distance: a (2r+1) x (2r+1) neighbourhood); None compares with every patch (the published method).
     """
     b, n, _ = query.shape
     k_min, k_max = interval(n_set - 1, low, high)
     if k_max == 0:  # one image: nobody to compare with
         return query.new_zeros(b, n)
     chunks = (lambda: [(0, keys)]) if isinstance(keys, torch.Tensor) else keys
+    near = None if radius is None else neighbourhood(grid, radius, query.device) if grid else None
+    if radius is not None and near is None:
+        raise ValueError("mutual_scores: a radius needs the patch grid")
     best = query.new_full((b, n, 0), float("inf"))
     for start, block in chunks():
-        d = _nearest_distance(query, block.to(query.device, query.dtype), block_bytes)  # (B, N, P)
+        d = _nearest_distance(query, block.to(query.device, query.dtype), block_bytes, near)  # (B, N, P)
         own = query_index[:, None].to(d.device) == torch.arange(start, start + block.shape[0], device=d.device)
         d = d.masked_fill(own[:, None, :], float("inf"))
         merged = torch.cat([best, d], -1)
@@ -80,15 +89,32 @@ def mutual_scores(
     return best[..., k_min:k_max].mean(-1)
 
 
-def _nearest_distance(query: torch.Tensor, keys: torch.Tensor, block_bytes: int) -> torch.Tensor:
-    """(B, N, C), (P, M, C) unit -> (B, N, P): Euclidean distance of each query patch to its nearest key patch."""
+def neighbourhood(grid: tuple[int, int], radius: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, N) bool: patch m is within ``radius`` patches of patch n on the grid (Chebyshev distance)."""
+    if radius < 0:
+        raise ValueError(f"radius {radius}: must be >= 0 (patches)")
+    gh, gw = grid
+    rows = torch.arange(gh, device=device).repeat_interleave(gw)
+    cols = torch.arange(gw, device=device).repeat(gh)
+    return ((rows[:, None] - rows[None, :]).abs() <= radius) & ((cols[:, None] - cols[None, :]).abs() <= radius)
+
+
+def _nearest_distance(
+    query: torch.Tensor, keys: torch.Tensor, block_bytes: int, near: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, N, C), (P, M, C) unit -> (B, N, P): Euclidean distance of each query patch to its nearest key patch.
+
+    ``near`` (N, M): which key patches each query patch may match (position-aware scoring); None: all.
+    """
     b, n, _ = query.shape
     p, m, _ = keys.shape
     out = query.new_empty(b, n, p)
     step = max(1, block_bytes // max(1, b * n * m * query.element_size()))
     for s in range(0, p, step):
-        sim = torch.einsum("bnc,pmc->bnpm", query, keys[s : s + step]).amax(-1)
-        out[:, :, s : s + step] = (2 - 2 * sim).clamp_min(0).sqrt()
+        sim = torch.einsum("bnc,pmc->bnpm", query, keys[s : s + step])
+        if near is not None:
+            sim = sim.masked_fill(~near[None, :, None, :], float("-inf"))
+        out[:, :, s : s + step] = (2 - 2 * sim.amax(-1)).clamp_min(0).sqrt()
     return out
 
 

@@ -106,3 +106,67 @@ def test_rscin_equals_slow_reference() -> None:
     np.testing.assert_allclose(got, _rscin_slow(scores.numpy(), emb.numpy(), (1, 2, 3)), atol=1e-12)
     # k = 1 keeps each image's own (normalised) score: its most similar image is itself
     np.testing.assert_allclose(rscin(scores, emb, (1,)).numpy(), _rscin_slow(scores.numpy(), emb.numpy(), (1,)))
+
+
+def _literal_mutual(feats: torch.Tensor, grid: tuple[int, int], radius: float | None, low: float, high: float):
+    """Loops, no vectorisation: each patch against the patches of every other image within ``radius`` of it."""
+    from zsad.mutual import interval
+
+    n_img, n, _ = feats.shape
+    gw = grid[1]
+    k_min, k_max = interval(n_img - 1, low, high)
+    out = torch.zeros(n_img, n, dtype=torch.float64)
+    for i in range(n_img):
+        for a in range(n):
+            per_image = []
+            for j in range(n_img):
+                if j == i:
+                    continue
+                best = float("inf")
+                for b in range(n):
+                    cheb = max(abs(a // gw - b // gw), abs(a % gw - b % gw))
+                    if radius is None or cheb <= radius:
+                        best = min(best, float(torch.linalg.vector_norm(feats[i, a].double() - feats[j, b].double())))
+                per_image.append(best)
+            per_image.sort()
+            out[i, a] = sum(per_image[k_min:k_max]) / (k_max - k_min)
+    return out
+
+
+@pytest.mark.parametrize("radius", [None, 0, 1, 2.5])
+def test_position_aware_mutual_scores_equal_a_literal_reference(radius: float | None) -> None:
+    from zsad.mutual import mutual_scores
+
+    torch.manual_seed(3)
+    grid = (4, 5)
+    feats = torch.nn.functional.normalize(torch.randn(6, 20, 8), dim=-1)
+    got = mutual_scores(feats, torch.arange(6), feats, 6, 0.0, 0.5, radius=radius, grid=grid)
+    want = _literal_mutual(feats, grid, radius, 0.0, 0.5)
+    assert torch.allclose(got.double(), want, atol=1e-5), (got - want).abs().max()
+
+
+def test_a_radius_past_the_grid_is_the_published_method_and_needs_the_grid() -> None:
+    from zsad.mutual import mutual_scores, neighbourhood
+
+    feats = torch.nn.functional.normalize(torch.randn(4, 12, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    everywhere = mutual_scores(feats, torch.arange(4), feats, 4)
+    assert torch.equal(mutual_scores(feats, torch.arange(4), feats, 4, radius=float("inf"), grid=(3, 4)), everywhere)
+    assert torch.equal(mutual_scores(feats, torch.arange(4), feats, 4, radius=3, grid=(3, 4)), everywhere)
+    assert neighbourhood((3, 4), 0).equal(torch.eye(12, dtype=torch.bool))
+    with pytest.raises(ValueError, match="needs the patch grid"):
+        mutual_scores(feats, torch.arange(4), feats, 4, radius=1)
+
+
+def test_musc_radius_is_an_option_recorded_only_when_set(tiny_backbone) -> None:
+    from zsad.methods.registry import create_method
+
+    plain = create_method("musc", tiny_backbone)
+    assert "radius" not in plain.describe()["config"]  # folders made before the option keep their run key
+    aligned = create_method("musc", tiny_backbone, radius=1)
+    assert aligned.describe()["config"]["radius"] == 1
+    x = torch.randn(4, 3, 96, 96, generator=torch.Generator().manual_seed(2))
+    a = plain.predict_as_set(x)[0].anomaly_map
+    b = aligned.predict_as_set(x)[0].anomaly_map
+    assert not torch.allclose(a, b)  # a patch meeting only its neighbourhood scores differently
+    with pytest.raises(ValueError, match="radius=-1"):
+        create_method("musc", tiny_backbone, radius=-1)

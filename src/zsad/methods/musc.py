@@ -59,6 +59,10 @@ class MuScConfig(MethodConfig):
     bank_dtype: str = "float16"
     language: str = "none"  # none | sdp | winclip: fuse that method's zero-shot image probability (ours)
     language_weight: float = 0.5  # its weight in the image score when language is on
+    # position-aware scoring (fixtured parts): a patch meets only patches within this many patches of its own
+    # position in the other images; None = everywhere (the published method)
+    radius: float | None = None
+    later_fields: ClassVar[tuple[str, ...]] = ("radius",)
 
     def __post_init__(self) -> None:
         self.layers = tuple(int(v) for v in self.layers)
@@ -77,6 +81,7 @@ class MuScConfig(MethodConfig):
         check_range(
             "musc",
             language_weight=(self.language_weight, 0 <= self.language_weight <= 1, "in [0, 1]"),
+            radius=(self.radius, self.radius is None or self.radius >= 0, ">= 0 patches (or none: everywhere)"),
         )
         check_budget_mb("block_mb", self.block_mb, "musc")  # in range and within this machine's memory
 
@@ -176,7 +181,11 @@ class MuSc(SetLevelMethod):
                             q = block["z"]
                             idx = torch.arange(start, start + q.shape[0])
                             lo, hi = cfg.interval
-                            total[idx] += mutual_scores(q, idx, keys, n, lo, hi, block_bytes=budget).double().cpu()
+                            total[idx] += (
+                                mutual_scores(q, idx, keys, n, lo, hi, block_bytes=budget, radius=cfg.radius, grid=grid)
+                                .double()
+                                .cpu()
+                            )
                             done += q.shape[0]
                             task.update(completed=done)
                     finally:

@@ -155,9 +155,16 @@ def config_record(cfg: Any) -> dict[str, Any]:
     """The config as a manifest records it: without the default-backbone fields.
 
     The effective backbone is recorded separately, so a stale default such as ``pretrained: laion400m_e31`` never
-    sits beside ``none``.
+    sits beside ``none``. A config's ``later_fields`` (options added after a release) are left out while at their
+    default, so the run keys of folders made before them stay the same and those runs still resume.
     """
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in BACKBONE_FIELDS}
+    later = set(getattr(cfg, "later_fields", ()))  # options added after release: recorded only when set
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    return {
+        k: v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in BACKBONE_FIELDS and not (k in later and v == defaults.get(k))
+    }
 
 
 def check_range(method: str, **checks: tuple[Any, bool, str]) -> None:
