@@ -754,6 +754,7 @@ def test_intake_and_events_commit_with_their_decisions(st: Station) -> None:
     assert set(known) == {k1, k2}
     assert (known[k1]["state"], known[k1]["uid"], known[k2]["state"]) == ("done", uid(1), "error")
     assert known[k2]["error"] == "f2.png: cannot read image" and known[k1]["routed_to"] is None
+    assert (known[k1]["label"], known[k2]["label"]) == (row(1)["label"], None)  # the inspection's, by a join
     st.intake_routed(k1, "/in/ng/f1.png")  # type: ignore[arg-type]
     assert st.intake_known([k1])[k1]["routed_to"] == "/in/ng/f1.png"  # type: ignore[index]
     assert st.intake_counts() == {"/in": {"done": 1, "error": 1}}

@@ -49,11 +49,11 @@ from zsad.serve.batching import Batcher
 from zsad.serve.metrics import Metrics
 from zsad.serve.models import ModelPool, Reference, Served
 from zsad.serve.station import Profiles, Station, open_station, redact
+from zsad.serve.store import ResultStore
+from zsad.serve.watch import Watchers, WatchSpec
 
 if TYPE_CHECKING:
     from zsad.serve.sinks import Delivery, Sink
-from zsad.serve.store import ResultStore
-from zsad.serve.watch import Watchers, WatchSpec
 
 T = TypeVar("T")
 # A class name goes into every prompt, and CLIP reads 77 tokens per prompt (template words included): 200
@@ -322,7 +322,7 @@ class Service:
             "references_kept": len(self.pool.references),
             "rows_written": self.store.rows_written if self.station is None else self.profiles.recorded,
             "batching": self.batcher.stats.as_dict(),
-            "watch": self.watchers.state() if hasattr(self, "watchers") else [],
+            "watch": self.watchers.state(),
             "sinks": self.sink_state(),
         }
 
@@ -355,7 +355,8 @@ class Service:
         try:
             return self.delivery.state()
         except Exception as e:  # the database unreachable: /v1/stats still answers, /readyz says why
-            return {k.name: {**k.describe(), "error": " ".join(str(e).split())[:200]} for k in self.sinks}
+            why = " ".join(str(e).split())[:200]
+            return {k.name: {**k.describe(), "error": why} for k in self.delivery.sinks}
 
     def _delivered(self, sink: str, latencies: list[float]) -> None:
         for s in latencies:
@@ -382,12 +383,10 @@ class Service:
             return
         self._closed = True
         self.batcher.stop()
-        if getattr(self, "delivery", None) is not None:
-            assert self.delivery is not None
+        if self.delivery is not None:  # it holds every sink, the server's and the profiles'
             self.delivery.stop()
-        delivery = getattr(self, "delivery", None)
-        for sink in delivery.sinks if delivery is not None else getattr(self, "sinks", []):
-            sink.close()
+            for sink in self.delivery.sinks:
+                sink.close()
         self.profiles.stop()
         self.store.write_manifest(dict(self.pool.described), self.stats(), stopped=True)
         if self.station is not None:
@@ -549,7 +548,7 @@ class Service:
             # bad input before any model work
             decoded, errors = await _in_thread(self._decode, uploads, skip_bad, finished is not None)
             if not decoded:  # a watched chunk of unreadable files only: their refusals are its whole result
-                return await _in_thread(self._refuse, uploads, errors, profile, finished)
+                return await _in_thread(self._refuse, errors, profile, finished)
             return await self._detect(decoded, errors, *await self.profiles.prepare(profile), source, finished)
         policy = Policy(threshold, threshold_rule)  # checked before any work
         class_name = self.check_class_name(class_name)
@@ -802,9 +801,7 @@ class Service:
             rows[i] = {**keys[i], "profile": name, "state": "error", "error": e["error"]}
         return rows, list(zip(labels, scores, strict=True))
 
-    def _refuse(
-        self, uploads: list[Upload], errors: list[dict[str, str]], profile: str, keys: list[dict[str, Any]] | None
-    ) -> dict[str, Any]:
+    def _refuse(self, errors: list[dict[str, str]], profile: str, keys: list[dict[str, Any]] | None) -> dict[str, Any]:
         """A watched chunk with no readable file: each refusal recorded with its reason, nothing scored."""
         assert self.station is not None and keys is not None
         rows = [

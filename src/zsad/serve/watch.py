@@ -32,6 +32,7 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -112,6 +113,11 @@ class _Pending:
     stable_since: float = 0.0
     not_before: float = 0.0  # retry back-off
     failures: int = 0
+
+    def failed(self) -> None:
+        """One more failure that was not the file's: not tried again before its back-off."""
+        self.failures += 1
+        self.not_before = time.monotonic() + RETRY_S[min(self.failures, len(RETRY_S)) - 1]
 
 
 @dataclass
@@ -214,10 +220,7 @@ class Watchers:
 
         folder = st.spec.folder
         while not self._stop.is_set():
-            try:
-                ident = _ident(folder)
-            except OSError:
-                ident = None
+            ident = _ident(folder)
             if ident is None:
                 if not st.missing:
                     log.warning("watched folder %s is missing; waiting for it", folder)
@@ -227,7 +230,7 @@ class Watchers:
             if st.missing:
                 log.warning("watched folder %s is back", folder)
                 st.missing = False
-            self._scan(st)  # what arrived while nobody watched
+            await asyncio.to_thread(self._scan, st)  # what arrived while nobody watched
             try:
                 async for changes in awatch(
                     folder,
@@ -243,11 +246,7 @@ class Watchers:
                     for change, name in changes:
                         if change != Change.deleted:
                             self._offer(st, Path(name))
-                    try:
-                        same = _ident(folder) == ident
-                    except OSError:
-                        same = False
-                    if not same:  # removed (and perhaps recreated): the old watch sees nothing any more
+                    if _ident(folder) != ident:  # removed (and perhaps recreated): the old watch sees nothing any more
                         break
             except (OSError, RuntimeError) as e:  # the folder went away under the watch, or the OS refused one
                 log.warning("watching %s: %s", folder, " ".join(str(e).split()))
@@ -343,14 +342,9 @@ class Watchers:
             st.last_error = reason
             st.retries += 1
             log.warning("watch %s: %d file(s) not scored, retried later: %s", st.spec.folder, len(chunk), reason)
-            now = time.monotonic()
             for p in chunk:
-                p.failures += 1
-                p.not_before = now + RETRY_S[min(p.failures, len(RETRY_S)) - 1]
-                if self._once and p.failures >= ONCE_TRIES:
-                    st.left += 1
-                    continue
-                st.pending.setdefault(p.path, p)
+                p.failed()
+                self._again(st, p)
         finally:
             for p in chunk:
                 st.busy.discard(p.path)
@@ -364,10 +358,7 @@ class Watchers:
         assert station is not None
         ready, again = await asyncio.to_thread(_read_all, chunk)
         for p in again:
-            if self._once and p.failures >= ONCE_TRIES:
-                st.left += 1
-                continue
-            st.pending.setdefault(p.path, p)
+            self._again(st, p)
         if not ready:
             return
         keys = [(str(r.pending.path), r.size, r.mtime_ns, r.sha256) for r in ready]
@@ -377,7 +368,7 @@ class Watchers:
             if k in known:  # finished before (a restart after the commit): only routing may be left to do
                 st.skipped += 1
                 row = known[k]
-                label: Any = "error" if row["state"] == "error" else await self._label_of(row["uid"])
+                label: Any = "error" if row["state"] == "error" else row["label"]
                 st.known[r.pending.path] = (r.size, r.mtime_ns)
                 if row["routed_to"] is None:
                     await asyncio.to_thread(self._route, st, r, label)
@@ -391,7 +382,7 @@ class Watchers:
                 "size": r.size,
                 "mtime_ns": r.mtime_ns,
                 "sha256": r.sha256,
-            }  # fmt: skip
+            }
             for r in new
         ]
         uploads: list[Upload] = [Upload(_name(st.spec.folder, r.pending.path), r.data) for r in new]
@@ -421,11 +412,12 @@ class Watchers:
             service.metrics.watched(str(st.spec.folder), "error" if label == "error" else "scored")
             await asyncio.to_thread(self._route, st, r, label)
 
-    async def _label_of(self, uid: str | None) -> int | None:
-        station = self.service.station
-        assert station is not None
-        row = await asyncio.to_thread(station.inspection, uid) if uid else None
-        return None if row is None else row.get("label")
+    def _again(self, st: FolderState, p: _Pending) -> None:
+        """Pending again; under ``--once`` a file that failed ``ONCE_TRIES`` times is left for the next run."""
+        if self._once and p.failures >= ONCE_TRIES:
+            st.left += 1
+        else:
+            st.pending.setdefault(p.path, p)
 
     def _route(self, st: FolderState, r: _Ready, label: Any) -> None:
         """Move or copy a finished file under ok/, ng/, unlabelled/ or error/ (keeping its relative path)."""
@@ -523,11 +515,12 @@ def _marker(path: Path) -> Path | None:
 
 
 def _ident(folder: Path) -> tuple[int, int] | None:
-    """The folder's identity (device, inode): a recreated folder is a new one. None when it is not a folder."""
-    s = folder.stat()
-    if not os.path.isdir(folder):
+    """The folder's identity (device, inode): a recreated folder is a new one. None when it is not a folder now."""
+    try:
+        s = folder.stat()
+    except OSError:
         return None
-    return (s.st_dev, s.st_ino)
+    return (s.st_dev, s.st_ino) if stat.S_ISDIR(s.st_mode) else None
 
 
 def _walk(folder: Path, recursive: bool) -> Iterator[Path]:
@@ -573,8 +566,7 @@ def _read_all(chunk: list[_Pending]) -> tuple[list[_Ready], list[_Pending]]:
             continue
         except OSError as e:  # unreadable for now (permissions, a share gone): tried again with back-off
             log.warning("watch: cannot read %s: %s", p.path, e.strerror or e)
-            p.failures += 1
-            p.not_before = time.monotonic() + RETRY_S[min(p.failures, len(RETRY_S)) - 1]
+            p.failed()
             again.append(p)
             continue
         if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(data) != after.st_size:

@@ -443,21 +443,27 @@ class Station:
     def intake_known(
         self, keys: Sequence[tuple[str, int, int, str]]
     ) -> dict[tuple[str, int, int, str], dict[str, Any]]:
-        """Which of these files (path, size, mtime_ns, sha256) some watcher finished: state, uid, error, routed_to."""
+        """Which of these files (path, size, mtime_ns, sha256) some watcher finished, and how.
+
+        Each: state, uid, error, routed_to, and the label its inspection got (what routing still needs after a
+        restart, read in the same query).
+        """
         found: dict[tuple[str, int, int, str], dict[str, Any]] = {}
-        t = intake.c
+        t, c = intake.c, inspections.c
         with self._begin() as conn:
             for i in range(0, len(keys), 500):
                 chunk = list(keys[i : i + 500])
-                q = sa.select(t.id, t.path, t.size, t.mtime_ns, t.sha256, t.state, t.uid, t.error, t.routed_to).where(
-                    t.path.in_({k[0] for k in chunk})
+                q = (
+                    sa.select(t.path, t.size, t.mtime_ns, t.sha256, t.state, t.uid, t.error, t.routed_to, c.label)
+                    .select_from(intake.outerjoin(inspections, c.uid == t.uid))
+                    .where(t.path.in_({k[0] for k in chunk}))
                 )
                 wanted = set(chunk)
                 for r in conn.execute(q):
                     key = (r.path, int(r.size), int(r.mtime_ns), r.sha256)
                     if key in wanted:
-                        found[key] = {"id": r.id, "state": r.state, "uid": r.uid, "error": r.error,
-                                      "routed_to": r.routed_to}  # fmt: skip
+                        found[key] = {"state": r.state, "uid": r.uid, "error": r.error, "routed_to": r.routed_to,
+                                      "label": r.label}  # fmt: skip
         return found
 
     def intake_routed(self, key: tuple[str, int, int, str], routed_to: str) -> None:
