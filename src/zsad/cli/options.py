@@ -162,3 +162,36 @@ SinkOpt = Annotated[
 PublicUrl = Annotated[
     str | None, typer.Option(help="How clients reach this server (https://host:port): events carry absolute links.")
 ]
+
+# Tiled scoring of large images (zsad.tiling): `detect`, `eval`, `serve` and `export` take them alike.
+Tiles = Annotated[
+    str,
+    typer.Option(
+        help="Score large images tile by tile at the backbone's input scale: auto (grid from the image size), RxC "
+        "(e.g. 3x4), either with +global (the whole image as one more tile), or none. docs/high-resolution.md.",
+    ),
+]
+TileOverlap = Annotated[float, typer.Option(help="--tiles: overlap of neighbouring tiles, a fraction of a tile.")]
+TileSize = Annotated[
+    int | None,
+    typer.Option(help="--tiles: tile side in original pixels (default: the backbone's input size, seen 1:1)."),
+]
+TileScore = Annotated[
+    str,
+    typer.Option(help="--tiles: image score = max_tile (highest tile score) or map_max (stitched map's maximum)."),
+]
+
+
+def tile_spec(tiles: str, overlap: float, size: int | None, score: str) -> Any:
+    """The ``TileSpec`` of the tile options (None: no tiling), each bad value refused in one line."""
+    from zsad.errors import ZsadInputError
+    from zsad.tiling import TileSpec
+
+    spec = TileSpec.parse(tiles, overlap, size, score)
+    if spec is None:
+        given = {"--tile-overlap": overlap != TileSpec.overlap, "--tile-size": size is not None}
+        given["--tile-score"] = score != TileSpec.score
+        for name, set_ in given.items():
+            if set_:
+                raise ZsadInputError(f"{name}: only with --tiles (auto or RxC)")
+    return spec
