@@ -182,12 +182,37 @@ def tile_tensor(rgb: Image.Image, t: Tile, size: int, mean: tuple[float, ...], s
     """One tile of an RGB image as the model's input (3, S, S), padded by edge repeat past the image."""
     from zsad.data.transforms import squash_image
 
+    return squash_image(tile_crop(rgb, t), size, mean, std)  # square into square: a uniform scale, no squash
+
+
+def tile_crop(rgb: Image.Image, t: Tile) -> Image.Image:
+    """One tile of an RGB image, square, padded by edge repeat past the image (torch-free: the runtime cuts too)."""
     crop = rgb.crop((t.x0, t.y0, min(rgb.width, t.x0 + t.size), min(rgb.height, t.y0 + t.size)))
     if crop.size != (t.size, t.size):
         a = np.asarray(crop)
         a = np.pad(a, ((0, t.size - a.shape[0]), (0, t.size - a.shape[1]), (0, 0)), mode="edge")
         crop = Image.fromarray(a)
-    return squash_image(crop, size, mean, std)  # square into square: a uniform scale, no squash
+    return crop
+
+
+def resize_bilinear(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) -> (H, W) bilinear with half-pixel centres and edge clamping: torch's ``align_corners=False``."""
+    h, w = amap.shape
+    out_h, out_w = size
+
+    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+        x = np.clip(x, 0, None)
+        lo = np.minimum(np.floor(x).astype(np.int64), n_in - 1)
+        hi = np.minimum(lo + 1, n_in - 1)
+        return lo, hi, (x - lo).astype(np.float32)
+
+    y0, y1, wy = axis(h, out_h)
+    x0, x1, wx = axis(w, out_w)
+    a = amap.astype(np.float32)
+    top = a[y0][:, x0] * (1 - wx) + a[y0][:, x1] * wx
+    bottom = a[y1][:, x0] * (1 - wx) + a[y1][:, x1] * wx
+    return (top * (1 - wy)[:, None] + bottom * wy[:, None]).astype(np.float32)
 
 
 def ramp(n: int, width: float, fade_start: bool, fade_end: bool) -> np.ndarray:
@@ -220,9 +245,6 @@ def stitch(
 
     Built in place: one float64 sum and one weight array of the output's size, whatever the number of tiles.
     """
-    import torch
-    import torch.nn.functional as F
-
     oh, ow = out_hw
     fy, fx = oh / plan.height, ow / plan.width
     acc = np.zeros((oh, ow), dtype=np.float64)
@@ -231,8 +253,7 @@ def stitch(
         # the tile's box in output pixels; the part past the image (padding) is cut off after resizing
         y0, x0 = round(t.y0 * fy), round(t.x0 * fx)
         th, tw = max(1, round(t.size * fy)), max(1, round(t.size * fx))
-        m = F.interpolate(torch.from_numpy(np.ascontiguousarray(amap, dtype=np.float32))[None, None], size=(th, tw),
-                          mode="bilinear", align_corners=False)[0, 0].numpy()  # fmt: skip
+        m = resize_bilinear(amap, (th, tw))
         y1, x1 = min(oh, y0 + th), min(ow, x0 + tw)
         wy = ramp(th, plan.overlap_px * fy, t.y0 > 0, t.y0 + t.size < plan.height)[: y1 - y0]
         wx = ramp(tw, plan.overlap_px * fx, t.x0 > 0, t.x0 + t.size < plan.width)[: x1 - x0]
@@ -240,9 +261,7 @@ def stitch(
         acc[y0:y1, x0:x1] += w * m[: y1 - y0, : x1 - x0]
         wsum[y0:y1, x0:x1] += w
     if global_map is not None:
-        g = F.interpolate(torch.from_numpy(np.ascontiguousarray(global_map, dtype=np.float32))[None, None],
-                          size=(oh, ow), mode="bilinear", align_corners=False)[0, 0].numpy()  # fmt: skip
-        acc += g
+        acc += resize_bilinear(global_map, (oh, ow))
         wsum += 1.0
     if not np.all(wsum > 0):
         raise AssertionError("tiling: a pixel no tile covers (a bug in plan_tiles)")

@@ -12,6 +12,7 @@ from outputs_check import NO_TORCH, NO_TORCH_CLI
 from typer.testing import CliRunner
 
 from zsad.cli.main import app
+from zsad.tiling import resize_bilinear
 
 pytest.importorskip("onnxruntime", reason="pip install 'zsad[export]'")
 TINY = ["--backbone", "zsad-tiny", "--pretrained", "none", "--image-size", "96", "--device", "cpu"]
@@ -206,8 +207,6 @@ def test_detect_model_without_torch_matches_torch_detect(tmp_path: Path, assets_
     import subprocess
     import sys
 
-    import zsad.runtime.detect as rd
-
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     for f in sorted((assets_dir / "magnetic_tile").glob("*/Imgs/*.jpg"))[::70][:5]:
@@ -234,7 +233,7 @@ def test_detect_model_without_torch_matches_torch_detect(tmp_path: Path, assets_
     # the numpy resize is torch's bilinear (align_corners=False), also when enlarging and shrinking unevenly
     m = np.random.default_rng(0).random((7, 9)).astype(np.float32)
     want_t = torch.nn.functional.interpolate(torch.from_numpy(m)[None, None], size=(13, 5), mode="bilinear")
-    np.testing.assert_allclose(rd.resize_bilinear(m, (13, 5)), want_t[0, 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(resize_bilinear(m, (13, 5)), want_t[0, 0].numpy(), atol=1e-6)
     # a rerun resumes: nothing left to score
     again = subprocess.run([sys.executable, "-c", NO_TORCH_CLI, *args], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "resuming: 5 of 5" in again.stdout, again.stdout + again.stderr

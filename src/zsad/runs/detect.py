@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from zsad.runs.folder import DetectFolder
 from zsad.runs.scoring import resize_map, score_dataset
 from zsad.runs.train import prepare_method
 from zsad.thresholds import Threshold
+from zsad.tiling import TileSpec
 
 NORMALIZE = ("dataset", "per_image")
 
@@ -60,6 +61,7 @@ class DetectJob:
     skip_bad: bool = False
     seed: int = 0
     max_map_size: int = 4096
+    tiles: TileSpec | None = None  # score large images tile by tile (zsad.tiling); None: the whole image squashed
     files: list[Path] = field(default_factory=list)
     references: list[Path] = field(default_factory=list)
     skipped: Any = None  # zsad.data.files.Skipped: what the folder listings passed over
@@ -98,6 +100,10 @@ class DetectJob:
         if self.normalize not in NORMALIZE:
             raise ZsadInputError(f"--normalize {self.normalize!r}: use 'dataset' or 'per_image'")
         check_detect_numbers(self.batch_size, self.max_map_size, self.threshold, self.threshold_rule)
+        if self.tiles is not None:
+            if not isinstance(self.tiles, TileSpec):
+                raise TypeError(f"tiles: expected a TileSpec or None, not {type(self.tiles).__name__}")
+            self.tiles.check()
 
     def key(self, spec: MethodSpec) -> dict[str, Any]:
         """The run key as known before the build; ``run_detect`` completes and checks it after."""
@@ -109,6 +115,7 @@ class DetectJob:
             "class_name": (self.class_name or "object") if cls.uses_class_name(spec.config) else "object",
             "k_shot": k,
             "inputs": self.inputs(),
+            **tile_key(self.tiles),
         }
 
     def inputs(self) -> dict[str, Any]:
@@ -154,12 +161,14 @@ def detect(
     skip_bad: bool = False,
     seed: int = 0,
     max_map_size: int = 4096,
+    tiles: TileSpec | str | None = None,
 ) -> DetectResult:
     """Score images with no labels into ``out``: ``predictions.csv``, ``.npy`` maps, overlays, ``manifest.json``.
 
     ``method`` is a registered name (built from ``options``, ``backbone`` — a ``BackboneSpec``, an open_clip
     model name or a dict of its fields, see ``BackboneSpec.of`` — and ``checkpoint``), a ``MethodSpec``, or an
-    already built ``Method`` (kept, e.g. by a service). The other arguments are ``DetectJob``'s fields. Every
+    already built ``Method`` (kept, e.g. by a service). ``tiles``: a ``TileSpec`` or its text (``"auto"``,
+    ``"3x4+global"``; docs/high-resolution.md). The other arguments are ``DetectJob``'s fields. Every
     input is checked before any model loads; the folder is locked for the run and resumes only the same settings.
     """
     job = DetectJob(
@@ -179,6 +188,7 @@ def detect(
         skip_bad=skip_bad,
         seed=seed,
         max_map_size=max_map_size,
+        tiles=TileSpec.parse(tiles) if isinstance(tiles, str) else tiles,
     )
     if isinstance(method, str):
         ckpt = as_path(checkpoint, "checkpoint") if checkpoint is not None else None
@@ -240,6 +250,39 @@ def load_references(
     order = reference_order(len(ds), seed)
     refs, calib = split_references(method.supports_few_shot, torch.stack([ds[i]["image"] for i in order]), k_shot)
     return refs, calib, order
+
+
+def load_reference_images(
+    method: Method, files: list[Path], k_shot: int | None, seed: int
+) -> tuple[list[Any], list[Any]]:
+    """``load_references`` at full resolution, for tiled runs: (memorised, calibration) PIL images, split alike."""
+    from zsad.data import load_image
+
+    order = reference_order(len(files), seed)
+    images = [load_image(files[i]) for i in order]
+    k = memorised(len(images), k_shot, method.supports_few_shot)
+    return (images[:k] if method.supports_few_shot else []), images[k:]
+
+
+def tile_key(tiles: TileSpec | None) -> dict[str, Any]:
+    """The run key's ``tiles`` section: absent without tiling, so folders of untiled runs resume unchanged."""
+    if tiles is None:
+        return {}
+    return {"tiles": {"grid": tiles.describe(), "overlap": tiles.overlap, "tile_size": tiles.tile_size,
+                      "score": tiles.score}}  # fmt: skip
+
+
+def refuse_tiled_rescaling(method: Method, tiles: TileSpec | None) -> None:
+    """Refuse tiles with a set-wide re-scaling of image scores (sdp's transductive min-max).
+
+    The re-scaling needs per-image score parts; tiles have one per tile, so the two are refused together rather
+    than combined silently.
+    """
+    if tiles is not None and method.is_transductive and type(method).finalize_scores is not Method.finalize_scores:
+        raise ZsadInputError(
+            f"--tiles: {method.name} re-scales image scores over the whole set (transductive), which tiled scoring "
+            "cannot carry through; turn that option off or score untiled"
+        )
 
 
 def reference_order(n: int, seed: int = 0) -> list[int]:
@@ -321,15 +364,25 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
     threshold but left out of fitting it and of the colour scale (see docs/reliability.md).
     """
     from zsad.data import ImageList
+    from zsad.runs.tiles import setup_tiled, tiled_normals
 
     pre = method.backbone.preprocess
     ds = ImageList(job.files, image_size=pre.image_size, mean=pre.mean, std=pre.std)
-    refs, calib, _ = load_references(method, job.references, job.k_shot, job.seed)
-    prepare_method(method, job.class_name, refs)
+    tiles = job.tiles
+    refuse_tiled_rescaling(method, tiles)
+    calib_images: list[Any] = []
+    calib: torch.Tensor | None = None
+    if tiles is None:
+        refs, calib, _ = load_references(method, job.references, job.k_shot, job.seed)
+        prepare_method(method, job.class_name, refs)
+    else:
+        ref_images, calib_images = load_reference_images(method, job.references, job.k_shot, job.seed)
+        setup_tiled(method, job.class_name, ref_images, tiles)
     say = reporter()
     if job.skipped:
         say.message(f"passed over in the input folders: {job.skipped.summary()}", "note")
     key = {**method_key(method), "class_name": method.class_name, "k_shot": method.k_shot, "inputs": job.inputs()}
+    key |= tile_key(tiles)
     folder = DetectFolder(job.out, key, "detect")
     todo = len(folder.pending([s.image_path for s in ds.samples]))
 
@@ -338,18 +391,9 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
 
     scored = 0
     with say.task(f"{method.name}: scoring", todo) as task, kept_on_failure(folder.log, job.out):
-        batches = score_dataset(
-            method, ds, job.batch_size, skip_paths=folder.done, skip_bad=job.skip_bad, on_error=on_error
-        )
-        for sb in batches:
-            hs, ws = sb.batch["original_size"]
-            rows = []
-            for i, p in enumerate(sb.paths):
-                h, w = int(hs[i]), int(ws[i])
-                full = resize_map(sb.maps[i], map_size(h, w, job.max_map_size))
-                row = folder.write_map(p, sb.scores[i], full, (h, w), parts_json(sb.parts, i), job.skip_bad)
-                if row is not None:
-                    rows.append(row)
+        results = _untiled if tiles is None else _tiled
+        for batch in results(method, ds, job, folder, on_error):
+            rows = [row for item in batch if (row := folder.write_map(*item, job.skip_bad)) is not None]
             folder.log.append(rows)
             scored += len(rows)
             task.update(completed=scored + len(folder.failed))
@@ -362,6 +406,7 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
         "inputs_skipped": job.skipped.counts() if job.skipped else {},
         "normalize": job.normalize,
         "max_map_size": job.max_map_size,
+        **tile_key(tiles),
         "transductive": method.is_transductive,
         "notes": list(method.set_notes),
     }
@@ -372,7 +417,13 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
         job.policy(),
         base,
         finalize=method.finalize_scores if method.is_transductive else None,
-        normals=lambda parts: normals_of(method, calib, parts),
+        normals=lambda parts: (
+            normals_of(method, calib, parts)
+            if tiles is None
+            else Normals(*tiled_normals(method, calib_images, tiles, job.batch_size, job.max_map_size))
+            if calib_images
+            else None
+        ),
     )
     if decision.rescaled:
         n = len(decision.scores) - decision.num_missing
@@ -383,6 +434,39 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
         overlay_errors = _write_overlays(folder.log.rows, job.out, job, decision.pixel_threshold, random_weights)
     skipped = job.skipped.summary() if job.skipped else ""
     return folder.close(decision, base, skipped, overlay_errors)
+
+
+Scored = tuple[str, float, np.ndarray, tuple[int, int], str]  # path, score, map at its written size, (H, W), parts
+
+
+def _untiled(
+    method: Method, ds: Any, job: DetectJob, folder: DetectFolder, on_error: Callable[[dict[str, Any]], None]
+) -> Iterator[Iterator[Scored]]:
+    """Per batch, its images' results; each map is resized to its written size only as it is written."""
+    for sb in score_dataset(method, ds, job.batch_size, skip_paths=folder.done, skip_bad=job.skip_bad,
+                            on_error=on_error):  # fmt: skip
+        hs, ws = sb.batch["original_size"]
+
+        def items(sb: Any = sb, hs: Any = hs, ws: Any = ws) -> Iterator[Scored]:
+            for i, p in enumerate(sb.paths):
+                h, w = int(hs[i]), int(ws[i])
+                full = resize_map(sb.maps[i], map_size(h, w, job.max_map_size))
+                yield p, float(sb.scores[i]), full, (h, w), parts_json(sb.parts, i)
+
+        yield items()
+
+
+def _tiled(
+    method: Method, ds: Any, job: DetectJob, folder: DetectFolder, on_error: Callable[[dict[str, Any]], None]
+) -> Iterator[Iterator[Scored]]:
+    """Per image, its stitched result (``zsad.runs.tiles``): a batch of one, written as soon as it is scored."""
+    from zsad.runs.tiles import score_files_tiled
+
+    assert job.tiles is not None
+    paths = [str(s.image_path) for s in ds.samples]
+    for r in score_files_tiled(method, paths, job.tiles, job.batch_size, job.max_map_size, skip_paths=folder.done,
+                               skip_bad=job.skip_bad, on_error=on_error):  # fmt: skip
+        yield iter([(r.path, r.score, r.anomaly_map, r.size, "{}")])
 
 
 def _write_overlays(

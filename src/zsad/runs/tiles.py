@@ -14,7 +14,10 @@ A 1x1 grid is the untiled path itself: the same squash, the same forward, the sa
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,11 +83,14 @@ def _predict(method: Method, x: torch.Tensor, batch_size: int) -> tuple[np.ndarr
 def setup_tiled(method: Method, class_name: str | None, references: list[Image.Image], spec: TileSpec) -> int:
     """Set a few-shot method up with the tiles of its reference images (each cut by its own plan).
 
-    Returns the number of reference tiles; without references it is ``method.setup(class_name)``.
+    Returns the number of reference tiles; without references it is ``prepare_method(method, class_name)``. The
+    method's ``k_shot`` stays the number of reference *images* (what a run key and a manifest name), not tiles.
     """
+    from zsad.runs.train import prepare_method
+
     pre = method.backbone.preprocess
     if not references:
-        method.setup(class_name)
+        prepare_method(method, class_name)
         return 0
     parts = []
     for ref in references:
@@ -96,7 +102,8 @@ def setup_tiled(method: Method, class_name: str | None, references: list[Image.I
         else:
             parts.append(tile_tensors(ref, plan, pre.image_size, pre.mean, pre.std))
     tiles = torch.cat(parts)
-    method.setup(class_name, tiles)
+    prepare_method(method, class_name, tiles)
+    method.k_shot = len(references)
     return len(tiles)
 
 
@@ -150,3 +157,79 @@ def score_tiled_set(
         stitched = stitch(np.stack([m[i] for m in t_maps]), plan, out_hw, None if g_maps is None else g_maps[i])
         out.append(TiledScore(image_score(t_scores[i], stitched, spec.score), stitched, t_scores[i], plan))
     return out
+
+
+@dataclass
+class TiledRow:
+    """One input file's tiled result, as a detect folder writes it."""
+
+    path: str
+    score: float
+    anomaly_map: np.ndarray  # stitched, at the original size capped by max_map_size
+    size: tuple[int, int]  # the image's (H, W)
+
+
+def score_files_tiled(
+    method: Method,
+    files: Sequence[Path | str],
+    spec: TileSpec,
+    batch_size: int,
+    max_map_size: int,
+    *,
+    skip_paths: set[str] | None = None,
+    skip_bad: bool = False,
+    on_error: Callable[[dict[str, Any]], None] | None = None,
+) -> Iterator[TiledRow]:
+    """Score image files tiled, one file at a time (each read at full resolution, only while it is scored).
+
+    A per-image method yields each file as it is done (a crash loses at most the image in flight). A set-level
+    method needs the whole set at once: every readable file is read (already-scored ones too: they are partners),
+    scored tile position by tile position, and only the files not in ``skip_paths`` are yielded. An unreadable
+    file goes to ``on_error`` with ``skip_bad`` and stops the run otherwise.
+    """
+    from zsad.data import load_image
+
+    done = skip_paths or set()
+
+    def read(path: str) -> Image.Image | None:
+        try:
+            return load_image(path)
+        except ZsadInputError as e:
+            if not skip_bad:
+                raise
+            if on_error is not None and path not in done:
+                on_error({"image_path": path, "error": str(e)})
+            return None
+
+    if not isinstance(method, SetLevelMethod):
+        for f in files:
+            path = str(f)
+            if path in done or (image := read(path)) is None:
+                continue
+            t = score_tiled(method, image, spec, batch_size, max_map_size)
+            yield TiledRow(path, t.score, t.anomaly_map, (image.height, image.width))
+        return
+    if all(str(f) in done for f in files):
+        return
+    loaded = [(str(f), im) for f in files if (im := read(str(f))) is not None]
+    if not loaded:
+        return
+    results = score_tiled_set(method, [im for _, im in loaded], spec, batch_size, max_map_size)
+    for (path, im), t in zip(loaded, results, strict=True):
+        if path not in done:
+            yield TiledRow(path, t.score, t.anomaly_map, (im.height, im.width))
+
+
+def tiled_normals(
+    method: Method, images: list[Image.Image], spec: TileSpec, batch_size: int, max_map_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, stitched-map maxima) of known-normal images scored tiled, as the images they calibrate are.
+
+    A set-level method scores them as their own set, as the untiled calibration does.
+    """
+    if isinstance(method, SetLevelMethod):
+        got = score_tiled_set(method, images, spec, batch_size, max_map_size)
+    else:
+        got = [score_tiled(method, im, spec, batch_size, max_map_size) for im in images]
+    return (np.array([t.score for t in got], dtype=np.float64),
+            np.array([float(t.anomaly_map.max()) for t in got], dtype=np.float64))  # fmt: skip

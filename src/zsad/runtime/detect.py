@@ -19,32 +19,13 @@ import numpy as np
 
 from zsad.errors import ZsadInputError, one_line
 from zsad.progress import Level, SilentReporter, reporter, using
+from zsad.tiling import resize_bilinear
 
 if TYPE_CHECKING:
     from zsad.data.files import Skipped
     from zsad.outputs import DetectResult
     from zsad.runs import Policy
     from zsad.runtime.model import ExportedModel
-
-
-def resize_bilinear(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w) -> (H, W) bilinear with half-pixel centres and edge clamping: torch's ``align_corners=False``."""
-    h, w = amap.shape
-    out_h, out_w = size
-
-    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-        x = np.clip(x, 0, None)
-        lo = np.minimum(np.floor(x).astype(np.int64), n_in - 1)
-        hi = np.minimum(lo + 1, n_in - 1)
-        return lo, hi, (x - lo).astype(np.float32)
-
-    y0, y1, wy = axis(h, out_h)
-    x0, x1, wx = axis(w, out_w)
-    a = amap.astype(np.float32)
-    top = a[y0][:, x0] * (1 - wx) + a[y0][:, x1] * wx
-    bottom = a[y1][:, x0] * (1 - wx) + a[y1][:, x1] * wx
-    return (top * (1 - wy)[:, None] + bottom * wy[:, None]).astype(np.float32)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
