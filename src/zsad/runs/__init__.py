@@ -85,7 +85,9 @@ _WHERE = {
             "overlay_panel",
             "reference_files",
             "reference_order",
+            "refuse_tiled_rescaling",
             "split_references",
+            "tile_key",
         ],
         "zsad.runs.detect",
     ),
@@ -115,7 +117,9 @@ _WHERE = {
     **dict.fromkeys(
         ["SHARD_SCHEMA", "SHARDS", "done_uris", "encode_map", "read_shards", "write_shard"], "zsad.runs.shards"
     ),
-    **dict.fromkeys(["TiledScore", "score_tiled", "score_tiled_set", "setup_tiled"], "zsad.runs.tiles"),
+    **dict.fromkeys(
+        ["TiledScore", "score_tiled", "score_tiled_set", "setup_tiled", "tiled_normals"], "zsad.runs.tiles"
+    ),
     **dict.fromkeys(["prepare_method", "train"], "zsad.runs.train"),
 }
 
@@ -170,6 +174,7 @@ __all__ = [
     "read_shards",
     "reference_files",
     "reference_order",
+    "refuse_tiled_rescaling",
     "resize_map",
     "revise_setup",
     "route_checkpoints",
@@ -180,6 +185,8 @@ __all__ = [
     "setup_tiled",
     "split_references",
     "thresholds",
+    "tile_key",
+    "tiled_normals",
     "train",
     "write_manifest",
     "write_profile_references",

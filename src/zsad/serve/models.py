@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from zsad.errors import ZsadInputError
 from zsad.methods import get_method_class, list_methods
@@ -30,13 +31,18 @@ from zsad.runs import (
     MethodSpec,
     Normals,
     Policy,
+    memorised,
     normals_of,
     prepare_method,
     reference_order,
+    refuse_tiled_rescaling,
+    setup_tiled,
     split_references,
     thresholds,
+    tiled_normals,
 )
 from zsad.thresholds import Threshold
+from zsad.tiling import TileSpec
 
 # Options a client may not set: they choose files or weights on the server (set them when starting it).
 SERVER_ONLY = frozenset({*BACKBONE_FIELDS, "checkpoint", "cache_dir"})
@@ -62,8 +68,8 @@ class Reference:
     options: dict[str, Any]
     class_name: str
     num_images: int
-    references: torch.Tensor | None  # memorised by a few-shot method
-    calibration: torch.Tensor | None  # scored for the normal-quantile thresholds
+    references: torch.Tensor | list[Image.Image] | None  # memorised by a few-shot method (PIL images when tiled)
+    calibration: torch.Tensor | list[Image.Image] | None  # scored for the normal-quantile thresholds
     normals: Normals | None = None  # their scores and map maxima (``calibrate``)
 
     @property
@@ -115,11 +121,14 @@ class ModelPool:
         max_models: int = 4,
         max_references: int = 16,
         max_batch: int = 1,
+        tiles: TileSpec | None = None,
+        max_map_size: int = 1024,
     ) -> None:
         self.backbone, self.server_options, self.checkpoints = backbone, server_options, checkpoints
         self._run = run_on_worker
         self.max_models, self.max_references = max(1, max_models), max(1, max_references)
         self.max_batch = max_batch  # images of one forward: a spec's memory check covers them
+        self.tiles, self.max_map_size = tiles, max_map_size  # every model scores tiled (``--tiles``) or none does
         self._specs: dict[tuple[str, str, str, bool], MethodSpec] = {}
         self._models: OrderedDict[ModelKey, Served] = OrderedDict()
         self._building: dict[ModelKey, Future[Served]] = {}
@@ -219,7 +228,14 @@ class ModelPool:
         ref = self.references.get(key.reference_id) if key.reference_id else None
         if key.reference_id and ref is None:
             raise ZsadInputError(f"reference_id {key.reference_id}: unknown or expired; post the references again")
-        prepare_method(method, key.class_name, ref.references if ref is not None else None)
+        refs = ref.references if ref is not None else None
+        if self.tiles is None:
+            assert not isinstance(refs, list)
+            prepare_method(method, key.class_name, refs)
+        else:
+            refuse_tiled_rescaling(method, self.tiles)
+            assert not isinstance(refs, torch.Tensor)
+            setup_tiled(method, key.class_name, refs or [], self.tiles)
         served = Served(uuid.uuid4().hex[:12], key, method, method.describe())
         with self._lock:
             self._models[key] = served
@@ -247,7 +263,7 @@ class ModelPool:
         method: str,
         options: dict[str, Any],
         class_name: str,
-        images: torch.Tensor,
+        images: torch.Tensor | list[Image.Image],
         k_shot: int | None,
         ref_id: str | None = None,
     ) -> Reference:
@@ -258,12 +274,22 @@ class ModelPool:
         if k_shot and not cls.supports_few_shot:
             raise ZsadInputError(f"k_shot: method {method} takes no reference images (they only calibrate)")
         # the seeded order and split of every front end (decide.REFERENCE_SPLIT when k_shot is None)
-        images = images[reference_order(len(images))]
-        refs, calib = split_references(cls.supports_few_shot, images, k_shot)
+        order = reference_order(len(images))
+        if isinstance(images, list):  # full-resolution images, for tiled scoring
+            ordered = [images[i] for i in order]
+            k = memorised(len(ordered), k_shot, cls.supports_few_shot)
+            refs_l, calib_l = (ordered[:k] if cls.supports_few_shot else None), ordered[k:]
+            return Reference(ref_id or uuid.uuid4().hex, method, options, class_name, len(images), refs_l, calib_l)
+        refs, calib = split_references(cls.supports_few_shot, images[order], k_shot)
         return Reference(ref_id or uuid.uuid4().hex, method, options, class_name, len(images), refs, calib)
 
     def calibrate(self, ref: Reference, served: Served) -> Reference:
         """Score the calibration images (worker thread) and keep the reference (bounded, oldest dropped)."""
+        if isinstance(ref.calibration, list):
+            if ref.calibration and self.tiles is not None:
+                got = tiled_normals(served.method, ref.calibration, self.tiles, self.max_batch, self.max_map_size)
+                ref.normals = Normals(*got)
+            return ref
         ref.normals = normals_of(served.method, ref.calibration)
         return ref
 

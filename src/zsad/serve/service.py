@@ -26,6 +26,7 @@ from PIL import Image
 
 from zsad.errors import ZsadInputError
 from zsad.methods import get_method_class, list_methods
+from zsad.methods.base import Method, SetLevelMethod
 from zsad.outputs import abs_path, detect_row, map_size
 from zsad.progress import reporter
 from zsad.runs import (
@@ -36,6 +37,7 @@ from zsad.runs import (
     Normals,
     Policy,
     ScoredBatch,
+    TiledScore,
     decide,
     normals_of,
     overlay_panel,
@@ -44,6 +46,9 @@ from zsad.runs import (
     resize_map,
     route_checkpoints,
     score_images,
+    score_tiled,
+    score_tiled_set,
+    tile_key,
 )
 from zsad.serve.batching import Batcher
 from zsad.serve.metrics import Metrics
@@ -51,6 +56,7 @@ from zsad.serve.models import ModelPool, Reference, Served
 from zsad.serve.station import Profiles, Station, open_station, redact
 from zsad.serve.store import ResultStore
 from zsad.serve.watch import Watchers, WatchSpec
+from zsad.tiling import TileSpec
 
 if TYPE_CHECKING:
     from zsad.serve.sinks import Delivery, Sink
@@ -92,6 +98,7 @@ class ServeConfig:
     rescan_s: float = 10.0  # the watchers' full rescan, the safety net under OS file events
     sinks: list[str] = field(default_factory=list)  # where each decision's event goes (``--sink URL``)
     public_url: str | None = None  # how clients reach this server: events then carry absolute links
+    tiles: TileSpec | None = None  # every model scores large images tile by tile (``--tiles``); None: squashed
 
     def record(self) -> dict[str, Any]:
         """The settings for the manifest and ``/v1/methods`` (never the token)."""
@@ -101,6 +108,7 @@ class ServeConfig:
         d["db"] = redact(self.db) if self.db else None
         d["sinks"] = [_sink_name(u) for u in self.sinks]
         d["watch"] = [w.describe() for w in self.watch]
+        d["tiles"] = tile_key(self.tiles).get("tiles")
         return json.loads(json.dumps(d, default=str))
 
     def validate(self) -> None:
@@ -118,6 +126,8 @@ class ServeConfig:
         limits.SERVE_MODELS.check(self.max_models)
         limits.SERVE_KEEP.check(self.keep_results)
         limits.MAP_SIZE.check(self.max_map_size)
+        if self.tiles is not None:
+            self.tiles.check()
         if self.max_wait_ms < 0 or not math.isfinite(self.max_wait_ms):
             raise ZsadInputError(f"--max-wait-ms {self.max_wait_ms}: must be a finite number >= 0")
         if self.token is not None and not self.token.strip():
@@ -208,6 +218,8 @@ class Service:
             self.batcher.call,
             config.max_models,
             max_batch=config.max_batch,
+            tiles=config.tiles,
+            max_map_size=config.max_map_size,
         )
         self.started = time.time()
         self.requests = 0
@@ -298,7 +310,8 @@ class Service:
             for k in ("max_images", "max_upload_bytes", "max_batch", "max_wait_ms", "max_queue", "max_map_size")
         }
         limits["max_class_name"] = MAX_CLASS_NAME
-        return {"methods": rows, "default_method": self.default_method, "limits": limits}
+        tiles = tile_key(self.config.tiles).get("tiles")  # every request is scored tiled, or none is
+        return {"methods": rows, "default_method": self.default_method, "limits": limits, "tiles": tiles}
 
     def _default_config(self, name: str) -> Any:
         """The config a request without options gets (the server's options applied)."""
@@ -452,10 +465,12 @@ class Service:
             )
         return text or None
 
-    @staticmethod
-    def _tensors(decoded: list[_Decoded], served: Served) -> torch.Tensor:
+    def _inputs(self, decoded: list[_Decoded], served: Served) -> torch.Tensor | list[Image.Image]:
+        """The model's input: the images squashed to its size, or themselves when the server scores tiled."""
         from zsad.data import squash_image
 
+        if self.config.tiles is not None:
+            return [d.image for d in decoded]
         pre = served.method.backbone.preprocess
         return torch.stack([squash_image(d.image, pre.image_size, pre.mean, pre.std) for d in decoded])
 
@@ -585,20 +600,26 @@ class Service:
         finished: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Score, decide, store and answer: the same for a profile's request and an ad hoc one."""
-        images = await _in_thread(self._tensors, decoded, served)
+        images = await _in_thread(self._inputs, decoded, served)
         m = served.method
-        if m.set_level:
-            scored = await _wait(self.batcher.call(lambda: score_images(m, images, self.config.max_batch)))
+        if isinstance(images, list):  # tiled: the model's thread scores each image's tiles in batches
+            tiled = await _wait(self.batcher.call(lambda: self._score_tiled(m, images)))
+            maps, rows = await _in_thread(self._tiled_rows, decoded, tiled)
+            notes = list(m.set_notes) if m.set_level else []
         else:
-            scored = await _wait(self.batcher.score(m, images))
-        maps, rows = await _in_thread(self._rows, decoded, scored)
+            if m.set_level:
+                scored = await _wait(self.batcher.call(lambda: score_images(m, images, self.config.max_batch)))
+            else:
+                scored = await _wait(self.batcher.score(m, images))
+            maps, rows = await _in_thread(self._rows, decoded, scored)
+            notes = scored.notes
         if m.is_transductive and ref is not None and ref.calibration is not None:
             # normal images re-scaled with this request's set statistics: the model's thread scores them
             decision = await _wait(self.batcher.call(lambda: self._decide(served, rows, policy, ref)))
         else:
             decision = self._decide(served, rows, policy, ref)
         context = {"profile": profile, "source": source, "finished": finished, "uploads": len(decoded) + len(errors)}
-        answer = await _in_thread(self._finish, served, decoded, maps, rows, decision, scored.notes, errors, context)
+        answer = await _in_thread(self._finish, served, decoded, maps, rows, decision, notes, errors, context)
         self.requests += 1
         self.images_scored += len(decoded)
         self.images_failed += len(errors)
@@ -615,6 +636,23 @@ class Service:
             rows.append({**detect_row("", scored.scores[i], Path(""), amap, (h, w), parts), "input_missing": "0"})
         return maps, rows
 
+    def _score_tiled(self, m: Method, images: list[Image.Image]) -> list[TiledScore]:
+        """Each image tiled (a set-level method: the request's images as one set, tile position by position)."""
+        tiles, batch, cap = self.config.tiles, self.config.max_batch, self.config.max_map_size
+        assert tiles is not None
+        if isinstance(m, SetLevelMethod):
+            return score_tiled_set(m, images, tiles, batch, cap)
+        return [score_tiled(m, im, tiles, batch, cap) for im in images]
+
+    @staticmethod
+    def _tiled_rows(decoded: list[_Decoded], tiled: list[TiledScore]) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+        """``_rows`` for tiled results: each stitched map is already at its written size."""
+        rows = []
+        for d, t in zip(decoded, tiled, strict=True):
+            w, h = d.image.size
+            rows.append({**detect_row("", t.score, Path(""), t.anomaly_map, (h, w), "{}"), "input_missing": "0"})
+        return [t.anomaly_map for t in tiled], rows
+
     @staticmethod
     def _decide(served: Served, rows: list[dict[str, Any]], policy: Policy, ref: Reference | None) -> Decision:
         """The request's decisions by ``zsad.runs.decide``: its images are the set, the references its normals."""
@@ -623,7 +661,9 @@ class Service:
         def normals(parts: dict[str, np.ndarray] | None) -> Normals | None:
             if ref is None:
                 return None
-            return normals_of(m, ref.calibration, parts) if parts else ref.normals
+            if parts and not isinstance(ref.calibration, list):  # re-scaled set-wide: scored with this set's parts
+                return normals_of(m, ref.calibration, parts)
+            return ref.normals
 
         return decide(rows, policy, finalize=m.finalize_scores if m.is_transductive else None, normals=normals)
 
@@ -765,6 +805,7 @@ class Service:
             "set_level": m.set_level,
             "random_weights": bool(m.backbone.random_init),
             "precision": m.backbone.precision,
+            "tiles": tile_key(self.config.tiles).get("tiles"),  # how the images were cut (None: whole, squashed)
             "threshold": {"value": thr.value if known else None, "source": thr_source, "note": thr.note or None},
             "pixel_threshold": pthr.value if math.isfinite(pthr.value) else None,
             "pixel_threshold_source": pthr.source,
@@ -859,7 +900,7 @@ class Service:
         name, opts = self._resolve(method, options)
         decoded, _ = await _in_thread(self._decode, uploads)
         plain = await self._model(name, opts, cname, None)  # its backbone gives the preprocessing
-        images = await _in_thread(self._tensors, decoded, plain)
+        images = await _in_thread(self._inputs, decoded, plain)
         key_name = self.pool.key(name, opts, cname, None).class_name
         ref = self.pool.new_reference(name, opts, key_name, images, k_shot)
         self.pool.keep_reference(ref)

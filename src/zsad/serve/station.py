@@ -228,7 +228,7 @@ class Profiles:
         uploads = await _in_thread(lambda: [Upload(st.blob_name(s), st.blob(s)) for s in setup["references"]])
         decoded, _ = await _in_thread(svc._decode, uploads)
         plain = await svc._model(method, opts, cname, None, bb, server=False)  # its backbone gives the preprocessing
-        images = await _in_thread(svc._tensors, decoded, plain)
+        images = await _in_thread(svc._inputs, decoded, plain)
         key_name = svc.pool.key(method, opts, cname, None, bb, server=False).class_name
         ref = svc.pool.new_reference(method, opts, key_name, images, setup["k_shot"], ref_id=ref_id)
         svc.pool.keep_reference(ref)
