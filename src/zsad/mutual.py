@@ -99,6 +99,16 @@ def neighbourhood(grid: tuple[int, int], radius: float, device: torch.device | s
     return ((rows[:, None] - rows[None, :]).abs() <= radius) & ((cols[:, None] - cols[None, :]).abs() <= radius)
 
 
+def within_radius(query_pos: torch.Tensor, key_pos: torch.Tensor, radius: float) -> torch.Tensor:
+    """(N, 2), (M, 2) (row, col) positions in patch units -> (N, M) bool: Chebyshev distance <= ``radius``.
+
+    ``neighbourhood`` for any two sets of positions (e.g. window centres, which may sit between patches).
+    """
+    if radius < 0:
+        raise ValueError(f"radius {radius}: must be >= 0 (patches)")
+    return (query_pos[:, None, :] - key_pos[None, :, :]).abs().amax(-1) <= radius
+
+
 def _nearest_distance(
     query: torch.Tensor, keys: torch.Tensor, block_bytes: int, near: torch.Tensor | None = None
 ) -> torch.Tensor:

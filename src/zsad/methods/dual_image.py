@@ -13,6 +13,8 @@ reconstructed detail is a named option of ``DualImageConfig``:
   (global embedding), each averaged over ``partners`` images so one defective partner cannot hide a defect, or
   ``all``: every other image of the set, per patch the mean of the smallest ``mutual_fraction`` of the per-partner
   distances (MuSc-style), computed in chunks of at most ``chunk_mb`` MiB. ``none`` = language only.
+  ``radius`` (ours, off by default; for parts photographed in a fixture): patch i meets only the partner patches
+  within ``radius`` patches (Chebyshev) of its own grid position; None = every patch.
 - Joint map M = M_L + ``lam`` M_V (``mode``: joint | language | visual for ablations), bilinear to the input size,
   Gaussian ``smoothing_sigma``; image score = global text probability + max(M).
 - RsCIN (``rscin``, off by default, ours for this method): MuSc's image-level re-scoring (``zsad.mutual.rscin``)
@@ -44,7 +46,7 @@ from zsad.limits import check_budget_mb
 from zsad.methods.base import SetLevelMethod, TextPromptConfig
 from zsad.methods.options import check_range, check_rscin_k
 from zsad.methods.sdp import stage_layers, surgery_config
-from zsad.mutual import rscin
+from zsad.mutual import neighbourhood, rscin
 from zsad.ops import gaussian_blur, grid_to_map, upsample
 from zsad.prompts import state_text
 from zsad.types import Prediction
@@ -80,6 +82,10 @@ class DualImageConfig(TextPromptConfig):
     tta_epochs: int = 5
     tta_batch: int = 8
     tta_lr: float = 1e-3
+    # position-aware visual map (fixtured parts, ours): a patch meets only the partner patches within this many
+    # patches of its own position; None = every patch
+    radius: float | None = None
+    later_fields: ClassVar[tuple[str, ...]] = ("radius",)
 
     def __post_init__(self) -> None:
         self.layers = tuple(int(v) for v in self.layers)
@@ -102,6 +108,7 @@ class DualImageConfig(TextPromptConfig):
         lo, hi = self.tta_area
         check_range(
             "dual-image",
+            radius=(self.radius, self.radius is None or self.radius >= 0, ">= 0 patches (or none: everywhere)"),
             logit_scale=(self.logit_scale, self.logit_scale > 0, "> 0"),
             smoothing_sigma=(self.smoothing_sigma, self.smoothing_sigma >= 0, ">= 0 (0 disables smoothing)"),
             lam=(self.lam, self.lam >= 0, ">= 0"),
@@ -140,15 +147,24 @@ def choose_partners(glob: torch.Tensor, pairing: str, k: int, seed: int) -> torc
     return draw.argsort(dim=1, stable=True)[:, :k]
 
 
-def nearest_patch_distance(query: torch.Tensor, partners: torch.Tensor, budget_bytes: int) -> torch.Tensor:
-    """Sum over layers of min_j (1 - cos(q_i, p_j)) / 2: query (L, N, D), partners (P, L, M, D) unit -> (P, N)."""
+def nearest_patch_distance(
+    query: torch.Tensor, partners: torch.Tensor, budget_bytes: int, near: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sum over layers of min_j (1 - cos(q_i, p_j)) / 2: query (L, N, D), partners (P, L, M, D) unit -> (P, N).
+
+    ``near`` (N, M) bool, position-aware scoring: q_i may only match the p_j where ``near[i, j]``; the others get
+    cos = -inf so they never win (each patch's own position is always near, so a min always exists). None: all.
+    """
     n_layers, n, _ = query.shape
     p, _, m, _ = partners.shape
     out = query.new_zeros(p, n)
     step = max(1, budget_bytes // max(1, n * m * query.element_size()))
+    far = None if near is None else ~near.to(query.device)
     for lyr in range(n_layers):
         for s in range(0, p, step):
             sim = torch.einsum("nd,pmd->pnm", query[lyr], partners[s : s + step, lyr])
+            if far is not None:
+                sim.masked_fill_(far, float("-inf"))  # in place: the block stays within the budget
             out[s : s + step] += (1 - sim.amax(-1)).clamp_min(0) / 2
     return out
 
@@ -295,18 +311,19 @@ class DualImage(SetLevelMethod):
         out = query.new_zeros(query.shape[0], query.shape[2])
         if self.set_size < 2:  # a set of one image has no partner
             return out
+        near = None if cfg.radius is None else neighbourhood(self.backbone.grid_size(), cfg.radius, query.device)
         if cfg.pairing != "all":
             partners = self.partner_index[index]  # (B, k)
             for b in range(query.shape[0]):
                 p = F.normalize(bank.get(partners[b], [key], device=dev)[key], dim=-1)
-                out[b] = nearest_patch_distance(query[b], p, budget).mean(0)
+                out[b] = nearest_patch_distance(query[b], p, budget, near).mean(0)
             return out
         m = max(1, round(cfg.mutual_fraction * (self.set_size - 1)))
         best = query.new_full((query.shape[0], query.shape[2], 0), float("inf"))
         per = max(1, budget // max(1, query.shape[2] ** 2 * query.shape[1] * 4))
         for start, chunk in bank.chunks(per, [key], device=dev):
             p = F.normalize(chunk[key], dim=-1)
-            d = torch.stack([nearest_patch_distance(query[b], p, budget) for b in range(query.shape[0])])  # (B, P, N)
+            d = torch.stack([nearest_patch_distance(query[b], p, budget, near) for b in range(query.shape[0])])
             own = index[:, None] == torch.arange(start, start + p.shape[0])[None]  # an image is not its partner
             d = d.masked_fill(own[..., None].to(d.device), float("inf")).transpose(1, 2)  # (B, N, P)
             best = torch.cat([best, d], -1).topk(min(m, best.shape[-1] + d.shape[-1]), dim=-1, largest=False).values

@@ -12,6 +12,10 @@ Our choices where the paper is silent (all are config fields):
 - Patch-scale few-shot features are the last block's tokens after ``ln_post`` without ``proj``, as anomalib does.
 - ``window_stride`` (default 1, the paper's) may be raised to trade accuracy for speed; each scale uses
   ``min(window_stride, scale)`` so that no patch falls between windows.
+- ``radius`` (position-aware few-shot memory, for parts photographed in a fixture; off by default): a query patch
+  meets only the reference patches within ``radius`` patches (Chebyshev) of its own grid position, in all K
+  references; a window meets only the reference windows of its scale whose centre (in patch units, from
+  ``window_centres``) is within ``radius`` of its own centre. None pools every position (the paper's).
 
 ``compat="anomalib"`` reproduces anomalib's ``WinClipModel`` numbers (its mean of *unnormalised* text embeddings
 and its duplicated "jpeg corrupted" template); ``benchmarks/compare_anomalib_winclip.py`` checks it side by side.
@@ -31,6 +35,7 @@ from zsad.backbone import ClipBackbone
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, TextPromptConfig
 from zsad.methods.options import check_range
+from zsad.mutual import neighbourhood, within_radius
 from zsad.ops import upsample
 from zsad.prompts import state_text
 from zsad.types import Prediction
@@ -46,6 +51,10 @@ class WinClipConfig(TextPromptConfig):
     temperature: float = 0.07
     compat: str = "none"  # "none" | "anomalib"
     window_chunk: int = 2048  # windows per batched tower forward (memory bound)
+    # position-aware few-shot memory (fixtured parts, WinCLIP+ only): a patch or window meets only the reference
+    # patches or windows within this many patches of its own position; None = every position (the paper's)
+    radius: float | None = None
+    later_fields: ClassVar[tuple[str, ...]] = ("radius",)
 
     def __post_init__(self) -> None:
         if self.compat == "anomalib":
@@ -59,7 +68,12 @@ class WinClipConfig(TextPromptConfig):
             window_stride=(self.window_stride, self.window_stride >= 1, ">= 1"),
             temperature=(self.temperature, self.temperature > 0, "> 0 (the softmax divides by it)"),
             window_chunk=(self.window_chunk, self.window_chunk >= 1, ">= 1"),
+            radius=(self.radius, self.radius is None or self.radius >= 0, ">= 0 patches (or none: everywhere)"),
         )
+        if self.radius is not None and self.label != "winclip":  # a subclass (RWDA) takes no reference images
+            raise ZsadInputError(
+                f"{self.label}: option radius is for WinCLIP+'s reference memory; {self.label} has none"
+            )
         super().__post_init__()
 
 
@@ -87,6 +101,16 @@ def window_indices(grid: tuple[int, int], scale: int, stride: int = 1) -> torch.
     return torch.stack(rows)
 
 
+def window_centres(index: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(n_windows, 2) (row, col) centre of each window of ``window_indices``, in patch units.
+
+    The centre, not the top-left corner, so that a window's position is where its patches are whatever its size;
+    a 2x2 window's centre lies between patches (r + 0.5, c + 0.5). Windows are only compared within one scale.
+    """
+    gw = grid[1]
+    return torch.stack([(index // gw).float().mean(1), (index % gw).float().mean(1)], 1)
+
+
 def membership(index: torch.Tensor, num_patches: int) -> torch.Tensor:
     """(n_windows, num_patches) 0/1 matrix: window w covers patch p."""
     m = torch.zeros(index.shape[0], num_patches)
@@ -109,9 +133,19 @@ def class_scores(embeddings: torch.Tensor, text: torch.Tensor, temperature: floa
     return (F.normalize(embeddings, dim=-1) @ text.T / temperature).softmax(-1)[..., 1]
 
 
-def association_scores(embeddings: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Min over references of (1 - cos) / 2: (B, P, C) vs (R, C) -> (B, P)."""
+def association_scores(
+    embeddings: torch.Tensor, reference: torch.Tensor, near: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Min over references of (1 - cos) / 2: (B, P, C) vs (R, C) -> (B, P).
+
+    ``near`` (P, M) bool, position-aware memory: the R = K x M references are K images' M positions (image-major,
+    as ``reshape(-1, C)`` of (K, M, C) pools them) and query p may only match the positions m where ``near[p, m]``;
+    the others get cos = -inf (distance +inf) so they never win the min. None: every reference (the paper's).
+    """
     cos = F.normalize(embeddings, dim=-1) @ F.normalize(reference, dim=-1).T
+    if near is not None:
+        b, p, r = cos.shape
+        cos.view(b, p, r // near.shape[1], near.shape[1]).masked_fill_(~near[None, :, None, :], float("-inf"))
     return (1.0 - cos).amin(-1) / 2.0
 
 
@@ -142,13 +176,20 @@ class WinClip(Method):
         self.text = state_text(bb, cfg, class_name)  # (2, D) unit vectors
         self.windows = self._windows()
         self.reference: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+        self.near: list[torch.Tensor | None] = [None] * (1 + len(cfg.scales))  # patch scale, then each window scale
         self.k_shot = 0
         if reference_images is not None and len(reference_images) > 0:
             _, patches, wins = self._encode(reference_images.to(bb.device), final_tokens=True)
             assert patches is not None
-            # Pool every reference image's features: nearest neighbour over all K images.
+            # Pool every reference image's features: nearest neighbour over all K images. Pooled image-major, so
+            # row k * M + m is image k's position m: the position masks of ``near`` stay (M, M) per scale.
             self.reference = (patches.reshape(-1, patches.shape[-1]), [w.reshape(-1, w.shape[-1]) for w in wins])
             self.k_shot = int(reference_images.shape[0])
+            if cfg.radius is not None:
+                self.near = [neighbourhood(bb.grid_size(), cfg.radius, bb.device)]
+                for s in cfg.scales:
+                    centres = window_centres(window_indices(bb.grid_size(), s, cfg.window_stride), bb.grid_size())
+                    self.near.append(within_radius(centres, centres, cfg.radius).to(bb.device))
 
     def _encode(
         self, images: torch.Tensor, final_tokens: bool
@@ -175,9 +216,9 @@ class WinClip(Method):
         patch_map = len(scale_maps) / (1.0 / torch.stack(scale_maps)).sum(0)  # harmonic mean over scales
         if self.reference is not None and patches is not None:
             ref_patches, ref_wins = self.reference
-            few = [association_scores(patches, ref_patches)]
-            for w, rw, (_, member) in zip(wins, ref_wins, self.windows, strict=True):
-                few.append(harmonic_aggregation(association_scores(w, rw), member))
+            few = [association_scores(patches, ref_patches, self.near[0])]
+            for w, rw, (_, member), near in zip(wins, ref_wins, self.windows, self.near[1:], strict=True):
+                few.append(harmonic_aggregation(association_scores(w, rw, near), member))
             few_map = torch.stack(few).mean(0)
             patch_map = (patch_map + few_map) / 2
             image_scores = (image_scores + few_map.amax(-1)) / 2
