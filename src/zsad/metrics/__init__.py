@@ -30,7 +30,15 @@ from zsad.metrics.classification import (
     normal_quantile_threshold,
     rank_of,
 )
-from zsad.metrics.pixels import PixelRanking, label_regions, pixel_ap, pixel_auroc, pixel_f1_max, rank_pixels
+from zsad.metrics.pixels import (
+    PixelMaps,
+    PixelRanking,
+    label_regions,
+    pixel_ap,
+    pixel_auroc,
+    pixel_f1_max,
+    rank_pixels,
+)
 from zsad.metrics.summary import (
     IMAGE_KEYS,
     PIXEL_KEYS,
@@ -44,6 +52,7 @@ __all__ = [
     "IMAGE_KEYS",
     "PIXEL_KEYS",
     "BinaryCurve",
+    "PixelMaps",
     "PixelRanking",
     "ap_from_curve",
     "aupro",

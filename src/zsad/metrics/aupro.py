@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from zsad.metrics.classification import ArrayLike
-from zsad.metrics.pixels import PixelRanking, rank_pixels
+from zsad.metrics.pixels import PixelMaps, PixelRanking, rank_pixels
 
 
-def aupro(maps: ArrayLike, masks: ArrayLike, fpr_limit: float = 0.3) -> float:
-    """Exact normalised area under the PRO curve up to ``fpr_limit`` (anomalib / MVTec AD definition)."""
+def aupro(maps: PixelMaps, masks: PixelMaps, fpr_limit: float = 0.3) -> float:
+    """Exact normalised area under the PRO curve up to ``fpr_limit`` (anomalib / MVTec AD definition).
+
+    ``maps``/``masks``: an (N, H, W) stack or per-image arrays of any sizes, regions labelled per image.
+    """
     return aupro_from_ranking(rank_pixels(maps, masks), fpr_limit)
 
 
@@ -64,7 +66,7 @@ def aupro_from_ranking(r: PixelRanking, fpr_limit: float = 0.3) -> float:
     return area_up_to(fpr, pro, fpr_limit) / fpr_limit
 
 
-def aupro_cflow(maps: ArrayLike, masks: ArrayLike, num_thresholds: int = 200, fpr_limit: float = 0.3) -> float:
+def aupro_cflow(maps: PixelMaps, masks: PixelMaps, num_thresholds: int = 200, fpr_limit: float = 0.3) -> float:
     """The reference repos' AUPRO (cflow-ad ``cal_pro_score``), value for value, without their threshold loop."""
     return aupro_cflow_from_ranking(rank_pixels(maps, masks), num_thresholds, fpr_limit)
 

@@ -59,14 +59,25 @@ class BinaryCurve:
         return int(self.fps[-1]) if self.fps.size else 0
 
 
-def distinct_descending(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def distinct_descending(scores: np.ndarray, *, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The one sort: distinct score values, highest first, and how many scores are >= each.
 
     Only the scores are sorted (numpy's SIMD ``sort``, ~10x faster than ``argsort`` on millions of pixels); labels
-    and regions are attached afterwards by looking their scores up among the distinct values.
+    and regions are attached afterwards by looking their scores up among the distinct values. ``overwrite``: sort
+    a 1-D buffer the caller owns in place, sparing a copy of every pixel.
     """
-    s = np.sort(scores.ravel())
-    first = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]])) if s.size else np.zeros(0, dtype=np.int64)
+    if overwrite and scores.ndim == 1:
+        scores.sort()
+        s = scores
+    else:
+        s = np.sort(scores.ravel())
+    if not s.size:
+        return s[:0], np.zeros(0, dtype=np.int64)
+    starts = np.empty(s.size, dtype=bool)  # one flag per score: it starts a run of equal values
+    starts[0] = True
+    np.not_equal(s[1:], s[:-1], out=starts[1:])
+    first = np.flatnonzero(starts)
+    del starts
     return s[first][::-1], (s.size - first)[::-1]
 
 
