@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -86,6 +86,30 @@ class TileSpec:
         """The grid as typed (``auto``, ``2x3+global``...)."""
         g = "auto" if self.grid is None else f"{self.grid[0]}x{self.grid[1]}"
         return g + ("+global" if self.global_pass else "")
+
+    def record(self) -> dict[str, Any]:
+        """As run keys, manifests, answers and profiles record it (``from_record`` reads it back)."""
+        return {"grid": self.describe(), "overlap": self.overlap, "tile_size": self.tile_size, "score": self.score}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> TileSpec:
+        """A recorded spec, checked again (a record edited by hand is refused in one line)."""
+        try:
+            spec = cls.parse(str(record["grid"]), float(record["overlap"]), record.get("tile_size"),
+                             str(record["score"]))  # fmt: skip
+        except (KeyError, TypeError, ValueError):
+            raise ZsadInputError(f"tiles {record!r}: not a tile setting (grid, overlap, tile_size, score)") from None
+        if spec is None:
+            raise ZsadInputError(f"tiles {record!r}: grid none is recorded as no tiles section at all")
+        return spec
+
+
+def tile_key(tiles: TileSpec | None) -> dict[str, Any]:
+    """The ``tiles`` section of a run key, manifest or profile setup.
+
+    Absent without tiling, so what was recorded before tiling existed stays the same.
+    """
+    return {} if tiles is None else {"tiles": tiles.record()}
 
 
 @dataclass(frozen=True)

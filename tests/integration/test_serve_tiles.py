@@ -49,8 +49,8 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     svc.close()
 
 
-def _files(paths: list[Path]) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [("images", (p.name, p.read_bytes(), "image/png")) for p in paths]
+def _files(paths: list[Path], field: str = "images") -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [(field, (p.name, p.read_bytes(), "image/png")) for p in paths]
 
 
 def _offline(paths: list[Path], out: Path, **job: object) -> dict[str, dict[str, str]]:
@@ -104,3 +104,41 @@ def test_tiled_references_and_threshold(client: TestClient, plates: tuple, tmp_p
 def test_bad_tile_settings_are_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(ZsadInputError, match="--tile-overlap"):
         ServeConfig(backbone=BB, tiles=TileSpec(None, 0.95)).validate()
+
+
+def test_station_profile_carries_its_tiles(plates: tuple, tmp_path: Path) -> None:
+    """A profile's own tiles decide how its parts are scored (its scoring key says so); untiled keys are unchanged."""
+    import hashlib
+    import json
+
+    from zsad.store import scoring_key
+
+    test, refs = plates
+    svc = Service(ServeConfig(backbone=BB, out=tmp_path / "station", station=True, max_map_size=300))
+    try:
+        c = TestClient(create_app(svc))
+        r = c.post("/v1/profiles", data={"name": "plate", "method": "winclip", "k_shot": "2",
+                                         "tiles": json.dumps(RECORD)}, files=_files(refs, "references"))  # fmt: skip
+        assert r.status_code == 200, r.text
+        p1 = r.json()
+        assert p1["setup"]["tiles"] == RECORD
+        d = c.post("/v1/detect", data={"profile": "plate"}, files=_files(test))
+        assert d.status_code == 200, d.text
+        answer = d.json()
+        offline = _offline(test, tmp_path / "offline", method="winclip", reference_dir=refs[0].parent, k_shot=2)
+        _check(c, answer, offline, tmp_path / "offline")
+        assert answer["threshold"]["value"] == pytest.approx(float(next(iter(offline.values()))["threshold"]))
+        # tiles off: a new revision, a new scoring key, and the key an untiled setup always had
+        r = c.patch("/v1/profiles/plate", json={"tiles": "none"})
+        assert r.status_code == 200, r.text
+        p2 = r.json()
+        assert "tiles" not in p2["setup"] and p2["scoring_key"] != p1["scoring_key"]
+        fields = ("method", "options", "backbone", "class_name", "references", "k_shot")
+        plain = json.dumps({k: p2["setup"].get(k) for k in fields}, sort_keys=True, separators=(",", ":"))
+        assert scoring_key(p2["setup"]) == p2["scoring_key"] == hashlib.sha256(plain.encode()).hexdigest()
+        d2 = c.post("/v1/detect", data={"profile": "plate"}, files=_files(test[:1])).json()
+        assert d2["tiles"] is None and d2["results"][0]["map_size"] == [300, 300]
+        bad = c.patch("/v1/profiles/plate", json={"tiles": "3y3"})
+        assert bad.status_code == 422 and "--tiles" in bad.json()["detail"]
+    finally:
+        svc.close()

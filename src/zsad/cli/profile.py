@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from zsad.cli.options import MethodOpt, parse_options, with_backbone_options
+from zsad.cli.options import (
+    MethodOpt,
+    TileOverlap,
+    Tiles,
+    TileScore,
+    TileSize,
+    parse_options,
+    tile_spec,
+    with_backbone_options,
+)
 from zsad.errors import ZsadInputError
 from zsad.runs import BackboneSpec
 
@@ -118,6 +127,10 @@ def create_cmd(
             "#password_env=VAR or #secret_env=VAR, never in the URL).",
         ),
     ] = None,
+    tiles: Tiles = "none",
+    tile_overlap: TileOverlap = 0.25,
+    tile_size: TileSize = None,
+    tile_score: TileScore = "max_tile",
 ) -> None:
     """Create a profile (revision 1); its reference images are stored in the database by content hash."""
     from zsad.cli.main import _one_line_errors, console
@@ -129,6 +142,7 @@ def create_cmd(
         opts = route_options([method], parse_options(option))[method]
         files = reference_files(reference_dir) if reference_dir is not None else []
         sinks = _checked_sinks(sink or [])
+        cut = tile_spec(tiles, tile_overlap, tile_size, tile_score)
         with station(db) as st:
             if any(p["name"] == name for p in st.profiles()):
                 raise ZsadInputError(f"profile {name!r}: exists in {st.url_safe}")
@@ -143,6 +157,7 @@ def create_cmd(
                 threshold_rule=threshold_rule,
                 threshold=threshold,
                 sinks=sinks,
+                tiles=cut,
             )
             p = st.create_profile(name, setup, "created")
     t = p["setup"]["threshold"]

@@ -36,7 +36,7 @@ from zsad.runs.folder import DetectFolder
 from zsad.runs.scoring import resize_map, score_dataset
 from zsad.runs.train import prepare_method
 from zsad.thresholds import Threshold
-from zsad.tiling import TileSpec
+from zsad.tiling import TileSpec, tile_key
 
 NORMALIZE = ("dataset", "per_image")
 
@@ -262,14 +262,6 @@ def load_reference_images(
     images = [load_image(files[i]) for i in order]
     k = memorised(len(images), k_shot, method.supports_few_shot)
     return (images[:k] if method.supports_few_shot else []), images[k:]
-
-
-def tile_key(tiles: TileSpec | None) -> dict[str, Any]:
-    """The run key's ``tiles`` section: absent without tiling, so folders of untiled runs resume unchanged."""
-    if tiles is None:
-        return {}
-    return {"tiles": {"grid": tiles.describe(), "overlap": tiles.overlap, "tile_size": tiles.tile_size,
-                      "score": tiles.score}}  # fmt: skip
 
 
 def refuse_tiled_rescaling(method: Method, tiles: TileSpec | None) -> None:

@@ -22,6 +22,7 @@ from zsad.errors import ZsadInputError
 from zsad.runs.build import BackboneSpec, MethodSpec
 from zsad.runs.decide import Policy
 from zsad.thresholds import UNLABELLED_RULES
+from zsad.tiling import TileSpec, tile_key
 
 THRESHOLD_RULES = ("normal_quantile", *UNLABELLED_RULES, "manual", "refit")
 FIXED_RULES = ("manual", "refit")  # a value, not a rule: it decides alone
@@ -93,12 +94,15 @@ def make_setup(
     threshold_rule: str | None = None,
     threshold: float | None = None,
     sinks: list[str] | None = None,
+    tiles: TileSpec | None = None,
 ) -> dict[str, Any]:
     """A checked setup: the method and its options typed against the backbone, the threshold rule consistent.
 
     A value without a rule is ``manual``; a rule without a value is ``normal_quantile`` when there are references
     and ``robust_outlier`` otherwise. ``sinks``: where the profile's decisions go (URLs, checked by the front end
     that takes them: ``zsad.serve.sinks``); they never change scores, so they are no part of the scoring key.
+    ``tiles``: the profile's parts are scored tile by tile (``zsad.tiling``); recorded only when given, so an
+    untiled setup is the same JSON (and scoring key) as before tiling existed.
     """
     spec = MethodSpec(method, backbone, dict(options or {}))
     spec.validate()
@@ -120,7 +124,14 @@ def make_setup(
         "threshold": {"rule": rule, "value": None if threshold is None else float(threshold)},
         "pixel_threshold": None,  # reserved: the pixel threshold follows the image threshold's basis for now
         "sinks": [str(u) for u in sinks or []],
+        **tile_key(tiles),
     }
+
+
+def profile_tiles(setup: dict[str, Any]) -> TileSpec | None:
+    """The setup's tile setting as a ``TileSpec`` (None: whole images, squashed)."""
+    t = setup.get("tiles")
+    return TileSpec.from_record(t) if t else None
 
 
 def check_threshold(rule: str, value: float | None, references: list[str]) -> None:
@@ -159,7 +170,7 @@ def profile_source(setup: dict[str, Any], source: str) -> str:
 
 def revise_setup(setup: dict[str, Any], **changes: Any) -> dict[str, Any]:
     """A copy of ``setup`` with ``changes`` (top-level keys); the original revision is never edited."""
-    unknown = sorted(set(changes) - set(setup) - {"sinks"})  # a setup made before sinks existed takes them too
+    unknown = sorted(set(changes) - set(setup) - {"sinks", "tiles"})  # fields added later: older setups take them
     if unknown:
         raise ZsadInputError(f"profile setup: unknown field(s) {', '.join(unknown)}")
     new = copy.deepcopy(setup)
@@ -183,6 +194,7 @@ def profile_settings(setup: dict[str, Any], device: str | None = None) -> dict[s
         "k_shot": setup.get("k_shot"),
         "threshold": float(t["value"]) if rule in FIXED_RULES else None,
         "threshold_rule": rule if rule in UNLABELLED_RULES else "robust_outlier",
+        "tiles": profile_tiles(setup),
     }
 
 

@@ -274,11 +274,18 @@ def _station_routes(v1: APIRouter, service: Service) -> None:
         sinks: Annotated[
             list[str] | None, Form(description="Where the profile's decisions go: sink URLs (field repeated).")
         ] = None,
+        tiles: Annotated[
+            str | None,
+            Form(
+                description="Score tile by tile: auto, RxC, +global; or a JSON object of grid, overlap, tile_size, "
+                "score (docs/high-resolution.md)."
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """A new profile on this server's backbone; its reference images are stored in the database by hash."""
         uploads = [Upload(f.filename or "reference", await f.read()) for f in references or []]
         return await profiles.create(
-            name, uploads, method, class_name, options, threshold, threshold_rule, k_shot, sinks
+            name, uploads, method, class_name, options, threshold, threshold_rule, k_shot, sinks, tiles
         )
 
     @v1.get("/profiles/{name}", tags=["station"])
@@ -288,7 +295,7 @@ def _station_routes(v1: APIRouter, service: Service) -> None:
 
     @v1.patch("/profiles/{name}", tags=["station"])
     async def patch_profile(name: str, changes: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
-        """Change threshold, rule, class name, options or sinks: a new revision."""
+        """Change threshold, rule, class name, options, sinks or tiles: a new revision."""
         return await profiles.patch(name, changes)
 
     @v1.post("/profiles/{name}/references", tags=["station"])

@@ -57,6 +57,7 @@ class ModelKey:
     class_name: str
     reference_id: str | None = None
     backbone: str = ""  # canonical JSON of a profile's backbone when it is not the server's; "" = the server's
+    tiles: TileSpec | None = None  # scored tile by tile (the server's --tiles, or a profile's own)
 
 
 @dataclass
@@ -121,14 +122,13 @@ class ModelPool:
         max_models: int = 4,
         max_references: int = 16,
         max_batch: int = 1,
-        tiles: TileSpec | None = None,
         max_map_size: int = 1024,
     ) -> None:
         self.backbone, self.server_options, self.checkpoints = backbone, server_options, checkpoints
         self._run = run_on_worker
         self.max_models, self.max_references = max(1, max_models), max(1, max_references)
         self.max_batch = max_batch  # images of one forward: a spec's memory check covers them
-        self.tiles, self.max_map_size = tiles, max_map_size  # every model scores tiled (``--tiles``) or none does
+        self.max_map_size = max_map_size  # the stitched maps' cap, for tiled calibration
         self._specs: dict[tuple[str, str, str, bool], MethodSpec] = {}
         self._models: OrderedDict[ModelKey, Served] = OrderedDict()
         self._building: dict[ModelKey, Future[Served]] = {}
@@ -190,13 +190,14 @@ class ModelPool:
         backbone: BackboneSpec | None = None,
         *,
         server: bool = True,
+        tiles: TileSpec | None = None,
     ) -> ModelKey:
         """The model identity; a method that ignores class names gets one model for every name."""
         cls = get_method_class(method)
         name = (class_name or "object").strip() or "object"
         used = cls.uses_class_name(self.spec(method, options, backbone, server=server).config)
         canon = _canonical(options) if server else "profile:" + _canonical(options)
-        return ModelKey(method, canon, name if used else "object", reference, self.backbone_key(backbone))
+        return ModelKey(method, canon, name if used else "object", reference, self.backbone_key(backbone), tiles)
 
     def availability(self, method: str) -> str | None:
         """Why ``method`` cannot run on this server, or None."""
@@ -229,13 +230,13 @@ class ModelPool:
         if key.reference_id and ref is None:
             raise ZsadInputError(f"reference_id {key.reference_id}: unknown or expired; post the references again")
         refs = ref.references if ref is not None else None
-        if self.tiles is None:
+        if key.tiles is None:
             assert not isinstance(refs, list)
             prepare_method(method, key.class_name, refs)
         else:
-            refuse_tiled_rescaling(method, self.tiles)
+            refuse_tiled_rescaling(method, key.tiles)
             assert not isinstance(refs, torch.Tensor)
-            setup_tiled(method, key.class_name, refs or [], self.tiles)
+            setup_tiled(method, key.class_name, refs or [], key.tiles)
         served = Served(uuid.uuid4().hex[:12], key, method, method.describe())
         with self._lock:
             self._models[key] = served
@@ -286,8 +287,9 @@ class ModelPool:
     def calibrate(self, ref: Reference, served: Served) -> Reference:
         """Score the calibration images (worker thread) and keep the reference (bounded, oldest dropped)."""
         if isinstance(ref.calibration, list):
-            if ref.calibration and self.tiles is not None:
-                got = tiled_normals(served.method, ref.calibration, self.tiles, self.max_batch, self.max_map_size)
+            tiles = served.key.tiles
+            if ref.calibration and tiles is not None:
+                got = tiled_normals(served.method, ref.calibration, tiles, self.max_batch, self.max_map_size)
                 ref.normals = Normals(*got)
             return ref
         ref.normals = normals_of(served.method, ref.calibration)

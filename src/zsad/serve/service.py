@@ -218,7 +218,6 @@ class Service:
             self.batcher.call,
             config.max_models,
             max_batch=config.max_batch,
-            tiles=config.tiles,
             max_map_size=config.max_map_size,
         )
         self.started = time.time()
@@ -230,6 +229,8 @@ class Service:
         try:
             default = self.pool.spec(self.default_method, {})  # the default method's backbone and weights checked
             key = run_key(config.backbone, default.backbone, typed, checkpoints) if config.out is not None else None
+            if key is not None:
+                key |= tile_key(config.tiles)  # an ad hoc request's scores depend on it (a profile's on its own)
             if key is not None and config.station:
                 key["station"] = True  # a station's folder holds no predictions.csv: never mixed with one that does
             self.store = ResultStore(config.out, config.keep_results, config.record(), key, station=config.station)
@@ -469,7 +470,7 @@ class Service:
         """The model's input: the images squashed to its size, or themselves when the server scores tiled."""
         from zsad.data import squash_image
 
-        if self.config.tiles is not None:
+        if served.key.tiles is not None:
             return [d.image for d in decoded]
         pre = served.method.backbone.preprocess
         return torch.stack([squash_image(d.image, pre.image_size, pre.mean, pre.std) for d in decoded])
@@ -483,9 +484,15 @@ class Service:
         backbone: BackboneSpec | None = None,
         *,
         server: bool = True,
+        tiles: TileSpec | None = None,
     ) -> Served:
+        """The prepared model for a key.
+
+        ``server`` (an ad hoc request) scores with the server's ``--tiles``, a profile with its own ``tiles``.
+        """
         spec: MethodSpec = await _in_thread(partial(self.pool.spec, name, options, backbone, server=server))
-        key = self.pool.key(name, options, class_name, ref, backbone, server=server)
+        cut = self.config.tiles if server else tiles
+        key = self.pool.key(name, options, class_name, ref, backbone, server=server, tiles=cut)
         served: Served = await _wait(self.pool.get(key, spec))
         return served
 
@@ -603,7 +610,7 @@ class Service:
         images = await _in_thread(self._inputs, decoded, served)
         m = served.method
         if isinstance(images, list):  # tiled: the model's thread scores each image's tiles in batches
-            tiled = await _wait(self.batcher.call(lambda: self._score_tiled(m, images)))
+            tiled = await _wait(self.batcher.call(lambda: self._score_tiled(m, images, served.key.tiles)))
             maps, rows = await _in_thread(self._tiled_rows, decoded, tiled)
             notes = list(m.set_notes) if m.set_level else []
         else:
@@ -636,9 +643,9 @@ class Service:
             rows.append({**detect_row("", scored.scores[i], Path(""), amap, (h, w), parts), "input_missing": "0"})
         return maps, rows
 
-    def _score_tiled(self, m: Method, images: list[Image.Image]) -> list[TiledScore]:
+    def _score_tiled(self, m: Method, images: list[Image.Image], tiles: TileSpec | None) -> list[TiledScore]:
         """Each image tiled (a set-level method: the request's images as one set, tile position by position)."""
-        tiles, batch, cap = self.config.tiles, self.config.max_batch, self.config.max_map_size
+        batch, cap = self.config.max_batch, self.config.max_map_size
         assert tiles is not None
         if isinstance(m, SetLevelMethod):
             return score_tiled_set(m, images, tiles, batch, cap)
@@ -805,7 +812,7 @@ class Service:
             "set_level": m.set_level,
             "random_weights": bool(m.backbone.random_init),
             "precision": m.backbone.precision,
-            "tiles": tile_key(self.config.tiles).get("tiles"),  # how the images were cut (None: whole, squashed)
+            "tiles": tile_key(served.key.tiles).get("tiles"),  # how the images were cut (None: whole, squashed)
             "threshold": {"value": thr.value if known else None, "source": thr_source, "note": thr.note or None},
             "pixel_threshold": pthr.value if math.isfinite(pthr.value) else None,
             "pixel_threshold_source": pthr.source,

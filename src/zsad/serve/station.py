@@ -13,6 +13,7 @@ the threshold re-fit only ever uses reviews of inspections scored under the curr
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import socket
 import threading
@@ -31,10 +32,12 @@ from zsad.runs import (
     make_setup,
     profile_backbone,
     profile_policy,
+    profile_tiles,
     profile_uses_normals,
     revise_setup,
 )
 from zsad.store import Filters, Station, scoring_key
+from zsad.tiling import TileSpec
 
 if TYPE_CHECKING:
     from zsad.serve.models import Reference, Served
@@ -42,7 +45,7 @@ if TYPE_CHECKING:
 
 RETENTION_EVERY_S = 3600.0
 OUTBOX_KEEP_S = 7 * 86400.0  # delivered events stay a week (the page's delivery counts), then go
-PATCHABLE = ("threshold", "threshold_rule", "class_name", "options", "sinks", "reason")
+PATCHABLE = ("threshold", "threshold_rule", "class_name", "options", "sinks", "tiles", "reason")
 ACTIONS = ("refit", "add_normals")
 # The re-fit reads the newest inspections under the current scoring (their reviews, and the flags a threshold would
 # make): 50,000 are read in about a tenth of a second at a million rows (benchmarks/RESULTS.md), and cover weeks.
@@ -71,6 +74,29 @@ def default_db(out: Path) -> str:
 def open_station(config: ServeConfig, out: Path) -> Station:
     """The store, opened (schema checked or migrated); retention and the crash sweep run beside the server."""
     return Station(config.db or default_db(out), out, station_name=config.station_name or socket.gethostname())
+
+
+def _tiles(value: Any) -> TileSpec | None:
+    """A profile's tile setting from a client.
+
+    A grid text (``auto``, ``3x4+global``, ``none``) with the default overlap and score, or an object as answers
+    record it (``grid``, ``overlap``, ``tile_size``, ``score``).
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, dict):
+        return TileSpec.from_record(value)
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            record = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ZsadInputError(f"tiles: not JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise ZsadInputError("tiles: a grid (auto, RxC, +global, none) or an object of grid, overlap, ...")
+        return TileSpec.from_record(record)
+    if not isinstance(value, str):
+        raise ZsadInputError("tiles: a grid (auto, RxC, +global, none) or an object of grid, overlap, ...")
+    return TileSpec.parse(value)
 
 
 def _sink_urls(sinks: Any) -> list[str]:
@@ -208,15 +234,16 @@ class Profiles:
         spec = await _in_thread(lambda: svc.pool.spec(method, opts, bb, server=False))
         if spec.untrained:
             raise ZsadInputError(f"method {method} needs trained parts: start the server with --checkpoint DIR")
+        tiles = profile_tiles(setup)
         if not setup["references"]:
-            return await svc._model(method, opts, cname, None, bb, server=False), None
+            return await svc._model(method, opts, cname, None, bb, server=False, tiles=tiles), None
         ref_id = "profile-" + key[:24]
         lock = self._building.setdefault(ref_id, asyncio.Lock())
         async with lock:  # one build per reference set, however many requests arrive at once
             ref = svc.pool.references.get(ref_id)
             if ref is None:
                 ref = await self._build_reference(setup, bb, ref_id)
-        served = await svc._model(method, opts, cname, ref_id, bb, server=False)
+        served = await svc._model(method, opts, cname, ref_id, bb, server=False, tiles=tiles)
         return served, ref
 
     async def _build_reference(self, setup: dict[str, Any], bb: BackboneSpec, ref_id: str) -> Reference:
@@ -227,13 +254,14 @@ class Profiles:
         method, opts, cname = setup["method"], dict(setup["options"]), setup["class_name"]
         uploads = await _in_thread(lambda: [Upload(st.blob_name(s), st.blob(s)) for s in setup["references"]])
         decoded, _ = await _in_thread(svc._decode, uploads)
-        plain = await svc._model(method, opts, cname, None, bb, server=False)  # its backbone gives the preprocessing
+        tiles = profile_tiles(setup)
+        plain = await svc._model(method, opts, cname, None, bb, server=False, tiles=tiles)  # cut as it will score
         images = await _in_thread(svc._inputs, decoded, plain)
         key_name = svc.pool.key(method, opts, cname, None, bb, server=False).class_name
         ref = svc.pool.new_reference(method, opts, key_name, images, setup["k_shot"], ref_id=ref_id)
         svc.pool.keep_reference(ref)
         try:
-            served = await svc._model(method, opts, cname, ref_id, bb, server=False)
+            served = await svc._model(method, opts, cname, ref_id, bb, server=False, tiles=tiles)
             await _wait(svc.batcher.call(lambda: svc.pool.calibrate(ref, served)))
         except BaseException:
             svc.pool.references.pop(ref_id, None)
@@ -261,6 +289,7 @@ class Profiles:
         threshold_rule: str | None = None,
         k_shot: int | None = None,
         sinks: list[str] | None = None,
+        tiles: str | dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """``POST /v1/profiles``: a new profile on this server's backbone, its references stored by hash."""
         from zsad.serve.service import _in_thread
@@ -274,6 +303,7 @@ class Profiles:
         full = {**svc.config.options.get(method_name, {}), **opts}  # complete: the profile scores alike anywhere
         cname = svc.check_class_name(class_name)
         sink_urls = _sink_urls(sinks)
+        cut = _tiles(tiles)
         shas = await self._store_references(references)
         setup = await _in_thread(
             lambda: make_setup(
@@ -286,6 +316,7 @@ class Profiles:
                 threshold_rule=threshold_rule or None,
                 threshold=threshold,
                 sinks=sink_urls,
+                tiles=cut,
             )
         )
         setup = await self._with_value(setup)
@@ -336,7 +367,10 @@ class Profiles:
         return await _in_thread(self.full, await _in_thread(st.revise, name, candidate, why))
 
     async def patch(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
-        """``PATCH /v1/profiles/{name}``: threshold, rule, class name or options (a new revision)."""
+        """``PATCH /v1/profiles/{name}``: threshold, rule, class name, options, sinks or tiles (a new revision).
+
+        New tiles mean new scores: the revision gets a new scoring key (and a profile's references are cut anew).
+        """
         from zsad.serve.service import _in_thread
 
         st = self.st
@@ -352,6 +386,7 @@ class Profiles:
             value = setup["threshold"]["value"]
         cname = self.service.check_class_name(changes["class_name"]) if "class_name" in changes else None
         sink_urls = _sink_urls(changes["sinks"]) if "sinks" in changes else list(setup.get("sinks") or [])
+        cut = _tiles(changes["tiles"]) if "tiles" in changes else profile_tiles(setup)
         candidate = await _in_thread(
             lambda: make_setup(
                 method_name,
@@ -363,6 +398,7 @@ class Profiles:
                 threshold_rule=rule,
                 threshold=None if rule == "normal_quantile" else value,
                 sinks=sink_urls,
+                tiles=cut,
             )
         )
         candidate = await self._with_value(candidate)

@@ -83,6 +83,8 @@ class AlreadyFinished(ZsadInputError):
 def scoring_key(setup: dict[str, Any]) -> str:
     """sha256 hex of the canonical JSON of the setup fields that decide scores (not the thresholds)."""
     fields = {k: setup.get(k) for k in SCORING_FIELDS}
+    if setup.get("tiles"):  # added later: an untiled setup keeps the key it always had
+        fields["tiles"] = setup["tiles"]
     return hashlib.sha256(_canonical(fields, "setup").encode()).hexdigest()
 
 
