@@ -376,7 +376,8 @@ function renderResults(resp) {
   const refText = profileName
     ? `profile ${profileName}${revision !== undefined && revision !== null ? ` @ revision ${revision}` : ""}`
     : resp.reference_id ? `reference ${resp.reference_id}` : "no reference images";
-  $("results-meta").textContent = `${resp.method} · class "${resp.class_name}" · ${refText} · ${scores.length} image(s) · request ${resp.request_id}`;
+  const tiled = resp.tiles ? ` · tiled ${resp.tiles.grid} (${resp.tiles.tile_size ? `${resp.tiles.tile_size} px` : "input-size"} tiles, score ${resp.tiles.score})` : "";
+  $("results-meta").textContent = `${resp.method} · class "${resp.class_name}" · ${refText}${tiled} · ${scores.length} image(s) · request ${resp.request_id}`;
   updateRandomWarning();
 
   const [vmin, vmax] = resp.colour_range || [NaN, NaN];
