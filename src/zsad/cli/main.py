@@ -38,8 +38,13 @@ from zsad.cli.options import (
     RouteOpt,
     Settle,
     SinkOpt,
+    TileOverlap,
+    Tiles,
+    TileScore,
+    TileSize,
     Tta,
     parse_options,
+    tile_spec,
     with_backbone_options,
 )
 from zsad.cli.reporting import RichReporter
@@ -421,10 +426,22 @@ def eval_cmd(
     allow_seen: Annotated[
         bool, typer.Option(help="Evaluate images a checkpoint was trained on (NOT zero-shot; flagged in results).")
     ] = False,
+    eval_resolution: Annotated[
+        str,
+        typer.Option(
+            help="Pixel metrics: model = as the papers, pooled at the model's input size; native = at each image's "
+            "own size, for small defects."
+        ),
+    ] = "model",
+    tiles: Tiles = "none",
+    tile_overlap: TileOverlap = 0.25,
+    tile_size: TileSize = None,
+    tile_score: TileScore = "max_tile",
 ) -> None:
     """Evaluate on a labelled dataset: predictions.csv, metrics.json, metrics.md (per category + mean).
 
     Several --method give one folder per method under --out and comparison.md / comparison.json side by side.
+    With --tiles, each image is scored tile by tile at full size; its stitched map is compared at --eval-resolution.
     """
     from zsad import runs
     from zsad.methods.options import route_options
@@ -444,6 +461,8 @@ def eval_cmd(
             batch_size=batch_size,
             overlays=overlays,
             reporter=_reporter(),
+            eval_resolution=eval_resolution,
+            tiles=tile_spec(tiles, tile_overlap, tile_size, tile_score),
         )
     for r in results.values():
         table = Table("category", *METRIC_KEYS, title=r.title)

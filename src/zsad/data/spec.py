@@ -113,13 +113,21 @@ def open_datasets(spec: DatasetSpec, kw: dict[str, Any] | None = None) -> list[t
     return listed
 
 
-def reference_images(refs: Any, k: int, seed: int) -> torch.Tensor | None:
-    """``k`` normal images of a reference dataset (0: all), in a seeded random order, as one batch."""
+def reference_indices(refs: Any, k: int, seed: int) -> list[int]:
+    """Which samples of a reference dataset are the references: ``k`` normal ones (0: all), in a seeded order.
+
+    One rule for the squashed batch (``reference_images``) and the full-size images a tiled run cuts into tiles.
+    """
     if refs is None:
-        return None
+        return []
     normal = [i for i, s in enumerate(refs.samples) if s.label in (0, None)]
     order = torch.randperm(len(normal), generator=torch.Generator().manual_seed(seed)).tolist()
-    chosen = [normal[i] for i in order[: (k or len(normal))]]
+    return [normal[i] for i in order[: (k or len(normal))]]
+
+
+def reference_images(refs: Any, k: int, seed: int) -> torch.Tensor | None:
+    """``k`` normal images of a reference dataset (0: all), in a seeded random order, as one batch."""
+    chosen = reference_indices(refs, k, seed)
     return torch.stack([refs[i]["image"] for i in chosen]) if chosen else None
 
 
@@ -137,4 +145,32 @@ def gt_masks(ds: Any, idx: list[int], size: int) -> tuple[np.ndarray, np.ndarray
             known[j] = True
         elif s.label == 0 and has_any:
             known[j] = True  # a normal image of a dataset with masks: empty mask
+    return masks, known
+
+
+def native_gt_masks(ds: Any, idx: list[int], shapes: list[tuple[int, int]]) -> tuple[list[np.ndarray], np.ndarray]:
+    """GT masks at each image's own size (``shapes``: its map's (H, W)) and whether each is known.
+
+    For pixel metrics at native resolution: no squash. A mask stored at another size than its image (the same
+    aspect ratio: the datasets refuse others) is resized to it as ``squash_mask`` does (bilinear, kept from half
+    on). An empty or unknown mask is a read-only view of one ``False``, so normal images cost no memory.
+    """
+    from PIL import Image
+
+    from zsad.data import load_mask
+
+    masks: list[np.ndarray] = []
+    known = np.zeros(len(idx), dtype=bool)
+    has_any = any(s.mask_path is not None for s in ds.samples)
+    for j, (i, (h, w)) in enumerate(zip(idx, shapes, strict=True)):
+        s = ds.samples[i]
+        if s.mask_path is None:
+            masks.append(np.broadcast_to(np.False_, (h, w)))
+            known[j] = s.label == 0 and has_any  # a normal image of a dataset with masks: empty mask
+            continue
+        gray = load_mask(s.mask_path)
+        if gray.size != (w, h):
+            gray = gray.resize((w, h), Image.Resampling.BILINEAR)
+        masks.append(np.asarray(gray) >= 128)
+        known[j] = True
     return masks, known

@@ -92,8 +92,14 @@ def metrics_markdown(result: EvalResult) -> str:
     return "\n".join(lines) + "\n" + "".join(f"\n> {n}\n" for n in result.notes)
 
 
-def write_metrics(out: Path, result: EvalResult, method: Method, dataset: str, root: Path) -> None:
-    """``metrics.json`` and ``metrics.md`` of one method's evaluation."""
+def write_metrics(
+    out: Path, result: EvalResult, method: Method, dataset: str, root: Path, evaluation: dict[str, Any] | None = None
+) -> None:
+    """``metrics.json`` and ``metrics.md`` of one method's evaluation.
+
+    ``evaluation``: how maps were made and compared (resolution, tiles), recorded as ``metrics.json``'s
+    ``evaluation`` so that a number read later says whether its pixels were pooled at model or native resolution.
+    """
     manifest = method.describe()
     data: dict[str, Any] = {
         "categories": result.per_category,
@@ -107,6 +113,7 @@ def write_metrics(out: Path, result: EvalResult, method: Method, dataset: str, r
         "notes": result.notes,
         "backbone": manifest["backbone"],
         "aupro_note": AUPRO_NOTE,
+        "evaluation": evaluation or {"resolution": "model", "tiles": None},
     }
     write_json(out / "metrics.json", data)
     write_text(out / "metrics.md", metrics_markdown(result))
