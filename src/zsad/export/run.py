@@ -4,6 +4,10 @@ The method is built and set up as ``zsad detect`` would run it (references split
 calibration images); the graph is checked against the torch path on the spot and the difference recorded. The
 thresholds are not in the graph: the image threshold and the pixel threshold (on map values) live in
 ``manifest.json`` with their sources and can be changed later.
+
+With ``tiles`` the graph is the same (a tile is an image at the model's size); the references are tiled into the
+memory and the calibration images scored tiled, as ``zsad detect --tiles`` does, so the recorded thresholds are
+tiled ones, and the manifest records the tiling as the runtime's default (``zsad.runtime.tiles``).
 """
 
 from __future__ import annotations
@@ -22,11 +26,17 @@ from zsad.methods.base import Method
 from zsad.methods.options import config_record
 from zsad.outputs import check_output_dir, mark_folder
 from zsad.runtime import open_graph
+from zsad.runtime.tiles import tile_record
+from zsad.tiling import TileSpec
 
 if TYPE_CHECKING:
+    from zsad.runs import Normals
     from zsad.runs.build import BackboneSpec
 
 MANIFEST = "manifest.json"
+# how the tiled calibration images are scored: ``zsad detect``'s defaults, so the recorded thresholds are its own
+CALIBRATION_BATCH = 8
+CALIBRATION_MAX_MAP_SIZE = 4096
 # bf16 graphs are not offered: onnxruntime's CPU and CUDA providers lack bf16 kernels for most ops.
 EXPORT_PRECISIONS = ("fp32", "fp16")
 
@@ -67,12 +77,14 @@ def export_method(
     references: list[str] | None = None,
     check_batch: int = 2,
     pixel_threshold: dict[str, Any] | None = None,
+    tiles: TileSpec | None = None,
 ) -> ExportResult:
     """Export a set-up method to ``out`` (``model.onnx`` + ``manifest.json``) and check it against torch.
 
     ``threshold`` and ``pixel_threshold`` are ``{"value": v, "source": s}`` (recorded, not baked in);
-    ``references`` names the few-shot images whose features are baked in. The check runs ``check_batch`` seeded
-    random images through both paths and records the largest differences of scores and maps in the manifest.
+    ``references`` names the few-shot images whose features are baked in; ``tiles`` is recorded as the runtime's
+    default tiling (the method set up, and the thresholds calibrated, tiled alike). The check runs ``check_batch``
+    seeded random images through both paths and records the largest differences of scores and maps in the manifest.
 
     Re-exporting into an export folder first removes its manifest and model files, so a half-written export is
     never described by the old manifest and a model file of another format never stays behind.
@@ -112,6 +124,7 @@ def export_method(
         "transductive": method.is_transductive,
         "threshold": threshold or {"value": None, "source": "none"},
         "pixel_threshold": pixel_threshold or {"value": None, "source": "none"},
+        "tiles": tile_record(tiles),
         "export_seconds": round(graph.seconds, 2),
         "parity": parity,
         "zsad_version": _version(),
@@ -173,6 +186,7 @@ def export_run(
     threshold: float | None = None,
     fmt: str = "onnx",
     seed: int = 0,
+    tiles: TileSpec | None = None,
 ) -> ExportResult:
     """Build, set up and export a method as ``zsad detect`` would run it, with the thresholds it would use.
 
@@ -181,6 +195,10 @@ def export_run(
     images' scores (``normal_quantile``), else none (the runtime then fits its rule to each run's scores). The
     pixel threshold is, as in ``zsad detect``, the 0.99-quantile of the calibration images' map maxima, else none
     (the runtime fits its rule to each run's map maxima). Every argument is checked before the model is built.
+
+    ``tiles``: as ``zsad detect --tiles`` with the same references, the memorised ones are tiled into the memory
+    (``setup_tiled``) and the calibration ones scored tiled (``tiled_normals``), so the thresholds are tiled ones;
+    the manifest records the tiling, which ``zsad detect --model`` then applies unless told otherwise.
     """
     from zsad.methods import get_method_class
     from zsad.runs import (
@@ -197,6 +215,10 @@ def export_run(
 
     bb = BackboneSpec.of(backbone, seed=seed)
     check_format(fmt, bb.precision)
+    if tiles is not None:
+        if not isinstance(tiles, TileSpec):
+            raise TypeError(f"tiles: expected a TileSpec or None, not {type(tiles).__name__}")
+        tiles.check()
     cls = get_method_class(method_name)
     check_k_shot(k_shot, reference_dir, cls)
     check_exportable(cls)  # before anything else: no point asking for a checkpoint
@@ -205,11 +227,15 @@ def export_run(
     check_output_dir(Path(out), kind="export")
     ref_files = reference_files(Path(reference_dir)) if reference_dir is not None else []
     method = spec.build()
-    refs, calib, order = load_references(method, ref_files, k_shot, seed)
-    used = [str(ref_files[i]) for i in order[: len(refs)]] if refs is not None else []
-    prepare_method(method, class_name, refs)
+    if tiles is None:
+        refs, calib, order = load_references(method, ref_files, k_shot, seed)
+        used = [str(ref_files[i]) for i in order[: len(refs)]] if refs is not None else []
+        prepare_method(method, class_name, refs)
+        normals = normals_of(method, calib)
+    else:
+        used, normals = _setup_tiled(method, class_name, ref_files, k_shot, seed, tiles)
     none = np.array([])  # no scored set at export: manual, else the references' normal quantile, else none
-    thr, pthr = thresholds(none, none, normals_of(method, calib), Policy(threshold))
+    thr, pthr = thresholds(none, none, normals, Policy(threshold))
 
     def record(t: Any, what: str) -> dict[str, Any]:
         if t.source == "none":
@@ -223,4 +249,25 @@ def export_run(
         threshold=record(thr, "scores"),
         references=used,
         pixel_threshold=record(pthr, "map maxima"),
+        tiles=tiles,
     )
+
+
+def _setup_tiled(
+    method: Method, class_name: str | None, ref_files: list[Path], k_shot: int | None, seed: int, tiles: TileSpec
+) -> tuple[list[str], Normals | None]:
+    """(memorised reference files, tiled calibration normals) with ``method`` set up tiled, as ``run_detect`` does.
+
+    The references are split in the same seeded order as untiled (``load_reference_images``).
+    """
+    from zsad.runs import Normals, reference_order, setup_tiled, tiled_normals
+    from zsad.runs.detect import load_reference_images
+
+    refs, calib = load_reference_images(method, ref_files, k_shot, seed)
+    setup_tiled(method, class_name, refs, tiles)
+    order = reference_order(len(ref_files), seed)
+    used = [str(ref_files[i]) for i in order[: len(refs)]]  # the first ones of the seeded order are memorised
+    if not calib:
+        return used, None
+    scores, maxima = tiled_normals(method, calib, tiles, CALIBRATION_BATCH, CALIBRATION_MAX_MAP_SIZE)
+    return used, Normals(scores, maxima)

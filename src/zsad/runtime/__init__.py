@@ -1,7 +1,8 @@
 """Models made by ``zsad export``, run without torch: numpy, Pillow and onnxruntime or OpenVINO (``zsad[runtime]``).
 
 - ``ExportedModel(folder)``: the checked model (``zsad.runtime.model``): ``predict(images)`` for PIL images or
-  ``predict_arrays`` for preprocessed ones.
+  ``predict_arrays`` for preprocessed ones; ``predict_tiled`` scores a large image tile by tile
+  (``zsad.runtime.tiles``, numpy cutting and stitching, as the torch path's ``--tiles``).
 - ``zsad.runtime.detect``: ``zsad detect PATHS --model DIR``, the detect run of an exported model (resumable output
   folder, thresholds and rows decided by ``zsad.runs.decide`` as every front end decides them).
 

@@ -7,6 +7,9 @@ the torch path resizes), ``errors.csv`` for skipped files, ``manifest.json``. Th
 model opens (only a new, empty or detect folder, never an input folder), locked for the run and resumable; every
 input ends as one row or one error row; rows of inputs that are gone are kept, marked ``input_missing`` and left
 out of the thresholds. Overlays are not drawn on this path.
+
+``--tiles`` scores large images tile by tile (``zsad.runtime.tiles``, as the torch path's ``--tiles``); left out,
+the tiling the export recorded applies (``zsad export --tiles``), and ``--tiles none`` turns it off.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 
 from zsad.errors import ZsadInputError, one_line
 from zsad.progress import Level, SilentReporter, reporter, using
-from zsad.tiling import resize_bilinear
+from zsad.tiling import TileSpec, resize_bilinear
 
 if TYPE_CHECKING:
     from zsad.data.files import Skipped
@@ -49,7 +52,63 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         "--runtime", default="auto", help="auto (the export's own), onnxruntime or openvino (reads ONNX exports too)"
     )
     ap.add_argument("--allow-large", action="store_true", help="lift the size bounds (docs/reliability.md)")
+    ap.add_argument(
+        "--tiles",
+        default=None,
+        help="score large images tile by tile: auto, RxC (e.g. 3x4), either with +global, or none; "
+        "default: the tiling recorded at export, else none (docs/high-resolution.md)",
+    )
+    ap.add_argument("--tile-overlap", default=None, help="overlap of neighbouring tiles, a fraction of a tile (0.25)")
+    ap.add_argument("--tile-size", default=None, help="tile side in original pixels (default: the model's input size)")
+    ap.add_argument("--tile-score", default=None, help="image score: max_tile (default) or map_max")
     return ap.parse_args(argv)
+
+
+TILE_FLAGS = {"overlap": "--tile-overlap", "tile_size": "--tile-size", "score": "--tile-score"}
+
+
+def _given_tile_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The tile fields given on the command line (``TileSpec`` names), each number refused in one line if bad."""
+    given: dict[str, Any] = {}
+    if args.tile_overlap is not None:
+        try:
+            given["overlap"] = float(args.tile_overlap)
+        except ValueError:
+            raise ZsadInputError(
+                f"--tile-overlap {args.tile_overlap!r}: a fraction of the tile from 0 to 0.9 (e.g. 0.25)"
+            ) from None
+    if args.tile_size is not None:
+        try:
+            given["tile_size"] = int(args.tile_size)
+        except ValueError:
+            raise ZsadInputError(f"--tile-size {args.tile_size!r}: a whole number of original pixels") from None
+    if args.tile_score is not None:
+        given["score"] = str(args.tile_score)
+    return given
+
+
+def tile_spec(args: argparse.Namespace, recorded: TileSpec | None) -> TileSpec | None:
+    """The run's tiling: ``--tiles`` as given, else the export's ``recorded`` one, else none.
+
+    Left out, ``--tiles`` means the recorded tiling with any tile field given replacing its own. Each bad value, and
+    a tile option with no tiling, is refused in one line. ``--tiles`` given starts from the defaults, as on the
+    torch path's command line, so the same options mean the same tiling on both paths whatever the export recorded.
+    """
+    from dataclasses import replace
+
+    given = _given_tile_fields(args)
+    if args.tiles is not None:
+        spec = TileSpec.parse(args.tiles, **given)
+    elif recorded is not None:
+        spec = replace(recorded, **given)
+        spec.check()
+    else:
+        spec = None
+    if spec is None and given:
+        flag = TILE_FLAGS[next(iter(given))]
+        also = "" if args.tiles else " or an export that records tiles"
+        raise ZsadInputError(f"{flag}: only with --tiles (auto or RxC){also}")
+    return spec
 
 
 def run(argv: list[str]) -> int:
@@ -82,6 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     from zsad.runtime.model import ExportedModel
 
     check_detect_numbers(args.batch_size, args.max_map_size, args.threshold, args.threshold_rule)
+    tile_spec(args, TileSpec() if args.tiles is None else None)  # the values given, before anything is read
     items = list(args.path) + (read_list_file(args.list_file) if args.list_file else [])
     if not items:
         raise ZsadInputError("no images given: pass files, folders or glob patterns, or --list FILE")
@@ -91,50 +151,47 @@ def _run(args: argparse.Namespace) -> int:
     files = collect_images(items, recursive=args.recursive, image_glob=args.image_glob, skipped=skipped, exclude=[out])
     check_output_dir(out, kind="detect")  # before the model opens: a foreign folder is refused, not adopted
     model = ExportedModel(args.model, runtime=args.runtime)
+    tiles = tile_spec(args, model.tiles)
     with RunLock(out), using(PrintReporter()):
-        return detect_files(model, files, out, args, skipped).exit_code
+        return detect_files(model, files, out, args, skipped, tiles=tiles).exit_code
 
 
 def detect_files(
-    model: ExportedModel, files: list[Path], out: Path, args: argparse.Namespace, skipped: Skipped
+    model: ExportedModel,
+    files: list[Path],
+    out: Path,
+    args: argparse.Namespace,
+    skipped: Skipped,
+    *,
+    tiles: TileSpec | None = None,
 ) -> DetectResult:
-    """Score what the folder does not hold yet, then decisions and the manifest over every row (under the lock)."""
-    from zsad.data.io import load_image
-    from zsad.outputs import kept_on_failure, map_size
+    """Score what the folder does not hold yet, then decisions and the manifest over every row (under the lock).
+
+    ``tiles``: each image scored tile by tile (``zsad.runtime.tiles``), one image at a time as the torch path does.
+    """
+    from zsad.outputs import kept_on_failure
     from zsad.runs import DetectFolder
+    from zsad.runtime.tiles import tile_record
 
     if skipped:
         reporter().message(f"passed over in the input folders: {skipped.summary()}", "note")
+    record = tile_record(tiles)
+    tiled = {"tiles": record} if record is not None else {}  # absent untiled: earlier folders resume unchanged
     key = {
         "engine": "runtime",
         "runtime": model.runtime,
         "model_sha256": model.manifest["model_sha256"],
         "method": model.manifest["method"],
+        **tiled,
     }
     folder = DetectFolder(out, key, "detect --model")
+    _note_calibration(model, tiles)
     todo = folder.pending(files)
     with kept_on_failure(folder.log, out):
-        for start in range(0, len(todo), args.batch_size):
-            batch: list[tuple[Path, Any, np.ndarray]] = []
-            for f in todo[start : start + args.batch_size]:
-                try:
-                    img = load_image(f)
-                except ZsadInputError as e:  # unreadable, or gone since it was listed
-                    if not args.skip_bad:
-                        raise
-                    folder.fail(str(f), " ".join(str(e).split()))
-                    continue
-                batch.append((f, img.size, model.preprocess(img)))
-            if not batch:
-                continue  # every file of the batch failed: each has its error row
-            pred = model.predict_arrays(np.stack([b[2] for b in batch]))
-            rows = []
-            for i, (f, (w, h), _) in enumerate(batch):
-                full = resize_bilinear(pred.anomaly_map[i], map_size(h, w, args.max_map_size))
-                row = folder.write_map(str(f), float(pred.pred_score[i]), full, (h, w), "{}", args.skip_bad)
-                if row is not None:
-                    rows.append(row)
-            folder.log.append(rows)
+        if tiles is None:
+            _score_untiled(model, todo, folder, args)
+        else:
+            _score_tiled(model, todo, folder, args, tiles)
 
     base = {
         "command": "detect --model",
@@ -142,9 +199,76 @@ def detect_files(
         "runtime": model.runtime,
         "export_manifest": model.manifest,
         "inputs_skipped": skipped.counts(),
+        **tiled,
     }
     decision = folder.decide({str(f) for f in files}, policy(args, model), base)
     return folder.close(decision, base, skipped.summary())
+
+
+def _note_calibration(model: ExportedModel, tiles: TileSpec | None) -> None:
+    """Say so when the export's recorded thresholds were calibrated under another tiling than this run's."""
+    from zsad.runtime.tiles import tile_record
+
+    recorded = model.manifest.get("tiles")
+    fitted = [(model.manifest.get(k) or {}) for k in ("threshold", "pixel_threshold")]
+    calibrated = any(t.get("value") is not None and t.get("source") != "manual" for t in fitted)
+    now = tile_record(tiles)
+    if calibrated and recorded != now:
+
+        def shown(r: dict[str, Any] | None) -> str:
+            return "untiled" if r is None else "tiled ({})".format(", ".join(f"{k} {v}" for k, v in r.items()))
+
+        reporter().message(
+            f"the export's thresholds were calibrated on images scored {shown(recorded)}; this run scores {shown(now)}",
+            "note",
+        )
+
+
+def _read(f: Path, folder: Any, args: argparse.Namespace) -> Any:
+    """The decoded image, or None after its error row (``--skip-bad``): unreadable, or gone since it was listed."""
+    from zsad.data.io import load_image
+
+    try:
+        return load_image(f)
+    except ZsadInputError as e:
+        if not args.skip_bad:
+            raise
+        folder.fail(str(f), " ".join(str(e).split()))
+        return None
+
+
+def _score_tiled(
+    model: ExportedModel, todo: list[Path], folder: Any, args: argparse.Namespace, tiles: TileSpec
+) -> None:
+    """Each image tiled and stitched, its row written as soon as it is scored (a crash loses one image at most)."""
+    for f in todo:
+        if (img := _read(f, folder, args)) is None:
+            continue
+        t = model.predict_tiled(img, tiles, args.batch_size, args.max_map_size)
+        row = folder.write_map(str(f), t.score, t.anomaly_map, (img.height, img.width), "{}", args.skip_bad)
+        if row is not None:
+            folder.log.append([row])
+
+
+def _score_untiled(model: ExportedModel, todo: list[Path], folder: Any, args: argparse.Namespace) -> None:
+    """Images squashed to the model's size, ``--batch-size`` per forward; each map resized to its written size."""
+    from zsad.outputs import map_size
+
+    for start in range(0, len(todo), args.batch_size):
+        batch: list[tuple[Path, Any, np.ndarray]] = []
+        for f in todo[start : start + args.batch_size]:
+            if (img := _read(f, folder, args)) is not None:
+                batch.append((f, img.size, model.preprocess(img)))
+        if not batch:
+            continue  # every file of the batch failed: each has its error row
+        pred = model.predict_arrays(np.stack([b[2] for b in batch]))
+        rows = []
+        for i, (f, (w, h), _) in enumerate(batch):
+            full = resize_bilinear(pred.anomaly_map[i], map_size(h, w, args.max_map_size))
+            row = folder.write_map(str(f), float(pred.pred_score[i]), full, (h, w), "{}", args.skip_bad)
+            if row is not None:
+                rows.append(row)
+        folder.log.append(rows)
 
 
 def policy(args: argparse.Namespace, model: ExportedModel) -> Policy:

@@ -20,12 +20,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from zsad.errors import ZsadInputError
 from zsad.fileio import read_json_object, sha256_file
+
+if TYPE_CHECKING:
+    from zsad.runtime.tiles import RuntimeTiledScore
+    from zsad.tiling import TileSpec
 
 MANIFEST = "manifest.json"
 RUNTIMES = ("auto", "onnxruntime", "openvino")
@@ -98,6 +102,9 @@ def check_manifest(manifest: dict[str, Any], path: Path) -> None:
             raise bad(f"{key}.value", t["value"], "a finite number, or null (fit one per run)")
         if not isinstance(t.get("source", ""), str):
             raise bad(f"{key}.source", t["source"], "a string")
+    from zsad.runtime.tiles import spec_of_record
+
+    spec_of_record(manifest.get("tiles"), path)  # the recorded default tiling (``zsad export --tiles``)
 
 
 # OpenVINO's CPU plugin would otherwise pick bf16 on CPUs that have it, silently changing the numbers.
@@ -203,6 +210,13 @@ class ExportedModel:
         """
         return self._recorded("pixel_threshold")
 
+    @property
+    def tiles(self) -> TileSpec | None:
+        """The tiling recorded at export (``zsad export --tiles``): the runtime's default; None: untiled."""
+        from zsad.runtime.tiles import spec_of_record
+
+        return spec_of_record(self.manifest.get("tiles"), self.folder / MANIFEST)
+
     def _recorded(self, key: str) -> tuple[float | None, str]:
         record = self.manifest.get(key) or {}
         value = record.get("value")
@@ -236,3 +250,11 @@ class ExportedModel:
             scores.append(out.pred_score)
             maps.append(out.anomaly_map)
         return RuntimePrediction(np.concatenate(scores), np.concatenate(maps))
+
+    def predict_tiled(
+        self, image: Any, spec: TileSpec, batch_size: int = 8, max_map_size: int = 4096
+    ) -> RuntimeTiledScore:
+        """One PIL image scored tile by tile and stitched, as ``zsad.runs.tiles.score_tiled`` does with torch."""
+        from zsad.runtime.tiles import predict_tiled
+
+        return predict_tiled(self, image, spec, batch_size, max_map_size)
