@@ -23,6 +23,9 @@ from zsad.runs import DatasetSpec, evaluate
 from zsad.tiling import TileSpec
 
 SIZES = {"a": (80, 120), "b": (100, 64)}  # (H, W) of the two kinds of image
+# 48 sentences, not 418: the text tower is most of a tiny run
+SDP = {"sdp": {"prompt_set": "adaclip", "text_aggregation": "raw_mean"}}
+SDP_ARGS = ["--method", "sdp", "-o", "prompt_set=adaclip", "-o", "text_aggregation=raw_mean"]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,7 @@ def spec(root: Path, glob: str = "*") -> DatasetSpec:
 
 def data_args(root: Path) -> list[object]:
     folders = ["--normal-dir", "good", "--abnormal-dir", "defect", "--mask-dir", "masks"]
-    return ["--dataset", "folder", "--root", root, *folders, "--class-name", "tile", "--method", "sdp"]
+    return ["--dataset", "folder", "--root", root, *folders, "--class-name", "tile", *SDP_ARGS]
 
 
 def rows(out: Path) -> list[dict[str, str]]:
@@ -69,13 +72,15 @@ def metrics(out: Path) -> dict:
 def model_run(two_sizes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """sdp evaluated as always (no new option given): the reference every other run is compared with."""
     out = tmp_path_factory.mktemp("model") / "eval"
-    evaluate(spec(two_sizes), out, methods=["sdp"], backbone=BB, overlays=0)
+    evaluate(spec(two_sizes), out, methods=["sdp"], options=SDP, backbone=BB, overlays=0)
     return out
 
 
 def test_native_pixel_metrics_equal_sklearn_on_the_written_maps(two_sizes: Path, tmp_path: Path) -> None:
     out = tmp_path / "native"
-    res = evaluate(spec(two_sizes), out, methods=["sdp"], backbone=BB, overlays=2, eval_resolution="native")
+    res = evaluate(
+        spec(two_sizes), out, methods=["sdp"], options=SDP, backbone=BB, overlays=2, eval_resolution="native"
+    )
     scores, labels = [], []
     for r in rows(out):
         amap = np.load(out / r["anomaly_map_path"])
@@ -120,7 +125,7 @@ def test_model_resolution_is_unchanged_and_folders_never_mix(two_sizes: Path, mo
 
 def test_tiles_1x1_is_the_untiled_path(two_sizes: Path, model_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "t11"
-    evaluate(spec(two_sizes), out, methods=["sdp"], backbone=BB, overlays=0, tiles=TileSpec.parse("1x1"))
+    evaluate(spec(two_sizes), out, methods=["sdp"], options=SDP, backbone=BB, overlays=0, tiles=TileSpec.parse("1x1"))
     tiled, plain = rows(out), rows(model_run)
     assert [r["image_path"] for r in tiled] == [r["image_path"] for r in plain]
     for a, b in zip(tiled, plain, strict=True):

@@ -253,7 +253,7 @@ def run_eval(
             if tiles is None:
                 scored = _scored_rows(method, ds, batch_size, done, label, native)
             else:
-                scored = scored_tiled_rows(method, ds, batch_size, done, tiles, native)
+                scored = scored_tiled_rows(method, ds, batch_size, done, tiles, native, label)
             for batch in scored:
                 rows = []
                 for r, amap in batch:
@@ -341,7 +341,7 @@ def _tiled_row(s: Any, score: float, parts: str = "{}") -> dict[str, Any]:
 
 
 def scored_tiled_rows(
-    method: Method, ds: Any, batch_size: int, done: set[str], tiles: TileSpec, native: bool
+    method: Method, ds: Any, batch_size: int, done: set[str], tiles: TileSpec, native: bool, label: str = ""
 ) -> Iterator[list[tuple[dict[str, Any], np.ndarray]]]:
     """The tiled path: each image read at full size, scored tile by tile, its map stitched at the original size.
 
@@ -371,7 +371,7 @@ def scored_tiled_rows(
         images = [load_image(s.image_path) for s in samples]
         if all(plan_tiles(im.height, im.width, tiles, size).untiled for im in images):
             del images  # one tile per image: exactly the untiled set-level path (score parts included)
-            yield from _scored_rows(method, ds, batch_size, done, method.name, native)
+            yield from _scored_rows(method, ds, batch_size, done, label, native)
             return
         results = score_tiled_set(method, images, tiles, batch_size, max_map_size=0)
         for note in method.set_notes:
