@@ -1,18 +1,21 @@
 """`zsad detect --engine ray` on a local Ray (2 CPUs, shared by the module) with the tiny model and real images.
 
 Per-image results must equal `zsad detect --engine local` (the same files, backbone and options), for a per-image
-method and for Dual-Image grouped by folder; a run killed halfway and rerun holds each image exactly once.
+method and for Dual-Image grouped by folder, untiled and tiled (``--tiles``, MPDD plates); a run killed halfway and
+rerun holds each image exactly once.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +23,9 @@ from typer.testing import CliRunner
 
 from zsad import runs
 from zsad.cli.main import app
+from zsad.outputs import DetectResult
 from zsad.runs.build import BackboneSpec
+from zsad.tiling import TileSpec
 
 pytest.importorskip("ray", reason="Ray Data is not installed (pip install 'zsad[ray]')")
 pytestmark = [pytest.mark.assets, pytest.mark.usefixtures("local_ray")]  # conftest.py: a local Ray for the module
@@ -248,3 +253,89 @@ def test_maps_of_shards_written_before_issue_25_still_read(tmp_path: Path) -> No
     b_row = {"image_path": "/x/b.png", "anomaly_map_path": "shards/part-2.parquet", "map_size": "16x12"}
     np.testing.assert_array_equal(load_map(out, a_row), up(amap.astype(np.float16)))
     np.testing.assert_allclose(load_map(out, b_row), up(amap), rtol=0, atol=0.1 / 131070 + 1e-7)
+
+
+# ------------------------------------------------------------------------------------------- tiles (--tiles)
+TILES = TileSpec(None, 0.25, tile_size=256)  # 512 px plates: a 3 x 3 grid of 256 px tiles (2 x 3 when cropped)
+
+
+@pytest.fixture(scope="module")
+def plates(assets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(3 test plates, one cropped to 512 x 384; 3 good reference plates; a folder of two sets for --group-by)."""
+    from zsad.data import load_image
+
+    good = sorted((assets_dir / "mpdd_metal_plate" / "good").glob("*.png"))
+    root = tmp_path_factory.mktemp("plates")
+    test, refs, sets = root / "test", root / "refs", root / "sets"
+    for d in (test, refs, sets / "same", sets / "mixed"):
+        d.mkdir(parents=True)
+    for p in good[:2]:
+        (test / p.name).write_bytes(p.read_bytes())
+        (sets / "same" / p.name).write_bytes(p.read_bytes())
+    load_image(good[3]).crop((0, 0, 512, 384)).save(test / "cropped.png")  # not square: a 300 x 225 map
+    for p in good[4:7]:
+        (refs / p.name).write_bytes(p.read_bytes())
+    (sets / "mixed" / good[0].name).write_bytes(good[0].read_bytes())
+    (sets / "mixed" / "cropped.png").write_bytes((test / "cropped.png").read_bytes())
+    return test, refs, sets
+
+
+def _tiled_ray(method: str, paths: list[Path], out: Path, group_by: str | None = None, **job: Any) -> DetectResult:
+    from zsad.engines.ray_data import RayOptions, detect_ray
+    from zsad.runs import DetectJob, MethodSpec
+
+    tiled = DetectJob([str(p) for p in paths], out, tiles=TILES, **job)
+    return detect_ray(MethodSpec(method, BB, {}), tiled, RayOptions(group_by=group_by))
+
+
+def _same_as_local(local_out: Path, ray_out: Path, names: set[str] | None = None) -> dict[str, dict[str, str]]:
+    """Ray's rows and maps equal the local engine's: scores, decisions, sizes, stitched maps (1e-5)."""
+    local, got = _rows(local_out / "predictions.csv"), _rows(ray_out / "predictions.csv")
+    assert set(local) == (names if names is not None else set(got))
+    for k in local:
+        assert float(got[k]["pred_score"]) == pytest.approx(float(local[k]["pred_score"]), abs=1e-5)
+        for col in ("pred_label", "threshold_source", "image_size", "map_size"):
+            assert got[k][col] == local[k][col], (k, col)
+        want, amap = runs.load_map(local_out, local[k]), runs.load_map(ray_out, got[k])
+        assert amap.shape == want.shape and amap.dtype == np.float32
+        np.testing.assert_allclose(amap, want, rtol=0, atol=1e-5)
+    manifests = [json.loads((o / "manifest.json").read_text()) for o in (local_out, ray_out)]
+    assert manifests[1]["tiles"] == manifests[0]["tiles"] == {"grid": "auto", "overlap": 0.25, "tile_size": 256,
+                                                              "score": "max_tile"}  # fmt: skip
+    return got
+
+
+def test_tiled_ray_equals_local(plates: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Full-resolution images and references to the actors (2 memorised, 1 calibrating, scored tiled); stitched
+    maps at their written size (capped, one not square) as .npy, equal to the local engine's."""
+    test, refs, _ = plates
+    common = {"class_name": "metal plate", "reference_dir": refs, "k_shot": 2, "max_map_size": 300, "batch_size": 4}
+    runs.detect([test], tmp_path / "local", method="winclip", backbone=BB, tiles=TILES, overlays=False, **common)
+    assert _tiled_ray("winclip", [test], tmp_path / "ray", **common).exit_code == 0
+    got = _same_as_local(tmp_path / "local", tmp_path / "ray")
+    assert got[str(test / "cropped.png")]["map_size"] == "300x225" and len(got) == 3
+    local = _rows(tmp_path / "local" / "predictions.csv")
+    for k, r in got.items():
+        assert r["threshold_source"] == "normal_quantile"
+        assert float(r["threshold"]) == pytest.approx(float(local[k]["threshold"]), abs=1e-5)
+        assert float(r["pixel_threshold"]) == pytest.approx(float(local[k]["pixel_threshold"]), abs=1e-5)
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert manifest["ray"]["map_encoding"] == "float32"
+    # the run key holds the tiles: the same folder untiled is refused before anything runs
+    refused = _ray(str(test), "--out", str(tmp_path / "ray"), "--class-name", "metal plate", "--reference-dir",
+                   str(refs), "--k-shot", "2", "--max-map-size", "300")  # fmt: skip
+    assert refused.exit_code == 2 and "other settings" in refused.output
+
+
+def test_tiled_ray_sets_equal_local(plates: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Dual-image by folder: the set of one size equals the local run; the set of two sizes is two error rows."""
+    _, _, sets = plates
+    common = {"class_name": "metal plate", "max_map_size": 300}
+    runs.detect([sets / "same"], tmp_path / "local", method="dual-image", backbone=BB, tiles=TILES, overlays=False,
+                **common)  # fmt: skip
+    res = _tiled_ray("dual-image", [sets], tmp_path / "ray", "parent", recursive=True, **common)
+    assert res.exit_code == 1 and res.num_failed == 2
+    _same_as_local(tmp_path / "local", tmp_path / "ray", names={str(p) for p in (sets / "same").iterdir()})
+    errors = _rows(tmp_path / "ray" / "errors.csv")
+    assert {Path(k).parent.name for k in errors} == {"mixed"}
+    assert all("one size" in e["error"] and "\n" not in e["error"] for e in errors.values())

@@ -1,10 +1,11 @@
 """``zsad detect --engine ray``: the same detect run, scaled out on Ray Data.
 
-Pipeline: the driver lists image URIs (strings only) and drops those already written; CPU tasks read and decode
-each file and squash it to the model's square (uint8); an actor pool (one built model per actor) scores batches,
-or whole groups for set-level methods (``--group-by``), and writes each batch as one Parquet shard atomically;
-the driver then reads the scores back (not the maps) for the thresholds and writes ``predictions.parquet``,
-``predictions.csv``, ``errors.csv`` and ``manifest.json``. Ray handles backpressure: images are never all in memory.
+Pipeline: the driver lists image URIs (strings only) and drops those already written; CPU tasks read and decode each
+file and squash it to the model's square (uint8; kept at full resolution with ``--tiles``); an actor pool (one built
+model per actor) scores batches, or whole groups for set-level methods (``--group-by``), and writes each batch as
+one Parquet shard atomically; the driver then reads the scores back (not the maps) for the thresholds and writes
+``predictions.parquet``, ``predictions.csv``, ``errors.csv`` and ``manifest.json``. Ray handles backpressure: images
+are never all in memory.
 
 Exactly once: a shard is complete or absent, a rerun skips the URIs it finds in complete shards, and a URI seen
 twice (a retried task) is read once, the newest shard winning. Every listed input ends as one row or one error

@@ -1,7 +1,9 @@
 """The Ray driver: checks and lists the inputs, runs the actor pool, then ends the run as every front end does.
 
 The end (``_finish``) reads the shards' numbers back (not the maps), decides with ``zsad.runs.decide`` and writes
-``predictions.parquet``, ``predictions.csv``, ``errors.csv`` and ``manifest.json``.
+``predictions.parquet``, ``predictions.csv``, ``errors.csv`` and ``manifest.json``. A tiled run's maps are the
+exception: a stitched map is already at its written size, which a shard's square maps cannot hold, so the driver
+copies each one out once as ``maps/<name>.npy``, as ``zsad detect`` names and writes it.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from zsad.engines.ray_data.actors import GroupScorer, Scorer, decode_batch, normalize
+from zsad.engines.ray_data.actors import TILED_MAP_ENCODING, GroupScorer, Scorer, decode_batch, normalize, set_up
 from zsad.engines.ray_data.inputs import is_uri, list_inputs
 from zsad.engines.ray_data.options import RayOptions, import_ray
 from zsad.errors import ZsadInputError
 from zsad.outputs import (
     DETECT_FIELDS,
+    OutputNames,
     RunLock,
     check_output_dir,
     check_run_key,
@@ -36,14 +39,17 @@ from zsad.runs import (
     DetectJob,
     DetectResult,
     MethodSpec,
+    Normals,
     conclude,
     decide,
     done_uris,
+    memorised,
     normals_of,
-    prepare_method,
     read_shards,
     reference_order,
     split_references,
+    tile_key,
+    tiled_normals,
     write_manifest,
 )
 
@@ -80,6 +86,7 @@ def detect_ray(
         spec.validate(batch_size=job.batch_size)
         job.check_settings()  # as detect, but the inputs may be URIs: listed below
         job.check_references(spec.cls)
+        _refuse_tiled_rescaling(spec, job)
         job.skipped = Skipped()
         inputs = list_inputs(job, ropts.group_by, job.skipped)  # refuses an --out that is an input folder
         check_output_dir(job.out, kind="detect")
@@ -88,6 +95,22 @@ def detect_ray(
             check_run_key(job.out, key)
             claim_output(job.out, key, "detect", "detect --engine ray")
             return _run(ray, spec, job, ropts, inputs, device_given, allow_large())
+
+
+def _refuse_tiled_rescaling(spec: MethodSpec, job: DetectJob) -> None:
+    """``zsad detect``'s refusal of tiles with a set-wide re-scaling of image scores, said before Ray starts.
+
+    The local engine asks a built method; here the class and config answer, so no model is built for it.
+    """
+    from zsad.methods.base import Method
+
+    cls = spec.cls
+    rescales = cls.transductive_for(spec.config) and cls.finalize_scores is not Method.finalize_scores
+    if job.tiles is not None and rescales:
+        raise ZsadInputError(
+            f"--tiles: {cls.name} re-scales image scores over the whole set (transductive), which tiled scoring "
+            "cannot carry through; turn that option off or score untiled"
+        )
 
 
 def _actor_backbone(bb: BackboneSpec, ropts: RayOptions, device_given: bool) -> dict[str, Any]:
@@ -139,6 +162,7 @@ def _run(
         "checkpoint": str(spec.checkpoint) if spec.checkpoint else None,
         "class_name": job.class_name,
         "references": references,
+        "tiles": job.tiles,
         "batch_size": job.batch_size,
         "max_map_size": job.max_map_size,
         "map_encoding": ropts.map_encoding,
@@ -172,7 +196,10 @@ def _run(
             # decoding runs as separate CPU tasks (other resources than the actors, so Ray does not fuse them into
             # the actors): files are read and decoded while the actors score
             ds = ds.map_batches(
-                decode_batch, fn_kwargs={"image_size": size}, batch_size=job.batch_size, num_cpus=DECODE_CPUS
+                decode_batch,
+                fn_kwargs={"image_size": size, "full": job.tiles is not None},
+                batch_size=job.batch_size,
+                num_cpus=DECODE_CPUS,
             )
             scored = ds.map_batches(
                 Scorer, fn_constructor_args=(setup,), concurrency=ropts.actors, batch_size=job.batch_size, **remote
@@ -216,10 +243,23 @@ def _actor_cpus(ray: Any, ropts: RayOptions) -> float:
     return max(0.1, min(1.0, (total - DECODE_CPUS) / ropts.actors))
 
 
-def _references(spec: MethodSpec, job: DetectJob) -> tuple[np.ndarray | None, Any]:
-    """The few-shot references (sent to each actor) and the calibration images (scored by the driver)."""
+def _references(spec: MethodSpec, job: DetectJob) -> tuple[Any, Any]:
+    """The few-shot references (sent to each actor) and the calibration images (scored by the driver).
+
+    Untiled: squashed uint8 (N, S, S, 3) and a tensor of the rest. Tiled: the memorised references at full
+    resolution (uint8 arrays, for ``setup_tiled``) and the calibration files' paths (read at the end, when they
+    are scored tiled), drawn and split as ``zsad detect --tiles`` does (``load_reference_images``).
+    """
     if not job.references:
         return None, None
+    if job.tiles is not None:
+        from zsad.data import load_image
+
+        order = reference_order(len(job.references), job.seed)
+        few_shot = spec.cls.supports_few_shot
+        k = memorised(len(order), job.k_shot, few_shot)
+        full = [np.asarray(load_image(job.references[i]), dtype=np.uint8) for i in order[:k]] if few_shot else []
+        return full, [job.references[i] for i in order[k:]]
     import torch
 
     size = int(spec.backbone.image_size or 0)
@@ -241,7 +281,7 @@ def _finish(
     spec: MethodSpec,
     job: DetectJob,
     ropts: RayOptions,
-    refs_calib: tuple[np.ndarray | None, Any],
+    refs_calib: tuple[Any, Any],
     model_id: str,
     inputs: list[tuple[str, str]],
     scored_now: set[str],
@@ -270,6 +310,10 @@ def _finish(
         for u in sorted(listed - held)
     ]
     rows = [_row(r, model_id) for r in stored if not r["error"]]
+    if job.tiles is not None:
+        maps = _write_tiled_maps(out, [r for r in stored if not r["error"]], scored_now)
+        for r in rows:
+            r["anomaly_map_path"] = maps[r["image_path"]]
     mark_missing(rows, listed, lambda u: not is_uri(u))  # URIs are not checked
     done_now = sum(1 for r in rows if r["image_path"] in scored_now)
     rate = done_now / elapsed if elapsed > 0 else 0.0
@@ -277,7 +321,7 @@ def _finish(
     base: dict[str, Any] = {
         "command": "detect",
         "engine": "ray",
-        "ray": {**vars(ropts), "map_encoding": ropts.map_encoding},
+        "ray": {**vars(ropts), "map_encoding": ropts.map_encoding if job.tiles is None else TILED_MAP_ENCODING},
         "model_id": model_id,
         "method": spec.name,
         "config": spec.key().get("config"),
@@ -285,19 +329,26 @@ def _finish(
         "inputs": job.inputs(),
         "inputs_skipped": job.skipped.counts() if job.skipped else {},
         "max_map_size": job.max_map_size,
+        **tile_key(job.tiles),
         "notes": group_notes([(r["group"], r["notes"]) for r in stored if not r["error"] and r["notes"]]),
         "transductive": spec.cls.transductive_for(spec.config),
     }
     current = any(r["input_missing"] == "0" for r in rows)
     method = None
-    if current and (spec.cls.transductive_for(spec.config) or calib is not None):
+    if current and (spec.cls.transductive_for(spec.config) or (calib is not None and len(calib) > 0)):
         method = spec.build()  # the driver's copy: set-level re-scaling and calibration (cheap next to the run)
-        refs = normalize(references, method) if references is not None else None
-        prepare_method(method, job.class_name, refs)  # as the actors: calibration scores what they would score
+        set_up(method, job.class_name, references, job.tiles)  # as the actors: calibration scores what they would
 
     def normals(parts: dict[str, np.ndarray] | None) -> Any:
         if method is None or calib is None:
             return None
+        if job.tiles is not None:  # scored tiled, as the images they calibrate
+            if not calib:
+                return None
+            from zsad.data import load_image
+
+            images = [load_image(p) for p in calib]
+            return Normals(*tiled_normals(method, images, job.tiles, job.batch_size, job.max_map_size))
         return normals_of(method, normalize(calib.numpy(), method), parts)
 
     finalize = method.finalize_scores if method is not None and method.is_transductive else None
@@ -310,6 +361,42 @@ def _finish(
     for note in decision.notes:
         say.message(note, "warning")
     return conclude(out, decision, base, len(errors), job.skipped.summary() if job.skipped else "")
+
+
+def _write_tiled_maps(out: Path, stored: list[dict[str, Any]], scored_now: set[str]) -> dict[str, str]:
+    """Each stitched map as ``maps/<name>.npy`` (named as ``zsad detect`` names it); URI -> the map's path.
+
+    Written for the URIs scored now and any whose file is missing (a driver stopped before this step), so a
+    rerun completes them; read from its shard one row at a time, so one map is in memory at a time.
+    """
+    import zlib
+
+    import pyarrow.parquet as pq
+
+    from zsad.fileio import save_npy
+
+    names = OutputNames()
+    paths: dict[str, str] = {}
+    todo: dict[str, dict[str, str]] = {}  # shard -> URI -> map path
+    for r in stored:
+        rel = f"maps/{names.name(r['image_uri'])}.npy"
+        paths[r["image_uri"]] = rel
+        if r["image_uri"] in scored_now or not (out / rel).is_file():
+            todo.setdefault(r["shard"], {})[r["image_uri"]] = rel
+    (out / "maps").mkdir(exist_ok=True)
+    for shard, wanted in todo.items():
+        cols = ["image_uri", "anomaly_map", "map_encoding", "map_size", "error"]
+        for part in pq.ParquetFile(out / SHARDS / shard).iter_batches(batch_size=1, columns=cols):
+            for t in part.to_pylist():
+                where = wanted.get(t["image_uri"])
+                if where is None or t["error"]:
+                    continue
+                if t["map_encoding"] != TILED_MAP_ENCODING:  # only this engine writes these shards
+                    raise AssertionError(f"{shard}: a tiled map stored as {t['map_encoding']}")
+                w, h = (int(v) for v in t["map_size"].split("x"))
+                amap = np.frombuffer(zlib.decompress(t["anomaly_map"]), dtype="<f4").reshape(h, w)
+                save_npy(out / where, amap.astype(np.float32))
+    return paths
 
 
 def _row(stored: dict[str, Any], model_id: str) -> dict[str, Any]:
