@@ -192,3 +192,23 @@ def test_tile_options_refused_in_one_line(two_sizes: Path, tmp_path: Path) -> No
     res = cli("eval", *data_args(two_sizes), "--tiles", "2x2", "-o", "transductive_minmax=true", "--out", out, *TINY)
     one_line_error(res, "--tiles with sdp", "re-scaling")
     assert not (out / "predictions.csv").exists()
+
+
+def test_native_masks_stored_at_another_size_are_resized_to_the_image(tmp_path: Path) -> None:
+    from zsad.data.spec import native_gt_masks, open_datasets
+
+    for d in ("good", "defect", "masks"):
+        (tmp_path / d).mkdir()
+    Image.fromarray(np.full((80, 120, 3), 128, np.uint8)).save(tmp_path / "good" / "g.png")
+    Image.fromarray(np.full((80, 120, 3), 128, np.uint8)).save(tmp_path / "defect" / "d.png")
+    half = np.zeros((40, 60), np.uint8)
+    half[10:20, 30:45] = 255
+    Image.fromarray(half).save(tmp_path / "masks" / "d.png")
+    ((_, ds, _),) = open_datasets(spec(tmp_path))
+    idx = [i for i, s in enumerate(ds.samples) if s.label == 1] + [i for i, s in enumerate(ds.samples) if s.label == 0]
+    masks, known = native_gt_masks(ds, idx, [(80, 120), (80, 120)])
+    assert known.tolist() == [True, True] and masks[0].shape == masks[1].shape == (80, 120)
+    assert masks[0][20:40, 60:90].all() and masks[0].sum() == 20 * 30 and not masks[1].any()
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "masks" / "d.png")  # another aspect ratio
+    with pytest.raises(Exception, match="different aspect ratio"):
+        native_gt_masks(ds, idx, [(80, 120), (80, 120)])

@@ -151,13 +151,14 @@ def gt_masks(ds: Any, idx: list[int], size: int) -> tuple[np.ndarray, np.ndarray
 def native_gt_masks(ds: Any, idx: list[int], shapes: list[tuple[int, int]]) -> tuple[list[np.ndarray], np.ndarray]:
     """GT masks at each image's own size (``shapes``: its map's (H, W)) and whether each is known.
 
-    For pixel metrics at native resolution: no squash. A mask stored at another size than its image (the same
-    aspect ratio: the datasets refuse others) is resized to it as ``squash_mask`` does (bilinear, kept from half
-    on). An empty or unknown mask is a read-only view of one ``False``, so normal images cost no memory.
+    For pixel metrics at native resolution: no squash. A mask stored at another size than its image is resized to
+    it as ``squash_mask`` does (bilinear, kept from half on), and refused in one line if its aspect ratio differs.
+    An empty or unknown mask is a read-only view of one ``False``, so normal images cost no memory.
     """
     from PIL import Image
 
     from zsad.data import load_mask
+    from zsad.data.datasets import _check_mask_shape
 
     masks: list[np.ndarray] = []
     known = np.zeros(len(idx), dtype=bool)
@@ -170,6 +171,7 @@ def native_gt_masks(ds: Any, idx: list[int], shapes: list[tuple[int, int]]) -> t
             continue
         gray = load_mask(s.mask_path)
         if gray.size != (w, h):
+            _check_mask_shape(s, (w, h), gray.size)  # as reading the image refuses it: almost surely mis-paired
             gray = gray.resize((w, h), Image.Resampling.BILINEAR)
         masks.append(np.asarray(gray) >= 128)
         known[j] = True
