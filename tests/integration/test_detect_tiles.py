@@ -156,3 +156,8 @@ def test_cli_tile_options(plates: tuple[Path, Path], tmp_path: Path) -> None:
         (["--tiles", "auto", "--tile-score", "mean"], "--tile-score"),
     ):
         one_line_error(cli("detect", test, "--out", tmp_path / "bad", *args, *TINY), word)
+    # every command takes the same options, refused alike before anything loads
+    one_line_error(cli("serve", "--tiles", "3y3", *TINY), "--tiles")
+    one_line_error(
+        cli("export", "--method", "sdp", "--out", tmp_path / "e", "--tile-size", "300", *TINY), "--tile-size"
+    )

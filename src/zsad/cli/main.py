@@ -248,6 +248,10 @@ def detect_cmd(
     profile: ProfileName = None,
     db: ProfileDb = None,
     profile_revision: ProfileRevision = None,
+    tiles: Tiles = "none",
+    tile_overlap: TileOverlap = 0.25,
+    tile_size: TileSize = None,
+    tile_score: TileScore = "max_tile",
 ) -> None:
     """Score images with no labels: predictions.csv, .npy maps and overlays, written incrementally.
 
@@ -264,10 +268,14 @@ def detect_cmd(
         raise typer.Exit(run(_runtime_args(locals())))
     decided: dict[str, Any] = {"--class-name": class_name, "--reference-dir": reference_dir, "--k-shot": k_shot}
     decided |= {"--threshold": threshold, "--option": option, "--checkpoint": checkpoint}
+    with _one_line_errors(out):
+        cut = tile_spec(tiles, tile_overlap, tile_size, tile_score)
+    decided["--tiles"] = cut
     with _one_line_errors(out), _profile_run(profile, db, profile_revision, decided) as prof:
         if prof is not None:
             method, bb, class_name, reference_dir, k_shot, threshold = _decided_by(prof)
             threshold_rule = prof["threshold_rule"]
+            cut = prof["tiles"]
         opts = route_options([method], parse_options(option, tta))[method] if prof is None else prof["options"]
         if engine not in ("local", "ray"):
             raise ZsadInputError(f"--engine {engine}: use local or ray")
@@ -292,6 +300,7 @@ def detect_cmd(
             skip_bad=skip_bad,
             seed=seed,
             max_map_size=max_map_size,
+            tiles=cut,
         )
         spec = runs.MethodSpec(method, bb, opts, checkpoint)
         if engine == "ray":  # bad files always become error rows there; no overlays
@@ -310,6 +319,11 @@ def _runtime_args(given: dict[str, Any]) -> list[str]:
     for name in ("list_file", "image_glob", "threshold", "threshold_rule", "batch_size", "max_map_size"):
         if given[name] is not None:
             args += ["--list" if name == "list_file" else "--" + name.replace("_", "-"), str(given[name])]
+    if given["tiles"] != "none":
+        args += ["--tiles", str(given["tiles"])]
+    for name, default in (("tile_overlap", 0.25), ("tile_size", None), ("tile_score", "max_tile")):
+        if given[name] != default:
+            args += ["--" + name.replace("_", "-"), str(given[name])]
     return args + (["--recursive"] if given["recursive"] else []) + (["--skip-bad"] if given["skip_bad"] else [])
 
 
@@ -336,20 +350,29 @@ def export_cmd(
     profile: ProfileName = None,
     db: ProfileDb = None,
     profile_revision: ProfileRevision = None,
+    tiles: Tiles = "none",
+    tile_overlap: TileOverlap = 0.25,
+    tile_size: TileSize = None,
+    tile_score: TileScore = "max_tile",
 ) -> None:
     """Export a method as one graph (normalised images -> pred_score, anomaly_map) plus a manifest.
 
     ``--profile NAME --db URL`` exports exactly that station profile's setup (method, options, backbone, class
-    name, references, threshold).
+    name, references, threshold, tiles). ``--tiles``: references are tiled into the memory, the thresholds
+    calibrated on tiled scores, and the tiling recorded as the runtime's default (the graph scores tiles).
     """
     from zsad.export import export_run
     from zsad.methods.options import route_options
 
     decided: dict[str, Any] = {"--class-name": class_name, "--reference-dir": reference_dir, "--k-shot": k_shot}
     decided |= {"--threshold": threshold, "--option": option}
+    with _one_line_errors():
+        cut = tile_spec(tiles, tile_overlap, tile_size, tile_score)
+    decided["--tiles"] = cut
     with _one_line_errors(), _profile_run(profile, db, profile_revision, decided) as prof:
         if prof is not None:
             method, bb, class_name, reference_dir, k_shot, threshold = _decided_by(prof)
+            cut = prof["tiles"]
         if method is None:
             raise ZsadInputError("--method: missing; name a method, or export a station profile with --profile")
         opts = route_options([method], parse_options(option))[method] if prof is None else prof["options"]
@@ -365,6 +388,7 @@ def export_cmd(
             threshold=threshold,
             fmt=fmt,
             seed=seed,
+            tiles=cut,
         )
     par, man = result.parity, result.manifest
     engine = "OpenVINO" if man["format"] == "openvino" else "onnxruntime"
@@ -662,8 +686,15 @@ def serve_cmd(
     rescan: Rescan = 10.0,
     sink: SinkOpt = None,
     public_url: PublicUrl = None,
+    tiles: Tiles = "none",
+    tile_overlap: TileOverlap = 0.25,
+    tile_size: TileSize = None,
+    tile_score: TileScore = "max_tile",
 ) -> None:
-    """Serve the methods over HTTP, with a web page at / and the API docs at /docs."""
+    """Serve the methods over HTTP, with a web page at / and the API docs at /docs.
+
+    ``--tiles`` applies to ad hoc requests; a station profile carries its own tile setting.
+    """
     import socket
 
     from zsad.methods import list_methods
@@ -708,6 +739,7 @@ def serve_cmd(
             rescan_s=rescan,
             sinks=list(sink or []),
             public_url=public_url,
+            tiles=tile_spec(tiles, tile_overlap, tile_size, tile_score),
         )
         config.validate()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
