@@ -92,15 +92,28 @@ class TileSpec:
         return {"grid": self.describe(), "overlap": self.overlap, "tile_size": self.tile_size, "score": self.score}
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> TileSpec:
-        """A recorded spec, checked again (a record edited by hand is refused in one line)."""
+    def from_record(cls, record: Any, where: str = "tiles") -> TileSpec:
+        """A recorded spec (``record``'s output), every field checked as the command line checks it.
+
+        A manifest or a client's request may hold anything, so a bad record is one line naming ``where``.
+        """
+        fields = ("grid", "overlap", "tile_size", "score")
+        if not isinstance(record, dict) or set(record) != set(fields):
+            raise ZsadInputError(f"{where}: a tile setting is an object with {', '.join(fields)}, got {record!r}")
+        grid, overlap, size, score = (record[k] for k in fields)
+        number = isinstance(overlap, int | float) and not isinstance(overlap, bool)
+        whole = size is None or (isinstance(size, int) and not isinstance(size, bool))
+        if not (isinstance(grid, str) and number and whole and isinstance(score, str)):
+            raise ZsadInputError(
+                f"{where}: tiles {record!r}: grid a text (auto, RxC[+global]), overlap a number, tile_size a whole "
+                "number or null, score a text"
+            )
         try:
-            spec = cls.parse(str(record["grid"]), float(record["overlap"]), record.get("tile_size"),
-                             str(record["score"]))  # fmt: skip
-        except (KeyError, TypeError, ValueError):
-            raise ZsadInputError(f"tiles {record!r}: not a tile setting (grid, overlap, tile_size, score)") from None
+            spec = cls.parse(grid, float(overlap), size, score)
+        except ZsadInputError as e:
+            raise ZsadInputError(f"{where}: {e}") from None
         if spec is None:
-            raise ZsadInputError(f"tiles {record!r}: grid none is recorded as no tiles section at all")
+            raise ZsadInputError(f"{where}: tiles.grid {grid!r}: no tiling is recorded as no tile setting at all")
         return spec
 
 

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,3 +204,24 @@ def assert_one_set_per_input(
             assert float(r["pred_score"]) == pytest.approx(score, abs=1e-5), r["image_path"]
             np.testing.assert_allclose(np.load(out / r["anomaly_map_path"]), amap, atol=1e-5, err_msg=r["image_path"])
     return rs
+
+
+def mpdd_plates(
+    assets_dir: Path, root: Path, defect: int, good: int, refs: int, refs_from: int | None = None
+) -> tuple[Path, Path]:
+    """Real MPDD metal plates (512 px) copied into ``root``: (root/test, root/refs).
+
+    root/test: the first ``defect`` defective and ``good`` good plates, named by their folder; root/refs: ``refs``
+    other good plates, from good plate ``refs_from`` on (default: right after the test ones).
+    """
+    test, ref_dir = root / "test", root / "refs"
+    test.mkdir(parents=True)
+    ref_dir.mkdir()
+    src = assets_dir / "mpdd_metal_plate"
+    plates = sorted((src / "good").glob("*.png"))
+    for p in sorted((src / "defect").glob("*.png"))[:defect] + plates[:good]:
+        shutil.copy(p, test / f"{p.parent.name}_{p.name}")
+    start = good if refs_from is None else refs_from
+    for p in plates[start : start + refs]:
+        shutil.copy(p, ref_dir)
+    return test, ref_dir

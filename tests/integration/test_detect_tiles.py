@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from outputs_check import TINY, cli, one_line_error
+from outputs_check import TINY, cli, mpdd_plates, one_line_error
 
 from zsad import runs
 from zsad.data import load_image
@@ -32,16 +32,7 @@ pytestmark = pytest.mark.assets
 @pytest.fixture(scope="module")
 def plates(assets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(4 test plates: 2 defective, 2 good; 3 good reference plates)."""
-    root = tmp_path_factory.mktemp("plates")
-    test, refs = root / "test", root / "refs"
-    test.mkdir()
-    refs.mkdir()
-    src = assets_dir / "mpdd_metal_plate"
-    for p in sorted((src / "defect").glob("*.png"))[:2] + sorted((src / "good").glob("*.png"))[:2]:
-        shutil.copy(p, test / f"{p.parent.name}_{p.name}")
-    for p in sorted((src / "good").glob("*.png"))[2:5]:
-        shutil.copy(p, refs)
-    return test, refs
+    return mpdd_plates(assets_dir, tmp_path_factory.mktemp("plates"), defect=2, good=2, refs=3)
 
 
 def _rows(out: Path) -> dict[str, dict[str, str]]:

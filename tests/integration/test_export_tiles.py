@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from outputs_check import BB, NO_TORCH, error_line
+from outputs_check import BB, NO_TORCH, error_line, mpdd_plates
 
 from zsad import runs
 from zsad.data import load_image
@@ -37,17 +37,9 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def plates(assets_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(test folder: a defective and a good plate, and one small enough to score untiled; 2 good references)."""
-    root = tmp_path_factory.mktemp("plates")
-    test, refs = root / "test", root / "refs"
-    test.mkdir()
-    refs.mkdir()
-    src = assets_dir / "mpdd_metal_plate"
-    good = sorted((src / "good").glob("*.png"))
-    for p in [sorted((src / "defect").glob("*.png"))[0], good[0]]:
-        shutil.copy(p, test / f"{p.parent.name}_{p.name}")
+    test, refs = mpdd_plates(assets_dir, tmp_path_factory.mktemp("plates"), defect=1, good=1, refs=2, refs_from=2)
+    good = sorted((assets_dir / "mpdd_metal_plate" / "good").glob("*.png"))
     load_image(good[1]).resize((200, 150)).save(test / "small.png")  # both sides under a tile: the untiled path
-    for p in good[2:4]:
-        shutil.copy(p, refs)
     return test, refs
 
 
@@ -223,7 +215,7 @@ def test_bad_tile_values_are_one_line(
         error_line(out, words)
         assert not (tmp_path / f"o{i}").exists()  # refused before anything was written
     # a hand-edited manifest: named with its field, before any image is read
-    for bad, words in (("auto", "tiles must be null or an object"), ({**man["tiles"], "grid": "3y3"}, "3y3"),
+    for bad, words in (("auto", "a tile setting is an object"), ({**man["tiles"], "grid": "3y3"}, "3y3"),
                        ({**man["tiles"], "overlap": "lots"}, "overlap a number")):  # fmt: skip
         (untiled / "manifest.json").write_text(json.dumps({**man, "tiles": bad}))
         assert run([test, "--model", str(untiled), "--out", str(tmp_path / "edited")]) == 2

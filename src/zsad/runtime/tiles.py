@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from zsad.errors import ZsadInputError
 from zsad.tiling import TilePlan, TileSpec, image_score, output_size, plan_tiles, resize_bilinear, stitch, tile_crop
 
 if TYPE_CHECKING:
@@ -39,46 +38,16 @@ class RuntimeTiledScore:
 
 
 def tile_record(spec: TileSpec | None) -> dict[str, Any] | None:
-    """The ``tiles`` section of a run key, a detect manifest and an export manifest (None: no tiling).
-
-    Written here, not imported from ``zsad.runs.detect`` (which imports torch); a test holds the two equal.
-    """
-    if spec is None:
-        return None
-    return {"grid": spec.describe(), "overlap": spec.overlap, "tile_size": spec.tile_size, "score": spec.score}
+    """The ``tiles`` section of a run key, a detect manifest and an export manifest (None: no tiling)."""
+    return None if spec is None else spec.record()
 
 
 def spec_of_record(record: Any, where: Path | str) -> TileSpec | None:
     """The ``TileSpec`` a manifest's ``tiles`` record names (None or absent: no tiling); one line if it is bad.
 
-    A manifest may be edited by hand, so every field is checked as the command line checks it.
+    A manifest may be edited by hand: ``TileSpec.from_record`` checks every field as the command line does.
     """
-    if record is None:
-        return None
-    fields = ("grid", "overlap", "tile_size", "score")
-    if not isinstance(record, dict) or set(record) != set(fields):
-        raise ZsadInputError(
-            f"{where}: tiles must be null or an object with {', '.join(fields)} (edit it, or export the model again)"
-        )
-    grid, overlap, size, score = (record[k] for k in fields)
-    if (
-        not isinstance(grid, str)
-        or isinstance(overlap, bool)
-        or not isinstance(overlap, int | float)
-        or (size is not None and (isinstance(size, bool) or not isinstance(size, int)))
-        or not isinstance(score, str)
-    ):
-        raise ZsadInputError(
-            f"{where}: tiles is {record!r}: grid a text (auto, RxC[+global]), overlap a number, tile_size a whole "
-            "number or null, score a text (edit it, or export the model again)"
-        )
-    try:
-        spec = TileSpec.parse(grid, float(overlap), size, score)
-    except ZsadInputError as e:
-        raise ZsadInputError(f"{where}: tiles: {e}") from None
-    if spec is None:
-        raise ZsadInputError(f"{where}: tiles.grid is {grid!r}: write null for no tiling, or auto or RxC[+global]")
-    return spec
+    return None if record is None else TileSpec.from_record(record, f"{where}: tiles")
 
 
 def predict_tiled(
