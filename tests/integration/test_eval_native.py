@@ -190,7 +190,7 @@ def test_tile_options_refused_in_one_line(two_sizes: Path, tmp_path: Path) -> No
     res = cli("eval", *data_args(two_sizes), "--tile-overlap", "0.5", "--out", out, *TINY)
     one_line_error(res, "--tile-overlap", "only with --tiles")
     res = cli("eval", *data_args(two_sizes), "--tiles", "2x2", "-o", "transductive_minmax=true", "--out", out, *TINY)
-    one_line_error(res, "--tiles with sdp", "re-scaling")
+    one_line_error(res, "--tiles: sdp", "re-scales image scores")
     assert not (out / "predictions.csv").exists()
 
 

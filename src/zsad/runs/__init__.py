@@ -85,7 +85,6 @@ _WHERE = {
             "overlay_panel",
             "reference_files",
             "reference_order",
-            "refuse_tiled_rescaling",
             "split_references",
             "tile_key",
         ],
@@ -119,7 +118,8 @@ _WHERE = {
         ["SHARD_SCHEMA", "SHARDS", "done_uris", "encode_map", "read_shards", "write_shard"], "zsad.runs.shards"
     ),
     **dict.fromkeys(
-        ["TiledScore", "score_tiled", "score_tiled_set", "setup_tiled", "tiled_normals"], "zsad.runs.tiles"
+        ["TiledScore", "refuse_tiled_rescaling", "score_tiled", "score_tiled_set", "setup_tiled", "tiled_normals"],
+        "zsad.runs.tiles",
     ),
     **dict.fromkeys(["prepare_method", "train"], "zsad.runs.train"),
 }

@@ -34,6 +34,7 @@ from zsad.runs.build import BackboneSpec, MethodSpec, as_options, as_path, as_pa
 from zsad.runs.decide import Normals, Policy, memorised, parts_json
 from zsad.runs.folder import DetectFolder
 from zsad.runs.scoring import resize_map, score_dataset
+from zsad.runs.tiles import refuse_tiled_rescaling
 from zsad.runs.train import prepare_method
 from zsad.thresholds import Threshold
 from zsad.tiling import TileSpec, tile_key
@@ -203,6 +204,8 @@ def detect_job(method: MethodSpec | Method, job: DetectJob, *, reporter: Reporte
     with using(reporter):
         spec = method.validate(batch_size=job.batch_size) if isinstance(method, MethodSpec) else None
         job.validate(method.cls if isinstance(method, MethodSpec) else type(method))
+        if spec is not None:
+            refuse_tiled_rescaling(spec.cls, spec.config, job.tiles)
         with RunLock(job.out):
             if spec is not None:
                 job.check_resume(spec)
@@ -262,19 +265,6 @@ def load_reference_images(
     images = [load_image(files[i]) for i in order]
     k = memorised(len(images), k_shot, method.supports_few_shot)
     return (images[:k] if method.supports_few_shot else []), images[k:]
-
-
-def refuse_tiled_rescaling(method: Method, tiles: TileSpec | None) -> None:
-    """Refuse tiles with a set-wide re-scaling of image scores (sdp's transductive min-max).
-
-    The re-scaling needs per-image score parts; tiles have one per tile, so the two are refused together rather
-    than combined silently.
-    """
-    if tiles is not None and method.is_transductive and type(method).finalize_scores is not Method.finalize_scores:
-        raise ZsadInputError(
-            f"--tiles: {method.name} re-scales image scores over the whole set (transductive), which tiled scoring "
-            "cannot carry through; turn that option off or score untiled"
-        )
 
 
 def reference_order(n: int, seed: int = 0) -> list[int]:
@@ -361,7 +351,7 @@ def run_detect(method: Method, job: DetectJob) -> DetectResult:
     pre = method.backbone.preprocess
     ds = ImageList(job.files, image_size=pre.image_size, mean=pre.mean, std=pre.std)
     tiles = job.tiles
-    refuse_tiled_rescaling(method, tiles)
+    refuse_tiled_rescaling(type(method), method.config, tiles)
     calib_images: list[Any] = []
     calib: torch.Tensor | None = None
     if tiles is None:

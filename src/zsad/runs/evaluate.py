@@ -50,6 +50,7 @@ from zsad.runs.decide import decode_parts, parts_json
 from zsad.runs.leakage import check_unseen, training_images
 from zsad.runs.report import EvalResult, title, write_comparison, write_metrics
 from zsad.runs.scoring import resize_map, score_dataset
+from zsad.runs.tiles import refuse_tiled_rescaling
 from zsad.runs.train import prepare_method
 from zsad.sysinfo import environment
 from zsad.thresholds import choose_threshold
@@ -113,7 +114,7 @@ def evaluate(
         extra = eval_key(eval_resolution, tiles)
         if tiles is not None:
             for s in specs:
-                refuse_rescaled_tiles(s.cls, s.config, s.name)
+                refuse_tiled_rescaling(s.cls, s.config, tiles)
         sets = open_datasets(data)  # every folder and file checked before any model loads
         where = {s.name: out if len(specs) == 1 else out / method_folder(s.name) for s in specs}
         check_output_dir(out, kind="eval" if len(specs) == 1 else "comparison")
@@ -169,20 +170,6 @@ def eval_key(eval_resolution: str, tiles: TileSpec | None) -> dict[str, Any]:
     return {**tile_key(tiles), **native}
 
 
-def refuse_rescaled_tiles(cls: type[Method], config: Any, name: str) -> None:
-    """``--tiles`` with a per-image method whose scores are re-scaled over the category (sdp's transductive min-max).
-
-    The re-scaling reads each image's score parts, which a tiled image (many tiles, one score) does not have: rather
-    than a silent mix of re-scaled and raw scores, the combination is refused. Set-level methods are transductive by
-    their pairing, not by re-scaling, and are tiled position by position.
-    """
-    if not issubclass(cls, SetLevelMethod) and cls.transductive_for(config):
-        raise ZsadInputError(
-            f"--tiles with {name}: its transductive re-scaling needs per-image score parts that tiled scores do not "
-            "have; turn the re-scaling off or drop --tiles"
-        )
-
-
 def run_eval(
     method: Method,
     spec: DatasetSpec,
@@ -203,7 +190,7 @@ def run_eval(
     extra = eval_key(eval_resolution, tiles)
     native = eval_resolution == "native"
     if tiles is not None:
-        refuse_rescaled_tiles(type(method), method.config, method.name)
+        refuse_tiled_rescaling(type(method), method.config, tiles)
     say = reporter()
     sets = sets if sets is not None else open_datasets(spec)
     pre = method.backbone.preprocess

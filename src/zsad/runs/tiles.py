@@ -233,3 +233,17 @@ def tiled_normals(
         got = [score_tiled(method, im, spec, batch_size, max_map_size) for im in images]
     return (np.array([t.score for t in got], dtype=np.float64),
             np.array([float(t.anomaly_map.max()) for t in got], dtype=np.float64))  # fmt: skip
+
+
+def refuse_tiled_rescaling(cls: type[Method], config: Any, tiles: TileSpec | None) -> None:
+    """Refuse tiles with a set-wide re-scaling of image scores (sdp's transductive min-max), in every front end.
+
+    The re-scaling needs per-image score parts; a tiled image has one per tile, so the two are refused together
+    rather than combined silently. Asked of the class and its config, so it is said before any model is built.
+    """
+    rescales = cls.transductive_for(config) and cls.finalize_scores is not Method.finalize_scores
+    if tiles is not None and rescales:
+        raise ZsadInputError(
+            f"--tiles: {cls.name} re-scales image scores over the whole set (transductive), which tiled scoring "
+            "cannot carry through; turn that option off or score untiled"
+        )

@@ -234,7 +234,7 @@ class ModelPool:
             assert not isinstance(refs, list)
             prepare_method(method, key.class_name, refs)
         else:
-            refuse_tiled_rescaling(method, key.tiles)
+            refuse_tiled_rescaling(type(method), method.config, key.tiles)
             assert not isinstance(refs, torch.Tensor)
             setup_tiled(method, key.class_name, refs or [], key.tiles)
         served = Served(uuid.uuid4().hex[:12], key, method, method.describe())

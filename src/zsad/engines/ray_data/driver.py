@@ -47,6 +47,7 @@ from zsad.runs import (
     normals_of,
     read_shards,
     reference_order,
+    refuse_tiled_rescaling,
     split_references,
     tile_key,
     tiled_normals,
@@ -86,7 +87,7 @@ def detect_ray(
         spec.validate(batch_size=job.batch_size)
         job.check_settings()  # as detect, but the inputs may be URIs: listed below
         job.check_references(spec.cls)
-        _refuse_tiled_rescaling(spec, job)
+        refuse_tiled_rescaling(spec.cls, spec.config, job.tiles)
         job.skipped = Skipped()
         inputs = list_inputs(job, ropts.group_by, job.skipped)  # refuses an --out that is an input folder
         check_output_dir(job.out, kind="detect")
@@ -95,22 +96,6 @@ def detect_ray(
             check_run_key(job.out, key)
             claim_output(job.out, key, "detect", "detect --engine ray")
             return _run(ray, spec, job, ropts, inputs, device_given, allow_large())
-
-
-def _refuse_tiled_rescaling(spec: MethodSpec, job: DetectJob) -> None:
-    """``zsad detect``'s refusal of tiles with a set-wide re-scaling of image scores, said before Ray starts.
-
-    The local engine asks a built method; here the class and config answer, so no model is built for it.
-    """
-    from zsad.methods.base import Method
-
-    cls = spec.cls
-    rescales = cls.transductive_for(spec.config) and cls.finalize_scores is not Method.finalize_scores
-    if job.tiles is not None and rescales:
-        raise ZsadInputError(
-            f"--tiles: {cls.name} re-scales image scores over the whole set (transductive), which tiled scoring "
-            "cannot carry through; turn that option off or score untiled"
-        )
 
 
 def _actor_backbone(bb: BackboneSpec, ropts: RayOptions, device_given: bool) -> dict[str, Any]:
