@@ -419,7 +419,7 @@ def _category_metrics(
 
     Re-scoring (``finalize_scores``) runs only when every row has the same score parts; rows without parts (tiled
     scores) keep their scores as written, which is exact for every method ``--tiles`` accepts (see
-    ``refuse_rescaled_tiles``). ``native``: maps and masks are pooled at each image's own size, as lists.
+    ``runs.tiles.refuse_tiled_rescaling``). ``native``: maps and masks are pooled at each image's own size, as lists.
     """
     size = method.image_size
     index = {str(s.image_path): i for i, s in enumerate(ds.samples)}
