@@ -18,6 +18,7 @@ METHODS: dict[str, str] = {
     "anomalyclip": "zsad.methods.anomalyclip:AnomalyClip",
     "dual-image": "zsad.methods.dual_image:DualImage",
     "rwda": "zsad.methods.rwda:Rwda",
+    "anomalyvfm": "zsad.methods.anomalyvfm:AnomalyVfm",
 }
 
 

@@ -68,7 +68,10 @@ def import_checkpoint(
             raise ZsadInputError(
                 f"--method {method}: official checkpoints can be imported for {', '.join(importable())}"
             )
-        if not Path(file).is_file():
+        folder_ok = getattr(cls, "official_folder", False)  # a release downloaded as a folder (AnomalyVFM's HF layout)
+        if Path(file).is_dir() and not folder_ok:
+            raise ZsadInputError(f"{file}: is a folder; --method {method} imports a checkpoint file")
+        if not (Path(file).is_file() or (folder_ok and Path(file).is_dir())):
             raise ZsadInputError(f"{file}: file not found")
         spec.validate(for_training=True)
         check_output_dir(Path(out), kind="checkpoint")

@@ -1,0 +1,581 @@
+"""AnomalyVFM: a frozen vision foundation model with low-rank adapters, a conv decoder and a linear predictor.
+
+Paper: Fučka, Zavrtanik, Skočaj, "AnomalyVFM — Transforming Vision Foundation Models into Zero-Shot Anomaly
+Detectors", CVPR 2026 (arXiv 2601.20524); method notes docs/methods/anomalyvfm.md; official code MaticFuc/AnomalyVFM
+@4da96b4. The code, with which the released weights were made, is followed where it differs from the paper.
+
+The CLIP variant (the only one built so far):
+- Tower: OpenAI's CLIP ViT-L/14-336 image tower (QuickGELU) at 672 px, the positional embedding resized bicubically
+  (align_corners False) from 24x24 to 48x48 as Hugging Face's ``interpolate_pos_encoding``. Its output is the last
+  block's hidden state, *without* ``ln_post`` (HF's ``last_hidden_state``; ``post_layernorm`` only touches the
+  pooled output, which the method never reads). No projection, no text tower.
+- Adapters in every block: DoRA (or LoRA) of rank 64, alpha 1 (scaling 1/64) on the q and v rows of the attention's
+  input projection and on its output projection; k and the MLP stay frozen (``zsad.methods.peft``).
+- Image score: sigmoid of a linear map of the class token. Map: the patch tokens as a 48x48 grid into a conv decoder
+  (bottleneck of two 3x3 conv + GroupNorm(32) + ReLU, then one block of x2 *nearest* upsampling and two more such
+  convs halving the channels, then 1x1 heads for the mask and a confidence that only training reads), sigmoid,
+  a 5x5 mean filter (zero padding counted, as the official ``AvgPool2d``) at the decoder's 96x96, then resized to
+  the input size (nearest, as the official test code's ``F.interpolate`` default).
+
+The released weights carry the whole tower. The importer compares it with the backbone's: bit-equal, it is not
+stored (the backbone's weights are the released ones); otherwise the released tower is stored in the checkpoint and
+used in place of the backbone's (``tower_weights=checkpoint``), so an imported model always runs on the released
+weights. ``describe()`` says which (``vision_tower``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zsad.backbone import Backbone, ClipBackbone
+from zsad.errors import ZsadInputError
+from zsad.methods.base import MethodConfig
+from zsad.methods.options import check_range
+from zsad.methods.peft import PEFT_KINDS, LowRankAdapter, make_adapter
+from zsad.methods.trainable import TrainableMethod, load_tensors, read_official
+from zsad.types import Prediction
+
+if TYPE_CHECKING:
+    from zsad.train import TrainConfig, Training
+
+UP_BLOCKS = 1  # x2 upsampling blocks of the decoder (official hf_model/test/train: num_up_layers = 1)
+NORM_GROUPS = 32  # GroupNorm groups of the decoder
+RELEASE_CONFIG = "config.json"
+RELEASE_WEIGHTS = "model.safetensors"
+STAGE_2 = "anomalyvfm: training is not built yet (planned); import the released weights with `zsad import-checkpoint`"
+
+
+@dataclass
+class AnomalyVfmConfig(MethodConfig):
+    """AnomalyVFM options; the defaults are the released CLIP model (OpenAI ViT-L/14-336, QuickGELU, 672 px)."""
+
+    backbone: str = "ViT-L-14-336-quickgelu"  # OpenAI's activation, as Hugging Face's CLIP the release was made on
+    pretrained: str = "openai"
+    image_size: int = 672
+    peft: str = "dora"  # dora | lora
+    rank: int = 64
+    alpha: float = 1.0  # scaling = alpha / rank
+    mean_kernel: int = 5  # side of the mean filter on the map (official test --mean-kernel-size 5); 0 or 1: none
+    map_upsample: str = "nearest"  # decoder map -> input size: nearest (official F.interpolate default) | bilinear
+    tower_weights: str = "backbone"  # backbone | checkpoint (the released tower, stored by the importer)
+    checkpoint: str = ""
+
+    def __post_init__(self) -> None:
+        check_range(
+            "anomalyvfm",
+            peft=(self.peft, self.peft in PEFT_KINDS, " or ".join(PEFT_KINDS)),
+            rank=(self.rank, self.rank >= 1, ">= 1"),
+            alpha=(self.alpha, self.alpha > 0, "> 0"),
+            mean_kernel=(
+                self.mean_kernel,
+                self.mean_kernel in (0, 1) or (self.mean_kernel > 1 and self.mean_kernel % 2 == 1),
+                "an odd size >= 3, or 0 (no smoothing)",
+            ),
+            map_upsample=(self.map_upsample, self.map_upsample in ("nearest", "bilinear"), "nearest or bilinear"),
+            tower_weights=(
+                self.tower_weights,
+                self.tower_weights in ("backbone", "checkpoint"),
+                "backbone or checkpoint (set by zsad import-checkpoint)",
+            ),
+        )
+
+
+# ---------------------------------------------------------------------------------------------- learnable parts
+class ConvBlock(nn.Module):
+    """Optional x2 nearest upsampling, then twice (3x3 conv, GroupNorm, ReLU)."""
+
+    def __init__(self, in_ch: int, out_ch: int, upsample: bool) -> None:
+        super().__init__()
+        self.upsample = upsample
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, 1, 1)
+        self.bn1 = nn.GroupNorm(NORM_GROUPS, out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1)
+        self.bn2 = nn.GroupNorm(NORM_GROUPS, out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in, h, w) -> (B, out, h', w'), h' = 2h when upsampling."""
+        if self.upsample:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        x = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(x)))
+
+
+class MaskDecoder(nn.Module):
+    """Bottleneck, ``UP_BLOCKS`` upsampling blocks halving the channels, and 1x1 mask and confidence heads."""
+
+    def __init__(self, width: int, up_blocks: int = UP_BLOCKS) -> None:
+        super().__init__()
+        self.bot = ConvBlock(width, width, upsample=False)
+        ch, blocks = width, []
+        for _ in range(up_blocks):
+            blocks.append(ConvBlock(ch, ch // 2, upsample=True))
+            ch //= 2
+        self.blocks = nn.ModuleList(blocks)
+        self.final = nn.Conv2d(ch, 1, 1)
+        self.final_conf = nn.Conv2d(ch, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch features (B, width, gh, gw) -> mask logits and confidence logits, each (B, 1, 2gh, 2gw)."""
+        x = self.bot(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.final(x), self.final_conf(x)
+
+
+class BlockAdapters(nn.Module):
+    """The three adapters of one attention: q rows, v rows (of the fused input projection) and the output map."""
+
+    def __init__(self, kind: str, in_proj: torch.Tensor, out_proj: torch.Tensor, rank: int, alpha: float) -> None:
+        super().__init__()
+        wq, _, wv = in_proj.chunk(3, dim=0)
+        self.q: LowRankAdapter = make_adapter(kind, wq, rank, alpha)
+        self.v: LowRankAdapter = make_adapter(kind, wv, rank, alpha)
+        self.out: LowRankAdapter = make_adapter(kind, out_proj, rank, alpha)
+
+
+class StoredTower(nn.Module):
+    """A vision tower's tensors under open_clip's names (``transformer.resblocks.0.attn.in_proj_weight``), frozen.
+
+    Held only when the released tower differs from the backbone's (see the module notes).
+    """
+
+    def __init__(self, shapes: dict[str, tuple[torch.Size, torch.dtype]]) -> None:
+        super().__init__()
+        for name, (shape, dtype) in shapes.items():
+            *path, leaf = name.split(".")
+            node: nn.Module = self
+            for part in path:
+                if not hasattr(node, part):
+                    node.add_module(part, nn.Module())
+                node = getattr(node, part)
+            node.register_buffer(leaf, torch.zeros(shape, dtype=dtype))
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """{open_clip name: tensor}, the tensors themselves (no copy)."""
+        return dict(self.named_buffers())
+
+
+class AnomalyVfmParts(nn.Module):
+    """Everything AnomalyVFM learns (adapters, decoder, predictor) and, when imported so, the released tower."""
+
+    def __init__(
+        self, visual: dict[str, torch.Tensor], layers: int, width: int, cfg: AnomalyVfmConfig, stored: bool
+    ) -> None:
+        super().__init__()
+        self.adapters = nn.ModuleList(
+            BlockAdapters(
+                cfg.peft,
+                visual[f"transformer.resblocks.{i}.attn.in_proj_weight"],
+                visual[f"transformer.resblocks.{i}.attn.out_proj.weight"],
+                cfg.rank,
+                cfg.alpha,
+            )
+            for i in range(layers)
+        )
+        self.decoder = MaskDecoder(width)
+        self.predictor = nn.Linear(width, 1)
+        self.tower = StoredTower({k: (v.shape, torch.float32) for k, v in visual.items()}) if stored else None
+
+
+def tower_keys(layers: int) -> list[str]:
+    """open_clip names of the image-tower tensors the forward reads (``ln_post`` and ``proj`` are never read)."""
+    keys = ["conv1.weight", "class_embedding", "positional_embedding", "ln_pre.weight", "ln_pre.bias"]
+    for i in range(layers):
+        p = f"transformer.resblocks.{i}."
+        keys += [
+            p + n
+            for n in (
+                "ln_1.weight",
+                "ln_1.bias",
+                "attn.in_proj_weight",
+                "attn.in_proj_bias",
+                "attn.out_proj.weight",
+                "attn.out_proj.bias",
+                "ln_2.weight",
+                "ln_2.bias",
+                "mlp.c_fc.weight",
+                "mlp.c_fc.bias",
+                "mlp.c_proj.weight",
+                "mlp.c_proj.bias",
+            )
+        ]
+    return keys
+
+
+def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, T, W) -> (B, heads, T, W / heads)."""
+    return t.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def interpolate_positions(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(1+g0², W) positional embedding -> (1+gh·gw, W): bicubic, corners not aligned, no antialias (as HF CLIP).
+
+    At the native grid it is returned unchanged (HF skips the interpolation there too).
+    """
+    g0 = round((pos.shape[0] - 1) ** 0.5)
+    if grid == (g0, g0):
+        return pos
+    patch = pos[1:].reshape(1, g0, g0, -1).permute(0, 3, 1, 2)
+    patch = F.interpolate(patch.float(), size=grid, mode="bicubic", align_corners=False).to(pos.dtype)
+    return torch.cat([pos[:1], patch.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)])
+
+
+# ---------------------------------------------------------------------------------------------- the method
+class AnomalyVfm(TrainableMethod):
+    """AnomalyVFM on a CLIP image tower: adapters in the attention, a conv decoder for the map, a linear score."""
+
+    name = "anomalyvfm"
+    config_cls = AnomalyVfmConfig
+    config: AnomalyVfmConfig
+    backbone: ClipBackbone
+    needs_class_name: ClassVar[bool] = False  # no text at all
+    arch_fields = ("peft", "rank", "alpha", "tower_weights")
+    official_checkpoint = (
+        "the Hugging Face release of AnomalyVFM CLIP (a folder with config.json and model.safetensors), or the "
+        "Drive model.pkl (read with weights_only=True)"
+    )
+    official_folder: ClassVar[bool] = True  # ``import_checkpoint`` takes the release folder as it is downloaded
+
+    def __init__(self, backbone: Backbone, config: MethodConfig | None = None, **overrides: Any) -> None:
+        if not isinstance(backbone, ClipBackbone):
+            raise ZsadInputError(
+                f"anomalyvfm: backbone {getattr(backbone, 'model_name', type(backbone).__name__)} is not a CLIP; "
+                "only the CLIP variant is built so far (DINOv2, SigLIP2 and RADIO are planned)"
+            )
+        super().__init__(backbone, config, **overrides)
+
+    @classmethod
+    def uses_text(cls, config: Any) -> bool:
+        """Vision only: the text tower is never read."""
+        return False
+
+    def finish_config(self) -> None:
+        """Refuse towers this forward does not reproduce (layer scale, widths GroupNorm(32) cannot split)."""
+        bb = self.backbone
+        if bb.width % (2 * NORM_GROUPS):
+            raise ZsadInputError(
+                f"anomalyvfm: the decoder's GroupNorm({NORM_GROUPS}) needs a tower width divisible by "
+                f"{2 * NORM_GROUPS}; {bb.model_name} has {bb.width}"
+            )
+        for blk in bb.model.visual.transformer.resblocks:
+            if not (isinstance(blk.ls_1, nn.Identity) and isinstance(blk.ls_2, nn.Identity)):
+                raise ZsadInputError(f"anomalyvfm: {bb.model_name} uses layer scale, which this tower does not have")
+
+    # ------------------------------------------------------------------ the parts
+    @property
+    def parts(self) -> AnomalyVfmParts:
+        """Adapters, decoder, predictor (and the released tower when it differs from the backbone's)."""
+        return self._parts
+
+    def build_parts(self, seed: int | None) -> None:
+        """Fresh parts (A ~ N(0, 0.01²), B = 0, DoRA magnitudes = row norms), seeded without touching global RNG."""
+        bb = self.backbone
+        visual = {k: v for k, v in bb.model.visual.named_parameters() if k in set(tower_keys(bb.num_layers))}
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            parts = AnomalyVfmParts(
+                visual, bb.num_layers, bb.width, self.config, self.config.tower_weights == "checkpoint"
+            )
+        self._parts = parts.to(bb.device).eval()
+
+    def _setup(self, class_name: str, reference_images: torch.Tensor | None) -> None:
+        self.require_trained(
+            "adapters, decoder and predictor",
+            "; or import the released weights with `zsad import-checkpoint --method anomalyvfm`",
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The run record, plus which image-tower weights ran (the backbone's, or the released ones stored)."""
+        out = super().describe()
+        record = ((self.training_manifest or {}).get("training") or {}).get("vision_tower")
+        out["vision_tower"] = {
+            "weights": self.config.tower_weights,
+            "source": (
+                "the released tower stored in the checkpoint"
+                if self.config.tower_weights == "checkpoint"
+                else "the backbone's own weights"
+            ),
+            "import_check": record,
+        }
+        return out
+
+    # ------------------------------------------------------------------ forward
+    def tower_weights(self) -> dict[str, torch.Tensor]:
+        """{open_clip name: tensor} of the tower this model runs on: the stored release's, else the backbone's."""
+        tower = self._parts.tower
+        if isinstance(tower, StoredTower):
+            return tower.weights()
+        return dict(self.backbone.model.visual.named_parameters())
+
+    def tower_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1+N, width): the last block's hidden state, no ``ln_post`` (HF CLIP's ``last_hidden_state``)."""
+        bb = self.backbone
+        w = self.tower_weights()
+        visual = bb.model.visual
+        eps = float(visual.ln_pre.eps)
+        width = (bb.width,)
+        x = F.conv2d(images.to(w["conv1.weight"].dtype), w["conv1.weight"], stride=bb.patch_size)
+        grid = (int(x.shape[-2]), int(x.shape[-1]))
+        x = x.flatten(2).transpose(1, 2)
+        cls = w["class_embedding"].to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + interpolate_positions(w["positional_embedding"], grid).to(x.dtype)
+        x = F.layer_norm(x, width, w["ln_pre.weight"], w["ln_pre.bias"], eps)
+        for i, blk in enumerate(visual.transformer.resblocks):
+            p = f"transformer.resblocks.{i}."
+            ad: BlockAdapters = self._parts.adapters[i]  # type: ignore[assignment]
+            wdt = w[p + "attn.in_proj_weight"].dtype  # the matmuls' precision (``set_precision``)
+            y = F.layer_norm(x, width, w[p + "ln_1.weight"], w[p + "ln_1.bias"], eps).to(wdt)
+            wq, wk, wv = w[p + "attn.in_proj_weight"].chunk(3, dim=0)
+            bq, bk, bv = w[p + "attn.in_proj_bias"].chunk(3, dim=0)
+            heads = int(blk.attn.num_heads)
+            q, k, v = (_heads(t, heads) for t in (ad.q(y, wq, bq), F.linear(y, wk, bk), ad.v(y, wv, bv)))
+            o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+            x = x + ad.out(o, w[p + "attn.out_proj.weight"], w[p + "attn.out_proj.bias"]).to(x.dtype)
+            y = F.layer_norm(x, width, w[p + "ln_2.weight"], w[p + "ln_2.bias"], eps).to(wdt)
+            h = blk.mlp.gelu(F.linear(y, w[p + "mlp.c_fc.weight"], w[p + "mlp.c_fc.bias"]))
+            x = x + F.linear(h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"]).to(x.dtype)
+        return x
+
+    def logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Score logits (B,), mask logits and confidence logits (B, 1, 2gh, 2gw): what training reads."""
+        tokens = self.tower_tokens(images).float()
+        b, n = tokens.shape[0], tokens.shape[1] - 1
+        gh = gw = round(n**0.5)
+        score = self._parts.predictor(tokens[:, 0])[:, 0]
+        feats = tokens[:, 1:].transpose(1, 2).reshape(b, -1, gh, gw)
+        mask, conf = self._parts.decoder(feats)
+        return score, mask, conf
+
+    def _predict(self, images: torch.Tensor) -> Prediction:
+        score, mask, _ = self.logits(images)
+        amap = mask.sigmoid()
+        k = self.config.mean_kernel
+        if k > 1:  # zero padding counted in the mean, as the official AvgPool2d(k, 1, k // 2)
+            amap = F.avg_pool2d(amap, k, stride=1, padding=k // 2)
+        size = (self.image_size, self.image_size)
+        mode = self.config.map_upsample
+        amap = F.interpolate(amap, size=size, mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
+        return Prediction(pred_score=score.sigmoid().float(), anomaly_map=amap[:, 0].float())
+
+    # ------------------------------------------------------------------ training (planned)
+    def default_train_config(self) -> TrainConfig:
+        """Not built yet: AnomalyVFM imports its released weights."""
+        raise ZsadInputError(STAGE_2)
+
+    def fit(
+        self, datasets: Sequence[tuple[str, Any]], train_cfg: TrainConfig, *, class_names: dict[str, str] | None = None
+    ) -> Training:
+        """Not built yet: AnomalyVFM imports its released weights."""
+        raise ZsadInputError(STAGE_2)
+
+    @classmethod
+    def import_official(cls, path: Path, backbone: ClipBackbone, out: Path, trained_on: str) -> Path:
+        """Convert the released weights (see ``import_release``)."""
+        return import_release(path, backbone, out, trained_on)
+
+
+# ---------------------------------------------------------------------------------------------- the importer
+HF_NET = "model.net."  # hf_model.AnomalyVFM.model (models.clip.CLIP).net: the HF CLIP vision model
+ADAPTED = {"q": "q_proj", "v": "v_proj", "out": "out_proj"}
+HF_BLOCK = {  # open_clip block tensor <- HF encoder-layer tensor (q/k/v are fused apart)
+    "ln_1.weight": "layer_norm1.weight",
+    "ln_1.bias": "layer_norm1.bias",
+    "ln_2.weight": "layer_norm2.weight",
+    "ln_2.bias": "layer_norm2.bias",
+    "mlp.c_fc.weight": "mlp.fc1.weight",
+    "mlp.c_fc.bias": "mlp.fc1.bias",
+    "mlp.c_proj.weight": "mlp.fc2.weight",
+    "mlp.c_proj.bias": "mlp.fc2.bias",
+}
+HF_STEM = {
+    "conv1.weight": "embeddings.patch_embedding.weight",
+    "class_embedding": "embeddings.class_embedding",
+    "positional_embedding": "embeddings.position_embedding.weight",
+    "ln_pre.weight": "pre_layrnorm.weight",
+    "ln_pre.bias": "pre_layrnorm.bias",
+}
+HF_UNUSED = ("post_layernorm.weight", "post_layernorm.bias")  # only the pooled output HF never gives the method
+
+
+def read_release(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], Path]:
+    """(release config, flat state dict with ``model.net.``/``decoder.``/``predictor.`` keys, the weights file).
+
+    Accepts the Hugging Face folder (config.json + model.safetensors), its model.safetensors (config.json beside it,
+    if any), or the Drive ``model.pkl`` ({model,decoder,predictor}_state_dict), read with ``weights_only=True``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        weights = path / RELEASE_WEIGHTS
+        if not weights.is_file():
+            raise ZsadInputError(f"{path}: no {RELEASE_WEIGHTS} in this folder (not an AnomalyVFM release folder)")
+    else:
+        weights = path
+    cfg_path = weights.parent / RELEASE_CONFIG
+    config: dict[str, Any] = {}
+    if cfg_path.is_file() and (path.is_dir() or weights.name == RELEASE_WEIGHTS):
+        try:
+            config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ZsadInputError(f"{cfg_path}: not a readable JSON config ({type(e).__name__})") from None
+        if not isinstance(config, dict):
+            raise ZsadInputError(f"{cfg_path}: holds a {type(config).__name__}, not the release's config object")
+    raw = read_official(weights)
+    if {"model_state_dict", "decoder_state_dict", "predictor_state_dict"} <= set(raw):  # the Drive layout
+        flat: dict[str, Any] = {}
+        for part, prefix in (("model", "model."), ("decoder", "decoder."), ("predictor", "predictor.")):
+            sub = raw[f"{part}_state_dict"]
+            if not isinstance(sub, dict):
+                raise ZsadInputError(f"{weights}: {part}_state_dict is a {type(sub).__name__}, not a state dict")
+            flat.update({prefix + str(k): v for k, v in sub.items()})
+        raw = flat
+    bad = next((k for k, v in raw.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise ZsadInputError(f"{weights}: entry {bad!r} is a {type(raw[bad]).__name__}, not a tensor")
+    return config, raw, weights
+
+
+def _release_kind(config: dict[str, Any], state: dict[str, torch.Tensor], weights: Path) -> tuple[str, int, int]:
+    """(peft kind, rank, layers) of an AnomalyVFM CLIP release; anything else is refused in one line."""
+    name = str(config.get("model_name", "clip"))
+    if name != "clip":
+        raise ZsadInputError(
+            f"{weights}: an AnomalyVFM release for backbone {name!r}; zsad builds AnomalyVFM on CLIP only so far "
+            "(DINOv2, SigLIP2 and RADIO are planned)"
+        )
+    if not any(k.startswith(HF_NET + "encoder.layers.") for k in state) or "predictor.lin.weight" not in state:
+        other = any(k.startswith(HF_NET) for k in state) and "predictor.lin.weight" in state
+        what = (
+            "an AnomalyVFM release for a non-CLIP backbone (no HF CLIP encoder layers); zsad builds the CLIP variant "
+            "only so far"
+            if other
+            else "not an AnomalyVFM release (expected model.net.encoder.layers.*, decoder.* and predictor.lin.* "
+            f"tensors; found e.g. {next(iter(state), 'nothing')!r})"
+        )
+        raise ZsadInputError(f"{weights}: {what}")
+    q0 = HF_NET + "encoder.layers.0.self_attn.q_proj."
+    if q0 + "magnitude" in state:
+        kind = "dora"
+    elif q0 + "lora_A" in state:
+        kind = "lora"
+    else:
+        raise ZsadInputError(f"{weights}: no LoRA/DoRA adapters on q_proj (only dora and lora releases are supported)")
+    given = str(config.get("peft_type", kind))
+    if given != kind:
+        raise ZsadInputError(f"{weights}: config says peft_type {given!r} but the tensors hold {kind} adapters")
+    rank = int(state[q0 + "lora_A"].shape[0])
+    given_rank = config.get("peft_rank", rank)
+    if given_rank != rank:
+        raise ZsadInputError(f"{weights}: config says peft_rank {given_rank!r} but the adapters have rank {rank}")
+    prefix = HF_NET + "encoder.layers."
+    layers = 1 + max(int(k[len(prefix) :].split(".", 1)[0]) for k in state if k.startswith(prefix))
+    return kind, rank, layers
+
+
+def convert_release(
+    state: dict[str, torch.Tensor], kind: str, layers: int, weights: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(zsad parts tensors, tower tensors under open_clip names) of a release; every tensor must be consumed."""
+    left = dict(state)
+
+    def take(key: str) -> torch.Tensor:
+        if key not in left:
+            raise ZsadInputError(f"{weights}: tensor {key!r} is missing (an incomplete or foreign release)")
+        return left.pop(key).float()
+
+    tower = {oc: take(HF_NET + hf) for oc, hf in HF_STEM.items()}
+    left.pop(HF_NET + "embeddings.position_ids", None)  # an index buffer older transformers saved, not a weight
+    for key in HF_UNUSED:
+        take(HF_NET + key)
+    parts: dict[str, torch.Tensor] = {}
+    for i in range(layers):
+        hf, oc = f"{HF_NET}encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        proj = {
+            n: (take(f"{hf}self_attn.{n}.weight"), take(f"{hf}self_attn.{n}.bias"))
+            if n == "k_proj"
+            else (take(f"{hf}self_attn.{n}.layer.weight"), take(f"{hf}self_attn.{n}.layer.bias"))
+            for n in ("q_proj", "k_proj", "v_proj", "out_proj")
+        }
+        shapes = {n: tuple(w.shape) for n, (w, _) in proj.items()}
+        if len({shapes["q_proj"], shapes["k_proj"], shapes["v_proj"]}) != 1:
+            raise ZsadInputError(f"{weights}: layer {i} has q/k/v projections of different shapes {shapes}")
+        tower[oc + "attn.in_proj_weight"] = torch.cat([proj[n][0] for n in ("q_proj", "k_proj", "v_proj")])
+        tower[oc + "attn.in_proj_bias"] = torch.cat([proj[n][1] for n in ("q_proj", "k_proj", "v_proj")])
+        tower[oc + "attn.out_proj.weight"], tower[oc + "attn.out_proj.bias"] = proj["out_proj"]
+        tower.update({oc + o: take(hf + h) for o, h in HF_BLOCK.items()})
+        for z, n in ADAPTED.items():
+            for t in ("lora_A", "lora_B", *(("magnitude",) if kind == "dora" else ())):
+                parts[f"adapters.{i}.{z}.{t}"] = take(f"{hf}self_attn.{n}.{t}")
+    for key in [k for k in left if k.startswith("decoder.")]:
+        parts[key] = take(key)
+    parts["predictor.weight"], parts["predictor.bias"] = take("predictor.lin.weight"), take("predictor.lin.bias")
+    if left:
+        extra = sorted(left)
+        raise ZsadInputError(
+            f"{weights}: {len(extra)} tensors this importer does not know, e.g. {extra[0]!r} (not the release layout)"
+        )
+    return parts, tower
+
+
+def import_release(path: Path, backbone: ClipBackbone, out: Path, trained_on: str) -> Path:
+    """Convert a released AnomalyVFM CLIP into a zsad checkpoint folder (see the module notes).
+
+    Every tensor of the release is consumed or refused, every shape is checked against ``backbone``; the tower is
+    compared with the backbone's and stored only when it differs.
+    """
+    config, state, weights = read_release(Path(path))
+    kind, rank, layers = _release_kind(config, state, weights)
+    parts, tower = convert_release(state, kind, layers, weights)
+    bb = backbone
+    if layers != bb.num_layers:
+        raise ZsadInputError(f"{weights}: a {layers}-block tower; backbone {bb.model_name} has {bb.num_layers}")
+    visual = dict(bb.model.visual.named_parameters())
+    for key, t in tower.items():
+        if tuple(t.shape) != tuple(visual[key].shape):
+            raise ZsadInputError(
+                f"{weights}: released {key} has shape {tuple(t.shape)}, backbone {bb.model_name} "
+                f"{tuple(visual[key].shape)} (pick the backbone the release was made on)"
+            )
+    if bb.activation != "QuickGELU":
+        raise ZsadInputError(
+            f"{weights}: the released CLIP runs OpenAI's QuickGELU, backbone {bb.model_name} {bb.activation}; use "
+            "--backbone ViT-L-14-336-quickgelu (or another -quickgelu tower)"
+        )
+    size = config.get("image_size")
+    if size is not None and size != bb.image_size:
+        raise ZsadInputError(
+            f"{weights}: the release runs at {size} px, the backbone at {bb.image_size}; pass --image-size {size}"
+        )
+    diffs = {k: float((t - visual[k].float()).abs().max()) for k, t in tower.items()}
+    differing = sorted(k for k, d in diffs.items() if not torch.equal(tower[k], visual[k].float()))
+    stored = bool(differing)
+    method = AnomalyVfm(bb, peft=kind, rank=rank, alpha=1.0, tower_weights="checkpoint" if stored else "backbone")
+    tensors = dict(parts)
+    if stored:
+        tensors.update({f"tower.{k}": v for k, v in tower.items()})
+    load_tensors(method.parts, tensors, weights)
+    from zsad.backbone.loading import file_digest
+
+    record = {
+        "source": "official AnomalyVFM release (" + ("Hugging Face" if config else "model.pkl") + ")",
+        "file": str(weights.resolve()),
+        "sha256": file_digest(weights)["sha256"],
+        "release_config": config,
+        "dataset": trained_on,
+        "vision_tower": {
+            "compared_tensors": len(tower),
+            "differing_tensors": len(differing),
+            "max_abs_diff": max(diffs.values(), default=0.0),
+            "stored": stored,
+            "first_differing": differing[:3],
+        },
+    }
+    return method.save(Path(out), record)

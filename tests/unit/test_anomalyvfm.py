@@ -1,0 +1,296 @@
+"""AnomalyVFM: adapters against literal numbers, the tower against open_clip, the release importer end to end.
+
+The release is written by hand here in the exact layout of the official Hugging Face upload (config.json +
+model.safetensors with the full state dict of ``hf_model.AnomalyVFM``: ``model.net.*`` HF CLIP vision keys whose
+q/v/out projections are wrapped as ``*.layer.weight`` + ``lora_A``/``lora_B``/``magnitude``, ``decoder.*``,
+``predictor.lin.*``), from a tiny seeded CLIP with OpenAI's QuickGELU.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from zsad.backbone import ClipBackbone
+from zsad.errors import ZsadInputError
+from zsad.methods import create_method
+from zsad.methods.anomalyvfm import AnomalyVfm, interpolate_positions
+from zsad.methods.peft import DoraAdapter, LoraAdapter
+from zsad.runs import import_checkpoint
+from zsad.runs.build import BackboneSpec
+
+SIZE = 128  # grid 8 on a 6x6 positional embedding: the interpolation runs
+TINY = {
+    "embed_dim": 32,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 96, "layers": 2, "width": 64, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny-quickgelu.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bb(tiny_json: Path) -> ClipBackbone:
+    return ClipBackbone.from_pretrained(str(tiny_json), "none", seed=0, image_size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+
+
+def _vfm(backbone: ClipBackbone, **options: object) -> AnomalyVfm:
+    m = create_method("anomalyvfm", backbone, **options)
+    assert isinstance(m, AnomalyVfm)
+    return m
+
+
+def _randomise(method: AnomalyVfm, seed: int = 7) -> AnomalyVfm:
+    """Non-zero B and magnitudes off the row norms, so every adapter changes the forward."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in method.parts.named_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * (0.05 if "lora" in name else 0.1))
+    method.training_manifest = {"training": {}}  # parts set directly: let it run
+    return method
+
+
+def _release(method: AnomalyVfm, tower: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The full state dict of the official ``hf_model.AnomalyVFM`` holding ``method``'s tower and parts."""
+    w = tower or {k: v.detach().clone() for k, v in method.backbone.model.visual.state_dict().items()}
+    p = {k: v.detach().clone() for k, v in method.parts.state_dict().items()}
+    net = "model.net."
+    out = {
+        net + "embeddings.patch_embedding.weight": w["conv1.weight"],
+        net + "embeddings.class_embedding": w["class_embedding"],
+        net + "embeddings.position_embedding.weight": w["positional_embedding"],
+        net + "pre_layrnorm.weight": w["ln_pre.weight"],
+        net + "pre_layrnorm.bias": w["ln_pre.bias"],
+        net + "post_layernorm.weight": w["ln_post.weight"],
+        net + "post_layernorm.bias": w["ln_post.bias"],
+    }
+    for i in range(method.backbone.num_layers):
+        hf, oc = f"{net}encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        qw, kw, vw = w[oc + "attn.in_proj_weight"].chunk(3)
+        qb, kb, vb = w[oc + "attn.in_proj_bias"].chunk(3)
+        ow, ob = w[oc + "attn.out_proj.weight"], w[oc + "attn.out_proj.bias"]
+        out[hf + "self_attn.k_proj.weight"], out[hf + "self_attn.k_proj.bias"] = kw, kb
+        for z, name, (wt, bs) in (("q", "q_proj", (qw, qb)), ("v", "v_proj", (vw, vb)), ("out", "out_proj", (ow, ob))):
+            out[f"{hf}self_attn.{name}.layer.weight"], out[f"{hf}self_attn.{name}.layer.bias"] = wt, bs
+            for t in ("lora_A", "lora_B", "magnitude"):
+                if f"adapters.{i}.{z}.{t}" in p:
+                    out[f"{hf}self_attn.{name}.{t}"] = p[f"adapters.{i}.{z}.{t}"]
+        pairs = (("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"), ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2"))
+        for o, h in pairs:
+            out[f"{hf}{h}.weight"], out[f"{hf}{h}.bias"] = w[f"{oc}{o}.weight"], w[f"{oc}{o}.bias"]
+    out.update({k: v for k, v in p.items() if k.startswith("decoder.")})
+    out["predictor.lin.weight"], out["predictor.lin.bias"] = p["predictor.weight"], p["predictor.bias"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def _write_release(folder: Path, state: dict[str, torch.Tensor], **config: object) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {"model_name": "clip", "image_size": SIZE, "peft_type": "dora", "peft_rank": 4, **config}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    save_file(state, str(folder / "model.safetensors"))
+    return folder
+
+
+def _import(src: Path, out: Path, tiny_json: Path) -> Path:
+    spec = BackboneSpec(model_name=str(tiny_json), pretrained="none", image_size=SIZE)
+    return import_checkpoint(src, "anomalyvfm", out, "synthetic (test)", backbone=spec)
+
+
+# ---------------------------------------------------------------------------------------------- adapters
+def test_dora_is_the_literal_magnitude_direction_formula() -> None:
+    """W' = m (W + s B A) / (||W + s B A||_row + 1e-8), by hand: rows (3, 4, 0)/5 and (0, 0, 1)/1."""
+    ad = DoraAdapter(2, 3, rank=1, alpha=1.0, weight=torch.zeros(2, 3))
+    with torch.no_grad():
+        ad.lora_A.copy_(torch.tensor([[0.0, 4.0, 0.0]]))
+        ad.lora_B.copy_(torch.tensor([[1.0], [0.0]]))
+        ad.magnitude.copy_(torch.tensor([10.0, 2.0]))
+    w = torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    torch.testing.assert_close(ad.merged_weight(w), torch.tensor([[6.0, 8.0, 0.0], [0.0, 0.0, 2.0]]))
+    y = ad(torch.tensor([[1.0, 1.0, 1.0]]), w, torch.tensor([1.0, -1.0]))
+    torch.testing.assert_close(y, torch.tensor([[15.0, 1.0]]))
+    fresh = DoraAdapter(2, 3, rank=1, alpha=1.0, weight=w)  # B = 0, m = row norms: W itself (to the 1e-8)
+    torch.testing.assert_close(fresh.magnitude, torch.tensor([3.0, 1.0]))
+    torch.testing.assert_close(fresh.merged_weight(w), w)
+
+
+def test_lora_adds_the_scaled_low_rank_path_to_the_output() -> None:
+    """y = x W^T + b + (alpha / r) (x A^T) B^T, by hand: (5.5, 11) + 2 * (6, 0)."""
+    ad = LoraAdapter(2, 2, rank=1, alpha=2.0)
+    with torch.no_grad():
+        ad.lora_A.copy_(torch.tensor([[1.0, 1.0]]))
+        ad.lora_B.copy_(torch.tensor([[2.0], [0.0]]))
+    y = ad(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([0.5, 0.0]))
+    torch.testing.assert_close(y, torch.tensor([[17.5, 11.0]]))
+    assert ad.scaling == 2.0 and torch.equal(LoraAdapter(3, 5, rank=4, alpha=1.0).lora_B, torch.zeros(3, 4))
+
+
+def test_tower_equals_open_clip_with_the_adapted_weights_merged(bb: ClipBackbone, images: torch.Tensor) -> None:
+    """The adapters act on the q and v rows of the fused in_proj and on out_proj: merged into a copy of the model,
+    open_clip's own block loop gives the same last hidden state (and with zero LoRA the backbone's, exactly)."""
+    lora = _vfm(bb, peft="lora", rank=4)
+    with torch.no_grad():
+        plain = bb.encode_image(images, layers=(bb.num_layers,)).tokens[bb.num_layers]
+        assert torch.equal(lora.tower_tokens(images), plain)
+    m = _randomise(_vfm(bb, rank=4))
+    model = copy.deepcopy(bb.model)
+    with torch.no_grad():
+        for i, blk in enumerate(model.visual.transformer.resblocks):
+            ad: Any = m.parts.adapters[i]  # DoRA adapters: merged_weight
+            wq, wk, wv = blk.attn.in_proj_weight.chunk(3)
+            blk.attn.in_proj_weight.copy_(torch.cat([ad.q.merged_weight(wq), wk, ad.v.merged_weight(wv)]))
+            blk.attn.out_proj.weight.copy_(ad.out.merged_weight(blk.attn.out_proj.weight))
+        merged = ClipBackbone.from_model(model, "zsad-tiny", image_size=SIZE)
+        want = merged.encode_image(images, layers=(bb.num_layers,)).tokens[bb.num_layers]
+        torch.testing.assert_close(m.tower_tokens(images), want, atol=1e-5, rtol=1e-5)
+        assert (want - plain).abs().max() > 1e-2  # the adapters did something
+
+
+def test_positions_resize_bicubically_without_aligned_corners(bb: ClipBackbone) -> None:
+    pos = bb.model.visual.positional_embedding
+    got = interpolate_positions(pos, (8, 8))
+    grid = pos[1:].reshape(1, 6, 6, -1).permute(0, 3, 1, 2)
+    want = F.interpolate(grid, size=(8, 8), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(64, -1)
+    assert torch.equal(got[0], pos[0]) and torch.equal(got[1:], want)
+    assert torch.equal(got, bb.positional_embedding((8, 8), mode="bicubic"))
+    assert interpolate_positions(pos, (6, 6)) is pos
+
+
+# ---------------------------------------------------------------------------------------------- predict
+def test_predict_shapes_ranges_and_the_official_map_path(bb: ClipBackbone, images: torch.Tensor) -> None:
+    m = _randomise(_vfm(bb, rank=4))
+    m.setup("ignored")
+    pred = m.predict(images)
+    assert pred.pred_score.shape == (2,) and pred.anomaly_map.shape == (2, SIZE, SIZE)
+    assert ((pred.pred_score > 0) & (pred.pred_score < 1)).all()
+    assert (pred.anomaly_map >= 0).all() and (pred.anomaly_map <= 1).all()
+    with torch.no_grad():
+        score, mask, conf = m.logits(images)
+    assert mask.shape == conf.shape == (2, 1, 16, 16)  # 8x8 grid, one x2 block
+    torch.testing.assert_close(pred.pred_score, score.sigmoid())
+    smooth = F.avg_pool2d(mask.sigmoid(), 5, 1, 2, count_include_pad=True)
+    torch.testing.assert_close(pred.anomaly_map, smooth.repeat_interleave(8, 2).repeat_interleave(8, 3)[:, 0])
+    raw = _vfm(bb, rank=4, mean_kernel=0, map_upsample="bilinear")
+    raw.parts.load_state_dict(m.parts.state_dict())
+    raw.training_manifest = {}
+    want = F.interpolate(mask.sigmoid(), size=(SIZE, SIZE), mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(raw.predict(images).anomaly_map, want)
+    assert AnomalyVfm.uses_text(m.config) is False and m.describe()["class_name"] == "object"
+
+
+def test_untrained_and_bad_options_are_refused(bb: ClipBackbone) -> None:
+    with pytest.raises(ZsadInputError, match="no trained adapters"):
+        _vfm(bb, rank=4).setup(None)
+    for bad, why in (({"mean_kernel": 4}, "odd"), ({"peft": "vpt"}, "dora or lora"), ({"rank": 0}, ">= 1")):
+        with pytest.raises(ZsadInputError, match=why):
+            _vfm(bb, **bad)
+    with pytest.raises(ZsadInputError, match="training is not built yet"):
+        _vfm(bb, rank=4).default_train_config()
+
+
+# ---------------------------------------------------------------------------------------------- the importer
+def test_release_imports_and_runs_as_the_model_set_directly(
+    bb: ClipBackbone, images: torch.Tensor, tiny_json: Path, tmp_path: Path
+) -> None:
+    """Every tensor of the release consumed; the tower equals the backbone's, so it is checked, not stored."""
+    m = _randomise(_vfm(bb, rank=4))
+    src = _write_release(tmp_path / "anomalyvfm_clip", _release(m))
+    ckpt = _import(src, tmp_path / "ckpt", tiny_json)
+    got = _vfm(bb, checkpoint=str(ckpt))
+    assert (got.config.peft, got.config.rank, got.config.tower_weights) == ("dora", 4, "backbone")
+    a, b = got.predict(images), m.predict(images)
+    assert torch.equal(a.pred_score, b.pred_score) and torch.equal(a.anomaly_map, b.anomaly_map)
+    tower = got.describe()["vision_tower"]
+    assert tower["weights"] == "backbone" and tower["import_check"]["differing_tensors"] == 0
+    assert tower["import_check"]["compared_tensors"] == 5 + 12 * bb.num_layers
+    assert got.training_manifest is not None and got.training_manifest["training"]["release_config"]["peft_rank"] == 4
+
+
+def test_a_release_tower_that_differs_is_stored_and_run(
+    bb: ClipBackbone, images: torch.Tensor, tiny_json: Path, tmp_path: Path
+) -> None:
+    """Released weights other than the backbone's (LoRA here, and the Drive model.pkl layout): the imported model
+    runs on the released tower, as a model whose backbone holds those weights."""
+    m = _randomise(_vfm(bb, peft="lora", rank=4))
+    model = copy.deepcopy(bb.model)
+    with torch.no_grad():
+        model.visual.ln_pre.weight.mul_(1.5)
+        model.visual.transformer.resblocks[1].mlp.c_fc.bias.add_(0.1)
+    other = ClipBackbone.from_model(model, "zsad-tiny", image_size=SIZE)
+    state = _release(m, tower=model.visual.state_dict())
+    drive = {
+        "model_state_dict": {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")},
+        "decoder_state_dict": {k.removeprefix("decoder."): v for k, v in state.items() if k.startswith("decoder.")},
+        "predictor_state_dict": {k.removeprefix("predictor."): v for k, v in state.items() if k.startswith("pred")},
+    }
+    torch.save(drive, tmp_path / "model.pkl")
+    ckpt = _import(tmp_path / "model.pkl", tmp_path / "ckpt", tiny_json)
+    got = _vfm(bb, checkpoint=str(ckpt))
+    assert (got.config.peft, got.config.tower_weights) == ("lora", "checkpoint")
+    assert got.describe()["vision_tower"]["import_check"]["differing_tensors"] == 2
+    want = _vfm(other, peft="lora", rank=4)
+    want.parts.load_state_dict(m.parts.state_dict())
+    want.training_manifest = {}
+    a, b = got.predict(images), want.predict(images)
+    torch.testing.assert_close(a.pred_score, b.pred_score, atol=0, rtol=0)
+    torch.testing.assert_close(a.anomaly_map, b.anomaly_map, atol=0, rtol=0)
+    with pytest.raises(ZsadInputError, match="tower_weights='checkpoint', but tower_weights='backbone'"):
+        _vfm(bb, checkpoint=str(ckpt), tower_weights="backbone")
+
+
+def _one_line(fn: object, match: str) -> str:
+    with pytest.raises(ZsadInputError, match=match) as err:
+        fn()  # type: ignore[operator]
+    text = str(err.value)
+    assert "\n" not in text
+    return text
+
+
+def test_foreign_corrupt_and_other_releases_are_refused_in_one_line(
+    bb: ClipBackbone, tiny_json: Path, tmp_path: Path
+) -> None:
+    m = _randomise(_vfm(bb, rank=4))
+    state = _release(m)
+    cases: list[tuple[str, dict[str, torch.Tensor], dict[str, object], str]] = [
+        ("foreign", {"visual.conv1.weight": torch.zeros(2, 2)}, {}, "not an AnomalyVFM release"),
+        ("radio", state, {"model_name": "radio"}, "for backbone 'radio'.*CLIP only"),
+        ("rank", state, {"peft_rank": 8}, "peft_rank 8 but the adapters have rank 4"),
+        ("kind", state, {"peft_type": "lora"}, "peft_type 'lora' but the tensors hold dora"),
+        ("extra", {**state, "decoder_extra.w": torch.zeros(1)}, {}, "tensors this importer does not know"),
+        ("missing", {k: v for k, v in state.items() if "layer_norm2.bias" not in k}, {}, "layer_norm2.bias.*missing"),
+        ("size", state, {"image_size": 672}, "runs at 672 px.*--image-size 672"),
+    ]
+    for name, st, cfg, match in cases:
+        src = _write_release(tmp_path / name, st, **cfg)
+        text = _one_line(lambda src=src, name=name: _import(src, tmp_path / f"out_{name}", tiny_json), match)
+        assert str(src) in text
+    corrupt = _write_release(tmp_path / "corrupt", state)
+    data = (corrupt / "model.safetensors").read_bytes()
+    (corrupt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    _one_line(lambda: _import(corrupt, tmp_path / "out_corrupt", tiny_json), "model.safetensors: not a readable")
+    torch.save({"model_state_dict": {"net.x": torch.zeros(1)}, "note": object()}, tmp_path / "obj.pkl")
+    _one_line(lambda: _import(tmp_path / "obj.pkl", tmp_path / "out_obj", tiny_json), "weights_only=True")
+    _one_line(lambda: _import(tmp_path / "nothing", tmp_path / "out_none", tiny_json), "not found")
+    (tmp_path / "gelu.json").write_text(json.dumps({**TINY, "quick_gelu": False}))  # same weights, exact GELU
+    gelu = BackboneSpec(model_name=str(tmp_path / "gelu.json"), pretrained="none", image_size=SIZE)
+    src = _write_release(tmp_path / "anomalyvfm_clip", state)
+    _one_line(lambda: import_checkpoint(src, "anomalyvfm", tmp_path / "o", "x", backbone=gelu), "QuickGELU")
+    tiny = BackboneSpec(model_name="zsad-tiny", pretrained="none", image_size=SIZE)  # 4 blocks, not 2
+    _one_line(lambda: import_checkpoint(src, "anomalyvfm", tmp_path / "o2", "x", backbone=tiny), "2-block tower")
