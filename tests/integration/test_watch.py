@@ -127,10 +127,16 @@ def test_once_scores_refuses_routes_and_remembers(assets_dir: Path, tmp_path: Pa
     assert again.returncode == 0
     assert "stopped: 0 scored, 0 errors, 1 skipped, 0 routed" in log.read_text().splitlines()[-1]
     assert len(read_db(url, "SELECT uid FROM inspections")) == 6
+    # a move recorded but cut short by a crash before the unlink (the file under both names): finished, not rescored
+    os.link(done_rows[1]["routed_to"], done_rows[1]["path"])
+    again = zsad(*args, *WATCH_TINY, log=log)
+    assert "stopped: 0 scored, 0 errors, 2 skipped, 0 routed" in log.read_text().splitlines()[-1]
+    assert not Path(done_rows[1]["path"]).exists() and Path(done_rows[1]["routed_to"]).is_file()
+    assert len(read_db(url, "SELECT uid FROM inspections")) == 6
     # new content under an old name is a new file: scored
     Image.open(images[0]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(inbox / "broken.png")
     zsad(*args, *WATCH_TINY, log=log)
-    assert "stopped: 1 scored, 0 errors, 1 skipped" in log.read_text().splitlines()[-1]
+    assert "stopped: 1 scored, 0 errors, 1 skipped" in log.read_text().splitlines()[-1]  # the backup copy stays
     assert len(read_db(url, "SELECT uid FROM inspections")) == 7
 
 

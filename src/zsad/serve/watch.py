@@ -372,6 +372,8 @@ class Watchers:
                 st.known[r.pending.path] = (r.size, r.mtime_ns)
                 if row["routed_to"] is None:
                     await asyncio.to_thread(self._route, st, r, label)
+                elif st.spec.route == "move" and _same(r.pending.path, Path(row["routed_to"])):
+                    self._finish_move(st, r.pending.path)  # recorded, but the crash came before the unlink
         if not new:
             return
         folder = str(st.spec.folder)
@@ -426,24 +428,33 @@ class Watchers:
         src = r.pending.path
         rel = src.relative_to(st.spec.folder)
         dest_dir = st.spec.folder / ROUTE_DIRS[label] / rel.parent
+        move = st.spec.route == "move"
         try:
-            dst = place(src, dest_dir, move=st.spec.route == "move")
+            dst = link_into(src, dest_dir, move=move)
         except FileNotFoundError:
             return  # gone meanwhile: nothing to route
         except OSError as e:
             st.last_error = f"{src.name}: not routed ({e.strerror or e})"
             log.warning("watch %s: %s", st.spec.folder, st.last_error)
             return
-        st.routed += 1
-        if st.spec.route == "move":
-            st.known.pop(src, None)  # gone from the folder: nothing to remember it by (memory stays bounded)
-            marker = _marker(src)
-            if marker is not None:
-                with contextlib.suppress(OSError):
-                    marker.unlink()
         station = self.service.station
         assert station is not None
+        # recorded before the source goes: a crash now leaves the file in both places, and the restart finishes it
         station.intake_routed((str(src), r.size, r.mtime_ns, r.sha256), str(dst))
+        st.routed += 1
+        if move:
+            self._finish_move(st, src)
+
+    @staticmethod
+    def _finish_move(st: FolderState, src: Path) -> None:
+        """The source of a recorded move goes, with its marker (a restart may finish a move a crash cut short)."""
+        with contextlib.suppress(FileNotFoundError):
+            src.unlink()
+        st.known.pop(src, None)  # gone from the folder: nothing to remember it by (memory stays bounded)
+        marker = _marker(src)
+        if marker is not None:
+            with contextlib.suppress(OSError):
+                marker.unlink()
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -453,15 +464,26 @@ class Watchers:
 def place(src: Path, dest_dir: Path, *, move: bool) -> Path:
     """``src`` into ``dest_dir`` under its name, or NAME-1, NAME-2... if taken: never overwrites, never half-written.
 
-    A hard link is atomic and fails when the name exists; a move then unlinks the source (a crash in between
-    leaves the same file under both names, which the next try recognises). Across file systems, and for a copy,
-    the bytes go to a temporary file first, which is then linked into place.
+    ``link_into``, then for a move the source is unlinked.
+    """
+    dst = link_into(src, dest_dir, move=move)
+    if move:
+        src.unlink()
+    return dst
+
+
+def link_into(src: Path, dest_dir: Path, *, move: bool) -> Path:
+    """The first half of ``place``: ``src`` under a free name in ``dest_dir``, the source left where it is.
+
+    A hard link is atomic and fails when the name exists. A move's caller records the destination and only then
+    unlinks the source, so a crash at any point leaves the file under both names or recorded: the next try finds
+    its own link (``move``: a name already holding this very file is reused) and makes no second copy. Across file
+    systems, and for a copy, the bytes go to a temporary file first, which is then linked into place.
     """
     dest_dir.mkdir(parents=True, exist_ok=True)
     for i in range(10_000):
         dst = dest_dir / (src.name if i == 0 else f"{src.stem}-{i}{src.suffix}")
         if move and dst.exists() and _same(src, dst):  # linked by a try that crashed before the unlink
-            src.unlink()
             return dst
         try:
             if move:
@@ -475,8 +497,6 @@ def place(src: Path, dest_dir: Path, *, move: bool) -> Path:
                 raise
             if not _copy_into(src, dst):
                 continue
-        if move:
-            src.unlink()
         return dst
     raise OSError(errno.EEXIST, f"no free name for {src.name} in {dest_dir}")
 
