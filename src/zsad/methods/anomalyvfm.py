@@ -345,18 +345,21 @@ class AnomalyVfm(TrainableMethod):
             x = x + F.linear(h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"]).to(x.dtype)
         return x
 
-    def logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Score logits (B,), mask logits and confidence logits (B, 1, 2gh, 2gw): what training reads."""
-        tokens = self.tower_tokens(images).float()
+    def heads(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tower tokens -> score logits (B,), mask and confidence logits (B, 1, 2gh, 2gw): what training reads."""
+        tokens = tokens.float()
         b, n = tokens.shape[0], tokens.shape[1] - 1
         gh = gw = round(n**0.5)
         score = self._parts.predictor(tokens[:, 0])[:, 0]
-        feats = tokens[:, 1:].transpose(1, 2).reshape(b, -1, gh, gw)
-        mask, conf = self._parts.decoder(feats)
+        mask, conf = self._parts.decoder(tokens[:, 1:].transpose(1, 2).reshape(b, -1, gh, gw))
         return score, mask, conf
 
-    def _predict(self, images: torch.Tensor) -> Prediction:
-        score, mask, _ = self.logits(images)
+    def logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``heads`` of ``tower_tokens``: one forward."""
+        return self.heads(self.tower_tokens(images))
+
+    def finish(self, score: torch.Tensor, mask: torch.Tensor) -> Prediction:
+        """Logits -> the prediction as the official test code makes it: sigmoids, mean filter, resize to the input."""
         amap = mask.sigmoid()
         k = self.config.mean_kernel
         if k > 1:  # zero padding counted in the mean, as the official AvgPool2d(k, 1, k // 2)
@@ -365,6 +368,10 @@ class AnomalyVfm(TrainableMethod):
         mode = self.config.map_upsample
         amap = F.interpolate(amap, size=size, mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
         return Prediction(pred_score=score.sigmoid().float(), anomaly_map=amap[:, 0].float())
+
+    def _predict(self, images: torch.Tensor) -> Prediction:
+        score, mask, _ = self.logits(images)
+        return self.finish(score, mask)
 
     # ------------------------------------------------------------------ training (planned)
     def default_train_config(self) -> TrainConfig:

@@ -1,0 +1,354 @@
+"""zsad's AnomalyVFM (CLIP) against the OFFICIAL AnomalyVFM code (MaticFuc/AnomalyVFM @4da96b4), two processes.
+
+The official code is imported at run time from ``--official-root`` (an extracted checkout; never copied into this
+project) by a driver that runs in ``--official-python``, a venv with ``transformers`` (its HF CLIP) and the same
+torch as zsad's:
+
+- model: ``hf_model.AnomalyVFM(AnomalyVFMConfig(model_name="clip", image_size=S, peft_type, peft_rank))``, exactly
+  the class the Hugging Face release was saved from. Its ``models.clip.CLIP`` calls
+  ``AutoModel.from_pretrained("openai/clip-vit-large-patch14-336").vision_model``; with no hub here, the driver
+  replaces that one name in ``models.clip`` with a shim that returns ``CLIPModel(CLIPConfig(vision_config=...))``
+  built from a config (seeded RANDOM weights) of the ViT-L/14-336 vision tower (QuickGELU, 24 blocks, width 1024),
+  or of a smaller tower of the same code path (``--blocks``, ``--image-size``; width 1024 and patch 14 stay, as
+  ``models.clip`` fixes them). Everything else is the official code as it is: ``add_peft_clip`` wraps q/v/out_proj
+  with DoRA (or LoRA), ``SimpleDecoder(feat_dim, 1, 1)``, ``SimplePredictor``.
+- weights: the adapters' ``lora_B`` (zero at init) and DoRA magnitudes are perturbed (seeded) so every adapter
+  changes the forward; the decoder and predictor keep their random init. ``model.save_pretrained(dir)`` writes the
+  release layout (config.json + model.safetensors, the full state dict) and zsad imports that folder with
+  ``zsad.runs.import_checkpoint(..., "anomalyvfm", ...)`` on a seeded random open_clip backbone of the same shape:
+  the released tower differs from it, so the importer stores it and the imported model runs on it. A second
+  import runs on a backbone built from an open_clip weights file holding the released tower (made from the first
+  import): the importer then finds the tower bit-equal and does not store it; both imports must agree exactly.
+- inference (hf_model.forward + test.py): ``last_hidden_state`` of ``net(x, interpolate_pos_encoding=True)``, CLS
+  -> predictor -> sigmoid, patches -> (B, 1024, g, g) -> decoder -> sigmoid, ``F.interpolate`` to 2g (test.py's
+  mask size; nearest) and ``AvgPool2d(5, 1, 2)``. In fp32 with autocast off (the replayed lines), and through
+  ``AnomalyVFM.forward`` itself, which runs under bf16 autocast: its drift is reported separately.
+  zsad's map is at the input size (nearest from 2g): the official 2g map is resized the same way for the last row.
+
+Both sides get the same normalised tensor (zsad's ``squash_image``, OpenAI mean/std) of the first ``--images``
+MPDD metal_plate defect images; preprocessing is not compared (the official ``Resize`` is bilinear, zsad's bicubic).
+CPU, one image per forward.
+
+    mkdir -p /tmp/avfm-official && git -C /work/.mirror/MaticFuc+AnomalyVFM/repo archive HEAD \\
+        hf_model.py decoder.py models peft_local radio_local.py | tar -x -C /tmp/avfm-official
+    /work/main/.venv/bin/python -m venv /tmp/avfm-venv
+    /tmp/avfm-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 transformers safetensors
+    # quick: 4 blocks at 448 px (grid 32, the 24x24 positions interpolated), about a minute on 2 CPU cores
+    .venv/bin/python benchmarks/compare_anomalyvfm.py --official-root /tmp/avfm-official \\
+        --official-python /tmp/avfm-venv/bin/python --blocks 4 --image-size 448 --images 2
+    # as released: ViT-L/14-336 (24 blocks) at 672 px
+    .venv/bin/python benchmarks/compare_anomalyvfm.py --official-root /tmp/avfm-official \\
+        --official-python /tmp/avfm-venv/bin/python --images 2
+
+Random weights everywhere: fidelity only, NOT detection quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import add_results_args, assets_dir  # noqa: E402
+from sidebyside import Row, dist_version, file_hashes, maxdiff, run_official, squashed, table  # noqa: E402
+
+OFFICIAL_FILES = ("hf_model.py", "decoder.py", "models/clip.py", "peft_local/dora.py", "peft_local/lora.py")
+MEAN_KERNEL = 5  # test.py --mean-kernel-size
+FLOAT_TOL = 1e-4  # maps and scores (in [0, 1]): fp32 float error through 24 blocks at 2305 tokens
+
+DRIVER = r'''
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+root, tmp = Path(sys.argv[1]), Path(sys.argv[2])
+sys.path.insert(0, str(root))
+spec = json.loads((tmp / "spec.json").read_text())
+torch.set_num_threads(spec["threads"])
+
+import transformers
+from transformers import CLIPConfig, CLIPModel
+
+import models.clip as official_clip
+
+
+class Hub:
+    """Stands in for transformers.AutoModel in models.clip only: a CLIPModel built from a config, random weights."""
+
+    @staticmethod
+    def from_pretrained(name, *args, **kwargs):
+        text = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2}
+        return CLIPModel(CLIPConfig(vision_config=spec["vision"], text_config=text, projection_dim=768))
+
+
+official_clip.AutoModel = Hub
+from hf_model import AnomalyVFM, AnomalyVFMConfig
+
+torch.manual_seed(spec["seed"])
+cfg = AnomalyVFMConfig(model_name="clip", image_size=spec["image_size"], peft_type=spec["peft"], peft_rank=spec["rank"])
+model = AnomalyVFM(cfg).eval()
+g = torch.Generator().manual_seed(spec["seed"] + 1)
+with torch.no_grad():
+    for name, p in model.named_parameters():
+        if name.endswith("lora_B"):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        elif name.endswith("magnitude"):
+            p.mul_(1 + 0.05 * torch.randn(p.shape, generator=g))
+model.save_pretrained(tmp / "release")
+
+x = torch.load(tmp / "inputs.pt")
+net, fs = model.model.net, model.feat_size
+ms = fs * 2  # test.py: mask size = feat_size * 2 ** num_up_layers
+pool = torch.nn.AvgPool2d((spec["kernel"], spec["kernel"]), 1, spec["kernel"] // 2)
+emb = torch.zeros(1, 1 + fs * fs, net.config.hidden_size)
+out = {"pos": net.embeddings.interpolate_pos_encoding(emb, spec["image_size"], spec["image_size"])[0]}
+keys = ("tokens", "score", "mask_logit", "mask", "smoothed", "score_bf16", "mask_bf16", "smoothed_bf16")
+rows = {k: [] for k in keys}
+for i in range(len(x)):
+    img = x[i : i + 1]
+    with torch.no_grad():  # hf_model.forward's lines, autocast off (fp32)
+        tokens = net(img, interpolate_pos_encoding=True).last_hidden_state
+        summary, ftrs = tokens[:, 0, :], tokens[:, 1:, :]
+        ftrs = ftrs.permute(0, 2, 1).reshape(1, -1, fs, fs)
+        score = model.predictor(summary).sigmoid()
+        mask_logit, _ = model.decoder(ftrs)
+        mask = mask_logit.sigmoid()
+        smoothed = pool(F.interpolate(mask, (ms, ms)).squeeze(1))  # test.py
+        score_b, mask_b = model(img)  # the official forward: bf16 autocast
+        smoothed_b = pool(F.interpolate(mask_b, (ms, ms)).squeeze(1))
+    for k, v in zip(rows, (tokens, score, mask_logit, mask, smoothed, score_b, mask_b, smoothed_b)):
+        rows[k].append(v.float())
+out.update({k: torch.cat(v) for k, v in rows.items()})
+out["versions"] = {"transformers": transformers.__version__, "torch": torch.__version__}
+torch.save(out, tmp / "official.pt")
+'''
+
+
+def vision_config(blocks: int) -> dict[str, Any]:
+    """HF CLIPVisionConfig of openai/clip-vit-large-patch14-336 with ``blocks`` encoder layers."""
+    return {
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": blocks,
+        "num_attention_heads": 16,
+        "image_size": 336,
+        "patch_size": 14,
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+        "projection_dim": 768,
+    }
+
+
+def open_clip_config(blocks: int) -> dict[str, Any]:
+    """open_clip's ViT-L-14-336 (QuickGELU) image tower with ``blocks`` blocks and a small text tower."""
+    return {
+        "embed_dim": 768,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": 336, "layers": blocks, "width": 1024, "head_width": 64, "patch_size": 14},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1},
+    }
+
+
+def rel(d: float, scale: float) -> str:
+    return f"scale {scale:.3g} (rel {d / scale if scale else 0.0:.1e})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--official-root", type=Path, required=True, help="extracted MaticFuc/AnomalyVFM checkout")
+    ap.add_argument("--official-python", type=Path, required=True, help="python of a venv with transformers")
+    ap.add_argument("--blocks", type=int, default=24, help="encoder blocks (24 = ViT-L/14-336 as released)")
+    ap.add_argument("--image-size", type=int, default=672)
+    ap.add_argument("--images", type=int, default=2, help="first MPDD metal_plate defect images")
+    ap.add_argument("--peft", default="dora", choices=("dora", "lora"))
+    ap.add_argument("--rank", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-weights-pass", action="store_true", help="skip the import onto the released tower")
+    add_results_args(ap)
+    args = ap.parse_args()
+    t_start = time.perf_counter()
+
+    from zsad.backbone import ClipBackbone
+    from zsad.methods import create_method
+    from zsad.runs import import_checkpoint
+    from zsad.runs.build import BackboneSpec
+    from zsad.sysinfo import hardware
+
+    s = args.image_size
+    picks = sorted((assets_dir() / "mpdd_metal_plate" / "defect").glob("*.png"))[: args.images]
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    x = squashed(picks, s, mean, std)
+    with tempfile.TemporaryDirectory(prefix="anomalyvfm_cmp_") as tmpdir:
+        tmp = Path(tmpdir)
+        torch.save(x, tmp / "inputs.pt")
+        spec = {
+            "vision": vision_config(args.blocks),
+            "image_size": s,
+            "peft": args.peft,
+            "rank": args.rank,
+            "seed": args.seed,
+            "kernel": MEAN_KERNEL,
+            "threads": torch.get_num_threads(),
+        }
+        (tmp / "spec.json").write_text(json.dumps(spec))
+        o, t_off = run_official(DRIVER, args.official_python, args.official_root.resolve(), tmp)
+        release = tmp / "release"
+        release_cfg = json.loads((release / "config.json").read_text())
+
+        cfg_path = tmp / "open_clip_vit_l14_336_quickgelu.json"
+        cfg_path.write_text(json.dumps(open_clip_config(args.blocks)))
+        name = "ViT-L-14-336-quickgelu" if args.blocks == 24 else str(cfg_path)
+        t0 = time.perf_counter()
+        ckpt = import_checkpoint(
+            release, "anomalyvfm", tmp / "ckpt", "random (fidelity)", backbone=BackboneSpec(name, "none", image_size=s)
+        )
+        t_imp = time.perf_counter() - t0
+        bb = ClipBackbone.from_pretrained(name, "none", image_size=s, seed=0)
+        m: Any = create_method("anomalyvfm", bb, checkpoint=str(ckpt))
+        m.setup(None)
+        record = m.describe()["vision_tower"]
+
+        t0 = time.perf_counter()
+        toks, logits, preds = [], [], []
+        with torch.no_grad():  # one tower pass per image; ``predict`` is ``finish(*logits)``, as here
+            for i in range(len(x)):
+                toks.append(m.tower_tokens(x[i : i + 1]))
+                logits.append(m.heads(toks[-1]))
+                preds.append(m.finish(logits[-1][0], logits[-1][1]))
+        t_z = time.perf_counter() - t0
+        tokens = torch.cat(toks)
+        mask_logit = torch.cat([lg[1] for lg in logits])
+        score = torch.cat([p.pred_score for p in preds])
+        amap = torch.cat([p.anomaly_map for p in preds])
+        grid = s // 14
+        mask96 = mask_logit.sigmoid()
+        smooth96 = F.avg_pool2d(mask96, MEAN_KERNEL, 1, MEAN_KERNEL // 2)[:, 0]
+
+        second: dict[str, Any] = {}
+        if not args.skip_weights_pass:  # the released tower as the backbone's own weights: checked, not stored
+            import open_clip
+
+            from zsad.backbone.loading import resolve_model
+
+            oc_name = resolve_model(name)[0]
+            oc = open_clip.create_model(oc_name, pretrained=None)
+            state = oc.state_dict()
+            state.update({f"visual.{k}": v for k, v in m.tower_weights().items()})
+            wfile = tmp / "released_tower_open_clip.pt"
+            torch.save(state, wfile)
+            del oc, state
+            spec2 = BackboneSpec(name, "none", weights=wfile, image_size=s)
+            ckpt2 = import_checkpoint(release, "anomalyvfm", tmp / "ckpt2", "random (fidelity)", backbone=spec2)
+            bb2 = ClipBackbone.from_pretrained(name, "none", weights=wfile, image_size=s)
+            m2: Any = create_method("anomalyvfm", bb2, checkpoint=str(ckpt2))
+            m2.setup(None)
+            with torch.no_grad():
+                p2 = [m2.predict(x[i : i + 1]) for i in range(len(x))]
+            second = {
+                "record": m2.describe()["vision_tower"],
+                "score": torch.cat([p.pred_score for p in p2]),
+                "map": torch.cat([p.anomaly_map for p in p2]),
+            }
+            del m2, bb2
+
+    # ------------------------------------------------------------------ report
+    up = F.interpolate(o["smoothed"][:, None], size=(s, s), mode="nearest")[:, 0]
+    up_b = F.interpolate(o["smoothed_bf16"][:, None], size=(s, s), mode="nearest")[:, 0]
+    tok_scale, tok_diff = float(o["tokens"].abs().max()), maxdiff(o["tokens"], tokens)
+    scores = ", ".join(f"{v:.6f}" for v in o["score"][:, 0].tolist())
+    rows: list[Row] = [
+        (
+            "positional embedding, HF interpolate_pos_encoding vs zsad",
+            maxdiff(o["pos"], _positions(m, grid)),
+            f"{o['pos'].shape[0]} rows, bicubic from 24x24 to {grid}x{grid}",
+        ),
+        ("last_hidden_state vs tower_tokens (CLS + patches)", tok_diff, rel(tok_diff, tok_scale)),
+        ("image score (sigmoid)", maxdiff(o["score"][:, 0], score), f"official {scores}"),
+        ("mask logits (decoder, 2g x 2g)", maxdiff(o["mask_logit"], mask_logit), f"{2 * grid}x{2 * grid}"),
+        ("map: sigmoid (2g)", maxdiff(o["mask"], mask96), "in [0, 1]"),
+        (f"map: + AvgPool2d({MEAN_KERNEL}, 1, {MEAN_KERNEL // 2}) (test.py)", maxdiff(o["smoothed"], smooth96), ""),
+        (f"map at {s} px (zsad predict; official 2g map resized nearest)", maxdiff(up, amap), "zsad's last step"),
+    ]
+    drift: list[Row] = [
+        ("score: official bf16 forward vs official fp32", maxdiff(o["score_bf16"][:, 0], o["score"][:, 0]), ""),
+        ("score: official bf16 forward vs zsad fp32", maxdiff(o["score_bf16"][:, 0], score), ""),
+        ("map (2g, sigmoid): official bf16 vs official fp32", maxdiff(o["mask_bf16"], o["mask"]), ""),
+        ("map (2g, smoothed): official bf16 vs official fp32", maxdiff(o["smoothed_bf16"], o["smoothed"]), ""),
+        (f"map at {s} px: official bf16 vs zsad fp32", maxdiff(up_b, amap), ""),
+    ]
+    within = all(v is not None and not isinstance(v, str) and v <= FLOAT_TOL for _, v, _ in rows[2:])
+    imp = record["import_check"]
+    lines = [
+        f"## AnomalyVFM (CLIP): zsad vs the official code (issue 30, {time.strftime('%Y-%m-%d')}, CPU)",
+        "",
+        "Command: `.venv/bin/python benchmarks/compare_anomalyvfm.py --official-root /tmp/avfm-official "
+        f"--official-python /tmp/avfm-venv/bin/python --blocks {args.blocks} --image-size {s} --images {args.images}"
+        f"{' --peft lora' if args.peft == 'lora' else ''}` (official: MaticFuc/AnomalyVFM @4da96b4, `hf_model.py`, "
+        "`models/clip.py`, `decoder.py`, `peft_local/*` imported from an extracted checkout in their own process; "
+        f"files {file_hashes(args.official_root, OFFICIAL_FILES)}).",
+        "",
+        f"Label: **seeded RANDOM weights (HF CLIPModel init, seed {args.seed}; adapters' lora_B and magnitudes "
+        "perturbed), fidelity only, NOT detection quality**. Tower: "
+        + (
+            "ViT-L/14-336 as released (24 blocks, width 1024, QuickGELU)"
+            if args.blocks == 24
+            else f"the ViT-L/14-336 code path with {args.blocks} blocks (width 1024, patch 14, QuickGELU)"
+        )
+        + f" at {s} px (grid {grid}, positions from 24x24); {args.peft} rank {args.rank}, alpha 1. Data: the first "
+        f"{len(picks)} MPDD metal_plate defect images ({', '.join(p.name for p in picks)}), one normalised tensor for "
+        "both sides.",
+        "",
+        f"Release written by the official `save_pretrained`: config.json {json.dumps(release_cfg, sort_keys=True)}; "
+        f"imported by `zsad import-checkpoint` in {t_imp:.1f} s: {imp['compared_tensors']} tower tensors compared "
+        f"with the (random) backbone, {imp['differing_tensors']} differ, so the released tower was stored "
+        f"(`tower_weights={m.config.tower_weights}`).",
+        "",
+        *table("Inference, fp32 on both sides (official: hf_model.forward's lines with autocast off + test.py)", rows),
+        *table("bf16: the official forward as it runs (torch.autocast bf16) — drift, not a zsad difference", drift),
+    ]
+    if second:
+        r2 = second["record"]["import_check"]
+        lines += [
+            f"Import onto a backbone whose weights file holds the released tower: {r2['differing_tensors']} of "
+            f"{r2['compared_tensors']} tensors differ, stored: {r2['stored']} (`tower_weights="
+            f"{second['record']['weights']}`); scores and maps vs the stored-tower import: max abs diff "
+            f"{maxdiff(second['score'], score):.2e} / {maxdiff(second['map'], amap):.2e}.",
+            "",
+        ]
+    lines += [
+        f"Tolerance: maps and scores within {FLOAT_TOL:g} (absolute, both in [0, 1]): "
+        + ("**met**." if within else "**NOT met**.")
+        + f" Time: official side {t_off:.0f} s (model build, save, fp32 + bf16 forwards), zsad {t_z:.0f} s "
+        f"(one tower pass per image), total {time.perf_counter() - t_start:.0f} s.",
+        "",
+        f"Hardware: {hardware('cpu')}, no GPU. Versions: zsad side torch "
+        f"{torch.__version__}, open_clip {dist_version('open_clip_torch')}; official side torch "
+        f"{o['versions']['torch']}, transformers {o['versions']['transformers']}.",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.append_results:
+        with args.results_file.open("a") as f:
+            f.write("\n" + text)
+
+
+def _positions(m: Any, grid: int) -> torch.Tensor:
+    from zsad.methods.anomalyvfm import interpolate_positions
+
+    return interpolate_positions(m.tower_weights()["positional_embedding"], (grid, grid))
+
+
+if __name__ == "__main__":
+    main()
