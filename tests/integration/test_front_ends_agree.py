@@ -35,7 +35,9 @@ pytestmark = [pytest.mark.assets, pytest.mark.usefixtures("local_ray")]
 BB = BackboneSpec("zsad-tiny", "none", None, 96, "cpu", 0)
 TINY = ["--backbone", "zsad-tiny", "--pretrained", "none", "--image-size", "96", "--device", "cpu"]
 SOURCES = ["manual", "references", "robust_outlier", "two_mode"]
-MINMAX = {"transductive_minmax": True}  # SDP's set-level re-scoring
+FAST = {"prompt_set": "adaclip", "text_aggregation": "raw_mean"}  # sdp's text tower was most of each tiny run
+MINMAX = {**FAST, "transductive_minmax": True}  # SDP's set-level re-scoring
+FAST_ARGS = ["-o", "prompt_set=adaclip", "-o", "text_aggregation=raw_mean"]
 # Every source on the per-image method (all four front ends); the set-level method and the set re-scoring on the
 # paths they add (a set scored whole with an unlabelled rule; normal references scored as their own set, or
 # re-scaled with the scored set's statistics). The manual value and robust_outlier take no set-specific path.
@@ -80,7 +82,7 @@ def manual(data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) ->
     out = {}
     for method in {m for m, s in CASES if s == "manual"}:
         folder = tmp_path_factory.mktemp(f"probe_{method}")
-        name, options = ("sdp", MINMAX) if method == "sdp-minmax" else (method, {})
+        name, options = ("sdp", MINMAX) if method == "sdp-minmax" else (method, FAST if method == "sdp" else {})
         runs.detect(data[0], folder, method=name, options=options, backbone=BB, class_name="tile", overlays=False)
         scores = sorted(float(r["pred_score"]) for r in _csv(folder / "predictions.csv").values())
         out[method] = (scores[len(scores) // 2] + scores[len(scores) // 2 - 1]) / 2
@@ -93,7 +95,8 @@ def exports(data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -
     root = tmp_path_factory.mktemp("exports")
     made = {}
     for name, extra in (("plain", []), ("references", ["--reference-dir", str(data[1])])):
-        res = _cli("export", "--method", "sdp", "--class-name", "tile", "--out", str(root / name), *extra, *TINY)
+        res = _cli("export", "--method", "sdp", *FAST_ARGS, "--class-name", "tile", "--out", str(root / name), *extra,
+                   *TINY)  # fmt: skip
         assert res.exit_code == 0, res.output
         made[name] = root / name
     return made
@@ -117,7 +120,9 @@ def _settings(source: str, refs: Path, manual: float) -> list[str]:
 
 
 def _method(case: str) -> list[str]:
-    return ["--method", "sdp", "-o", "transductive_minmax=true"] if case == "sdp-minmax" else ["--method", case]
+    if case.startswith("sdp"):
+        return ["--method", "sdp", *FAST_ARGS, *(["-o", "transductive_minmax=true"] if case == "sdp-minmax" else [])]
+    return ["--method", case]
 
 
 def _local(method: str, source: str, data: tuple[Path, Path], manual: float, out: Path) -> dict[str, dict[str, str]]:
@@ -140,8 +145,8 @@ def _serve(
 ) -> dict[str, dict[str, str]]:
     client, svc = service
     form: dict[str, str] = {"method": "sdp" if method == "sdp-minmax" else method, "class_name": "tile"}
-    if method == "sdp-minmax":
-        form["options"] = json.dumps(MINMAX)
+    if method.startswith("sdp"):
+        form["options"] = json.dumps(MINMAX if method == "sdp-minmax" else FAST)
     if source == "manual":
         form["threshold"] = repr(manual)
     elif source == "references":
