@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from safetensors.torch import save_file
 from zsad.backbone import ClipBackbone
 from zsad.errors import ZsadInputError
 from zsad.methods import create_method
-from zsad.methods.anomalyvfm import AnomalyVfm, interpolate_positions
+from zsad.methods.anomalyvfm import AnomalyVfm, interpolate_positions, loss_from_logits, sigmoid_focal
 from zsad.methods.peft import DoraAdapter, LoraAdapter
 from zsad.runs import import_checkpoint
 from zsad.runs.build import BackboneSpec
@@ -201,8 +202,8 @@ def test_untrained_and_bad_options_are_refused(bb: ClipBackbone) -> None:
     for bad, why in (({"mean_kernel": 4}, "odd"), ({"peft": "vpt"}, "dora or lora"), ({"rank": 0}, ">= 1")):
         with pytest.raises(ZsadInputError, match=why):
             _vfm(bb, **bad)
-    with pytest.raises(ZsadInputError, match="training is not built yet"):
-        _vfm(bb, rank=4).default_train_config()
+    with pytest.raises(ZsadInputError, match="train_steps"):
+        _vfm(bb, train_steps=0)
 
 
 # ---------------------------------------------------------------------------------------------- the importer
@@ -294,3 +295,60 @@ def test_foreign_corrupt_and_other_releases_are_refused_in_one_line(
     _one_line(lambda: import_checkpoint(src, "anomalyvfm", tmp_path / "o", "x", backbone=gelu), "QuickGELU")
     tiny = BackboneSpec(model_name="zsad-tiny", pretrained="none", image_size=SIZE)  # 4 blocks, not 2
     _one_line(lambda: import_checkpoint(src, "anomalyvfm", tmp_path / "o2", "x", backbone=tiny), "2-block tower")
+
+
+# ---------------------------------------------------------------------------------------------- training
+def test_loss_is_the_official_composition_by_hand() -> None:
+    """Focal: logit 0 gives 0.25 * 0.25 * ln 2 (target 1) and 0.75 * 0.25 * ln 2 (target 0), as torchvision's."""
+    from torchvision.ops import sigmoid_focal_loss  # type: ignore[import-untyped]
+
+    ln2 = math.log(2)
+    got = sigmoid_focal(torch.zeros(2), torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(got, torch.tensor([0.0625 * ln2, 0.1875 * ln2]))
+    x, t = torch.randn(64, generator=torch.Generator().manual_seed(0)) * 3, (torch.arange(64) % 3 == 0).float()
+    torch.testing.assert_close(sigmoid_focal(x, t), sigmoid_focal_loss(x, t, reduction="none"))
+    # one image, a 2x2 map: logits 0, confidence 0 (c = 2), mask [[1, 0], [0, 0]]
+    gt = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    terms = loss_from_logits(torch.tensor([0.0]), torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), gt, torch.ones(1))
+    pos, neg = 5 * 0.0625 * ln2 + 0.5, 5 * 0.1875 * ln2 + 0.5  # |clip(0.5) - gt| = 0.5 either way
+    want = (2 * pos + 3 * 2 * neg) / 4 - 0.1 * math.log(2)
+    assert terms["mask"].item() == pytest.approx(want, rel=1e-6)
+    assert terms["image"].item() == pytest.approx(0.0625 * ln2, rel=1e-6)
+    assert terms["loss"].item() == pytest.approx(want + 0.0625 * ln2, rel=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(bb: ClipBackbone, images: torch.Tensor) -> None:
+    grads = []
+    gt = (torch.rand(2, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) > 0.8).float()
+    for recompute in (False, True):
+        m = _randomise(_vfm(bb, rank=4, grad_checkpointing=recompute))
+        m.parts.train()
+        m.loss_terms(images, gt, torch.tensor([1.0, 0.0]))["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in m.parts.named_parameters() if p.grad is not None})
+    assert set(grads[0]) == set(grads[1]) and len(grads[0]) == len(list(m.parts.parameters()))
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_zsad_train_runs_the_published_recipe_in_steps(bb: ClipBackbone, tiny_json: Path, tmp_path: Path) -> None:
+    from zsad.data import make_sample_images
+    from zsad.data.spec import DatasetSpec
+    from zsad.runs import train
+
+    root = make_sample_images(tmp_path / "data", n_normal=2, n_anomalous=2, size=SIZE, seed=1)
+    data = [DatasetSpec("folder", root, normal_dir="good", abnormal_dir="defect", mask_dir="ground_truth")]
+    spec = BackboneSpec(model_name=str(tiny_json), pretrained="none", image_size=SIZE)
+    ckpt = train("anomalyvfm", data, tmp_path / "ckpt", options={"rank": 4, "train_steps": 3}, backbone=spec,
+                 recipe={"batch_size": 3})  # fmt: skip
+    m = _vfm(bb, checkpoint=str(ckpt))
+    assert m.config.rank == 4 and m.training_manifest is not None
+    cfg = m.default_train_config()
+    assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.seed) == ("adamw", 1e-4, 1e-2, 32, 12)
+    history = m.training_manifest["training"]["history"]
+    assert len(history) == 1 and math.isfinite(history[0]["loss"]) and {"image", "mask"} <= set(history[0])
+    fresh = _vfm(bb, rank=4)
+    fresh.build_parts(seed=12)  # what fit starts from
+    moved = [n for n, p in m.parts.named_parameters() if not torch.equal(p, fresh.parts.state_dict()[n])]
+    assert any("lora_B" in n for n in moved) and any("decoder" in n for n in moved)
+    with pytest.raises(ZsadInputError, match="tower_weights=checkpoint"):
+        _vfm(bb, rank=4, tower_weights="checkpoint").fit([], cfg)

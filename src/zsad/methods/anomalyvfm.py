@@ -26,7 +26,7 @@ weights. ``describe()`` says which (``vision_tower``).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -34,13 +34,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from zsad.backbone import Backbone, ClipBackbone
 from zsad.errors import ZsadInputError
 from zsad.methods.base import MethodConfig
 from zsad.methods.options import check_range
 from zsad.methods.peft import PEFT_KINDS, LowRankAdapter, make_adapter
-from zsad.methods.trainable import TrainableMethod, load_tensors, read_official
+from zsad.methods.trainable import TrainableMethod, load_tensors, mask_items, read_official
 from zsad.types import Prediction
 
 if TYPE_CHECKING:
@@ -50,7 +51,12 @@ UP_BLOCKS = 1  # x2 upsampling blocks of the decoder (official hf_model/test/tra
 NORM_GROUPS = 32  # GroupNorm groups of the decoder
 RELEASE_CONFIG = "config.json"
 RELEASE_WEIGHTS = "model.safetensors"
-STAGE_2 = "anomalyvfm: training is not built yet (planned); import the released weights with `zsad import-checkpoint`"
+# The official loss (train.py): torchvision's sigmoid focal loss defaults, mask focal x5, the map's sigmoid clipped to
+# [0.1, 0.9] in the L1 term, confidence c = 1 + exp(conf) weighting each pixel with a 0.1 log c penalty.
+FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
+MASK_FOCAL_WEIGHT = 5.0
+L1_CLIP = (0.1, 0.9)
+CONFIDENCE_PENALTY = 0.1
 
 
 @dataclass
@@ -66,6 +72,8 @@ class AnomalyVfmConfig(MethodConfig):
     mean_kernel: int = 5  # side of the mean filter on the map (official test --mean-kernel-size 5); 0 or 1: none
     map_upsample: str = "nearest"  # decoder map -> input size: nearest (official F.interpolate default) | bilinear
     tower_weights: str = "backbone"  # backbone | checkpoint (the released tower, stored by the importer)
+    train_steps: int = 500  # optimiser steps per zsad epoch (official --train-steps 500 for CLIP; it counts steps)
+    grad_checkpointing: bool = True  # training: recompute each block in the backward (batch 32 without accumulation)
     checkpoint: str = ""
 
     def __post_init__(self) -> None:
@@ -80,6 +88,7 @@ class AnomalyVfmConfig(MethodConfig):
                 "an odd size >= 3, or 0 (no smoothing)",
             ),
             map_upsample=(self.map_upsample, self.map_upsample in ("nearest", "bilinear"), "nearest or bilinear"),
+            train_steps=(self.train_steps, self.train_steps >= 1, ">= 1"),
             tower_weights=(
                 self.tower_weights,
                 self.tower_weights in ("backbone", "checkpoint"),
@@ -329,21 +338,29 @@ class AnomalyVfm(TrainableMethod):
         cls = w["class_embedding"].to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + interpolate_positions(w["positional_embedding"], grid).to(x.dtype)
         x = F.layer_norm(x, width, w["ln_pre.weight"], w["ln_pre.bias"], eps)
-        for i, blk in enumerate(visual.transformer.resblocks):
-            p = f"transformer.resblocks.{i}."
-            ad: BlockAdapters = self._parts.adapters[i]  # type: ignore[assignment]
-            wdt = w[p + "attn.in_proj_weight"].dtype  # the matmuls' precision (``set_precision``)
-            y = F.layer_norm(x, width, w[p + "ln_1.weight"], w[p + "ln_1.bias"], eps).to(wdt)
-            wq, wk, wv = w[p + "attn.in_proj_weight"].chunk(3, dim=0)
-            bq, bk, bv = w[p + "attn.in_proj_bias"].chunk(3, dim=0)
-            heads = int(blk.attn.num_heads)
-            q, k, v = (_heads(t, heads) for t in (ad.q(y, wq, bq), F.linear(y, wk, bk), ad.v(y, wv, bv)))
-            o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
-            x = x + ad.out(o, w[p + "attn.out_proj.weight"], w[p + "attn.out_proj.bias"]).to(x.dtype)
-            y = F.layer_norm(x, width, w[p + "ln_2.weight"], w[p + "ln_2.bias"], eps).to(wdt)
-            h = blk.mlp.gelu(F.linear(y, w[p + "mlp.c_fc.weight"], w[p + "mlp.c_fc.bias"]))
-            x = x + F.linear(h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"]).to(x.dtype)
+        recompute = self.config.grad_checkpointing and self._parts.training and torch.is_grad_enabled()
+        for i in range(len(visual.transformer.resblocks)):
+            # recompute: the same ops again in the backward, so only one block's activations are held at a time
+            x = checkpoint(self._block, i, x, w, use_reentrant=False) if recompute else self._block(i, x, w)
         return x
+
+    def _block(self, i: int, x: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Block ``i`` (0-indexed) of the adapted tower on (B, T, width), weights from ``w``."""
+        blk = self.backbone.model.visual.transformer.resblocks[i]
+        width, eps = (x.shape[-1],), float(blk.ln_1.eps)
+        p = f"transformer.resblocks.{i}."
+        ad: BlockAdapters = self._parts.adapters[i]  # type: ignore[assignment]
+        wdt = w[p + "attn.in_proj_weight"].dtype  # the matmuls' precision (``set_precision``)
+        y = F.layer_norm(x, width, w[p + "ln_1.weight"], w[p + "ln_1.bias"], eps).to(wdt)
+        wq, wk, wv = w[p + "attn.in_proj_weight"].chunk(3, dim=0)
+        bq, bk, bv = w[p + "attn.in_proj_bias"].chunk(3, dim=0)
+        heads = int(blk.attn.num_heads)
+        q, k, v = (_heads(t, heads) for t in (ad.q(y, wq, bq), F.linear(y, wk, bk), ad.v(y, wv, bv)))
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        x = x + ad.out(o, w[p + "attn.out_proj.weight"], w[p + "attn.out_proj.bias"]).to(x.dtype)
+        y = F.layer_norm(x, width, w[p + "ln_2.weight"], w[p + "ln_2.bias"], eps).to(wdt)
+        h = blk.mlp.gelu(F.linear(y, w[p + "mlp.c_fc.weight"], w[p + "mlp.c_fc.bias"]))
+        return x + F.linear(h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"]).to(x.dtype)
 
     def heads(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Tower tokens -> score logits (B,), mask and confidence logits (B, 1, 2gh, 2gw): what training reads."""
@@ -373,21 +390,96 @@ class AnomalyVfm(TrainableMethod):
         score, mask, _ = self.logits(images)
         return self.finish(score, mask)
 
-    # ------------------------------------------------------------------ training (planned)
+    # ------------------------------------------------------------------ training
     def default_train_config(self) -> TrainConfig:
-        """Not built yet: AnomalyVFM imports its released weights."""
-        raise ZsadInputError(STAGE_2)
+        """The official CLIP recipe: AdamW lr 1e-4, weight decay 1e-2, batch 32, seed 12; one epoch = 500 steps."""
+        from zsad.train import TrainConfig
+
+        return TrainConfig(epochs=1, batch_size=32, lr=1e-4, weight_decay=1e-2, optimizer="adamw", seed=12)
+
+    def loss_terms(self, images: torch.Tensor, gt: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The official loss on one batch: images (B, 3, S, S), masks (B, S, S) in {0, 1}, labels (B,) in {0, 1}."""
+        score, mask, conf = self.logits(images)
+        return loss_from_logits(score, mask, conf, gt, label)
 
     def fit(
         self, datasets: Sequence[tuple[str, Any]], train_cfg: TrainConfig, *, class_names: dict[str, str] | None = None
     ) -> Training:
-        """Not built yet: AnomalyVFM imports its released weights."""
-        raise ZsadInputError(STAGE_2)
+        """Adapters, decoder and predictor train on (category, dataset) pairs with masks; the tower stays frozen.
+
+        The official loop counts optimiser steps, not epochs: a zsad epoch is ``train_steps`` batches drawn from
+        passes over the shuffled data (a new shuffle whenever a pass ends, its last batch possibly smaller).
+        """
+        from zsad.train import Training
+
+        if self.config.tower_weights == "checkpoint":
+            raise ZsadInputError(
+                "anomalyvfm: training runs on the backbone's own tower; tower_weights=checkpoint holds a released "
+                "tower that differs from it (build the backbone from those weights instead)"
+            )
+        items = mask_items(self.name, datasets)
+        self.build_parts(seed=train_cfg.seed)
+        self.training_manifest = None
+        dev = self.backbone.device
+        steps, bs, n = self.config.train_steps, train_cfg.batch_size, len(items)
+
+        def batches(gen: torch.Generator) -> Iterator[list[int]]:
+            order: list[int] = []
+            for _ in range(steps):
+                if not order:
+                    order = torch.randperm(n, generator=gen).tolist()
+                batch, order = order[:bs], order[bs:]
+                yield batch
+
+        def step(parts: nn.Module, batch: list[int]) -> dict[str, torch.Tensor]:
+            got = [items[i][1][items[i][2]] for i in batch]
+            images = torch.stack([g["image"] for g in got]).to(dev)
+            gt = torch.stack([(g["gt_mask"] > 0.5).float() for g in got]).to(dev)
+            label = torch.tensor([float(g["gt_label"] == 1) for g in got], device=dev)
+            return self.loss_terms(images, gt, label)
+
+        return Training(
+            self._parts,
+            batches,  # type: ignore[arg-type]  # the loop takes a callable of batches as well as a sequence
+            step,
+            train_cfg,
+            self.name,
+            images=items,
+            summary=f"tower frozen, adapters + decoder + predictor; one epoch = {steps} steps of batch {bs}",
+        )
 
     @classmethod
     def import_official(cls, path: Path, backbone: ClipBackbone, out: Path, trained_on: str) -> Path:
         """Convert the released weights (see ``import_release``)."""
         return import_release(path, backbone, out, trained_on)
+
+
+def sigmoid_focal(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Element-wise focal loss on logits (Lin et al. 2017): α_t (1 - p_t)^γ BCE, α 0.25, γ 2 (torchvision's)."""
+    p = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = p * target + (1 - p) * (1 - target)
+    alpha_t = FOCAL_ALPHA * target + (1 - FOCAL_ALPHA) * (1 - target)
+    return alpha_t * ce * (1 - p_t) ** FOCAL_GAMMA
+
+
+def loss_from_logits(
+    score: torch.Tensor, mask: torch.Tensor, conf: torch.Tensor, gt: torch.Tensor, label: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The official loss: focal on the image score + the confidence-weighted map loss at the decoder's resolution.
+
+    The masks (B, S, S) are resized to the decoder's 2g x 2g as the official ``T.Resize`` resizes tensors (bilinear,
+    antialiased) and binarised at 0.5. Per pixel: ``c · (5 focal + |clip(σ(mask), 0.1, 0.9) - gt|) - 0.1 log c``
+    with ``c = 1 + exp(conf)``, averaged; the image term is the mean focal loss of the score logits.
+    """
+    size = mask.shape[-2:]
+    small = F.interpolate(gt[:, None].float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    small = (small > 0.5).float()
+    image = sigmoid_focal(score, label.float()).mean()
+    inner = MASK_FOCAL_WEIGHT * sigmoid_focal(mask, small) + (mask.sigmoid().clip(*L1_CLIP) - small).abs()
+    c = 1 + conf.exp()
+    pixel = (c * inner - CONFIDENCE_PENALTY * c.log()).mean()
+    return {"image": image, "mask": pixel, "loss": image + pixel}
 
 
 # ---------------------------------------------------------------------------------------------- the importer
