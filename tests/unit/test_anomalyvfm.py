@@ -352,3 +352,26 @@ def test_zsad_train_runs_the_published_recipe_in_steps(bb: ClipBackbone, tiny_js
     assert any("lora_B" in n for n in moved) and any("decoder" in n for n in moved)
     with pytest.raises(ZsadInputError, match="tower_weights=checkpoint"):
         _vfm(bb, rank=4, tower_weights="checkpoint").fit([], cfg)
+
+
+def test_synthetic_anomalies_replace_normal_images_of_a_batch(bb: ClipBackbone, images: torch.Tensor) -> None:
+    """``synth``: a share of the batch's normals becomes zsad.synth anomalies (label 1, Perlin masks), seeded by the
+    loop's RNG; the anomalous image of the batch is left as it was."""
+    m = _vfm(bb, rank=4, synth="mixed", synth_fraction=1.0, synth_area=[0.05, 0.1])
+    x = torch.cat([images, images.flip(-1)])
+    gt = torch.zeros(4, SIZE, SIZE)
+    gt[3, :8, :8] = 1
+    label = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    torch.manual_seed(5)
+    a = m.synthetic(x, gt, label)
+    torch.manual_seed(5)
+    b = m.synthetic(x, gt, label)
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))  # reproducible from the loop's RNG
+    img, mask, lab = a
+    assert lab.tolist() == [1.0, 1.0, 1.0, 1.0] and torch.equal(img[3], x[3]) and torch.equal(mask[3], gt[3])
+    assert all(0 < float(mask[i].mean()) < 0.5 for i in range(3))
+    assert not torch.equal(img[:3], x[:3]) and torch.equal(label, torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    half = _vfm(bb, rank=4, synth="texture")
+    assert half.synthetic(x, gt, label)[2].tolist().count(1.0) == 1 + round(3 * 0.5)
+    with pytest.raises(ZsadInputError, match="synth_area"):
+        _vfm(bb, synth_area=[0.2, 0.1])

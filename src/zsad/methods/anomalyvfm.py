@@ -42,6 +42,7 @@ from zsad.methods.base import MethodConfig
 from zsad.methods.options import check_range
 from zsad.methods.peft import PEFT_KINDS, LowRankAdapter, make_adapter
 from zsad.methods.trainable import TrainableMethod, load_tensors, mask_items, read_official
+from zsad.synth import SYNTH_MODES, synthesize
 from zsad.types import Prediction
 
 if TYPE_CHECKING:
@@ -74,9 +75,14 @@ class AnomalyVfmConfig(MethodConfig):
     tower_weights: str = "backbone"  # backbone | checkpoint (the released tower, stored by the importer)
     train_steps: int = 500  # optimiser steps per zsad epoch (official --train-steps 500 for CLIP; it counts steps)
     grad_checkpointing: bool = True  # training: recompute each block in the backward (batch 32 without accumulation)
+    synth: str = "none"  # training: none | texture | cutpaste | mixed: zsad.synth anomalies on normal images
+    synth_fraction: float = 0.5  # training: share of each batch's normal images turned into synthetic anomalies
+    synth_area: tuple[float, float] = (0.005, 0.05)  # training: anomalous fraction of a synthetic image
     checkpoint: str = ""
 
     def __post_init__(self) -> None:
+        self.synth_area = tuple(float(v) for v in self.synth_area)  # type: ignore[assignment]
+        lo, hi = self.synth_area if len(self.synth_area) == 2 else (0.0, 0.0)
         check_range(
             "anomalyvfm",
             peft=(self.peft, self.peft in PEFT_KINDS, " or ".join(PEFT_KINDS)),
@@ -89,6 +95,9 @@ class AnomalyVfmConfig(MethodConfig):
             ),
             map_upsample=(self.map_upsample, self.map_upsample in ("nearest", "bilinear"), "nearest or bilinear"),
             train_steps=(self.train_steps, self.train_steps >= 1, ">= 1"),
+            synth=(self.synth, self.synth in ("none", *SYNTH_MODES), "none, " + ", ".join(SYNTH_MODES)),
+            synth_fraction=(self.synth_fraction, 0 < self.synth_fraction <= 1, "in (0, 1]"),
+            synth_area=(list(self.synth_area), 0 < lo <= hi < 1, "two fractions 0 < low <= high < 1"),
             tower_weights=(
                 self.tower_weights,
                 self.tower_weights in ("backbone", "checkpoint"),
@@ -436,6 +445,8 @@ class AnomalyVfm(TrainableMethod):
             images = torch.stack([g["image"] for g in got]).to(dev)
             gt = torch.stack([(g["gt_mask"] > 0.5).float() for g in got]).to(dev)
             label = torch.tensor([float(g["gt_label"] == 1) for g in got], device=dev)
+            if self.config.synth != "none":
+                images, gt, label = self.synthetic(images, gt, label)
             return self.loss_terms(images, gt, label)
 
         return Training(
@@ -445,8 +456,28 @@ class AnomalyVfm(TrainableMethod):
             train_cfg,
             self.name,
             images=items,
-            summary=f"tower frozen, adapters + decoder + predictor; one epoch = {steps} steps of batch {bs}",
+            summary=f"tower frozen, adapters + decoder + predictor; one epoch = {steps} steps of batch {bs}"
+            + (f"; {self.config.synth} anomalies synthesised on normal images" if self.config.synth != "none" else ""),
         )
+
+    def synthetic(
+        self, images: torch.Tensor, gt: torch.Tensor, label: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Turn ``synth_fraction`` of the batch's normal images into ``zsad.synth`` anomalies (label 1, their masks).
+
+        The seed is drawn from torch's global RNG, which the training loop seeds and restores on resume, so a run
+        is reproducible and resumes bit for bit.
+        """
+        normal = (label == 0).nonzero().flatten()
+        k = round(len(normal) * self.config.synth_fraction)
+        if k == 0:
+            return images, gt, label
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        pick = normal[torch.randperm(len(normal), generator=torch.Generator().manual_seed(seed))[:k].to(normal.device)]
+        fake, masks = synthesize(images[pick], n=k, area=self.config.synth_area, seed=seed, mode=self.config.synth)
+        images, gt, label = images.clone(), gt.clone(), label.clone()
+        images[pick], gt[pick], label[pick] = fake, masks.to(gt.dtype), 1.0
+        return images, gt, label
 
     @classmethod
     def import_official(cls, path: Path, backbone: ClipBackbone, out: Path, trained_on: str) -> Path:
