@@ -19,6 +19,9 @@ torch as zsad's:
   the released tower differs from it, so the importer stores it and the imported model runs on it. A second
   import runs on a backbone built from an open_clip weights file holding the released tower (made from the first
   import): the importer then finds the tower bit-equal and does not store it; both imports must agree exactly.
+- one training step (train.py's lines, one micro-batch: a defect image with its mask and a good image, labels 1
+  and 0; the tower frozen as train.py freezes it before ``add_peft``): the loss and its two terms, and the
+  gradients of every adapter, decoder and predictor tensor, vs zsad's ``loss_terms`` + backward.
 - inference (hf_model.forward + test.py): ``last_hidden_state`` of ``net(x, interpolate_pos_encoding=True)``, CLS
   -> predictor -> sigmoid, patches -> (B, 1024, g, g) -> decoder -> sigmoid, ``F.interpolate`` to 2g (test.py's
   mask size; nearest) and ``AvgPool2d(5, 1, 2)``. In fp32 with autocast off (the replayed lines), and through
@@ -63,6 +66,7 @@ from sidebyside import Row, dist_version, file_hashes, maxdiff, run_official, sq
 OFFICIAL_FILES = ("hf_model.py", "decoder.py", "models/clip.py", "peft_local/dora.py", "peft_local/lora.py")
 MEAN_KERNEL = 5  # test.py --mean-kernel-size
 FLOAT_TOL = 1e-4  # maps and scores (in [0, 1]): fp32 float error through 24 blocks at 2305 tokens
+GRAD_REL_TOL = 1e-5  # gradients, relative to the tensor group's largest official value
 
 DRIVER = r'''
 import json
@@ -130,6 +134,32 @@ for i in range(len(x)):
     for k, v in zip(rows, (tokens, score, mask_logit, mask, smoothed, score_b, mask_b, smoothed_b)):
         rows[k].append(v.float())
 out.update({k: torch.cat(v) for k, v in rows.items()})
+
+# one training step, train.py's lines (one micro-batch; train.py divides it by its 4 accumulation steps, not here)
+import torchvision
+import torchvision.transforms as TT
+
+tr = torch.load(tmp / "train_inputs.pt")
+for name, p in model.named_parameters():  # train.py freezes the tower before add_peft: only the adapters learn
+    p.requires_grad_(("lora_" in name or name.endswith("magnitude")) or not name.startswith("model."))
+model.train()
+mask_gt = torch.where(TT.Resize((ms, ms))(tr["masks"][:, None]) > 0.5, 1.0, 0.0)  # aux_dataset.py + test/train
+summary, ftrs = model.model(tr["images"])
+ftrs = ftrs.permute(0, 2, 1).reshape(-1, net.config.hidden_size, fs, fs)
+mask, c = model.decoder(ftrs)
+score = model.predictor(summary).squeeze(1)
+l_img = torchvision.ops.sigmoid_focal_loss(score, tr["labels"], reduction="mean")
+inner = 5 * torchvision.ops.sigmoid_focal_loss(mask, mask_gt, reduction="none") + torch.nn.L1Loss(reduction="none")(
+    mask.sigmoid().clip(0.1, 0.9), mask_gt
+)
+c = 1 + c.exp()
+l_mask = (c * inner - 0.1 * c.log()).mean()
+loss = l_img + l_mask
+loss.backward()
+out["train"] = {
+    "loss": loss.detach(), "image": l_img.detach(), "mask": l_mask.detach(), "mask_gt": mask_gt[:, 0],
+    "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None},
+}
 out["versions"] = {"transformers": transformers.__version__, "torch": torch.__version__}
 torch.save(out, tmp / "official.pt")
 '''
@@ -192,6 +222,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="anomalyvfm_cmp_") as tmpdir:
         tmp = Path(tmpdir)
         torch.save(x, tmp / "inputs.pt")
+        tr = train_batch(s, mean, std)
+        torch.save(tr, tmp / "train_inputs.pt")
         spec = {
             "vision": vision_config(args.blocks),
             "image_size": s,
@@ -234,6 +266,18 @@ def main() -> None:
         grid = s // 14
         mask96 = mask_logit.sigmoid()
         smooth96 = F.avg_pool2d(mask96, MEAN_KERNEL, 1, MEAN_KERNEL // 2)[:, 0]
+
+        # one training step: zsad's loss_terms on the same batch, adapters/decoder/predictor gradients
+        m.parts.train()
+        t0 = time.perf_counter()
+        terms = m.loss_terms(tr["images"], tr["masks"], tr["labels"])
+        terms["loss"].backward()
+        t_step = time.perf_counter() - t0
+        zgrads = {n: p.grad.detach().clone() for n, p in m.parts.named_parameters() if p.grad is not None}
+        m.parts.zero_grad(set_to_none=True)
+        m.parts.eval()
+        small = F.interpolate(tr["masks"][:, None], size=(2 * (s // 14),) * 2, mode="bilinear", antialias=True)
+        zmask_gt = (small > 0.5).float()[:, 0]
 
         second: dict[str, Any] = {}
         if not args.skip_weights_pass:  # the released tower as the backbone's own weights: checked, not stored
@@ -287,6 +331,29 @@ def main() -> None:
         ("map (2g, smoothed): official bf16 vs official fp32", maxdiff(o["smoothed_bf16"], o["smoothed"]), ""),
         (f"map at {s} px: official bf16 vs zsad fp32", maxdiff(up_b, amap), ""),
     ]
+    ot = o["train"]
+    grad_rows: list[Row] = [
+        ("masks at the decoder's grid (T.Resize + > 0.5 vs zsad's resize)", maxdiff(ot["mask_gt"], zmask_gt), ""),
+        ("loss (total)", maxdiff(ot["loss"], terms["loss"]), f"official {float(ot['loss']):.6f}"),
+        ("loss: image focal", maxdiff(ot["image"], terms["image"]), f"official {float(ot['image']):.6f}"),
+        ("loss: confidence-weighted map", maxdiff(ot["mask"], terms["mask"]), f"official {float(ot['mask']):.6f}"),
+    ]
+    missing = [n for n in zgrads if official_name(n) not in ot["grads"]]
+    extra = sorted(set(ot["grads"]) - {official_name(n) for n in zgrads})
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for n, g in zgrads.items():
+        if official_name(n) in ot["grads"]:
+            og = ot["grads"][official_name(n)]
+            key = n.split(".")[-1] if n.startswith("adapters.") else n.split(".")[0]
+            groups.setdefault(key, []).append((maxdiff(og, g), float(og.abs().max())))
+    grads_within = not missing and not extra
+    for key, vals in sorted(groups.items()):
+        d, scale = max(v[0] for v in vals), max(v[1] for v in vals)
+        grad_rows.append((f"gradients: {key} ({len(vals)} tensors)", d, rel(d, scale)))
+        grads_within = grads_within and d <= GRAD_REL_TOL * scale
+    loss_within = all(isinstance(v, float) and v <= FLOAT_TOL for _, v, _ in grad_rows[1:4])
+    grad_rows.append(("gradient tensors matched", f"{len(zgrads) - len(missing)} of {len(zgrads)}",
+                      f"missing {missing[:2]}, official-only {extra[:2]}"))  # fmt: skip
     within = all(v is not None and not isinstance(v, str) and v <= FLOAT_TOL for _, v, _ in rows[2:])
     imp = record["import_check"]
     lines = [
@@ -316,6 +383,12 @@ def main() -> None:
         "",
         *table("Inference, fp32 on both sides (official: hf_model.forward's lines with autocast off + test.py)", rows),
         *table("bf16: the official forward as it runs (torch.autocast bf16) — drift, not a zsad difference", drift),
+        *table(
+            "One training step (train.py's lines, fp32, one micro-batch before its / 4 accumulation; batch "
+            f"{', '.join(tr['names'])}, labels {tr['labels'].int().tolist()}; zsad: loss_terms + backward "
+            f"with gradient checkpointing, {t_step:.0f} s)",
+            grad_rows,
+        ),
     ]
     if second:
         r2 = second["record"]["import_check"]
@@ -329,7 +402,10 @@ def main() -> None:
     lines += [
         f"Tolerance: maps and scores within {FLOAT_TOL:g} (absolute, both in [0, 1]): "
         + ("**met**." if within else "**NOT met**.")
-        + f" Time: official side {t_off:.0f} s (model build, save, fp32 + bf16 forwards), zsad {t_z:.0f} s "
+        + f" Loss terms within {FLOAT_TOL:g} and gradients within {GRAD_REL_TOL:g} of each group's scale: "
+        + ("**met**." if loss_within and grads_within else "**NOT met**.")
+        + f" Time: official side {t_off:.0f} s (model build, save, fp32 + bf16 forwards, one training step), "
+        f"zsad {t_z:.0f} s "
         f"(one tower pass per image), total {time.perf_counter() - t_start:.0f} s.",
         "",
         f"Hardware: {hardware('cpu')}, no GPU. Versions: zsad side torch "
@@ -342,6 +418,34 @@ def main() -> None:
     if args.append_results:
         with args.results_file.open("a") as f:
             f.write("\n" + text)
+
+
+def train_batch(size: int, mean: Any, std: Any) -> dict[str, Any]:
+    """The first MPDD metal_plate defect image with its mask and the first good image (empty mask), labels 1, 0."""
+    from PIL import Image
+
+    from zsad.data import squash_mask
+
+    base = assets_dir() / "mpdd_metal_plate"
+    defect, good = sorted((base / "defect").glob("*.png"))[0], sorted((base / "good").glob("*.png"))[0]
+    with Image.open(base / "masks" / defect.name) as im:
+        mask = squash_mask(im, size)
+    return {
+        "images": squashed([defect, good], size, mean, std),
+        "masks": torch.stack([mask, torch.zeros_like(mask)]),
+        "labels": torch.tensor([1.0, 0.0]),
+        "names": [f"defect/{defect.name}", f"good/{good.name}"],
+    }
+
+
+def official_name(name: str) -> str:
+    """The release / official-module name of a zsad parts tensor (as the importer maps them, reversed)."""
+    from zsad.methods.anomalyvfm import ADAPTED, HF_NET
+
+    if name.startswith("adapters."):
+        _, i, z, t = name.split(".")
+        return f"{HF_NET}encoder.layers.{i}.self_attn.{ADAPTED[z]}.{t}"
+    return name.replace("predictor.", "predictor.lin.", 1) if name.startswith("predictor.") else name
 
 
 def _positions(m: Any, grid: int) -> torch.Tensor:
