@@ -42,6 +42,8 @@ CPU, one image per forward.
     # as released: ViT-L/14-336 (24 blocks) at 672 px
     .venv/bin/python benchmarks/compare_anomalyvfm.py --official-root /tmp/avfm-official \\
         --official-python /tmp/avfm-venv/bin/python --images 2
+    # cost only (no official side): predict vs the bare tower forward, 3 timed images
+    .venv/bin/python benchmarks/compare_anomalyvfm.py --official-root - --official-python - --cost 3
 
 Random weights everywhere: fidelity only, NOT detection quality.
 """
@@ -205,9 +207,13 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-weights-pass", action="store_true", help="skip the import onto the released tower")
+    ap.add_argument("--cost", type=int, default=0, help="only time N forwards: predict vs the bare tower forward")
     add_results_args(ap)
     args = ap.parse_args()
     t_start = time.perf_counter()
+    if args.cost:
+        cost(args)
+        return
 
     from zsad.backbone import ClipBackbone
     from zsad.methods import create_method
@@ -414,6 +420,65 @@ def main() -> None:
         "",
     ]
     text = "\n".join(lines)
+    print(text)
+    if args.append_results:
+        with args.results_file.open("a") as f:
+            f.write("\n" + text)
+
+
+def cost(args: argparse.Namespace) -> None:
+    """Seconds per image of ``predict`` against the bare backbone forward (``encode_image``, last block) at the size.
+
+    Random weights (the cost does not depend on their values); the adapters are DoRA with random B, so the merged
+    weights are rebuilt as in a real run. Each is run once to warm up, then ``--cost`` times, one image per call.
+    """
+    from zsad.backbone import ClipBackbone
+    from zsad.methods import create_method
+    from zsad.sysinfo import hardware
+
+    s = args.image_size
+    name = "ViT-L-14-336-quickgelu"
+    if args.blocks != 24:
+        path = Path(tempfile.mkdtemp(prefix="anomalyvfm_cost_")) / "vit_l14_336_quickgelu.json"
+        path.write_text(json.dumps(open_clip_config(args.blocks)))
+        name = str(path)
+    bb = ClipBackbone.from_pretrained(name, "none", image_size=s, seed=args.seed)
+    m: Any = create_method("anomalyvfm", bb, peft=args.peft, rank=args.rank)
+    with torch.no_grad():
+        for p in m.parts.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    m.training_manifest = {}
+    m.setup(None)
+    x = torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(0))
+
+    def timed(fn: Any) -> float:
+        with torch.no_grad():
+            fn()
+            t0 = time.perf_counter()
+            for _ in range(args.cost):
+                fn()
+        return (time.perf_counter() - t0) / args.cost
+
+    bare = timed(lambda: bb.encode_image(x, layers=(bb.num_layers,)))
+    full = timed(lambda: m.predict(x))
+    text = "\n".join(
+        [
+            f"## AnomalyVFM (CLIP) cost, ratio to the bare backbone forward ({time.strftime('%Y-%m-%d')}, CPU)",
+            "",
+            f"Command: `.venv/bin/python benchmarks/compare_anomalyvfm.py --official-root - --official-python - "
+            f"--cost {args.cost} --blocks {args.blocks} --image-size {s}` (random weights: cost only). "
+            f"{bb.num_layers} blocks at {s} px, {args.peft} rank {args.rank}, one image per call, mean of "
+            f"{args.cost} after one warm-up.",
+            "",
+            "| forward | seconds per image | ratio |",
+            "|---|---:|---:|",
+            f"| bare backbone (`encode_image`, last block) | {bare:.2f} | 1.00 |",
+            f"| anomalyvfm `predict` (adapters, decoder, map) | {full:.2f} | {full / bare:.2f} |",
+            "",
+            f"Hardware: {hardware('cpu')}, no GPU; torch {torch.__version__}.",
+            "",
+        ]
+    )
     print(text)
     if args.append_results:
         with args.results_file.open("a") as f:
