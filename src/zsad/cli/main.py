@@ -601,10 +601,16 @@ def train_cmd(
 @with_backbone_options
 def import_cmd(
     bb: BackboneSpec,
-    file: Annotated[Path, typer.Argument(help="Checkpoint released with the official code (e.g. train_on_visa.pth).")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="Checkpoint released with the official code (e.g. train_on_visa.pth; anomalyvfm: the Hugging Face "
+            "release folder with config.json + model.safetensors, or its model.pkl)."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="zsad checkpoint folder to write.")],
     trained_on: Annotated[str, typer.Option(help="What the released layers were trained on (recorded).")],
-    method: Annotated[str, typer.Option(help="sdp+ (CLIP-AD), adaclip or anomalyclip.")] = "sdp+",
+    method: Annotated[str, typer.Option(help="sdp+ (CLIP-AD), adaclip, anomalyclip or anomalyvfm.")] = "sdp+",
 ) -> None:
     """Convert an official release's trained parts into a zsad checkpoint (safetensors + manifest)."""
     from zsad import runs
