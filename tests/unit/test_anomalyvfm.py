@@ -20,10 +20,17 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from zsad.backbone import ClipBackbone
+from zsad.backbone.vision import VisionBackbone
 from zsad.errors import ZsadInputError
 from zsad.methods import create_method
-from zsad.methods.anomalyvfm import AnomalyVfm, interpolate_positions, loss_from_logits, sigmoid_focal
-from zsad.methods.peft import DoraAdapter, LoraAdapter
+from zsad.methods.anomalyvfm import (
+    AnomalyVfm,
+    dinov2_positions,
+    interpolate_positions,
+    loss_from_logits,
+    sigmoid_focal,
+)
+from zsad.methods.peft import DoraAdapter, LoraAdapter, adapted_qkv
 from zsad.runs import import_checkpoint
 from zsad.runs.build import BackboneSpec
 
@@ -53,7 +60,7 @@ def images() -> torch.Tensor:
     return torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
 
 
-def _vfm(backbone: ClipBackbone, **options: object) -> AnomalyVfm:
+def _vfm(backbone: ClipBackbone | VisionBackbone, **options: object) -> AnomalyVfm:
     m = create_method("anomalyvfm", backbone, **options)
     assert isinstance(m, AnomalyVfm)
     return m
@@ -271,7 +278,8 @@ def test_foreign_corrupt_and_other_releases_are_refused_in_one_line(
     state = _release(m)
     cases: list[tuple[str, dict[str, torch.Tensor], dict[str, object], str]] = [
         ("foreign", {"visual.conv1.weight": torch.zeros(2, 2)}, {}, "not an AnomalyVFM release"),
-        ("radio", state, {"model_name": "radio"}, "for backbone 'radio'.*CLIP only"),
+        ("radio", state, {"model_name": "radio"}, "for backbone 'radio'.*CLIP and DINOv2 only"),
+        ("named", state, {"model_name": "dinov2"}, "model_name 'dinov2' but the tensors hold a clip tower"),
         ("rank", state, {"peft_rank": 8}, "peft_rank 8 but the adapters have rank 4"),
         ("kind", state, {"peft_type": "lora"}, "peft_type 'lora' but the tensors hold dora"),
         ("extra", {**state, "decoder_extra.w": torch.zeros(1)}, {}, "tensors this importer does not know"),
@@ -375,3 +383,208 @@ def test_synthetic_anomalies_replace_normal_images_of_a_batch(bb: ClipBackbone, 
     assert half.synthetic(x, gt, label)[2].tolist().count(1.0) == 1 + round(3 * 0.5)
     with pytest.raises(ZsadInputError, match="synth_area"):
         _vfm(bb, synth_area=[0.2, 0.1])
+
+
+# ---------------------------------------------------------------------------------------------- the DINOv2 variant
+# timm's DINOv2 ViT with 4 registers (layer scale, no class position in pos_embed), cut to 2 blocks of width 64, at
+# 112 px (grid 8): the architecture of vit_large_patch14_reg4_dinov2 at a test's size
+DINO = "timm:vit_small_patch14_reg4_dinov2"
+DINO_SIZE = 112
+
+
+@pytest.fixture(scope="module")
+def dino() -> VisionBackbone:
+    import timm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vit = timm.create_model(DINO[5:], pretrained=False, img_size=DINO_SIZE, depth=2, embed_dim=64, num_heads=4,
+                                num_classes=0)  # fmt: skip
+    with torch.no_grad():  # timm's default layer scale (1e-5) would hide the blocks; DINOv2's trained ones are ~0.1-1
+        g = torch.Generator().manual_seed(1)
+        for name, p in vit.named_parameters():
+            if name.endswith("gamma") or name in ("cls_token", "reg_token"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return VisionBackbone(vit, model_name=DINO, pretrained="none", image_size=DINO_SIZE)
+
+
+@pytest.fixture(scope="module")
+def dino_images() -> torch.Tensor:
+    return torch.randn(2, 3, DINO_SIZE, DINO_SIZE, generator=torch.Generator().manual_seed(4))
+
+
+def test_fused_qkv_adapters_are_the_official_wrappers_literally() -> None:
+    """DoRA: one matmul with cat(m_q · dir(W_q + s B_q A_q), W_k, m_v · dir(W_v + s B_v A_v)); LoRA: the frozen fused
+    map plus s (x A^T) B^T on its q and v thirds, k untouched."""
+    g = torch.Generator().manual_seed(0)
+    w, b, x = torch.randn(6, 4, generator=g), torch.randn(6, generator=g), torch.randn(3, 5, 4, generator=g)
+    wq, wk, wv = w[:2], w[2:4], w[4:]
+    dq, dv = DoraAdapter(2, 4, 2, 1.0, wq), DoraAdapter(2, 4, 2, 1.0, wv)
+    lq, lv = LoraAdapter(2, 4, 2, 3.0), LoraAdapter(2, 4, 2, 3.0)
+    with torch.no_grad():
+        for ad in (dq, dv, lq, lv):
+            ad.lora_B.copy_(torch.randn(ad.lora_B.shape, generator=g))
+        dq.magnitude.mul_(1.5)
+    s = 0.5
+    aq, av = wq + s * dq.lora_B @ dq.lora_A, wv + s * dv.lora_B @ dv.lora_A
+    final = torch.cat([dq.magnitude[:, None] * aq / (aq.norm(dim=1, keepdim=True) + 1e-8), wk,
+                       dv.magnitude[:, None] * av / (av.norm(dim=1, keepdim=True) + 1e-8)])  # fmt: skip
+    torch.testing.assert_close(adapted_qkv(x, w, b, dq, dv), x @ final.T + b)
+    q, k, v = (x @ w.T + b).chunk(3, dim=-1)
+    want = torch.cat([q + 1.5 * (x @ lq.lora_A.T) @ lq.lora_B.T, k, v + 1.5 * (x @ lv.lora_A.T) @ lv.lora_B.T], -1)
+    torch.testing.assert_close(adapted_qkv(x, w, b, lq, lv), want)
+
+
+def test_dinov2_tower_is_timms_forward_features_with_the_adapted_weights_merged(
+    dino: VisionBackbone, dino_images: torch.Tensor
+) -> None:
+    """Zero LoRA: timm's own forward_features (CLS, then patches; registers dropped), exactly. Random DoRA: the same
+    on a copy of the model whose fused qkv (q and v rows) and proj hold the merged weights."""
+    reg = 1 + 4
+    with torch.no_grad():
+        plain = dino.model.forward_features(dino_images)
+        got = _vfm(dino, peft="lora", rank=4).tower_tokens(dino_images)
+    assert got.shape == (2, 1 + 64, 64) and torch.equal(got, torch.cat([plain[:, :1], plain[:, reg:]], 1))
+    m = _randomise(_vfm(dino, rank=4))
+    model = copy.deepcopy(dino.model)
+    with torch.no_grad():
+        for i, blk in enumerate(model.blocks):
+            ad: Any = m.parts.adapters[i]
+            wq, wk, wv = blk.attn.qkv.weight.chunk(3)
+            blk.attn.qkv.weight.copy_(torch.cat([ad.q.merged_weight(wq), wk, ad.v.merged_weight(wv)]))
+            blk.attn.proj.weight.copy_(ad.out.merged_weight(blk.attn.proj.weight))
+        want = model.forward_features(dino_images)
+        torch.testing.assert_close(m.tower_tokens(dino_images), torch.cat([want[:, :1], want[:, reg:]], 1),
+                                   atol=1e-5, rtol=1e-5)  # fmt: skip
+        assert (want - plain).abs().max() > 1e-2
+    assert m.predict(dino_images).anomaly_map.shape == (2, DINO_SIZE, DINO_SIZE)
+
+
+def _official_dinov2_resize(
+    pos: torch.Tensor, w: int, h: int, patch: int, offset: float, antialias: bool
+) -> torch.Tensor:
+    """DINOv2's ``interpolate_pos_encoding`` (facebookresearch/dinov2, vision_transformer.py), literally."""
+    n = pos.shape[1] - 1
+    cls, patch_pos, dim = pos[:, 0], pos[:, 1:], pos.shape[-1]
+    w0, h0, m = w // patch, h // patch, int(math.sqrt(n))
+    kw: dict[str, Any] = {"scale_factor": ((w0 + offset) / m, (h0 + offset) / m)} if offset else {"size": (w0, h0)}
+    out = F.interpolate(patch_pos.reshape(1, m, m, dim).permute(0, 3, 1, 2), mode="bicubic", antialias=antialias, **kw)
+    return torch.cat((cls.unsqueeze(0), out.permute(0, 2, 3, 1).view(1, -1, dim)), dim=1)
+
+
+def test_dinov2_positions_are_the_official_resize_and_timms() -> None:
+    """37x37 -> 48x48 (672 px) as dinov2_vitl14_reg resizes (antialias, size, offset 0), equal to timm's load-time
+    resample; the antialias flag and the old models' offset (0.1, scale factor) change the numbers, and are kept."""
+    from timm.layers import resample_abs_pos_embed
+
+    pos = torch.randn(1, 1 + 37 * 37, 16, generator=torch.Generator().manual_seed(0))
+    got = dinov2_positions(pos[:, 1:], (48, 48))
+    assert torch.equal(got, _official_dinov2_resize(pos, 672, 672, 14, 0.0, True)[:, 1:])
+    assert torch.equal(got, resample_abs_pos_embed(pos[:, 1:], [48, 48], num_prefix_tokens=0))
+    old = dinov2_positions(pos[:, 1:], (48, 48), offset=0.1, antialias=False)
+    assert torch.equal(old, _official_dinov2_resize(pos, 672, 672, 14, 0.1, False)[:, 1:])
+    no_aa = F.interpolate(pos[:, 1:].reshape(1, 37, 37, 16).permute(0, 3, 1, 2), size=(48, 48), mode="bicubic")
+    assert (got - no_aa.permute(0, 2, 3, 1).reshape(1, -1, 16)).abs().max() > 1e-3 and not torch.equal(got, old)
+    table = pos[:, 1:]
+    assert dinov2_positions(table, (37, 37)) is table
+
+
+def _dinov2_meta(bb: VisionBackbone, pos: torch.Tensor | None = None, cls: torch.Tensor | None = None) -> dict:
+    """Meta's DINOv2 state dict (the torch hub module's names) of a timm tower: by default the class position is 0
+    and the table is at the backbone's grid, so timm's conversion gives back the backbone exactly."""
+    t = {k: v.detach().clone() for k, v in bb.model.state_dict().items()}
+    zero = torch.zeros(1, 1, bb.width)
+    out = {
+        "cls_token": t["cls_token"] if cls is None else cls,
+        "pos_embed": torch.cat([zero, t["pos_embed"]], 1) if pos is None else pos,
+        "register_tokens": t["reg_token"],
+        "mask_token": torch.zeros(1, bb.width),
+    }
+    out.update({k: v for k, v in t.items() if k.startswith(("patch_embed.", "blocks.", "norm."))})
+    return out
+
+
+def _dinov2_release(meta: dict[str, torch.Tensor], method: AnomalyVfm) -> dict[str, torch.Tensor]:
+    """The official hf_model.AnomalyVFM state dict: model.net.* with qkv/proj wrapped, decoder.*, predictor.lin.*."""
+    p = {k: v.detach().clone() for k, v in method.parts.state_dict().items()}
+    out: dict[str, torch.Tensor] = {}
+    for k, v in meta.items():
+        for lin in (".attn.qkv.", ".attn.proj."):
+            k = k.replace(lin, lin + "layer.")
+        out["model.net." + k] = v
+    names = {"q": ("qkv", "_q", "mag_q"), "v": ("qkv", "_v", "mag_v"), "out": ("proj", "", "magnitude")}
+    for i in range(method.backbone.num_layers):
+        for z, (mod, suffix, mag) in names.items():
+            base = f"model.net.blocks.{i}.attn.{mod}."
+            out[base + "lora_A" + suffix] = p[f"adapters.{i}.{z}.lora_A"]
+            out[base + "lora_B" + suffix] = p[f"adapters.{i}.{z}.lora_B"]
+            if f"adapters.{i}.{z}.magnitude" in p:
+                out[base + mag] = p[f"adapters.{i}.{z}.magnitude"]
+    out.update({k: v for k, v in p.items() if k.startswith("decoder.")})
+    out["predictor.lin.weight"], out["predictor.lin.bias"] = p["predictor.weight"], p["predictor.bias"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def _dino_import(src: Path, out: Path, bb: VisionBackbone) -> Path:
+    """The importer ``import_checkpoint`` calls, on the tiny tower (``runs`` builds timm towers from names only)."""
+    return AnomalyVfm.import_official(src, bb, out, "synthetic (test)")
+
+
+def test_dinov2_release_imports_checked_or_stored_as_timm_converts_it(
+    dino: VisionBackbone, dino_images: torch.Tensor, tmp_path: Path
+) -> None:
+    """A release in the exact Hugging Face layout: on the tower it was made from it is checked, not stored, and runs
+    as the model set directly; with another tower (a 6x6 table resized to 8x8, a class position) it is stored and
+    runs as a backbone holding what timm's own DINOv2 conversion makes of those weights."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    bb = dino
+    m = _randomise(_vfm(bb, rank=4))
+    src = _write_release(tmp_path / "same", _dinov2_release(_dinov2_meta(bb), m), model_name="dinov2",
+                         image_size=DINO_SIZE)  # fmt: skip
+    got = _vfm(bb, checkpoint=str(_dino_import(src, tmp_path / "ckpt", bb)))
+    assert (got.config.peft, got.config.rank, got.config.tower_weights) == ("dora", 4, "backbone")
+    check = got.describe()["vision_tower"]["import_check"]
+    assert check["differing_tensors"] == 0 and check["compared_tensors"] == 7 + 14 * bb.num_layers
+    a, b = got.predict(dino_images), m.predict(dino_images)
+    assert torch.equal(a.pred_score, b.pred_score) and torch.equal(a.anomaly_map, b.anomaly_map)
+
+    g = torch.Generator().manual_seed(2)
+    meta = _dinov2_meta(
+        bb, pos=torch.randn(1, 1 + 36, bb.width, generator=g), cls=torch.randn(1, 1, bb.width, generator=g)
+    )
+    lora = _randomise(_vfm(bb, peft="lora", rank=4))
+    drive = {f"{part}_state_dict": {k.removeprefix(pre): v for k, v in _dinov2_release(meta, lora).items()
+                                    if k.startswith(pre)}
+             for part, pre in (("model", "model."), ("decoder", "decoder."), ("predictor", "predictor."))}  # fmt: skip
+    torch.save(drive, tmp_path / "model.pkl")
+    got = _vfm(bb, checkpoint=str(_dino_import(tmp_path / "model.pkl", tmp_path / "ckpt2", bb)))
+    assert (got.config.peft, got.config.tower_weights) == ("lora", "checkpoint")
+    model = copy.deepcopy(bb.model)
+    model.load_state_dict(checkpoint_filter_fn(dict(meta), model))  # timm: class position folded, table resampled
+    other = VisionBackbone(model, model_name=DINO, pretrained="none", image_size=DINO_SIZE)
+    want = _vfm(other, peft="lora", rank=4)
+    want.parts.load_state_dict(lora.parts.state_dict())
+    want.training_manifest = {}
+    a, b = got.predict(dino_images), want.predict(dino_images)
+    assert torch.equal(a.pred_score, b.pred_score) and torch.equal(a.anomaly_map, b.anomaly_map)
+
+
+def test_dinov2_releases_that_do_not_fit_are_refused_in_one_line(
+    dino: VisionBackbone, bb: ClipBackbone, tiny_json: Path, tmp_path: Path
+) -> None:
+    m = _randomise(_vfm(dino, rank=4))
+    state = _dinov2_release(_dinov2_meta(dino), m)
+    cases: list[tuple[str, dict[str, torch.Tensor], dict[str, object], str]] = [
+        ("mask", {k: v for k, v in state.items() if "mask_token" not in k}, {}, "model.net.mask_token.*missing"),
+        ("extra", {**state, "model.net.blocks.0.attn.qkv.lora_C": torch.zeros(1)}, {}, "does not know"),
+        ("rank", state, {"peft_rank": 8}, "peft_rank 8 but the adapters have rank 4"),
+        ("siglip", state, {"model_name": "siglip2"}, "for backbone 'siglip2'.*not built yet"),
+    ]
+    for name, st, cfg, match in cases:
+        src = _write_release(tmp_path / name, st, **{"model_name": "dinov2", "image_size": DINO_SIZE, **cfg})
+        assert str(src) in _one_line(lambda src=src, name=name: _dino_import(src, tmp_path / f"o_{name}", dino), match)
+    src = _write_release(tmp_path / "dinov2", state, model_name="dinov2", image_size=DINO_SIZE)
+    _one_line(lambda: _import(src, tmp_path / "o_clip", tiny_json), "DINOv2 release; backbone .* is a CLIP")
+    clip = _write_release(tmp_path / "clip", _release(_randomise(_vfm(bb, rank=4))))
+    _one_line(lambda: _dino_import(clip, tmp_path / "o_dino", dino), "CLIP release; backbone timm:.* is not a CLIP")

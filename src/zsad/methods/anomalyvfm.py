@@ -4,7 +4,7 @@ Paper: Fučka, Zavrtanik, Skočaj, "AnomalyVFM — Transforming Vision Foundatio
 Detectors", CVPR 2026 (arXiv 2601.20524); method notes docs/methods/anomalyvfm.md; official code MaticFuc/AnomalyVFM
 @4da96b4. The code, with which the released weights were made, is followed where it differs from the paper.
 
-The CLIP variant (the only one built so far):
+Two towers are built (SigLIP2 and RADIO are not yet); the CLIP variant is the default:
 - Tower: OpenAI's CLIP ViT-L/14-336 image tower (QuickGELU) at 672 px, the positional embedding resized bicubically
   (align_corners False) from 24x24 to 48x48 as Hugging Face's ``interpolate_pos_encoding``. Its output is the last
   block's hidden state, *without* ``ln_post`` (HF's ``last_hidden_state``; ``post_layernorm`` only touches the
@@ -16,6 +16,15 @@ The CLIP variant (the only one built so far):
   convs halving the channels, then 1x1 heads for the mask and a confidence that only training reads), sigmoid,
   a 5x5 mean filter (zero padding counted, as the official ``AvgPool2d``) at the decoder's 96x96, then resized to
   the input size (nearest, as the official test code's ``F.interpolate`` default).
+
+The DINOv2 variant (``--backbone timm:vit_large_patch14_reg4_dinov2.lvd142m``, ``zsad.backbone.vision``): Meta's
+ViT-L/14 with 4 register tokens and layer scale at 672 px (grid 48x48), ImageNet mean/std. The official code loads
+``dinov2_vitl14_reg`` from torch hub, whose positions are resized per forward bicubically *with* antialias to an
+explicit size (``interpolate_offset`` 0); timm's load-time resample is that same call, and the importer resizes the
+released 37x37 table with ``dinov2_positions`` (the official formula). Adapters wrap the fused ``attn.qkv`` (q and v
+row blocks, computed as the official QKV wrappers: ``zsad.methods.peft.adapted_qkv``) and ``attn.proj`` of every
+block; the output is ``forward_features`` after the final norm: the score reads ``x_norm_clstoken``, the decoder
+``x_norm_patchtokens`` (register tokens dropped).
 
 The released weights carry the whole tower. The importer compares it with the backbone's: bit-equal, it is not
 stored (the backbone's weights are the released ones); otherwise the released tower is stored in the checkpoint and
@@ -37,10 +46,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from zsad.backbone import Backbone, ClipBackbone
+from zsad.backbone.clip import PRECISIONS
+from zsad.backbone.vision import VisionBackbone
 from zsad.errors import ZsadInputError
 from zsad.methods.base import MethodConfig
 from zsad.methods.options import check_range
-from zsad.methods.peft import PEFT_KINDS, LowRankAdapter, make_adapter
+from zsad.methods.peft import PEFT_KINDS, LowRankAdapter, adapted_qkv, make_adapter
 from zsad.methods.trainable import TrainableMethod, load_tensors, mask_items, read_official
 from zsad.synth import SYNTH_MODES, synthesize
 from zsad.types import Prediction
@@ -60,9 +71,33 @@ L1_CLIP = (0.1, 0.9)
 CONFIDENCE_PENALTY = 0.1
 
 
+DINOV2_BACKBONE = "timm:vit_large_patch14_reg4_dinov2.lvd142m"  # the official dinov2_vitl14_reg, in timm's layout
+# DINOv2 position resize of torch hub's dinov2_vitl14_reg (``interpolate_offset``, ``interpolate_antialias``)
+DINOV2_OFFSET, DINOV2_ANTIALIAS = 0.0, True
+
+
+@dataclass(frozen=True)
+class TowerLayout:
+    """Where a tower family keeps what the adapters wrap: the fused q/k/v weight and the attention's output map."""
+
+    family: str  # clip | dinov2
+    qkv: str  # tensor name template of the fused (3W, W) input projection, ``{i}`` the block
+    proj: str  # tensor name template of the attention's output projection
+
+
+CLIP_LAYOUT = TowerLayout(
+    "clip", "transformer.resblocks.{i}.attn.in_proj_weight", "transformer.resblocks.{i}.attn.out_proj.weight"
+)
+DINOV2_LAYOUT = TowerLayout("dinov2", "blocks.{i}.attn.qkv.weight", "blocks.{i}.attn.proj.weight")
+
+
 @dataclass
 class AnomalyVfmConfig(MethodConfig):
-    """AnomalyVFM options; the defaults are the released CLIP model (OpenAI ViT-L/14-336, QuickGELU, 672 px)."""
+    """AnomalyVFM options; the defaults are the released CLIP model (OpenAI ViT-L/14-336, QuickGELU, 672 px).
+
+    ``backbone`` picks the variant: an open_clip CLIP name (the CLIP variant) or a timm DINOv2 ViT
+    (``timm:vit_large_patch14_reg4_dinov2.lvd142m``, the DINOv2 variant; 672 px as well).
+    """
 
     backbone: str = "ViT-L-14-336-quickgelu"  # OpenAI's activation, as Hugging Face's CLIP the release was made on
     pretrained: str = "openai"
@@ -185,22 +220,54 @@ class AnomalyVfmParts(nn.Module):
     """Everything AnomalyVFM learns (adapters, decoder, predictor) and, when imported so, the released tower."""
 
     def __init__(
-        self, visual: dict[str, torch.Tensor], layers: int, width: int, cfg: AnomalyVfmConfig, stored: bool
+        self,
+        visual: dict[str, torch.Tensor],
+        layers: int,
+        width: int,
+        cfg: AnomalyVfmConfig,
+        stored: bool,
+        layout: TowerLayout = CLIP_LAYOUT,
     ) -> None:
         super().__init__()
         self.adapters = nn.ModuleList(
             BlockAdapters(
-                cfg.peft,
-                visual[f"transformer.resblocks.{i}.attn.in_proj_weight"],
-                visual[f"transformer.resblocks.{i}.attn.out_proj.weight"],
-                cfg.rank,
-                cfg.alpha,
+                cfg.peft, visual[layout.qkv.format(i=i)], visual[layout.proj.format(i=i)], cfg.rank, cfg.alpha
             )
             for i in range(layers)
         )
         self.decoder = MaskDecoder(width)
         self.predictor = nn.Linear(width, 1)
         self.tower = StoredTower({k: (v.shape, torch.float32) for k, v in visual.items()}) if stored else None
+
+
+def dinov2_tower_keys(layers: int, registers: bool) -> list[str]:
+    """The timm names of a DINOv2 tower's tensors the forward reads (no head).
+
+    timm folds DINOv2's class position into ``cls_token`` and keeps ``pos_embed`` for the patches only.
+    """
+    keys = ["cls_token", *(["reg_token"] if registers else []), "pos_embed", "patch_embed.proj.weight"]
+    keys += ["patch_embed.proj.bias", "norm.weight", "norm.bias"]
+    for i in range(layers):
+        keys += [f"blocks.{i}.{n}" for n in DINOV2_BLOCK]
+    return keys
+
+
+DINOV2_BLOCK = (
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "ls1.gamma",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
+    "ls2.gamma",
+)
 
 
 def tower_keys(layers: int) -> list[str]:
@@ -246,27 +313,57 @@ def interpolate_positions(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Ten
     return torch.cat([pos[:1], patch.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)])
 
 
+def dinov2_positions(
+    patch_pos: torch.Tensor, grid: tuple[int, int], offset: float = DINOV2_OFFSET, antialias: bool = DINOV2_ANTIALIAS
+) -> torch.Tensor:
+    """(1, M², W) patch positions -> (1, gh·gw, W) as DINOv2's ``interpolate_pos_encoding`` resizes them.
+
+    Bicubic in fp32, antialias as the model says (True for the register models). With ``offset`` 0 the output size is
+    given; otherwise the historical scale factor ``(g + offset) / M`` is (which then also sets the kernel's spacing).
+    At M² = gh·gw and a square grid it is returned unchanged, as the official code returns its table.
+    """
+    n, dim = patch_pos.shape[1], patch_pos.shape[2]
+    m = round(n**0.5)
+    if m * m != n:
+        raise ValueError(f"{n} patch positions are not a square grid")
+    if n == grid[0] * grid[1] and grid[0] == grid[1]:
+        return patch_pos
+    size: dict[str, Any] = (
+        {"scale_factor": ((grid[0] + offset) / m, (grid[1] + offset) / m)} if offset else {"size": grid}
+    )
+    table = patch_pos.float().reshape(1, m, m, dim).permute(0, 3, 1, 2)
+    out = F.interpolate(table, mode="bicubic", antialias=antialias, **size)
+    if tuple(out.shape[-2:]) != tuple(grid):
+        raise ValueError(f"positions resized to {tuple(out.shape[-2:])}, not {grid}")
+    return out.permute(0, 2, 3, 1).reshape(1, -1, dim).to(patch_pos.dtype)
+
+
 # ---------------------------------------------------------------------------------------------- the method
 class AnomalyVfm(TrainableMethod):
-    """AnomalyVFM on a CLIP image tower: adapters in the attention, a conv decoder for the map, a linear score."""
+    """AnomalyVFM on a CLIP or DINOv2 tower: adapters in the attention, a conv decoder for the map, a linear score."""
 
     name = "anomalyvfm"
     config_cls = AnomalyVfmConfig
     config: AnomalyVfmConfig
-    backbone: ClipBackbone
+    backbone: Any  # ClipBackbone (CLIP variant) or VisionBackbone (DINOv2 variant)
+    layout: TowerLayout  # the tower family, from the backbone's type
     needs_class_name: ClassVar[bool] = False  # no text at all
     arch_fields = ("peft", "rank", "alpha", "tower_weights")
     official_checkpoint = (
-        "the Hugging Face release of AnomalyVFM CLIP (a folder with config.json and model.safetensors), or the "
-        "Drive model.pkl (read with weights_only=True)"
+        "the Hugging Face release of AnomalyVFM CLIP or DINOv2 (a folder with config.json and model.safetensors), "
+        "or the Drive model.pkl (read with weights_only=True)"
     )
     official_folder: ClassVar[bool] = True  # ``import_checkpoint`` takes the release folder as it is downloaded
 
     def __init__(self, backbone: Backbone, config: MethodConfig | None = None, **overrides: Any) -> None:
-        if not isinstance(backbone, ClipBackbone):
+        if isinstance(backbone, ClipBackbone):
+            self.layout = CLIP_LAYOUT
+        elif isinstance(backbone, VisionBackbone):
+            self.layout = DINOV2_LAYOUT
+        else:
             raise ZsadInputError(
-                f"anomalyvfm: backbone {getattr(backbone, 'model_name', type(backbone).__name__)} is not a CLIP; "
-                "only the CLIP variant is built so far (DINOv2, SigLIP2 and RADIO are planned)"
+                f"anomalyvfm: backbone {getattr(backbone, 'model_name', type(backbone).__name__)} is neither a CLIP "
+                f"nor a timm DINOv2 ({DINOV2_BACKBONE}); SigLIP2 and RADIO are not built yet"
             )
         super().__init__(backbone, config, **overrides)
 
@@ -283,6 +380,9 @@ class AnomalyVfm(TrainableMethod):
                 f"anomalyvfm: the decoder's GroupNorm({NORM_GROUPS}) needs a tower width divisible by "
                 f"{2 * NORM_GROUPS}; {bb.model_name} has {bb.width}"
             )
+        if self.layout.family == "dinov2":
+            check_dinov2_tower(bb)
+            return
         for blk in bb.model.visual.transformer.resblocks:
             if not (isinstance(blk.ls_1, nn.Identity) and isinstance(blk.ls_2, nn.Identity)):
                 raise ZsadInputError(f"anomalyvfm: {bb.model_name} uses layer scale, which this tower does not have")
@@ -296,12 +396,12 @@ class AnomalyVfm(TrainableMethod):
     def build_parts(self, seed: int | None) -> None:
         """Fresh parts (A ~ N(0, 0.01²), B = 0, DoRA magnitudes = row norms), seeded without touching global RNG."""
         bb = self.backbone
-        visual = {k: v for k, v in bb.model.visual.named_parameters() if k in set(tower_keys(bb.num_layers))}
+        visual = self.backbone_tower()
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
             parts = AnomalyVfmParts(
-                visual, bb.num_layers, bb.width, self.config, self.config.tower_weights == "checkpoint"
+                visual, bb.num_layers, bb.width, self.config, self.config.tower_weights == "checkpoint", self.layout
             )
         self._parts = parts.to(bb.device).eval()
 
@@ -327,15 +427,31 @@ class AnomalyVfm(TrainableMethod):
         return out
 
     # ------------------------------------------------------------------ forward
+    def backbone_tower(self) -> dict[str, torch.Tensor]:
+        """{name: tensor} of the backbone's own tower, the tensors the forward reads (open_clip or timm names)."""
+        bb = self.backbone
+        if self.layout.family == "dinov2":
+            keys = set(dinov2_tower_keys(bb.num_layers, bb.model.reg_token is not None))
+            return {k: v for k, v in bb.model.named_parameters() if k in keys}
+        return {k: v for k, v in bb.model.visual.named_parameters() if k in set(tower_keys(bb.num_layers))}
+
     def tower_weights(self) -> dict[str, torch.Tensor]:
-        """{open_clip name: tensor} of the tower this model runs on: the stored release's, else the backbone's."""
+        """{name: tensor} of the tower this model runs on: the stored release's, else the backbone's."""
         tower = self._parts.tower
         if isinstance(tower, StoredTower):
             return tower.weights()
+        if self.layout.family == "dinov2":
+            return self.backbone_tower()
         return dict(self.backbone.model.visual.named_parameters())
 
     def tower_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 1+N, width): the last block's hidden state, no ``ln_post`` (HF CLIP's ``last_hidden_state``)."""
+        """(B, 1+N, width): CLS first, then the patches: what the predictor and the decoder read.
+
+        CLIP: the last block's hidden state, no ``ln_post`` (HF CLIP's ``last_hidden_state``). DINOv2: the final
+        norm's output (``x_norm_clstoken`` and ``x_norm_patchtokens``), register tokens dropped.
+        """
+        if self.layout.family == "dinov2":
+            return self._dinov2_tokens(images)
         bb = self.backbone
         w = self.tower_weights()
         visual = bb.model.visual
@@ -352,6 +468,56 @@ class AnomalyVfm(TrainableMethod):
             # recompute: the same ops again in the backward, so only one block's activations are held at a time
             x = checkpoint(self._block, i, x, w, use_reentrant=False) if recompute else self._block(i, x, w)
         return x
+
+    def _dinov2_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """DINOv2's ``forward_features`` on the adapted tower, in timm's layout (see ``check_dinov2_tower``)."""
+        bb = self.backbone
+        model, w = bb.model, self.tower_weights()
+        pw = w["patch_embed.proj.weight"]
+        x = F.conv2d(images.to(pw.dtype), pw, w["patch_embed.proj.bias"], stride=bb.patch_size)
+        grid = (int(x.shape[-2]), int(x.shape[-1]))
+        x = x.flatten(2).transpose(1, 2)
+        pos = w["pos_embed"]
+        prefix = [w["cls_token"].expand(x.shape[0], -1, -1)]
+        if "reg_token" in w:
+            prefix.append(w["reg_token"].expand(x.shape[0], -1, -1))
+        n_prefix = sum(t.shape[1] for t in prefix)
+        want = grid[0] * grid[1] + (0 if model.no_embed_class else n_prefix)
+        if pos.shape[1] != want:
+            raise ZsadInputError(
+                f"anomalyvfm: {bb.model_name} holds positions for {bb.image_size} px; got images of "
+                f"{tuple(images.shape[-2:])} px (grid {grid})"
+            )
+        # timm's _pos_embed: without class embedding the prefix tokens get no position (DINOv2's class position
+        # is folded into cls_token when the weights are converted, which adds the same two numbers)
+        x = torch.cat([*prefix, x + pos], 1) if model.no_embed_class else torch.cat([*prefix, x], 1) + pos
+        recompute = self.config.grad_checkpointing and self._parts.training and torch.is_grad_enabled()
+        low = bb.precision != "fp32"
+        with torch.autocast(x.device.type, PRECISIONS[bb.precision], enabled=low):
+            for i in range(bb.num_layers):
+                x = (
+                    checkpoint(self._dinov2_block, i, x, w, use_reentrant=False)
+                    if recompute
+                    else self._dinov2_block(i, x, w)
+                )
+        x = F.layer_norm(x.float(), (x.shape[-1],), w["norm.weight"], w["norm.bias"], float(model.norm.eps))
+        return torch.cat([x[:, :1], x[:, n_prefix:]], 1)
+
+    def _dinov2_block(self, i: int, x: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
+        """DINOv2 block ``i``: ``x + ls1 · attn(norm1 x)``, then ``x + ls2 · mlp(norm2 x)``, adapters in ``attn``."""
+        blk = self.backbone.model.blocks[i]
+        p = f"blocks.{i}."
+        width = (x.shape[-1],)
+        ad: BlockAdapters = self._parts.adapters[i]  # type: ignore[assignment]
+        y = F.layer_norm(x, width, w[p + "norm1.weight"], w[p + "norm1.bias"], float(blk.norm1.eps))
+        qkv = adapted_qkv(y, w[p + "attn.qkv.weight"], w[p + "attn.qkv.bias"], ad.q, ad.v)
+        heads = int(blk.attn.num_heads)
+        q, k, v = qkv.unflatten(-1, (3, heads, -1)).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        x = x + ad.out(o, w[p + "attn.proj.weight"], w[p + "attn.proj.bias"]) * w[p + "ls1.gamma"]
+        y = F.layer_norm(x, width, w[p + "norm2.weight"], w[p + "norm2.bias"], float(blk.norm2.eps))
+        h = F.gelu(F.linear(y, w[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"]))
+        return x + F.linear(h, w[p + "mlp.fc2.weight"], w[p + "mlp.fc2.bias"]) * w[p + "ls2.gamma"]
 
     def _block(self, i: int, x: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
         """Block ``i`` (0-indexed) of the adapted tower on (B, T, width), weights from ``w``."""
@@ -480,9 +646,52 @@ class AnomalyVfm(TrainableMethod):
         return images, gt, label
 
     @classmethod
-    def import_official(cls, path: Path, backbone: ClipBackbone, out: Path, trained_on: str) -> Path:
+    def import_official(cls, path: Path, backbone: Any, out: Path, trained_on: str) -> Path:
         """Convert the released weights (see ``import_release``)."""
         return import_release(path, backbone, out, trained_on)
+
+
+def check_dinov2_tower(bb: VisionBackbone) -> None:
+    """Refuse, in one line, a timm ViT this DINOv2 forward does not reproduce.
+
+    The forward computes DINOv2's block by hand (fused qkv with adapters, SDPA, layer scale, exact-GELU MLP) and
+    reads the tensors ``dinov2_tower_keys`` names, so anything else in a timm ViT (SwiGLU, q/k norms, pre-norm,
+    patch-embed norm, no class token, no layer scale) would be silently skipped: it is refused instead.
+    """
+    m = bb.model
+    why = ""
+    if getattr(m, "cls_token", None) is None:
+        why = "no class token"
+    elif not isinstance(getattr(m, "norm_pre", nn.Identity()), nn.Identity):
+        why = "a norm before the blocks"
+    elif not isinstance(getattr(m.patch_embed, "norm", nn.Identity()), nn.Identity):
+        why = "a norm in the patch embedding"
+    elif not isinstance(getattr(m, "norm", None), nn.LayerNorm):
+        why = "no final LayerNorm"
+    for blk in m.blocks:
+        if why:
+            break
+        attn, mlp = getattr(blk, "attn", None), getattr(blk, "mlp", None)
+        if not isinstance(getattr(attn, "qkv", None), nn.Linear) or not isinstance(
+            getattr(attn, "proj", None), nn.Linear
+        ):
+            why = "attention without a fused qkv and a proj"
+        elif any(not isinstance(getattr(attn, n, nn.Identity()), nn.Identity) for n in ("q_norm", "k_norm", "norm")):
+            why = "q/k or attention norms"
+        elif getattr(attn, "gate", None) is not None:
+            why = "gated attention"
+        elif not (isinstance(act := getattr(mlp, "act", None), nn.GELU) and act.approximate == "none"):
+            why = "an MLP other than Linear-GELU-Linear"
+        elif not isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity):
+            why = "a norm inside the MLP"
+        elif not all(hasattr(getattr(blk, n, None), "gamma") for n in ("ls1", "ls2")):
+            why = "no layer scale"
+        elif not (isinstance(blk.norm1, nn.LayerNorm) and isinstance(blk.norm2, nn.LayerNorm)):
+            why = "block norms other than LayerNorm"
+    if why:
+        raise ZsadInputError(
+            f"anomalyvfm: {bb.model_name} is not a DINOv2 ViT in timm's layout ({why}); use {DINOV2_BACKBONE}"
+        )
 
 
 def sigmoid_focal(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -573,41 +782,58 @@ def read_release(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], P
     return config, raw, weights
 
 
-def _release_kind(config: dict[str, Any], state: dict[str, torch.Tensor], weights: Path) -> tuple[str, int, int]:
-    """(peft kind, rank, layers) of an AnomalyVFM CLIP release; anything else is refused in one line."""
-    name = str(config.get("model_name", "clip"))
-    if name != "clip":
+BUILT_RELEASES = ("clip", "dinov2")
+# the Drive model.pkl has no config: the tower is told by its tensors
+FAMILY_PROBE = {"clip": HF_NET + "encoder.layers.0.", "dinov2": HF_NET + "blocks.0.attn.qkv."}
+BLOCK_PREFIX = {"clip": HF_NET + "encoder.layers.", "dinov2": HF_NET + "blocks."}
+# first adapter of a release, per family: (key prefix, DoRA marker, LoRA A) - the CLIP wrappers are per projection,
+# the DINOv2 one is the fused QKV wrapper (lora_A_q, mag_q, ...)
+ADAPTER_PROBE = {
+    "clip": (HF_NET + "encoder.layers.0.self_attn.q_proj.", "magnitude", "lora_A"),
+    "dinov2": (HF_NET + "blocks.0.attn.qkv.", "mag_q", "lora_A_q"),
+}
+
+
+def _release_kind(config: dict[str, Any], state: dict[str, torch.Tensor], weights: Path) -> tuple[str, str, int, int]:
+    """(tower family, peft kind, rank, layers) of an AnomalyVFM CLIP or DINOv2 release; else one line."""
+    found = [f for f, probe in FAMILY_PROBE.items() if any(k.startswith(probe) for k in state)]
+    is_release = "predictor.lin.weight" in state and any(k.startswith(HF_NET) for k in state)
+    if not is_release:
         raise ZsadInputError(
-            f"{weights}: an AnomalyVFM release for backbone {name!r}; zsad builds AnomalyVFM on CLIP only so far "
-            "(DINOv2, SigLIP2 and RADIO are planned)"
+            f"{weights}: not an AnomalyVFM release (expected model.net.*, decoder.* and predictor.lin.* tensors; "
+            f"found e.g. {next(iter(state), 'nothing')!r})"
         )
-    if not any(k.startswith(HF_NET + "encoder.layers.") for k in state) or "predictor.lin.weight" not in state:
-        other = any(k.startswith(HF_NET) for k in state) and "predictor.lin.weight" in state
-        what = (
-            "an AnomalyVFM release for a non-CLIP backbone (no HF CLIP encoder layers); zsad builds the CLIP variant "
-            "only so far"
-            if other
-            else "not an AnomalyVFM release (expected model.net.encoder.layers.*, decoder.* and predictor.lin.* "
-            f"tensors; found e.g. {next(iter(state), 'nothing')!r})"
+    name = str(config.get("model_name", found[0] if len(found) == 1 else "unknown"))
+    if name not in BUILT_RELEASES:
+        raise ZsadInputError(
+            f"{weights}: an AnomalyVFM release for backbone {name!r}; zsad builds AnomalyVFM on CLIP and DINOv2 "
+            "only so far (SigLIP2 and RADIO are not built yet)"
         )
-        raise ZsadInputError(f"{weights}: {what}")
-    q0 = HF_NET + "encoder.layers.0.self_attn.q_proj."
-    if q0 + "magnitude" in state:
+    if found != [name]:
+        raise ZsadInputError(
+            f"{weights}: config says model_name {name!r} but the tensors hold "
+            + (f"a {found[0]} tower" if found else f"no {name} tower (expected {FAMILY_PROBE[name]}*)")
+        )
+    head, dora_key, lora_key = ADAPTER_PROBE[name]
+    if head + dora_key in state:
         kind = "dora"
-    elif q0 + "lora_A" in state:
+    elif head + lora_key in state:
         kind = "lora"
     else:
-        raise ZsadInputError(f"{weights}: no LoRA/DoRA adapters on q_proj (only dora and lora releases are supported)")
+        raise ZsadInputError(
+            f"{weights}: no LoRA/DoRA adapters on {head.removeprefix(HF_NET)}* (only dora and lora releases are "
+            "supported)"
+        )
     given = str(config.get("peft_type", kind))
     if given != kind:
         raise ZsadInputError(f"{weights}: config says peft_type {given!r} but the tensors hold {kind} adapters")
-    rank = int(state[q0 + "lora_A"].shape[0])
+    rank = int(state[head + lora_key].shape[0])
     given_rank = config.get("peft_rank", rank)
     if given_rank != rank:
         raise ZsadInputError(f"{weights}: config says peft_rank {given_rank!r} but the adapters have rank {rank}")
-    prefix = HF_NET + "encoder.layers."
+    prefix = BLOCK_PREFIX[name]
     layers = 1 + max(int(k[len(prefix) :].split(".", 1)[0]) for k in state if k.startswith(prefix))
-    return kind, rank, layers
+    return name, kind, rank, layers
 
 
 def convert_release(
@@ -655,26 +881,109 @@ def convert_release(
     return parts, tower
 
 
-def import_release(path: Path, backbone: ClipBackbone, out: Path, trained_on: str) -> Path:
-    """Convert a released AnomalyVFM CLIP into a zsad checkpoint folder (see the module notes).
+DINOV2_STEM = {  # timm name <- the official DINOv2 module's (torch hub dinov2_vitl14_reg) name, unchanged
+    "patch_embed.proj.weight": "patch_embed.proj.weight",
+    "patch_embed.proj.bias": "patch_embed.proj.bias",
+    "norm.weight": "norm.weight",
+    "norm.bias": "norm.bias",
+}
+DINOV2_WRAPPED = {  # zsad adapter tensor <- the official wrapper's: fused QKV (q, v row blocks) and proj
+    "q": ("attn.qkv", {"lora_A": "lora_A_q", "lora_B": "lora_B_q", "magnitude": "mag_q"}),
+    "v": ("attn.qkv", {"lora_A": "lora_A_v", "lora_B": "lora_B_v", "magnitude": "mag_v"}),
+    "out": ("attn.proj", {"lora_A": "lora_A", "lora_B": "lora_B", "magnitude": "magnitude"}),
+}
+
+
+def convert_dinov2_release(
+    state: dict[str, torch.Tensor], kind: str, layers: int, grid: tuple[int, int], weights: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(zsad parts tensors, tower tensors under timm names at ``grid``) of a DINOv2 release; every tensor consumed.
+
+    As timm converts Meta's checkpoint: the class position is added to ``cls_token`` (the official forward adds the
+    same two numbers), ``register_tokens`` becomes ``reg_token``, ``mask_token`` (masked training only) is read and
+    dropped; the 37x37 patch positions are resized to ``grid`` as the official forward resizes them each call.
+    """
+    left = dict(state)
+
+    def take(key: str) -> torch.Tensor:
+        if key not in left:
+            raise ZsadInputError(f"{weights}: tensor {key!r} is missing (an incomplete or foreign release)")
+        return left.pop(key).float()
+
+    pos, cls = take(HF_NET + "pos_embed"), take(HF_NET + "cls_token")
+    take(HF_NET + "mask_token")
+    tower = {t: take(HF_NET + o) for t, o in DINOV2_STEM.items()}
+    tower["cls_token"] = cls + pos[:, :1]
+    if HF_NET + "register_tokens" in left:
+        tower["reg_token"] = take(HF_NET + "register_tokens")
+    try:
+        tower["pos_embed"] = dinov2_positions(pos[:, 1:], grid)
+    except ValueError as e:
+        raise ZsadInputError(f"{weights}: released pos_embed {tuple(pos.shape)}: {e}") from None
+    parts: dict[str, torch.Tensor] = {}
+    for i in range(layers):
+        b = f"blocks.{i}."
+        for n in DINOV2_BLOCK:
+            wrapped = n.rsplit(".", 1)[0] in ("attn.qkv", "attn.proj")
+            tower[b + n] = take(
+                HF_NET + b + (n.replace(".weight", ".layer.weight").replace(".bias", ".layer.bias") if wrapped else n)
+            )
+        for z, (module, names) in DINOV2_WRAPPED.items():
+            for t in ("lora_A", "lora_B", *(("magnitude",) if kind == "dora" else ())):
+                parts[f"adapters.{i}.{z}.{t}"] = take(f"{HF_NET}{b}{module}.{names[t]}")
+    for key in [k for k in left if k.startswith("decoder.")]:
+        parts[key] = take(key)
+    parts["predictor.weight"], parts["predictor.bias"] = take("predictor.lin.weight"), take("predictor.lin.bias")
+    if left:
+        extra = sorted(left)
+        raise ZsadInputError(
+            f"{weights}: {len(extra)} tensors this importer does not know, e.g. {extra[0]!r} (not the release layout)"
+        )
+    return parts, tower
+
+
+def import_release(path: Path, backbone: Backbone, out: Path, trained_on: str) -> Path:
+    """Convert a released AnomalyVFM CLIP or DINOv2 into a zsad checkpoint folder (see the module notes).
 
     Every tensor of the release is consumed or refused, every shape is checked against ``backbone``; the tower is
     compared with the backbone's and stored only when it differs.
     """
     config, state, weights = read_release(Path(path))
-    kind, rank, layers = _release_kind(config, state, weights)
-    parts, tower = convert_release(state, kind, layers, weights)
-    bb = backbone
+    family, kind, rank, layers = _release_kind(config, state, weights)
+    bb: Any = backbone
+    if family == "dinov2" and not isinstance(bb, VisionBackbone):
+        raise ZsadInputError(
+            f"{weights}: an AnomalyVFM DINOv2 release; backbone {bb.model_name} is a CLIP (pass --backbone "
+            f"{DINOV2_BACKBONE})"
+        )
+    if family == "clip" and not isinstance(bb, ClipBackbone):
+        raise ZsadInputError(
+            f"{weights}: an AnomalyVFM CLIP release; backbone {bb.model_name} is not a CLIP (pass --backbone "
+            "ViT-L-14-336-quickgelu)"
+        )
     if layers != bb.num_layers:
         raise ZsadInputError(f"{weights}: a {layers}-block tower; backbone {bb.model_name} has {bb.num_layers}")
-    visual = dict(bb.model.visual.named_parameters())
+    if family == "dinov2":
+        parts, tower = convert_dinov2_release(state, kind, layers, bb.grid_size(), weights)
+        visual = dict(bb.model.named_parameters())
+        mine, theirs = "reg_token" in tower, getattr(bb.model, "reg_token", None) is not None
+        if mine != theirs or (mine and tower["reg_token"].shape != bb.model.reg_token.shape):
+            got = tuple(tower["reg_token"].shape) if mine else "no"
+            raise ZsadInputError(
+                f"{weights}: released register tokens {got}; backbone {bb.model_name} has "
+                f"{tuple(bb.model.reg_token.shape) if theirs else 'none'} (use {DINOV2_BACKBONE})"
+            )
+    else:
+        parts, tower = convert_release(state, kind, layers, weights)
+        visual = dict(bb.model.visual.named_parameters())
     for key, t in tower.items():
-        if tuple(t.shape) != tuple(visual[key].shape):
+        if key not in visual or tuple(t.shape) != tuple(visual[key].shape):
             raise ZsadInputError(
                 f"{weights}: released {key} has shape {tuple(t.shape)}, backbone {bb.model_name} "
-                f"{tuple(visual[key].shape)} (pick the backbone the release was made on)"
+                f"{tuple(visual[key].shape) if key in visual else 'has no such tensor'} (pick the backbone the "
+                "release was made on)"
             )
-    if bb.activation != "QuickGELU":
+    if family == "clip" and bb.activation != "QuickGELU":
         raise ZsadInputError(
             f"{weights}: the released CLIP runs OpenAI's QuickGELU, backbone {bb.model_name} {bb.activation}; use "
             "--backbone ViT-L-14-336-quickgelu (or another -quickgelu tower)"

@@ -81,3 +81,29 @@ def make_adapter(kind: str, weight: torch.Tensor, rank: int, alpha: float) -> Lo
     if kind == "lora":
         return LoraAdapter(out_features, in_features, rank, alpha)
     raise ValueError(f"unknown adapter kind {kind!r}; known: {', '.join(PEFT_KINDS)}")
+
+
+def adapted_qkv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    q: LowRankAdapter,
+    v: LowRankAdapter,
+) -> torch.Tensor:
+    """A fused ``qkv`` projection (rows q, k, v) with adapters on its q and v row blocks, k frozen.
+
+    Computed as the official QKV wrappers compute it, so a fused tower (DINOv2's ``attn.qkv``) rounds as theirs:
+    DoRA merges both adapted row blocks into one ``(3W, W)`` weight and runs one matmul; LoRA runs the frozen fused map
+    and adds ``s · (x Aᵀ) Bᵀ`` to its q and v thirds.
+    """
+    wq, wk, wv = weight.chunk(3, dim=0)
+    if isinstance(q, DoraAdapter) and isinstance(v, DoraAdapter):
+        merged = torch.cat([q.merged_weight(wq).to(x.dtype), wk.to(x.dtype), v.merged_weight(wv).to(x.dtype)])
+        return F.linear(x, merged, bias)
+    if isinstance(q, LoraAdapter) and isinstance(v, LoraAdapter):
+        oq, ok, ov = F.linear(x, weight, bias).chunk(3, dim=-1)
+        xa = x.to(q.lora_A.dtype)
+        lq = q.scaling * F.linear(F.linear(xa, q.lora_A), q.lora_B)
+        lv = v.scaling * F.linear(F.linear(xa, v.lora_A), v.lora_B)
+        return torch.cat([oq + lq.to(oq.dtype), ok, ov + lv.to(ov.dtype)], dim=-1)
+    raise TypeError(f"q and v adapters of one kind expected, got {q.kind!r} and {v.kind!r}")
