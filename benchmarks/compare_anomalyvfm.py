@@ -45,6 +45,21 @@ CPU, one image per forward.
     # cost only (no official side): predict vs the bare tower forward, 3 timed images
     .venv/bin/python benchmarks/compare_anomalyvfm.py --official-root - --official-python - --cost 3
 
+``--backbone dinov2`` compares the DINOv2 variant instead (inference only): the official ``models/dinov2.py`` calls
+``torch.hub.load("facebookresearch/dinov2", "dinov2_vitl14_reg")``; with no hub here, the driver points that one call
+at a local extract of facebookresearch/dinov2 (``--dinov2-root``, loaded with ``source="local", pretrained=False``:
+Meta's own ``DinoVisionTransformer``, seeded RANDOM weights; class and register tokens and the adapters perturbed),
+optionally cut to ``--blocks`` blocks (``blocks[:n]`` before ``add_peft``). The official ``save_pretrained`` folder
+is imported onto timm's ``vit_large_patch14_reg4_dinov2`` (random, so the released tower is stored; cut to the same
+depth below 24 blocks, where ``runs`` cannot build it and the importer is called directly), then once more onto a
+timm tower loaded by timm itself from Meta's layout of the released tower (``checkpoint_filter_fn``: class position
+folded, 37x37 positions resampled at load), which the importer must find bit-equal (nothing stored).
+
+    mkdir -p /tmp/dinov2-official && git -C /work/.mirror/facebookresearch+dinov2/repo archive HEAD hubconf.py \\
+        dinov2 | tar -x -C /tmp/dinov2-official
+    .venv/bin/python benchmarks/compare_anomalyvfm.py --backbone dinov2 --dinov2-root /tmp/dinov2-official \\
+        --official-root /tmp/avfm-official --official-python /tmp/avfm-venv/bin/python --blocks 4 --image-size 448
+
 Random weights everywhere: fidelity only, NOT detection quality.
 """
 
@@ -66,6 +81,13 @@ from _results import add_results_args, assets_dir  # noqa: E402
 from sidebyside import Row, dist_version, file_hashes, maxdiff, run_official, squashed, table  # noqa: E402
 
 OFFICIAL_FILES = ("hf_model.py", "decoder.py", "models/clip.py", "peft_local/dora.py", "peft_local/lora.py")
+DINOV2_FILES = (
+    "hf_model.py",
+    "models/dinov2.py",
+    "peft_local/peft_func.py",
+    "peft_local/dora.py",
+    "peft_local/lora.py",
+)
 MEAN_KERNEL = 5  # test.py --mean-kernel-size
 FLOAT_TOL = 1e-4  # maps and scores (in [0, 1]): fp32 float error through 24 blocks at 2305 tokens
 GRAD_REL_TOL = 1e-5  # gradients, relative to the tensor group's largest official value
@@ -167,6 +189,88 @@ torch.save(out, tmp / "official.pt")
 '''
 
 
+DINOV2_DRIVER = r'''
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ["XFORMERS_DISABLED"] = "1"  # the plain torch attention path, as on a machine without xformers
+import torch
+import torch.nn.functional as F
+
+root, tmp = Path(sys.argv[1]), Path(sys.argv[2])
+sys.path.insert(0, str(root))
+spec = json.loads((tmp / "spec.json").read_text())
+torch.set_num_threads(spec["threads"])
+hub_load = torch.hub.load
+
+
+def local_hub(repo, name, *args, **kwargs):
+    """torch.hub.load("facebookresearch/dinov2", name) -> the local extract, random weights, optionally cut."""
+    assert repo == "facebookresearch/dinov2" and name == "dinov2_vitl14_reg", (repo, name)
+    net = hub_load(spec["dinov2_root"], name, source="local", pretrained=False)
+    if spec["blocks"] < len(net.blocks):
+        net.blocks = net.blocks[: spec["blocks"]]
+    return net
+
+
+torch.hub.load = local_hub
+from hf_model import AnomalyVFM, AnomalyVFMConfig
+
+torch.manual_seed(spec["seed"])
+cfg = AnomalyVFMConfig(
+    model_name="dinov2", image_size=spec["image_size"], peft_type=spec["peft"], peft_rank=spec["rank"]
+)
+model = AnomalyVFM(cfg).eval()
+g = torch.Generator().manual_seed(spec["seed"] + 1)
+with torch.no_grad():
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf.startswith("lora_B"):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        elif leaf.startswith("mag") :
+            p.mul_(1 + 0.05 * torch.randn(p.shape, generator=g))
+        elif leaf in ("cls_token", "register_tokens"):  # init 1e-6: made visible
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+net = model.model.net
+wrapped = sorted(n for n, mod in net.named_modules() if type(mod).__name__.endswith("Wrapper"))
+model.save_pretrained(tmp / "release")
+
+x = torch.load(tmp / "inputs.pt")
+fs = model.feat_size
+ms = fs * 2
+pool = torch.nn.AvgPool2d((spec["kernel"], spec["kernel"]), 1, spec["kernel"] // 2)
+emb = torch.zeros(1, 1 + fs * fs, net.embed_dim)
+out = {"pos": net.interpolate_pos_encoding(emb, spec["image_size"], spec["image_size"])[0]}
+keys = ("tokens", "score", "mask_logit", "mask", "smoothed", "score_bf16", "mask_bf16", "smoothed_bf16")
+rows = {k: [] for k in keys}
+for i in range(len(x)):
+    img = x[i : i + 1]
+    with torch.no_grad():  # hf_model.forward's lines, autocast off (fp32)
+        summary, ftrs = model.model(img)
+        tokens = torch.cat([summary[:, None], ftrs], 1)
+        ftrs = ftrs.permute(0, 2, 1).reshape(1, -1, fs, fs)
+        score = model.predictor(summary).sigmoid()
+        mask_logit, _ = model.decoder(ftrs)
+        mask = mask_logit.sigmoid()
+        smoothed = pool(F.interpolate(mask, (ms, ms)).squeeze(1))  # test.py
+        score_b, mask_b = model(img)  # the official forward: bf16 autocast
+        smoothed_b = pool(F.interpolate(mask_b, (ms, ms)).squeeze(1))
+    for k, v in zip(rows, (tokens, score, mask_logit, mask, smoothed, score_b, mask_b, smoothed_b)):
+        rows[k].append(v.float())
+out.update({k: torch.cat(v) for k, v in rows.items()})
+out["wrapped"] = wrapped
+out["meta_state"] = {  # the released tower in Meta's own module names (the wrappers' inner layers), for timm
+    k.replace(".layer.", "."): v.clone()
+    for k, v in net.state_dict().items()
+    if not any(t in k.rsplit(".", 1)[-1] for t in ("lora_", "mag"))
+}
+out["versions"] = {"torch": torch.__version__}
+torch.save(out, tmp / "official.pt")
+'''
+
+
 def vision_config(blocks: int) -> dict[str, Any]:
     """HF CLIPVisionConfig of openai/clip-vit-large-patch14-336 with ``blocks`` encoder layers."""
     return {
@@ -199,6 +303,8 @@ def rel(d: float, scale: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--official-root", type=Path, required=True, help="extracted MaticFuc/AnomalyVFM checkout")
+    ap.add_argument("--backbone", default="clip", choices=("clip", "dinov2"), help="which variant to compare")
+    ap.add_argument("--dinov2-root", type=Path, help="extracted facebookresearch/dinov2 (hubconf.py + dinov2/)")
     ap.add_argument("--official-python", type=Path, required=True, help="python of a venv with transformers")
     ap.add_argument("--blocks", type=int, default=24, help="encoder blocks (24 = ViT-L/14-336 as released)")
     ap.add_argument("--image-size", type=int, default=672)
@@ -213,6 +319,9 @@ def main() -> None:
     t_start = time.perf_counter()
     if args.cost:
         cost(args)
+        return
+    if args.backbone == "dinov2":
+        compare_dinov2(args, t_start)
         return
 
     from zsad.backbone import ClipBackbone
@@ -417,6 +526,173 @@ def main() -> None:
         f"Hardware: {hardware('cpu')}, no GPU. Versions: zsad side torch "
         f"{torch.__version__}, open_clip {dist_version('open_clip_torch')}; official side torch "
         f"{o['versions']['torch']}, transformers {o['versions']['transformers']}.",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.append_results:
+        with args.results_file.open("a") as f:
+            f.write("\n" + text)
+
+
+def compare_dinov2(args: argparse.Namespace, t_start: float) -> None:
+    """The DINOv2 variant against the official code: inference in fp32, the bf16 drift, the two imports."""
+    import timm
+
+    from zsad.backbone.vision import IMAGENET_MEAN, IMAGENET_STD, VisionBackbone
+    from zsad.methods import create_method
+    from zsad.methods.anomalyvfm import DINOV2_BACKBONE, AnomalyVfm
+    from zsad.runs import import_checkpoint
+    from zsad.runs.build import BackboneSpec
+    from zsad.sysinfo import hardware
+
+    if args.dinov2_root is None:
+        raise SystemExit("--backbone dinov2 needs --dinov2-root (an extract of facebookresearch/dinov2)")
+    s, grid = args.image_size, args.image_size // 14
+    picks = sorted((assets_dir() / "mpdd_metal_plate" / "defect").glob("*.png"))[: args.images]
+    x = squashed(picks, s, IMAGENET_MEAN, IMAGENET_STD)
+    timm_name = DINOV2_BACKBONE.removeprefix("timm:")
+
+    def tower(**kw: Any) -> VisionBackbone:
+        depth = {} if args.blocks == 24 else {"depth": args.blocks}
+        vit = timm.create_model(timm_name.split(".")[0], img_size=s, num_classes=0, **depth, **kw)
+        return VisionBackbone(vit, model_name=DINOV2_BACKBONE, pretrained="none", image_size=s)
+
+    with tempfile.TemporaryDirectory(prefix="anomalyvfm_dinov2_cmp_") as tmpdir:
+        tmp = Path(tmpdir)
+        torch.save(x, tmp / "inputs.pt")
+        spec = {
+            "dinov2_root": str(args.dinov2_root.resolve()),
+            "blocks": args.blocks,
+            "image_size": s,
+            "peft": args.peft,
+            "rank": args.rank,
+            "seed": args.seed,
+            "kernel": MEAN_KERNEL,
+            "threads": torch.get_num_threads(),
+        }
+        (tmp / "spec.json").write_text(json.dumps(spec))
+        o, t_off = run_official(DINOV2_DRIVER, args.official_python, args.official_root.resolve(), tmp)
+        release = tmp / "release"
+        release_cfg = json.loads((release / "config.json").read_text())
+
+        t0 = time.perf_counter()
+        if args.blocks == 24:  # the whole path of `zsad import-checkpoint`
+            bb_spec = BackboneSpec(DINOV2_BACKBONE, "none", image_size=s)
+            ckpt = import_checkpoint(release, "anomalyvfm", tmp / "ckpt", "random (fidelity)", backbone=bb_spec)
+            bb = VisionBackbone.from_pretrained(DINOV2_BACKBONE, "none", image_size=s, seed=0)
+        else:  # runs builds timm towers by name only: the importer it calls, on the cut tower
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                bb = tower(pretrained=False)
+            ckpt = AnomalyVfm.import_official(release, bb, tmp / "ckpt", "random (fidelity)")
+        t_imp = time.perf_counter() - t0
+        m: Any = create_method("anomalyvfm", bb, checkpoint=str(ckpt))
+        m.setup(None)
+        record = m.describe()["vision_tower"]
+        t0 = time.perf_counter()
+        toks, logits, preds = [], [], []
+        with torch.no_grad():
+            for i in range(len(x)):
+                toks.append(m.tower_tokens(x[i : i + 1]))
+                logits.append(m.heads(toks[-1]))
+                preds.append(m.finish(logits[-1][0], logits[-1][1]))
+        t_z = time.perf_counter() - t0
+        tokens = torch.cat(toks)
+        mask_logit = torch.cat([lg[1] for lg in logits])
+        score = torch.cat([p.pred_score for p in preds])
+        amap = torch.cat([p.anomaly_map for p in preds])
+        mask96 = mask_logit.sigmoid()
+        smooth96 = F.avg_pool2d(mask96, MEAN_KERNEL, 1, MEAN_KERNEL // 2)[:, 0]
+        w = m.tower_weights()
+        pos_z = w["pos_embed"][0]  # the patch rows (timm folds the class row into cls_token)
+        del m, bb
+
+        # timm loads Meta's layout of the released tower itself; the importer must then find it bit-equal
+        meta_file = tmp / "released_tower_meta.pth"
+        torch.save(o["meta_state"], meta_file)
+        bb2 = tower(pretrained=True, pretrained_cfg_overlay={"file": str(meta_file)})
+        ckpt2 = AnomalyVfm.import_official(release, bb2, tmp / "ckpt2", "random (fidelity)")
+        m2: Any = create_method("anomalyvfm", bb2, checkpoint=str(ckpt2))
+        m2.setup(None)
+        with torch.no_grad():
+            p2 = [m2.predict(x[i : i + 1]) for i in range(len(x))]
+        second = {"record": m2.describe()["vision_tower"], "score": torch.cat([p.pred_score for p in p2]),
+                  "map": torch.cat([p.anomaly_map for p in p2])}  # fmt: skip
+        del m2, bb2
+
+    up = F.interpolate(o["smoothed"][:, None], size=(s, s), mode="nearest")[:, 0]
+    up_b = F.interpolate(o["smoothed_bf16"][:, None], size=(s, s), mode="nearest")[:, 0]
+    tok_scale, tok_diff = float(o["tokens"].abs().max()), maxdiff(o["tokens"], tokens)
+    scores = ", ".join(f"{v:.6f}" for v in o["score"][:, 0].tolist())
+    rows: list[Row] = [
+        (
+            "patch positions, DINOv2 interpolate_pos_encoding vs zsad's imported table",
+            maxdiff(o["pos"][1:], pos_z),
+            f"{grid * grid} rows, bicubic antialiased from 37x37 to {grid}x{grid}",
+        ),
+        ("x_norm_clstoken + x_norm_patchtokens vs tower_tokens", tok_diff, rel(tok_diff, tok_scale)),
+        ("image score (sigmoid)", maxdiff(o["score"][:, 0], score), f"official {scores}"),
+        ("mask logits (decoder, 2g x 2g)", maxdiff(o["mask_logit"], mask_logit), f"{2 * grid}x{2 * grid}"),
+        ("map: sigmoid (2g)", maxdiff(o["mask"], mask96), "in [0, 1]"),
+        (f"map: + AvgPool2d({MEAN_KERNEL}, 1, {MEAN_KERNEL // 2}) (test.py)", maxdiff(o["smoothed"], smooth96), ""),
+        (f"map at {s} px (zsad predict; official 2g map resized nearest)", maxdiff(up, amap), "zsad's last step"),
+    ]
+    drift: list[Row] = [
+        ("score: official bf16 forward vs official fp32", maxdiff(o["score_bf16"][:, 0], o["score"][:, 0]), ""),
+        ("score: official bf16 forward vs zsad fp32", maxdiff(o["score_bf16"][:, 0], score), ""),
+        ("map (2g, sigmoid): official bf16 vs official fp32", maxdiff(o["mask_bf16"], o["mask"]), ""),
+        ("map (2g, smoothed): official bf16 vs official fp32", maxdiff(o["smoothed_bf16"], o["smoothed"]), ""),
+        (f"map at {s} px: official bf16 vs zsad fp32", maxdiff(up_b, amap), ""),
+    ]
+    within = all(v is not None and not isinstance(v, str) and v <= FLOAT_TOL for _, v, _ in rows[2:])
+    imp, r2 = record["import_check"], second["record"]["import_check"]
+    wrapped = o["wrapped"]
+    kinds = sorted({n.split(".", 2)[-1] for n in wrapped})
+    lines = [
+        f"## AnomalyVFM (DINOv2): zsad vs the official code (issue 30, {time.strftime('%Y-%m-%d')}, CPU)",
+        "",
+        "Command: `.venv/bin/python benchmarks/compare_anomalyvfm.py --backbone dinov2 --dinov2-root "
+        "/tmp/dinov2-official --official-root /tmp/avfm-official --official-python /tmp/avfm-venv/bin/python "
+        f"--blocks {args.blocks} --image-size {s} --images {args.images}"
+        f"{' --peft lora' if args.peft == 'lora' else ''}` (official: MaticFuc/AnomalyVFM @4da96b4, `hf_model.py`, "
+        "`models/dinov2.py`, `decoder.py`, `peft_local/*`, in their own process; the tower is facebookresearch/dinov2 "
+        f"`dinov2_vitl14_reg` from a local extract, `pretrained=False`; files "
+        f"{file_hashes(args.official_root, DINOV2_FILES)}).",
+        "",
+        f"Label: **seeded RANDOM weights (Meta's DinoVisionTransformer init, seed {args.seed}; class and register "
+        "tokens, the adapters' lora_B and magnitudes perturbed), fidelity only, NOT detection quality**. Tower: "
+        + (
+            "dinov2_vitl14_reg as released (24 blocks, width 1024, 4 registers, layer scale)"
+            if args.blocks == 24
+            else f"dinov2_vitl14_reg cut to its first {args.blocks} blocks (width 1024, 4 registers, layer scale)"
+        )
+        + f" at {s} px (grid {grid}, positions from 37x37); {args.peft} rank {args.rank}, alpha 1. The official "
+        f"`add_peft(net.blocks)` wrapped {len(wrapped)} modules, all named {', '.join(kinds)}. Data: the first "
+        f"{len(picks)} MPDD metal_plate defect images ({', '.join(p.name for p in picks)}), one tensor (ImageNet "
+        "mean/std) for both sides.",
+        "",
+        f"Release written by the official `save_pretrained`: config.json {json.dumps(release_cfg, sort_keys=True)}; "
+        f"imported in {t_imp:.1f} s onto a random timm `{timm_name}`"
+        + ("" if args.blocks == 24 else f" cut to {args.blocks} blocks")
+        + f": {imp['compared_tensors']} tower tensors compared, {imp['differing_tensors']} differ, so the released "
+        f"tower was stored (`tower_weights={record['weights']}`).",
+        "",
+        *table("Inference, fp32 on both sides (official: hf_model.forward's lines with autocast off + test.py)", rows),
+        *table("bf16: the official forward as it runs (torch.autocast bf16) — drift, not a zsad difference", drift),
+        f"Import onto a timm tower that timm itself loaded from Meta's layout of the released tower "
+        f"(`pretrained_cfg_overlay` file: class position folded, positions resampled to {grid}x{grid} at load): "
+        f"{r2['differing_tensors']} of {r2['compared_tensors']} tensors differ, stored: {r2['stored']} "
+        f"(`tower_weights={second['record']['weights']}`); scores and maps vs the stored-tower import: max abs diff "
+        f"{maxdiff(second['score'], score):.2e} / {maxdiff(second['map'], amap):.2e}.",
+        "",
+        f"Tolerance: maps and scores within {FLOAT_TOL:g} (absolute, both in [0, 1]): "
+        + ("**met**." if within else "**NOT met**.")
+        + f" Time: official side {t_off:.0f} s (model build, save, fp32 + bf16 forwards), zsad {t_z:.0f} s (one "
+        f"tower pass per image), total {time.perf_counter() - t_start:.0f} s.",
+        "",
+        f"Hardware: {hardware('cpu')}, no GPU. Versions: zsad side torch {torch.__version__}, timm "
+        f"{dist_version('timm')}; official side torch {o['versions']['torch']}.",
         "",
     ]
     text = "\n".join(lines)
