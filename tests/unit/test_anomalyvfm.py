@@ -588,3 +588,27 @@ def test_dinov2_releases_that_do_not_fit_are_refused_in_one_line(
     _one_line(lambda: _import(src, tmp_path / "o_clip", tiny_json), "DINOv2 release; backbone .* is a CLIP")
     clip = _write_release(tmp_path / "clip", _release(_randomise(_vfm(bb, rank=4))))
     _one_line(lambda: _dino_import(clip, tmp_path / "o_dino", dino), "CLIP release; backbone timm:.* is not a CLIP")
+
+
+def test_dinov2_training_step_checkpointed_and_bf16_forward(dino: VisionBackbone, dino_images: torch.Tensor) -> None:
+    """Per-block recomputation gives the same gradients on the DINOv2 path; ``--precision bf16`` runs its blocks
+    under autocast and stays near fp32 (random weights: a smoke bound, not a measurement)."""
+    gt = (torch.rand(2, DINO_SIZE, DINO_SIZE, generator=torch.Generator().manual_seed(0)) > 0.8).float()
+    grads = []
+    for recompute in (False, True):
+        m = _randomise(_vfm(dino, rank=4, grad_checkpointing=recompute))
+        m.parts.train()
+        m.loss_terms(dino_images, gt, torch.tensor([1.0, 0.0]))["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in m.parts.named_parameters() if p.grad is not None})
+    assert set(grads[0]) == set(grads[1]) and len(grads[0]) == len(list(m.parts.parameters()))
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-5, msg=name)
+    m.parts.eval()
+    with torch.no_grad():
+        full = m.tower_tokens(dino_images)
+        dino.set_precision("bf16")
+        try:
+            low = m.tower_tokens(dino_images)
+        finally:
+            dino.set_precision("fp32")
+    assert low.dtype == torch.float32 and 0 < (low - full).abs().max() < 0.2 * full.abs().max()
