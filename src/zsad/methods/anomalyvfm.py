@@ -35,7 +35,7 @@ weights. ``describe()`` says which (``vision_tower``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -870,6 +870,17 @@ def convert_release(
         for z, n in ADAPTED.items():
             for t in ("lora_A", "lora_B", *(("magnitude",) if kind == "dora" else ())):
                 parts[f"adapters.{i}.{z}.{t}"] = take(f"{hf}self_attn.{n}.{t}")
+    _take_heads(parts, left, take, weights)
+    return parts, tower
+
+
+def _take_heads(
+    parts: dict[str, torch.Tensor],
+    left: dict[str, torch.Tensor],
+    take: Callable[[str], torch.Tensor],
+    weights: Path,
+) -> None:
+    """The decoder and predictor (the same in every release), then a refusal of any tensor no one consumed."""
     for key in [k for k in left if k.startswith("decoder.")]:
         parts[key] = take(key)
     parts["predictor.weight"], parts["predictor.bias"] = take("predictor.lin.weight"), take("predictor.lin.bias")
@@ -878,7 +889,6 @@ def convert_release(
         raise ZsadInputError(
             f"{weights}: {len(extra)} tensors this importer does not know, e.g. {extra[0]!r} (not the release layout)"
         )
-    return parts, tower
 
 
 DINOV2_STEM = {  # timm name <- the official DINOv2 module's (torch hub dinov2_vitl14_reg) name, unchanged
@@ -931,14 +941,7 @@ def convert_dinov2_release(
         for z, (module, names) in DINOV2_WRAPPED.items():
             for t in ("lora_A", "lora_B", *(("magnitude",) if kind == "dora" else ())):
                 parts[f"adapters.{i}.{z}.{t}"] = take(f"{HF_NET}{b}{module}.{names[t]}")
-    for key in [k for k in left if k.startswith("decoder.")]:
-        parts[key] = take(key)
-    parts["predictor.weight"], parts["predictor.bias"] = take("predictor.lin.weight"), take("predictor.lin.bias")
-    if left:
-        extra = sorted(left)
-        raise ZsadInputError(
-            f"{weights}: {len(extra)} tensors this importer does not know, e.g. {extra[0]!r} (not the release layout)"
-        )
+    _take_heads(parts, left, take, weights)
     return parts, tower
 
 
