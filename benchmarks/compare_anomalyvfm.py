@@ -32,16 +32,16 @@ Both sides get the same normalised tensor (zsad's ``squash_image``, OpenAI mean/
 MPDD metal_plate defect images; preprocessing is not compared (the official ``Resize`` is bilinear, zsad's bicubic).
 CPU, one image per forward.
 
-    mkdir -p /tmp/avfm-official && git -C /work/.mirror/MaticFuc+AnomalyVFM/repo archive HEAD \\
-        hf_model.py decoder.py models peft_local radio_local.py | tar -x -C /tmp/avfm-official
-    /work/main/.venv/bin/python -m venv /tmp/avfm-venv
-    /tmp/avfm-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 transformers safetensors
+    # $AVFM: a checkout of github.com/MaticFuc/AnomalyVFM at 4da96b4; $AVFM_VENV: a venv beside zsad's
+    git clone https://github.com/MaticFuc/AnomalyVFM "$AVFM" && git -C "$AVFM" checkout 4da96b4
+    .venv/bin/python -m venv "$AVFM_VENV"
+    "$AVFM_VENV"/bin/pip install torch==2.14.1 torchvision==0.29.1 transformers safetensors
     # quick: 4 blocks at 448 px (grid 32, the 24x24 positions interpolated), about a minute on 2 CPU cores
-    .venv/bin/python benchmarks/compare_anomalyvfm.py --official-root /tmp/avfm-official \\
-        --official-python /tmp/avfm-venv/bin/python --blocks 4 --image-size 448 --images 2
+    .venv/bin/python benchmarks/compare_anomalyvfm.py --official-root "$AVFM" \\
+        --official-python "$AVFM_VENV"/bin/python --blocks 4 --image-size 448 --images 2
     # as released: ViT-L/14-336 (24 blocks) at 672 px
-    .venv/bin/python benchmarks/compare_anomalyvfm.py --official-root /tmp/avfm-official \\
-        --official-python /tmp/avfm-venv/bin/python --images 2
+    .venv/bin/python benchmarks/compare_anomalyvfm.py --official-root "$AVFM" \\
+        --official-python "$AVFM_VENV"/bin/python --images 2
     # cost only (no official side): predict vs the bare tower forward, 3 timed images
     .venv/bin/python benchmarks/compare_anomalyvfm.py --official-root - --official-python - --cost 3
 
@@ -55,10 +55,10 @@ depth below 24 blocks, where ``runs`` cannot build it and the importer is called
 timm tower loaded by timm itself from Meta's layout of the released tower (``checkpoint_filter_fn``: class position
 folded, 37x37 positions resampled at load), which the importer must find bit-equal (nothing stored).
 
-    mkdir -p /tmp/dinov2-official && git -C /work/.mirror/facebookresearch+dinov2/repo archive HEAD hubconf.py \\
-        dinov2 | tar -x -C /tmp/dinov2-official
-    .venv/bin/python benchmarks/compare_anomalyvfm.py --backbone dinov2 --dinov2-root /tmp/dinov2-official \\
-        --official-root /tmp/avfm-official --official-python /tmp/avfm-venv/bin/python --blocks 4 --image-size 448
+    # $DINOV2: a checkout of github.com/facebookresearch/dinov2 (hubconf.py and the dinov2 package are read)
+    git clone https://github.com/facebookresearch/dinov2 "$DINOV2"
+    .venv/bin/python benchmarks/compare_anomalyvfm.py --backbone dinov2 --dinov2-root "$DINOV2" \\
+        --official-root "$AVFM" --official-python "$AVFM_VENV"/bin/python --blocks 4 --image-size 448
 
 Random weights everywhere: fidelity only, NOT detection quality.
 """
@@ -474,8 +474,8 @@ def main() -> None:
     lines = [
         f"## AnomalyVFM (CLIP): zsad vs the official code (issue 30, {time.strftime('%Y-%m-%d')}, CPU)",
         "",
-        "Command: `.venv/bin/python benchmarks/compare_anomalyvfm.py --official-root /tmp/avfm-official "
-        f"--official-python /tmp/avfm-venv/bin/python --blocks {args.blocks} --image-size {s} --images {args.images}"
+        "Command: `.venv/bin/python benchmarks/compare_anomalyvfm.py --official-root $AVFM "
+        f"--official-python $AVFM_VENV/bin/python --blocks {args.blocks} --image-size {s} --images {args.images}"
         f"{' --peft lora' if args.peft == 'lora' else ''}` (official: MaticFuc/AnomalyVFM @4da96b4, `hf_model.py`, "
         "`models/clip.py`, `decoder.py`, `peft_local/*` imported from an extracted checkout in their own process; "
         f"files {file_hashes(args.official_root, OFFICIAL_FILES)}).",
@@ -653,7 +653,7 @@ def compare_dinov2(args: argparse.Namespace, t_start: float) -> None:
         f"## AnomalyVFM (DINOv2): zsad vs the official code (issue 30, {time.strftime('%Y-%m-%d')}, CPU)",
         "",
         "Command: `.venv/bin/python benchmarks/compare_anomalyvfm.py --backbone dinov2 --dinov2-root "
-        "/tmp/dinov2-official --official-root /tmp/avfm-official --official-python /tmp/avfm-venv/bin/python "
+        "$DINOV2 --official-root $AVFM --official-python $AVFM_VENV/bin/python "
         f"--blocks {args.blocks} --image-size {s} --images {args.images}"
         f"{' --peft lora' if args.peft == 'lora' else ''}` (official: MaticFuc/AnomalyVFM @4da96b4, `hf_model.py`, "
         "`models/dinov2.py`, `decoder.py`, `peft_local/*`, in their own process; the tower is facebookresearch/dinov2 "
