@@ -264,14 +264,6 @@ def ramp(n: int, width: float, fade_start: bool, fade_end: bool) -> np.ndarray:
     return np.clip(w, EDGE_WEIGHT, 1.0)
 
 
-def output_size(height: int, width: int, max_map_size: int) -> tuple[int, int]:
-    """The stitched map's size: the image's, its long side capped at ``max_map_size`` (0: no cap)."""
-    if max_map_size and max(height, width) > max_map_size:
-        f = max_map_size / max(height, width)
-        return max(1, round(height * f)), max(1, round(width * f))
-    return height, width
-
-
 def stitch(
     maps: np.ndarray,
     plan: TilePlan,

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from zsad.errors import ZsadInputError
-from zsad.tiling import EDGE_WEIGHT, TileSpec, output_size, plan_tiles, ramp, stitch
+from zsad.outputs import map_size
+from zsad.tiling import EDGE_WEIGHT, TileSpec, plan_tiles, ramp, stitch
 
 CASES = [
     (1000, 1000, TileSpec(None, 0.25), 240),
@@ -88,7 +89,7 @@ def test_ramps_fade_only_toward_neighbours() -> None:
 def test_a_constant_map_stitches_to_itself_no_seams(h: int, w: int, spec: TileSpec, size: int) -> None:
     """Weights in use sum to one everywhere: a constant tile map stitches to exactly that constant."""
     plan = plan_tiles(h, w, spec, size)
-    out = output_size(h, w, 1024)
+    out = map_size(h, w, 1024)
     got = stitch(np.full((len(plan.tiles), 32, 32), 0.37, np.float32), plan, out)
     assert got.shape == out and np.abs(got - 0.37).max() < 1e-6
     g = stitch(np.full((len(plan.tiles), 32, 32), 1.0, np.float32), plan, out, np.full((32, 32), 1.0, np.float32))
@@ -115,7 +116,7 @@ def test_tiling_a_known_map_reproduces_it(h: int, w: int, spec: TileSpec, size: 
 def test_eight_thousand_pixels_stitch_in_bounded_memory() -> None:
     plan = plan_tiles(8000, 8000, TileSpec(None, 0.25), 518)
     assert len(plan.tiles) == 21 * 21
-    out = stitch(np.zeros((len(plan.tiles), 37, 37), np.float32), plan, output_size(8000, 8000, 1024))
+    out = stitch(np.zeros((len(plan.tiles), 37, 37), np.float32), plan, map_size(8000, 8000, 1024))
     assert out.shape == (1024, 1024) and out.dtype == np.float32
 
 
@@ -145,7 +146,7 @@ def test_one_by_one_is_the_untiled_forward_and_tiles_are_scored_as_images() -> N
     with torch.no_grad():
         alone = method.predict(squash_image(crop, pre.image_size, pre.mean, pre.std)[None])
     assert tiled.tile_scores[3] == pytest.approx(float(alone.pred_score[0]), rel=1e-5, abs=1e-6)
-    assert tiled.anomaly_map.shape == output_size(300, 410, 256)
+    assert tiled.anomaly_map.shape == map_size(300, 410, 256)
 
 
 def _images(n: int, h: int, w: int, seed: int = 0) -> list[Image.Image]:
@@ -177,7 +178,7 @@ def test_a_set_level_method_is_tiled_position_by_position(tiny_backbone) -> None
     for i in range(3):
         assert got[i].tile_scores[2] == pytest.approx(float(alone.pred_score[i]), rel=1e-5)
         assert got[i].score == pytest.approx(got[i].tile_scores.max())
-        assert got[i].anomaly_map.shape == output_size(150, 200, 100)
+        assert got[i].anomaly_map.shape == map_size(150, 200, 100)
     with pytest.raises(ZsadInputError, match="need one size"):
         score_tiled_set(m, [*imgs, *_images(1, 151, 200)], spec, batch_size=2)
 

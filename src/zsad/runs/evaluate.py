@@ -314,7 +314,6 @@ def prepare_tiled(method: Method, class_name: str, ref_ds: Any, spec: DatasetSpe
         prepare_method(method, class_name, None)
         return
     setup_tiled(method, class_name, [load_image(ref_ds.samples[i].image_path) for i in chosen], tiles)
-    method.k_shot = len(chosen)  # reference images, not tiles (what a title and a manifest name)
 
 
 def _tiled_row(s: Any, score: float, parts: str = "{}") -> dict[str, Any]:

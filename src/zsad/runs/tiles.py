@@ -25,12 +25,12 @@ from PIL import Image
 
 from zsad.errors import ZsadInputError
 from zsad.methods.base import Method, SetLevelMethod
+from zsad.outputs import map_size
 from zsad.runs.scoring import resize_map
 from zsad.tiling import (
     TilePlan,
     TileSpec,
     image_score,
-    output_size,
     plan_tiles,
     stitch,
     tile_tensor,
@@ -58,7 +58,7 @@ def score_tiled(
         raise ZsadInputError(f"--tiles: {method.name} scores a set of images; tiling it is not supported yet")
     pre = method.backbone.preprocess
     plan = plan_tiles(image.height, image.width, spec, pre.image_size)
-    out_hw = output_size(image.height, image.width, max_map_size)
+    out_hw = map_size(image.height, image.width, max_map_size)
     if plan.untiled:
         x = squash_image(image, pre.image_size, pre.mean, pre.std)[None]
         scores, maps = _predict(method, x, batch_size)
@@ -128,7 +128,7 @@ def score_tiled_set(
     pre = method.backbone.preprocess
     (h, w), n = sizes.pop(), len(images)
     plan = plan_tiles(h, w, spec, pre.image_size)
-    out_hw = output_size(h, w, max_map_size)
+    out_hw = map_size(h, w, max_map_size)
     rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
 
     def as_set(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from zsad.tiling import TilePlan, TileSpec, image_score, output_size, plan_tiles, resize_bilinear, stitch, tile_crop
+from zsad.outputs import map_size
+from zsad.tiling import TilePlan, TileSpec, image_score, plan_tiles, resize_bilinear, stitch, tile_crop
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -56,7 +57,7 @@ def predict_tiled(
     """Score one image tile by tile through ``model``'s graph and stitch the maps (see the module doc)."""
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     plan = plan_tiles(rgb.height, rgb.width, spec, model.image_size)
-    out_hw = output_size(rgb.height, rgb.width, max_map_size)
+    out_hw = map_size(rgb.height, rgb.width, max_map_size)
     if plan.untiled:
         scores, maps = _run(model, [model.preprocess(rgb)], batch_size)
         return RuntimeTiledScore(float(scores[0]), resize_bilinear(maps[0], out_hw), scores, plan)
