@@ -300,6 +300,30 @@ def rel(d: float, scale: float) -> str:
     return f"scale {scale:.3g} (rel {d / scale if scale else 0.0:.1e})"
 
 
+def output_rows(o: dict[str, Any], zsad: tuple[torch.Tensor, ...], s: int, grid: int) -> tuple[list[Row], list[Row]]:
+    """The rows every tower shares: zsad's (score, mask logits, sigmoid map, smoothed map, map at ``s``) against
+    the official fp32 lines, and the official bf16 forward's drift."""
+    score, mask_logit, mask96, smooth96, amap = zsad
+    up = F.interpolate(o["smoothed"][:, None], size=(s, s), mode="nearest")[:, 0]
+    up_b = F.interpolate(o["smoothed_bf16"][:, None], size=(s, s), mode="nearest")[:, 0]
+    scores = ", ".join(f"{v:.6f}" for v in o["score"][:, 0].tolist())
+    rows: list[Row] = [
+        ("image score (sigmoid)", maxdiff(o["score"][:, 0], score), f"official {scores}"),
+        ("mask logits (decoder, 2g x 2g)", maxdiff(o["mask_logit"], mask_logit), f"{2 * grid}x{2 * grid}"),
+        ("map: sigmoid (2g)", maxdiff(o["mask"], mask96), "in [0, 1]"),
+        (f"map: + AvgPool2d({MEAN_KERNEL}, 1, {MEAN_KERNEL // 2}) (test.py)", maxdiff(o["smoothed"], smooth96), ""),
+        (f"map at {s} px (zsad predict; official 2g map resized nearest)", maxdiff(up, amap), "zsad's last step"),
+    ]
+    drift: list[Row] = [
+        ("score: official bf16 forward vs official fp32", maxdiff(o["score_bf16"][:, 0], o["score"][:, 0]), ""),
+        ("score: official bf16 forward vs zsad fp32", maxdiff(o["score_bf16"][:, 0], score), ""),
+        ("map (2g, sigmoid): official bf16 vs official fp32", maxdiff(o["mask_bf16"], o["mask"]), ""),
+        ("map (2g, smoothed): official bf16 vs official fp32", maxdiff(o["smoothed_bf16"], o["smoothed"]), ""),
+        (f"map at {s} px: official bf16 vs zsad fp32", maxdiff(up_b, amap), ""),
+    ]
+    return rows, drift
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--official-root", type=Path, required=True, help="extracted MaticFuc/AnomalyVFM checkout")
@@ -422,10 +446,8 @@ def main() -> None:
             del m2, bb2
 
     # ------------------------------------------------------------------ report
-    up = F.interpolate(o["smoothed"][:, None], size=(s, s), mode="nearest")[:, 0]
-    up_b = F.interpolate(o["smoothed_bf16"][:, None], size=(s, s), mode="nearest")[:, 0]
+    heads, drift = output_rows(o, (score, mask_logit, mask96, smooth96, amap), s, grid)
     tok_scale, tok_diff = float(o["tokens"].abs().max()), maxdiff(o["tokens"], tokens)
-    scores = ", ".join(f"{v:.6f}" for v in o["score"][:, 0].tolist())
     rows: list[Row] = [
         (
             "positional embedding, HF interpolate_pos_encoding vs zsad",
@@ -433,18 +455,7 @@ def main() -> None:
             f"{o['pos'].shape[0]} rows, bicubic from 24x24 to {grid}x{grid}",
         ),
         ("last_hidden_state vs tower_tokens (CLS + patches)", tok_diff, rel(tok_diff, tok_scale)),
-        ("image score (sigmoid)", maxdiff(o["score"][:, 0], score), f"official {scores}"),
-        ("mask logits (decoder, 2g x 2g)", maxdiff(o["mask_logit"], mask_logit), f"{2 * grid}x{2 * grid}"),
-        ("map: sigmoid (2g)", maxdiff(o["mask"], mask96), "in [0, 1]"),
-        (f"map: + AvgPool2d({MEAN_KERNEL}, 1, {MEAN_KERNEL // 2}) (test.py)", maxdiff(o["smoothed"], smooth96), ""),
-        (f"map at {s} px (zsad predict; official 2g map resized nearest)", maxdiff(up, amap), "zsad's last step"),
-    ]
-    drift: list[Row] = [
-        ("score: official bf16 forward vs official fp32", maxdiff(o["score_bf16"][:, 0], o["score"][:, 0]), ""),
-        ("score: official bf16 forward vs zsad fp32", maxdiff(o["score_bf16"][:, 0], score), ""),
-        ("map (2g, sigmoid): official bf16 vs official fp32", maxdiff(o["mask_bf16"], o["mask"]), ""),
-        ("map (2g, smoothed): official bf16 vs official fp32", maxdiff(o["smoothed_bf16"], o["smoothed"]), ""),
-        (f"map at {s} px: official bf16 vs zsad fp32", maxdiff(up_b, amap), ""),
+        *heads,
     ]
     ot = o["train"]
     grad_rows: list[Row] = [
@@ -621,10 +632,8 @@ def compare_dinov2(args: argparse.Namespace, t_start: float) -> None:
                   "map": torch.cat([p.anomaly_map for p in p2])}  # fmt: skip
         del m2, bb2
 
-    up = F.interpolate(o["smoothed"][:, None], size=(s, s), mode="nearest")[:, 0]
-    up_b = F.interpolate(o["smoothed_bf16"][:, None], size=(s, s), mode="nearest")[:, 0]
+    heads, drift = output_rows(o, (score, mask_logit, mask96, smooth96, amap), s, grid)
     tok_scale, tok_diff = float(o["tokens"].abs().max()), maxdiff(o["tokens"], tokens)
-    scores = ", ".join(f"{v:.6f}" for v in o["score"][:, 0].tolist())
     rows: list[Row] = [
         (
             "patch positions, DINOv2 interpolate_pos_encoding vs zsad's imported table",
@@ -632,18 +641,7 @@ def compare_dinov2(args: argparse.Namespace, t_start: float) -> None:
             f"{grid * grid} rows, bicubic antialiased from 37x37 to {grid}x{grid}",
         ),
         ("x_norm_clstoken + x_norm_patchtokens vs tower_tokens", tok_diff, rel(tok_diff, tok_scale)),
-        ("image score (sigmoid)", maxdiff(o["score"][:, 0], score), f"official {scores}"),
-        ("mask logits (decoder, 2g x 2g)", maxdiff(o["mask_logit"], mask_logit), f"{2 * grid}x{2 * grid}"),
-        ("map: sigmoid (2g)", maxdiff(o["mask"], mask96), "in [0, 1]"),
-        (f"map: + AvgPool2d({MEAN_KERNEL}, 1, {MEAN_KERNEL // 2}) (test.py)", maxdiff(o["smoothed"], smooth96), ""),
-        (f"map at {s} px (zsad predict; official 2g map resized nearest)", maxdiff(up, amap), "zsad's last step"),
-    ]
-    drift: list[Row] = [
-        ("score: official bf16 forward vs official fp32", maxdiff(o["score_bf16"][:, 0], o["score"][:, 0]), ""),
-        ("score: official bf16 forward vs zsad fp32", maxdiff(o["score_bf16"][:, 0], score), ""),
-        ("map (2g, sigmoid): official bf16 vs official fp32", maxdiff(o["mask_bf16"], o["mask"]), ""),
-        ("map (2g, smoothed): official bf16 vs official fp32", maxdiff(o["smoothed_bf16"], o["smoothed"]), ""),
-        (f"map at {s} px: official bf16 vs zsad fp32", maxdiff(up_b, amap), ""),
+        *heads,
     ]
     within = all(v is not None and not isinstance(v, str) and v <= FLOAT_TOL for _, v, _ in rows[2:])
     imp, r2 = record["import_check"], second["record"]["import_check"]
