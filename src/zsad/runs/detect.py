@@ -261,10 +261,17 @@ def load_reference_images(
     """``load_references`` at full resolution, for tiled runs: (memorised, calibration) PIL images, split alike."""
     from zsad.data import load_image
 
-    order = reference_order(len(files), seed)
-    images = [load_image(files[i]) for i in order]
-    k = memorised(len(images), k_shot, method.supports_few_shot)
-    return (images[:k] if method.supports_few_shot else []), images[k:]
+    refs, calib = split_reference_files(files, k_shot, seed, method.supports_few_shot)
+    return [load_image(f) for f in refs], [load_image(f) for f in calib]
+
+
+def split_reference_files(
+    files: Sequence[Path], k_shot: int | None, seed: int, few_shot: bool
+) -> tuple[list[Path], list[Path]]:
+    """(memorised, calibration) reference files in the seeded order every front end draws them in."""
+    ordered = [files[i] for i in reference_order(len(files), seed)]
+    k = memorised(len(ordered), k_shot, few_shot)
+    return (ordered[:k] if few_shot else []), ordered[k:]
 
 
 def reference_order(n: int, seed: int = 0) -> list[int]:

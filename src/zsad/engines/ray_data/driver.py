@@ -43,11 +43,11 @@ from zsad.runs import (
     conclude,
     decide,
     done_uris,
-    memorised,
     normals_of,
     read_shards,
     reference_order,
     refuse_tiled_rescaling,
+    split_reference_files,
     split_references,
     tile_key,
     tiled_normals,
@@ -240,11 +240,8 @@ def _references(spec: MethodSpec, job: DetectJob) -> tuple[Any, Any]:
     if job.tiles is not None:
         from zsad.data import load_image
 
-        order = reference_order(len(job.references), job.seed)
-        few_shot = spec.cls.supports_few_shot
-        k = memorised(len(order), job.k_shot, few_shot)
-        full = [np.asarray(load_image(job.references[i]), dtype=np.uint8) for i in order[:k]] if few_shot else []
-        return full, [job.references[i] for i in order[k:]]
+        refs, calib = split_reference_files(job.references, job.k_shot, job.seed, spec.cls.supports_few_shot)
+        return [np.asarray(load_image(f), dtype=np.uint8) for f in refs], calib
     import torch
 
     size = int(spec.backbone.image_size or 0)
