@@ -22,7 +22,7 @@ import numpy as np
 
 from zsad.errors import ZsadInputError, one_line
 from zsad.progress import Level, SilentReporter, reporter, using
-from zsad.tiling import TileSpec, resize_bilinear
+from zsad.tiling import TileSpec, resize_bilinear, tile_key
 
 if TYPE_CHECKING:
     from zsad.data.files import Skipped
@@ -171,12 +171,10 @@ def detect_files(
     """
     from zsad.outputs import kept_on_failure
     from zsad.runs import DetectFolder
-    from zsad.runtime.tiles import tile_record
 
     if skipped:
         reporter().message(f"passed over in the input folders: {skipped.summary()}", "note")
-    record = tile_record(tiles)
-    tiled = {"tiles": record} if record is not None else {}  # absent untiled: earlier folders resume unchanged
+    tiled = tile_key(tiles)  # absent untiled: earlier folders resume unchanged
     key = {
         "engine": "runtime",
         "runtime": model.runtime,
