@@ -88,6 +88,14 @@ DINOV2_FILES = (
     "peft_local/dora.py",
     "peft_local/lora.py",
 )
+RADIO_FILES = (
+    "hf_model.py",
+    "models/radio.py",
+    "radio_local.py",
+    "peft_local/peft_func.py",
+    "peft_local/dora.py",
+    "peft_local/lora.py",
+)
 MEAN_KERNEL = 5  # test.py --mean-kernel-size
 FLOAT_TOL = 1e-4  # maps and scores (in [0, 1]): fp32 float error through 24 blocks at 2305 tokens
 GRAD_REL_TOL = 1e-5  # gradients, relative to the tensor group's largest official value
@@ -271,6 +279,76 @@ torch.save(out, tmp / "official.pt")
 '''
 
 
+RADIO_DRIVER = r"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+root, tmp = Path(sys.argv[1]), Path(sys.argv[2])
+sys.path.insert(0, str(root))
+spec = json.loads((tmp / "spec.json").read_text())
+torch.set_num_threads(spec["threads"])
+from hf_model import AnomalyVFM, AnomalyVFMConfig
+
+torch.manual_seed(spec["seed"])
+cfg = AnomalyVFMConfig(
+    model_name="radio", image_size=spec["image_size"], peft_type=spec["peft"], peft_rank=spec["rank"]
+)
+model = AnomalyVFM(cfg).eval()  # hf_model builds RADIO with use_local=True: radio_local.RADIOModel
+net = model.model.net
+if spec["blocks"] < len(net.model.blocks):
+    net.model.blocks = net.model.blocks[: spec["blocks"]]
+g = torch.Generator().manual_seed(spec["seed"] + 1)
+with torch.no_grad():
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf.startswith("lora_B"):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        elif leaf.startswith("mag"):
+            p.mul_(1 + 0.05 * torch.randn(p.shape, generator=g))
+        elif leaf == "pos_embed":  # zeros at init: made visible, so the resize is compared
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+wrapped = sorted(n for n, mod in net.named_modules() if type(mod).__name__.endswith("Wrapper"))
+model.save_pretrained(tmp / "release")
+
+x = torch.load(tmp / "inputs.pt")  # 0-1 images: the input conditioner normalises inside
+fs = model.feat_size
+ms = fs * 2
+pool = torch.nn.AvgPool2d((spec["kernel"], spec["kernel"]), 1, spec["kernel"] // 2)
+vit = net.model
+emb = torch.zeros(1, vit.num_prefix_tokens + fs * fs, vit.embed_dim)
+out = {"pos": vit._interpolate_pos_encoding(emb, spec["image_size"], spec["image_size"])[0, vit.num_prefix_tokens :]}
+keys = ("tokens", "score", "mask_logit", "mask", "smoothed", "score_bf16", "mask_bf16", "smoothed_bf16")
+rows = {k: [] for k in keys}
+for i in range(len(x)):
+    img = x[i : i + 1]
+    with torch.no_grad():  # hf_model.forward's lines, autocast off (fp32)
+        summary, ftrs = model.model(img)
+        tokens = torch.cat([summary.reshape(1, 3, -1), ftrs], 1)
+        ftrs = ftrs.permute(0, 2, 1).reshape(1, -1, fs, fs)
+        score = model.predictor(summary).sigmoid()
+        mask_logit, _ = model.decoder(ftrs)
+        mask = mask_logit.sigmoid()
+        smoothed = pool(F.interpolate(mask, (ms, ms)).squeeze(1))  # test.py
+        score_b, mask_b = model(img)  # the official forward: bf16 autocast
+        smoothed_b = pool(F.interpolate(mask_b, (ms, ms)).squeeze(1))
+    for k, v in zip(rows, (tokens, score, mask_logit, mask, smoothed, score_b, mask_b, smoothed_b)):
+        rows[k].append(v.float())
+out.update({k: torch.cat(v) for k, v in rows.items()})
+out["wrapped"] = wrapped
+out["meta_state"] = {  # the released tower in RADIO's own module names (the wrappers' inner layers)
+    k.replace(".layer.", "."): v.clone()
+    for k, v in net.state_dict().items()
+    if not any(t in k.rsplit(".", 1)[-1] for t in ("lora_", "mag"))
+}
+out["versions"] = {"torch": torch.__version__}
+torch.save(out, tmp / "official.pt")
+"""
+
+
 def vision_config(blocks: int) -> dict[str, Any]:
     """HF CLIPVisionConfig of openai/clip-vit-large-patch14-336 with ``blocks`` encoder layers."""
     return {
@@ -327,7 +405,7 @@ def output_rows(o: dict[str, Any], zsad: tuple[torch.Tensor, ...], s: int, grid:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--official-root", type=Path, required=True, help="extracted MaticFuc/AnomalyVFM checkout")
-    ap.add_argument("--backbone", default="clip", choices=("clip", "dinov2"), help="which variant to compare")
+    ap.add_argument("--backbone", default="clip", choices=("clip", "dinov2", "radio"), help="the variant to compare")
     ap.add_argument("--dinov2-root", type=Path, help="extracted facebookresearch/dinov2 (hubconf.py + dinov2/)")
     ap.add_argument("--official-python", type=Path, required=True, help="python of a venv with transformers")
     ap.add_argument("--blocks", type=int, default=24, help="encoder blocks (24 = ViT-L/14-336 as released)")
@@ -344,8 +422,8 @@ def main() -> None:
     if args.cost:
         cost(args)
         return
-    if args.backbone == "dinov2":
-        compare_dinov2(args, t_start)
+    if args.backbone != "clip":
+        compare_timm(args, t_start)
         return
 
     from zsad.backbone import ClipBackbone
@@ -546,34 +624,43 @@ def main() -> None:
             f.write("\n" + text)
 
 
-def compare_dinov2(args: argparse.Namespace, t_start: float) -> None:
-    """The DINOv2 variant against the official code: inference in fp32, the bf16 drift, the two imports."""
+def compare_timm(args: argparse.Namespace, t_start: float) -> None:
+    """The DINOv2 or RADIO variant against the official code: inference in fp32, the bf16 drift, the two imports."""
     import timm
+    from safetensors.torch import save_file
 
-    from zsad.backbone.vision import IMAGENET_MEAN, IMAGENET_STD, VisionBackbone
+    from zsad.backbone.radio import OPENAI_MEAN, OPENAI_STD
+    from zsad.backbone.vision import IMAGENET_MEAN, IMAGENET_STD, VisionBackbone, timm_name
     from zsad.methods import create_method
-    from zsad.methods.anomalyvfm import DINOV2_BACKBONE, AnomalyVfm
+    from zsad.methods.anomalyvfm import DINOV2_BACKBONE, RADIO_BACKBONE, AnomalyVfm
     from zsad.runs import import_checkpoint
     from zsad.runs.build import BackboneSpec
     from zsad.sysinfo import hardware
 
-    if args.dinov2_root is None:
+    radio = args.backbone == "radio"
+    files: tuple[str, ...]
+    if not radio and args.dinov2_root is None:
         raise SystemExit("--backbone dinov2 needs --dinov2-root (an extract of facebookresearch/dinov2)")
-    s, grid = args.image_size, args.image_size // 14
+    backbone = RADIO_BACKBONE if radio else DINOV2_BACKBONE
+    s, grid = args.image_size, args.image_size // (16 if radio else 14)
     picks = sorted((assets_dir() / "mpdd_metal_plate" / "defect").glob("*.png"))[: args.images]
-    x = squashed(picks, s, IMAGENET_MEAN, IMAGENET_STD)
-    timm_name = DINOV2_BACKBONE.removeprefix("timm:")
+    if radio:  # the official side takes 0-1 images (its input conditioner normalises), zsad the normalised ones
+        x_official = squashed(picks, s, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        x = (x_official - torch.tensor(OPENAI_MEAN).view(3, 1, 1)) / torch.tensor(OPENAI_STD).view(3, 1, 1)
+    else:
+        x = x_official = squashed(picks, s, IMAGENET_MEAN, IMAGENET_STD)
+    arch = timm_name(backbone).split(".")[0]
 
     def tower(**kw: Any) -> VisionBackbone:
         depth = {} if args.blocks == 24 else {"depth": args.blocks}
-        vit = timm.create_model(timm_name.split(".")[0], img_size=s, num_classes=0, **depth, **kw)
-        return VisionBackbone(vit, model_name=DINOV2_BACKBONE, pretrained="none", image_size=s)
+        vit = timm.create_model(arch, img_size=s, num_classes=0, **depth, **kw)
+        return VisionBackbone(vit, model_name=backbone, pretrained="none", image_size=s)
 
-    with tempfile.TemporaryDirectory(prefix="anomalyvfm_dinov2_cmp_") as tmpdir:
+    with tempfile.TemporaryDirectory(prefix=f"anomalyvfm_{args.backbone}_cmp_") as tmpdir:
         tmp = Path(tmpdir)
-        torch.save(x, tmp / "inputs.pt")
+        torch.save(x_official, tmp / "inputs.pt")
         spec = {
-            "dinov2_root": str(args.dinov2_root.resolve()),
+            "dinov2_root": None if radio else str(args.dinov2_root.resolve()),
             "blocks": args.blocks,
             "image_size": s,
             "peft": args.peft,
@@ -583,15 +670,16 @@ def compare_dinov2(args: argparse.Namespace, t_start: float) -> None:
             "threads": torch.get_num_threads(),
         }
         (tmp / "spec.json").write_text(json.dumps(spec))
-        o, t_off = run_official(DINOV2_DRIVER, args.official_python, args.official_root.resolve(), tmp)
+        driver = RADIO_DRIVER if radio else DINOV2_DRIVER
+        o, t_off = run_official(driver, args.official_python, args.official_root.resolve(), tmp)
         release = tmp / "release"
         release_cfg = json.loads((release / "config.json").read_text())
 
         t0 = time.perf_counter()
         if args.blocks == 24:  # the whole path of `zsad import-checkpoint`
-            bb_spec = BackboneSpec(DINOV2_BACKBONE, "none", image_size=s)
+            bb_spec = BackboneSpec(backbone, "none", image_size=s)
             ckpt = import_checkpoint(release, "anomalyvfm", tmp / "ckpt", "random (fidelity)", backbone=bb_spec)
-            bb = VisionBackbone.from_pretrained(DINOV2_BACKBONE, "none", image_size=s, seed=0)
+            bb = VisionBackbone.from_pretrained(backbone, "none", image_size=s, seed=0)
         else:  # runs builds timm towers by name only: the importer it calls, on the cut tower
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
@@ -616,12 +704,12 @@ def compare_dinov2(args: argparse.Namespace, t_start: float) -> None:
         mask96 = mask_logit.sigmoid()
         smooth96 = F.avg_pool2d(mask96, MEAN_KERNEL, 1, MEAN_KERNEL // 2)[:, 0]
         w = m.tower_weights()
-        pos_z = w["pos_embed"][0]  # the patch rows (timm folds the class row into cls_token)
+        pos_z = w["pos_embed"][0]  # the patch rows (timm keeps no position for the prefix tokens)
         del m, bb
 
-        # timm loads Meta's layout of the released tower itself; the importer must then find it bit-equal
-        meta_file = tmp / "released_tower_meta.pth"
-        torch.save(o["meta_state"], meta_file)
+        # timm loads the released tower in its own module names; the importer must then find it bit-equal
+        meta_file = tmp / "released_tower.safetensors"
+        save_file({k: v.contiguous() for k, v in o["meta_state"].items()}, str(meta_file))
         bb2 = tower(pretrained=True, pretrained_cfg_overlay={"file": str(meta_file)})
         ckpt2 = AnomalyVfm.import_official(release, bb2, tmp / "ckpt2", "random (fidelity)")
         m2: Any = create_method("anomalyvfm", bb2, checkpoint=str(ckpt2))
@@ -634,55 +722,73 @@ def compare_dinov2(args: argparse.Namespace, t_start: float) -> None:
 
     heads, drift = output_rows(o, (score, mask_logit, mask96, smooth96, amap), s, grid)
     tok_scale, tok_diff = float(o["tokens"].abs().max()), maxdiff(o["tokens"], tokens)
+    if radio:
+        pos_row = ("patch positions, radio_local _interpolate_pos_encoding vs zsad's imported table",
+                   f"{grid * grid} rows, bicubic (no antialias) from 128x128 to {grid}x{grid}")  # fmt: skip
+        tok_row = "summary tokens 0-2 + spatial features vs tower_tokens"
+        name, weights_label, files = "RADIO", "radio_local.RADIOModel's init", RADIO_FILES
+        official_how = (
+            "`models/radio.py`, `radio_local.py` (hf_model builds RADIO with `use_local=True`), `decoder.py`, "
+            "`peft_local/*`, in their own process"
+        )
+        tower_desc = "RADIO v2.5-L as radio_local.py builds it (width 1024, 8 prefix tokens, no layer scale)"
+        perturbed = "the 128x128 position table (zeros at init)"
+        data_norm = "0-1 for the official side (its conditioner normalises), OpenAI mean/std applied once for zsad"
+        load_how = "RADIO's module names, positions resized bicubically by `zsad.backbone.radio` at load"
+        pos_from = "128x128"
+    else:
+        pos_row = ("patch positions, DINOv2 interpolate_pos_encoding vs zsad's imported table",
+                   f"{grid * grid} rows, bicubic antialiased from 37x37 to {grid}x{grid}")  # fmt: skip
+        tok_row = "x_norm_clstoken + x_norm_patchtokens vs tower_tokens"
+        name, weights_label, files = "DINOv2", "Meta's DinoVisionTransformer init", DINOV2_FILES
+        official_how = (
+            "`models/dinov2.py`, `decoder.py`, `peft_local/*`, in their own process; the tower is "
+            "facebookresearch/dinov2 `dinov2_vitl14_reg` from a local checkout (`$DINOV2`), `pretrained=False`"
+        )
+        tower_desc = "dinov2_vitl14_reg (width 1024, 4 registers, layer scale)"
+        perturbed = "class and register tokens"
+        data_norm = "one tensor (ImageNet mean/std) for both sides"
+        load_how = "Meta's layout, class position folded, positions resampled by timm at load"
+        pos_from = "37x37"
     rows: list[Row] = [
-        (
-            "patch positions, DINOv2 interpolate_pos_encoding vs zsad's imported table",
-            maxdiff(o["pos"][1:], pos_z),
-            f"{grid * grid} rows, bicubic antialiased from 37x37 to {grid}x{grid}",
-        ),
-        ("x_norm_clstoken + x_norm_patchtokens vs tower_tokens", tok_diff, rel(tok_diff, tok_scale)),
+        (pos_row[0], maxdiff(o["pos"][-grid * grid :], pos_z), pos_row[1]),
+        (tok_row, tok_diff, rel(tok_diff, tok_scale)),
         *heads,
     ]
     within = all(v is not None and not isinstance(v, str) and v <= FLOAT_TOL for _, v, _ in rows[2:])
     imp, r2 = record["import_check"], second["record"]["import_check"]
     wrapped = o["wrapped"]
-    kinds = sorted({n.split(".", 2)[-1] for n in wrapped})
+    kinds = sorted({n.rsplit(".", 2)[-2] + "." + n.rsplit(".", 1)[-1] for n in wrapped})
+    cut = "" if args.blocks == 24 else f", cut to its first {args.blocks} blocks"
     lines = [
-        f"## AnomalyVFM (DINOv2): zsad vs the official code (issue 30, {time.strftime('%Y-%m-%d')}, CPU)",
+        f"## AnomalyVFM ({name}): zsad vs the official code (issue 30, {time.strftime('%Y-%m-%d')}, CPU)",
         "",
-        "Command: `.venv/bin/python benchmarks/compare_anomalyvfm.py --backbone dinov2 --dinov2-root "
-        "$DINOV2 --official-root $AVFM --official-python $AVFM_VENV/bin/python "
+        f"Command: `.venv/bin/python benchmarks/compare_anomalyvfm.py --backbone {args.backbone}"
+        + ("" if radio else " --dinov2-root $DINOV2")
+        + " --official-root $AVFM --official-python $AVFM_VENV/bin/python "
         f"--blocks {args.blocks} --image-size {s} --images {args.images}"
         f"{' --peft lora' if args.peft == 'lora' else ''}` (official: MaticFuc/AnomalyVFM @4da96b4, `hf_model.py`, "
-        "`models/dinov2.py`, `decoder.py`, `peft_local/*`, in their own process; the tower is facebookresearch/dinov2 "
-        f"`dinov2_vitl14_reg` from a local extract, `pretrained=False`; files "
-        f"{file_hashes(args.official_root, DINOV2_FILES)}).",
+        f"{official_how}; files {file_hashes(args.official_root, files)}).",
         "",
-        f"Label: **seeded RANDOM weights (Meta's DinoVisionTransformer init, seed {args.seed}; class and register "
-        "tokens, the adapters' lora_B and magnitudes perturbed), fidelity only, NOT detection quality**. Tower: "
-        + (
-            "dinov2_vitl14_reg as released (24 blocks, width 1024, 4 registers, layer scale)"
-            if args.blocks == 24
-            else f"dinov2_vitl14_reg cut to its first {args.blocks} blocks (width 1024, 4 registers, layer scale)"
-        )
-        + f" at {s} px (grid {grid}, positions from 37x37); {args.peft} rank {args.rank}, alpha 1. The official "
-        f"`add_peft(net.blocks)` wrapped {len(wrapped)} modules, all named {', '.join(kinds)}. Data: the first "
-        f"{len(picks)} MPDD metal_plate defect images ({', '.join(p.name for p in picks)}), one tensor (ImageNet "
-        "mean/std) for both sides.",
+        f"Label: **seeded RANDOM weights ({weights_label}, seed {args.seed}; {perturbed}, the adapters' lora_B and "
+        f"magnitudes perturbed), fidelity only, NOT detection quality**. Tower: {tower_desc}{cut}, at {s} px (grid "
+        f"{grid}, positions from {pos_from}); {args.peft} rank {args.rank}, alpha 1. The official `add_peft` wrapped "
+        f"{len(wrapped)} modules, all named {', '.join(kinds)}. Data: the first {len(picks)} MPDD metal_plate defect "
+        f"images ({', '.join(p.name for p in picks)}), {data_norm}.",
         "",
         f"Release written by the official `save_pretrained`: config.json {json.dumps(release_cfg, sort_keys=True)}; "
-        f"imported in {t_imp:.1f} s onto a random timm `{timm_name}`"
+        f"imported in {t_imp:.1f} s onto a random timm `{arch}`"
         + ("" if args.blocks == 24 else f" cut to {args.blocks} blocks")
         + f": {imp['compared_tensors']} tower tensors compared, {imp['differing_tensors']} differ, so the released "
         f"tower was stored (`tower_weights={record['weights']}`).",
         "",
         *table("Inference, fp32 on both sides (official: hf_model.forward's lines with autocast off + test.py)", rows),
         *table("bf16: the official forward as it runs (torch.autocast bf16) — drift, not a zsad difference", drift),
-        f"Import onto a timm tower that timm itself loaded from Meta's layout of the released tower "
-        f"(`pretrained_cfg_overlay` file: class position folded, positions resampled to {grid}x{grid} at load): "
-        f"{r2['differing_tensors']} of {r2['compared_tensors']} tensors differ, stored: {r2['stored']} "
-        f"(`tower_weights={second['record']['weights']}`); scores and maps vs the stored-tower import: max abs diff "
-        f"{maxdiff(second['score'], score):.2e} / {maxdiff(second['map'], amap):.2e}.",
+        f"Import onto a timm tower that timm itself loaded from the released tower ({load_how}, "
+        f"`pretrained_cfg_overlay` file): {r2['differing_tensors']} of {r2['compared_tensors']} tensors differ, "
+        f"stored: {r2['stored']} (`tower_weights={second['record']['weights']}`); scores and maps vs the "
+        f"stored-tower import: max abs diff {maxdiff(second['score'], score):.2e} / "
+        f"{maxdiff(second['map'], amap):.2e}.",
         "",
         f"Tolerance: maps and scores within {FLOAT_TOL:g} (absolute, both in [0, 1]): "
         + ("**met**." if within else "**NOT met**.")

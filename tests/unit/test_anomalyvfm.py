@@ -210,7 +210,7 @@ def test_untrained_and_bad_options_are_refused(bb: ClipBackbone) -> None:
         with pytest.raises(ZsadInputError, match=why):
             _vfm(bb, **bad)
     with pytest.raises(ZsadInputError, match="train_steps"):
-        _vfm(bb, train_steps=0)
+        _vfm(bb, train_steps=-1)
 
 
 # ---------------------------------------------------------------------------------------------- the importer
@@ -278,7 +278,8 @@ def test_foreign_corrupt_and_other_releases_are_refused_in_one_line(
     state = _release(m)
     cases: list[tuple[str, dict[str, torch.Tensor], dict[str, object], str]] = [
         ("foreign", {"visual.conv1.weight": torch.zeros(2, 2)}, {}, "not an AnomalyVFM release"),
-        ("radio", state, {"model_name": "radio"}, "for backbone 'radio'.*CLIP and DINOv2 only"),
+        ("radio", state, {"model_name": "radio"}, "model_name 'radio' but the tensors hold a clip tower"),
+        ("tips", state, {"model_name": "tipsv2"}, "for backbone 'tipsv2'.*CLIP, DINOv2 and RADIO only"),
         ("named", state, {"model_name": "dinov2"}, "model_name 'dinov2' but the tensors hold a clip tower"),
         ("rank", state, {"peft_rank": 8}, "peft_rank 8 but the adapters have rank 4"),
         ("kind", state, {"peft_type": "lora"}, "peft_type 'lora' but the tensors hold dora"),
@@ -585,7 +586,7 @@ def test_dinov2_releases_that_do_not_fit_are_refused_in_one_line(
         src = _write_release(tmp_path / name, st, **{"model_name": "dinov2", "image_size": DINO_SIZE, **cfg})
         assert str(src) in _one_line(lambda src=src, name=name: _dino_import(src, tmp_path / f"o_{name}", dino), match)
     src = _write_release(tmp_path / "dinov2", state, model_name="dinov2", image_size=DINO_SIZE)
-    _one_line(lambda: _import(src, tmp_path / "o_clip", tiny_json), "DINOv2 release; backbone .* is a CLIP")
+    _one_line(lambda: _import(src, tmp_path / "o_clip", tiny_json), "DINOv2 release; backbone .* is not a DINOv2 tower")
     clip = _write_release(tmp_path / "clip", _release(_randomise(_vfm(bb, rank=4))))
     _one_line(lambda: _dino_import(clip, tmp_path / "o_dino", dino), "CLIP release; backbone timm:.* is not a CLIP")
 
@@ -612,3 +613,202 @@ def test_dinov2_training_step_checkpointed_and_bf16_forward(dino: VisionBackbone
         finally:
             dino.set_precision("fp32")
     assert low.dtype == torch.float32 and 0 < (low - full).abs().max() < 0.2 * full.abs().max()
+
+
+# ---------------------------------------------------------------------------------------------- the RADIO variant
+# zsad's timm RADIO v2.5 (8 prefix tokens without positions, no layer scale, no final norm) cut to 2 blocks of width
+# 64 at 64 px (grid 4), positions resized from a 6x6 table as the release's radio_local.py does
+RADIO = "timm:vit_large_patch16_radio_v2_5"
+RADIO_SIZE = 64
+
+
+def _radio_model(**kw: Any) -> Any:
+    import timm
+
+    from zsad.backbone.vision import timm_name
+
+    return timm.create_model(timm_name(RADIO), img_size=RADIO_SIZE, depth=2, embed_dim=64, num_heads=4, **kw)
+
+
+@pytest.fixture(scope="module")
+def radio() -> VisionBackbone:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vit = _radio_model(pretrained=False)
+    with torch.no_grad():  # timm starts the prefix tokens near 0; the trained ones are not
+        g = torch.Generator().manual_seed(1)
+        for name in ("cls_token", "reg_token", "patch_embed.proj.bias"):
+            vit.get_parameter(name).copy_(torch.randn(vit.get_parameter(name).shape, generator=g) * 0.5)
+    return VisionBackbone(vit, model_name=RADIO, pretrained="none", image_size=RADIO_SIZE)
+
+
+@pytest.fixture(scope="module")
+def radio_images() -> torch.Tensor:
+    return torch.randn(2, 3, RADIO_SIZE, RADIO_SIZE, generator=torch.Generator().manual_seed(5))
+
+
+def _radio_local_forward(state: dict[str, torch.Tensor], x: torch.Tensor, heads: int) -> torch.Tensor:
+    """The release's radio_local.py RADIOModel forward (no adapters) on its own names, literally: patches by unfold
+    into a bias-free linear map, 8 prefix tokens, the 128² table resized bicubically to the grid (prefix: zeros),
+    pre-norm blocks without layer scale, no final norm."""
+    b, _, h, w = x.shape
+    emb = state["model.patch_generator.embedder.weight"]
+    p = round((emb.shape[1] // 3) ** 0.5)
+    t = x.unfold(2, p, p).unfold(3, p, p).contiguous().view(b, 3, h // p, w // p, p, p)
+    t = t.permute(0, 2, 3, 1, 4, 5).contiguous().view(b, -1, 3 * p * p) @ emb.T
+    tok = state["model.patch_generator.cls_token.token"]
+    t = torch.cat([tok.unsqueeze(0).expand(b, -1, -1), t], 1)
+    pos = state["model.patch_generator.pos_embed"]
+    m, dim = round(pos.shape[1] ** 0.5), pos.shape[2]
+    grid = F.interpolate(pos.reshape(1, m, m, dim).permute(0, 3, 1, 2), size=(h // p, w // p), mode="bicubic",
+                         align_corners=False).permute(0, 2, 3, 1).reshape(1, -1, dim)  # fmt: skip
+    t = t + torch.cat([torch.zeros(1, tok.shape[0], dim), grid], 1)
+    i = 0
+    while f"model.blocks.{i}.norm1.weight" in state:
+        s = {k.removeprefix(f"model.blocks.{i}."): v for k, v in state.items() if k.startswith(f"model.blocks.{i}.")}
+        y = F.layer_norm(t, (dim,), s["norm1.weight"], s["norm1.bias"], 1e-6)
+        q, k, v = (y @ s["attn.qkv.weight"].T + s["attn.qkv.bias"]).reshape(b, -1, 3, heads, dim // heads).permute(
+            2, 0, 3, 1, 4)  # fmt: skip
+        a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dim // heads), -1) @ v
+        t = t + a.transpose(1, 2).reshape(b, -1, dim) @ s["attn.proj.weight"].T + s["attn.proj.bias"]
+        y = F.layer_norm(t, (dim,), s["norm2.weight"], s["norm2.bias"], 1e-6)
+        y = F.gelu(y @ s["mlp.fc1.weight"].T + s["mlp.fc1.bias"])
+        t = t + y @ s["mlp.fc2.weight"].T + s["mlp.fc2.bias"]
+        i += 1
+    return t
+
+
+def _radio_state(width: int, layers: int, seed: int = 3, table: int = 6) -> dict[str, torch.Tensor]:
+    """RADIO v2.5 module names (radio_local.RADIOModel's), seeded: a ``table``² position table, OpenAI statistics."""
+    from zsad.backbone.radio import OPENAI_MEAN, OPENAI_STD
+
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int, scale: float = 0.2) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * scale
+
+    out = {
+        "model.patch_generator.embedder.weight": r(width, 3 * 16 * 16, scale=0.05),
+        "model.patch_generator.cls_token.token": r(8, width, scale=0.5),
+        "model.patch_generator.pos_embed": r(1, table * table, width, scale=0.5),
+        "input_conditioner.norm_mean": torch.tensor(OPENAI_MEAN).view(3, 1, 1),
+        "input_conditioner.norm_std": torch.tensor(OPENAI_STD).view(3, 1, 1),
+        "summary_idxs": torch.tensor([0, 1, 2]),
+    }
+    for i in range(layers):
+        b = f"model.blocks.{i}."
+        shapes = {"norm1": (width,), "norm2": (width,), "attn.qkv": (3 * width, width), "attn.proj": (width, width),
+                  "mlp.fc1": (4 * width, width), "mlp.fc2": (width, 4 * width)}  # fmt: skip
+        for n, shape in shapes.items():
+            out[f"{b}{n}.weight"] = (1 + r(width)) if n.startswith("norm") else r(*shape)
+            out[f"{b}{n}.bias"] = r(shape[0])
+    return out
+
+
+def test_radio_weights_load_as_the_release_code_runs_them(radio_images: torch.Tensor, tmp_path: Path) -> None:
+    """A RADIO v2.5 file (its module names, under radio_model.) loads into zsad's timm RADIO; timm's forward_features
+    then equals radio_local's forward written out by hand, and zsad's tower (no adapters) reads tokens 0-2 and the
+    patches of it. The resize is bicubic: timm's own RADIO converter (bilinear) gives other positions."""
+    state = _radio_state(64, 2)
+    save_file({"radio_model." + k: v for k, v in state.items()}, str(tmp_path / "radio.safetensors"))
+    vit = _radio_model(pretrained=True, pretrained_cfg_overlay={"file": str(tmp_path / "radio.safetensors")})
+    bb = VisionBackbone(vit, model_name=RADIO, pretrained="none", image_size=RADIO_SIZE)
+    assert bb.num_prefix_tokens == 8 and bb.preprocess.mean == (0.48145466, 0.4578275, 0.40821073)
+    with torch.no_grad():
+        want = _radio_local_forward(state, radio_images, heads=4)
+        got = bb.model.forward_features(radio_images)
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+        tokens = _vfm(bb, peft="lora", rank=4).tower_tokens(radio_images)
+    torch.testing.assert_close(tokens, torch.cat([want[:, :3], want[:, 8:]], 1), atol=2e-5, rtol=1e-5)
+    from timm.models.vision_transformer import _convert_radio
+
+    timm_pos = _convert_radio({"radio_model." + k: v for k, v in state.items()}, bb.model)["pos_embed"]
+    assert (timm_pos - bb.model.pos_embed).abs().max() > 1e-2
+    from zsad.backbone.radio import convert_radio
+
+    bad = {**state, "input_conditioner.norm_std": torch.ones(3, 1, 1)}
+    _one_line(lambda: convert_radio(bad, bb.model), "input_conditioner.norm_std is .* not OpenAI")
+    _one_line(lambda: convert_radio({"visual.proj": torch.zeros(1)}, bb.model), "not RADIO weights.*'visual.proj'")
+
+
+def test_radio_tower_is_timms_forward_features_with_the_adapted_weights_merged(
+    radio: VisionBackbone, radio_images: torch.Tensor
+) -> None:
+    """Zero LoRA: timm's forward_features at tokens 0, 1, 2 and the patches (summary, then the grid). Random DoRA:
+    the same on a copy with merged weights; the predictor reads the three summary tokens concatenated."""
+    with torch.no_grad():
+        plain = radio.model.forward_features(radio_images)
+        m0 = _vfm(radio, peft="lora", rank=4)
+        got = m0.tower_tokens(radio_images)
+    assert m0.parts.predictor.in_features == 3 * 64 and got.shape == (2, 3 + 16, 64)
+    torch.testing.assert_close(got, torch.cat([plain[:, :3], plain[:, 8:]], 1), atol=2e-5, rtol=1e-5)
+    m = _randomise(_vfm(radio, rank=4))
+    model = copy.deepcopy(radio.model)
+    with torch.no_grad():
+        for i, blk in enumerate(model.blocks):
+            ad: Any = m.parts.adapters[i]
+            wq, wk, wv = blk.attn.qkv.weight.chunk(3)
+            blk.attn.qkv.weight.copy_(torch.cat([ad.q.merged_weight(wq), wk, ad.v.merged_weight(wv)]))
+            blk.attn.proj.weight.copy_(ad.out.merged_weight(blk.attn.proj.weight))
+        want = model.forward_features(radio_images)
+        tokens = m.tower_tokens(radio_images)
+        torch.testing.assert_close(tokens, torch.cat([want[:, :3], want[:, 8:]], 1), atol=2e-5, rtol=1e-5)
+        score = m.parts.predictor(want[:, :3].reshape(2, -1))[:, 0].sigmoid()
+    torch.testing.assert_close(m.predict(radio_images).pred_score, score, atol=1e-5, rtol=1e-5)
+
+
+def _radio_release(state: dict[str, torch.Tensor], method: AnomalyVfm) -> dict[str, torch.Tensor]:
+    """The official hf_model.AnomalyVFM state dict of a RADIO release: model.net.{model.*, input_conditioner.*,
+    summary_idxs} with qkv/proj wrapped, decoder.*, predictor.lin.* (the predictor reads 3 x width)."""
+    p = {k: v.detach().clone() for k, v in method.parts.state_dict().items()}
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        for lin in (".attn.qkv.", ".attn.proj."):
+            k = k.replace(lin, lin + "layer.")
+        out["model.net." + k] = v
+    names = {"q": ("qkv", "_q", "mag_q"), "v": ("qkv", "_v", "mag_v"), "out": ("proj", "", "magnitude")}
+    for i in range(method.backbone.num_layers):
+        for z, (mod, suffix, mag) in names.items():
+            base = f"model.net.model.blocks.{i}.attn.{mod}."
+            out[base + "lora_A" + suffix] = p[f"adapters.{i}.{z}.lora_A"]
+            out[base + "lora_B" + suffix] = p[f"adapters.{i}.{z}.lora_B"]
+            if f"adapters.{i}.{z}.magnitude" in p:
+                out[base + mag] = p[f"adapters.{i}.{z}.magnitude"]
+    out.update({k: v for k, v in p.items() if k.startswith("decoder.")})
+    out["predictor.lin.weight"], out["predictor.lin.bias"] = p["predictor.weight"], p["predictor.bias"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def test_radio_release_imports_stored_and_runs_as_the_tower_it_holds(
+    radio: VisionBackbone, radio_images: torch.Tensor, dino: VisionBackbone, tmp_path: Path
+) -> None:
+    """A RADIO release in the exact Hugging Face layout: its tower differs from the backbone's, so it is stored and
+    the model runs as a backbone loaded from that tower's RADIO weights with the same parts; what does not fit is
+    refused in one line (a DINOv2 backbone, other summary tokens, another conditioner, a missing tensor)."""
+    state = _radio_state(64, 2)
+    m = _randomise(_vfm(radio, rank=4))
+    release = _radio_release(state, m)
+    src = _write_release(tmp_path / "rel", release, model_name="radio", image_size=RADIO_SIZE)
+    got = _vfm(radio, checkpoint=str(_dino_import(src, tmp_path / "ckpt", radio)))
+    assert (got.config.peft, got.config.rank, got.config.tower_weights) == ("dora", 4, "checkpoint")
+    assert got.describe()["vision_tower"]["import_check"]["compared_tensors"] == 5 + 12 * 2
+    save_file(state, str(tmp_path / "tower.safetensors"))
+    other = VisionBackbone(
+        _radio_model(pretrained=True, pretrained_cfg_overlay={"file": str(tmp_path / "tower.safetensors")}).eval(),
+        model_name=RADIO, pretrained="none", image_size=RADIO_SIZE,
+    )  # fmt: skip
+    want = _vfm(other, rank=4)
+    want.parts.load_state_dict(m.parts.state_dict())
+    want.training_manifest = {}
+    a, b = got.predict(radio_images), want.predict(radio_images)
+    assert torch.equal(a.pred_score, b.pred_score) and torch.equal(a.anomaly_map, b.anomaly_map)
+    assert (a.pred_score - m.predict(radio_images).pred_score).abs().max() > 1e-4  # the stored tower is what ran
+    cases: list[tuple[str, dict[str, torch.Tensor], str]] = [
+        ("idx", {**release, "model.net.summary_idxs": torch.tensor([0, 1, 3])}, "summary_idxs \\[0, 1, 3\\]"),
+        ("cond", {**release, "model.net.input_conditioner.norm_mean": torch.zeros(3, 1, 1)}, "not OpenAI"),
+        ("miss", {k: v for k, v in release.items() if "pos_embed" not in k}, "pos_embed'? is missing"),
+    ]
+    for name, st, match in cases:
+        bad = _write_release(tmp_path / name, st, model_name="radio", image_size=RADIO_SIZE)
+        _one_line(lambda bad=bad, name=name: _dino_import(bad, tmp_path / f"o_{name}", radio), str(bad) + ".*" + match)
+    _one_line(lambda: _dino_import(src, tmp_path / "o_dino", dino), "RADIO release; backbone timm:.* is not a RADIO")

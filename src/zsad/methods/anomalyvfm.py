@@ -4,7 +4,7 @@ Paper: Fučka, Zavrtanik, Skočaj, "AnomalyVFM — Transforming Vision Foundatio
 Detectors", CVPR 2026 (arXiv 2601.20524); method notes docs/methods/anomalyvfm.md; official code MaticFuc/AnomalyVFM
 @4da96b4. The code, with which the released weights were made, is followed where it differs from the paper.
 
-Two towers are built (SigLIP2 and RADIO are not yet); the CLIP variant is the default:
+Three towers are built (SigLIP2 is not yet); the CLIP variant is the default:
 - Tower: OpenAI's CLIP ViT-L/14-336 image tower (QuickGELU) at 672 px, the positional embedding resized bicubically
   (align_corners False) from 24x24 to 48x48 as Hugging Face's ``interpolate_pos_encoding``. Its output is the last
   block's hidden state, *without* ``ln_post`` (HF's ``last_hidden_state``; ``post_layernorm`` only touches the
@@ -25,6 +25,13 @@ released 37x37 table with ``dinov2_positions`` (the official formula). Adapters 
 row blocks, computed as the official QKV wrappers: ``zsad.methods.peft.adapted_qkv``) and ``attn.proj`` of every
 block; the output is ``forward_features`` after the final norm: the score reads ``x_norm_clstoken``, the decoder
 ``x_norm_patchtokens`` (register tokens dropped).
+
+The RADIO variant (``--backbone timm:vit_large_patch16_radio_v2_5 --image-size 768``, ``zsad.backbone.radio``):
+RADIO v2.5-L as the release's ``radio_local.py`` builds it (grid 48x48 at 768 px, OpenAI mean/std, 8 prefix tokens
+without positions, no layer scale, no final norm, the 128x128 position table resized bicubically). Patches go into
+the bias-free linear embedding as the release computes them; the score reads the first three tokens concatenated
+(3 x 1024), the decoder the patches. The official training and test scripts ran NVIDIA's torch hub RADIO instead,
+which resizes the table bilinearly: see docs/methods/anomalyvfm.md.
 
 The released weights carry the whole tower. The importer compares it with the backbone's: bit-equal, it is not
 stored (the backbone's weights are the released ones); otherwise the released tower is stored in the checkpoint and
@@ -71,6 +78,8 @@ L1_CLIP = (0.1, 0.9)
 CONFIDENCE_PENALTY = 0.1
 
 
+# the official README's training commands (``--train-steps``): the loop counts optimiser steps, not epochs
+PUBLISHED_STEPS = {"clip": 500, "dinov2": 500, "radio": 200}
 DINOV2_BACKBONE = "timm:vit_large_patch14_reg4_dinov2.lvd142m"  # the official dinov2_vitl14_reg, in timm's layout
 # DINOv2 position resize of torch hub's dinov2_vitl14_reg (``interpolate_offset``, ``interpolate_antialias``)
 DINOV2_OFFSET, DINOV2_ANTIALIAS = 0.0, True
@@ -80,15 +89,18 @@ DINOV2_OFFSET, DINOV2_ANTIALIAS = 0.0, True
 class TowerLayout:
     """Where a tower family keeps what the adapters wrap: the fused q/k/v weight and the attention's output map."""
 
-    family: str  # clip | dinov2
+    family: str  # clip | dinov2 | radio
     qkv: str  # tensor name template of the fused (3W, W) input projection, ``{i}`` the block
     proj: str  # tensor name template of the attention's output projection
+    summary: int = 1  # leading tokens the predictor reads, concatenated (RADIO: its first three summary tokens)
 
 
 CLIP_LAYOUT = TowerLayout(
     "clip", "transformer.resblocks.{i}.attn.in_proj_weight", "transformer.resblocks.{i}.attn.out_proj.weight"
 )
 DINOV2_LAYOUT = TowerLayout("dinov2", "blocks.{i}.attn.qkv.weight", "blocks.{i}.attn.proj.weight")
+RADIO_LAYOUT = TowerLayout("radio", "blocks.{i}.attn.qkv.weight", "blocks.{i}.attn.proj.weight", summary=3)
+RADIO_BACKBONE = "timm:vit_large_patch16_radio_v2_5"  # RADIO v2.5-L as the release runs it (zsad.backbone.radio)
 
 
 @dataclass
@@ -108,7 +120,7 @@ class AnomalyVfmConfig(MethodConfig):
     mean_kernel: int = 5  # side of the mean filter on the map (official test --mean-kernel-size 5); 0 or 1: none
     map_upsample: str = "nearest"  # decoder map -> input size: nearest (official F.interpolate default) | bilinear
     tower_weights: str = "backbone"  # backbone | checkpoint (the released tower, stored by the importer)
-    train_steps: int = 500  # optimiser steps per zsad epoch (official --train-steps 500 for CLIP; it counts steps)
+    train_steps: int = 0  # optimiser steps per zsad epoch; 0: the published count for the tower (PUBLISHED_STEPS)
     grad_checkpointing: bool = True  # training: recompute each block in the backward (batch 32 without accumulation)
     synth: str = "none"  # training: none | texture | cutpaste | mixed: zsad.synth anomalies on normal images
     synth_fraction: float = 0.5  # training: share of each batch's normal images turned into synthetic anomalies
@@ -129,7 +141,7 @@ class AnomalyVfmConfig(MethodConfig):
                 "an odd size >= 3, or 0 (no smoothing)",
             ),
             map_upsample=(self.map_upsample, self.map_upsample in ("nearest", "bilinear"), "nearest or bilinear"),
-            train_steps=(self.train_steps, self.train_steps >= 1, ">= 1"),
+            train_steps=(self.train_steps, self.train_steps >= 0, ">= 1, or 0 for the published count"),
             synth=(self.synth, self.synth in ("none", *SYNTH_MODES), "none, " + ", ".join(SYNTH_MODES)),
             synth_fraction=(self.synth_fraction, 0 < self.synth_fraction <= 1, "in (0, 1]"),
             synth_area=(list(self.synth_area), 0 < lo <= hi < 1, "two fractions 0 < low <= high < 1"),
@@ -236,19 +248,21 @@ class AnomalyVfmParts(nn.Module):
             for i in range(layers)
         )
         self.decoder = MaskDecoder(width)
-        self.predictor = nn.Linear(width, 1)
+        self.predictor = nn.Linear(width * layout.summary, 1)
         self.tower = StoredTower({k: (v.shape, torch.float32) for k, v in visual.items()}) if stored else None
 
 
-def dinov2_tower_keys(layers: int, registers: bool) -> list[str]:
-    """The timm names of a DINOv2 tower's tensors the forward reads (no head).
+def dinov2_tower_keys(layers: int, registers: bool, family: str = "dinov2") -> list[str]:
+    """The timm names of a DINOv2 (or RADIO) tower's tensors the forward reads (no head).
 
-    timm folds DINOv2's class position into ``cls_token`` and keeps ``pos_embed`` for the patches only.
+    timm folds DINOv2's class position into ``cls_token`` and keeps ``pos_embed`` for the patches only. RADIO has
+    neither a final norm nor layer scale.
     """
     keys = ["cls_token", *(["reg_token"] if registers else []), "pos_embed", "patch_embed.proj.weight"]
-    keys += ["patch_embed.proj.bias", "norm.weight", "norm.bias"]
+    keys += ["patch_embed.proj.bias", *(("norm.weight", "norm.bias") if family == "dinov2" else ())]
+    block = DINOV2_BLOCK if family == "dinov2" else RADIO_BLOCK
     for i in range(layers):
-        keys += [f"blocks.{i}.{n}" for n in DINOV2_BLOCK]
+        keys += [f"blocks.{i}.{n}" for n in block]
     return keys
 
 
@@ -268,6 +282,7 @@ DINOV2_BLOCK = (
     "mlp.fc2.bias",
     "ls2.gamma",
 )
+RADIO_BLOCK = tuple(n for n in DINOV2_BLOCK if not n.startswith("ls"))  # v2.5 blocks have no layer scale
 
 
 def tower_keys(layers: int) -> list[str]:
@@ -338,6 +353,18 @@ def dinov2_positions(
     return out.permute(0, 2, 3, 1).reshape(1, -1, dim).to(patch_pos.dtype)
 
 
+def tower_layout(backbone: Backbone) -> TowerLayout:
+    """The tower family of a backbone: a CLIP, a timm RADIO (its name says so) or another timm ViT (DINOv2)."""
+    if isinstance(backbone, ClipBackbone):
+        return CLIP_LAYOUT
+    if isinstance(backbone, VisionBackbone):
+        return RADIO_LAYOUT if "radio" in backbone.model_name else DINOV2_LAYOUT
+    raise ZsadInputError(
+        f"anomalyvfm: backbone {getattr(backbone, 'model_name', type(backbone).__name__)} is neither a CLIP nor a "
+        f"timm DINOv2 ({DINOV2_BACKBONE}) or RADIO ({RADIO_BACKBONE}); SigLIP2 is not built yet"
+    )
+
+
 # ---------------------------------------------------------------------------------------------- the method
 class AnomalyVfm(TrainableMethod):
     """AnomalyVFM on a CLIP or DINOv2 tower: adapters in the attention, a conv decoder for the map, a linear score."""
@@ -356,15 +383,7 @@ class AnomalyVfm(TrainableMethod):
     official_folder: ClassVar[bool] = True  # ``import_checkpoint`` takes the release folder as it is downloaded
 
     def __init__(self, backbone: Backbone, config: MethodConfig | None = None, **overrides: Any) -> None:
-        if isinstance(backbone, ClipBackbone):
-            self.layout = CLIP_LAYOUT
-        elif isinstance(backbone, VisionBackbone):
-            self.layout = DINOV2_LAYOUT
-        else:
-            raise ZsadInputError(
-                f"anomalyvfm: backbone {getattr(backbone, 'model_name', type(backbone).__name__)} is neither a CLIP "
-                f"nor a timm DINOv2 ({DINOV2_BACKBONE}); SigLIP2 and RADIO are not built yet"
-            )
+        self.layout = tower_layout(backbone)
         super().__init__(backbone, config, **overrides)
 
     @classmethod
@@ -380,8 +399,8 @@ class AnomalyVfm(TrainableMethod):
                 f"anomalyvfm: the decoder's GroupNorm({NORM_GROUPS}) needs a tower width divisible by "
                 f"{2 * NORM_GROUPS}; {bb.model_name} has {bb.width}"
             )
-        if self.layout.family == "dinov2":
-            check_dinov2_tower(bb)
+        if self.layout.family != "clip":
+            check_timm_tower(bb, self.layout.family)
             return
         for blk in bb.model.visual.transformer.resblocks:
             if not (isinstance(blk.ls_1, nn.Identity) and isinstance(blk.ls_2, nn.Identity)):
@@ -430,8 +449,8 @@ class AnomalyVfm(TrainableMethod):
     def backbone_tower(self) -> dict[str, torch.Tensor]:
         """{name: tensor} of the backbone's own tower, the tensors the forward reads (open_clip or timm names)."""
         bb = self.backbone
-        if self.layout.family == "dinov2":
-            keys = set(dinov2_tower_keys(bb.num_layers, bb.model.reg_token is not None))
+        if self.layout.family != "clip":
+            keys = set(dinov2_tower_keys(bb.num_layers, bb.model.reg_token is not None, self.layout.family))
             return {k: v for k, v in bb.model.named_parameters() if k in keys}
         return {k: v for k, v in bb.model.visual.named_parameters() if k in set(tower_keys(bb.num_layers))}
 
@@ -440,18 +459,19 @@ class AnomalyVfm(TrainableMethod):
         tower = self._parts.tower
         if isinstance(tower, StoredTower):
             return tower.weights()
-        if self.layout.family == "dinov2":
+        if self.layout.family != "clip":
             return self.backbone_tower()
         return dict(self.backbone.model.visual.named_parameters())
 
     def tower_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 1+N, width): CLS first, then the patches: what the predictor and the decoder read.
+        """(B, s+N, width): the ``layout.summary`` tokens the predictor reads, then the patches the decoder reads.
 
         CLIP: the last block's hidden state, no ``ln_post`` (HF CLIP's ``last_hidden_state``). DINOv2: the final
-        norm's output (``x_norm_clstoken`` and ``x_norm_patchtokens``), register tokens dropped.
+        norm's output (``x_norm_clstoken`` and ``x_norm_patchtokens``), register tokens dropped. RADIO: the last
+        block's output (no final norm): summary tokens 0, 1, 2, then the patches.
         """
-        if self.layout.family == "dinov2":
-            return self._dinov2_tokens(images)
+        if self.layout.family != "clip":
+            return self._timm_tokens(images)
         bb = self.backbone
         w = self.tower_weights()
         visual = bb.model.visual
@@ -469,14 +489,17 @@ class AnomalyVfm(TrainableMethod):
             x = checkpoint(self._block, i, x, w, use_reentrant=False) if recompute else self._block(i, x, w)
         return x
 
-    def _dinov2_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """DINOv2's ``forward_features`` on the adapted tower, in timm's layout (see ``check_dinov2_tower``)."""
+    def _timm_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """DINOv2's or RADIO's ``forward_features`` on the adapted tower, in timm's layout (``check_timm_tower``)."""
         bb = self.backbone
         model, w = bb.model, self.tower_weights()
-        pw = w["patch_embed.proj.weight"]
-        x = F.conv2d(images.to(pw.dtype), pw, w["patch_embed.proj.bias"], stride=bb.patch_size)
-        grid = (int(x.shape[-2]), int(x.shape[-1]))
-        x = x.flatten(2).transpose(1, 2)
+        pw, p = w["patch_embed.proj.weight"], bb.patch_size
+        grid = (images.shape[-2] // p, images.shape[-1] // p)
+        if self.layout.family == "radio":  # RADIO's patch generator: (C, ph, pw)-ordered patches into a linear map
+            patches = images.to(pw.dtype).unfold(2, p, p).unfold(3, p, p).permute(0, 2, 3, 1, 4, 5).flatten(3)
+            x = F.linear(patches.flatten(1, 2), pw.flatten(1), w["patch_embed.proj.bias"])
+        else:
+            x = F.conv2d(images.to(pw.dtype), pw, w["patch_embed.proj.bias"], stride=p).flatten(2).transpose(1, 2)
         pos = w["pos_embed"]
         prefix = [w["cls_token"].expand(x.shape[0], -1, -1)]
         if "reg_token" in w:
@@ -500,11 +523,16 @@ class AnomalyVfm(TrainableMethod):
                     if recompute
                     else self._dinov2_block(i, x, w)
                 )
-        x = F.layer_norm(x.float(), (x.shape[-1],), w["norm.weight"], w["norm.bias"], float(model.norm.eps))
-        return torch.cat([x[:, :1], x[:, n_prefix:]], 1)
+        x = x.float()
+        if "norm.weight" in w:
+            x = F.layer_norm(x, (x.shape[-1],), w["norm.weight"], w["norm.bias"], float(model.norm.eps))
+        return torch.cat([x[:, : self.layout.summary], x[:, n_prefix:]], 1)
 
     def _dinov2_block(self, i: int, x: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
-        """DINOv2 block ``i``: ``x + ls1 · attn(norm1 x)``, then ``x + ls2 · mlp(norm2 x)``, adapters in ``attn``."""
+        """DINOv2 block ``i``: ``x + ls1 · attn(norm1 x)``, then ``x + ls2 · mlp(norm2 x)``, adapters in ``attn``.
+
+        RADIO's blocks are the same without layer scale (no ``ls*.gamma`` in ``w``).
+        """
         blk = self.backbone.model.blocks[i]
         p = f"blocks.{i}."
         width = (x.shape[-1],)
@@ -514,10 +542,12 @@ class AnomalyVfm(TrainableMethod):
         heads = int(blk.attn.num_heads)
         q, k, v = qkv.unflatten(-1, (3, heads, -1)).permute(2, 0, 3, 1, 4)
         o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
-        x = x + ad.out(o, w[p + "attn.proj.weight"], w[p + "attn.proj.bias"]) * w[p + "ls1.gamma"]
+        a = ad.out(o, w[p + "attn.proj.weight"], w[p + "attn.proj.bias"])
+        x = x + (a * w[p + "ls1.gamma"] if p + "ls1.gamma" in w else a)
         y = F.layer_norm(x, width, w[p + "norm2.weight"], w[p + "norm2.bias"], float(blk.norm2.eps))
         h = F.gelu(F.linear(y, w[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"]))
-        return x + F.linear(h, w[p + "mlp.fc2.weight"], w[p + "mlp.fc2.bias"]) * w[p + "ls2.gamma"]
+        h = F.linear(h, w[p + "mlp.fc2.weight"], w[p + "mlp.fc2.bias"])
+        return x + (h * w[p + "ls2.gamma"] if p + "ls2.gamma" in w else h)
 
     def _block(self, i: int, x: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
         """Block ``i`` (0-indexed) of the adapted tower on (B, T, width), weights from ``w``."""
@@ -539,11 +569,11 @@ class AnomalyVfm(TrainableMethod):
 
     def heads(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Tower tokens -> score logits (B,), mask and confidence logits (B, 1, 2gh, 2gw): what training reads."""
-        tokens = tokens.float()
-        b, n = tokens.shape[0], tokens.shape[1] - 1
+        tokens, s = tokens.float(), self.layout.summary
+        b, n = tokens.shape[0], tokens.shape[1] - s
         gh = gw = round(n**0.5)
-        score = self._parts.predictor(tokens[:, 0])[:, 0]
-        mask, conf = self._parts.decoder(tokens[:, 1:].transpose(1, 2).reshape(b, -1, gh, gw))
+        score = self._parts.predictor(tokens[:, :s].flatten(1))[:, 0]
+        mask, conf = self._parts.decoder(tokens[:, s:].transpose(1, 2).reshape(b, -1, gh, gw))
         return score, mask, conf
 
     def logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -567,7 +597,10 @@ class AnomalyVfm(TrainableMethod):
 
     # ------------------------------------------------------------------ training
     def default_train_config(self) -> TrainConfig:
-        """The official CLIP recipe: AdamW lr 1e-4, weight decay 1e-2, batch 32, seed 12; one epoch = 500 steps."""
+        """The official recipe: AdamW lr 1e-4, weight decay 1e-2, batch 32, seed 12.
+
+        One epoch is ``train_steps`` steps, by default the published count (500 for CLIP and DINOv2, 200 for RADIO).
+        """
         from zsad.train import TrainConfig
 
         return TrainConfig(epochs=1, batch_size=32, lr=1e-4, weight_decay=1e-2, optimizer="adamw", seed=12)
@@ -596,7 +629,8 @@ class AnomalyVfm(TrainableMethod):
         self.build_parts(seed=train_cfg.seed)
         self.training_manifest = None
         dev = self.backbone.device
-        steps, bs, n = self.config.train_steps, train_cfg.batch_size, len(items)
+        steps = self.config.train_steps or PUBLISHED_STEPS[self.layout.family]
+        bs, n = train_cfg.batch_size, len(items)
 
         def batches(gen: torch.Generator) -> Iterator[list[int]]:
             order: list[int] = []
@@ -651,14 +685,16 @@ class AnomalyVfm(TrainableMethod):
         return import_release(path, backbone, out, trained_on)
 
 
-def check_dinov2_tower(bb: VisionBackbone) -> None:
-    """Refuse, in one line, a timm ViT this DINOv2 forward does not reproduce.
+def check_timm_tower(bb: VisionBackbone, family: str = "dinov2") -> None:
+    """Refuse, in one line, a timm ViT this DINOv2 (or RADIO v2.5) forward does not reproduce.
 
-    The forward computes DINOv2's block by hand (fused qkv with adapters, SDPA, layer scale, exact-GELU MLP) and
-    reads the tensors ``dinov2_tower_keys`` names, so anything else in a timm ViT (SwiGLU, q/k norms, pre-norm,
-    patch-embed norm, no class token, no layer scale) would be silently skipped: it is refused instead.
+    The forward computes the block by hand (fused qkv with adapters, SDPA, layer scale for DINOv2, exact-GELU MLP)
+    and reads the tensors ``dinov2_tower_keys`` names, so anything else in a timm ViT (SwiGLU, q/k norms, pre-norm,
+    patch-embed norm, no class token, layer scale where the family has none) would be silently skipped or added: it
+    is refused instead. RADIO also needs its 8 prefix tokens without positions and no final norm.
     """
     m = bb.model
+    dinov2 = family == "dinov2"
     why = ""
     if getattr(m, "cls_token", None) is None:
         why = "no class token"
@@ -666,8 +702,13 @@ def check_dinov2_tower(bb: VisionBackbone) -> None:
         why = "a norm before the blocks"
     elif not isinstance(getattr(m.patch_embed, "norm", nn.Identity()), nn.Identity):
         why = "a norm in the patch embedding"
-    elif not isinstance(getattr(m, "norm", None), nn.LayerNorm):
+    elif dinov2 and not isinstance(getattr(m, "norm", None), nn.LayerNorm):
         why = "no final LayerNorm"
+    elif not dinov2 and not isinstance(getattr(m, "norm", None), nn.Identity):
+        why = "a final norm"
+    elif not dinov2 and not (bb.num_prefix_tokens == 8 and getattr(m, "no_embed_class", False)):
+        why = f"{bb.num_prefix_tokens} prefix tokens with{'out' if getattr(m, 'no_embed_class', False) else ''} "
+        why += "positions, not RADIO's 8 without"
     for blk in m.blocks:
         if why:
             break
@@ -684,14 +725,15 @@ def check_dinov2_tower(bb: VisionBackbone) -> None:
             why = "an MLP other than Linear-GELU-Linear"
         elif not isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity):
             why = "a norm inside the MLP"
-        elif not all(hasattr(getattr(blk, n, None), "gamma") for n in ("ls1", "ls2")):
+        elif dinov2 and not all(hasattr(getattr(blk, n, None), "gamma") for n in ("ls1", "ls2")):
             why = "no layer scale"
+        elif not dinov2 and not all(isinstance(getattr(blk, n, None), nn.Identity) for n in ("ls1", "ls2")):
+            why = "layer scale (RADIO v2.5 has none)"
         elif not (isinstance(blk.norm1, nn.LayerNorm) and isinstance(blk.norm2, nn.LayerNorm)):
             why = "block norms other than LayerNorm"
     if why:
-        raise ZsadInputError(
-            f"anomalyvfm: {bb.model_name} is not a DINOv2 ViT in timm's layout ({why}); use {DINOV2_BACKBONE}"
-        )
+        name, use = ("DINOv2", DINOV2_BACKBONE) if dinov2 else ("RADIO v2.5", RADIO_BACKBONE)
+        raise ZsadInputError(f"anomalyvfm: {bb.model_name} is not a {name} ViT in timm's layout ({why}); use {use}")
 
 
 def sigmoid_focal(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -782,20 +824,26 @@ def read_release(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], P
     return config, raw, weights
 
 
-BUILT_RELEASES = ("clip", "dinov2")
+BUILT_RELEASES = ("clip", "dinov2", "radio")
+RADIO_NET = HF_NET + "model."  # models.radio.RADIO.net is the RADIOModel; its ViT is ``.model``
 # the Drive model.pkl has no config: the tower is told by its tensors
-FAMILY_PROBE = {"clip": HF_NET + "encoder.layers.0.", "dinov2": HF_NET + "blocks.0.attn.qkv."}
-BLOCK_PREFIX = {"clip": HF_NET + "encoder.layers.", "dinov2": HF_NET + "blocks."}
+FAMILY_PROBE = {
+    "clip": HF_NET + "encoder.layers.0.",
+    "dinov2": HF_NET + "blocks.0.attn.qkv.",
+    "radio": RADIO_NET + "blocks.0.attn.qkv.",
+}
+BLOCK_PREFIX = {"clip": HF_NET + "encoder.layers.", "dinov2": HF_NET + "blocks.", "radio": RADIO_NET + "blocks."}
 # first adapter of a release, per family: (key prefix, DoRA marker, LoRA A) - the CLIP wrappers are per projection,
-# the DINOv2 one is the fused QKV wrapper (lora_A_q, mag_q, ...)
+# the DINOv2 and RADIO ones are the fused QKV wrapper (lora_A_q, mag_q, ...)
 ADAPTER_PROBE = {
     "clip": (HF_NET + "encoder.layers.0.self_attn.q_proj.", "magnitude", "lora_A"),
     "dinov2": (HF_NET + "blocks.0.attn.qkv.", "mag_q", "lora_A_q"),
+    "radio": (RADIO_NET + "blocks.0.attn.qkv.", "mag_q", "lora_A_q"),
 }
 
 
 def _release_kind(config: dict[str, Any], state: dict[str, torch.Tensor], weights: Path) -> tuple[str, str, int, int]:
-    """(tower family, peft kind, rank, layers) of an AnomalyVFM CLIP or DINOv2 release; else one line."""
+    """(tower family, peft kind, rank, layers) of an AnomalyVFM CLIP, DINOv2 or RADIO release; else one line."""
     found = [f for f, probe in FAMILY_PROBE.items() if any(k.startswith(probe) for k in state)]
     is_release = "predictor.lin.weight" in state and any(k.startswith(HF_NET) for k in state)
     if not is_release:
@@ -806,8 +854,8 @@ def _release_kind(config: dict[str, Any], state: dict[str, torch.Tensor], weight
     name = str(config.get("model_name", found[0] if len(found) == 1 else "unknown"))
     if name not in BUILT_RELEASES:
         raise ZsadInputError(
-            f"{weights}: an AnomalyVFM release for backbone {name!r}; zsad builds AnomalyVFM on CLIP and DINOv2 "
-            "only so far (SigLIP2 and RADIO are not built yet)"
+            f"{weights}: an AnomalyVFM release for backbone {name!r}; zsad builds AnomalyVFM on CLIP, DINOv2 and "
+            "RADIO only so far (SigLIP2 is not built yet)"
         )
     if found != [name]:
         raise ZsadInputError(
@@ -930,23 +978,81 @@ def convert_dinov2_release(
         tower["pos_embed"] = dinov2_positions(pos[:, 1:], grid)
     except ValueError as e:
         raise ZsadInputError(f"{weights}: released pos_embed {tuple(pos.shape)}: {e}") from None
+    parts = _take_timm_blocks(tower, take, HF_NET, DINOV2_BLOCK, kind, layers)
+    _take_heads(parts, left, take, weights)
+    return parts, tower
+
+
+def _take_timm_blocks(
+    tower: dict[str, torch.Tensor],
+    take: Callable[[str], torch.Tensor],
+    net: str,
+    block: Sequence[str],
+    kind: str,
+    layers: int,
+) -> dict[str, torch.Tensor]:
+    """Fill ``tower`` with the blocks' tensors (the wrapped qkv/proj's ``.layer`` unwrapped); return the adapters."""
     parts: dict[str, torch.Tensor] = {}
     for i in range(layers):
         b = f"blocks.{i}."
-        for n in DINOV2_BLOCK:
+        for n in block:
             wrapped = n.rsplit(".", 1)[0] in ("attn.qkv", "attn.proj")
             tower[b + n] = take(
-                HF_NET + b + (n.replace(".weight", ".layer.weight").replace(".bias", ".layer.bias") if wrapped else n)
+                net + b + (n.replace(".weight", ".layer.weight").replace(".bias", ".layer.bias") if wrapped else n)
             )
         for z, (module, names) in DINOV2_WRAPPED.items():
             for t in ("lora_A", "lora_B", *(("magnitude",) if kind == "dora" else ())):
-                parts[f"adapters.{i}.{z}.{t}"] = take(f"{HF_NET}{b}{module}.{names[t]}")
+                parts[f"adapters.{i}.{z}.{t}"] = take(f"{net}{b}{module}.{names[t]}")
+    return parts
+
+
+def convert_radio_release(
+    state: dict[str, torch.Tensor], kind: str, layers: int, grid: tuple[int, int], weights: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(zsad parts tensors, tower tensors under timm names at ``grid``) of a RADIO release; every tensor consumed.
+
+    As ``zsad.backbone.radio`` converts RADIO: the bias-free linear patch embedding becomes timm's conv weight with
+    a zero bias, the 8 prefix tokens become ``cls_token`` + 7 ``reg_token``, the 128x128 table is resized to
+    ``grid`` as the release's ``radio_local.py`` resizes it each forward. The input conditioner must be OpenAI's
+    mean/std (zsad's preprocess applies it) and the summary tokens 0, 1, 2 (what the predictor reads).
+    """
+    from zsad.backbone.radio import OPENAI_MEAN, OPENAI_STD, PREFIX_TOKENS, radio_positions
+
+    left = dict(state)
+
+    def take(key: str) -> torch.Tensor:
+        if key not in left:
+            raise ZsadInputError(f"{weights}: tensor {key!r} is missing (an incomplete or foreign release)")
+        return left.pop(key).float()
+
+    for key, want in (("norm_mean", OPENAI_MEAN), ("norm_std", OPENAI_STD)):
+        got = take(f"{HF_NET}input_conditioner.{key}").flatten()
+        if not torch.allclose(got, torch.tensor(want), atol=1e-6):
+            raise ZsadInputError(f"{weights}: input conditioner {key} {got.tolist()}, not OpenAI's {list(want)}")
+    idx = left.pop(HF_NET + "summary_idxs", None)
+    if idx is None or idx.tolist() != [0, 1, 2]:
+        raise ZsadInputError(f"{weights}: summary_idxs {None if idx is None else idx.tolist()}, not [0, 1, 2]")
+    stem = RADIO_NET + "patch_generator."
+    embed, tokens = take(stem + "embedder.weight"), take(stem + "cls_token.token")
+    width, p = embed.shape[0], round((embed.shape[1] // 3) ** 0.5)
+    if 3 * p * p != embed.shape[1] or tokens.shape != (PREFIX_TOKENS, width):
+        raise ZsadInputError(
+            f"{weights}: patch embedding {tuple(embed.shape)} and prefix tokens {tuple(tokens.shape)} are not "
+            f"RADIO's (W, 3·p·p) and ({PREFIX_TOKENS}, W)"
+        )
+    tower = {"patch_embed.proj.weight": embed.reshape(width, 3, p, p), "patch_embed.proj.bias": embed.new_zeros(width)}
+    tower["cls_token"], tower["reg_token"] = tokens[None, :1], tokens[None, 1:]
+    try:
+        tower["pos_embed"] = radio_positions(take(stem + "pos_embed"), grid)
+    except ValueError as e:
+        raise ZsadInputError(f"{weights}: released pos_embed: {e}") from None
+    parts = _take_timm_blocks(tower, take, RADIO_NET, RADIO_BLOCK, kind, layers)
     _take_heads(parts, left, take, weights)
     return parts, tower
 
 
 def import_release(path: Path, backbone: Backbone, out: Path, trained_on: str) -> Path:
-    """Convert a released AnomalyVFM CLIP or DINOv2 into a zsad checkpoint folder (see the module notes).
+    """Convert a released AnomalyVFM CLIP, DINOv2 or RADIO into a zsad checkpoint folder (see the module notes).
 
     Every tensor of the release is consumed or refused, every shape is checked against ``backbone``; the tower is
     compared with the backbone's and stored only when it differs.
@@ -954,10 +1060,12 @@ def import_release(path: Path, backbone: Backbone, out: Path, trained_on: str) -
     config, state, weights = read_release(Path(path))
     family, kind, rank, layers = _release_kind(config, state, weights)
     bb: Any = backbone
-    if family == "dinov2" and not isinstance(bb, VisionBackbone):
+    timm_family = {"dinov2": DINOV2_BACKBONE, "radio": RADIO_BACKBONE}
+    if family in timm_family and tower_layout(bb).family != family:
+        shown = {"dinov2": "DINOv2", "radio": "RADIO"}[family]
         raise ZsadInputError(
-            f"{weights}: an AnomalyVFM DINOv2 release; backbone {bb.model_name} is a CLIP (pass --backbone "
-            f"{DINOV2_BACKBONE})"
+            f"{weights}: an AnomalyVFM {shown} release; backbone {bb.model_name} is not a {shown} tower (pass "
+            f"--backbone {timm_family[family]})"
         )
     if family == "clip" and not isinstance(bb, ClipBackbone):
         raise ZsadInputError(
@@ -966,15 +1074,16 @@ def import_release(path: Path, backbone: Backbone, out: Path, trained_on: str) -
         )
     if layers != bb.num_layers:
         raise ZsadInputError(f"{weights}: a {layers}-block tower; backbone {bb.model_name} has {bb.num_layers}")
-    if family == "dinov2":
-        parts, tower = convert_dinov2_release(state, kind, layers, bb.grid_size(), weights)
+    if family in timm_family:
+        convert = convert_dinov2_release if family == "dinov2" else convert_radio_release
+        parts, tower = convert(state, kind, layers, bb.grid_size(), weights)
         visual = dict(bb.model.named_parameters())
         mine, theirs = "reg_token" in tower, getattr(bb.model, "reg_token", None) is not None
         if mine != theirs or (mine and tower["reg_token"].shape != bb.model.reg_token.shape):
             got = tuple(tower["reg_token"].shape) if mine else "no"
             raise ZsadInputError(
                 f"{weights}: released register tokens {got}; backbone {bb.model_name} has "
-                f"{tuple(bb.model.reg_token.shape) if theirs else 'none'} (use {DINOV2_BACKBONE})"
+                f"{tuple(bb.model.reg_token.shape) if theirs else 'none'} (use {timm_family[family]})"
             )
     else:
         parts, tower = convert_release(state, kind, layers, weights)

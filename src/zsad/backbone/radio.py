@@ -1,0 +1,122 @@
+"""NVIDIA RADIO v2.5-L as a timm ViT: the tower AnomalyVFM's RADIO release runs on.
+
+timm ships C-RADIO v3/v4 towers, not v2.5, and its RADIO converter resizes the 128x128 position table bilinearly
+(square, then cropped) as NVIDIA's own code does. The AnomalyVFM release runs its own re-implementation of v2.5-L
+(the official repository's ``radio_local.py``), and that one resizes the table *bicubically* (corners not aligned, no
+antialias) straight to the input's grid. So zsad registers its own timm name, ``vit_large_patch16_radio_v2_5``, with
+the v2.5-L architecture and a converter that resizes as the release does.
+
+The architecture, as the release's code builds it (and as v2.5-L is described by NVIDIA): ViT-L/16 (width 1024, 24
+blocks, 16 heads, exact-GELU MLP of 4096, LayerNorm eps 1e-6, qkv and projection biases), no layer scale, a
+bias-free linear patch embedding of (C, ph, pw)-ordered patches, 8 prefix tokens with no position (the first is
+timm's ``cls_token``, the other 7 its ``reg_token``), no final norm, and an input conditioner with OpenAI CLIP's
+mean/std applied to a 0-1 image (here: the preprocess's mean/std). ``--backbone timm:vit_large_patch16_radio_v2_5``.
+
+Weights: no download (``--weights FILE`` or ``--pretrained none``). The file holds RADIO's module names
+(``model.patch_generator.embedder.weight``, ``model.patch_generator.cls_token.token``,
+``model.patch_generator.pos_embed``, ``model.blocks.N.*``, optionally under ``radio_model.`` or ``base_model.``, with
+``input_conditioner.*`` checked against OpenAI's statistics) or timm's names at the model's grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer
+
+from zsad.errors import ZsadInputError
+
+NAME = "vit_large_patch16_radio_v2_5"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+PREFIX_TOKENS = 8  # RADIO v2.5's ClsToken: its first tokens are the summaries, the rest registers
+RADIO_PREFIXES = ("radio_model.", "base_model.", "")  # HF C-RADIO layout, NVIDIA's torch hub checkpoint, bare
+STEM = "model.patch_generator."
+
+default_cfgs = generate_default_cfgs(
+    {
+        NAME: {
+            "url": "",
+            "num_classes": 0,
+            "input_size": (3, 768, 768),
+            "mean": OPENAI_MEAN,
+            "std": OPENAI_STD,
+            "interpolation": "bicubic",
+            "first_conv": "patch_embed.proj",
+            "classifier": "head",
+            "license": "nvidia-open-model-license",
+            "origin_url": "https://github.com/NVlabs/RADIO",
+        }
+    }
+)
+
+
+def radio_positions(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(1, M², W) RADIO position table -> (1, gh·gw, W): bicubic, corners not aligned, no antialias, fp32.
+
+    As the AnomalyVFM release's ``radio_local.py`` resizes it each forward (NVIDIA's code resizes bilinearly).
+    """
+    n, dim = table.shape[1], table.shape[2]
+    m = round(n**0.5)
+    if m * m != n:
+        raise ValueError(f"{n} positions are not a square grid")
+    if (m, m) == tuple(grid):
+        return table
+    t = table.float().reshape(1, m, m, dim).permute(0, 3, 1, 2)
+    t = F.interpolate(t, size=grid, mode="bicubic", align_corners=False)
+    return t.permute(0, 2, 3, 1).reshape(1, -1, dim).to(table.dtype)
+
+
+def convert_radio(state: dict[str, Any], model: VisionTransformer) -> dict[str, torch.Tensor]:
+    """RADIO v2.5 module names -> timm names at ``model``'s grid; timm names pass through. Else one line."""
+    state = state.get("state_dict_ema") or state.get("state_dict") or state
+    if "patch_embed.proj.weight" in state:
+        return dict(state)
+    prefix = next((p for p in RADIO_PREFIXES if p + STEM + "embedder.weight" in state), None)
+    if prefix is None:
+        raise ZsadInputError(
+            f"{NAME}: not RADIO weights (expected {STEM}embedder.weight, optionally under radio_model. or "
+            f"base_model.; found e.g. {next(iter(state), 'nothing')!r})"
+        )
+    for key, want in (("norm_mean", OPENAI_MEAN), ("norm_std", OPENAI_STD)):
+        got = state.get(prefix + "input_conditioner." + key)
+        if got is not None and not torch.allclose(got.float().flatten(), torch.tensor(want), atol=1e-6):
+            raise ZsadInputError(f"{NAME}: input_conditioner.{key} is {got.flatten().tolist()}, not OpenAI's {want}")
+    out: dict[str, torch.Tensor] = {}
+    embed = state[prefix + STEM + "embedder.weight"]
+    p = int(model.patch_embed.patch_size[0])
+    out["patch_embed.proj.weight"] = embed.reshape(embed.shape[0], -1, p, p)
+    out["patch_embed.proj.bias"] = embed.new_zeros(embed.shape[0])
+    tokens = state[prefix + STEM + "cls_token.token"]
+    if tokens.shape[0] != PREFIX_TOKENS:
+        raise ZsadInputError(f"{NAME}: {tokens.shape[0]} prefix tokens, v2.5 has {PREFIX_TOKENS}")
+    out["cls_token"], out["reg_token"] = tokens[None, :1], tokens[None, 1:]
+    grid = tuple(int(g) for g in model.patch_embed.grid_size)
+    out["pos_embed"] = radio_positions(state[prefix + STEM + "pos_embed"], (grid[0], grid[1]))
+    blocks = prefix + "model.blocks."
+    out.update({k[len(prefix) + len("model.") :]: v for k, v in state.items() if k.startswith(blocks)})
+    return out
+
+
+@register_model
+def vit_large_patch16_radio_v2_5(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """ViT-L/16 RADIO v2.5 (see the module notes); positions resized at load as AnomalyVFM's release does."""
+    args: dict[str, Any] = {
+        "img_size": 768,
+        "patch_size": 16,
+        "embed_dim": 1024,
+        "depth": 24,
+        "num_heads": 16,
+        "class_token": True,
+        "reg_tokens": PREFIX_TOKENS - 1,
+        "no_embed_class": True,
+        "final_norm": False,
+        "init_values": None,
+    }
+    model: VisionTransformer = build_model_with_cfg(
+        VisionTransformer, NAME, pretrained, pretrained_filter_fn=convert_radio, **{**args, **kwargs}
+    )
+    return model
