@@ -279,7 +279,7 @@ def test_foreign_corrupt_and_other_releases_are_refused_in_one_line(
     cases: list[tuple[str, dict[str, torch.Tensor], dict[str, object], str]] = [
         ("foreign", {"visual.conv1.weight": torch.zeros(2, 2)}, {}, "not an AnomalyVFM release"),
         ("radio", state, {"model_name": "radio"}, "model_name 'radio' but the tensors hold a clip tower"),
-        ("tips", state, {"model_name": "tipsv2"}, "for backbone 'tipsv2'.*CLIP, DINOv2 and RADIO only"),
+        ("tips", state, {"model_name": "tipsv2"}, "for backbone 'tipsv2'.*RADIO and SigLIP2 only"),
         ("named", state, {"model_name": "dinov2"}, "model_name 'dinov2' but the tensors hold a clip tower"),
         ("rank", state, {"peft_rank": 8}, "peft_rank 8 but the adapters have rank 4"),
         ("kind", state, {"peft_type": "lora"}, "peft_type 'lora' but the tensors hold dora"),
@@ -580,7 +580,7 @@ def test_dinov2_releases_that_do_not_fit_are_refused_in_one_line(
         ("mask", {k: v for k, v in state.items() if "mask_token" not in k}, {}, "model.net.mask_token.*missing"),
         ("extra", {**state, "model.net.blocks.0.attn.qkv.lora_C": torch.zeros(1)}, {}, "does not know"),
         ("rank", state, {"peft_rank": 8}, "peft_rank 8 but the adapters have rank 4"),
-        ("siglip", state, {"model_name": "siglip2"}, "for backbone 'siglip2'.*not built yet"),
+        ("siglip", state, {"model_name": "siglip2"}, "model_name 'siglip2' but the tensors hold a dinov2 tower"),
     ]
     for name, st, cfg, match in cases:
         src = _write_release(tmp_path / name, st, **{"model_name": "dinov2", "image_size": DINO_SIZE, **cfg})
@@ -812,3 +812,184 @@ def test_radio_release_imports_stored_and_runs_as_the_tower_it_holds(
         bad = _write_release(tmp_path / name, st, model_name="radio", image_size=RADIO_SIZE)
         _one_line(lambda bad=bad, name=name: _dino_import(bad, tmp_path / f"o_{name}", radio), str(bad) + ".*" + match)
     _one_line(lambda: _dino_import(src, tmp_path / "o_dino", dino), "RADIO release; backbone timm:.* is not a RADIO")
+
+
+# ---------------------------------------------------------------------------------------------- the SigLIP2 variant
+# zsad's timm SigLIP2 NaFlex at a fixed size (no class token, tanh GELU, final norm, MAP head) cut to 2 blocks of
+# width 64 at 64 px (grid 4), positions resized from a 6x6 table as Hugging Face's NaFlex embeddings do
+SIGLIP = "timm:vit_so400m_patch16_siglip2_naflex"
+
+
+def _siglip_model(**kw: Any) -> Any:
+    import timm
+
+    from zsad.backbone.vision import timm_name
+
+    return timm.create_model(timm_name(SIGLIP), img_size=RADIO_SIZE, depth=2, embed_dim=64, num_heads=4, mlp_ratio=2.0,
+                             **kw).eval()  # fmt: skip
+
+
+def _hf_siglip_state(width: int, layers: int, seed: int = 4, table: int = 6) -> dict[str, torch.Tensor]:
+    """Hugging Face Siglip2VisionTransformer names, seeded (norm weights near 1, every bias non-zero)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int, scale: float = 0.2) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * scale
+
+    def lin(out: int, inp: int, name: str) -> dict[str, torch.Tensor]:
+        return {name + ".weight": r(out, inp, scale=inp**-0.5), name + ".bias": r(out)}
+
+    def norm(name: str) -> dict[str, torch.Tensor]:
+        return {name + ".weight": 1 + r(width), name + ".bias": r(width)}
+
+    out = {**lin(width, 16 * 16 * 3, "embeddings.patch_embedding"), **norm("post_layernorm"), **norm("head.layernorm")}
+    out["embeddings.position_embedding.weight"] = r(table * table, width, scale=0.5)
+    out["head.probe"] = r(1, 1, width, scale=1.0)
+    out["head.attention.in_proj_weight"], out["head.attention.in_proj_bias"] = (
+        r(3 * width, width, scale=0.1),
+        r(3 * width),
+    )
+    out.update({**lin(width, width, "head.attention.out_proj"), **lin(2 * width, width, "head.mlp.fc1")})
+    out.update(lin(width, 2 * width, "head.mlp.fc2"))
+    for i in range(layers):
+        h = f"encoder.layers.{i}."
+        out.update({**norm(h + "layer_norm1"), **norm(h + "layer_norm2"), **lin(2 * width, width, h + "mlp.fc1")})
+        out.update(lin(width, 2 * width, h + "mlp.fc2"))
+        for x in "qkv":
+            out.update(lin(width, width, f"{h}self_attn.{x}_proj"))
+        out.update(lin(width, width, h + "self_attn.out_proj"))
+    return out
+
+
+def _hf_siglip_forward(
+    state: dict[str, torch.Tensor], x: torch.Tensor, heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hugging Face's Siglip2 vision forward (NaFlex at one square size), written out: patches in (ph, pw, C) order
+    into a linear map, the table resized bilinearly with antialias, pre-norm blocks with tanh GELU, post_layernorm,
+    and the pooling head through torch's own nn.MultiheadAttention. (last_hidden_state, pooler_output)."""
+    b, _, s, _ = x.shape
+    g, dim = s // 16, state["post_layernorm.weight"].shape[0]
+    t = x.reshape(b, 3, g, 16, g, 16).permute(0, 2, 4, 3, 5, 1).reshape(b, g * g, -1)
+    t = F.linear(t, state["embeddings.patch_embedding.weight"], state["embeddings.patch_embedding.bias"])
+    table = state["embeddings.position_embedding.weight"]
+    m = round(table.shape[0] ** 0.5)
+    pos = F.interpolate(table.reshape(m, m, dim).permute(2, 0, 1)[None], size=(g, g), mode="bilinear",
+                        align_corners=False, antialias=True)  # fmt: skip
+    t = t + pos[0].reshape(dim, -1).T
+    i = 0
+    while f"encoder.layers.{i}.layer_norm1.weight" in state:
+        s_ = {
+            k.removeprefix(f"encoder.layers.{i}."): v for k, v in state.items() if k.startswith(f"encoder.layers.{i}.")
+        }
+        y = F.layer_norm(t, (dim,), s_["layer_norm1.weight"], s_["layer_norm1.bias"], 1e-6)
+        q, k, v = (F.linear(y, s_[f"self_attn.{n}_proj.weight"], s_[f"self_attn.{n}_proj.bias"]) for n in "qkv")
+        q, k, v = (z.reshape(b, -1, heads, dim // heads).transpose(1, 2) for z in (q, k, v))
+        a = (
+            (torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dim // heads), -1) @ v)
+            .transpose(1, 2)
+            .reshape(b, -1, dim)
+        )
+        t = t + F.linear(a, s_["self_attn.out_proj.weight"], s_["self_attn.out_proj.bias"])
+        y = F.layer_norm(t, (dim,), s_["layer_norm2.weight"], s_["layer_norm2.bias"], 1e-6)
+        y = F.gelu(F.linear(y, s_["mlp.fc1.weight"], s_["mlp.fc1.bias"]), approximate="tanh")
+        t = t + F.linear(y, s_["mlp.fc2.weight"], s_["mlp.fc2.bias"])
+        i += 1
+    t = F.layer_norm(t, (dim,), state["post_layernorm.weight"], state["post_layernorm.bias"], 1e-6)
+    mha = torch.nn.MultiheadAttention(dim, heads, batch_first=True)
+    mha.load_state_dict(
+        {k.removeprefix("head.attention."): v for k, v in state.items() if k.startswith("head.attention.")}
+    )
+    h = mha(state["head.probe"].expand(b, -1, -1), t, t, need_weights=False)[0]
+    y = F.layer_norm(h, (dim,), state["head.layernorm.weight"], state["head.layernorm.bias"], 1e-6)
+    y = F.gelu(F.linear(y, state["head.mlp.fc1.weight"], state["head.mlp.fc1.bias"]), approximate="tanh")
+    return t, (h + F.linear(y, state["head.mlp.fc2.weight"], state["head.mlp.fc2.bias"]))[:, 0]
+
+
+def test_siglip2_weights_load_and_run_as_hugging_faces_forward(radio_images: torch.Tensor, tmp_path: Path) -> None:
+    """Hugging Face SigLIP2 vision weights (under vision_model.) load into zsad's timm SigLIP2; timm's tokens and
+    pooled output then equal HF's forward written out by hand (its head through torch's MultiheadAttention), and so
+    does zsad's tower with zero LoRA (pooled output first, then the patches). The resize is bilinear with antialias:
+    timm's default bicubic resample gives other positions."""
+    from timm.layers import resample_abs_pos_embed
+
+    from zsad.backbone.siglip2 import convert_siglip2
+
+    state = _hf_siglip_state(64, 2)
+    save_file({"vision_model." + k: v for k, v in state.items()}, str(tmp_path / "siglip2.safetensors"))
+    vit = _siglip_model(pretrained=True, pretrained_cfg_overlay={"file": str(tmp_path / "siglip2.safetensors")})
+    bb = VisionBackbone(vit, model_name=SIGLIP, pretrained="none", image_size=RADIO_SIZE)
+    assert bb.num_prefix_tokens == 0 and bb.preprocess.mean == (0.5, 0.5, 0.5)
+    with torch.no_grad():
+        tokens, pooled = _hf_siglip_forward(state, radio_images, heads=4)
+        feats = vit.forward_features(radio_images)
+        torch.testing.assert_close(feats, tokens, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(vit.forward_head(feats, pre_logits=True), pooled, atol=2e-5, rtol=1e-5)
+        m = _vfm(bb, peft="lora", rank=4)
+        got = m.tower_tokens(radio_images)
+    assert m.parts.predictor.in_features == 64 and got.shape == (2, 1 + 16, 64)
+    torch.testing.assert_close(got, torch.cat([pooled[:, None], tokens], 1), atol=2e-5, rtol=1e-5)
+    table = state["embeddings.position_embedding.weight"][None]
+    assert (resample_abs_pos_embed(table, [4, 4], num_prefix_tokens=0) - vit.pos_embed).abs().max() > 1e-2
+    _one_line(lambda: convert_siglip2({"visual.proj": torch.zeros(1)}, vit), "not SigLIP2 vision weights")
+    part = {k: v for k, v in state.items() if k != "head.probe"}
+    _one_line(lambda: convert_siglip2(part, vit), "tensor 'head.probe' is missing")
+
+
+def _siglip_release(state: dict[str, torch.Tensor], method: AnomalyVfm) -> dict[str, torch.Tensor]:
+    """The official hf_model.AnomalyVFM state dict of a SigLIP2 release: model.net.* (HF names) with q/v/out_proj of
+    every layer and the head's attention.out_proj wrapped (``.layer.`` + lora_A/B, magnitude), decoder, predictor."""
+    p = {k: v.detach().clone() for k, v in method.parts.state_dict().items()}
+    wrapped = [f"encoder.layers.{i}.self_attn.{n}_proj" for i in range(method.backbone.num_layers) for n in "qvo"]
+    wrapped = [w.replace("o_proj", "out_proj") for w in wrapped] + ["head.attention.out_proj"]
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        module, leaf = k.rsplit(".", 1)
+        out["model.net." + (f"{module}.layer.{leaf}" if module in wrapped else k)] = v
+    g = torch.Generator().manual_seed(9)  # the head's wrapper: adapters that never act in the official forward
+    out["model.net.head.attention.out_proj.lora_A"] = torch.randn(4, 64, generator=g)
+    out["model.net.head.attention.out_proj.lora_B"] = torch.randn(64, 4, generator=g)
+    out["model.net.head.attention.out_proj.magnitude"] = torch.rand(64, generator=g) + 1
+    for i in range(method.backbone.num_layers):
+        for z, n in (("q", "q_proj"), ("v", "v_proj"), ("out", "out_proj")):
+            for t in ("lora_A", "lora_B", "magnitude"):
+                if f"adapters.{i}.{z}.{t}" in p:
+                    out[f"model.net.encoder.layers.{i}.self_attn.{n}.{t}"] = p[f"adapters.{i}.{z}.{t}"]
+    out.update({k: v for k, v in p.items() if k.startswith("decoder.")})
+    out["predictor.lin.weight"], out["predictor.lin.bias"] = p["predictor.weight"], p["predictor.bias"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def test_siglip2_release_imports_stored_drops_the_heads_dead_adapters_and_runs(
+    radio_images: torch.Tensor, radio: VisionBackbone, tmp_path: Path
+) -> None:
+    """A SigLIP2 release in the exact Hugging Face layout: its tower is stored and the model runs as a backbone
+    loaded from that tower's HF weights with the same parts; the head's out_proj adapters are read, dropped and
+    recorded; a RADIO backbone and a missing tensor are refused in one line."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        bb = VisionBackbone(_siglip_model(pretrained=False), model_name=SIGLIP, pretrained="none", image_size=64)
+    state = _hf_siglip_state(64, 2)
+    m = _randomise(_vfm(bb, rank=4))
+    release = _siglip_release(state, m)
+    src = _write_release(tmp_path / "rel", release, model_name="siglip2", image_size=RADIO_SIZE)
+    got = _vfm(bb, checkpoint=str(_dino_import(src, tmp_path / "ckpt", bb)))
+    check = got.describe()["vision_tower"]["import_check"]
+    assert got.config.tower_weights == "checkpoint" and check["compared_tensors"] == 18 + 12 * 2
+    assert check["dropped_adapters"] == [f"head.attention.out_proj.{t}" for t in ("lora_A", "lora_B", "magnitude")]
+    save_file(state, str(tmp_path / "tower.safetensors"))
+    tower = _siglip_model(pretrained=True, pretrained_cfg_overlay={"file": str(tmp_path / "tower.safetensors")})
+    other = VisionBackbone(tower, model_name=SIGLIP, pretrained="none", image_size=RADIO_SIZE)
+    want = _vfm(other, rank=4)
+    want.parts.load_state_dict(m.parts.state_dict())
+    want.training_manifest = {}
+    a, b = got.predict(radio_images), want.predict(radio_images)
+    assert torch.equal(a.pred_score, b.pred_score) and torch.equal(a.anomaly_map, b.anomaly_map)
+    miss = _write_release(tmp_path / "miss", {k: v for k, v in release.items() if "head.layernorm.bias" not in k},
+                          model_name="siglip2", image_size=RADIO_SIZE)  # fmt: skip
+    _one_line(
+        lambda: _dino_import(miss, tmp_path / "o_miss", bb),
+        "miss/model.safetensors: .*head.layernorm.bias'? is missing",
+    )
+    _one_line(
+        lambda: _dino_import(src, tmp_path / "o_radio", radio), "SigLIP2 release; backbone timm:.* is not a SigLIP2"
+    )

@@ -20,6 +20,7 @@ Weights: no download (``--weights FILE`` or ``--pretrained none``). The file hol
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -70,8 +71,41 @@ def radio_positions(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return t.permute(0, 2, 3, 1).reshape(1, -1, dim).to(table.dtype)
 
 
+RADIO_BLOCK = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")  # each with weight and bias
+
+
+def radio_to_timm(
+    take: Callable[[str], torch.Tensor], layers: int, grid: tuple[int, int], conditioner: bool = True
+) -> dict[str, torch.Tensor]:
+    """RADIO v2.5 tensors (read through ``take``, by RADIOModel's names) -> timm names at ``grid``.
+
+    The bias-free linear patch embedding becomes timm's conv weight with a zero bias, the 8 prefix tokens
+    ``cls_token`` + 7 ``reg_token``, the 128x128 table ``radio_positions`` at ``grid``. The input conditioner, read
+    when ``conditioner``, must be OpenAI's mean/std (zsad's preprocess applies it).
+    """
+    for key, want in (("norm_mean", OPENAI_MEAN), ("norm_std", OPENAI_STD)):
+        got = take("input_conditioner." + key).flatten() if conditioner else torch.tensor(want)
+        if not torch.allclose(got.float(), torch.tensor(want), atol=1e-6):
+            raise ZsadInputError(f"{NAME}: input_conditioner.{key} is {got.tolist()}, not OpenAI's {list(want)}")
+    embed, tokens = take(STEM + "embedder.weight"), take(STEM + "cls_token.token")
+    width, p = embed.shape[0], round((embed.shape[1] // 3) ** 0.5)
+    if 3 * p * p != embed.shape[1] or tuple(tokens.shape) != (PREFIX_TOKENS, width):
+        raise ZsadInputError(
+            f"{NAME}: patch embedding {tuple(embed.shape)} and prefix tokens {tuple(tokens.shape)} are not RADIO "
+            f"v2.5's (W, 3·p·p) and ({PREFIX_TOKENS}, W)"
+        )
+    out = {"patch_embed.proj.weight": embed.reshape(width, 3, p, p), "patch_embed.proj.bias": embed.new_zeros(width)}
+    out["cls_token"], out["reg_token"] = tokens[None, :1], tokens[None, 1:]
+    out["pos_embed"] = radio_positions(take(STEM + "pos_embed"), grid)
+    for i in range(layers):
+        for n in RADIO_BLOCK:
+            for kind in ("weight", "bias"):
+                out[f"blocks.{i}.{n}.{kind}"] = take(f"model.blocks.{i}.{n}.{kind}")
+    return out
+
+
 def convert_radio(state: dict[str, Any], model: VisionTransformer) -> dict[str, torch.Tensor]:
-    """RADIO v2.5 module names -> timm names at ``model``'s grid; timm names pass through. Else one line."""
+    """The load filter timm calls: RADIO v2.5 module names -> timm names at ``model``'s grid; timm's pass."""
     state = state.get("state_dict_ema") or state.get("state_dict") or state
     if "patch_embed.proj.weight" in state:
         return dict(state)
@@ -81,24 +115,16 @@ def convert_radio(state: dict[str, Any], model: VisionTransformer) -> dict[str, 
             f"{NAME}: not RADIO weights (expected {STEM}embedder.weight, optionally under radio_model. or "
             f"base_model.; found e.g. {next(iter(state), 'nothing')!r})"
         )
-    for key, want in (("norm_mean", OPENAI_MEAN), ("norm_std", OPENAI_STD)):
-        got = state.get(prefix + "input_conditioner." + key)
-        if got is not None and not torch.allclose(got.float().flatten(), torch.tensor(want), atol=1e-6):
-            raise ZsadInputError(f"{NAME}: input_conditioner.{key} is {got.flatten().tolist()}, not OpenAI's {want}")
-    out: dict[str, torch.Tensor] = {}
-    embed = state[prefix + STEM + "embedder.weight"]
-    p = int(model.patch_embed.patch_size[0])
-    out["patch_embed.proj.weight"] = embed.reshape(embed.shape[0], -1, p, p)
-    out["patch_embed.proj.bias"] = embed.new_zeros(embed.shape[0])
-    tokens = state[prefix + STEM + "cls_token.token"]
-    if tokens.shape[0] != PREFIX_TOKENS:
-        raise ZsadInputError(f"{NAME}: {tokens.shape[0]} prefix tokens, v2.5 has {PREFIX_TOKENS}")
-    out["cls_token"], out["reg_token"] = tokens[None, :1], tokens[None, 1:]
+
+    def take(key: str) -> torch.Tensor:
+        if prefix + key not in state:
+            raise ZsadInputError(f"{NAME}: tensor {prefix + key!r} is missing")
+        t: torch.Tensor = state[prefix + key]
+        return t
+
     grid = tuple(int(g) for g in model.patch_embed.grid_size)
-    out["pos_embed"] = radio_positions(state[prefix + STEM + "pos_embed"], (grid[0], grid[1]))
-    blocks = prefix + "model.blocks."
-    out.update({k[len(prefix) + len("model.") :]: v for k, v in state.items() if k.startswith(blocks)})
-    return out
+    has_conditioner = prefix + "input_conditioner.norm_mean" in state
+    return radio_to_timm(take, len(model.blocks), (grid[0], grid[1]), conditioner=has_conditioner)
 
 
 @register_model

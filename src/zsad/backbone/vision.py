@@ -6,7 +6,8 @@ block outputs (CLS first, register tokens dropped) and a global embedding (the f
 grid, the preprocessing and a manifest. It has no text tower: ``runs`` refuses a text method on it before loading.
 
 Names are ``timm:<model>`` (e.g. ``timm:vit_large_patch14_dinov2.lvd142m``; zsad adds
-``timm:vit_large_patch16_radio_v2_5``, ``zsad.backbone.radio``). Weights: ``--weights FILE`` (timm or
+``timm:vit_large_patch16_radio_v2_5`` and ``timm:vit_so400m_patch16_siglip2_naflex``, ``zsad.backbone.radio`` and
+``zsad.backbone.siglip2``). Weights: ``--weights FILE`` (timm or
 Meta's own checkpoint layout, converted by timm's filter; loaded with ``weights_only`` semantics by timm), a named
 download (any ``--pretrained`` other than ``none``: timm's Hugging Face hub copy), or seeded random weights.
 """
@@ -41,6 +42,7 @@ def timm_name(model_name: str) -> str:
         import timm
 
         import zsad.backbone.radio  # noqa: F401  registers RADIO v2.5-L (AnomalyVFM's tower) under timm's names
+        import zsad.backbone.siglip2  # noqa: F401  and SigLIP2 NaFlex at a fixed size
     except ImportError as e:  # pragma: no cover - timm comes with open_clip
         raise ZsadInputError(f"--backbone {model_name}: timm is not installed (pip install timm)") from e
     if not name or not timm.is_model(name):

@@ -79,7 +79,7 @@ CONFIDENCE_PENALTY = 0.1
 
 
 # the official README's training commands (``--train-steps``): the loop counts optimiser steps, not epochs
-PUBLISHED_STEPS = {"clip": 500, "dinov2": 500, "radio": 200}
+PUBLISHED_STEPS = {"clip": 500, "dinov2": 500, "radio": 200, "siglip2": 300}
 DINOV2_BACKBONE = "timm:vit_large_patch14_reg4_dinov2.lvd142m"  # the official dinov2_vitl14_reg, in timm's layout
 # DINOv2 position resize of torch hub's dinov2_vitl14_reg (``interpolate_offset``, ``interpolate_antialias``)
 DINOV2_OFFSET, DINOV2_ANTIALIAS = 0.0, True
@@ -89,10 +89,11 @@ DINOV2_OFFSET, DINOV2_ANTIALIAS = 0.0, True
 class TowerLayout:
     """Where a tower family keeps what the adapters wrap: the fused q/k/v weight and the attention's output map."""
 
-    family: str  # clip | dinov2 | radio
+    family: str  # clip | dinov2 | radio | siglip2
     qkv: str  # tensor name template of the fused (3W, W) input projection, ``{i}`` the block
     proj: str  # tensor name template of the attention's output projection
-    summary: int = 1  # leading tokens the predictor reads, concatenated (RADIO: its first three summary tokens)
+    summary: int = 1  # leading tokens the predictor reads, concatenated (RADIO: its first three summary tokens;
+    # SigLIP2: one, the attention-pooling head's output)
 
 
 CLIP_LAYOUT = TowerLayout(
@@ -101,6 +102,8 @@ CLIP_LAYOUT = TowerLayout(
 DINOV2_LAYOUT = TowerLayout("dinov2", "blocks.{i}.attn.qkv.weight", "blocks.{i}.attn.proj.weight")
 RADIO_LAYOUT = TowerLayout("radio", "blocks.{i}.attn.qkv.weight", "blocks.{i}.attn.proj.weight", summary=3)
 RADIO_BACKBONE = "timm:vit_large_patch16_radio_v2_5"  # RADIO v2.5-L as the release runs it (zsad.backbone.radio)
+SIGLIP2_LAYOUT = TowerLayout("siglip2", "blocks.{i}.attn.qkv.weight", "blocks.{i}.attn.proj.weight")
+SIGLIP2_BACKBONE = "timm:vit_so400m_patch16_siglip2_naflex"  # the NaFlex checkpoint at 768 px (zsad.backbone.siglip2)
 
 
 @dataclass
@@ -252,18 +255,25 @@ class AnomalyVfmParts(nn.Module):
         self.tower = StoredTower({k: (v.shape, torch.float32) for k, v in visual.items()}) if stored else None
 
 
-def dinov2_tower_keys(layers: int, registers: bool, family: str = "dinov2") -> list[str]:
-    """The timm names of a DINOv2 (or RADIO) tower's tensors the forward reads (no head).
+def timm_tower_keys(layers: int, registers: bool, family: str = "dinov2") -> list[str]:
+    """The timm names of a DINOv2, RADIO or SigLIP2 tower's tensors the forward reads (no classifier).
 
     timm folds DINOv2's class position into ``cls_token`` and keeps ``pos_embed`` for the patches only. RADIO has
-    neither a final norm nor layer scale.
+    neither a final norm nor layer scale; SigLIP2 has no class token and an attention-pooling head.
     """
-    keys = ["cls_token", *(["reg_token"] if registers else []), "pos_embed", "patch_embed.proj.weight"]
-    keys += ["patch_embed.proj.bias", *(("norm.weight", "norm.bias") if family == "dinov2" else ())]
-    block = DINOV2_BLOCK if family == "dinov2" else RADIO_BLOCK
+    f = TIMM_FAMILIES[family]
+    keys = [*(["cls_token"] if f.cls_token else []), *(["reg_token"] if registers else []), "pos_embed"]
+    keys += ["patch_embed.proj.weight", "patch_embed.proj.bias"]
+    keys += ["norm.weight", "norm.bias"] if f.final_norm else []
+    if f.pool:
+        keys += ["attn_pool.latent", *(f"attn_pool.{n}.{k}" for n in POOL_LINEARS for k in ("weight", "bias"))]
+    block = DINOV2_BLOCK if f.layer_scale else RADIO_BLOCK
     for i in range(layers):
         keys += [f"blocks.{i}.{n}" for n in block]
     return keys
+
+
+POOL_LINEARS = ("q", "kv", "proj", "norm", "mlp.fc1", "mlp.fc2")  # timm's AttentionPoolLatent (norm: LayerNorm)
 
 
 DINOV2_BLOCK = (
@@ -354,14 +364,15 @@ def dinov2_positions(
 
 
 def tower_layout(backbone: Backbone) -> TowerLayout:
-    """The tower family of a backbone: a CLIP, a timm RADIO (its name says so) or another timm ViT (DINOv2)."""
+    """The tower family of a backbone: a CLIP, a timm RADIO or SigLIP (its name says so), another timm ViT (DINOv2)."""
     if isinstance(backbone, ClipBackbone):
         return CLIP_LAYOUT
     if isinstance(backbone, VisionBackbone):
-        return RADIO_LAYOUT if "radio" in backbone.model_name else DINOV2_LAYOUT
+        name = backbone.model_name
+        return RADIO_LAYOUT if "radio" in name else SIGLIP2_LAYOUT if "siglip" in name else DINOV2_LAYOUT
     raise ZsadInputError(
         f"anomalyvfm: backbone {getattr(backbone, 'model_name', type(backbone).__name__)} is neither a CLIP nor a "
-        f"timm DINOv2 ({DINOV2_BACKBONE}) or RADIO ({RADIO_BACKBONE}); SigLIP2 is not built yet"
+        f"timm DINOv2 ({DINOV2_BACKBONE}), RADIO ({RADIO_BACKBONE}) or SigLIP2 ({SIGLIP2_BACKBONE}) tower"
     )
 
 
@@ -450,7 +461,7 @@ class AnomalyVfm(TrainableMethod):
         """{name: tensor} of the backbone's own tower, the tensors the forward reads (open_clip or timm names)."""
         bb = self.backbone
         if self.layout.family != "clip":
-            keys = set(dinov2_tower_keys(bb.num_layers, bb.model.reg_token is not None, self.layout.family))
+            keys = set(timm_tower_keys(bb.num_layers, bb.model.reg_token is not None, self.layout.family))
             return {k: v for k, v in bb.model.named_parameters() if k in keys}
         return {k: v for k, v in bb.model.visual.named_parameters() if k in set(tower_keys(bb.num_layers))}
 
@@ -490,18 +501,25 @@ class AnomalyVfm(TrainableMethod):
         return x
 
     def _timm_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """DINOv2's or RADIO's ``forward_features`` on the adapted tower, in timm's layout (``check_timm_tower``)."""
+        """DINOv2's, RADIO's or SigLIP2's forward on the adapted tower, in timm's layout (``check_timm_tower``).
+
+        The patches are embedded as each official tower computes it: a convolution (DINOv2), a linear map of
+        (C, ph, pw)-ordered patches (RADIO) or of (ph, pw, C)-ordered ones (SigLIP2's NaFlex).
+        """
         bb = self.backbone
-        model, w = bb.model, self.tower_weights()
+        model, w, family = bb.model, self.tower_weights(), self.layout.family
         pw, p = w["patch_embed.proj.weight"], bb.patch_size
         grid = (images.shape[-2] // p, images.shape[-1] // p)
-        if self.layout.family == "radio":  # RADIO's patch generator: (C, ph, pw)-ordered patches into a linear map
-            patches = images.to(pw.dtype).unfold(2, p, p).unfold(3, p, p).permute(0, 2, 3, 1, 4, 5).flatten(3)
-            x = F.linear(patches.flatten(1, 2), pw.flatten(1), w["patch_embed.proj.bias"])
-        else:
+        if family == "dinov2":
             x = F.conv2d(images.to(pw.dtype), pw, w["patch_embed.proj.bias"], stride=p).flatten(2).transpose(1, 2)
+        else:  # (B, C, gh, gw, p, p) -> (B, gh·gw, C·p·p) or (B, gh·gw, p·p·C)
+            patches = images.to(pw.dtype).unfold(2, p, p).unfold(3, p, p)
+            order = (0, 2, 3, 1, 4, 5) if family == "radio" else (0, 2, 3, 4, 5, 1)
+            weight = pw if family == "radio" else pw.permute(0, 2, 3, 1)
+            patches = patches.permute(*order).flatten(3).flatten(1, 2)
+            x = F.linear(patches, weight.flatten(1), w["patch_embed.proj.bias"])
         pos = w["pos_embed"]
-        prefix = [w["cls_token"].expand(x.shape[0], -1, -1)]
+        prefix = [w["cls_token"].expand(x.shape[0], -1, -1)] if "cls_token" in w else []
         if "reg_token" in w:
             prefix.append(w["reg_token"].expand(x.shape[0], -1, -1))
         n_prefix = sum(t.shape[1] for t in prefix)
@@ -526,12 +544,31 @@ class AnomalyVfm(TrainableMethod):
         x = x.float()
         if "norm.weight" in w:
             x = F.layer_norm(x, (x.shape[-1],), w["norm.weight"], w["norm.bias"], float(model.norm.eps))
+        if family == "siglip2":
+            return torch.cat([self._pooled(x, w), x], 1)
         return torch.cat([x[:, : self.layout.summary], x[:, n_prefix:]], 1)
+
+    def _pooled(self, x: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
+        """SigLIP2's ``pooler_output`` as (B, 1, W): a learnt probe attends over the tokens, then a residual MLP.
+
+        Never adapted: the official DoRA wrapper on the head's ``out_proj`` has no effect (``nn.MultiheadAttention``
+        reads the wrapped layer's own weight), so the release's adapter tensors there are dropped at import.
+        """
+        pool = self.backbone.model.attn_pool
+        heads, b = int(pool.num_heads), x.shape[0]
+        q = F.linear(w["attn_pool.latent"].expand(b, -1, -1), w["attn_pool.q.weight"], w["attn_pool.q.bias"])
+        k, v = F.linear(x, w["attn_pool.kv.weight"], w["attn_pool.kv.bias"]).chunk(2, dim=-1)
+        o = F.scaled_dot_product_attention(_heads(q, heads), _heads(k, heads), _heads(v, heads))
+        y = F.linear(o.transpose(1, 2).flatten(2), w["attn_pool.proj.weight"], w["attn_pool.proj.bias"])
+        h = F.layer_norm(y, (y.shape[-1],), w["attn_pool.norm.weight"], w["attn_pool.norm.bias"], float(pool.norm.eps))
+        h = F.gelu(F.linear(h, w["attn_pool.mlp.fc1.weight"], w["attn_pool.mlp.fc1.bias"]), approximate="tanh")
+        return y + F.linear(h, w["attn_pool.mlp.fc2.weight"], w["attn_pool.mlp.fc2.bias"])
 
     def _dinov2_block(self, i: int, x: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
         """DINOv2 block ``i``: ``x + ls1 · attn(norm1 x)``, then ``x + ls2 · mlp(norm2 x)``, adapters in ``attn``.
 
-        RADIO's blocks are the same without layer scale (no ``ls*.gamma`` in ``w``).
+        RADIO's and SigLIP2's blocks are the same without layer scale (no ``ls*.gamma`` in ``w``); SigLIP2's GELU is
+        tanh-approximated.
         """
         blk = self.backbone.model.blocks[i]
         p = f"blocks.{i}."
@@ -545,7 +582,8 @@ class AnomalyVfm(TrainableMethod):
         a = ad.out(o, w[p + "attn.proj.weight"], w[p + "attn.proj.bias"])
         x = x + (a * w[p + "ls1.gamma"] if p + "ls1.gamma" in w else a)
         y = F.layer_norm(x, width, w[p + "norm2.weight"], w[p + "norm2.bias"], float(blk.norm2.eps))
-        h = F.gelu(F.linear(y, w[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"]))
+        gelu = "tanh" if self.layout.family == "siglip2" else "none"
+        h = F.gelu(F.linear(y, w[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"]), approximate=gelu)
         h = F.linear(h, w[p + "mlp.fc2.weight"], w[p + "mlp.fc2.bias"])
         return x + (h * w[p + "ls2.gamma"] if p + "ls2.gamma" in w else h)
 
@@ -685,30 +723,71 @@ class AnomalyVfm(TrainableMethod):
         return import_release(path, backbone, out, trained_on)
 
 
-def check_timm_tower(bb: VisionBackbone, family: str = "dinov2") -> None:
-    """Refuse, in one line, a timm ViT this DINOv2 (or RADIO v2.5) forward does not reproduce.
+@dataclass(frozen=True)
+class TimmFamily:
+    """What a timm tower of one family must have for ``_timm_tokens`` to compute it exactly."""
 
-    The forward computes the block by hand (fused qkv with adapters, SDPA, layer scale for DINOv2, exact-GELU MLP)
-    and reads the tensors ``dinov2_tower_keys`` names, so anything else in a timm ViT (SwiGLU, q/k norms, pre-norm,
-    patch-embed norm, no class token, layer scale where the family has none) would be silently skipped or added: it
-    is refused instead. RADIO also needs its 8 prefix tokens without positions and no final norm.
+    name: str
+    backbone: str  # the ``--backbone`` to suggest
+    cls_token: bool
+    final_norm: bool  # a LayerNorm after the blocks (else none at all)
+    layer_scale: bool
+    gelu: str  # the MLP's GELU: "none" (exact) or "tanh"
+    prefix: int | None  # prefix tokens required (None: any), all without positions when it is > 1
+    pool: bool  # a MAP attention-pooling head (SigLIP2's ``pooler_output``)
+
+
+TIMM_FAMILIES = {
+    "dinov2": TimmFamily("DINOv2", DINOV2_BACKBONE, True, True, True, "none", None, False),
+    "radio": TimmFamily("RADIO v2.5", RADIO_BACKBONE, True, False, False, "none", 8, False),
+    "siglip2": TimmFamily("SigLIP2", SIGLIP2_BACKBONE, False, True, False, "tanh", 0, True),
+}
+
+
+def _gelu_kind(act: object) -> str:
+    """The GELU form of an MLP activation: none (exact), tanh (torch's or timm's approximation), or empty."""
+    if isinstance(act, nn.GELU):
+        return str(act.approximate)
+    return "tanh" if type(act).__name__ == "GELUTanh" else ""
+
+
+def check_timm_tower(bb: VisionBackbone, family: str = "dinov2") -> None:
+    """Refuse, in one line, a timm ViT this DINOv2, RADIO v2.5 or SigLIP2 forward does not reproduce.
+
+    The forward computes the block by hand (fused qkv with adapters, SDPA, layer scale where the family has it, a
+    Linear-GELU-Linear MLP) and reads the tensors ``timm_tower_keys`` names, so anything else in a timm ViT
+    (SwiGLU, q/k norms, pre-norm, patch-embed norm, another GELU, layer scale where the family has none, another
+    pooling head) would be silently skipped or added: it is refused instead.
     """
-    m = bb.model
-    dinov2 = family == "dinov2"
+    f, m = TIMM_FAMILIES[family], bb.model
+    pool = getattr(m, "attn_pool", None)
     why = ""
-    if getattr(m, "cls_token", None) is None:
-        why = "no class token"
+    if (getattr(m, "cls_token", None) is not None) != f.cls_token:
+        why = "a class token" if not f.cls_token else "no class token"
     elif not isinstance(getattr(m, "norm_pre", nn.Identity()), nn.Identity):
         why = "a norm before the blocks"
     elif not isinstance(getattr(m.patch_embed, "norm", nn.Identity()), nn.Identity):
         why = "a norm in the patch embedding"
-    elif dinov2 and not isinstance(getattr(m, "norm", None), nn.LayerNorm):
+    elif f.final_norm and not isinstance(getattr(m, "norm", None), nn.LayerNorm):
         why = "no final LayerNorm"
-    elif not dinov2 and not isinstance(getattr(m, "norm", None), nn.Identity):
+    elif not f.final_norm and not isinstance(getattr(m, "norm", None), nn.Identity):
         why = "a final norm"
-    elif not dinov2 and not (bb.num_prefix_tokens == 8 and getattr(m, "no_embed_class", False)):
-        why = f"{bb.num_prefix_tokens} prefix tokens with{'out' if getattr(m, 'no_embed_class', False) else ''} "
-        why += "positions, not RADIO's 8 without"
+    elif f.prefix is not None and bb.num_prefix_tokens != f.prefix:
+        why = f"{bb.num_prefix_tokens} prefix tokens, not {f.prefix}"
+    elif f.prefix and f.prefix > 1 and not getattr(m, "no_embed_class", False):
+        why = "positions on the prefix tokens"
+    elif f.pool != (pool is not None) or (
+        pool is not None
+        and not (
+            pool.latent_len == 1
+            and pool.pos_embed is None
+            and isinstance(pool.q_norm, nn.Identity)
+            and isinstance(pool.k_norm, nn.Identity)
+            and isinstance(pool.norm, nn.LayerNorm)
+            and pool.mlp is not None
+        )
+    ):
+        why = "another pooling head" if f.pool else "an attention-pooling head"
     for blk in m.blocks:
         if why:
             break
@@ -721,19 +800,22 @@ def check_timm_tower(bb: VisionBackbone, family: str = "dinov2") -> None:
             why = "q/k or attention norms"
         elif getattr(attn, "gate", None) is not None:
             why = "gated attention"
-        elif not (isinstance(act := getattr(mlp, "act", None), nn.GELU) and act.approximate == "none"):
+        elif not all(isinstance(getattr(mlp, n, None), nn.Linear) for n in ("fc1", "fc2")):
             why = "an MLP other than Linear-GELU-Linear"
+        elif _gelu_kind(getattr(mlp, "act", None)) != f.gelu:
+            why = f"an MLP activation other than GELU ({'tanh-approximated' if f.gelu == 'tanh' else 'exact'})"
         elif not isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity):
             why = "a norm inside the MLP"
-        elif dinov2 and not all(hasattr(getattr(blk, n, None), "gamma") for n in ("ls1", "ls2")):
+        elif f.layer_scale and not all(hasattr(getattr(blk, n, None), "gamma") for n in ("ls1", "ls2")):
             why = "no layer scale"
-        elif not dinov2 and not all(isinstance(getattr(blk, n, None), nn.Identity) for n in ("ls1", "ls2")):
-            why = "layer scale (RADIO v2.5 has none)"
+        elif not f.layer_scale and not all(isinstance(getattr(blk, n, None), nn.Identity) for n in ("ls1", "ls2")):
+            why = f"layer scale ({f.name} has none)"
         elif not (isinstance(blk.norm1, nn.LayerNorm) and isinstance(blk.norm2, nn.LayerNorm)):
             why = "block norms other than LayerNorm"
     if why:
-        name, use = ("DINOv2", DINOV2_BACKBONE) if dinov2 else ("RADIO v2.5", RADIO_BACKBONE)
-        raise ZsadInputError(f"anomalyvfm: {bb.model_name} is not a {name} ViT in timm's layout ({why}); use {use}")
+        raise ZsadInputError(
+            f"anomalyvfm: {bb.model_name} is not a {f.name} ViT in timm's layout ({why}); use {f.backbone}"
+        )
 
 
 def sigmoid_focal(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -824,26 +906,33 @@ def read_release(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], P
     return config, raw, weights
 
 
-BUILT_RELEASES = ("clip", "dinov2", "radio")
+BUILT_RELEASES = ("clip", "dinov2", "radio", "siglip2")
 RADIO_NET = HF_NET + "model."  # models.radio.RADIO.net is the RADIOModel; its ViT is ``.model``
 # the Drive model.pkl has no config: the tower is told by its tensors
-FAMILY_PROBE = {
-    "clip": HF_NET + "encoder.layers.0.",
+FAMILY_PROBE = {  # CLIP and SigLIP2 share HF's encoder names: the class embedding and the pooling probe tell them
+    "clip": HF_NET + "embeddings.class_embedding",
+    "siglip2": HF_NET + "head.probe",
     "dinov2": HF_NET + "blocks.0.attn.qkv.",
     "radio": RADIO_NET + "blocks.0.attn.qkv.",
 }
-BLOCK_PREFIX = {"clip": HF_NET + "encoder.layers.", "dinov2": HF_NET + "blocks.", "radio": RADIO_NET + "blocks."}
+BLOCK_PREFIX = {
+    "clip": HF_NET + "encoder.layers.",
+    "siglip2": HF_NET + "encoder.layers.",
+    "dinov2": HF_NET + "blocks.",
+    "radio": RADIO_NET + "blocks.",
+}
 # first adapter of a release, per family: (key prefix, DoRA marker, LoRA A) - the CLIP wrappers are per projection,
 # the DINOv2 and RADIO ones are the fused QKV wrapper (lora_A_q, mag_q, ...)
 ADAPTER_PROBE = {
     "clip": (HF_NET + "encoder.layers.0.self_attn.q_proj.", "magnitude", "lora_A"),
     "dinov2": (HF_NET + "blocks.0.attn.qkv.", "mag_q", "lora_A_q"),
     "radio": (RADIO_NET + "blocks.0.attn.qkv.", "mag_q", "lora_A_q"),
+    "siglip2": (HF_NET + "encoder.layers.0.self_attn.q_proj.", "magnitude", "lora_A"),
 }
 
 
 def _release_kind(config: dict[str, Any], state: dict[str, torch.Tensor], weights: Path) -> tuple[str, str, int, int]:
-    """(tower family, peft kind, rank, layers) of an AnomalyVFM CLIP, DINOv2 or RADIO release; else one line."""
+    """(tower family, peft kind, rank, layers) of an AnomalyVFM release of a built tower; else one line."""
     found = [f for f, probe in FAMILY_PROBE.items() if any(k.startswith(probe) for k in state)]
     is_release = "predictor.lin.weight" in state and any(k.startswith(HF_NET) for k in state)
     if not is_release:
@@ -854,8 +943,8 @@ def _release_kind(config: dict[str, Any], state: dict[str, torch.Tensor], weight
     name = str(config.get("model_name", found[0] if len(found) == 1 else "unknown"))
     if name not in BUILT_RELEASES:
         raise ZsadInputError(
-            f"{weights}: an AnomalyVFM release for backbone {name!r}; zsad builds AnomalyVFM on CLIP, DINOv2 and "
-            "RADIO only so far (SigLIP2 is not built yet)"
+            f"{weights}: an AnomalyVFM release for backbone {name!r}; zsad builds AnomalyVFM on CLIP, DINOv2, "
+            "RADIO and SigLIP2 only so far (DINOv3 and TIPSv2 are not built yet)"
         )
     if found != [name]:
         raise ZsadInputError(
@@ -961,13 +1050,7 @@ def convert_dinov2_release(
     same two numbers), ``register_tokens`` becomes ``reg_token``, ``mask_token`` (masked training only) is read and
     dropped; the 37x37 patch positions are resized to ``grid`` as the official forward resizes them each call.
     """
-    left = dict(state)
-
-    def take(key: str) -> torch.Tensor:
-        if key not in left:
-            raise ZsadInputError(f"{weights}: tensor {key!r} is missing (an incomplete or foreign release)")
-        return left.pop(key).float()
-
+    left, take, unwrap = _release_taker(state, weights)
     pos, cls = take(HF_NET + "pos_embed"), take(HF_NET + "cls_token")
     take(HF_NET + "mask_token")
     tower = {t: take(HF_NET + o) for t, o in DINOV2_STEM.items()}
@@ -978,46 +1061,29 @@ def convert_dinov2_release(
         tower["pos_embed"] = dinov2_positions(pos[:, 1:], grid)
     except ValueError as e:
         raise ZsadInputError(f"{weights}: released pos_embed {tuple(pos.shape)}: {e}") from None
-    parts = _take_timm_blocks(tower, take, HF_NET, DINOV2_BLOCK, kind, layers)
+    tower.update({f"blocks.{i}.{n}": unwrap(f"{HF_NET}blocks.{i}.{n}") for i in range(layers) for n in DINOV2_BLOCK})
+    parts = _take_adapters(take, HF_NET, kind, layers)
     _take_heads(parts, left, take, weights)
     return parts, tower
 
 
-def _take_timm_blocks(
-    tower: dict[str, torch.Tensor],
-    take: Callable[[str], torch.Tensor],
-    net: str,
-    block: Sequence[str],
-    kind: str,
-    layers: int,
-) -> dict[str, torch.Tensor]:
-    """Fill ``tower`` with the blocks' tensors (the wrapped qkv/proj's ``.layer`` unwrapped); return the adapters."""
+def _take_adapters(take: Callable[[str], torch.Tensor], net: str, kind: str, layers: int) -> dict[str, torch.Tensor]:
+    """The adapters of the official fused-QKV and proj wrappers of every block under ``net``, as zsad's parts."""
     parts: dict[str, torch.Tensor] = {}
     for i in range(layers):
-        b = f"blocks.{i}."
-        for n in block:
-            wrapped = n.rsplit(".", 1)[0] in ("attn.qkv", "attn.proj")
-            tower[b + n] = take(
-                net + b + (n.replace(".weight", ".layer.weight").replace(".bias", ".layer.bias") if wrapped else n)
-            )
         for z, (module, names) in DINOV2_WRAPPED.items():
             for t in ("lora_A", "lora_B", *(("magnitude",) if kind == "dora" else ())):
-                parts[f"adapters.{i}.{z}.{t}"] = take(f"{net}{b}{module}.{names[t]}")
+                parts[f"adapters.{i}.{z}.{t}"] = take(f"{net}blocks.{i}.{module}.{names[t]}")
     return parts
 
 
-def convert_radio_release(
-    state: dict[str, torch.Tensor], kind: str, layers: int, grid: tuple[int, int], weights: Path
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(zsad parts tensors, tower tensors under timm names at ``grid``) of a RADIO release; every tensor consumed.
+def _release_taker(
+    state: dict[str, torch.Tensor], weights: Path
+) -> tuple[dict[str, torch.Tensor], Callable[[str], torch.Tensor], Callable[[str], torch.Tensor]]:
+    """(what is left, ``take`` by full key, ``tower`` by the tower module's own name under ``net``): both consume.
 
-    As ``zsad.backbone.radio`` converts RADIO: the bias-free linear patch embedding becomes timm's conv weight with
-    a zero bias, the 8 prefix tokens become ``cls_token`` + 7 ``reg_token``, the 128x128 table is resized to
-    ``grid`` as the release's ``radio_local.py`` resizes it each forward. The input conditioner must be OpenAI's
-    mean/std (zsad's preprocess applies it) and the summary tokens 0, 1, 2 (what the predictor reads).
+    ``tower`` finds a wrapped projection's weight under the wrapper's ``.layer.``, as the official save writes it.
     """
-    from zsad.backbone.radio import OPENAI_MEAN, OPENAI_STD, PREFIX_TOKENS, radio_positions
-
     left = dict(state)
 
     def take(key: str) -> torch.Tensor:
@@ -1025,34 +1091,75 @@ def convert_radio_release(
             raise ZsadInputError(f"{weights}: tensor {key!r} is missing (an incomplete or foreign release)")
         return left.pop(key).float()
 
-    for key, want in (("norm_mean", OPENAI_MEAN), ("norm_std", OPENAI_STD)):
-        got = take(f"{HF_NET}input_conditioner.{key}").flatten()
-        if not torch.allclose(got, torch.tensor(want), atol=1e-6):
-            raise ZsadInputError(f"{weights}: input conditioner {key} {got.tolist()}, not OpenAI's {list(want)}")
+    def tower(key: str) -> torch.Tensor:
+        module, leaf = key.rsplit(".", 1)
+        wrapped = f"{module}.layer.{leaf}"
+        return take(wrapped if key not in left and wrapped in left else key)
+
+    return left, take, tower
+
+
+def _release_tower(convert: Callable[[], dict[str, torch.Tensor]], weights: Path) -> dict[str, torch.Tensor]:
+    """A tower conversion whose one-line refusals name the release file."""
+    try:
+        return convert()
+    except (ZsadInputError, ValueError) as e:
+        text = str(e)
+        raise ZsadInputError(text if text.startswith(str(weights)) else f"{weights}: {text}") from None
+
+
+def convert_radio_release(
+    state: dict[str, torch.Tensor], kind: str, layers: int, grid: tuple[int, int], weights: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(zsad parts tensors, tower tensors under timm names at ``grid``) of a RADIO release; every tensor consumed.
+
+    The tower converts as ``zsad.backbone.radio`` converts RADIO's weights (positions resized as the release's
+    ``radio_local.py`` resizes them each forward); the summary tokens must be 0, 1, 2 (what the predictor reads).
+    """
+    from zsad.backbone.radio import radio_to_timm
+
+    left, take, unwrap = _release_taker(state, weights)
     idx = left.pop(HF_NET + "summary_idxs", None)
     if idx is None or idx.tolist() != [0, 1, 2]:
         raise ZsadInputError(f"{weights}: summary_idxs {None if idx is None else idx.tolist()}, not [0, 1, 2]")
-    stem = RADIO_NET + "patch_generator."
-    embed, tokens = take(stem + "embedder.weight"), take(stem + "cls_token.token")
-    width, p = embed.shape[0], round((embed.shape[1] // 3) ** 0.5)
-    if 3 * p * p != embed.shape[1] or tokens.shape != (PREFIX_TOKENS, width):
-        raise ZsadInputError(
-            f"{weights}: patch embedding {tuple(embed.shape)} and prefix tokens {tuple(tokens.shape)} are not "
-            f"RADIO's (W, 3·p·p) and ({PREFIX_TOKENS}, W)"
-        )
-    tower = {"patch_embed.proj.weight": embed.reshape(width, 3, p, p), "patch_embed.proj.bias": embed.new_zeros(width)}
-    tower["cls_token"], tower["reg_token"] = tokens[None, :1], tokens[None, 1:]
-    try:
-        tower["pos_embed"] = radio_positions(take(stem + "pos_embed"), grid)
-    except ValueError as e:
-        raise ZsadInputError(f"{weights}: released pos_embed: {e}") from None
-    parts = _take_timm_blocks(tower, take, RADIO_NET, RADIO_BLOCK, kind, layers)
+    tower = _release_tower(lambda: radio_to_timm(lambda k: unwrap(HF_NET + k), layers, grid), weights)
+    parts = _take_adapters(take, RADIO_NET, kind, layers)
     _take_heads(parts, left, take, weights)
     return parts, tower
 
 
+SIGLIP2_DEAD = HF_NET + "head.attention.out_proj."  # adapters the official forward never applies (see ``_pooled``)
+
+
+def convert_siglip2_release(
+    state: dict[str, torch.Tensor], kind: str, layers: int, grid: tuple[int, int], weights: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(zsad parts tensors, tower tensors under timm names at ``grid``) of a SigLIP2 release; every tensor consumed.
+
+    The tower converts as ``zsad.backbone.siglip2`` converts Hugging Face's weights (positions resized once as
+    NaFlex resizes them each forward). The adapters are CLIP's per-projection ones on ``q_proj``, ``v_proj``,
+    ``out_proj``; those on the pooling head's ``out_proj`` are read and dropped (they never act, see ``_pooled``).
+    """
+    from zsad.backbone.siglip2 import hf_to_timm
+
+    left, take, unwrap = _release_taker(state, weights)
+    for key in [k for k in left if k.startswith(SIGLIP2_DEAD) and k.rsplit(".", 1)[-1] in PEFT_TENSORS]:
+        take(key)  # read and dropped
+    tower = _release_tower(lambda: hf_to_timm(lambda k: unwrap(HF_NET + k), layers, grid), weights)
+    parts: dict[str, torch.Tensor] = {}
+    for i in range(layers):
+        for z, n in ADAPTED.items():
+            for t in ("lora_A", "lora_B", *(("magnitude",) if kind == "dora" else ())):
+                parts[f"adapters.{i}.{z}.{t}"] = take(f"{HF_NET}encoder.layers.{i}.self_attn.{n}.{t}")
+    _take_heads(parts, left, take, weights)
+    return parts, tower
+
+
+PEFT_TENSORS = ("lora_A", "lora_B", "magnitude")
+
+
 def import_release(path: Path, backbone: Backbone, out: Path, trained_on: str) -> Path:
-    """Convert a released AnomalyVFM CLIP, DINOv2 or RADIO into a zsad checkpoint folder (see the module notes).
+    """Convert a released AnomalyVFM (CLIP, DINOv2, RADIO, SigLIP2) into a zsad checkpoint folder (module notes).
 
     Every tensor of the release is consumed or refused, every shape is checked against ``backbone``; the tower is
     compared with the backbone's and stored only when it differs.
@@ -1060,9 +1167,9 @@ def import_release(path: Path, backbone: Backbone, out: Path, trained_on: str) -
     config, state, weights = read_release(Path(path))
     family, kind, rank, layers = _release_kind(config, state, weights)
     bb: Any = backbone
-    timm_family = {"dinov2": DINOV2_BACKBONE, "radio": RADIO_BACKBONE}
+    timm_family = {"dinov2": DINOV2_BACKBONE, "radio": RADIO_BACKBONE, "siglip2": SIGLIP2_BACKBONE}
     if family in timm_family and tower_layout(bb).family != family:
-        shown = {"dinov2": "DINOv2", "radio": "RADIO"}[family]
+        shown = {"dinov2": "DINOv2", "radio": "RADIO", "siglip2": "SigLIP2"}[family]
         raise ZsadInputError(
             f"{weights}: an AnomalyVFM {shown} release; backbone {bb.model_name} is not a {shown} tower (pass "
             f"--backbone {timm_family[family]})"
@@ -1075,7 +1182,11 @@ def import_release(path: Path, backbone: Backbone, out: Path, trained_on: str) -
     if layers != bb.num_layers:
         raise ZsadInputError(f"{weights}: a {layers}-block tower; backbone {bb.model_name} has {bb.num_layers}")
     if family in timm_family:
-        convert = convert_dinov2_release if family == "dinov2" else convert_radio_release
+        convert = {
+            "dinov2": convert_dinov2_release,
+            "radio": convert_radio_release,
+            "siglip2": convert_siglip2_release,
+        }[family]
         parts, tower = convert(state, kind, layers, bb.grid_size(), weights)
         visual = dict(bb.model.named_parameters())
         mine, theirs = "reg_token" in tower, getattr(bb.model, "reg_token", None) is not None
@@ -1129,4 +1240,7 @@ def import_release(path: Path, backbone: Backbone, out: Path, trained_on: str) -
             "first_differing": differing[:3],
         },
     }
+    if family == "siglip2":  # the official forward never applies them (``AnomalyVfm._pooled``)
+        dead = sorted(k.removeprefix(HF_NET) for k in state if k.startswith(SIGLIP2_DEAD) and "layer." not in k)
+        record["vision_tower"]["dropped_adapters"] = dead
     return method.save(Path(out), record)
