@@ -96,6 +96,13 @@ RADIO_FILES = (
     "peft_local/dora.py",
     "peft_local/lora.py",
 )
+SIGLIP2_FILES = (
+    "hf_model.py",
+    "models/siglip2.py",
+    "peft_local/peft_func.py",
+    "peft_local/dora.py",
+    "peft_local/lora.py",
+)
 MEAN_KERNEL = 5  # test.py --mean-kernel-size
 FLOAT_TOL = 1e-4  # maps and scores (in [0, 1]): fp32 float error through 24 blocks at 2305 tokens
 GRAD_REL_TOL = 1e-5  # gradients, relative to the tensor group's largest official value
@@ -349,6 +356,102 @@ torch.save(out, tmp / "official.pt")
 """
 
 
+SIGLIP2_DRIVER = r'''
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+root, tmp = Path(sys.argv[1]), Path(sys.argv[2])
+sys.path.insert(0, str(root))
+spec = json.loads((tmp / "spec.json").read_text())
+torch.set_num_threads(spec["threads"])
+torch.Tensor.cuda = lambda self, *args, **kwargs: self  # models/siglip2.py moves its mask and shapes with .cuda()
+
+import transformers
+from transformers import Siglip2Config, Siglip2Model
+
+import models.siglip2 as official_siglip2
+
+
+class Hub:
+    """Stands in for AutoModel in models.siglip2 only: google/siglip2-so400m-patch16-naflex's config, random weights."""
+
+    @staticmethod
+    def from_pretrained(name, *args, **kwargs):
+        assert name == "google/siglip2-so400m-patch16-naflex", name
+        vision = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": spec["blocks"],
+                  "num_attention_heads": 16, "num_patches": 256, "patch_size": 16,
+                  "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}
+        text = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2}
+        return Siglip2Model(Siglip2Config(vision_config=vision, text_config=text))
+
+
+official_siglip2.AutoModel = Hub
+from hf_model import AnomalyVFM, AnomalyVFMConfig
+
+torch.manual_seed(spec["seed"])
+cfg = AnomalyVFMConfig(
+    model_name="siglip2", image_size=spec["image_size"], peft_type=spec["peft"], peft_rank=spec["rank"]
+)
+model = AnomalyVFM(cfg).eval()
+net = model.model.net
+g = torch.Generator().manual_seed(spec["seed"] + 1)
+with torch.no_grad():
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf.startswith("lora_B"):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        elif leaf.startswith("mag"):
+            p.mul_(1 + 0.05 * torch.randn(p.shape, generator=g))
+        elif not name.startswith("model."):
+            continue
+        elif leaf == "bias" or leaf.endswith("_bias"):  # zeros (or 1e-6) at init: made visible
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+        elif "norm" in name and leaf == "weight":  # ones at init
+            p.mul_(1 + 0.1 * torch.randn(p.shape, generator=g))
+        elif "position_embedding" in name:
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+wrapped = sorted(n for n, mod in net.named_modules() if type(mod).__name__.endswith("Wrapper"))
+model.save_pretrained(tmp / "release")
+
+x = torch.load(tmp / "inputs.pt")
+fs = model.feat_size
+ms = fs * 2
+pool = torch.nn.AvgPool2d((spec["kernel"], spec["kernel"]), 1, spec["kernel"] // 2)
+emb = net.embeddings
+table = emb.position_embedding.weight.reshape(emb.position_embedding_size, emb.position_embedding_size, -1)
+out = {"pos": emb.resize_positional_embeddings(table, torch.tensor([[fs, fs]]), fs * fs)[0]}
+keys = ("tokens", "score", "mask_logit", "mask", "smoothed", "score_bf16", "mask_bf16", "smoothed_bf16")
+rows = {k: [] for k in keys}
+for i in range(len(x)):
+    img = x[i : i + 1]
+    with torch.no_grad():  # hf_model.forward's lines, autocast off (fp32)
+        summary, ftrs = model.model(img)
+        tokens = torch.cat([summary[:, None], ftrs], 1)
+        ftrs = ftrs.permute(0, 2, 1).reshape(1, -1, fs, fs)
+        score = model.predictor(summary).sigmoid()
+        mask_logit, _ = model.decoder(ftrs)
+        mask = mask_logit.sigmoid()
+        smoothed = pool(F.interpolate(mask, (ms, ms)).squeeze(1))  # test.py
+        score_b, mask_b = model(img)  # the official forward: bf16 autocast
+        smoothed_b = pool(F.interpolate(mask_b, (ms, ms)).squeeze(1))
+    for k, v in zip(rows, (tokens, score, mask_logit, mask, smoothed, score_b, mask_b, smoothed_b)):
+        rows[k].append(v.float())
+out.update({k: torch.cat(v) for k, v in rows.items()})
+out["wrapped"] = wrapped
+out["meta_state"] = {  # the released tower in Hugging Face's names (the wrappers' inner layers), for timm
+    k.replace(".layer.", "."): v.clone()
+    for k, v in net.state_dict().items()
+    if not any(t in k.rsplit(".", 1)[-1] for t in ("lora_", "mag"))
+}
+out["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
+torch.save(out, tmp / "official.pt")
+'''
+
+
 def vision_config(blocks: int) -> dict[str, Any]:
     """HF CLIPVisionConfig of openai/clip-vit-large-patch14-336 with ``blocks`` encoder layers."""
     return {
@@ -405,10 +508,11 @@ def output_rows(o: dict[str, Any], zsad: tuple[torch.Tensor, ...], s: int, grid:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--official-root", type=Path, required=True, help="extracted MaticFuc/AnomalyVFM checkout")
-    ap.add_argument("--backbone", default="clip", choices=("clip", "dinov2", "radio"), help="the variant to compare")
+    variants = ("clip", "dinov2", "radio", "siglip2")
+    ap.add_argument("--backbone", default="clip", choices=variants, help="the variant to compare")
     ap.add_argument("--dinov2-root", type=Path, help="extracted facebookresearch/dinov2 (hubconf.py + dinov2/)")
     ap.add_argument("--official-python", type=Path, required=True, help="python of a venv with transformers")
-    ap.add_argument("--blocks", type=int, default=24, help="encoder blocks (24 = ViT-L/14-336 as released)")
+    ap.add_argument("--blocks", type=int, default=24, help="encoder blocks (24 = ViT-L as released; SigLIP2: 27)")
     ap.add_argument("--image-size", type=int, default=672)
     ap.add_argument("--images", type=int, default=2, help="first MPDD metal_plate defect images")
     ap.add_argument("--peft", default="dora", choices=("dora", "lora"))
@@ -625,43 +729,47 @@ def main() -> None:
 
 
 def compare_timm(args: argparse.Namespace, t_start: float) -> None:
-    """The DINOv2 or RADIO variant against the official code: inference in fp32, the bf16 drift, the two imports."""
+    """A timm-tower variant (DINOv2, RADIO, SigLIP2) against the official code: fp32, the bf16 drift, two imports."""
     import timm
     from safetensors.torch import save_file
 
     from zsad.backbone.radio import OPENAI_MEAN, OPENAI_STD
     from zsad.backbone.vision import IMAGENET_MEAN, IMAGENET_STD, VisionBackbone, timm_name
     from zsad.methods import create_method
-    from zsad.methods.anomalyvfm import DINOV2_BACKBONE, RADIO_BACKBONE, AnomalyVfm
+    from zsad.methods.anomalyvfm import DINOV2_BACKBONE, RADIO_BACKBONE, SIGLIP2_BACKBONE, AnomalyVfm
     from zsad.runs import import_checkpoint
     from zsad.runs.build import BackboneSpec
     from zsad.sysinfo import hardware
 
-    radio = args.backbone == "radio"
+    fam = args.backbone
+    radio, siglip = fam == "radio", fam == "siglip2"
     files: tuple[str, ...]
-    if not radio and args.dinov2_root is None:
+    if fam == "dinov2" and args.dinov2_root is None:
         raise SystemExit("--backbone dinov2 needs --dinov2-root (an extract of facebookresearch/dinov2)")
-    backbone = RADIO_BACKBONE if radio else DINOV2_BACKBONE
-    s, grid = args.image_size, args.image_size // (16 if radio else 14)
+    backbone = {"dinov2": DINOV2_BACKBONE, "radio": RADIO_BACKBONE, "siglip2": SIGLIP2_BACKBONE}[fam]
+    full = 27 if siglip else 24  # the released depth
+    depth = min(args.blocks, full)
+    s, grid = args.image_size, args.image_size // (14 if fam == "dinov2" else 16)
     picks = sorted((assets_dir() / "mpdd_metal_plate" / "defect").glob("*.png"))[: args.images]
     if radio:  # the official side takes 0-1 images (its input conditioner normalises), zsad the normalised ones
         x_official = squashed(picks, s, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         x = (x_official - torch.tensor(OPENAI_MEAN).view(3, 1, 1)) / torch.tensor(OPENAI_STD).view(3, 1, 1)
     else:
-        x = x_official = squashed(picks, s, IMAGENET_MEAN, IMAGENET_STD)
+        mean, std = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) if siglip else (IMAGENET_MEAN, IMAGENET_STD)
+        x = x_official = squashed(picks, s, mean, std)
     arch = timm_name(backbone).split(".")[0]
 
     def tower(**kw: Any) -> VisionBackbone:
-        depth = {} if args.blocks == 24 else {"depth": args.blocks}
-        vit = timm.create_model(arch, img_size=s, num_classes=0, **depth, **kw)
+        cut = {} if depth == full else {"depth": depth}
+        vit = timm.create_model(arch, img_size=s, num_classes=0, **cut, **kw)
         return VisionBackbone(vit, model_name=backbone, pretrained="none", image_size=s)
 
     with tempfile.TemporaryDirectory(prefix=f"anomalyvfm_{args.backbone}_cmp_") as tmpdir:
         tmp = Path(tmpdir)
         torch.save(x_official, tmp / "inputs.pt")
         spec = {
-            "dinov2_root": None if radio else str(args.dinov2_root.resolve()),
-            "blocks": args.blocks,
+            "dinov2_root": str(args.dinov2_root.resolve()) if fam == "dinov2" else None,
+            "blocks": depth,
             "image_size": s,
             "peft": args.peft,
             "rank": args.rank,
@@ -670,13 +778,13 @@ def compare_timm(args: argparse.Namespace, t_start: float) -> None:
             "threads": torch.get_num_threads(),
         }
         (tmp / "spec.json").write_text(json.dumps(spec))
-        driver = RADIO_DRIVER if radio else DINOV2_DRIVER
+        driver = {"dinov2": DINOV2_DRIVER, "radio": RADIO_DRIVER, "siglip2": SIGLIP2_DRIVER}[fam]
         o, t_off = run_official(driver, args.official_python, args.official_root.resolve(), tmp)
         release = tmp / "release"
         release_cfg = json.loads((release / "config.json").read_text())
 
         t0 = time.perf_counter()
-        if args.blocks == 24:  # the whole path of `zsad import-checkpoint`
+        if depth == full:  # the whole path of `zsad import-checkpoint`
             bb_spec = BackboneSpec(backbone, "none", image_size=s)
             ckpt = import_checkpoint(release, "anomalyvfm", tmp / "ckpt", "random (fidelity)", backbone=bb_spec)
             bb = VisionBackbone.from_pretrained(backbone, "none", image_size=s, seed=0)
@@ -722,7 +830,22 @@ def compare_timm(args: argparse.Namespace, t_start: float) -> None:
 
     heads, drift = output_rows(o, (score, mask_logit, mask96, smooth96, amap), s, grid)
     tok_scale, tok_diff = float(o["tokens"].abs().max()), maxdiff(o["tokens"], tokens)
-    if radio:
+    if siglip:
+        pos_row = ("patch positions, NaFlex resize_positional_embeddings vs zsad's imported table",
+                   f"{grid * grid} rows, bilinear antialiased from 16x16 to {grid}x{grid}")  # fmt: skip
+        tok_row = "pooler_output + last_hidden_state vs tower_tokens"
+        name, weights_label, files = "SigLIP2", "transformers' Siglip2Model init", SIGLIP2_FILES
+        official_how = (
+            "`models/siglip2.py` (its `AutoModel.from_pretrained` answered by `Siglip2Model(Siglip2Config(...))` of "
+            "google/siglip2-so400m-patch16-naflex's config, its `.cuda()` calls made no-ops on CPU), `decoder.py`, "
+            f"`peft_local/*`, in their own process with transformers {o['versions'].get('transformers', '?')}"
+        )
+        tower_desc = "SigLIP2 So400m/16 NaFlex vision model (width 1152, no class token, MAP head)"
+        perturbed = "position table, biases and norm weights"
+        data_norm = "one tensor (mean/std 0.5) for both sides"
+        load_how = "Hugging Face's names, positions resized by `zsad.backbone.siglip2` at load"
+        pos_from = "16x16"
+    elif radio:
         pos_row = ("patch positions, radio_local _interpolate_pos_encoding vs zsad's imported table",
                    f"{grid * grid} rows, bicubic (no antialias) from 128x128 to {grid}x{grid}")  # fmt: skip
         tok_row = "summary tokens 0-2 + spatial features vs tower_tokens"
@@ -759,13 +882,13 @@ def compare_timm(args: argparse.Namespace, t_start: float) -> None:
     imp, r2 = record["import_check"], second["record"]["import_check"]
     wrapped = o["wrapped"]
     kinds = sorted({n.rsplit(".", 2)[-2] + "." + n.rsplit(".", 1)[-1] for n in wrapped})
-    cut = "" if args.blocks == 24 else f", cut to its first {args.blocks} blocks"
+    cut = "" if depth == full else f", cut to its first {depth} blocks"
     lines = [
         f"## AnomalyVFM ({name}): zsad vs the official code (issue 30, {time.strftime('%Y-%m-%d')}, CPU)",
         "",
         f"Command: `.venv/bin/python benchmarks/compare_anomalyvfm.py --backbone {args.backbone}"
-        + ("" if radio else " --dinov2-root $DINOV2")
-        + " --official-root $AVFM --official-python $AVFM_VENV/bin/python "
+        + (" --dinov2-root $DINOV2" if fam == "dinov2" else "")
+        + f" --official-root $AVFM --official-python {'$AVFM_VENV4' if siglip else '$AVFM_VENV'}/bin/python "
         f"--blocks {args.blocks} --image-size {s} --images {args.images}"
         f"{' --peft lora' if args.peft == 'lora' else ''}` (official: MaticFuc/AnomalyVFM @4da96b4, `hf_model.py`, "
         f"{official_how}; files {file_hashes(args.official_root, files)}).",
@@ -778,7 +901,7 @@ def compare_timm(args: argparse.Namespace, t_start: float) -> None:
         "",
         f"Release written by the official `save_pretrained`: config.json {json.dumps(release_cfg, sort_keys=True)}; "
         f"imported in {t_imp:.1f} s onto a random timm `{arch}`"
-        + ("" if args.blocks == 24 else f" cut to {args.blocks} blocks")
+        + ("" if depth == full else f" cut to {depth} blocks")
         + f": {imp['compared_tensors']} tower tensors compared, {imp['differing_tensors']} differ, so the released "
         f"tower was stored (`tower_weights={record['weights']}`).",
         "",
