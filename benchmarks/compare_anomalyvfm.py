@@ -1,4 +1,4 @@
-"""zsad's AnomalyVFM (CLIP) against the OFFICIAL AnomalyVFM code (MaticFuc/AnomalyVFM @4da96b4), two processes.
+"""zsad's AnomalyVFM (CLIP, DINOv2, RADIO, SigLIP2) against the OFFICIAL AnomalyVFM code (MaticFuc/AnomalyVFM @4da96b4), two processes.
 
 The official code is imported at run time from ``--official-root`` (an extracted checkout; never copied into this
 project) by a driver that runs in ``--official-python``, a venv with ``transformers`` (its HF CLIP) and the same
@@ -59,6 +59,25 @@ folded, 37x37 positions resampled at load), which the importer must find bit-equ
     git clone https://github.com/facebookresearch/dinov2 "$DINOV2"
     .venv/bin/python benchmarks/compare_anomalyvfm.py --backbone dinov2 --dinov2-root "$DINOV2" \\
         --official-root "$AVFM" --official-python "$AVFM_VENV"/bin/python --blocks 4 --image-size 448
+
+``--backbone radio``: the official ``hf_model`` builds RADIO with ``use_local=True``, its own ``radio_local.py``
+(RADIO v2.5-L: 8 prefix tokens, a 128x128 position table resized bicubically per forward, no final norm), random
+weights (the table, zeros at init, perturbed). The driver feeds it 0-1 images (its input conditioner normalises) and
+zsad the same images normalised with OpenAI's mean/std; the release is imported onto zsad's
+``timm:vit_large_patch16_radio_v2_5``, and once more onto that tower loaded by timm from the released tower's RADIO
+names (``zsad.backbone.radio``'s converter).
+
+``--backbone siglip2`` (``--blocks 27`` as released): ``models/siglip2.py`` calls
+``AutoModel.from_pretrained("google/siglip2-so400m-patch16-naflex").vision_model``; the driver answers it with
+``Siglip2Model(Siglip2Config(...))`` of that checkpoint's vision config (random weights; positions, biases and norm
+weights perturbed) and makes the file's ``.cuda()`` calls no-ops on CPU. The file was written for transformers 4.x:
+on 5.x its ``vision_model(attention_mask=...)`` call fails, so its venv needs ``transformers<5``:
+
+    "$AVFM_VENV4"/bin/pip install torch==2.14.1 torchvision==0.29.1 "transformers>=4.56,<5" safetensors
+    .venv/bin/python benchmarks/compare_anomalyvfm.py --backbone siglip2 --official-root "$AVFM" \\
+        --official-python "$AVFM_VENV4"/bin/python --blocks 27 --image-size 768 --images 2
+    .venv/bin/python benchmarks/compare_anomalyvfm.py --backbone radio --official-root "$AVFM" \\
+        --official-python "$AVFM_VENV"/bin/python --blocks 24 --image-size 768 --images 2
 
 Random weights everywhere: fidelity only, NOT detection quality.
 """

@@ -722,10 +722,13 @@ def test_radio_weights_load_as_the_release_code_runs_them(radio_images: torch.Te
     torch.testing.assert_close(tokens, torch.cat([want[:, :3], want[:, 8:]], 1), atol=2e-5, rtol=1e-5)
     from timm.models.vision_transformer import _convert_radio
 
-    timm_pos = _convert_radio({"radio_model." + k: v for k, v in state.items()}, bb.model)["pos_embed"]
-    assert (timm_pos - bb.model.pos_embed).abs().max() > 1e-2
     from zsad.backbone.radio import convert_radio
 
+    hub = {("base_model." + k.removeprefix("model.") if k.startswith("model.") else k): v for k, v in state.items()}
+    by_hub = convert_radio(hub, bb.model)  # NVIDIA's torch hub names (per its hubconf): the same tensors
+    assert all(torch.equal(by_hub[k], v) for k, v in bb.model.state_dict().items() if k in by_hub)
+    timm_pos = _convert_radio({"radio_model." + k: v for k, v in state.items()}, bb.model)["pos_embed"]
+    assert (timm_pos - bb.model.pos_embed).abs().max() > 1e-2
     bad = {**state, "input_conditioner.norm_std": torch.ones(3, 1, 1)}
     _one_line(lambda: convert_radio(bad, bb.model), "input_conditioner.norm_std is .* not OpenAI")
     _one_line(lambda: convert_radio({"visual.proj": torch.zeros(1)}, bb.model), "not RADIO weights.*'visual.proj'")

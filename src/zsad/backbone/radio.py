@@ -14,8 +14,10 @@ mean/std applied to a 0-1 image (here: the preprocess's mean/std). ``--backbone 
 
 Weights: no download (``--weights FILE`` or ``--pretrained none``). The file holds RADIO's module names
 (``model.patch_generator.embedder.weight``, ``model.patch_generator.cls_token.token``,
-``model.patch_generator.pos_embed``, ``model.blocks.N.*``, optionally under ``radio_model.`` or ``base_model.``, with
-``input_conditioner.*`` checked against OpenAI's statistics) or timm's names at the model's grid.
+``model.patch_generator.pos_embed``, ``model.blocks.N.*`` as RADIOModel names them; ``radio_model.model.*`` as
+timm reads NVIDIA's Hugging Face layout; ``base_model.*`` as NVIDIA's torch hub state dict does, per its hubconf.py:
+the last two are not tried on a real file), with ``input_conditioner.*`` checked against OpenAI's statistics, or
+timm's names at the model's grid.
 """
 
 from __future__ import annotations
@@ -34,8 +36,14 @@ NAME = "vit_large_patch16_radio_v2_5"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 PREFIX_TOKENS = 8  # RADIO v2.5's ClsToken: its first tokens are the summaries, the rest registers
-RADIO_PREFIXES = ("radio_model.", "base_model.", "")  # HF C-RADIO layout, NVIDIA's torch hub checkpoint, bare
-STEM = "model.patch_generator."
+# where a file keeps the ViT (patch_generator, blocks) and the input conditioner: timm's reading of NVIDIA's Hugging
+# Face layout, RADIOModel's own names (radio_local.py, as in the AnomalyVFM release), NVIDIA's torch hub state dict
+RADIO_LAYOUTS = (
+    ("radio_model.model.", "radio_model.input_conditioner."),
+    ("model.", "input_conditioner."),
+    ("base_model.", "input_conditioner."),
+)
+STEM = "patch_generator."
 
 default_cfgs = generate_default_cfgs(
     {
@@ -75,19 +83,22 @@ RADIO_BLOCK = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2") 
 
 
 def radio_to_timm(
-    take: Callable[[str], torch.Tensor], layers: int, grid: tuple[int, int], conditioner: bool = True
+    vit: Callable[[str], torch.Tensor],
+    conditioner: Callable[[str], torch.Tensor] | None,
+    layers: int,
+    grid: tuple[int, int],
 ) -> dict[str, torch.Tensor]:
-    """RADIO v2.5 tensors (read through ``take``, by RADIOModel's names) -> timm names at ``grid``.
+    """RADIO v2.5 tensors -> timm names at ``grid``; ``vit`` and ``conditioner`` read them by their own names.
 
     The bias-free linear patch embedding becomes timm's conv weight with a zero bias, the 8 prefix tokens
-    ``cls_token`` + 7 ``reg_token``, the 128x128 table ``radio_positions`` at ``grid``. The input conditioner, read
-    when ``conditioner``, must be OpenAI's mean/std (zsad's preprocess applies it).
+    ``cls_token`` + 7 ``reg_token``, the 128x128 table ``radio_positions`` at ``grid``. The input conditioner, when
+    there is one, must be OpenAI's mean/std (zsad's preprocess applies it).
     """
     for key, want in (("norm_mean", OPENAI_MEAN), ("norm_std", OPENAI_STD)):
-        got = take("input_conditioner." + key).flatten() if conditioner else torch.tensor(want)
+        got = conditioner(key).flatten() if conditioner else torch.tensor(want)
         if not torch.allclose(got.float(), torch.tensor(want), atol=1e-6):
             raise ZsadInputError(f"{NAME}: input_conditioner.{key} is {got.tolist()}, not OpenAI's {list(want)}")
-    embed, tokens = take(STEM + "embedder.weight"), take(STEM + "cls_token.token")
+    embed, tokens = vit(STEM + "embedder.weight"), vit(STEM + "cls_token.token")
     width, p = embed.shape[0], round((embed.shape[1] // 3) ** 0.5)
     if 3 * p * p != embed.shape[1] or tuple(tokens.shape) != (PREFIX_TOKENS, width):
         raise ZsadInputError(
@@ -96,11 +107,11 @@ def radio_to_timm(
         )
     out = {"patch_embed.proj.weight": embed.reshape(width, 3, p, p), "patch_embed.proj.bias": embed.new_zeros(width)}
     out["cls_token"], out["reg_token"] = tokens[None, :1], tokens[None, 1:]
-    out["pos_embed"] = radio_positions(take(STEM + "pos_embed"), grid)
+    out["pos_embed"] = radio_positions(vit(STEM + "pos_embed"), grid)
     for i in range(layers):
         for n in RADIO_BLOCK:
             for kind in ("weight", "bias"):
-                out[f"blocks.{i}.{n}.{kind}"] = take(f"model.blocks.{i}.{n}.{kind}")
+                out[f"blocks.{i}.{n}.{kind}"] = vit(f"blocks.{i}.{n}.{kind}")
     return out
 
 
@@ -109,22 +120,25 @@ def convert_radio(state: dict[str, Any], model: VisionTransformer) -> dict[str, 
     state = state.get("state_dict_ema") or state.get("state_dict") or state
     if "patch_embed.proj.weight" in state:
         return dict(state)
-    prefix = next((p for p in RADIO_PREFIXES if p + STEM + "embedder.weight" in state), None)
-    if prefix is None:
+    layout = next((lay for lay in RADIO_LAYOUTS if lay[0] + STEM + "embedder.weight" in state), None)
+    if layout is None:
         raise ZsadInputError(
-            f"{NAME}: not RADIO weights (expected {STEM}embedder.weight, optionally under radio_model. or "
+            f"{NAME}: not RADIO weights (expected {STEM}embedder.weight under model., radio_model.model. or "
             f"base_model.; found e.g. {next(iter(state), 'nothing')!r})"
         )
 
-    def take(key: str) -> torch.Tensor:
-        if prefix + key not in state:
-            raise ZsadInputError(f"{NAME}: tensor {prefix + key!r} is missing")
-        t: torch.Tensor = state[prefix + key]
-        return t
+    def under(prefix: str) -> Callable[[str], torch.Tensor]:
+        def take(key: str) -> torch.Tensor:
+            if prefix + key not in state:
+                raise ZsadInputError(f"{NAME}: tensor {prefix + key!r} is missing")
+            t: torch.Tensor = state[prefix + key]
+            return t
+
+        return take
 
     grid = tuple(int(g) for g in model.patch_embed.grid_size)
-    has_conditioner = prefix + "input_conditioner.norm_mean" in state
-    return radio_to_timm(take, len(model.blocks), (grid[0], grid[1]), conditioner=has_conditioner)
+    conditioner = under(layout[1]) if layout[1] + "norm_mean" in state else None
+    return radio_to_timm(under(layout[0]), conditioner, len(model.blocks), (grid[0], grid[1]))
 
 
 @register_model

@@ -1122,7 +1122,12 @@ def convert_radio_release(
     idx = left.pop(HF_NET + "summary_idxs", None)
     if idx is None or idx.tolist() != [0, 1, 2]:
         raise ZsadInputError(f"{weights}: summary_idxs {None if idx is None else idx.tolist()}, not [0, 1, 2]")
-    tower = _release_tower(lambda: radio_to_timm(lambda k: unwrap(HF_NET + k), layers, grid), weights)
+    tower = _release_tower(
+        lambda: radio_to_timm(
+            lambda k: unwrap(RADIO_NET + k), lambda k: take(f"{HF_NET}input_conditioner.{k}"), layers, grid
+        ),
+        weights,
+    )
     parts = _take_adapters(take, RADIO_NET, kind, layers)
     _take_heads(parts, left, take, weights)
     return parts, tower
