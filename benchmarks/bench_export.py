@@ -11,11 +11,16 @@ For every method asked for, on the same images (MT_Free normals + MT_Crack defec
   the bare backbone forward (open_clip ``encode_image``, torch fp32) on the same images in the same run.
 
 Methods that cannot be exported (adaclip, musc, dual-image) get the bf16 rows only. Trained parts (sdp+, adaclip,
-anomalyclip) are seeded random parts saved as a checkpoint, as ``zsad train`` would write them.
+anomalyclip, anomalyvfm) are seeded random parts saved as a checkpoint, as ``zsad train`` would write them.
+AnomalyVFM's fresh adapters are the identity (B = 0, DoRA magnitudes = row norms), so its adapters are also shifted
+by seeded noise (``PERTURBED``; its decoder and predictor keep their seeded init): otherwise the adapters, and their
+precision, would not be measured at all.
 
 Random backbone weights (no pretrained CLIP here): AUROC values are NOT quality, only how much precision moves them.
 
     python benchmarks/bench_export.py --backbone ViT-B-16 --image-size 224 --append-results
+
+AnomalyVFM runs on the bench's backbone and size (its own default is ViT-L-14-336-quickgelu at 672 px).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from _results import add_results_args, emit
+from _results import add_results_args, assets_dir, emit
 from zsad.backbone import ClipBackbone
 from zsad.data import load_image, squash_image
 from zsad.export import export_method, refused
@@ -43,7 +48,10 @@ from zsad.runs.sets import predict_set
 from zsad.runtime import open_graph
 
 PATHS = (("onnxruntime", "ONNX fp32 (noise floor)"), ("bf16", "torch bf16"), ("fp16", "ONNX fp16 (onnxruntime)"))
-ALL = ["winclip", "winclip-2shot", "sdp", "sdp+", "rwda", "anomalyclip", "adaclip", "musc", "dual-image"]
+ALL = ["winclip", "winclip-2shot", "sdp", "sdp+", "rwda", "anomalyclip", "adaclip", "musc", "dual-image", "anomalyvfm"]
+# {method: (prefix, std of lora_* tensors, std of the others)}: parameters under prefix get seeded noise before the
+# checkpoint is saved. AnomalyVFM's fresh adapters are the identity, which would leave them out of the measurement.
+PERTURBED = {"anomalyvfm": ("adapters.", 0.05, 0.1)}
 
 
 def load_images(assets: Path, size: int, n_normal: int, n_defect: int, k_ref: int) -> dict[str, Any]:
@@ -71,11 +79,23 @@ def build(name: str, bb: ClipBackbone, ckdir: Path, refs: torch.Tensor) -> Any:
         if not ck.exists():
             m = create_method(method, bb, **kwargs)
             m.build_parts(0)
+            if method in PERTURBED:
+                perturb(m.parts, *PERTURBED[method])
             m.save(ck, {"note": "seeded random parts for bench_export"})
         kwargs["checkpoint"] = str(ck)
     m = create_method(method, bb, **kwargs)
     m.setup("tile", refs if name.endswith("-2shot") else None)
     return m
+
+
+def perturb(parts: torch.nn.Module, prefix: str, lora_std: float, other_std: float, seed: int = 7) -> None:
+    """Seeded Gaussian noise on parameters under ``prefix``: ``lora_std`` on low-rank tensors, else ``other_std``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in parts.named_parameters():
+            if name.startswith(prefix):
+                std = lora_std if "lora" in name else other_std
+                p.add_(torch.randn(p.shape, generator=g).to(p.device, p.dtype) * std)
 
 
 def timed(fn: Any, reps: int) -> tuple[Any, float]:
@@ -134,7 +154,7 @@ def main() -> None:
     ap.add_argument("--n-defect", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--reps", type=int, default=1, help="timed repetitions after the warm-up")
-    ap.add_argument("--assets", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "assets")
+    ap.add_argument("--assets", type=Path, default=assets_dir(), help="default: $ZSAD_ASSETS, else ../shared/assets")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--rows", type=Path, default=None, help="also write the measured rows as JSON to this file")
     ap.add_argument("--report-from", type=Path, default=None, help="only print the report of rows saved by --rows")
