@@ -806,6 +806,13 @@ def test_radio_release_imports_stored_and_runs_as_the_tower_it_holds(
     a, b = got.predict(radio_images), want.predict(radio_images)
     assert torch.equal(a.pred_score, b.pred_score) and torch.equal(a.anomaly_map, b.anomaly_map)
     assert (a.pred_score - m.predict(radio_images).pred_score).abs().max() > 1e-4  # the stored tower is what ran
+    # --weights the release file itself: the backbone holds the released tower, nothing is stored, same outputs
+    own = _radio_model(pretrained=True, pretrained_cfg_overlay={"file": str(src / "model.safetensors")})
+    own_bb = VisionBackbone(own, model_name=RADIO, pretrained="none", image_size=RADIO_SIZE)
+    small = _vfm(own_bb, checkpoint=str(_dino_import(src, tmp_path / "ckpt_own", own_bb)))
+    assert small.config.tower_weights == "backbone"
+    c = small.predict(radio_images)
+    assert torch.equal(c.pred_score, a.pred_score) and torch.equal(c.anomaly_map, a.anomaly_map)
     cases: list[tuple[str, dict[str, torch.Tensor], str]] = [
         ("idx", {**release, "model.net.summary_idxs": torch.tensor([0, 1, 3])}, "summary_idxs \\[0, 1, 3\\]"),
         ("cond", {**release, "model.net.input_conditioner.norm_mean": torch.zeros(3, 1, 1)}, "not OpenAI"),
@@ -987,6 +994,11 @@ def test_siglip2_release_imports_stored_drops_the_heads_dead_adapters_and_runs(
     want.training_manifest = {}
     a, b = got.predict(radio_images), want.predict(radio_images)
     assert torch.equal(a.pred_score, b.pred_score) and torch.equal(a.anomaly_map, b.anomaly_map)
+    own = _siglip_model(pretrained=True, pretrained_cfg_overlay={"file": str(src / "model.safetensors")})
+    own_bb = VisionBackbone(own, model_name=SIGLIP, pretrained="none", image_size=RADIO_SIZE)
+    small = _vfm(own_bb, checkpoint=str(_dino_import(src, tmp_path / "ckpt_own", own_bb)))
+    c = small.predict(radio_images)
+    assert small.config.tower_weights == "backbone" and torch.equal(c.anomaly_map, a.anomaly_map)
     miss = _write_release(tmp_path / "miss", {k: v for k, v in release.items() if "head.layernorm.bias" not in k},
                           model_name="siglip2", image_size=RADIO_SIZE)  # fmt: skip
     _one_line(

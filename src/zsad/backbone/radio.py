@@ -16,8 +16,8 @@ Weights: no download (``--weights FILE`` or ``--pretrained none``). The file hol
 (``model.patch_generator.embedder.weight``, ``model.patch_generator.cls_token.token``,
 ``model.patch_generator.pos_embed``, ``model.blocks.N.*`` as RADIOModel names them; ``radio_model.model.*`` as
 timm reads NVIDIA's Hugging Face layout; ``base_model.*`` as NVIDIA's torch hub state dict does, per its hubconf.py:
-the last two are not tried on a real file), with ``input_conditioner.*`` checked against OpenAI's statistics, or
-timm's names at the model's grid.
+the last two are not tried on a real file; ``model.net.model.*`` in an AnomalyVFM RADIO release, whose tower it then
+reads), with ``input_conditioner.*`` checked against OpenAI's statistics, or timm's names at the model's grid.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ RADIO_LAYOUTS = (
     ("radio_model.model.", "radio_model.input_conditioner."),
     ("model.", "input_conditioner."),
     ("base_model.", "input_conditioner."),
+    ("model.net.model.", "model.net.input_conditioner."),  # an AnomalyVFM RADIO release (its tower; wrappers unwrapped)
 )
 STEM = "patch_generator."
 
@@ -129,10 +130,12 @@ def convert_radio(state: dict[str, Any], model: VisionTransformer) -> dict[str, 
 
     def under(prefix: str) -> Callable[[str], torch.Tensor]:
         def take(key: str) -> torch.Tensor:
-            if prefix + key not in state:
-                raise ZsadInputError(f"{NAME}: tensor {prefix + key!r} is missing")
-            t: torch.Tensor = state[prefix + key]
-            return t
+            module, _, leaf = key.rpartition(".")
+            for name in (prefix + key, f"{prefix}{module}.layer.{leaf}"):  # a release's adapter wrapper keeps .layer
+                if name in state:
+                    t: torch.Tensor = state[name]
+                    return t
+            raise ZsadInputError(f"{NAME}: tensor {prefix + key!r} is missing")
 
         return take
 

@@ -13,7 +13,8 @@ LayerNorm eps 1e-6, no class token, a final LayerNorm (``post_layernorm``), the 
 
 Weights: no download (``--weights FILE`` or ``--pretrained none``). The file holds Hugging Face's vision names
 (``embeddings.patch_embedding.weight``, ``encoder.layers.N.self_attn.q_proj.weight``, ``head.probe``, ...; under
-``vision_model.`` in a full SigLIP2 checkpoint) or timm's names at the model's grid.
+``vision_model.`` in a full SigLIP2 checkpoint, under ``model.net.`` in an AnomalyVFM SigLIP2 release, whose tower it
+then reads) or timm's names at the model's grid.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from zsad.errors import ZsadInputError
 
 NAME = "vit_so400m_patch16_siglip2_naflex"
 MEAN = STD = (0.5, 0.5, 0.5)
-HF_PREFIXES = ("vision_model.", "")  # a full SigLIP2 checkpoint, the vision model alone
+HF_PREFIXES = ("vision_model.", "", "model.net.")  # a full SigLIP2 checkpoint, the vision model, an AnomalyVFM release
 PROBE = "embeddings.patch_embedding.weight"
 
 default_cfgs = generate_default_cfgs(
@@ -120,10 +121,12 @@ def convert_siglip2(state: dict[str, Any], model: VisionTransformer) -> dict[str
     grid = tuple(int(g) for g in model.patch_embed.grid_size)
 
     def take(key: str) -> torch.Tensor:
-        if prefix + key not in state:
-            raise ZsadInputError(f"{NAME}: tensor {prefix + key!r} is missing")
-        t: torch.Tensor = state[prefix + key]
-        return t
+        module, _, leaf = key.rpartition(".")
+        for name in (prefix + key, f"{prefix}{module}.layer.{leaf}"):  # a release's adapter wrapper keeps .layer
+            if name in state:
+                t: torch.Tensor = state[name]
+                return t
+        raise ZsadInputError(f"{NAME}: tensor {prefix + key!r} is missing")
 
     return hf_to_timm(take, len(model.blocks), (grid[0], grid[1]))
 
