@@ -1,4 +1,6 @@
-"""zsad's AnomalyVFM (CLIP, DINOv2, RADIO, SigLIP2) against the OFFICIAL AnomalyVFM code (MaticFuc/AnomalyVFM @4da96b4), two processes.
+"""zsad's AnomalyVFM (CLIP, DINOv2, RADIO, SigLIP2) against the OFFICIAL code (MaticFuc/AnomalyVFM @4da96b4).
+
+Two processes.
 
 The official code is imported at run time from ``--official-root`` (an extracted checkout; never copied into this
 project) by a driver that runs in ``--official-python``, a venv with ``transformers`` (its HF CLIP) and the same
@@ -949,22 +951,39 @@ def compare_timm(args: argparse.Namespace, t_start: float) -> None:
 
 
 def cost(args: argparse.Namespace) -> None:
-    """Seconds per image of ``predict`` against the bare backbone forward (``encode_image``, last block) at the size.
+    """Seconds per image of ``predict`` against the bare backbone forward (``encode_image``) at the size.
 
     Random weights (the cost does not depend on their values); the adapters are DoRA with random B, so the merged
-    weights are rebuilt as in a real run. Each is run once to warm up, then ``--cost`` times, one image per call.
+    weights are rebuilt as in a real run. Each is run once to warm up, then ``--cost`` times, one image per call,
+    the two alternating so that a change of machine load falls on both; the load average is recorded.
     """
+    import os
+
+    import timm
+
     from zsad.backbone import ClipBackbone
+    from zsad.backbone.vision import VisionBackbone, timm_name
     from zsad.methods import create_method
+    from zsad.methods.anomalyvfm import DINOV2_BACKBONE, RADIO_BACKBONE, SIGLIP2_BACKBONE
     from zsad.sysinfo import hardware
 
-    s = args.image_size
-    name = "ViT-L-14-336-quickgelu"
-    if args.blocks != 24:
-        path = Path(tempfile.mkdtemp(prefix="anomalyvfm_cost_")) / "vit_l14_336_quickgelu.json"
-        path.write_text(json.dumps(open_clip_config(args.blocks)))
-        name = str(path)
-    bb = ClipBackbone.from_pretrained(name, "none", image_size=s, seed=args.seed)
+    s, fam = args.image_size, args.backbone
+    bb: Any
+    if fam == "clip":
+        name = "ViT-L-14-336-quickgelu"
+        if args.blocks != 24:
+            path = Path(tempfile.mkdtemp(prefix="anomalyvfm_cost_")) / "vit_l14_336_quickgelu.json"
+            path.write_text(json.dumps(open_clip_config(args.blocks)))
+            name = str(path)
+        bb = ClipBackbone.from_pretrained(name, "none", image_size=s, seed=args.seed)
+    else:
+        backbone = {"dinov2": DINOV2_BACKBONE, "radio": RADIO_BACKBONE, "siglip2": SIGLIP2_BACKBONE}[fam]
+        full = 27 if fam == "siglip2" else 24
+        cut = {} if args.blocks >= full else {"depth": args.blocks}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            vit = timm.create_model(timm_name(backbone).split(".")[0], img_size=s, num_classes=0, **cut)
+        bb = VisionBackbone(vit, model_name=backbone, pretrained="none", image_size=s)
     m: Any = create_method("anomalyvfm", bb, peft=args.peft, rank=args.rank)
     with torch.no_grad():
         for p in m.parts.parameters():
@@ -972,32 +991,38 @@ def cost(args: argparse.Namespace) -> None:
     m.training_manifest = {}
     m.setup(None)
     x = torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(0))
-
-    def timed(fn: Any) -> float:
-        with torch.no_grad():
-            fn()
-            t0 = time.perf_counter()
-            for _ in range(args.cost):
-                fn()
-        return (time.perf_counter() - t0) / args.cost
-
-    bare = timed(lambda: bb.encode_image(x, layers=(bb.num_layers,)))
-    full = timed(lambda: m.predict(x))
+    runs: dict[str, list[float]] = {"bare": [], "predict": []}
+    fns = {"bare": lambda: bb.encode_image(x), "predict": lambda: m.predict(x)}
+    load = [os.getloadavg()[0]]
+    with torch.no_grad():
+        for f in fns.values():
+            f()
+        for _ in range(args.cost):
+            for key, f in fns.items():
+                t0 = time.perf_counter()
+                f()
+                runs[key].append(time.perf_counter() - t0)
+    load.append(os.getloadavg()[0])
+    bare, pred = (sum(v) / len(v) for v in runs.values())
+    spread = max(max(v) / min(v) for v in runs.values())
+    shown = {"clip": "CLIP", "dinov2": "DINOv2", "radio": "RADIO", "siglip2": "SigLIP2"}[fam]
     text = "\n".join(
         [
-            f"## AnomalyVFM (CLIP) cost, ratio to the bare backbone forward ({time.strftime('%Y-%m-%d')}, CPU)",
+            f"## AnomalyVFM ({shown}) cost, ratio to the bare backbone forward ({time.strftime('%Y-%m-%d')}, CPU)",
             "",
             f"Command: `.venv/bin/python benchmarks/compare_anomalyvfm.py --official-root - --official-python - "
-            f"--cost {args.cost} --blocks {args.blocks} --image-size {s}` (random weights: cost only). "
-            f"{bb.num_layers} blocks at {s} px, {args.peft} rank {args.rank}, one image per call, mean of "
-            f"{args.cost} after one warm-up.",
+            f"--backbone {fam} --cost {args.cost} --blocks {args.blocks} --image-size {s}` (random weights: cost "
+            f"only). `{bb.model_name}`, {bb.num_layers} blocks at {s} px, {args.peft} rank {args.rank}, one image "
+            f"per call, mean of {args.cost} (alternating) after one warm-up each; slowest/fastest call within a "
+            f"kind: {spread:.2f}x.",
             "",
             "| forward | seconds per image | ratio |",
             "|---|---:|---:|",
-            f"| bare backbone (`encode_image`, last block) | {bare:.2f} | 1.00 |",
-            f"| anomalyvfm `predict` (adapters, decoder, map) | {full:.2f} | {full / bare:.2f} |",
+            f"| bare backbone (`encode_image`) | {bare:.2f} | 1.00 |",
+            f"| anomalyvfm `predict` (adapters, decoder, map) | {pred:.2f} | {pred / bare:.2f} |",
             "",
-            f"Hardware: {hardware('cpu')}, no GPU; torch {torch.__version__}.",
+            f"Hardware: {hardware('cpu')}, no GPU; torch {torch.__version__}; 1-minute load average "
+            f"{load[0]:.1f} before, {load[1]:.1f} after (2 cores).",
             "",
         ]
     )

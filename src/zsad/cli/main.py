@@ -333,7 +333,7 @@ def export_cmd(
     bb: BackboneSpec,
     out: Annotated[Path, typer.Option(help="Folder for the model file(s) and manifest.json.")],
     method: Annotated[
-        str | None, typer.Option(help="winclip, sdp, sdp+, rwda or anomalyclip (see docs/export.md).")
+        str | None, typer.Option(help="winclip, sdp, sdp+, rwda, anomalyclip or anomalyvfm (see docs/export.md).")
     ] = None,
     class_name: Annotated[str | None, typer.Option(help="Object name baked into the prompts.")] = None,
     reference_dir: Annotated[

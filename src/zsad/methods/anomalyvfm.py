@@ -392,6 +392,7 @@ class AnomalyVfm(TrainableMethod):
         "or the Drive model.pkl (read with weights_only=True)"
     )
     official_folder: ClassVar[bool] = True  # ``import_checkpoint`` takes the release folder as it is downloaded
+    full_precision = {"bf16": "measured: bf16 flipped image decisions beyond the fp32 noise floor, see RESULTS.md"}
 
     def __init__(self, backbone: Backbone, config: MethodConfig | None = None, **overrides: Any) -> None:
         self.layout = tower_layout(backbone)
