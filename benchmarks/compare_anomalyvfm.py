@@ -128,7 +128,7 @@ MEAN_KERNEL = 5  # test.py --mean-kernel-size
 FLOAT_TOL = 1e-4  # maps and scores (in [0, 1]): fp32 float error through 24 blocks at 2305 tokens
 GRAD_REL_TOL = 1e-5  # gradients, relative to the tensor group's largest official value
 
-DRIVER = r'''
+PREAMBLE = r"""
 import json
 import sys
 from pathlib import Path
@@ -140,7 +140,12 @@ root, tmp = Path(sys.argv[1]), Path(sys.argv[2])
 sys.path.insert(0, str(root))
 spec = json.loads((tmp / "spec.json").read_text())
 torch.set_num_threads(spec["threads"])
+"""
 
+
+DRIVER = (
+    PREAMBLE
+    + r'''
 import transformers
 from transformers import CLIPConfig, CLIPModel
 
@@ -223,22 +228,48 @@ out["train"] = {
 out["versions"] = {"transformers": transformers.__version__, "torch": torch.__version__}
 torch.save(out, tmp / "official.pt")
 '''
+)
 
 
-DINOV2_DRIVER = r'''
-import json
+TIMM_TAIL = r"""
+keys = ("tokens", "score", "mask_logit", "mask", "smoothed", "score_bf16", "mask_bf16", "smoothed_bf16")
+rows = {k: [] for k in keys}
+ms = fs * 2  # test.py: mask size = feat_size * 2 ** num_up_layers
+pool = torch.nn.AvgPool2d((spec["kernel"], spec["kernel"]), 1, spec["kernel"] // 2)
+for i in range(len(x)):
+    img = x[i : i + 1]
+    with torch.no_grad():  # hf_model.forward's lines, autocast off (fp32)
+        summary, ftrs = model.model(img)
+        tokens = torch.cat([summary.reshape(1, -1, ftrs.shape[-1]), ftrs], 1)  # RADIO: 3 summary tokens
+        ftrs = ftrs.permute(0, 2, 1).reshape(1, -1, fs, fs)
+        score = model.predictor(summary).sigmoid()
+        mask_logit, _ = model.decoder(ftrs)
+        mask = mask_logit.sigmoid()
+        smoothed = pool(F.interpolate(mask, (ms, ms)).squeeze(1))  # test.py
+        score_b, mask_b = model(img)  # the official forward: bf16 autocast
+        smoothed_b = pool(F.interpolate(mask_b, (ms, ms)).squeeze(1))
+    for k, v in zip(rows, (tokens, score, mask_logit, mask, smoothed, score_b, mask_b, smoothed_b)):
+        rows[k].append(v.float())
+out.update({k: torch.cat(v) for k, v in rows.items()})
+out["wrapped"] = sorted(n for n, mod in net.named_modules() if type(mod).__name__.endswith("Wrapper"))
+out["meta_state"] = {  # the released tower in its own module names (the wrappers' inner layers), for timm
+    k.replace(".layer.", "."): v.clone()
+    for k, v in net.state_dict().items()
+    if not any(t in k.rsplit(".", 1)[-1] for t in ("lora_", "mag"))
+}
+out["versions"] = versions
+torch.save(out, tmp / "official.pt")
+"""
+
+
+DINOV2_DRIVER = (
+    r"""
 import os
-import sys
-from pathlib import Path
 
 os.environ["XFORMERS_DISABLED"] = "1"  # the plain torch attention path, as on a machine without xformers
-import torch
-import torch.nn.functional as F
-
-root, tmp = Path(sys.argv[1]), Path(sys.argv[2])
-sys.path.insert(0, str(root))
-spec = json.loads((tmp / "spec.json").read_text())
-torch.set_num_threads(spec["threads"])
+"""
+    + PREAMBLE
+    + r'''
 hub_load = torch.hub.load
 
 
@@ -270,55 +301,21 @@ with torch.no_grad():
         elif leaf in ("cls_token", "register_tokens"):  # init 1e-6: made visible
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
 net = model.model.net
-wrapped = sorted(n for n, mod in net.named_modules() if type(mod).__name__.endswith("Wrapper"))
 model.save_pretrained(tmp / "release")
 
 x = torch.load(tmp / "inputs.pt")
 fs = model.feat_size
-ms = fs * 2
-pool = torch.nn.AvgPool2d((spec["kernel"], spec["kernel"]), 1, spec["kernel"] // 2)
 emb = torch.zeros(1, 1 + fs * fs, net.embed_dim)
 out = {"pos": net.interpolate_pos_encoding(emb, spec["image_size"], spec["image_size"])[0]}
-keys = ("tokens", "score", "mask_logit", "mask", "smoothed", "score_bf16", "mask_bf16", "smoothed_bf16")
-rows = {k: [] for k in keys}
-for i in range(len(x)):
-    img = x[i : i + 1]
-    with torch.no_grad():  # hf_model.forward's lines, autocast off (fp32)
-        summary, ftrs = model.model(img)
-        tokens = torch.cat([summary[:, None], ftrs], 1)
-        ftrs = ftrs.permute(0, 2, 1).reshape(1, -1, fs, fs)
-        score = model.predictor(summary).sigmoid()
-        mask_logit, _ = model.decoder(ftrs)
-        mask = mask_logit.sigmoid()
-        smoothed = pool(F.interpolate(mask, (ms, ms)).squeeze(1))  # test.py
-        score_b, mask_b = model(img)  # the official forward: bf16 autocast
-        smoothed_b = pool(F.interpolate(mask_b, (ms, ms)).squeeze(1))
-    for k, v in zip(rows, (tokens, score, mask_logit, mask, smoothed, score_b, mask_b, smoothed_b)):
-        rows[k].append(v.float())
-out.update({k: torch.cat(v) for k, v in rows.items()})
-out["wrapped"] = wrapped
-out["meta_state"] = {  # the released tower in Meta's own module names (the wrappers' inner layers), for timm
-    k.replace(".layer.", "."): v.clone()
-    for k, v in net.state_dict().items()
-    if not any(t in k.rsplit(".", 1)[-1] for t in ("lora_", "mag"))
-}
-out["versions"] = {"torch": torch.__version__}
-torch.save(out, tmp / "official.pt")
+versions = {"torch": torch.__version__}
 '''
+    + TIMM_TAIL
+)
 
 
-RADIO_DRIVER = r"""
-import json
-import sys
-from pathlib import Path
-
-import torch
-import torch.nn.functional as F
-
-root, tmp = Path(sys.argv[1]), Path(sys.argv[2])
-sys.path.insert(0, str(root))
-spec = json.loads((tmp / "spec.json").read_text())
-torch.set_num_threads(spec["threads"])
+RADIO_DRIVER = (
+    PREAMBLE
+    + r"""
 from hf_model import AnomalyVFM, AnomalyVFMConfig
 
 torch.manual_seed(spec["seed"])
@@ -339,56 +336,22 @@ with torch.no_grad():
             p.mul_(1 + 0.05 * torch.randn(p.shape, generator=g))
         elif leaf == "pos_embed":  # zeros at init: made visible, so the resize is compared
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-wrapped = sorted(n for n, mod in net.named_modules() if type(mod).__name__.endswith("Wrapper"))
 model.save_pretrained(tmp / "release")
 
 x = torch.load(tmp / "inputs.pt")  # 0-1 images: the input conditioner normalises inside
 fs = model.feat_size
-ms = fs * 2
-pool = torch.nn.AvgPool2d((spec["kernel"], spec["kernel"]), 1, spec["kernel"] // 2)
 vit = net.model
 emb = torch.zeros(1, vit.num_prefix_tokens + fs * fs, vit.embed_dim)
 out = {"pos": vit._interpolate_pos_encoding(emb, spec["image_size"], spec["image_size"])[0, vit.num_prefix_tokens :]}
-keys = ("tokens", "score", "mask_logit", "mask", "smoothed", "score_bf16", "mask_bf16", "smoothed_bf16")
-rows = {k: [] for k in keys}
-for i in range(len(x)):
-    img = x[i : i + 1]
-    with torch.no_grad():  # hf_model.forward's lines, autocast off (fp32)
-        summary, ftrs = model.model(img)
-        tokens = torch.cat([summary.reshape(1, 3, -1), ftrs], 1)
-        ftrs = ftrs.permute(0, 2, 1).reshape(1, -1, fs, fs)
-        score = model.predictor(summary).sigmoid()
-        mask_logit, _ = model.decoder(ftrs)
-        mask = mask_logit.sigmoid()
-        smoothed = pool(F.interpolate(mask, (ms, ms)).squeeze(1))  # test.py
-        score_b, mask_b = model(img)  # the official forward: bf16 autocast
-        smoothed_b = pool(F.interpolate(mask_b, (ms, ms)).squeeze(1))
-    for k, v in zip(rows, (tokens, score, mask_logit, mask, smoothed, score_b, mask_b, smoothed_b)):
-        rows[k].append(v.float())
-out.update({k: torch.cat(v) for k, v in rows.items()})
-out["wrapped"] = wrapped
-out["meta_state"] = {  # the released tower in RADIO's own module names (the wrappers' inner layers)
-    k.replace(".layer.", "."): v.clone()
-    for k, v in net.state_dict().items()
-    if not any(t in k.rsplit(".", 1)[-1] for t in ("lora_", "mag"))
-}
-out["versions"] = {"torch": torch.__version__}
-torch.save(out, tmp / "official.pt")
+versions = {"torch": torch.__version__}
 """
+    + TIMM_TAIL
+)
 
 
-SIGLIP2_DRIVER = r'''
-import json
-import sys
-from pathlib import Path
-
-import torch
-import torch.nn.functional as F
-
-root, tmp = Path(sys.argv[1]), Path(sys.argv[2])
-sys.path.insert(0, str(root))
-spec = json.loads((tmp / "spec.json").read_text())
-torch.set_num_threads(spec["threads"])
+SIGLIP2_DRIVER = (
+    PREAMBLE
+    + r'''
 torch.Tensor.cuda = lambda self, *args, **kwargs: self  # models/siglip2.py moves its mask and shapes with .cuda()
 
 import transformers
@@ -435,42 +398,17 @@ with torch.no_grad():
             p.mul_(1 + 0.1 * torch.randn(p.shape, generator=g))
         elif "position_embedding" in name:
             p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-wrapped = sorted(n for n, mod in net.named_modules() if type(mod).__name__.endswith("Wrapper"))
 model.save_pretrained(tmp / "release")
 
 x = torch.load(tmp / "inputs.pt")
 fs = model.feat_size
-ms = fs * 2
-pool = torch.nn.AvgPool2d((spec["kernel"], spec["kernel"]), 1, spec["kernel"] // 2)
 emb = net.embeddings
 table = emb.position_embedding.weight.reshape(emb.position_embedding_size, emb.position_embedding_size, -1)
 out = {"pos": emb.resize_positional_embeddings(table, torch.tensor([[fs, fs]]), fs * fs)[0]}
-keys = ("tokens", "score", "mask_logit", "mask", "smoothed", "score_bf16", "mask_bf16", "smoothed_bf16")
-rows = {k: [] for k in keys}
-for i in range(len(x)):
-    img = x[i : i + 1]
-    with torch.no_grad():  # hf_model.forward's lines, autocast off (fp32)
-        summary, ftrs = model.model(img)
-        tokens = torch.cat([summary[:, None], ftrs], 1)
-        ftrs = ftrs.permute(0, 2, 1).reshape(1, -1, fs, fs)
-        score = model.predictor(summary).sigmoid()
-        mask_logit, _ = model.decoder(ftrs)
-        mask = mask_logit.sigmoid()
-        smoothed = pool(F.interpolate(mask, (ms, ms)).squeeze(1))  # test.py
-        score_b, mask_b = model(img)  # the official forward: bf16 autocast
-        smoothed_b = pool(F.interpolate(mask_b, (ms, ms)).squeeze(1))
-    for k, v in zip(rows, (tokens, score, mask_logit, mask, smoothed, score_b, mask_b, smoothed_b)):
-        rows[k].append(v.float())
-out.update({k: torch.cat(v) for k, v in rows.items()})
-out["wrapped"] = wrapped
-out["meta_state"] = {  # the released tower in Hugging Face's names (the wrappers' inner layers), for timm
-    k.replace(".layer.", "."): v.clone()
-    for k, v in net.state_dict().items()
-    if not any(t in k.rsplit(".", 1)[-1] for t in ("lora_", "mag"))
-}
-out["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
-torch.save(out, tmp / "official.pt")
+versions = {"torch": torch.__version__, "transformers": transformers.__version__}
 '''
+    + TIMM_TAIL
+)
 
 
 def vision_config(blocks: int) -> dict[str, Any]:

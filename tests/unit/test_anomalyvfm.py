@@ -436,6 +436,18 @@ def test_fused_qkv_adapters_are_the_official_wrappers_literally() -> None:
     torch.testing.assert_close(adapted_qkv(x, w, b, lq, lv), want)
 
 
+def _merged_copy(model: Any, m: AnomalyVfm) -> Any:
+    """A copy of a timm tower whose fused qkv rows (q, v) and proj hold ``m``'s adapted (merged) weights."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for i, blk in enumerate(model.blocks):
+            ad: Any = m.parts.adapters[i]
+            wq, wk, wv = blk.attn.qkv.weight.chunk(3)
+            blk.attn.qkv.weight.copy_(torch.cat([ad.q.merged_weight(wq), wk, ad.v.merged_weight(wv)]))
+            blk.attn.proj.weight.copy_(ad.out.merged_weight(blk.attn.proj.weight))
+    return model
+
+
 def test_dinov2_tower_is_timms_forward_features_with_the_adapted_weights_merged(
     dino: VisionBackbone, dino_images: torch.Tensor
 ) -> None:
@@ -447,13 +459,8 @@ def test_dinov2_tower_is_timms_forward_features_with_the_adapted_weights_merged(
         got = _vfm(dino, peft="lora", rank=4).tower_tokens(dino_images)
     assert got.shape == (2, 1 + 64, 64) and torch.equal(got, torch.cat([plain[:, :1], plain[:, reg:]], 1))
     m = _randomise(_vfm(dino, rank=4))
-    model = copy.deepcopy(dino.model)
+    model = _merged_copy(dino.model, m)
     with torch.no_grad():
-        for i, blk in enumerate(model.blocks):
-            ad: Any = m.parts.adapters[i]
-            wq, wk, wv = blk.attn.qkv.weight.chunk(3)
-            blk.attn.qkv.weight.copy_(torch.cat([ad.q.merged_weight(wq), wk, ad.v.merged_weight(wv)]))
-            blk.attn.proj.weight.copy_(ad.out.merged_weight(blk.attn.proj.weight))
         want = model.forward_features(dino_images)
         torch.testing.assert_close(m.tower_tokens(dino_images), torch.cat([want[:, :1], want[:, reg:]], 1),
                                    atol=1e-5, rtol=1e-5)  # fmt: skip
@@ -505,8 +512,11 @@ def _dinov2_meta(bb: VisionBackbone, pos: torch.Tensor | None = None, cls: torch
     return out
 
 
-def _dinov2_release(meta: dict[str, torch.Tensor], method: AnomalyVfm) -> dict[str, torch.Tensor]:
-    """The official hf_model.AnomalyVFM state dict: model.net.* with qkv/proj wrapped, decoder.*, predictor.lin.*."""
+def _dinov2_release(
+    meta: dict[str, torch.Tensor], method: AnomalyVfm, blocks: str = "model.net.blocks."
+) -> dict[str, torch.Tensor]:
+    """The official hf_model.AnomalyVFM state dict: model.net.* with qkv/proj wrapped, decoder.*, predictor.lin.*
+    (the fused-QKV wrappers under ``blocks``: DINOv2's, or RADIO's ``model.net.model.blocks.``)."""
     p = {k: v.detach().clone() for k, v in method.parts.state_dict().items()}
     out: dict[str, torch.Tensor] = {}
     for k, v in meta.items():
@@ -516,7 +526,7 @@ def _dinov2_release(meta: dict[str, torch.Tensor], method: AnomalyVfm) -> dict[s
     names = {"q": ("qkv", "_q", "mag_q"), "v": ("qkv", "_v", "mag_v"), "out": ("proj", "", "magnitude")}
     for i in range(method.backbone.num_layers):
         for z, (mod, suffix, mag) in names.items():
-            base = f"model.net.blocks.{i}.attn.{mod}."
+            base = f"{blocks}{i}.attn.{mod}."
             out[base + "lora_A" + suffix] = p[f"adapters.{i}.{z}.lora_A"]
             out[base + "lora_B" + suffix] = p[f"adapters.{i}.{z}.lora_B"]
             if f"adapters.{i}.{z}.magnitude" in p:
@@ -746,40 +756,13 @@ def test_radio_tower_is_timms_forward_features_with_the_adapted_weights_merged(
     assert m0.parts.predictor.in_features == 3 * 64 and got.shape == (2, 3 + 16, 64)
     torch.testing.assert_close(got, torch.cat([plain[:, :3], plain[:, 8:]], 1), atol=2e-5, rtol=1e-5)
     m = _randomise(_vfm(radio, rank=4))
-    model = copy.deepcopy(radio.model)
+    model = _merged_copy(radio.model, m)
     with torch.no_grad():
-        for i, blk in enumerate(model.blocks):
-            ad: Any = m.parts.adapters[i]
-            wq, wk, wv = blk.attn.qkv.weight.chunk(3)
-            blk.attn.qkv.weight.copy_(torch.cat([ad.q.merged_weight(wq), wk, ad.v.merged_weight(wv)]))
-            blk.attn.proj.weight.copy_(ad.out.merged_weight(blk.attn.proj.weight))
         want = model.forward_features(radio_images)
         tokens = m.tower_tokens(radio_images)
         torch.testing.assert_close(tokens, torch.cat([want[:, :3], want[:, 8:]], 1), atol=2e-5, rtol=1e-5)
         score = m.parts.predictor(want[:, :3].reshape(2, -1))[:, 0].sigmoid()
     torch.testing.assert_close(m.predict(radio_images).pred_score, score, atol=1e-5, rtol=1e-5)
-
-
-def _radio_release(state: dict[str, torch.Tensor], method: AnomalyVfm) -> dict[str, torch.Tensor]:
-    """The official hf_model.AnomalyVFM state dict of a RADIO release: model.net.{model.*, input_conditioner.*,
-    summary_idxs} with qkv/proj wrapped, decoder.*, predictor.lin.* (the predictor reads 3 x width)."""
-    p = {k: v.detach().clone() for k, v in method.parts.state_dict().items()}
-    out: dict[str, torch.Tensor] = {}
-    for k, v in state.items():
-        for lin in (".attn.qkv.", ".attn.proj."):
-            k = k.replace(lin, lin + "layer.")
-        out["model.net." + k] = v
-    names = {"q": ("qkv", "_q", "mag_q"), "v": ("qkv", "_v", "mag_v"), "out": ("proj", "", "magnitude")}
-    for i in range(method.backbone.num_layers):
-        for z, (mod, suffix, mag) in names.items():
-            base = f"model.net.model.blocks.{i}.attn.{mod}."
-            out[base + "lora_A" + suffix] = p[f"adapters.{i}.{z}.lora_A"]
-            out[base + "lora_B" + suffix] = p[f"adapters.{i}.{z}.lora_B"]
-            if f"adapters.{i}.{z}.magnitude" in p:
-                out[base + mag] = p[f"adapters.{i}.{z}.magnitude"]
-    out.update({k: v for k, v in p.items() if k.startswith("decoder.")})
-    out["predictor.lin.weight"], out["predictor.lin.bias"] = p["predictor.weight"], p["predictor.bias"]
-    return {k: v.contiguous() for k, v in out.items()}
 
 
 def test_radio_release_imports_stored_and_runs_as_the_tower_it_holds(
@@ -790,7 +773,7 @@ def test_radio_release_imports_stored_and_runs_as_the_tower_it_holds(
     refused in one line (a DINOv2 backbone, other summary tokens, another conditioner, a missing tensor)."""
     state = _radio_state(64, 2)
     m = _randomise(_vfm(radio, rank=4))
-    release = _radio_release(state, m)
+    release = _dinov2_release(state, m, blocks="model.net.model.blocks.")  # RADIOModel's names under model.net.
     src = _write_release(tmp_path / "rel", release, model_name="radio", image_size=RADIO_SIZE)
     got = _vfm(radio, checkpoint=str(_dino_import(src, tmp_path / "ckpt", radio)))
     assert (got.config.peft, got.config.rank, got.config.tower_weights) == ("dora", 4, "checkpoint")

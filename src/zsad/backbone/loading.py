@@ -12,12 +12,14 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+import torch
 
 from zsad.errors import ZsadInputError
 from zsad.fileio import sha256_file
@@ -310,3 +312,20 @@ def load_model(
     if config and isinstance(config.get("preprocess"), dict):
         model.visual.preprocess_cfg = {**getattr(model.visual, "preprocess_cfg", {}), **config["preprocess"]}
     return LoadedModel(model, open_clip.get_tokenizer(model_name), model_name, tag, info, config)
+
+
+def state_reader(state: dict[str, Any], prefix: str, name: str) -> Callable[[str], torch.Tensor]:
+    """``take(key)``: ``state[prefix + key]``, or the same tensor under an adapter wrapper's ``.layer.``.
+
+    An AnomalyVFM release saves its wrapped projections that way; a missing tensor is one line naming the model.
+    """
+
+    def take(key: str) -> torch.Tensor:
+        module, _, leaf = key.rpartition(".")
+        for full in (prefix + key, f"{prefix}{module}.layer.{leaf}"):
+            if full in state:
+                t: torch.Tensor = state[full]
+                return t
+        raise ZsadInputError(f"{name}: tensor {prefix + key!r} is missing")
+
+    return take

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
+from zsad.backbone.loading import state_reader
 from zsad.errors import ZsadInputError
 
 NAME = "vit_large_patch16_radio_v2_5"
@@ -127,21 +128,9 @@ def convert_radio(state: dict[str, Any], model: VisionTransformer) -> dict[str, 
             f"{NAME}: not RADIO weights (expected {STEM}embedder.weight under model., radio_model.model. or "
             f"base_model.; found e.g. {next(iter(state), 'nothing')!r})"
         )
-
-    def under(prefix: str) -> Callable[[str], torch.Tensor]:
-        def take(key: str) -> torch.Tensor:
-            module, _, leaf = key.rpartition(".")
-            for name in (prefix + key, f"{prefix}{module}.layer.{leaf}"):  # a release's adapter wrapper keeps .layer
-                if name in state:
-                    t: torch.Tensor = state[name]
-                    return t
-            raise ZsadInputError(f"{NAME}: tensor {prefix + key!r} is missing")
-
-        return take
-
     grid = tuple(int(g) for g in model.patch_embed.grid_size)
-    conditioner = under(layout[1]) if layout[1] + "norm_mean" in state else None
-    return radio_to_timm(under(layout[0]), conditioner, len(model.blocks), (grid[0], grid[1]))
+    conditioner = state_reader(state, layout[1], NAME) if layout[1] + "norm_mean" in state else None
+    return radio_to_timm(state_reader(state, layout[0], NAME), conditioner, len(model.blocks), (grid[0], grid[1]))
 
 
 @register_model

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
+from zsad.backbone.loading import state_reader
 from zsad.errors import ZsadInputError
 
 NAME = "vit_so400m_patch16_siglip2_naflex"
@@ -120,15 +121,7 @@ def convert_siglip2(state: dict[str, Any], model: VisionTransformer) -> dict[str
         )
     grid = tuple(int(g) for g in model.patch_embed.grid_size)
 
-    def take(key: str) -> torch.Tensor:
-        module, _, leaf = key.rpartition(".")
-        for name in (prefix + key, f"{prefix}{module}.layer.{leaf}"):  # a release's adapter wrapper keeps .layer
-            if name in state:
-                t: torch.Tensor = state[name]
-                return t
-        raise ZsadInputError(f"{NAME}: tensor {prefix + key!r} is missing")
-
-    return hf_to_timm(take, len(model.blocks), (grid[0], grid[1]))
+    return hf_to_timm(state_reader(state, prefix, NAME), len(model.blocks), (grid[0], grid[1]))
 
 
 @register_model
