@@ -151,4 +151,5 @@ def vit_large_patch16_radio_v2_5(pretrained: bool = False, **kwargs: Any) -> Vis
     model: VisionTransformer = build_model_with_cfg(
         VisionTransformer, NAME, pretrained, pretrained_filter_fn=convert_radio, **{**args, **kwargs}
     )
+    model.zsad_pos_interpolation = "bicubic at load (radio_local.py)"  # type: ignore[assignment]  # the manifest's record of the resize
     return model

@@ -141,4 +141,5 @@ def vit_so400m_patch16_siglip2_naflex(pretrained: bool = False, **kwargs: Any) -
     model: VisionTransformer = build_model_with_cfg(
         VisionTransformer, NAME, pretrained, pretrained_filter_fn=convert_siglip2, **{**args, **kwargs}
     )
+    model.zsad_pos_interpolation = "bilinear antialiased at load (NaFlex)"  # type: ignore[assignment]  # the manifest's record of the resize
     return model

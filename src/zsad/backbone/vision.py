@@ -158,7 +158,7 @@ class VisionBackbone(nn.Module):
             "random_init": self.random_init,
             "weights": self.weights_info,
             "image_size": self.image_size,
-            "pos_interpolation": "timm",
+            "pos_interpolation": getattr(self.model, "zsad_pos_interpolation", "timm"),
             "seed": self.seed,
             "activation": type(getattr(self.model.blocks[0].mlp, "act", nn.Identity())).__name__,
             "model_config": None,
