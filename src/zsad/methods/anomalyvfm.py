@@ -4,7 +4,7 @@ Paper: Fučka, Zavrtanik, Skočaj, "AnomalyVFM — Transforming Vision Foundatio
 Detectors", CVPR 2026 (arXiv 2601.20524); method notes docs/methods/anomalyvfm.md; official code MaticFuc/AnomalyVFM
 @4da96b4. The code, with which the released weights were made, is followed where it differs from the paper.
 
-Three towers are built (SigLIP2 is not yet); the CLIP variant is the default:
+The four released towers are built; the CLIP variant is the default:
 - Tower: OpenAI's CLIP ViT-L/14-336 image tower (QuickGELU) at 672 px, the positional embedding resized bicubically
   (align_corners False) from 24x24 to 48x48 as Hugging Face's ``interpolate_pos_encoding``. Its output is the last
   block's hidden state, *without* ``ln_post`` (HF's ``last_hidden_state``; ``post_layernorm`` only touches the
@@ -32,6 +32,15 @@ without positions, no layer scale, no final norm, the 128x128 position table res
 the bias-free linear embedding as the release computes them; the score reads the first three tokens concatenated
 (3 x 1024), the decoder the patches. The official training and test scripts ran NVIDIA's torch hub RADIO instead,
 which resizes the table bilinearly: see docs/methods/anomalyvfm.md.
+
+The SigLIP2 variant (``--backbone timm:vit_so400m_patch16_siglip2_naflex --image-size 768``,
+``zsad.backbone.siglip2``): the So400m/16 NaFlex vision model at a fixed 768 px ((ph, pw, C)-ordered linear patches,
+the 16x16 table resized bilinearly with antialias, tanh GELU, no class token, a final LayerNorm). The score reads
+the attention-pooling head's output (``pooler_output``), the decoder the final-norm patches. Adapters on the blocks'
+q/v rows and output projections, as CLIP's; the head is never adapted, as in the official forward (see ``_pooled``).
+
+A release's tower can also be the backbone itself: ``--weights release/model.safetensors`` for the RADIO and SigLIP2
+towers (their converters read an AnomalyVFM release), which zsad does not download otherwise.
 
 The released weights carry the whole tower. The importer compares it with the backbone's: bit-equal, it is not
 stored (the backbone's weights are the released ones); otherwise the released tower is stored in the checkpoint and
