@@ -991,3 +991,29 @@ def test_siglip2_release_imports_stored_drops_the_heads_dead_adapters_and_runs(
     _one_line(
         lambda: _dino_import(src, tmp_path / "o_radio", radio), "SigLIP2 release; backbone timm:.* is not a SigLIP2"
     )
+
+
+@pytest.mark.parametrize("family", ["radio", "siglip2"])
+def test_radio_and_siglip2_training_step_reaches_every_part_the_same_when_recomputed(
+    family: str, radio: VisionBackbone, radio_images: torch.Tensor
+) -> None:
+    """One training step on each new tower: every adapter, decoder and predictor tensor gets a gradient (SigLIP2's
+    pooling head is part of the frozen tower, not of the parts), and per-block recomputation gives the same ones."""
+    if family == "radio":
+        bb = radio
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            bb = VisionBackbone(_siglip_model(pretrained=False), model_name=SIGLIP, pretrained="none", image_size=64)
+    gt = (torch.rand(2, RADIO_SIZE, RADIO_SIZE, generator=torch.Generator().manual_seed(0)) > 0.8).float()
+    grads = []
+    for recompute in (False, True):
+        m = _randomise(_vfm(bb, rank=4, grad_checkpointing=recompute))
+        m.parts.train()
+        m.loss_terms(radio_images, gt, torch.tensor([1.0, 0.0]))["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in m.parts.named_parameters() if p.grad is not None})
+    assert set(grads[0]) == set(grads[1]) and len(grads[0]) == len(list(m.parts.parameters()))
+    assert all(g.abs().max() > 0 for n, g in grads[0].items() if "adapters" in n)
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-5, msg=name)
+    assert not any(p.requires_grad for p in bb.model.parameters())  # the tower, head included, stays frozen
