@@ -136,15 +136,37 @@ def _dino() -> VisionBackbone:
     return VisionBackbone(vit, model_name=DINO, pretrained="none", image_size=DINO_SIZE)
 
 
-@pytest.mark.parametrize("case", ["clip-fp16", "dinov2-fp32"])
+def _zsad_timm(name: str) -> VisionBackbone:
+    """zsad's own timm RADIO or SigLIP2 tower cut to 2 blocks of width 64 at 64 px, its prefix tokens made visible."""
+    import timm
+
+    from zsad.backbone.vision import timm_name
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vit = timm.create_model(timm_name(name), img_size=64, depth=2, embed_dim=64, num_heads=4, num_classes=0)
+        for p in (getattr(vit, n, None) for n in ("cls_token", "reg_token")):
+            if p is not None:
+                p.data.normal_(0, 0.5)
+    return VisionBackbone(vit, model_name=name, pretrained="none", image_size=64)
+
+
+@pytest.mark.parametrize("case", ["clip-fp16", "dinov2-fp32", "radio-fp32", "siglip2-fp32"])
 def test_fp16_graph_and_dinov2_tower_export_as_torch(case: str, tmp_path: Path) -> None:
-    """The fp16 graph holds fp16 block weights and gives torch fp16's numbers; the DINOv2 tower exports too."""
+    """The fp16 graph holds fp16 block weights and gives torch fp16's numbers; the DINOv2, RADIO and SigLIP2
+    towers (their linear patch maps, prefix tokens, SigLIP2's pooling head) export too."""
     import onnx
 
     if case == "clip-fp16":
         m, size, tol = _randomise(_vfm(_clip("fp16"), rank=4)), SIZE, TOL_FP16
-    else:
+    elif case == "dinov2-fp32":
         m, size, tol = _randomise(_vfm(_dino(), rank=4)), DINO_SIZE, TOL
+    else:
+        name = {
+            "radio-fp32": "timm:vit_large_patch16_radio_v2_5",
+            "siglip2-fp32": "timm:vit_so400m_patch16_siglip2_naflex",
+        }
+        m, size, tol = _randomise(_vfm(_zsad_timm(name[case]), rank=4)), 64, TOL
     m.setup(None)
     res = export_method(m, tmp_path / "model")
     assert res.parity["pred_score_max_abs"] <= tol and res.parity["anomaly_map_max_abs"] <= tol
