@@ -143,6 +143,29 @@ torch.set_num_threads(spec["threads"])
 """
 
 
+INFERENCE = r"""
+keys = ("tokens", "score", "mask_logit", "mask", "smoothed", "score_bf16", "mask_bf16", "smoothed_bf16")
+rows = {k: [] for k in keys}
+ms = fs * 2  # test.py: mask size = feat_size * 2 ** num_up_layers
+pool = torch.nn.AvgPool2d((spec["kernel"], spec["kernel"]), 1, spec["kernel"] // 2)
+for i in range(len(x)):
+    img = x[i : i + 1]
+    with torch.no_grad():  # hf_model.forward's lines, autocast off (fp32)
+        summary, ftrs = tower(img)
+        tokens = torch.cat([summary.reshape(1, -1, ftrs.shape[-1]), ftrs], 1)  # RADIO: 3 summary tokens
+        ftrs = ftrs.permute(0, 2, 1).reshape(1, -1, fs, fs)
+        score = model.predictor(summary).sigmoid()
+        mask_logit, _ = model.decoder(ftrs)
+        mask = mask_logit.sigmoid()
+        smoothed = pool(F.interpolate(mask, (ms, ms)).squeeze(1))  # test.py
+        score_b, mask_b = model(img)  # the official forward: bf16 autocast
+        smoothed_b = pool(F.interpolate(mask_b, (ms, ms)).squeeze(1))
+    for k, v in zip(rows, (tokens, score, mask_logit, mask, smoothed, score_b, mask_b, smoothed_b)):
+        rows[k].append(v.float())
+out.update({k: torch.cat(v) for k, v in rows.items()})
+"""
+
+
 DRIVER = (
     PREAMBLE
     + r'''
@@ -178,28 +201,18 @@ model.save_pretrained(tmp / "release")
 
 x = torch.load(tmp / "inputs.pt")
 net, fs = model.model.net, model.feat_size
-ms = fs * 2  # test.py: mask size = feat_size * 2 ** num_up_layers
-pool = torch.nn.AvgPool2d((spec["kernel"], spec["kernel"]), 1, spec["kernel"] // 2)
 emb = torch.zeros(1, 1 + fs * fs, net.config.hidden_size)
 out = {"pos": net.embeddings.interpolate_pos_encoding(emb, spec["image_size"], spec["image_size"])[0]}
-keys = ("tokens", "score", "mask_logit", "mask", "smoothed", "score_bf16", "mask_bf16", "smoothed_bf16")
-rows = {k: [] for k in keys}
-for i in range(len(x)):
-    img = x[i : i + 1]
-    with torch.no_grad():  # hf_model.forward's lines, autocast off (fp32)
-        tokens = net(img, interpolate_pos_encoding=True).last_hidden_state
-        summary, ftrs = tokens[:, 0, :], tokens[:, 1:, :]
-        ftrs = ftrs.permute(0, 2, 1).reshape(1, -1, fs, fs)
-        score = model.predictor(summary).sigmoid()
-        mask_logit, _ = model.decoder(ftrs)
-        mask = mask_logit.sigmoid()
-        smoothed = pool(F.interpolate(mask, (ms, ms)).squeeze(1))  # test.py
-        score_b, mask_b = model(img)  # the official forward: bf16 autocast
-        smoothed_b = pool(F.interpolate(mask_b, (ms, ms)).squeeze(1))
-    for k, v in zip(rows, (tokens, score, mask_logit, mask, smoothed, score_b, mask_b, smoothed_b)):
-        rows[k].append(v.float())
-out.update({k: torch.cat(v) for k, v in rows.items()})
 
+
+def tower(img):
+    """HF CLIP's last_hidden_state, split as hf_model.forward splits it: CLS, then the patches."""
+    tokens = net(img, interpolate_pos_encoding=True).last_hidden_state
+    return tokens[:, 0, :], tokens[:, 1:, :]
+
+'''
+    + INFERENCE
+    + r"""
 # one training step, train.py's lines (one micro-batch; train.py divides it by its 4 accumulation steps, not here)
 import torchvision
 import torchvision.transforms as TT
@@ -227,30 +240,16 @@ out["train"] = {
 }
 out["versions"] = {"transformers": transformers.__version__, "torch": torch.__version__}
 torch.save(out, tmp / "official.pt")
-'''
+"""
 )
 
 
-TIMM_TAIL = r"""
-keys = ("tokens", "score", "mask_logit", "mask", "smoothed", "score_bf16", "mask_bf16", "smoothed_bf16")
-rows = {k: [] for k in keys}
-ms = fs * 2  # test.py: mask size = feat_size * 2 ** num_up_layers
-pool = torch.nn.AvgPool2d((spec["kernel"], spec["kernel"]), 1, spec["kernel"] // 2)
-for i in range(len(x)):
-    img = x[i : i + 1]
-    with torch.no_grad():  # hf_model.forward's lines, autocast off (fp32)
-        summary, ftrs = model.model(img)
-        tokens = torch.cat([summary.reshape(1, -1, ftrs.shape[-1]), ftrs], 1)  # RADIO: 3 summary tokens
-        ftrs = ftrs.permute(0, 2, 1).reshape(1, -1, fs, fs)
-        score = model.predictor(summary).sigmoid()
-        mask_logit, _ = model.decoder(ftrs)
-        mask = mask_logit.sigmoid()
-        smoothed = pool(F.interpolate(mask, (ms, ms)).squeeze(1))  # test.py
-        score_b, mask_b = model(img)  # the official forward: bf16 autocast
-        smoothed_b = pool(F.interpolate(mask_b, (ms, ms)).squeeze(1))
-    for k, v in zip(rows, (tokens, score, mask_logit, mask, smoothed, score_b, mask_b, smoothed_b)):
-        rows[k].append(v.float())
-out.update({k: torch.cat(v) for k, v in rows.items()})
+TIMM_TAIL = (
+    r"""
+tower = model.model
+"""
+    + INFERENCE
+    + r"""
 out["wrapped"] = sorted(n for n, mod in net.named_modules() if type(mod).__name__.endswith("Wrapper"))
 out["meta_state"] = {  # the released tower in its own module names (the wrappers' inner layers), for timm
     k.replace(".layer.", "."): v.clone()
@@ -260,6 +259,7 @@ out["meta_state"] = {  # the released tower in its own module names (the wrapper
 out["versions"] = versions
 torch.save(out, tmp / "official.pt")
 """
+)
 
 
 DINOV2_DRIVER = (
