@@ -12,7 +12,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,18 +314,24 @@ def load_model(
     return LoadedModel(model, open_clip.get_tokenizer(model_name), model_name, tag, info, config)
 
 
-def state_reader(state: dict[str, Any], prefix: str, name: str) -> Callable[[str], torch.Tensor]:
-    """``take(key)``: ``state[prefix + key]``, or the same tensor under an adapter wrapper's ``.layer.``.
+def wrapped_key(state: Mapping[str, Any], key: str) -> str:
+    """``key``, or the same tensor's name under an adapter wrapper's ``.layer.`` when only that one is in ``state``.
 
-    An AnomalyVFM release saves its wrapped projections that way; a missing tensor is one line naming the model.
+    An AnomalyVFM release saves its wrapped projections that way (``attn.qkv.layer.weight``).
     """
+    module, _, leaf = key.rpartition(".")
+    wrapped = f"{module}.layer.{leaf}"
+    return wrapped if key not in state and wrapped in state else key
+
+
+def state_reader(state: dict[str, Any], prefix: str, name: str) -> Callable[[str], torch.Tensor]:
+    """``take(key)``: ``state[prefix + key]`` (or its ``wrapped_key``); a missing tensor: one line naming the model."""
 
     def take(key: str) -> torch.Tensor:
-        module, _, leaf = key.rpartition(".")
-        for full in (prefix + key, f"{prefix}{module}.layer.{leaf}"):
-            if full in state:
-                t: torch.Tensor = state[full]
-                return t
-        raise ZsadInputError(f"{name}: tensor {prefix + key!r} is missing")
+        full = wrapped_key(state, prefix + key)
+        if full not in state:
+            raise ZsadInputError(f"{name}: tensor {prefix + key!r} is missing")
+        t: torch.Tensor = state[full]
+        return t
 
     return take

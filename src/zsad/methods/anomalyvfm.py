@@ -63,6 +63,7 @@ from torch.utils.checkpoint import checkpoint
 
 from zsad.backbone import Backbone, ClipBackbone
 from zsad.backbone.clip import PRECISIONS
+from zsad.backbone.loading import wrapped_key
 from zsad.backbone.vision import VisionBackbone
 from zsad.errors import ZsadInputError
 from zsad.methods.base import MethodConfig
@@ -119,8 +120,9 @@ SIGLIP2_BACKBONE = "timm:vit_so400m_patch16_siglip2_naflex"  # the NaFlex checkp
 class AnomalyVfmConfig(MethodConfig):
     """AnomalyVFM options; the defaults are the released CLIP model (OpenAI ViT-L/14-336, QuickGELU, 672 px).
 
-    ``backbone`` picks the variant: an open_clip CLIP name (the CLIP variant) or a timm DINOv2 ViT
-    (``timm:vit_large_patch14_reg4_dinov2.lvd142m``, the DINOv2 variant; 672 px as well).
+    ``backbone`` picks the variant: an open_clip CLIP name (the CLIP variant) or a timm tower: DINOv2
+    (``timm:vit_large_patch14_reg4_dinov2.lvd142m``, 672 px as well), RADIO (``timm:vit_large_patch16_radio_v2_5``)
+    or SigLIP2 (``timm:vit_so400m_patch16_siglip2_naflex``), both at 768 px (``--image-size 768``).
     """
 
     backbone: str = "ViT-L-14-336-quickgelu"  # OpenAI's activation, as Hugging Face's CLIP the release was made on
@@ -387,18 +389,18 @@ def tower_layout(backbone: Backbone) -> TowerLayout:
 
 # ---------------------------------------------------------------------------------------------- the method
 class AnomalyVfm(TrainableMethod):
-    """AnomalyVFM on a CLIP or DINOv2 tower: adapters in the attention, a conv decoder for the map, a linear score."""
+    """AnomalyVFM on a CLIP, DINOv2, RADIO or SigLIP2 tower: attention adapters, a conv decoder, a linear score."""
 
     name = "anomalyvfm"
     config_cls = AnomalyVfmConfig
     config: AnomalyVfmConfig
-    backbone: Any  # ClipBackbone (CLIP variant) or VisionBackbone (DINOv2 variant)
+    backbone: Any  # ClipBackbone (CLIP variant) or VisionBackbone (DINOv2, RADIO, SigLIP2)
     layout: TowerLayout  # the tower family, from the backbone's type
     needs_class_name: ClassVar[bool] = False  # no text at all
     arch_fields = ("peft", "rank", "alpha", "tower_weights")
     official_checkpoint = (
-        "the Hugging Face release of AnomalyVFM CLIP or DINOv2 (a folder with config.json and model.safetensors), "
-        "or the Drive model.pkl (read with weights_only=True)"
+        "the Hugging Face release of AnomalyVFM CLIP, DINOv2, RADIO or SigLIP2 (a folder with config.json and "
+        "model.safetensors), or the Drive model.pkl (read with weights_only=True)"
     )
     official_folder: ClassVar[bool] = True  # ``import_checkpoint`` takes the release folder as it is downloaded
     full_precision = {"bf16": "measured: bf16 flipped image decisions beyond the fp32 noise floor, see RESULTS.md"}
@@ -489,7 +491,8 @@ class AnomalyVfm(TrainableMethod):
 
         CLIP: the last block's hidden state, no ``ln_post`` (HF CLIP's ``last_hidden_state``). DINOv2: the final
         norm's output (``x_norm_clstoken`` and ``x_norm_patchtokens``), register tokens dropped. RADIO: the last
-        block's output (no final norm): summary tokens 0, 1, 2, then the patches.
+        block's output (no final norm): summary tokens 0, 1, 2, then the patches. SigLIP2: the pooling head's output,
+        then the final-norm patches.
         """
         if self.layout.family != "clip":
             return self._timm_tokens(images)
@@ -1102,9 +1105,7 @@ def _release_taker(
         return left.pop(key).float()
 
     def tower(key: str) -> torch.Tensor:
-        module, leaf = key.rsplit(".", 1)
-        wrapped = f"{module}.layer.{leaf}"
-        return take(wrapped if key not in left and wrapped in left else key)
+        return take(wrapped_key(left, key))
 
     return left, take, tower
 
