@@ -862,6 +862,7 @@ def loss_from_logits(
 # ---------------------------------------------------------------------------------------------- the importer
 HF_NET = "model.net."  # hf_model.AnomalyVFM.model (models.clip.CLIP).net: the HF CLIP vision model
 ADAPTED = {"q": "q_proj", "v": "v_proj", "out": "out_proj"}
+PEFT_TENSORS = ("lora_A", "lora_B", "magnitude")  # what a LoRA (the first two) or DoRA adapter holds
 HF_BLOCK = {  # open_clip block tensor <- HF encoder-layer tensor (q/k/v are fused apart)
     "ln_1.weight": "layer_norm1.weight",
     "ln_1.bias": "layer_norm1.bias",
@@ -990,18 +991,11 @@ def convert_release(
     state: dict[str, torch.Tensor], kind: str, layers: int, weights: Path
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(zsad parts tensors, tower tensors under open_clip names) of a release; every tensor must be consumed."""
-    left = dict(state)
-
-    def take(key: str) -> torch.Tensor:
-        if key not in left:
-            raise ZsadInputError(f"{weights}: tensor {key!r} is missing (an incomplete or foreign release)")
-        return left.pop(key).float()
-
+    left, take, _ = _release_taker(state, weights)
     tower = {oc: take(HF_NET + hf) for oc, hf in HF_STEM.items()}
     left.pop(HF_NET + "embeddings.position_ids", None)  # an index buffer older transformers saved, not a weight
     for key in HF_UNUSED:
         take(HF_NET + key)
-    parts: dict[str, torch.Tensor] = {}
     for i in range(layers):
         hf, oc = f"{HF_NET}encoder.layers.{i}.", f"transformer.resblocks.{i}."
         proj = {
@@ -1017,11 +1011,24 @@ def convert_release(
         tower[oc + "attn.in_proj_bias"] = torch.cat([proj[n][1] for n in ("q_proj", "k_proj", "v_proj")])
         tower[oc + "attn.out_proj.weight"], tower[oc + "attn.out_proj.bias"] = proj["out_proj"]
         tower.update({oc + o: take(hf + h) for o, h in HF_BLOCK.items()})
-        for z, n in ADAPTED.items():
-            for t in ("lora_A", "lora_B", *(("magnitude",) if kind == "dora" else ())):
-                parts[f"adapters.{i}.{z}.{t}"] = take(f"{hf}self_attn.{n}.{t}")
+    parts = _take_hf_adapters(take, kind, layers)
     _take_heads(parts, left, take, weights)
     return parts, tower
+
+
+def _take_hf_adapters(take: Callable[[str], torch.Tensor], kind: str, layers: int) -> dict[str, torch.Tensor]:
+    """The per-projection adapters of a Hugging Face tower (CLIP, SigLIP2): q_proj, v_proj, out_proj of each layer."""
+    return {
+        f"adapters.{i}.{z}.{t}": take(f"{HF_NET}encoder.layers.{i}.self_attn.{n}.{t}")
+        for i in range(layers)
+        for z, n in ADAPTED.items()
+        for t in adapter_tensors(kind)
+    }
+
+
+def adapter_tensors(kind: str) -> tuple[str, ...]:
+    """The tensors an adapter of ``kind`` holds: LoRA's A and B, and DoRA's magnitudes besides."""
+    return PEFT_TENSORS if kind == "dora" else PEFT_TENSORS[:2]
 
 
 def _take_heads(
@@ -1085,7 +1092,7 @@ def _take_adapters(take: Callable[[str], torch.Tensor], net: str, kind: str, lay
     parts: dict[str, torch.Tensor] = {}
     for i in range(layers):
         for z, (module, names) in DINOV2_WRAPPED.items():
-            for t in ("lora_A", "lora_B", *(("magnitude",) if kind == "dora" else ())):
+            for t in adapter_tensors(kind):
                 parts[f"adapters.{i}.{z}.{t}"] = take(f"{net}blocks.{i}.{module}.{names[t]}")
     return parts
 
@@ -1162,16 +1169,9 @@ def convert_siglip2_release(
     for key in [k for k in left if k.startswith(SIGLIP2_DEAD) and k.rsplit(".", 1)[-1] in PEFT_TENSORS]:
         take(key)  # read and dropped
     tower = _release_tower(lambda: hf_to_timm(lambda k: unwrap(HF_NET + k), layers, grid), weights)
-    parts: dict[str, torch.Tensor] = {}
-    for i in range(layers):
-        for z, n in ADAPTED.items():
-            for t in ("lora_A", "lora_B", *(("magnitude",) if kind == "dora" else ())):
-                parts[f"adapters.{i}.{z}.{t}"] = take(f"{HF_NET}encoder.layers.{i}.self_attn.{n}.{t}")
+    parts = _take_hf_adapters(take, kind, layers)
     _take_heads(parts, left, take, weights)
     return parts, tower
-
-
-PEFT_TENSORS = ("lora_A", "lora_B", "magnitude")
 
 
 def import_release(path: Path, backbone: Backbone, out: Path, trained_on: str) -> Path:
