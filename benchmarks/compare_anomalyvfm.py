@@ -951,7 +951,8 @@ def cost(args: argparse.Namespace) -> None:
             f"Command: `.venv/bin/python benchmarks/compare_anomalyvfm.py --official-root - --official-python - "
             f"--backbone {fam} --cost {args.cost} --blocks {args.blocks} --image-size {s}` (random weights: cost "
             f"only). `{bb.model_name}`, {bb.num_layers} blocks at {s} px, {args.peft} rank {args.rank}, one image "
-            f"per call, mean of {args.cost} (alternating) after one warm-up each; slowest/fastest call within a "
+            f"per call (a seeded random tensor: cost does not depend on the pixels), mean of {args.cost} (alternating) "
+            "after one warm-up each; slowest/fastest call within a "
             f"kind: {spread:.2f}x.",
             "",
             "| forward | seconds per image | ratio |",
